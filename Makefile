@@ -1,0 +1,84 @@
+# The two set-up commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYX := $(wildcard src/cygate/core/_*_c.pyx) $(wildcard src/cygate/core/_*_c.pxd)
+STAMP := $(VENV)/.installed
+SERVICES := scripts/services.sh
+ENVFILE := .services/env
+WITH_ENV := set -a && source $(ENVFILE) && set +a &&
+
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro load clean
+
+help:
+	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
+	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
+	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
+	@echo "make load   locust, headless, against the gateway (started if none answers)"
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel "Cython==3.3.1"
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Compiles the Cython core in place (fails loudly on a compile error). A pure build skips it.
+build: install
+ifeq ($(CYGATE_NO_EXTENSIONS),)
+	$(BIN)/python setup.py -q build_ext --inplace
+else
+	@echo "CYGATE_NO_EXTENSIONS set: pure-Python build, nothing to compile"
+endif
+
+services:
+	$(SERVICES) up
+
+migrate: build services
+	$(WITH_ENV) CYGATE_DATABASE_URL=$${CYGATE_DATABASE_URL:-$${DATABASE_URL%/*}/cygate} \
+	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} $(BIN)/cygate migrate
+
+seed: migrate
+	$(WITH_ENV) CYGATE_DATABASE_URL=$${CYGATE_DATABASE_URL:-$${DATABASE_URL%/*}/cygate} \
+	  $(BIN)/cygate seed --if-empty --categories 40 --products 20000 --users 50
+
+run: seed
+	$(WITH_ENV) CYGATE_DATABASE_URL=$${CYGATE_DATABASE_URL:-$${DATABASE_URL%/*}/cygate} \
+	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} $(BIN)/cygate serve
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks loadtests
+	$(BIN)/ruff format --check src tests benchmarks loadtests
+	$(BIN)/mypy
+
+test-c: build services
+	$(WITH_ENV) $(BIN)/python -m pytest -q
+
+test-py: build services
+	$(WITH_ENV) CYGATE_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q
+
+# Both implementations on every run; with CYGATE_NO_EXTENSIONS=1 only the pure one exists.
+ifeq ($(CYGATE_NO_EXTENSIONS),)
+test: lint test-c test-py
+else
+test: lint test-py
+endif
+
+bench-micro: build
+	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
+	  --benchmark-json=benchmarks/results/micro-latest.json
+	$(BIN)/python benchmarks/report_micro.py benchmarks/results/micro-latest.json
+
+bench-macro: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md
+
+bench: bench-micro bench-macro
+
+load: build services
+	$(WITH_ENV) scripts/load.sh
+
+clean:
+	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache

@@ -1,0 +1,218 @@
+"""The application factory: the Litestar app, wrapped by the edge.
+
+``create_app()`` is what Granian loads (``cygate.app:create_app``, factory mode) in every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from cygate import __version__
+from cygate.core.router import Router
+from cygate.edge.edge import BodyTooLarge, Edge
+from cygate.edge.policy import RoutePolicy
+from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
+from cygate.infra.db import create_pool
+from cygate.infra.metrics import Metrics
+from cygate.infra.redis import create_redis
+from cygate.services.catalog.controllers import CatalogController
+from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.ops.controllers import OpsController
+from cygate.settings import Settings, load_settings
+
+__all__ = ["build_router", "create_app"]
+
+log = logging.getLogger("cygate")
+
+# Errors that mean "the database is not reachable right now": a quick 503, never a hang or a 500.
+_DB_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+)
+
+_LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
+
+
+def _problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[bytes]:
+    body = problem_body(
+        status,
+        detail,
+        instance=request.scope.get("path", ""),
+        request_id=request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+        extra=extra,
+    )
+    return Response(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            source = item.get("source") or "body"
+            key = item.get("key") or ""
+            errors.append(
+                {"field": f"{source}.{key}" if key else source, "message": str(item.get("message", ""))}
+            )
+    return _problem(request, 422, exc.detail or "validation failed", extra={"errors": errors})
+
+
+def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers.setdefault("www-authenticate", 'Bearer error="invalid_token"')
+    return _problem(request, exc.status_code, exc.detail, headers=headers)
+
+
+def _on_cursor(request: Request[Any, Any, Any], exc: CursorError) -> Response[bytes]:
+    return _problem(
+        request, 422, str(exc), extra={"errors": [{"field": "query.cursor", "message": str(exc)}]}
+    )
+
+
+def _on_body_too_large(request: Request[Any, Any, Any], exc: BodyTooLarge) -> Response[bytes]:
+    return _problem(request, 413, str(exc))
+
+
+def _on_db_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.warning("database unavailable: %r", exc)
+    return _problem(
+        request, 503, "the database is unavailable; retry shortly", headers={"retry-after": "1"}
+    )
+
+
+def _on_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, _DB_DOWN):
+        return _on_db_down(request, exc)
+    log.error(
+        "unhandled error request_id=%s",
+        request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+        exc_info=exc,
+    )
+    return _problem(request, 500, "internal error; quote the request_id when reporting it")
+
+
+def build_router(app: Litestar) -> Router:
+    """The edge's route table, derived from the Litestar app's own routes and handler ``opt``."""
+    router = Router()
+    for route in app.routes:
+        methods = getattr(route, "methods", None)
+        if not methods:
+            continue
+        pattern = _pattern_of(route)
+        for method in sorted(methods):
+            if method == "OPTIONS" and "OPTIONS" not in route.route_handler_map:  # type: ignore[attr-defined]
+                continue  # Litestar adds an implicit OPTIONS handler; the edge does not route it
+            handler = route.route_handler_map[method][0]  # type: ignore[attr-defined]
+            opt = dict(handler.opt)
+            policy = RoutePolicy(
+                name=f"{method} {route.path}",
+                auth=bool(opt.get("auth", False)),
+                roles=frozenset(opt.get("roles", ())),
+                rate_limit=opt.get("rate_limit"),
+                cache=opt.get("cache"),
+                max_body_bytes=opt.get("max_body_bytes"),
+            )
+            router.add(method, pattern, policy)
+    return router
+
+
+def _pattern_of(route: Any) -> str:
+    parts = []
+    for comp in route.path_components:
+        if isinstance(comp, str):
+            parts.append(comp)
+        else:  # a PathParameterDefinition
+            kind = _LITESTAR_TYPES.get(comp.type.__name__.lower(), "str")
+            if comp.type.__name__ == "UUID":
+                kind = "uuid"
+            elif comp.type.__name__ in ("Path", "PosixPath"):
+                kind = "path"
+            parts.append("{%s:%s}" % (comp.name, kind))
+    return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def create_app(settings: Settings | None = None) -> Edge:
+    """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics = Metrics(settings.metrics_dir or None)
+    catalog = CatalogRepository()
+
+    @asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        try:
+            pool = await create_pool(settings)
+        except _DB_DOWN as exc:
+            # NOTE: start anyway with a lazy pool: requests get a quick 503 until PostgreSQL
+            # answers, and /readyz says so, instead of a worker that never starts.
+            log.warning("PostgreSQL not reachable at start-up (%r); starting degraded", exc)
+            pool = await create_pool(settings, min_size=0)
+        redis = create_redis(settings)
+        app.state.pool = pool
+        app.state.redis = redis
+        catalog.pool = pool
+        metrics.start()
+        try:
+            yield
+        finally:
+            await metrics.stop()
+            await redis.close()
+            await pool.close()
+
+    app = Litestar(
+        route_handlers=[OpsController, CatalogController],
+        lifespan=[resources],
+        state=_state(settings=settings, metrics=metrics, catalog=catalog),
+        exception_handlers={
+            ValidationException: _on_validation,
+            HTTPException: _on_http,
+            CursorError: _on_cursor,
+            BodyTooLarge: _on_body_too_large,
+            Exception: _on_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="cygate",
+            version=__version__,
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+        logging_config=None,
+    )
+    return Edge(
+        app,
+        build_router(app),
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        hsts_max_age=settings.hsts_max_age,
+        hsts_include_subdomains=settings.hsts_include_subdomains,
+    )
+
+
+def _state(**values: Any) -> Any:
+    from litestar.datastructures import State
+
+    return State(values)

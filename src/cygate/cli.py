@@ -1,0 +1,187 @@
+"""``cygate``: serve | migrate | seed | check-config (also ``python -m cygate``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from cygate.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"cygate: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cygate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway on Granian (uvloop)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--migrate", action="store_true", help="apply migrations before serving")
+
+    sub.add_parser("migrate", help="create the database if needed and apply migrations")
+
+    seed = sub.add_parser("seed", help="load demo data (COPY)")
+    seed.add_argument("--users", type=int, default=20)
+    seed.add_argument("--products", type=int, default=1000)
+    seed.add_argument("--categories", type=int, default=20)
+    seed.add_argument("--random-seed", type=int, default=None, help="reproducible data")
+    group = seed.add_mutually_exclusive_group()
+    group.add_argument("--reset", action="store_true", help="remove catalog + seeded users first")
+    group.add_argument("--if-empty", action="store_true", help="do nothing when products exist")
+
+    sub.add_parser("check-config", help="validate the settings and print them (secrets masked)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.command == "serve":
+        overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    for name in ("users", "products", "categories"):
+        if getattr(args, name, 0) < 0:
+            return _fail(f"--{name} must not be negative")
+    command = args.command.replace("-", "_")
+    handler = globals()[f"_cmd_{command}"]
+    import asyncpg
+
+    try:
+        result: int = handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return _fail(f"{args.command} failed: {type(exc).__name__}: {exc}", 1)
+    return result
+
+
+def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(msgspec.json.format(msgspec.json.encode(settings.redacted()), indent=2).decode())
+    return 0
+
+
+def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from cygate.infra.db import MigrationError
+
+    try:
+        applied = asyncio.run(_migrate(settings))
+    except MigrationError as exc:
+        return _fail(f"migration failed: {exc}", 1)
+    except OSError as exc:
+        return _fail(f"cannot reach PostgreSQL: {exc}", 1)
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    import asyncpg
+
+    from cygate.infra.db import apply_migrations, ensure_database
+
+    if await ensure_database(settings.database_url):
+        print("created database")
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(conn)]
+    finally:
+        await conn.close()
+
+
+def _cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_seed(settings, args))
+    except OSError as exc:
+        return _fail(f"cannot reach PostgreSQL: {exc}", 1)
+
+
+async def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from cygate.infra import seed as seeding
+
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        if args.reset:
+            await seeding.reset(conn)
+        elif not await seeding.catalog_is_empty(conn):
+            if args.if_empty:
+                print("catalog already has products; nothing seeded (use --reset to replace)")
+                return 0
+            return _fail("catalog already has products; use --reset to replace or --if-empty", 1)
+        report = await seeding.seed(
+            conn,
+            categories=args.categories,
+            products=args.products,
+            users=args.users,
+            rng_seed=args.random_seed,
+        )
+    except asyncpg.UndefinedTableError:
+        return _fail("the schema is missing: run `cygate migrate` first", 1)
+    finally:
+        await conn.close()
+    print(
+        f"seeded {report.categories} categories, {report.products} products, "
+        f"{report.users} customers in {report.seconds:.1f}s"
+    )
+    if report.password:
+        first, last = report.emails[0], report.emails[-1]
+        span = first if first == last else f"{first} … {last}"
+        print(f"seeded customers: {span}; password for all: {report.password}")
+    return 0
+
+
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+
+    if args.migrate and _cmd_migrate(settings, args) != 0:
+        return 1
+    # Workers are separate processes that rebuild the settings from the environment, so the
+    # command-line overrides and the metrics folder travel through it.
+    os.environ[f"{ENV_PREFIX}HOST"] = settings.host
+    os.environ[f"{ENV_PREFIX}PORT"] = str(settings.port)
+    os.environ[f"{ENV_PREFIX}WORKERS"] = str(settings.workers)
+    metrics_dir = settings.metrics_dir or tempfile.mkdtemp(prefix="cygate-metrics-")
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):  # counters start at zero for each server run
+        if name.startswith("worker-"):
+            os.unlink(os.path.join(metrics_dir, name))
+    os.environ[f"{ENV_PREFIX}METRICS_DIR"] = metrics_dir
+
+    server = Granian(
+        "cygate.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        workers=settings.workers,
+        backlog=settings.backlog,
+        log_level=LogLevels(settings.log_level),
+        log_access=settings.access_log,
+        workers_kill_timeout=int(settings.shutdown_timeout),
+    )
+    server.serve()
+    return 0

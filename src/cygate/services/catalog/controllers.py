@@ -1,0 +1,68 @@
+"""Read-only catalog endpoints (``API.md``, Catalog): categories, product list, one product."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import Parameter
+
+from cygate.services.catalog.models import CategoryTree, Product, ProductPage
+from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
+
+__all__ = ["CatalogController"]
+
+SortName = Literal["newest", "oldest", "price", "-price", "name", "-name"]
+
+
+def _repo(state: State) -> CatalogRepository:
+    repo: CatalogRepository = state.catalog
+    return repo
+
+
+class CatalogController(Controller):
+    path = "/api/v1"
+    tags = ["catalog"]
+
+    @get("/categories", summary="The category tree")
+    async def categories(self, state: State) -> CategoryTree:
+        return CategoryTree(await _repo(state).category_tree())
+
+    @get("/products", summary="Products, filtered and paged (keyset cursor)")
+    async def products(
+        self,
+        state: State,
+        category: Annotated[UUID | None, Parameter(description="Category id (its subtree too)")] = None,
+        min_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
+        max_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
+        sort: Annotated[SortName, Parameter(description="Order of the items")] = DEFAULT_SORT,
+        limit: Annotated[int, Parameter(ge=1, le=100, description="Page size")] = 20,
+        cursor: Annotated[str | None, Parameter(max_length=512, description="next_cursor of the previous page")] = None,
+    ) -> ProductPage:
+        if (
+            min_price_cents is not None
+            and max_price_cents is not None
+            and min_price_cents > max_price_cents
+        ):
+            raise ValidationException(
+                "min_price_cents is greater than max_price_cents",
+                extra=[{"key": "min_price_cents", "message": "must not exceed max_price_cents", "source": "query"}],
+            )
+        return await _repo(state).list_products(
+            category=category,
+            min_price=min_price_cents,
+            max_price=max_price_cents,
+            sort=sort,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @get("/products/{product_id:uuid}", summary="One product")
+    async def product(self, state: State, product_id: UUID) -> Product:
+        product = await _repo(state).get_product(product_id)
+        if product is None:
+            raise NotFoundException(f"no product {product_id}")
+        return product

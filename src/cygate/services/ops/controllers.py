@@ -1,0 +1,93 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+
+from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
+
+if TYPE_CHECKING:
+    from cygate.settings import Settings
+
+__all__ = ["OpsController"]
+
+_CHECK_TIMEOUT = 1.0
+
+
+async def _postgres_ok(state: State) -> bool:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            return bool(await state.pool.fetchval("SELECT 1"))
+    except Exception:  # any failure means "cannot serve"; the reason goes to the log elsewhere
+        return False
+
+
+async def _redis_ok(state: State) -> bool:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            return bool(await state.redis.ping())
+    except Exception:
+        return False
+
+
+class OpsController(Controller):
+    tags = ["operations"]
+    include_in_schema = True
+
+    @get("/healthz", summary="Liveness: 200 while the process lives", cache_control=None)
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", summary="Readiness: PostgreSQL must answer; Redis down is degraded")
+    async def readyz(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
+        pg, rd = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
+        doc = {"postgres": "ok" if pg else "down", "redis": "ok" if rd else "degraded"}
+        if pg:
+            return Response(doc, headers={"cache-control": "no-store"})
+        body = problem_body(
+            503,
+            "PostgreSQL is not answering",
+            instance=request.url.path,
+            request_id=request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+            extra=doc,
+        )
+        return Response(
+            body,
+            status_code=503,
+            media_type=PROBLEM_CONTENT_TYPE,
+            headers={"retry-after": "1", "cache-control": "no-store"},
+        )
+
+    @get("/metrics", summary="Prometheus text format", media_type=MediaType.TEXT)
+    async def metrics(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
+        settings: Settings = state.settings
+        if settings.metrics_access == "loopback":
+            client = request.client.host if request.client else ""
+            try:
+                allowed = ipaddress.ip_address(client).is_loopback
+            except ValueError:
+                allowed = False
+            if not allowed:
+                raise PermissionDeniedException("metrics are served to loopback peers only")
+        elif settings.metrics_access == "token":
+            expected = f"Bearer {settings.metrics_token}"
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                raise NotAuthorizedException("a metrics token is required")
+        pool = state.pool
+        extra = {
+            "cygate_db_pool_size": pool.get_size(),
+            "cygate_db_pool_idle": pool.get_idle_size(),
+        }
+        return Response(
+            state.metrics.render(extra),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+            headers={"cache-control": "no-store"},
+        )

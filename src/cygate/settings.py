@@ -1,0 +1,216 @@
+"""Typed settings, read once at start-up from the environment and an optional ``cygate.toml``.
+
+Precedence (lowest first): defaults, the TOML file, environment variables ``CYGATE_<NAME>``.
+The file is ``$CYGATE_CONFIG`` when set, else ``./cygate.toml`` when it exists.
+
+A bad value raises :class:`SettingsError` whose message is one line naming the setting; the
+CLI prints it and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "CYGATE_"
+
+_Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+_Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class SettingsError(Exception):
+    """A setting is missing, unknown or out of range. ``str(err)`` is one printable line."""
+
+
+def _doc(text: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **constraints)
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Everything cygate can be told. Each field is also ``CYGATE_<FIELD>`` in the environment."""
+
+    environment: Annotated[
+        Literal["development", "test", "production"],
+        _doc("Deployment kind; development generates missing keys at first start."),
+    ] = "development"
+    host: Annotated[str, _doc("Address to bind.", min_length=1)] = "127.0.0.1"
+    port: Annotated[_Port, _doc("TCP port to bind.")] = 8000
+    workers: Annotated[_Positive, _doc("Granian worker processes.", le=256)] = 1
+    backlog: Annotated[_Positive, _doc("Listen backlog.")] = 2048
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("Log level for cygate and Granian.")
+    ] = "info"
+    access_log: Annotated[bool, _doc("Granian access log (costs throughput).")] = False
+    shutdown_timeout: Annotated[_Seconds, _doc("Seconds to drain in-flight requests.")] = 30.0
+
+    database_url: Annotated[
+        str,
+        _doc("PostgreSQL DSN.", pattern=r"^postgres(ql)?://"),
+    ] = "postgresql://postgres@127.0.0.1:5432/cygate"
+    db_pool_min: Annotated[_NonNegative, _doc("Connections kept open per worker.")] = 2
+    db_pool_max: Annotated[_Positive, _doc("Connection ceiling per worker.", le=1000)] = 16
+    db_command_timeout: Annotated[_Seconds, _doc("Per-statement timeout, seconds.")] = 5.0
+    db_acquire_timeout: Annotated[_Seconds, _doc("Wait for a pooled connection, seconds.")] = 2.0
+
+    redis_url: Annotated[
+        str, _doc("Redis URL.", pattern=r"^(redis|rediss|unix)://")
+    ] = "redis://127.0.0.1:6379/0"
+    redis_prefix: Annotated[
+        str, _doc("Prefix of every Redis key cygate writes.", min_length=1, max_length=64)
+    ] = "cygate:"
+    redis_timeout: Annotated[_Seconds, _doc("Socket timeout for Redis calls, seconds.")] = 0.5
+
+    max_body_bytes: Annotated[
+        _Positive, _doc("Largest accepted request body; larger is 413.")
+    ] = 1024 * 1024
+    hsts_max_age: Annotated[
+        _NonNegative, _doc("Strict-Transport-Security max-age; 0 sends no HSTS header.")
+    ] = 0
+    hsts_include_subdomains: Annotated[bool, _doc("Add includeSubDomains to HSTS.")] = False
+    trusted_proxies: Annotated[
+        list[str], _doc("Peer addresses whose X-Forwarded-For is believed.")
+    ] = msgspec.field(default_factory=list)
+
+    metrics_access: Annotated[
+        Literal["loopback", "any", "token"],
+        _doc("Who may scrape /metrics: loopback peers, anyone, or a bearer token."),
+    ] = "loopback"
+    metrics_token: Annotated[str, _doc("Bearer token for /metrics when access is token.")] = ""
+    metrics_dir: Annotated[
+        str,
+        _doc("Folder where workers share metric snapshots; empty: a per-server temp folder."),
+    ] = ""
+
+    def __post_init__(self) -> None:
+        if self.db_pool_min > self.db_pool_max:
+            raise msgspec.ValidationError(
+                "db_pool_min must not exceed db_pool_max - at `$.db_pool_min`"
+            )
+        if self.metrics_access == "token" and not self.metrics_token:
+            raise msgspec.ValidationError(
+                "metrics_access is 'token' but no metrics_token is set - at `$.metrics_token`"
+            )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for ``cygate check-config``."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        for name in ("metrics_token",):
+            if out.get(name):
+                out[name] = "***"
+        for name in ("database_url", "redis_url"):
+            out[name] = _mask_url_password(out[name])
+        return out
+
+
+_SECRETS = ("metrics_token", "database_url", "redis_url")
+_FIELDS: dict[str, type] = {
+    f.name: f.type for f in msgspec.structs.fields(Settings)  # type: ignore[misc]
+}
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _env_value(name: str, raw: str) -> Any:
+    """Environment values are strings; lists arrive as JSON or comma-separated text."""
+    if name == "trusted_proxies":
+        raw = raw.strip()
+        if raw.startswith("["):
+            try:
+                return msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise SettingsError(f"invalid setting {ENV_PREFIX}{name.upper()}: {exc}") from None
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _config_path(env: Mapping[str, str]) -> pathlib.Path | None:
+    explicit = env.get(f"{ENV_PREFIX}CONFIG")
+    if explicit:
+        path = pathlib.Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"invalid setting {ENV_PREFIX}CONFIG: no file at {path}")
+        return path
+    default = pathlib.Path("cygate.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from the file, the environment and ``overrides`` (highest)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    path = _config_path(env)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"invalid config file {path}: {exc}") from None
+        for key, value in data.items():
+            raw[key] = value
+            sources[key] = f"{key} in {path}"
+
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _FIELDS:
+            # NOTE: unknown CYGATE_* variables are reported, not ignored: a typo in a limit
+            # or a URL must not silently fall back to the default.
+            if name.startswith("_") or name in _IGNORED_ENV:
+                continue
+            raise SettingsError(f"unknown setting {key}")
+        raw[name] = _env_value(name, value)
+        # NOTE: secrets are named, never echoed, in error messages.
+        sources[name] = key if name in _SECRETS else f"{key}={value!r}"
+
+    for key, value in overrides.items():
+        if value is not None:
+            raw[key] = value
+            sources[key] = f"--{key.replace('_', '-')}={value!r}"
+
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(str(exc), sources)) from None
+
+
+# Variables that share the prefix but are not settings (build and test switches).
+_IGNORED_ENV = frozenset(
+    {"no_extensions", "cython_trace", "debug_build", "test_keep", "bench", "url"}
+)
+
+
+def _explain(message: str, sources: Mapping[str, str]) -> str:
+    """Turn msgspec's ``... - at `$.port``` into a line naming the setting and its source."""
+    detail, _, where = message.rpartition(" - at `$.")
+    if not where:
+        if message.startswith("Object contains unknown field"):
+            field = message.split("`")[1] if "`" in message else "?"
+            return f"unknown setting {field!r} in the config file"
+        return f"invalid settings: {message}"
+    name = where.rstrip("`").split("[", 1)[0].split(".", 1)[0]
+    source = sources.get(name, f"{ENV_PREFIX}{name.upper()}")
+    hint = {
+        "database_url": " (expected postgresql://...)",
+        "redis_url": " (expected redis://, rediss:// or unix://...)",
+    }.get(name, "")
+    return f"invalid setting {name} ({source}): {detail}{hint}"

@@ -1,0 +1,103 @@
+"""A real gateway process (Granian, two workers) over the session's test database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+
+from cygate.infra import seed as seeding
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kw)  # type: ignore[arg-type]
+
+
+def start_gateway(env: dict[str, str], *, workers: int = 2, extra_env: dict[str, str] | None = None) -> Gateway:
+    port = free_port()
+    env = {**env, **(extra_env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = stop_gateway(Gateway(url, proc, env))
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return Gateway(url, proc, env)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_gateway(Gateway(url, proc, env))
+    raise RuntimeError("gateway did not become ready in 30 s")
+
+
+def stop_gateway(gw: Gateway) -> str:
+    if gw.proc.poll() is None:
+        os.killpg(gw.proc.pid, signal.SIGTERM)
+        try:
+            gw.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(gw.proc.pid, signal.SIGKILL)
+            gw.proc.wait()
+    if gw.proc.stdout is None:
+        return ""
+    with gw.proc.stdout:
+        return gw.proc.stdout.read().decode()
+
+
+@pytest.fixture(scope="session")
+def seeded(test_db_dsn: str) -> dict[str, object]:
+    """Demo data in the test database (small, reproducible)."""
+
+    async def run() -> dict[str, object]:
+        conn = await asyncpg.connect(test_db_dsn)
+        try:
+            await seeding.reset(conn)
+            report = await seeding.seed(conn, categories=12, products=300, users=3, rng_seed=7)
+            return {"report": report}
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_env: dict[str, str], seeded: dict[str, object]) -> Iterator[Gateway]:
+    gw = start_gateway(gateway_env)
+    try:
+        yield gw
+    finally:
+        output = stop_gateway(gw)
+        if "Traceback" in output:
+            print(output)

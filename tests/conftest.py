@@ -1,0 +1,107 @@
+"""Shared fixtures: a private PostgreSQL database and Redis key prefix per test session.
+
+The servers come from ``DATABASE_URL`` / ``REDIS_URL`` (``scripts/services.sh`` writes them to
+``.services/env``; ``make test`` loads it). The session creates ``cygate_test_<random>``, applies
+the migrations, and drops it at the end; Redis keys live under ``cygate-test-<random>:`` and are
+deleted at the end. Other data on those servers is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from cygate._compat import NO_EXTENSIONS
+
+SERVER_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"cygate core: {'pure Python' if NO_EXTENSIONS else 'compiled (Cython)'}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_c = pytest.mark.skip(reason="CYGATE_NO_EXTENSIONS is set: compiled core not in use")
+    for item in items:
+        if NO_EXTENSIONS and item.get_closest_marker("c_extension"):
+            item.add_marker(skip_c)
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def test_db_dsn() -> Iterator[str]:
+    """DSN of a freshly created and migrated database, dropped after the session."""
+    import asyncio
+
+    from cygate.infra.db import apply_migrations, drop_database, ensure_database
+
+    dsn = _with_db(SERVER_DSN, f"cygate_test_{secrets.token_hex(4)}")
+
+    async def setup() -> None:
+        await ensure_database(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        yield dsn
+    finally:
+        if not os.environ.get("CYGATE_TEST_KEEP"):
+            asyncio.run(drop_database(dsn))
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this session's own; every key under it is deleted at the end."""
+    import asyncio
+
+    prefix = f"cygate-test-{secrets.token_hex(4)}:"
+    yield prefix
+
+    async def cleanup() -> None:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            async for key in client.scan_iter(match=prefix + "*", count=1000):
+                await client.delete(key)
+        finally:
+            await client.aclose()
+
+    asyncio.run(cleanup())
+
+
+@pytest.fixture
+async def db(test_db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(test_db_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_env(test_db_dsn: str, redis_prefix: str) -> dict[str, str]:
+    """Environment for a gateway process pointed at the test database and prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+    if NO_EXTENSIONS:
+        env["CYGATE_NO_EXTENSIONS"] = "1"
+    env.update(
+        CYGATE_DATABASE_URL=test_db_dsn,
+        CYGATE_REDIS_URL=REDIS_URL,
+        CYGATE_REDIS_PREFIX=redis_prefix,
+        CYGATE_LOG_LEVEL="warning",
+        CYGATE_ENVIRONMENT="test",
+    )
+    return env

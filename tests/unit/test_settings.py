@@ -1,0 +1,104 @@
+"""Settings: defaults, the file, the environment, and one clear line for each bad value."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from cygate.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s == Settings()
+    assert s.port == 8000 and s.max_body_bytes == 1024 * 1024
+
+
+def test_environment_overrides_file(tmp_path: pathlib.Path) -> None:
+    cfg = tmp_path / "cygate.toml"
+    cfg.write_text('port = 9001\nworkers = 3\ntrusted_proxies = ["10.0.0.1"]\n')
+    s = load_settings({"CYGATE_CONFIG": str(cfg), "CYGATE_PORT": "9002"})
+    assert (s.port, s.workers, s.trusted_proxies) == (9002, 3, ["10.0.0.1"])
+
+
+def test_list_from_environment() -> None:
+    assert load_settings({"CYGATE_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2"}).trusted_proxies == [
+        "10.0.0.1",
+        "10.0.0.2",
+    ]
+    assert load_settings({"CYGATE_TRUSTED_PROXIES": '["::1"]'}).trusted_proxies == ["::1"]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"CYGATE_PORT": "abc"}, "port"),
+        ({"CYGATE_PORT": "70000"}, "port"),
+        ({"CYGATE_WORKERS": "0"}, "workers"),
+        ({"CYGATE_DATABASE_URL": "mysql://x/y"}, "database_url"),
+        ({"CYGATE_REDIS_URL": "http://x"}, "redis_url"),
+        ({"CYGATE_LOG_LEVEL": "loud"}, "log_level"),
+        ({"CYGATE_ACCESS_LOG": "maybe"}, "access_log"),
+        ({"CYGATE_DB_POOL_MIN": "99"}, "db_pool_min"),
+        ({"CYGATE_METRICS_ACCESS": "token"}, "metrics_token"),
+        ({"CYGATE_MAX_BODY_BYTES": "-1"}, "max_body_bytes"),
+        ({"CYGATE_TRUSTED_PROXIES": "[not json"}, "TRUSTED_PROXIES"),
+        ({"CYGATE_PROT": "8000"}, "CYGATE_PROT"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert names in message
+    assert "\n" not in message
+
+
+def test_secrets_never_echoed() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"CYGATE_DATABASE_URL": "mysql://user:hunter2@db/x"})
+    assert "hunter2" not in str(info.value)
+    s = load_settings({"CYGATE_DATABASE_URL": "postgresql://u:hunter2@db/x"})
+    assert "hunter2" not in str(s.redacted())
+
+
+def test_bad_config_file(tmp_path: pathlib.Path) -> None:
+    cfg = tmp_path / "cygate.toml"
+    cfg.write_text("port = [\n")
+    with pytest.raises(SettingsError, match="invalid config file"):
+        load_settings({"CYGATE_CONFIG": str(cfg)})
+    cfg.write_text("colour = 'blue'\n")
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings({"CYGATE_CONFIG": str(cfg)})
+    with pytest.raises(SettingsError, match="no file"):
+        load_settings({"CYGATE_CONFIG": str(tmp_path / "missing.toml")})
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve", "migrate"])
+def test_cli_stops_with_one_line_not_a_traceback(command: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", command],
+        env={"CYGATE_PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "port" in lines[0]
+
+
+def test_cli_check_config_prints_redacted() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", "check-config"],
+        env={"CYGATE_DATABASE_URL": "postgresql://u:s3cret@h/db", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cret" not in proc.stdout and '"port": 8000' in proc.stdout
