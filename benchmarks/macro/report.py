@@ -1,0 +1,256 @@
+"""What a run leaves behind: the table (printed, and optionally written into a README between
+``<!-- macro:start -->`` and ``<!-- macro:end -->``), ``benchmarks/results/macro-<UTC>.json`` and
+``macro-latest.json``, and a bar chart ``macro-latest.png`` (req/s and server CPU µs/request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Failure",
+    "Result",
+    "machine_summary",
+    "markdown_table",
+    "plot",
+    "readme_block",
+    "update_readme",
+    "write_json",
+]
+
+README_START = "<!-- macro:start -->"
+README_END = "<!-- macro:end -->"
+
+
+@dataclass(slots=True)
+class Result:
+    name: str
+    summary: str
+    kind: str
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    cpu_us_per_req: float  # server process tree (or the self-timed process), utime + stime
+    pg_cpu_us_per_req: float  # every postgres process on the machine, same window
+    errors: int
+    rss_mib: float
+    client_cpu_pct: float | None = None  # wrk's CPU over the run, % of one core
+    error_detail: dict[str, int] = field(default_factory=dict)
+    ratio: float | None = None  # rps / baseline rps, set once the run is over
+
+
+@dataclass(slots=True)
+class Failure:
+    name: str
+    error: str
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _wrk_version() -> str | None:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        return None
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0] if first else None
+
+
+def machine_summary() -> dict[str, Any]:
+    dists = (
+        "granian",
+        "litestar",
+        "fastapi",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "asyncpg",
+        "msgspec",
+        "pyjwt",
+    )
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_avg_at_start": list(os.getloadavg()),
+        "wrk": _wrk_version(),
+        "versions": {d: v for d in dists if (v := _version(d))},
+    }
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    return (
+        f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"Python {machine['python']}"
+    )
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _num(value: float | None, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def markdown_table(results: list[Result], failures: list[Failure], baseline: str) -> str:
+    header = (
+        "contender",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU µs/req",
+        "PG µs/req",
+        "errors",
+        "RSS MiB",
+        f"vs {baseline}",
+    )
+    rows = [
+        (
+            r.name,
+            _num(r.rps, ",.0f"),
+            _num(r.p50_ms, ".2f"),
+            _num(r.p99_ms, ".2f"),
+            _num(r.cpu_us_per_req, ".1f"),
+            _num(r.pg_cpu_us_per_req, ".1f"),
+            str(r.errors),
+            _num(r.rss_mib, ".0f"),
+            _num(r.ratio, ".2f") + ("x" if r.ratio is not None else ""),
+        )
+        for r in results
+    ]
+    rows += [(f.name, "FAILED", *("-",) * 7) for f in failures]
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(header)
+    ]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if i else ":" + "-" * (w + 1) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def readme_block(table: str, command: str, when: datetime, machine: dict[str, Any]) -> str:
+    return (
+        f"{table}\n\n"
+        f"Command: `{command}`  \n"
+        f"Date: {when:%Y-%m-%d %H:%M} UTC  \n"
+        f"Machine: {machine_line(machine)}\n"
+        f"(wrk and the server share the machine; req/s moves ±20 % between runs, "
+        f"CPU µs/req and ratios much less.)"
+    )
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the text between the markers; the markers must be there, once each."""
+    text = path.read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise SystemExit(f"{path}: needs exactly one {README_START} and one {README_END}")
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"{path}: {README_END} comes before {README_START}")
+    new = pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text, count=1)
+    path.write_text(new)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json(record: dict[str, Any], results_dir: Path, when: datetime) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamped = results_dir / f"macro-{when:%Y%m%dT%H%M%SZ}.json"
+    latest = results_dir / "macro-latest.json"
+    text = json.dumps(_plain(record), indent=2, allow_nan=False) + "\n"
+    stamped.write_text(text)
+    latest.write_text(text)
+    return stamped, latest
+
+
+def _plain(obj: object) -> object:
+    """JSON-ready: dataclasses as dicts, datetimes as ISO strings, NaN as null."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def plot(results: list[Result], path: Path, title: str) -> Path:
+    """Two horizontal bar charts side by side: req/s (higher is better) and server CPU
+    µs/request (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in results]
+    fig, (ax_rps, ax_cpu) = plt.subplots(
+        1, 2, figsize=(12, 0.55 * len(results) + 1.8), sharey=True, constrained_layout=True
+    )
+    bars = ax_rps.barh(names, [r.rps for r in results], color="tab:blue")
+    ax_rps.bar_label(bars, labels=[f"{r.rps:,.0f}" for r in results], padding=3, fontsize=8)
+    ax_rps.set_xlabel("requests / s (higher is better)")
+    ax_rps.invert_yaxis()
+    ax_rps.margins(x=0.2)
+    cpu = [0.0 if math.isnan(r.cpu_us_per_req) else r.cpu_us_per_req for r in results]
+    bars = ax_cpu.barh(names, cpu, color="tab:orange")
+    ax_cpu.bar_label(bars, labels=[f"{c:.1f}" for c in cpu], padding=3, fontsize=8)
+    ax_cpu.set_xlabel("server CPU µs / request (lower is better)")
+    ax_cpu.margins(x=0.2)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
