@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/report_micro.py [RESULTS.json]`` (default: the newest ``*.json`` in
 ``benchmarks/results/`` written by ``pytest --benchmark-json``). Each case stores the number of
 operations in one round as ``extra_info["ops"]`` (1 when absent), so a round's mean divided by it
-is the time of one operation.
+is the time of one operation. A case named ``*_baseline`` (e.g. the bare loop of a workload) is
+shown but not ranked, and the others also show their time less the baseline's ("net").
 """
 
 from __future__ import annotations
@@ -19,18 +20,29 @@ __all__ = ["main", "rows", "table"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _is_pytest_benchmark(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "benchmarks" in data and "machine_info" in data
+
+
 def newest_json(directory: Path = RESULTS) -> Path:
     """The most recently written pytest-benchmark JSON file in ``directory``."""
-    candidates = [
-        p for p in directory.glob("*.json") if "benchmarks" in json.loads(p.read_text() or "{}")
-    ]
+    candidates = [p for p in directory.glob("*.json") if _is_pytest_benchmark(p)]
     if not candidates:
         raise SystemExit(f"no pytest-benchmark JSON file in {directory}")
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def rows(data: dict[str, Any]) -> dict[str, list[tuple[str, float, float, int]]]:
-    """Per group: (name, µs per op, ratio to the fastest, ops per round), fastest first."""
+def _is_baseline(name: str) -> bool:
+    return name.endswith("_baseline")
+
+
+def rows(data: dict[str, Any]) -> dict[str, list[tuple[str, float, float | None, float, int]]]:
+    """Per group, fastest first: (name, µs/op, µs/op less the group's baseline case if any,
+    ratio to the fastest non-baseline case, ops per round)."""
     groups: dict[str, list[tuple[str, float, int]]] = {}
     for bench in data["benchmarks"]:
         ops = int(bench.get("extra_info", {}).get("ops", 1)) or 1
@@ -41,26 +53,39 @@ def rows(data: dict[str, Any]) -> dict[str, list[tuple[str, float, float, int]]]
     result = {}
     for group, cases in groups.items():
         cases.sort(key=lambda case: case[1])
-        fastest = cases[0][1]
-        result[group] = [(name, us, us / fastest, ops) for name, us, ops in cases]
+        baseline = next((us for name, us, _ in cases if _is_baseline(name)), None)
+        fastest = min((us for name, us, _ in cases if not _is_baseline(name)), default=1.0)
+        result[group] = [
+            (
+                name,
+                us,
+                None if baseline is None or _is_baseline(name) else us - baseline,
+                1.0 if _is_baseline(name) else us / fastest,
+                ops,
+            )
+            for name, us, ops in cases
+        ]
     return result
 
 
 def table(data: dict[str, Any]) -> str:
-    """The report as plain text, one table per group."""
-    lines = []
+    """The report as plain text, one table per group (a ``*_baseline`` case is not ranked)."""
     machine = data.get("machine_info", {})
-    lines.append(
+    lines = [
         f"{machine.get('python_implementation', '?')} {machine.get('python_version', '?')} on "
         f"{machine.get('cpu', {}).get('brand_raw', machine.get('machine', '?'))}"
-    )
+    ]
     for group, cases in rows(data).items():
         width = max(len(name) for name, *_ in cases)
-        lines += ["", group, f"  {'case':<{width}}  {'µs/op':>10}  {'× fastest':>10}  {'ops':>5}"]
         lines += [
-            f"  {name:<{width}}  {us:>10.3f}  {ratio:>10.2f}  {ops:>5}"
-            for name, us, ratio, ops in cases
+            "",
+            group,
+            f"  {'case':<{width}}  {'us/op':>9}  {'net us/op':>9}  {'x fastest':>9}  {'ops':>5}",
         ]
+        for name, us, net, ratio, ops in cases:
+            net_text = "" if net is None else f"{net:.3f}"
+            ratio_text = "-" if _is_baseline(name) else f"{ratio:.2f}"
+            lines.append(f"  {name:<{width}}  {us:>9.3f}  {net_text:>9}  {ratio_text:>9}  {ops:>5}")
     return "\n".join(lines)
 
 

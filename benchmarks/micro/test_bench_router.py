@@ -12,7 +12,7 @@ all of them the same way: one table per host, tried before the host-less one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -239,14 +239,14 @@ CANONICAL_PATHS = [canonical for _, canonical in _RAW_PATHS]
 # ---------------------------------------------------------------------------------------------
 
 
-def cygate_router(router_cls: type[RouterPy[str]]) -> RouterPy[str]:
+def cygate_router(router_cls: type[RouterPy]) -> RouterPy:
     router = router_cls()
     for host, method, pattern in ROUTES:
         router.add(method, pattern, route_value(host, method, pattern), host=host)
     return router
 
 
-def cygate_matcher(router: RouterPy[str]) -> Matcher:
+def cygate_matcher(router: RouterPy) -> Matcher:
     def resolve(method: str, path: str, host: str | None) -> str | None:
         result = router.match(method, path, host)
         return result.value if result.kind is FOUND else None
@@ -321,20 +321,22 @@ def litestar_matcher() -> Matcher:
             litestar_pattern = litestar_pattern.replace(":int:str}", ":int}")
             litestar_pattern = litestar_pattern.replace(":path:str}", ":path}")
             methods = _ALL_METHODS if method == "*" else [method]
-            handlers.append(route(litestar_pattern, http_method=methods, name=value)(handler))
+            handlers.append(
+                route(litestar_pattern, http_method=cast(Any, methods), name=value)(handler)
+            )
         app = Litestar(route_handlers=handlers, openapi_config=None)
-        routers[host] = app.asgi_router._handle_routing
+        routers[host] = cast(Callable[[str, str], Any], app.asgi_router._handle_routing)
     default = routers.pop(None)
 
     def resolve(method: str, path: str, host: str | None) -> str | None:
         handle = routers.get(host) if host is not None else None
         if handle is not None:
             try:
-                return handle(path, method)[1].name  # type: ignore[no-any-return]
+                return cast(str, handle(path, method)[1].name)
             except HTTPException:
                 pass
         try:
-            return default(path, method)[1].name  # type: ignore[no-any-return]
+            return cast(str, default(path, method)[1].name)
         except HTTPException:
             return None
 
@@ -358,7 +360,7 @@ def timed(resolve: Matcher) -> Callable[[], None]:
     return run
 
 
-def timed_cygate(router: RouterPy[str]) -> Callable[[], None]:
+def timed_cygate(router: RouterPy) -> Callable[[], None]:
     """The loop calls ``router.match`` itself, as the gateway does (no wrapper around it)."""
     match = router.match
 

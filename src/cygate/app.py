@@ -10,21 +10,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
 from cygate.edge.edge import BodyTooLarge, Edge
-from cygate.edge.policy import RoutePolicy
-from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
-from cygate.infra.db import create_pool
+from cygate.edge.policy import FastHandler, RoutePolicy
+from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from cygate.infra.db import DB_UNAVAILABLE, create_pool
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
+from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
@@ -33,17 +34,6 @@ __all__ = ["build_router", "create_app"]
 
 log = logging.getLogger("cygate")
 
-# Errors that mean "the database is not reachable right now": a quick 503, never a hang or a 500.
-_DB_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-)
 
 _LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
 
@@ -60,7 +50,7 @@ def _problem(
         status,
         detail,
         instance=request.scope.get("path", ""),
-        request_id=request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+        request_id=str(request.scope.get("cygate.request_id", "")),
         extra=extra,
     )
     return Response(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
@@ -73,7 +63,10 @@ def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) ->
             source = item.get("source") or "body"
             key = item.get("key") or ""
             errors.append(
-                {"field": f"{source}.{key}" if key else source, "message": str(item.get("message", ""))}
+                {
+                    "field": f"{source}.{key}" if key else source,
+                    "message": str(item.get("message", "")),
+                }
             )
     return _problem(request, 422, exc.detail or "validation failed", extra={"errors": errors})
 
@@ -91,40 +84,46 @@ def _on_cursor(request: Request[Any, Any, Any], exc: CursorError) -> Response[by
     )
 
 
+def _on_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
+    return _problem(request, exc.status, exc.detail, headers=exc.headers, extra=exc.extra)
+
+
 def _on_body_too_large(request: Request[Any, Any, Any], exc: BodyTooLarge) -> Response[bytes]:
     return _problem(request, 413, str(exc))
 
 
 def _on_db_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.warning("database unavailable: %r", exc)
-    return _problem(
-        request, 503, "the database is unavailable; retry shortly", headers={"retry-after": "1"}
-    )
+    return _on_problem(request, unavailable())
 
 
 def _on_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    if isinstance(exc, _DB_DOWN):
+    if isinstance(exc, DB_UNAVAILABLE):
         return _on_db_down(request, exc)
     log.error(
         "unhandled error request_id=%s",
-        request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+        request.scope.get("cygate.request_id", ""),
         exc_info=exc,
     )
     return _problem(request, 500, "internal error; quote the request_id when reporting it")
 
 
-def build_router(app: Litestar) -> Router:
-    """The edge's route table, derived from the Litestar app's own routes and handler ``opt``."""
+def build_router(app: Litestar, fast: dict[str, FastHandler] | None = None) -> Router:
+    """The edge's route table, derived from the Litestar app's own routes and handler ``opt``.
+
+    ``fast`` maps a route name (``GET /api/v1/products/{product_id:uuid}``) to a handler the edge
+    calls itself for that route.
+    """
+    fast = fast or {}
     router = Router()
     for route in app.routes:
-        methods = getattr(route, "methods", None)
-        if not methods:
+        if not isinstance(route, HTTPRoute):
             continue
         pattern = _pattern_of(route)
-        for method in sorted(methods):
-            if method == "OPTIONS" and "OPTIONS" not in route.route_handler_map:  # type: ignore[attr-defined]
-                continue  # Litestar adds an implicit OPTIONS handler; the edge does not route it
-            handler = route.route_handler_map[method][0]  # type: ignore[attr-defined]
+        for method in sorted(route.methods):
+            if method not in route.route_handler_map:
+                continue
+            handler = route.route_handler_map[method][0]
             opt = dict(handler.opt)
             policy = RoutePolicy(
                 name=f"{method} {route.path}",
@@ -133,8 +132,12 @@ def build_router(app: Litestar) -> Router:
                 rate_limit=opt.get("rate_limit"),
                 cache=opt.get("cache"),
                 max_body_bytes=opt.get("max_body_bytes"),
+                fast=fast.get(f"{method} {route.path}"),
             )
             router.add(method, pattern, policy)
+    unknown = set(fast) - {p.name for *_, p in router.routes()}
+    if unknown:
+        raise ValueError(f"fast handlers for routes that do not exist: {sorted(unknown)}")
     return router
 
 
@@ -149,14 +152,16 @@ def _pattern_of(route: Any) -> str:
                 kind = "uuid"
             elif comp.type.__name__ in ("Path", "PosixPath"):
                 kind = "path"
-            parts.append("{%s:%s}" % (comp.name, kind))
+            parts.append(f"{{{comp.name}:{kind}}}")
     return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
 def create_app(settings: Settings | None = None) -> Edge:
     """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
 
@@ -164,11 +169,11 @@ def create_app(settings: Settings | None = None) -> Edge:
     async def resources(app: Litestar) -> AsyncIterator[None]:
         try:
             pool = await create_pool(settings)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             # NOTE: start anyway with a lazy pool: requests get a quick 503 until PostgreSQL
             # answers, and /readyz says so, instead of a worker that never starts.
             log.warning("PostgreSQL not reachable at start-up (%r); starting degraded", exc)
-            pool = await create_pool(settings, min_size=0)
+            pool = await create_pool(settings, lazy=True)
         redis = create_redis(settings)
         app.state.pool = pool
         app.state.redis = redis
@@ -189,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             ValidationException: _on_validation,
             HTTPException: _on_http,
             CursorError: _on_cursor,
+            Problem: _on_problem,
             BodyTooLarge: _on_body_too_large,
             Exception: _on_error,
         },
@@ -202,13 +208,15 @@ def create_app(settings: Settings | None = None) -> Edge:
         debug=False,
         logging_config=None,
     )
+    fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
     return Edge(
-        app,
-        build_router(app),
+        app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
+        build_router(app, fast_handlers),
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,
+        fast_paths=settings.edge_fast_paths,
     )
 
 

@@ -61,21 +61,24 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     db_command_timeout: Annotated[_Seconds, _doc("Per-statement timeout, seconds.")] = 5.0
     db_acquire_timeout: Annotated[_Seconds, _doc("Wait for a pooled connection, seconds.")] = 2.0
 
-    redis_url: Annotated[
-        str, _doc("Redis URL.", pattern=r"^(redis|rediss|unix)://")
-    ] = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, _doc("Redis URL.", pattern=r"^(redis|rediss|unix)://")] = (
+        "redis://127.0.0.1:6379/0"
+    )
     redis_prefix: Annotated[
         str, _doc("Prefix of every Redis key cygate writes.", min_length=1, max_length=64)
     ] = "cygate:"
     redis_timeout: Annotated[_Seconds, _doc("Socket timeout for Redis calls, seconds.")] = 0.5
 
-    max_body_bytes: Annotated[
-        _Positive, _doc("Largest accepted request body; larger is 413.")
-    ] = 1024 * 1024
+    max_body_bytes: Annotated[_Positive, _doc("Largest accepted request body; larger is 413.")] = (
+        1024 * 1024
+    )
     hsts_max_age: Annotated[
         _NonNegative, _doc("Strict-Transport-Security max-age; 0 sends no HSTS header.")
     ] = 0
     hsts_include_subdomains: Annotated[bool, _doc("Add includeSubDomains to HSTS.")] = False
+    edge_fast_paths: Annotated[
+        bool, _doc("Serve routes that have a fast handler in the edge, bypassing Litestar.")
+    ] = True
     trusted_proxies: Annotated[
         list[str], _doc("Peer addresses whose X-Forwarded-For is believed.")
     ] = msgspec.field(default_factory=list)
@@ -112,9 +115,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 _SECRETS = ("metrics_token", "database_url", "redis_url")
-_FIELDS: dict[str, type] = {
-    f.name: f.type for f in msgspec.structs.fields(Settings)  # type: ignore[misc]
-}
+_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 
 
 def _mask_url_password(url: str) -> str:
@@ -150,9 +151,7 @@ def _config_path(env: Mapping[str, str]) -> pathlib.Path | None:
     return default if default.is_file() else None
 
 
-def load_settings(
-    env: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from the file, the environment and ``overrides`` (highest)."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}

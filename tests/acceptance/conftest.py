@@ -35,7 +35,9 @@ class Gateway:
         return httpx.Client(base_url=self.url, timeout=10, **kw)  # type: ignore[arg-type]
 
 
-def start_gateway(env: dict[str, str], *, workers: int = 2, extra_env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    env: dict[str, str], *, workers: int = 2, extra_env: dict[str, str] | None = None
+) -> Gateway:
     port = free_port()
     env = {**env, **(extra_env or {})}
     proc = subprocess.Popen(

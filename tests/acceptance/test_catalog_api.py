@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from tests.acceptance.conftest import Gateway
 
 pytestmark = pytest.mark.acceptance
@@ -141,7 +140,9 @@ def test_bad_input_is_a_clear_problem(gateway: Gateway, path: str, status: int) 
 
 def test_cursor_from_another_sort_is_refused(gateway: Gateway) -> None:
     with gateway.client() as c:
-        cursor = c.get("/api/v1/products", params={"sort": "price", "limit": 2}).json()["next_cursor"]
+        cursor = c.get("/api/v1/products", params={"sort": "price", "limit": 2}).json()[
+            "next_cursor"
+        ]
         r = c.get("/api/v1/products", params={"sort": "name", "cursor": cursor})
     assert_problem(r, 422)
 

@@ -8,7 +8,6 @@ import time
 
 import httpx
 import pytest
-
 from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
 from tests.acceptance.test_catalog_api import assert_problem
 

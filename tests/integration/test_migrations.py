@@ -91,9 +91,7 @@ async def test_constraints_refuse_bad_rows(db: asyncpg.Connection) -> None:
         )
 
 
-async def test_edited_migration_is_refused(
-    fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_edited_migration_is_refused(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     conn = await asyncpg.connect(fresh_dsn)
     try:
         await apply_migrations(conn)

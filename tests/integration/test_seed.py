@@ -32,10 +32,13 @@ async def test_seed_loads_consistent_data(conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("SELECT count(*) FROM products") == 20_000
     assert await conn.fetchval("SELECT count(*) FROM products WHERE search IS NULL") == 0
     # every product's category exists, roots and children form a two-level tree
-    assert await conn.fetchval(
-        "SELECT count(*) FROM categories c JOIN categories p ON c.parent_id = p.id "
-        "WHERE p.parent_id IS NOT NULL"
-    ) == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM categories c JOIN categories p ON c.parent_id = p.id "
+            "WHERE p.parent_id IS NOT NULL"
+        )
+        == 0
+    )
     hashed = await conn.fetchval("SELECT password_hash FROM users LIMIT 1")
     assert report.password and PasswordHasher().verify(hashed, report.password)
 

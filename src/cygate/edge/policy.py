@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import msgspec
 
-__all__ = ["RoutePolicy"]
+__all__ = ["FastHandler", "RoutePolicy"]
+
+FastHandler = Callable[[dict[str, str] | None], Awaitable[bytes]]
+"""A handler the edge calls itself, without entering Litestar: it takes the path parameters and
+returns a JSON body for a 200, or raises :class:`cygate.edge.problem.Problem`."""
 
 
 class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,3 +30,7 @@ class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):
     """``local`` (the Litestar app) or the name of an upstream (routing issue)."""
     max_body_bytes: int | None = None
     """Per-route body limit; ``None`` uses the global setting."""
+    fast: FastHandler | None = None
+    """PERF: serve this route in the edge (no framework routing, DI or response objects).
+    The Litestar handler for the route stays: it documents it in OpenAPI and serves it when
+    fast paths are switched off (``CYGATE_EDGE_FAST_PATHS=false``)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "problem_body"]
+__all__ = ["PROBLEM_CONTENT_TYPE", "Problem", "problem_body"]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -40,3 +40,25 @@ def problem_body(
     if extra:
         doc.update(extra)
     return orjson.dumps(doc)
+
+
+class Problem(Exception):
+    """An error that becomes a problem+json response, raised by handlers on either path.
+
+    The edge turns it into a response for its fast handlers, and the Litestar app registers an
+    exception handler that does the same, so a handler never cares which path called it.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra

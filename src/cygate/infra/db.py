@@ -14,7 +14,7 @@ import importlib.resources
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from cygate.settings import Settings
 
 __all__ = [
+    "DB_UNAVAILABLE",
     "Migration",
     "MigrationError",
     "apply_migrations",
@@ -37,6 +38,19 @@ log = logging.getLogger("cygate.db")
 # An arbitrary constant: the advisory lock every cygate process takes while migrating.
 MIGRATION_LOCK_ID = 0x6379_6761_7465  # "cygate"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+# Errors that mean "the database is not reachable right now": a quick 503, never a hang or a 500.
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+)
 
 
 class MigrationError(RuntimeError):
@@ -166,16 +180,31 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(settings: Settings, **kwargs: Any) -> asyncpg.Pool:
-    """The app's pool: prepared statements cached per connection, jsonb through orjson."""
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Release hook: roll back a transaction left open, and nothing else.
+
+    PERF: asyncpg's default reset sends ``RESET ALL; UNLISTEN *; CLOSE ALL; ...`` on every
+    release, one more round trip per request (10 % of a worker's CPU on the product read).
+    The app never changes session state on pooled connections (no SET, LISTEN, advisory
+    locks or cursors outside a transaction), so only an open transaction needs undoing.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(settings: Settings, *, lazy: bool = False) -> asyncpg.Pool:
+    """The app's pool: prepared statements cached per connection, jsonb through orjson.
+
+    ``lazy`` opens no connection up front (used when PostgreSQL is down at start-up).
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         settings.database_url,
-        min_size=settings.db_pool_min,
+        min_size=0 if lazy else settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_acquire_timeout,
         init=_init_connection,
+        reset=_reset_connection,
         server_settings={"application_name": "cygate", "jit": "off"},
-        **kwargs,
     )
     return pool

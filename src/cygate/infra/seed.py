@@ -116,7 +116,9 @@ async def seed(
                     (uuid7(), email, hashed, f"Customer {i}", ["customer"], now, now)
                     for i, email in enumerate(emails, 1)
                 ],
-                columns=["id", "email", "password_hash", "name", "roles", "created_at", "updated_at"],
+                columns=[
+                    "id", "email", "password_hash", "name", "roles", "created_at", "updated_at",
+                ],
             )  # fmt: skip
     return SeedReport(
         len(cat_rows),
@@ -128,9 +130,7 @@ async def seed(
     )
 
 
-def _categories(
-    rng: random.Random, count: int, now: datetime
-) -> list[tuple[object, ...]]:
+def _categories(rng: random.Random, count: int, now: datetime) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     roots: list[object] = []
     suffix = secrets.token_hex(2)
@@ -154,7 +154,7 @@ def _products(
     rng: random.Random, count: int, cat_ids: list[object], now: datetime
 ) -> list[tuple[object, ...]]:
     batch = secrets.token_hex(3).upper()
-    out = []
+    out: list[tuple[object, ...]] = []
     for i in range(count):
         name = f"{rng.choice(_ADJECTIVES)} {rng.choice(_MATERIALS)} {rng.choice(_NOUNS)}"
         first, second = rng.sample(_PHRASES, 2)

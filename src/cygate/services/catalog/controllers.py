@@ -7,9 +7,10 @@ from uuid import UUID
 
 from litestar import Controller, get
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
+from cygate.edge.problem import Problem
 from cygate.services.catalog.models import CategoryTree, Product, ProductPage
 from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
 
@@ -35,12 +36,16 @@ class CatalogController(Controller):
     async def products(
         self,
         state: State,
-        category: Annotated[UUID | None, Parameter(description="Category id (its subtree too)")] = None,
+        category: Annotated[
+            UUID | None, Parameter(description="Category id (its subtree too)")
+        ] = None,
         min_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
         max_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
         sort: Annotated[SortName, Parameter(description="Order of the items")] = DEFAULT_SORT,
         limit: Annotated[int, Parameter(ge=1, le=100, description="Page size")] = 20,
-        cursor: Annotated[str | None, Parameter(max_length=512, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Parameter(max_length=512, description="next_cursor of the previous page")
+        ] = None,
     ) -> ProductPage:
         if (
             min_price_cents is not None
@@ -49,7 +54,13 @@ class CatalogController(Controller):
         ):
             raise ValidationException(
                 "min_price_cents is greater than max_price_cents",
-                extra=[{"key": "min_price_cents", "message": "must not exceed max_price_cents", "source": "query"}],
+                extra=[
+                    {
+                        "key": "min_price_cents",
+                        "message": "must not exceed max_price_cents",
+                        "source": "query",
+                    }
+                ],
             )
         return await _repo(state).list_products(
             category=category,
@@ -64,5 +75,5 @@ class CatalogController(Controller):
     async def product(self, state: State, product_id: UUID) -> Product:
         product = await _repo(state).get_product(product_id)
         if product is None:
-            raise NotFoundException(f"no product {product_id}")
+            raise Problem(404, f"no product {product_id}")
         return product

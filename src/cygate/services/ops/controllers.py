@@ -55,7 +55,7 @@ class OpsController(Controller):
             503,
             "PostgreSQL is not answering",
             instance=request.url.path,
-            request_id=request.scope.get("cygate.request_id", ""),  # type: ignore[typeddict-item]
+            request_id=str(request.scope.get("cygate.request_id", "")),
             extra=doc,
         )
         return Response(
