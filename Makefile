@@ -70,7 +70,7 @@ endif
 bench-micro: build
 	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
 	  --benchmark-json=benchmarks/results/micro-latest.json
-	$(BIN)/python benchmarks/report_micro.py benchmarks/results/micro-latest.json
+	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-readme README.md
 
 bench-macro: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md

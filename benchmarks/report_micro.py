@@ -92,10 +92,29 @@ def table(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", type=Path, help="pytest-benchmark JSON file")
+    parser.add_argument(
+        "--update-readme",
+        type=Path,
+        metavar="FILE",
+        help="replace the text between <!-- micro:start --> and <!-- micro:end --> in FILE",
+    )
     args = parser.parse_args(argv)
     path: Path = args.results or newest_json()
+    data = json.loads(path.read_text())
+    report = table(data)
     print(f"{path}:")
-    print(table(json.loads(path.read_text())))
+    print(report)
+    if args.update_readme:
+        from benchmarks.macro.report import update_readme
+
+        when = data.get("datetime", "")[:19].replace("T", " ")
+        block = (
+            f"Measured {when} UTC by `make bench-micro` "
+            "(`pytest benchmarks/micro --benchmark-json=...` then "
+            "`python benchmarks/report_micro.py`); us/op = one operation "
+            "(one route match, one path normalised):\n\n```\n" + report + "\n```"
+        )
+        update_readme(args.update_readme, block, "<!-- micro:start -->", "<!-- micro:end -->")
     return 0
 
 

@@ -187,15 +187,17 @@ def readme_block(table: str, command: str, when: datetime, machine: dict[str, An
     )
 
 
-def update_readme(path: Path, block: str) -> None:
+def update_readme(
+    path: Path, block: str, start: str = README_START, end: str = README_END
+) -> None:
     """Replace the text between the markers; the markers must be there, once each."""
     text = path.read_text()
-    if text.count(README_START) != 1 or text.count(README_END) != 1:
-        raise SystemExit(f"{path}: needs exactly one {README_START} and one {README_END}")
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise SystemExit(f"{path}: needs exactly one {start} and one {end}")
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise SystemExit(f"{path}: {README_END} comes before {README_START}")
-    new = pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text, count=1)
+        raise SystemExit(f"{path}: {end} comes before {start}")
+    new = pattern.sub(lambda _: f"{start}\n{block}\n{end}", text, count=1)
     path.write_text(new)
 
 
