@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,6 +180,13 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         catalog.pool = pool
         metrics.start()
+        # PERF: everything built so far lives as long as the worker; move it out of the
+        # collector's sight, and collect the young generation less often (each request makes a
+        # few dozen short-lived objects; the default threshold of 700 ran a collection every
+        # ~20 requests: 2.5 % of a worker's CPU on the product read).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -49,6 +50,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
+
+# PERF: request and trace ids need uniqueness, not secrecy. os.urandom is a getrandom(2) system
+# call per id (2 % of a worker's CPU on this machine); a per-process generator seeded from it is
+# not. Re-seeded in every worker after fork so two workers never share a sequence.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+_randbits = _ids.getrandbits
 
 
 class BodyTooLarge(Exception):
@@ -119,10 +127,9 @@ class Edge:
             elif name == b"host":
                 host = value.decode("latin-1").rsplit(":", 1)[0].lower()
         if not request_id:
-            request_id = os.urandom(12).hex()
+            request_id = "%024x" % _randbits(96)
         if not traceparent:
-            trace, span = os.urandom(16).hex(), os.urandom(8).hex()
-            traceparent = f"00-{trace}-{span}-01".encode()
+            traceparent = b"00-%032x-%016x-01" % (_randbits(128) or 1, _randbits(64) or 1)
         headers: Headers = (
             (b"x-request-id", request_id.encode()),
             (b"traceparent", traceparent),
