@@ -187,9 +187,7 @@ def readme_block(table: str, command: str, when: datetime, machine: dict[str, An
     )
 
 
-def update_readme(
-    path: Path, block: str, start: str = README_START, end: str = README_END
-) -> None:
+def update_readme(path: Path, block: str, start: str = README_START, end: str = README_END) -> None:
     """Replace the text between the markers; the markers must be there, once each."""
     text = path.read_text()
     if text.count(start) != 1 or text.count(end) != 1:

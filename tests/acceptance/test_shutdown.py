@@ -11,7 +11,6 @@ import time
 import asyncpg
 import httpx
 import pytest
-
 from tests.acceptance.conftest import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.acceptance
@@ -33,8 +32,7 @@ def test_in_flight_request_finishes_after_sigterm(
                 async with conn.transaction():
                     await conn.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
                     locked.set()
-                    while not release.is_set():
-                        await asyncio.sleep(0.02)
+                    await asyncio.to_thread(release.wait, 20)
             finally:
                 await conn.close()
 

@@ -127,7 +127,7 @@ class Edge:
             elif name == b"host":
                 host = value.decode("latin-1").rsplit(":", 1)[0].lower()
         if not request_id:
-            request_id = "%024x" % _randbits(96)
+            request_id = f"{_randbits(96):024x}"
         if not traceparent:
             traceparent = b"00-%032x-%016x-01" % (_randbits(128) or 1, _randbits(64) or 1)
         headers: Headers = (
