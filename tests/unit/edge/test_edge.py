@@ -1,0 +1,189 @@
+"""The edge in process, in front of a tiny ASGI app: limits, errors, HEAD, ids, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from cygate.core.router import Router
+from cygate.edge.edge import Edge, Message, Receive, Scope, Send
+from cygate.edge.policy import RoutePolicy
+from cygate.edge.problem import Problem
+from cygate.infra.metrics import Metrics
+
+
+async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+    """Echoes the body length; /boom raises; /problem raises a Problem."""
+    if scope["path"] == "/boom":
+        raise RuntimeError("secret internals")
+    if scope["path"] == "/problem":
+        raise Problem(409, "conflict here", headers={"x-extra": "1"})
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = orjson.dumps({"size": size, "path": scope["path"], "method": scope["method"]})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_edge(max_body: int = 100) -> Edge:
+    router = Router()
+    for method, pattern in [
+        ("POST", "/upload"),
+        ("GET", "/items/{id:int}"),
+        ("GET", "/boom"),
+        ("GET", "/problem"),
+        ("POST", "/small"),
+    ]:
+        limit = 10 if pattern == "/small" else None
+        router.add(method, pattern, RoutePolicy(name=f"{method} {pattern}", max_body_bytes=limit))
+
+    async def fast(params: dict[str, str] | None) -> bytes:
+        assert params is not None
+        if params["id"] == "0":
+            raise Problem(404, "no item 0")
+        return orjson.dumps({"fast": params["id"]})
+
+    router.add("GET", "/fast/{id:int}", RoutePolicy(name="GET /fast/{id:int}", fast=fast))
+    return Edge(inner, router, metrics=Metrics(), max_body_bytes=max_body, hsts_max_age=60)
+
+
+async def call(
+    edge: Edge,
+    method: str,
+    path: bytes,
+    *,
+    chunks: list[bytes] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    pending = list(chunks or [b""])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        body = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": method,
+        "path": path.decode("latin-1"),
+        "raw_path": path,
+        "query_string": b"",
+        "headers": headers or [],
+    }
+    await edge(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+async def test_streamed_body_over_the_limit_is_413() -> None:
+    status, headers, body = await call(make_edge(), "POST", b"/upload", chunks=[b"x" * 60] * 3)
+    assert status == 413
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert orjson.loads(body)["status"] == 413
+
+
+async def test_streamed_body_under_the_limit_passes() -> None:
+    status, _, body = await call(make_edge(), "POST", b"/upload", chunks=[b"x" * 40] * 2)
+    assert status == 200 and orjson.loads(body)["size"] == 80
+
+
+async def test_per_route_limit_and_content_length() -> None:
+    edge = make_edge()
+    status, _, _ = await call(edge, "POST", b"/small", headers=[(b"content-length", b"11")])
+    assert status == 413
+    status, _, _ = await call(edge, "POST", b"/upload", headers=[(b"content-length", b"abc")])
+    assert status == 400
+    status, _, _ = await call(edge, "POST", b"/nowhere", headers=[(b"content-length", b"101")])
+    assert status == 413  # before routing: an unknown path does not dodge the limit
+
+
+async def test_unhandled_error_is_500_without_internals() -> None:
+    status, headers, body = await call(make_edge(), "GET", b"/boom")
+    doc = orjson.loads(body)
+    assert status == 500 and doc["status"] == 500
+    assert b"secret internals" not in body and b"Traceback" not in body
+    assert doc["request_id"] == headers[b"x-request-id"].decode()
+
+
+async def test_problem_from_the_app_keeps_status_and_headers() -> None:
+    status, headers, body = await call(make_edge(), "GET", b"/problem")
+    assert status == 409 and headers[b"x-extra"] == b"1"
+    assert orjson.loads(body)["detail"] == "conflict here"
+
+
+async def test_head_falls_back_to_get_without_a_body() -> None:
+    status, headers, body = await call(make_edge(), "HEAD", b"/items/5")
+    assert status == 200 and body == b"" and headers[b"x-app"] == b"1"
+    status, _, body = await call(make_edge(), "HEAD", b"/fast/5")
+    assert status == 200 and body == b""
+
+
+async def test_fast_handler_and_its_problems() -> None:
+    edge = make_edge()
+    status, headers, body = await call(edge, "GET", b"/fast/7")
+    assert status == 200 and orjson.loads(body) == {"fast": "7"}
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert headers[b"strict-transport-security"] == b"max-age=60"
+    status, _, body = await call(edge, "GET", b"/fast/0")
+    assert status == 404 and orjson.loads(body)["detail"] == "no item 0"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", b"/items/abc", 422),
+        ("DELETE", b"/items/1", 405),
+        ("GET", b"/missing", 404),
+        ("GET", b"/items/%zz", 400),
+        ("GET", b"/items/%00", 400),
+        ("GET", b"relative", 400),
+    ],
+)
+async def test_routing_errors(method: str, path: bytes, status: int) -> None:
+    got, headers, body = await call(make_edge(), method, path)
+    assert got == status
+    doc = orjson.loads(body)
+    assert doc["status"] == status and doc["request_id"]
+    if status == 405:
+        assert headers[b"allow"] == b"GET, HEAD"
+    if status == 422:
+        assert doc["errors"] == [
+            {"field": "path.id", "message": "invalid value for this parameter"}
+        ]
+
+
+async def test_app_sees_the_canonical_path() -> None:
+    status, _, body = await call(make_edge(), "GET", b"//items/./9/")
+    assert status == 200 and orjson.loads(body)["path"] == "/items/9"
+
+
+async def test_ids_are_unique_and_well_formed() -> None:
+    edge = make_edge()
+    ids = set()
+    for _ in range(200):
+        _, headers, _ = await call(edge, "GET", b"/items/1")
+        ids.add(headers[b"x-request-id"])
+        trace = headers[b"traceparent"].split(b"-")
+        assert len(trace[1]) == 32 and len(trace[2]) == 16 and trace[1] != b"0" * 32
+    assert len(ids) == 200
+
+
+async def test_metrics_label_by_route_template() -> None:
+    edge = make_edge()
+    await call(edge, "GET", b"/items/1")
+    await call(edge, "GET", b"/items/2")
+    await call(edge, "GET", b"/nope")
+    text = edge.metrics.render()
+    assert 'route="GET /items/{id:int}",method="GET",status="200"} 2' in text
+    assert 'route="<unmatched>",method="GET",status="404"} 1' in text
