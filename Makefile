@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks loadtests
 	$(BIN)/ruff format --check src tests benchmarks loadtests
 	$(BIN)/mypy
+	scripts/lint-dockerfile.sh
 
 test-c: build services
 	$(WITH_ENV) $(BIN)/python -m pytest -q

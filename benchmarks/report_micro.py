@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path: Path = args.results or newest_json()
     data = json.loads(path.read_text())
+    # pytest-benchmark keeps every round's timing (tens of MB); the summary is what we keep.
+    if any("data" in bench.get("stats", {}) for bench in data["benchmarks"]):
+        for bench in data["benchmarks"]:
+            bench["stats"].pop("data", None)
+        path.write_text(json.dumps(data, indent=1) + "\n")
     report = table(data)
     print(f"{path}:")
     print(report)
