@@ -14,7 +14,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -27,13 +27,14 @@ from cygate.core.router import (
     Router,
     normalize_path,
 )
+from cygate.edge.context import EdgeContext, Stage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
 if TYPE_CHECKING:
     from cygate.edge.policy import RoutePolicy
     from cygate.infra.metrics import Metrics
 
-__all__ = ["ASGIApp", "BodyTooLarge", "Edge", "Message", "Receive", "Scope", "Send"]
+__all__ = ["ASGIApp", "BodyTooLarge", "Dispatch", "Edge", "Message", "Receive", "Scope", "Send"]
 
 log = logging.getLogger("cygate.edge")
 
@@ -49,6 +50,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Dispatch = Callable[[EdgeContext, Receive, Send], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
 
 # PERF: request and trace ids need uniqueness, not secrecy. os.urandom is a getrandom(2) system
@@ -70,7 +72,16 @@ class BodyTooLarge(Exception):
 class Edge:
     """Wraps an ASGI app (Litestar) with routing, policy and the response contract."""
 
-    __slots__ = ("_security_headers", "app", "fast_paths", "max_body", "metrics", "router")
+    __slots__ = (
+        "_security_headers",
+        "app",
+        "fast_paths",
+        "max_body",
+        "metrics",
+        "router",
+        "stages",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -82,8 +93,14 @@ class Edge:
         hsts_max_age: int = 0,
         hsts_include_subdomains: bool = False,
         fast_paths: bool = True,
+        stages: Sequence[Stage] = (),
+        upstream: Dispatch | None = None,
     ) -> None:
         self.app = app
+        self.stages = tuple(stages)
+        """Run in order on every routed request (token check, rate limit, ...)."""
+        self.upstream = upstream
+        """Sends a request whose policy target is not ``local`` to its upstream."""
         self.router = router
         self.metrics = metrics
         self.max_body = max_body_bytes
@@ -136,6 +153,7 @@ class Edge:
             *self._security_headers,
         )
         instance: str = scope.get("path", "")
+        ctx: EdgeContext | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
@@ -143,6 +161,8 @@ class Edge:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", ()), *headers]
+                if ctx is not None and ctx.response_headers:
+                    message["headers"] += ctx.response_headers
             elif head_only and message["type"] == "http.response.body":
                 message = {
                     "type": "http.response.body",
@@ -174,9 +194,21 @@ class Edge:
             if content_length > limit:
                 raise Problem(413, f"request body exceeds the {limit}-byte limit")
             head_only = method == "HEAD" and not route_name.startswith("HEAD ")
+            ctx = EdgeContext(
+                scope, method, path, host, request_id, traceparent, policy, match.params
+            )
+            for stage in self.stages:
+                pending = stage(ctx)
+                if pending is not None:
+                    await pending
 
+            if policy.target != "local":
+                if self.upstream is None:
+                    raise Problem(502, f"no upstream dispatcher for target {policy.target!r}")
+                await self.upstream(ctx, receive, send_wrapper)
+                return
             if policy.fast is not None and self.fast_paths:
-                body = await policy.fast(match.params)
+                body = await policy.fast(ctx)
                 await send_wrapper(
                     {
                         "type": "http.response.start",
@@ -192,10 +224,8 @@ class Edge:
 
             scope["path"] = path
             scope["raw_path"] = quote(path, safe=_PATH_SAFE).encode("ascii")
-            scope["cygate.policy"] = policy
-            scope["cygate.params"] = match.params
+            scope["cygate.ctx"] = ctx
             scope["cygate.request_id"] = request_id
-            scope["cygate.traceparent"] = traceparent
             if head_only:
                 scope["method"] = "GET"  # the router fell back to the GET route
             if content_length < 0 and method not in ("GET", "HEAD"):
@@ -208,6 +238,8 @@ class Edge:
             if response_started:
                 raise
             status = problem.status
+            if ctx is not None and ctx.response_headers:
+                headers += tuple(ctx.response_headers)
             await _send_problem(send, problem, instance, request_id, headers)
         except Exception:
             log.exception("unhandled error request_id=%s route=%s", request_id, route_name)

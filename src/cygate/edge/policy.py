@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
+if TYPE_CHECKING:
+    from cygate.edge.context import EdgeContext
+
 __all__ = ["FastHandler", "RoutePolicy"]
 
-FastHandler = Callable[[dict[str, str] | None], Awaitable[bytes]]
-"""A handler the edge calls itself, without entering Litestar: it takes the path parameters and
-returns a JSON body for a 200, or raises :class:`cygate.edge.problem.Problem`."""
+FastHandler = Callable[["EdgeContext"], Awaitable[bytes]]
+"""A handler the edge calls itself, without entering Litestar: it reads the request from the
+context (``ctx.params``, ``ctx.principal``) and returns a JSON body for a 200, or raises
+:class:`cygate.edge.problem.Problem`."""
 
 
 class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):

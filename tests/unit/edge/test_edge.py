@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from cygate.core.router import Router
+from cygate.edge.context import EdgeContext
 from cygate.edge.edge import Edge, Message, Receive, Scope, Send
 from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import Problem
@@ -43,11 +44,11 @@ def make_edge(max_body: int = 100) -> Edge:
         limit = 10 if pattern == "/small" else None
         router.add(method, pattern, RoutePolicy(name=f"{method} {pattern}", max_body_bytes=limit))
 
-    async def fast(params: dict[str, str] | None) -> bytes:
-        assert params is not None
-        if params["id"] == "0":
+    async def fast(ctx: EdgeContext) -> bytes:
+        assert ctx.params is not None
+        if ctx.params["id"] == "0":
             raise Problem(404, "no item 0")
-        return orjson.dumps({"fast": params["id"]})
+        return orjson.dumps({"fast": ctx.params["id"]})
 
     router.add("GET", "/fast/{id:int}", RoutePolicy(name="GET /fast/{id:int}", fast=fast))
     return Edge(inner, router, metrics=Metrics(), max_body_bytes=max_body, hsts_max_age=60)
@@ -187,3 +188,46 @@ async def test_metrics_label_by_route_template() -> None:
     text = edge.metrics.render()
     assert 'route="GET /items/{id:int}",method="GET",status="200"} 2' in text
     assert 'route="<unmatched>",method="GET",status="404"} 1' in text
+
+
+async def test_stages_run_in_order_add_headers_and_refuse() -> None:
+    seen: list[str] = []
+
+    def sync_stage(ctx: EdgeContext) -> None:
+        seen.append(f"sync {ctx.policy.name} {ctx.path}")
+        ctx.response_headers.append((b"ratelimit-limit", b"5"))
+
+    async def async_stage(ctx: EdgeContext) -> None:
+        seen.append("async")
+        if ctx.params and ctx.params.get("id") == "429":
+            raise Problem(429, "slow down", headers={"retry-after": "3"})
+
+    edge = make_edge()
+    edge.stages = (sync_stage, async_stage)
+    status, headers, _ = await call(edge, "GET", b"/items/1")
+    assert status == 200 and headers[b"ratelimit-limit"] == b"5"
+    assert seen == ["sync GET /items/{id:int} /items/1", "async"]
+    status, headers, body = await call(edge, "GET", b"/items/429")
+    assert status == 429
+    assert headers[b"retry-after"] == b"3" and headers[b"ratelimit-limit"] == b"5"
+    assert orjson.loads(body)["detail"] == "slow down"
+    seen.clear()
+    status, _, _ = await call(edge, "GET", b"/missing")
+    assert status == 404 and seen == []  # stages run only on routed requests
+
+
+async def test_upstream_targets_go_to_the_dispatcher() -> None:
+    edge = make_edge()
+    edge.router.add("GET", "/up/{rest:path}", RoutePolicy(name="GET /up", target="orders"))
+    status, _, body = await call(edge, "GET", b"/up/x")
+    assert status == 502  # no dispatcher configured: never silently served locally
+
+    async def dispatch(ctx: EdgeContext, receive: Receive, send: Send) -> None:
+        assert ctx.policy.target == "orders" and ctx.params == {"rest": "x/y"}
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"proxied"})
+
+    edge.upstream = dispatch
+    status, headers, body = await call(edge, "GET", b"/up/x/y")
+    assert (status, body) == (202, b"proxied")
+    assert b"x-request-id" in headers

@@ -12,6 +12,7 @@ from uuid import UUID
 
 import msgspec
 
+from cygate.edge.context import EdgeContext
 from cygate.edge.policy import FastHandler
 from cygate.edge.problem import Problem
 from cygate.infra.db import DB_UNAVAILABLE
@@ -27,9 +28,9 @@ def unavailable() -> Problem:
 
 
 def product_by_id(repo: CatalogRepository) -> FastHandler:
-    async def handler(params: dict[str, str] | None) -> bytes:
-        assert params is not None  # the route has a parameter: the router always gives it
-        product_id = UUID(params["product_id"])  # the router already checked its shape
+    async def handler(ctx: EdgeContext) -> bytes:
+        assert ctx.params is not None  # the route has a parameter: the router always gives it
+        product_id = UUID(ctx.params["product_id"])  # the router already checked its shape
         try:
             product = await repo.get_product(product_id)
         except DB_UNAVAILABLE:
