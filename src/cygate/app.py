@@ -19,6 +19,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
+from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,
         fast_paths=settings.edge_fast_paths,
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
     )
 
 

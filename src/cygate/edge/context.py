@@ -9,19 +9,80 @@ it appends to ``ctx.response_headers``, which go on every response, refusals inc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 if TYPE_CHECKING:
     from cygate.edge.policy import RoutePolicy
 
-__all__ = ["EdgeContext", "Stage"]
+__all__ = ["EdgeContext", "Principal", "Stage", "TrustedProxies"]
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling, as the token stage established it."""
+
+    sub: str
+    """Subject: a user id, or a service client id."""
+    roles: frozenset[str] = frozenset()
+    issuer: str = ""
+    jti: str = ""
+    expires_at: int = 0
+    """``exp`` of the token, seconds since the epoch."""
+    client_id: str | None = None
+    """Set for ``client_credentials`` tokens (service clients)."""
+
+
+class TrustedProxies:
+    """Peers whose ``X-Forwarded-For`` is believed (addresses or CIDR networks)."""
+
+    __slots__ = ("_exact", "_networks")
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        nets = [ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()]
+        self._exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
+        self._networks = tuple(n for n in nets if n.num_addresses > 1)
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._networks)
+
+    def __contains__(self, address: str) -> bool:
+        if address in self._exact:
+            return True
+        if not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
+        """The client's address: the socket peer, unless the peer is trusted; then the nearest
+        address in ``X-Forwarded-For`` that is not itself a trusted proxy (right to left), so a
+        client can never choose its own address by sending the header."""
+        if not forwarded_for or peer not in self:
+            return peer
+        hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            try:
+                address = str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a malformed chain: believe nothing in it
+            if address not in self:
+                return address
+        return peer
 
 
 class EdgeContext:
     """Per-request state of the edge. ``__slots__``: one is made for every request."""
 
     __slots__ = (
+        "_client_ip",
         "headers",
         "host",
         "method",
@@ -35,6 +96,7 @@ class EdgeContext:
         "response_headers",
         "scope",
         "traceparent",
+        "trusted",
     )
 
     def __init__(
@@ -47,6 +109,7 @@ class EdgeContext:
         traceparent: bytes,
         policy: RoutePolicy,
         params: dict[str, str] | None,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         self.scope = scope
         self.method = method
@@ -64,9 +127,22 @@ class EdgeContext:
         self.traceparent = traceparent
         self.policy = policy
         self.params = params
-        self.principal: Any = None
+        self.principal: Principal | None = None
         """Set by the token stage: who is calling (None: anonymous)."""
         self.response_headers: list[tuple[bytes, bytes]] = []
+        self.trusted = trusted
+        self._client_ip: str | None = None
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address (see :meth:`TrustedProxies.client_ip`), computed once."""
+        if self._client_ip is None:
+            if self.trusted:
+                forwarded = self.header(b"x-forwarded-for")
+                self._client_ip = self.trusted.client_ip(self.peer, forwarded)
+            else:
+                self._client_ip = self.peer
+        return self._client_ip
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of request header ``name`` (lower-case bytes), or None."""

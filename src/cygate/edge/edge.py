@@ -27,7 +27,7 @@ from cygate.core.router import (
     Router,
     normalize_path,
 )
-from cygate.edge.context import EdgeContext, Stage
+from cygate.edge.context import EdgeContext, Stage, TrustedProxies
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class Edge:
         "metrics",
         "router",
         "stages",
+        "trusted",
         "upstream",
     )
 
@@ -95,8 +96,10 @@ class Edge:
         fast_paths: bool = True,
         stages: Sequence[Stage] = (),
         upstream: Dispatch | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.app = app
+        self.trusted = trusted_proxies or TrustedProxies()
         self.stages = tuple(stages)
         """Run in order on every routed request (token check, rate limit, ...)."""
         self.upstream = upstream
