@@ -231,3 +231,30 @@ async def test_upstream_targets_go_to_the_dispatcher() -> None:
     status, headers, body = await call(edge, "GET", b"/up/x/y")
     assert (status, body) == (202, b"proxied")
     assert b"x-request-id" in headers
+
+
+async def test_client_address_uses_trusted_proxies_only() -> None:
+    from cygate.edge.context import TrustedProxies
+
+    seen: list[str] = []
+
+    def record(ctx: EdgeContext) -> None:
+        seen.append(ctx.client_ip)
+
+    edge = make_edge()
+    edge.stages = (record,)
+    edge.trusted = TrustedProxies(["10.0.0.1"])
+    xff = [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4")]
+    for peer in ("10.0.0.1", "203.0.113.7"):
+        scope_client = (peer, 5000)
+        edge_call = _with_client(edge, scope_client)
+        await call(edge_call, "GET", b"/items/1", headers=xff)
+    assert seen == ["1.2.3.4", "203.0.113.7"]
+
+
+def _with_client(edge: Edge, client: tuple[str, int]) -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["client"] = client
+        await edge(scope, receive, send)
+
+    return app
