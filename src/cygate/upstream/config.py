@@ -15,7 +15,7 @@ import pathlib
 import re
 import socket
 import tomllib
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -39,6 +39,8 @@ __all__ = [
     "load_route_file",
     "validate_route_file",
 ]
+
+_T = TypeVar("_T")
 
 LOCAL = "local"
 """The upstream name of the gateway's own (Litestar) handlers."""
@@ -271,14 +273,12 @@ def _kind(path: pathlib.Path) -> str:
 
 def validate_route_file(data: object, *, source: str = "<data>", digest: str = "") -> ValidRouteFile:
     """Check decoded data against the schema and the rules; resolve targets."""
-    try:
-        cfg = msgspec.convert(data, RouteFile, strict=True)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        detail, _, where = message.rpartition(" - at `$")
-        if where:
-            raise RouteFileError(f"{where.rstrip('`').lstrip('.')}: {detail}") from None
-        raise RouteFileError(message) from None
+    # NOTE: each upstream is converted on its own first, so an error names it
+    # (msgspec says ``upstreams[...]`` for a dict key).
+    if isinstance(data, dict) and isinstance(data.get("upstreams"), dict):
+        for name, value in data["upstreams"].items():
+            _convert(value, UpstreamConfig, f"upstreams.{name}")
+    cfg = _convert(data, RouteFile, "")
     targets = {name: _check_upstream(name, up) for name, up in cfg.upstreams.items()}
     if LOCAL in cfg.upstreams:
         raise RouteFileError(f"upstreams.{LOCAL}: the name is reserved for the gateway's own routes")
@@ -290,6 +290,18 @@ def validate_route_file(data: object, *, source: str = "<data>", digest: str = "
             raise RouteFileError(f"routes[{i}]: a second route named {name!r}")
         names.add(name)
     return ValidRouteFile(source=source, config=cfg, targets=targets, digest=digest)
+
+
+def _convert(data: object, kind: type[_T], prefix: str) -> _T:
+    try:
+        return msgspec.convert(data, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        detail, _, where = message.rpartition(" - at `$")
+        if where:
+            place = prefix + where.rstrip("`")
+            raise RouteFileError(f"{place.lstrip('.')}: {detail}") from None
+        raise RouteFileError(f"{prefix or 'route file'}: {message}") from None
 
 
 def route_name(route: RouteConfig) -> str:
@@ -331,7 +343,7 @@ def _check_upstream(name: str, up: UpstreamConfig) -> list[ResolvedTarget]:
         _check_header(f"{where}.strip_request_headers", header, owned_ok=True)
     t = up.timeouts
     if t.read and t.total and t.read > t.total:
-        raise RouteFileError(f"{where}.timeouts: read ({t.read}) exceeds total ({t.total})")
+        raise RouteFileError(f"{where}.timeouts: read ({t.read:g}) exceeds total ({t.total:g})")
     seen: set[str] = set()
     resolved = []
     for i, item in enumerate(up.targets):
@@ -408,7 +420,7 @@ def _check_route(where: str, route: RouteConfig, upstreams: dict[str, UpstreamCo
         )
     t = route.timeouts
     if t.read and t.total and t.read > t.total:
-        raise RouteFileError(f"{where}.timeouts: read ({t.read}) exceeds total ({t.total})")
+        raise RouteFileError(f"{where}.timeouts: read ({t.read:g}) exceeds total ({t.total:g})")
     _check_rules(f"{where}.request_headers", route.request_headers)
     _check_rules(f"{where}.response_headers", route.response_headers)
     if route.upstream == LOCAL:

@@ -232,7 +232,7 @@ class RetryBudget:
         now = self._clock()
         self._balance = min(self.cap, self._balance + (now - self._last) * self.min_per_second)
         self._last = now
-        if self._balance >= 1.0:
+        if self._balance >= 1.0 - 1e-9:  # ten deposits of 0.1 make one retry
             self._balance -= 1.0
             return True
         return False
