@@ -19,7 +19,7 @@ import collections
 import contextlib
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -138,11 +138,12 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # NOTE: uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
+            # uvloop and asyncio both set it already; cheap insurance for other loops.
+            with contextlib.suppress(OSError, AttributeError, TypeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:

@@ -328,6 +328,7 @@ class RouteTableManager:
         self.table: RouteTable | None = None
         self.last_error: str | None = None
         self._seen: tuple[Any, ...] = ()
+        self._watch_file = True
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -396,7 +397,7 @@ class RouteTableManager:
 
     def _signature(self) -> tuple[Any, ...]:
         sig: list[Any] = []
-        for path in (self.path, self.stamp_path):
+        for path in (self.path if self._watch_file else "", self.stamp_path):
             if not path:
                 continue
             try:
@@ -408,12 +409,16 @@ class RouteTableManager:
         return tuple(sig)
 
     def start(self, interval: float) -> None:
-        """Start the upstreams' background work and, with ``interval`` > 0, poll the file."""
+        """Start the upstreams' background work; poll the file every ``interval`` seconds
+        (0: not at all), and the SIGHUP stamp of ``cygate serve`` every second."""
         if self.table is not None:
             for up in self.table.upstreams.values():
                 up.start()
-        if interval > 0 and (self.path or self.stamp_path):
-            self._task = asyncio.get_running_loop().create_task(self._watch(interval))
+        self._watch_file = interval > 0
+        self._seen = self._signature()
+        if (self._watch_file and self.path) or self.stamp_path:
+            every = interval if self._watch_file else 1.0
+            self._task = asyncio.get_running_loop().create_task(self._watch(every))
 
     async def _watch(self, interval: float) -> None:
         while True:
