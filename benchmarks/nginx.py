@@ -40,7 +40,7 @@ http {{
 
 _JSON = """
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    listen {host}:{port} reuseport backlog=4096;
     location / {{
       default_type application/json;
       return 200 '{json}';
@@ -54,7 +54,7 @@ _PROXY = """
     keepalive 128;
   }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen {host}:{port} backlog=4096;
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -86,12 +86,14 @@ def ensure_nginx() -> str:
     return str(found)
 
 
-def nginx_config(root: Path, kind: str, port: int, upstream_port: int = 0) -> Path:
+def nginx_config(
+    root: Path, kind: str, port: int, upstream_port: int = 0, host: str = "127.0.0.1"
+) -> Path:
     """Write ``nginx.conf`` for ``kind`` (json | proxy) under ``root``; returns its path."""
     if kind == "json":
-        body = _JSON.format(port=port, json=SMALL_JSON.decode())
+        body = _JSON.format(host=host, port=port, json=SMALL_JSON.decode())
     else:
-        body = _PROXY.format(port=port, upstream_port=upstream_port)
+        body = _PROXY.format(host=host, port=port, upstream_port=upstream_port)
     conf = root / "nginx.conf"
     conf.write_text(_COMMON.format(root=root, body=body))
     return conf
@@ -100,12 +102,13 @@ def nginx_config(root: Path, kind: str, port: int, upstream_port: int = 0) -> Pa
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.nginx")
     p.add_argument("kind", choices=("json", "proxy"))
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream-port", type=int, default=0)
     args = p.parse_args()
     nginx = ensure_nginx()
     root = Path(tempfile.mkdtemp(prefix=f"cygate-nginx-{args.kind}-"))
-    conf = nginx_config(root, args.kind, args.port, args.upstream_port)
+    conf = nginx_config(root, args.kind, args.port, args.upstream_port, args.host)
     os.execv(nginx, [nginx, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")])
 
 

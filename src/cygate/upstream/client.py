@@ -7,9 +7,13 @@ over as soon as it is parsed and the body streamed with back-pressure, and nothi
 a small response (head and body in one segment) is complete before the waiting coroutine wakes.
 
 Timeouts: the *read* timeout (longest silence from the upstream while a response is awaited or
-streamed) is one timer per connection, re-armed lazily (``data_received`` only stores the time);
-reading paused by back-pressure never counts as silence. Connect timeouts are the caller's
-(``asyncio.timeout`` around :meth:`TargetPool.connect`), and so is the total deadline.
+streamed) and the request's total *deadline* share one timer per connection, re-armed lazily:
+``data_received`` only stores the time, and a timer that fires early re-arms itself for what is
+left, so a busy keep-alive connection arms a timer about once per read timeout, not once per
+request. PERF: no ``asyncio.timeout`` on the hot path (each costs three ``getpid`` system calls
+through ``get_running_loop`` and a timer). Reading paused by back-pressure never counts as
+silence. Connect timeouts are the caller's (``asyncio.timeout`` around :meth:`TargetPool.connect`,
+a slow path).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import httptools
 
 __all__ = [
     "ConnectError",
+    "TotalTimeout",
     "Connection",
     "ConnectionLost",
     "ProtocolError",
@@ -63,6 +68,12 @@ class ReadTimeout(UpstreamError):
     kind = "timeout"
 
 
+class TotalTimeout(UpstreamError):
+    """The route's total deadline passed while waiting on the upstream."""
+
+    kind = "timeout"
+
+
 class ConnectionLost(UpstreamError):
     """The upstream closed or reset the connection before the response was complete."""
 
@@ -84,10 +95,12 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_active",
         "_body",
         "_buffered",
         "_closed",
         "_complete",
+        "_deadline",
         "_drain",
         "_error",
         "_head",
@@ -100,6 +113,7 @@ class Connection(asyncio.Protocol):
         "_read_timeout",
         "_received",
         "_timer",
+        "_timer_at",
         "_waiter",
         "keep_alive",
         "last_used",
@@ -118,6 +132,9 @@ class Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._active = False
+        self._deadline = 0.0
         self._read_timeout = 0.0
         self._last_rx = 0.0
         self.last_used = 0.0
@@ -148,7 +165,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        if self._read_timeout:
+        if self._active:
             self._last_rx = self._loop.time()
         try:
             self._parser.feed_data(data)
@@ -250,25 +267,29 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.abort()
 
-    def _arm_timer(self, delay: float) -> None:
-        self._timer = self._loop.call_later(delay, self._check_timeout)
+    def _arm_timer(self, when: float) -> None:
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._check_timeout)
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self._complete or self._closed or not self._read_timeout:
-            return
+        if not self._active or self._complete or self._closed:
+            return  # no exchange waiting: the next one arms again
         now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(TotalTimeout("the route's total timeout passed", received=self._received))
+            return
         if self._paused:  # the downstream is slow, not the upstream
             self._last_rx = now
-        idle = now - self._last_rx
-        if idle >= self._read_timeout:
+        idle_until = self._last_rx + self._read_timeout
+        if now >= idle_until:
             self._fail(
                 ReadTimeout(
                     f"upstream sent nothing for {self._read_timeout:g} s", received=self._received
                 )
             )
         else:
-            self._arm_timer(self._read_timeout - idle)
+            self._arm_timer(min(idle_until, self._deadline))
 
     async def _wait(self) -> None:
         if self._error is not None:
@@ -310,12 +331,21 @@ class Connection(asyncio.Protocol):
         if self._drain is not None:
             await asyncio.shield(self._drain)
 
-    def start_read_timer(self, seconds: float) -> None:
-        """Arm the read timeout from now (call once the request is written)."""
-        self._read_timeout = seconds
-        if seconds and self._timer is None and not self._complete:
-            self._last_rx = self._loop.time()
-            self._arm_timer(seconds)
+    def arm(self, read_timeout: float, deadline: float) -> None:
+        """Watch this exchange: fail it after ``read_timeout`` seconds of upstream silence or
+        at ``deadline`` (loop time), whichever comes first."""
+        now = self._loop.time()
+        self._active = True
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._last_rx = now
+        due = min(now + read_timeout, deadline)
+        timer = self._timer
+        if timer is None:
+            self._arm_timer(due)
+        elif self._timer_at > due:  # armed for later than this exchange allows
+            timer.cancel()
+            self._arm_timer(due)
 
     async def read_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Wait for the response head; returns ``(status, headers)`` (names lower-case)."""
@@ -350,23 +380,20 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         more = not self._complete
-        if not more and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if not more and self._error is not None:
             raise self._error
         return data, more
 
     def finish(self) -> None:
-        """The exchange is over: stop the read timer."""
-        self._read_timeout = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The exchange is over (PERF: a pending timer stays; it finds nothing to watch)."""
+        self._active = False
 
     def close(self) -> None:
         """Drop the connection (never reused)."""
-        self.finish()
+        self._active = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None and not self._closed:
             self.transport.abort()
             self._closed = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from cygate.upstream.client import (
     Connection,
     ConnectionLost,
     ReadTimeout,
+    TotalTimeout,
     UpstreamError,
 )
 from cygate.upstream.resilience import CLOSED, Shed
@@ -69,7 +71,12 @@ EDGE_RESPONSE_HEADERS = frozenset(
     }
 )  # fmt: skip
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_NEEDS_QUOTE = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~]").search
 _QUERY_OK = frozenset(range(0x21, 0x7F)) - {ord("#")}
+
+
+def _too_slow(up: Upstream, route: ProxyRoute) -> Problem:
+    return Problem(504, f"upstream {up.name!r} did not answer within {route.total_timeout:g} s")
 
 
 def _circuit_open(up: Upstream) -> Problem:
@@ -116,36 +123,30 @@ class UpstreamProxy:
             admitted = True  # a half-open probe
         started = time.perf_counter()
         ex = _Exchange()
+        loop = up.loop or asyncio.get_running_loop()
+        deadline = loop.time() + route.total_timeout
         try:
-            async with asyncio.timeout(route.total_timeout):
-                if not up.bulkhead.try_acquire():
-                    await up.bulkhead.acquire()
-                try:
-                    if not admitted:
-                        admitted = breaker.allow()  # it may have opened while we queued
-                    if admitted:
-                        await self._exchange(ctx, receive, send, route, up, ex)
-                    else:
-                        ex.outcome = "circuit_open"
-                finally:
-                    up.bulkhead.release()
+            if not up.bulkhead.try_acquire():
+                await up.bulkhead.acquire(deadline - loop.time())
+            try:
+                if not admitted:
+                    admitted = breaker.allow()  # it may have opened while we queued
+                if admitted:
+                    await self._exchange(ctx, receive, send, route, up, ex, deadline)
+                else:
+                    ex.outcome = "circuit_open"
+            finally:
+                up.bulkhead.release()
         except Shed as shed:
+            if loop.time() >= deadline - 0.001:
+                ex.outcome = "timeout"
+                raise _too_slow(up, route) from None
             ex.outcome = "shed"
             metrics.upstream_shed(up.name, route.name, "bulkhead")
             raise Problem(
                 503,
                 f"upstream {up.name!r} is at capacity ({shed.reason}); try again shortly",
                 headers={"retry-after": "1"},
-            ) from None
-        except TimeoutError:
-            ex.outcome = "timeout"
-            if ex.target is not None:
-                up.record(ex.target, False)
-            if ex.started:
-                log.warning("upstream %s: total timeout while streaming; response cut", up.name)
-                raise ResponseAborted("upstream total timeout") from None
-            raise Problem(
-                504, f"upstream {up.name!r} did not answer within {route.total_timeout:g} s"
             ) from None
         finally:
             if admitted:
@@ -170,6 +171,7 @@ class UpstreamProxy:
         route: ProxyRoute,
         up: Upstream,
         ex: _Exchange,
+        deadline: float,
     ) -> None:
         method = ctx.method
         head_rest, length, chunked, idempotent = self._request_head(ctx, route)
@@ -202,7 +204,7 @@ class UpstreamProxy:
             try:
                 conn = await self._send(
                     target, route, head, body, receive, chunked, length if streamed else -1, limit,
-                    method == "HEAD", replayable,
+                    method == "HEAD", replayable, deadline,
                 )  # fmt: skip
                 status, headers = await conn.read_head()
             except UpstreamError as exc:
@@ -210,7 +212,9 @@ class UpstreamProxy:
                 if conn is not None:
                     conn.close()
                 up.record(target, False)
-                ex.outcome = "timeout" if isinstance(exc, ReadTimeout) else f"{exc.kind}_error"
+                ex.outcome = "timeout" if exc.kind == "timeout" else f"{exc.kind}_error"
+                if isinstance(exc, TotalTimeout):
+                    raise _too_slow(up, route) from None
                 if replayable and attempt < attempts - 1 and up.budget.try_withdraw():
                     attempt += 1
                     avoid = target
@@ -247,7 +251,7 @@ class UpstreamProxy:
         except UpstreamError as exc:
             conn.close()
             up.record(target, False)
-            ex.outcome = f"{exc.kind}_error" if not isinstance(exc, ReadTimeout) else "timeout"
+            ex.outcome = "timeout" if exc.kind == "timeout" else f"{exc.kind}_error"
             log.warning("upstream %s: response cut: %s (%s)", up.name, exc, target.url)
             raise ResponseAborted(f"upstream {up.name!r} failed mid-response") from None
         except BaseException:
@@ -271,28 +275,36 @@ class UpstreamProxy:
         limit: int,
         head_only: bool,
         replayable: bool,
+        deadline: float,
     ) -> Connection:
         """Get a connection and write the request. A pooled connection the upstream closed in
         the meantime is replaced once, when the request can be written again."""
         conn = target.pool.take_idle()
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(target, route)
+            conn = await self._connect(target, route, deadline)
         conn.begin(head_only=head_only)
-        streaming = chunked or stream_length >= 0
-        if not streaming:
+        if not (chunked or stream_length >= 0):
+            conn.arm(route.read_timeout, deadline)
             conn.write(head + (b"\r\n" + body if body else b"\r\n"))
-            conn.start_read_timer(route.read_timeout)
             if reused and replayable:
-                return await self._stale_guard(conn, target, route, head, body, head_only)
+                return await self._stale_guard(
+                    conn, target, route, head, body, head_only, deadline
+                )
             return conn
         try:
             conn.write(head + b"\r\n")
-            await _stream_body(conn, receive, chunked, stream_length, limit)
+            # NOTE: a slow client upload is bounded by the deadline too (a slow path, so an
+            # asyncio.timeout is fine here); the upstream's silence is not timed meanwhile.
+            async with asyncio.timeout_at(deadline):
+                await _stream_body(conn, receive, chunked, stream_length, limit)
+        except TimeoutError:
+            conn.close()
+            raise TotalTimeout("the total timeout passed during the upload") from None
         except BaseException:
             conn.close()
             raise
-        conn.start_read_timer(route.read_timeout)
+        conn.arm(route.read_timeout, deadline)
         return conn
 
     async def _stale_guard(
@@ -303,6 +315,7 @@ class UpstreamProxy:
         head: bytes,
         body: bytes,
         head_only: bool,
+        deadline: float,
     ) -> Connection:
         """A pooled connection may have been closed by the upstream just before we wrote
         (its keep-alive timeout): nothing comes back. The request is replayable, so send it
@@ -313,21 +326,26 @@ class UpstreamProxy:
             if exc.received:
                 raise
             conn.close()
-            conn = await self._connect(target, route)
+            conn = await self._connect(target, route, deadline)
             conn.begin(head_only=head_only)
+            conn.arm(route.read_timeout, deadline)
             conn.write(head + (b"\r\n" + body if body else b"\r\n"))
-            conn.start_read_timer(route.read_timeout)
         except BaseException:
             conn.close()
             raise
         return conn
 
     @staticmethod
-    async def _connect(target: Target, route: ProxyRoute) -> Connection:
+    async def _connect(target: Target, route: ProxyRoute, deadline: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
+        limit = min(route.connect_timeout, left)
         try:
-            async with asyncio.timeout(route.connect_timeout):
+            async with asyncio.timeout(limit):
                 return await target.pool.connect()
         except TimeoutError:
+            if limit >= left:
+                raise TotalTimeout("the total timeout passed while connecting") from None
             raise ConnectError(
                 f"connect to {target.url} timed out after {route.connect_timeout:g} s"
             ) from None
@@ -366,7 +384,8 @@ class UpstreamProxy:
                 path = "/" + path
         if route.add_prefix:
             path = route.add_prefix + (path if path != "/" else "")
-        quoted = quote(path, safe=_PATH_SAFE)
+        # PERF: most paths need no escaping; quote() only when something does.
+        quoted = quote(path, safe=_PATH_SAFE) if _NEEDS_QUOTE(path) else path
         query = ctx.query
         if query:
             if not _QUERY_OK.issuperset(query):

@@ -157,8 +157,9 @@ class Bulkhead:
             return True
         return False
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in the queue if there is room; raise :class:`Shed` if not."""
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Take a slot, waiting in the queue (at most ``timeout``, or the queue timeout, if
+        shorter) if there is room; raise :class:`Shed` if not."""
         if self.try_acquire():
             return
         if len(self._waiters) >= self.max_queue:
@@ -166,7 +167,8 @@ class Bulkhead:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.queue_timeout):
+            wait = self.queue_timeout if timeout is None else min(timeout, self.queue_timeout)
+            async with asyncio.timeout(wait):
                 await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
