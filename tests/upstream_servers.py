@@ -214,8 +214,7 @@ def running_upstreams(*names: str) -> Iterator[list[Upstream]]:
     threads = [UpstreamThread(n) for n in names]
     servers = []
     try:
-        for t in threads:
-            servers.append(t.__enter__())
+        servers.extend(t.__enter__() for t in threads)
         yield servers
     finally:
         for t in threads[: len(servers)]:

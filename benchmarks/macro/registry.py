@@ -3,7 +3,7 @@
 Templates in ``command`` and ``env`` are filled with :meth:`str.format_map` from:
 
 ``{python}`` the venv's interpreter, ``{bindir}`` its scripts folder, ``{host}``, ``{port}``,
-``{upstream_port}`` (the contender's ``upstream`` helper server), ``{workdir}`` the run's temp folder,
+``{upstream_port}`` (the contender's ``upstream`` helper server), ``{workdir}`` (a temp folder),
 ``{bench_dsn}`` the benchmark database, ``{redis_url}``, ``{redis_prefix}``, ``{ids_file}`` the
 id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``.
 

@@ -243,11 +243,11 @@ def proxy_overhead(results: list[Result]) -> str:
         "| proxy | req/s | p50 ms | added p50 ms | p99 ms | added p99 ms | CPU µs/req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in proxies:
-        lines.append(
-            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p50_ms - direct.p50_ms:+.2f} | "
-            f"{r.p99_ms:.2f} | {r.p99_ms - direct.p99_ms:+.2f} | {r.cpu_us_per_req:.1f} |"
-        )
+    lines.extend(
+        f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p50_ms - direct.p50_ms:+.2f} | "
+        f"{r.p99_ms:.2f} | {r.p99_ms - direct.p99_ms:+.2f} | {r.cpu_us_per_req:.1f} |"
+        for r in proxies
+    )
     return "\n".join(lines)
 
 

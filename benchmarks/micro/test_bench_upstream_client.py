@@ -91,7 +91,7 @@ def cygate_client(port: int, runner: Runner) -> tuple[Callable[[], Awaitable[byt
         conn = pool.take_idle() or await pool.connect()
         conn.begin()
         conn.write(head)
-        status, _ = await conn.read_head()
+        await conn.read_head()
         body, more = await conn.read_body()
         while more:
             piece, more = await conn.read_body()
@@ -147,9 +147,7 @@ def aiohttp_client(port: int, runner: Runner) -> tuple[Callable[[], Awaitable[by
 CLIENTS = {"cygate": cygate_client, "httpx": httpx_client, "aiohttp": aiohttp_client}
 
 
-def _bench(
-    name: str, upstream: int, runner: Runner, micro: Micro, *, concurrent: bool
-) -> None:
+def _bench(name: str, upstream: int, runner: Runner, micro: Micro, *, concurrent: bool) -> None:
     get, close = CLIENTS[name](upstream, runner)
     try:
         assert runner.run(get) == SMALL_JSON  # correctness before timing

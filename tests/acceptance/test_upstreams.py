@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
 from tests.upstream_servers import Upstream, running_upstreams
 
@@ -41,7 +40,9 @@ def route_doc(a: Upstream, b: Upstream, *, extra_route: bool = False) -> dict[st
         ],
     }  # fmt: skip
     if extra_route:
-        doc["routes"].append({"path": "/new/{rest:path}", "upstream": "svc", "strip_prefix": "/new"})
+        doc["routes"].append(
+            {"path": "/new/{rest:path}", "upstream": "svc", "strip_prefix": "/new"}
+        )
     return doc
 
 
@@ -116,7 +117,9 @@ def test_admin_routes_is_loopback_only_by_default(proxy_gw: tuple[Gateway, pathl
 
 def _raw_get(port: int, target: bytes, host: bytes) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        s.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        )
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -178,7 +181,9 @@ def test_reload_bad_file_keeps_old_table_good_file_goes_live_without_dropping(
     bad = route_doc(*ups, extra_route=True)
     bad["upstreams"]["svc"]["targets"].append("http://169.254.169.254")
     write(path, bad)
-    wait_for(lambda: "169.254.169.254" in (c.get("/admin/routes").json()["last_reload_error"] or ""))
+    wait_for(
+        lambda: "169.254.169.254" in (c.get("/admin/routes").json()["last_reload_error"] or "")
+    )
     assert c.get("/new/echo").status_code == 404
     assert c.get("/svc/echo").status_code == 200
 

@@ -29,12 +29,12 @@ import httptools
 
 __all__ = [
     "ConnectError",
-    "TotalTimeout",
     "Connection",
     "ConnectionLost",
     "ProtocolError",
     "ReadTimeout",
     "TargetPool",
+    "TotalTimeout",
     "UpstreamError",
 ]
 

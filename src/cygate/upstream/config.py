@@ -121,7 +121,7 @@ class RetryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class OutlierConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Passive health: a target with ``consecutive_failures`` failures in a row is ejected for
-    ``ejection_seconds`` × (times ejected, at most 10); never more than
+    ``ejection_seconds`` x (times ejected, at most 10); never more than
     ``max_ejection_percent`` of the targets at once."""
 
     consecutive_failures: _Positive = 5
@@ -271,7 +271,9 @@ def _kind(path: pathlib.Path) -> str:
     return "TOML" if path.suffix.lower() == ".toml" else "JSON"
 
 
-def validate_route_file(data: object, *, source: str = "<data>", digest: str = "") -> ValidRouteFile:
+def validate_route_file(
+    data: object, *, source: str = "<data>", digest: str = ""
+) -> ValidRouteFile:
     """Check decoded data against the schema and the rules; resolve targets."""
     # NOTE: each upstream is converted on its own first, so an error names it
     # (msgspec says ``upstreams[...]`` for a dict key).
@@ -281,7 +283,9 @@ def validate_route_file(data: object, *, source: str = "<data>", digest: str = "
     cfg = _convert(data, RouteFile, "")
     targets = {name: _check_upstream(name, up) for name, up in cfg.upstreams.items()}
     if LOCAL in cfg.upstreams:
-        raise RouteFileError(f"upstreams.{LOCAL}: the name is reserved for the gateway's own routes")
+        raise RouteFileError(
+            f"upstreams.{LOCAL}: the name is reserved for the gateway's own routes"
+        )
     names: set[str] = set()
     for i, route in enumerate(cfg.routes):
         _check_route(f"routes[{i}]", route, cfg.upstreams)

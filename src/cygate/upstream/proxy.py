@@ -194,9 +194,9 @@ class UpstreamProxy:
             head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s" % (
                 method.encode("ascii"),
                 (target.base_path + path).encode("latin-1"),
-                ctx.header(b"host") if route.preserve_host and ctx.header(b"host") else (
-                    target.host_header
-                ),
+                ctx.header(b"host")
+                if route.preserve_host and ctx.header(b"host")
+                else (target.host_header),
                 head_rest,
             )
             target.outstanding += 1
@@ -288,9 +288,7 @@ class UpstreamProxy:
             conn.arm(route.read_timeout, deadline)
             conn.write(head + (b"\r\n" + body if body else b"\r\n"))
             if reused and replayable:
-                return await self._stale_guard(
-                    conn, target, route, head, body, head_only, deadline
-                )
+                return await self._stale_guard(conn, target, route, head, body, head_only, deadline)
             return conn
         try:
             conn.write(head + b"\r\n")
@@ -437,7 +435,9 @@ class UpstreamProxy:
         scheme = str(ctx.scope.get("scheme", "http")).encode("latin-1")
         trusted = bool(self.trusted) and peer in self.trusted
         peer_b = peer.encode("latin-1")
-        append(b"x-forwarded-for: " + (xff + b", " + peer_b if trusted and xff else peer_b) + b"\r\n")
+        append(
+            b"x-forwarded-for: " + (xff + b", " + peer_b if trusted and xff else peer_b) + b"\r\n"
+        )
         append(b"x-forwarded-proto: " + (xfp if trusted and xfp else scheme) + b"\r\n")
         if trusted and xfh:
             append(b"x-forwarded-host: " + xfh + b"\r\n")

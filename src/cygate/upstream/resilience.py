@@ -157,7 +157,7 @@ class Bulkhead:
             return True
         return False
 
-    async def acquire(self, timeout: float | None = None) -> None:
+    async def acquire(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Take a slot, waiting in the queue (at most ``timeout``, or the queue timeout, if
         shorter) if there is room; raise :class:`Shed` if not."""
         if self.try_acquire():

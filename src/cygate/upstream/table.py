@@ -85,9 +85,7 @@ class ProxyRoute:
         "upstream",
     )
 
-    def __init__(
-        self, route: RouteConfig, upstream: Upstream, *, name: str, max_body: int
-    ) -> None:
+    def __init__(self, route: RouteConfig, upstream: Upstream, *, name: str, max_body: int) -> None:
         cfg = upstream.cfg
         self.config = route
         self.name = name
@@ -354,9 +352,7 @@ class RouteTableManager:
             self._seen = self._signature()
             old = self.table
             try:
-                valid = (
-                    await asyncio.to_thread(load_route_file, self.path) if self.path else None
-                )
+                valid = await asyncio.to_thread(load_route_file, self.path) if self.path else None
                 table = build_table(
                     self.local,
                     valid,

@@ -304,7 +304,7 @@ class Upstream:
             await asyncio.sleep(hc.interval)
 
     @staticmethod
-    async def _probe(target: Target, request: bytes, timeout: float) -> bool:
+    async def _probe(target: Target, request: bytes, timeout: float) -> bool:  # noqa: ASYNC109
         conn = None
         try:
             async with asyncio.timeout(timeout):

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: upstream_servers
 
-from upstream_servers import Upstream  # noqa: E402
+from upstream_servers import Upstream
 
 
 @pytest.fixture

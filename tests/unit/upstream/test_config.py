@@ -80,9 +80,7 @@ def test_a_good_file_validates_and_resolves() -> None:
         ),
         (
             cfg(
-                routes=[
-                    {"path": "/x", "upstream": "svc", "request_headers": {"set": {"a b": "1"}}}
-                ]
+                routes=[{"path": "/x", "upstream": "svc", "request_headers": {"set": {"a b": "1"}}}]
             ),
             "not a valid header name",
         ),
@@ -209,6 +207,8 @@ def test_unchanged_upstreams_survive_a_rebuild() -> None:
     second = build_table([], validate_route_file(cfg()), max_body=1, previous=first)
     assert second.upstreams["svc"] is first.upstreams["svc"]
     assert second.version == 2
-    changed = cfg(upstreams={"svc": {"targets": ["http://127.0.0.1:9"], "balance": "least_outstanding"}})
+    changed = cfg(
+        upstreams={"svc": {"targets": ["http://127.0.0.1:9"], "balance": "least_outstanding"}}
+    )
     third = build_table([], validate_route_file(changed), max_body=1, previous=second)
     assert third.upstreams["svc"] is not second.upstreams["svc"]
