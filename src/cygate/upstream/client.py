@@ -363,6 +363,16 @@ class Connection(asyncio.Protocol):
         """The whole body is already here (typical for small responses)."""
         return self._complete
 
+    def take_body(self) -> bytes:
+        """The whole body when :attr:`has_body_ready` (no await needed)."""
+        body = self._body
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        if self._error is not None and not self._complete:
+            raise self._error
+        return data
+
     async def read_body(self) -> tuple[bytes, bool]:
         """The next body bytes (every piece queued so far, joined) and whether more follow."""
         while not self._body and not self._complete:
