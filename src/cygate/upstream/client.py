@@ -389,10 +389,9 @@ class Connection(asyncio.Protocol):
         if self._paused and self.transport is not None and not self._closed:
             self._paused = False
             self.transport.resume_reading()
-        more = not self._complete
-        if not more and self._error is not None:
-            raise self._error
-        return data, more
+        # NOTE: an error after the body was complete (the upstream closed the connection
+        # right after answering) is no error of this exchange; _wait raises the others.
+        return data, not self._complete
 
     def finish(self) -> None:
         """The exchange is over (PERF: a pending timer stays; it finds nothing to watch)."""

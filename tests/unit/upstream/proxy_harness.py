@@ -78,6 +78,7 @@ async def call(
     keep_body: bool = True,
     client: tuple[str, int] = ("127.0.0.5", 5555),
     host: bytes = b"gw.example",
+    slow_send: float = 0.0,
 ) -> Reply:
     """One request; the body arrives in ``chunks`` (``more_body`` between them)."""
     pending = list(chunks or [])
@@ -95,6 +96,8 @@ async def call(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
+        if slow_send:
+            await asyncio.sleep(slow_send)  # a client that reads slowly
         if message["type"] == "http.response.start":
             reply.status = message["status"]
             reply.headers = list(message["headers"])

@@ -490,3 +490,20 @@ async def test_metrics_per_upstream_and_route(servers: list[Upstream]) -> None:
         assert any(k.startswith("\x1e") for k in snap)
     finally:
         await close_table(table)
+
+
+async def test_streamed_body_then_close_is_complete(servers: list[Upstream]) -> None:
+    """A large response with ``Connection: close`` streams whole (the close is no error)."""
+    edge, table = make_edge(one(servers[0]))
+    try:
+        r = await call(
+            edge,
+            "GET",
+            "/svc/big/3000000",
+            keep_body=False,
+            headers=[(b"x-close", b"1")],
+            slow_send=0.01,  # reading pauses; the close arrives with the last bytes
+        )
+        assert r.error is None and r.status == 200 and r.size == 3_000_000
+    finally:
+        await close_table(table)
