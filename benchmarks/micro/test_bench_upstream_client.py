@@ -8,74 +8,20 @@ httptools), httpx, aiohttp.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
 
-from benchmarks.nginx import SMALL_JSON, ensure_nginx, nginx_config
+from benchmarks.nginx import SMALL_JSON
 
 from .conftest import Micro
+from .upstream_fixtures import Runner, runner_fixture, upstream_fixture  # noqa: F401
 
 SEQUENTIAL = 200
 CONCURRENT = 64
 PER_TASK = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    nginx = ensure_nginx()
-    root = Path(tempfile.mkdtemp(prefix="cygate-bench-nginx-"))
-    port = _free_port()
-    conf = nginx_config(root, "json", port)
-    proc = subprocess.Popen(
-        [nginx, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-
-
-class Runner:
-    """One uvloop loop for the module; ``run(coro_fn)`` runs a round on it."""
-
-    def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()
-
-    def run(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        return self.loop.run_until_complete(fn())
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[Runner]:
-    r = Runner()
-    yield r
-    r.loop.close()
 
 
 # -- the three clients, each as get(path) -> body ---------------------------------------------
