@@ -104,11 +104,10 @@ def test_proxied_request_and_admin_view(proxy_gw: tuple[Gateway, pathlib.Path]) 
         assert view["last_reload_error"] is None
 
 
-def test_admin_routes_is_loopback_only_by_default(proxy_gw: tuple[Gateway, pathlib.Path]) -> None:
+def test_admin_routes_carries_the_admin_policy(proxy_gw: tuple[Gateway, pathlib.Path]) -> None:
+    """The route asks the edge's token stage for an admin (loopback-only is tested in
+    tests/unit/upstream/test_admin.py: every peer of this process is loopback)."""
     gw, _ = proxy_gw
-    # a non-loopback peer, through a trusted proxy header, is still the socket peer: loopback
-    # here; so check the setting's effect in process instead (see the unit test), and here that
-    # the route carries the admin policy for the token stage.
     with gw.client() as c:
         view = c.get("/admin/routes").json()
     entry = next(r for r in view["routes"] if r["path"] == "/admin/routes")
