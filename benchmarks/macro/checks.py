@@ -14,7 +14,14 @@ from typing import Any
 from .contenders._product import PRODUCT_FIELDS
 from .procs import HttpResponse
 
-__all__ = ["Check", "CheckFailed", "check_fixed_product", "check_hello", "check_product"]
+__all__ = [
+    "Check",
+    "CheckFailed",
+    "check_fixed_product",
+    "check_hello",
+    "check_product",
+    "check_small_json",
+]
 
 Check = Callable[[HttpResponse, Mapping[str, Any]], None]
 """``check(response, expected)``: raise :class:`CheckFailed` if the response is wrong.
@@ -77,3 +84,12 @@ def check_hello(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
     doc = _json_object(resp)
     if doc != {"hello": "world"}:
         raise CheckFailed(f'body {doc!r}, expected {{"hello": "world"}}')
+
+
+def check_small_json(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
+    """The upstream's small JSON body, byte for byte (through a proxy or not)."""
+    from benchmarks.nginx import SMALL_JSON
+
+    _json_object(resp)
+    if resp.body != SMALL_JSON:
+        raise CheckFailed(f"body differs from the upstream's: {resp.body[:300]!r}")

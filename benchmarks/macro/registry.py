@@ -3,6 +3,7 @@
 Templates in ``command`` and ``env`` are filled with :meth:`str.format_map` from:
 
 ``{python}`` the venv's interpreter, ``{bindir}`` its scripts folder, ``{host}``, ``{port}``,
+``{upstream_port}`` (the contender's ``upstream`` helper server), ``{workdir}`` (a temp folder),
 ``{bench_dsn}`` the benchmark database, ``{redis_url}``, ``{redis_prefix}``, ``{ids_file}`` the
 id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``.
 
@@ -16,12 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .checks import Check, check_fixed_product, check_hello, check_product
+from .checks import Check, check_fixed_product, check_hello, check_product, check_small_json
 
-__all__ = ["BASELINE", "CONTENDERS", "PRODUCT_PATH", "Contender", "by_name"]
+__all__ = [
+    "BASELINE",
+    "CONTENDERS",
+    "PRODUCT_PATH",
+    "PROXY_BASELINE",
+    "Contender",
+    "by_name",
+]
 
 PRODUCT_PATH = "/api/v1/products/"
 BASELINE = "litestar-hello"
+PROXY_BASELINE = "upstream-direct"
+"""The upstream of the proxy contenders, measured alone: their added latency is against it."""
 
 
 def _argv(template: str) -> tuple[str, ...]:
@@ -58,6 +68,11 @@ class Contender:
     """``http``: a server driven by wrk. ``self-timed``: a program that runs the workload itself
     and reports its own numbers (called with ``--check ID`` first)."""
     ready_timeout: float = 60.0
+    path: str = "/"
+    """The path wrk requests (and the check reads) when ``target`` is ``root``."""
+    upstream: tuple[str, ...] = ()
+    """argv template of a helper server started first on ``{upstream_port}`` (its CPU is not
+    counted as the contender's): the upstream a proxy contender forwards to."""
 
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -117,6 +132,65 @@ CONTENDERS: tuple[Contender, ...] = (
         check=check_product,
     ),
 )
+
+
+_SMALL_UPSTREAM = _argv("{python} -m benchmarks.nginx json --host {host} --port {upstream_port}")
+
+PROXY_CONTENDERS: tuple[Contender, ...] = (
+    Contender(
+        name=PROXY_BASELINE,
+        summary="nginx returning a small JSON body: the upstream of the proxies, hit directly",
+        command=_argv("{python} -m benchmarks.nginx json --host {host} --port {port}"),
+        target="root",
+        path="/json",
+        ready_path="/json",
+        check=check_small_json,
+    ),
+    Contender(
+        name="nginx-proxy",
+        summary="nginx proxy_pass (keep-alive upstream) in front of it: the native floor",
+        command=_argv(
+            "{python} -m benchmarks.nginx proxy --host {host} --port {port}"
+            " --upstream-port {upstream_port}"
+        ),
+        upstream=_SMALL_UPSTREAM,
+        target="root",
+        path="/json",
+        ready_path="/json",
+        check=check_small_json,
+    ),
+    Contender(
+        name="python-proxy",
+        summary="plain ASGI proxy on Granian with cygate's HTTP client: no routing, no policy",
+        command=(*_GRANIAN, "benchmarks.macro.contenders.python_proxy:app"),
+        env={"BENCH_UPSTREAM_PORT": "{upstream_port}"},
+        upstream=_SMALL_UPSTREAM,
+        target="root",
+        path="/json",
+        ready_path="/json",
+        check=check_small_json,
+    ),
+    Contender(
+        name="cygate-proxy",
+        summary="the gateway proxying /json per its route file, 1 Granian worker",
+        command=_argv(
+            "{python} -m benchmarks.macro.contenders.cygate_proxy --host {host} --port {port}"
+            " --upstream-port {upstream_port} --workdir {workdir}"
+        ),
+        env={
+            "CYGATE_DATABASE_URL": "{bench_dsn}",
+            "CYGATE_REDIS_URL": "{redis_url}",
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}",
+            "CYGATE_LOG_LEVEL": "warning",
+        },
+        upstream=_SMALL_UPSTREAM,
+        target="root",
+        path="/json",
+        ready_path="/json",
+        check=check_small_json,
+    ),
+)
+CONTENDERS = CONTENDERS + PROXY_CONTENDERS
 
 
 def by_name(names: list[str] | None = None) -> list[Contender]:

@@ -23,6 +23,7 @@ harness creates its own database on that server), ``REDIS_URL`` (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,7 +52,7 @@ from .procs import (
     tree_cpu_seconds,
     tree_rss_mib,
 )
-from .registry import BASELINE, CONTENDERS, PRODUCT_PATH, Contender, by_name
+from .registry import BASELINE, CONTENDERS, PRODUCT_PATH, PROXY_BASELINE, Contender, by_name
 from .report import (
     Failure,
     Result,
@@ -110,16 +111,34 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 
 def run_http(c: Contender, bench: Bench) -> Result:
-    """Start, check, warm up and measure one HTTP contender."""
+    """Start, check, warm up and measure one HTTP contender (after its upstream, if any)."""
+    with contextlib.ExitStack() as stack:
+        values = {**bench.template, "upstream_port": "0"}
+        if c.upstream:
+            values["upstream_port"] = str(free_port(HOST))
+            up_argv = [_fill(part, values) for part in c.upstream]
+            up = stack.enter_context(
+                ServerProcess(
+                    up_argv,
+                    env=bench.base_env,
+                    cwd=ROOT,
+                    log_path=bench.workdir / f"{c.name}-upstream.log",
+                )
+            )
+            up.wait_ready(HOST, int(values["upstream_port"]), c.path, c.ready_timeout)
+        return _run_http(c, bench, values)
+
+
+def _run_http(c: Contender, bench: Bench, values: dict[str, str]) -> Result:
     assert bench.wrk is not None
     args = bench.args
     port = free_port(HOST)
-    values = {**bench.template, "port": str(port)}
+    values = {**values, "port": str(port)}
     argv = [_fill(part, values) for part in c.command]
     env = {**bench.base_env, **{k: _fill(v, values) for k, v in c.env.items()}}
     headers = {"Authorization": f"Bearer {bench.token}"} if c.auth else {}
-    check_path = "/" if c.target == "root" else PRODUCT_PATH + bench.db.check_id
-    url = f"http://{HOST}:{port}/"
+    check_path = c.path if c.target == "root" else PRODUCT_PATH + bench.db.check_id
+    url = f"http://{HOST}:{port}{c.path if c.target == 'root' else '/'}"
     script = bench.scripts[(c.target, c.auth)]
 
     t0 = time.monotonic()
@@ -210,6 +229,26 @@ def run_self_timed(c: Contender, bench: Bench) -> Result:
         errors=r["errors"],
         rss_mib=r["max_rss_mib"],
     )
+
+
+def proxy_overhead(results: list[Result]) -> str:
+    """For the proxy contenders: latency added to the upstream alone (same run)."""
+    direct = next((r for r in results if r.name == PROXY_BASELINE), None)
+    proxies = [r for r in results if any(c.name == r.name and c.upstream for c in CONTENDERS)]
+    if direct is None or not proxies:
+        return ""
+    lines = [
+        f"Proxying a small JSON response (added = proxy minus `{PROXY_BASELINE}`, same run):",
+        "",
+        "| proxy | req/s | p50 ms | added p50 ms | p99 ms | added p99 ms | CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines.extend(
+        f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p50_ms - direct.p50_ms:+.2f} | "
+        f"{r.p99_ms:.2f} | {r.p99_ms - direct.p99_ms:+.2f} | {r.cpu_us_per_req:.1f} |"
+        for r in proxies
+    )
+    return "\n".join(lines)
 
 
 def run_contender(c: Contender, bench: Bench) -> Result:
@@ -391,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     "connections": str(args.connections),
                     "duration": str(args.duration),
                     "warmup": str(args.warmup),
+                    "workdir": str(workdir),
                 },
                 token=token,
                 expected={"product": db.check_product, "fixed_body": fixed_body},
@@ -427,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         r.ratio = r.rps / base.rps if base and base.rps else None
     table = markdown_table(results, failures, BASELINE)
     _say("\n" + table)
+    overhead = proxy_overhead(results)
+    if overhead:
+        table += "\n\n" + overhead
+        _say("\n" + overhead)
     if base is None:
         _say(f"(no ratios: the baseline {BASELINE} was not run or failed)")
 

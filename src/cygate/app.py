@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,8 +35,11 @@ from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
+from cygate.upstream.admin import RoutesAdminController
+from cygate.upstream.proxy import UpstreamProxy
+from cygate.upstream.table import LocalRoute, RouteTableManager
 
-__all__ = ["build_router", "create_app"]
+__all__ = ["build_router", "create_app", "local_routes"]
 
 log = logging.getLogger("cygate")
 
@@ -116,8 +123,17 @@ def build_router(app: Litestar, fast: dict[str, FastHandler] | None = None) -> R
     ``fast`` maps a route name (``GET /api/v1/products/{product_id:uuid}``) to a handler the edge
     calls itself for that route.
     """
-    fast = fast or {}
     router = Router()
+    for host, method, pattern, policy in local_routes(app, fast):
+        router.add(method, pattern, policy, host)
+    return router
+
+
+def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> list[LocalRoute]:
+    """The gateway's own routes as ``(host, method, pattern, policy)``: what
+    :func:`build_router` adds, and what every route-table generation starts from."""
+    fast = fast or {}
+    routes: list[LocalRoute] = []
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -136,11 +152,11 @@ def build_router(app: Litestar, fast: dict[str, FastHandler] | None = None) -> R
                 max_body_bytes=opt.get("max_body_bytes"),
                 fast=fast.get(f"{method} {route.path}"),
             )
-            router.add(method, pattern, policy)
-    unknown = set(fast) - {p.name for *_, p in router.routes()}
+            routes.append((None, method, pattern, policy))
+    unknown = set(fast) - {p.name for *_, p in routes}
     if unknown:
         raise ValueError(f"fast handlers for routes that do not exist: {sorted(unknown)}")
-    return router
+    return routes
 
 
 def _pattern_of(route: Any) -> str:
@@ -166,6 +182,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
+    holder: dict[str, RouteTableManager] = {}
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -181,6 +198,15 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         catalog.pool = pool
         metrics.start()
+        routes = holder["routes"]
+        routes.start(settings.routes_reload_interval)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # NOTE: SIGHUP reloads the route table (``cygate serve`` forwards it to workers
+            # through a stamp file; a signal sent to a worker itself lands here).
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: loop.create_task(routes.reload("SIGHUP"))
+            )
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -191,12 +217,15 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await routes.stop()
             await metrics.stop()
             await redis.close()
             await pool.close()
 
     app = Litestar(
-        route_handlers=[OpsController, CatalogController],
+        route_handlers=[OpsController, CatalogController, RoutesAdminController],
         lifespan=[resources],
         state=_state(settings=settings, metrics=metrics, catalog=catalog),
         exception_handlers={
@@ -218,16 +247,32 @@ def create_app(settings: Settings | None = None) -> Edge:
         logging_config=None,
     )
     fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
-    return Edge(
+    local = local_routes(app, fast_handlers)
+    trusted = TrustedProxies(settings.trusted_proxies)
+    edge = Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
-        build_router(app, fast_handlers),
+        Router(),  # replaced by the route table just below
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,
         fast_paths=settings.edge_fast_paths,
-        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        trusted_proxies=trusted,
+        upstream=UpstreamProxy(metrics, trusted),
     )
+    manager = RouteTableManager(
+        edge,
+        local,
+        path=settings.routes_file,
+        max_body=settings.max_body_bytes,
+        on_breaker_change=metrics.breaker_transition,
+        metrics=metrics,
+        stamp_path=os.environ.get("CYGATE__ROUTES_STAMP", ""),
+    )
+    manager.load_initial()  # a bad file at start-up is fatal (``cygate serve`` checks first)
+    holder["routes"] = manager
+    app.state.routes = manager
+    return edge
 
 
 def _state(**values: Any) -> Any:

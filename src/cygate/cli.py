@@ -72,7 +72,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def _check_routes(settings: Settings) -> str | None:
+    """Why the route file cannot be used, or None (no file, or a good one)."""
+    if not settings.routes_file:
+        return None
+    from cygate.upstream.config import RouteFileError, load_route_file
+
+    try:
+        load_route_file(settings.routes_file)
+    except RouteFileError as exc:
+        return f"invalid route file: {exc}"
+    return None
+
+
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    problem = _check_routes(settings)
+    if problem:
+        return _fail(problem)
     print(msgspec.json.format(msgspec.json.encode(settings.redacted()), indent=2).decode())
     return 0
 
@@ -158,6 +174,9 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.migrate and _cmd_migrate(settings, args) != 0:
         return 1
+    problem = _check_routes(settings)
+    if problem:
+        return _fail(problem)
     # Workers are separate processes that rebuild the settings from the environment, so the
     # command-line overrides and the metrics folder travel through it.
     os.environ[f"{ENV_PREFIX}HOST"] = settings.host
@@ -169,6 +188,13 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if name.startswith("worker-"):
             os.unlink(os.path.join(metrics_dir, name))
     os.environ[f"{ENV_PREFIX}METRICS_DIR"] = metrics_dir
+    # NOTE: Granian's own SIGHUP respawns the workers, and a worker that found a bad route file
+    # at start-up would not come back. cygate's SIGHUP instead bumps a stamp file that every
+    # worker watches: each reloads its table in place and keeps the old one if the file is bad.
+    stamp = os.path.join(metrics_dir, "routes-reload.stamp")
+    with open(stamp, "w") as fh:
+        fh.write("0\n")
+    os.environ[f"{ENV_PREFIX}_ROUTES_STAMP"] = stamp
 
     server = Granian(
         "cygate.app:create_app",
@@ -183,5 +209,18 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_access=settings.access_log,
         workers_kill_timeout=int(settings.shutdown_timeout),
     )
+    server.on_startup(lambda: _forward_sighup(stamp))
     server.serve()
     return 0
+
+
+def _forward_sighup(stamp: str) -> None:
+    """In Granian's main process (after it installed its handlers): SIGHUP bumps the stamp."""
+    import signal
+    import time
+
+    def bump(signum: int, frame: object) -> None:
+        with open(stamp, "w") as fh:
+            fh.write(f"{time.time_ns()}\n")
+
+    signal.signal(signal.SIGHUP, bump)

@@ -93,6 +93,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         _doc("Folder where workers share metric snapshots; empty: a per-server temp folder."),
     ] = ""
 
+    # -- upstream routing (routing issue: route file, reverse proxy, admin view) ------------
+    routes_file: Annotated[
+        str,
+        _doc("Route table file (TOML if it ends in .toml, else JSON); empty: no upstream routes."),
+    ] = ""
+    routes_reload_interval: Annotated[
+        float,
+        _doc("Seconds between checks of the route file for changes; 0: only SIGHUP reloads.",
+             ge=0, le=3600),
+    ] = 1.0  # fmt: skip
+    routes_admin_access: Annotated[
+        Literal["loopback", "any"],
+        _doc("Who may read GET /admin/routes besides the admin role: loopback peers, or anyone."),
+    ] = "loopback"
+
     def __post_init__(self) -> None:
         if self.db_pool_min > self.db_pool_max:
             raise msgspec.ValidationError(

@@ -34,7 +34,17 @@ if TYPE_CHECKING:
     from cygate.edge.policy import RoutePolicy
     from cygate.infra.metrics import Metrics
 
-__all__ = ["ASGIApp", "BodyTooLarge", "Dispatch", "Edge", "Message", "Receive", "Scope", "Send"]
+__all__ = [
+    "ASGIApp",
+    "BodyTooLarge",
+    "Dispatch",
+    "Edge",
+    "Message",
+    "Receive",
+    "ResponseAborted",
+    "Scope",
+    "Send",
+]
 
 log = logging.getLogger("cygate.edge")
 
@@ -67,6 +77,12 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body exceeds the {limit}-byte limit")
         self.limit = limit
+
+
+class ResponseAborted(Exception):
+    """Raised by a dispatcher that cannot finish a response (the upstream failed mid-body, the
+    client went away): the server drops the connection. Whoever raises it has logged why, so
+    the edge re-raises it without a traceback."""
 
 
 class Edge:
@@ -245,6 +261,9 @@ class Edge:
                 await self.app(scope, receive, send_wrapper)
             except BodyTooLarge as exc:
                 raise Problem(413, str(exc)) from None
+        except ResponseAborted:
+            status = status if response_started else 499
+            raise
         except Problem as problem:
             if response_started:
                 raise

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BUCKETS", "Metrics"]
+__all__ = ["BUCKETS", "FAMILIES", "Metrics"]
 
 log = logging.getLogger("cygate.metrics")
 
@@ -33,11 +33,48 @@ BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 _NB = len(BUCKETS)
 
+# Labelled series beside the request metrics: name -> (type, help, label names). Counters hold
+# one number; histograms the same layout as the request series. Summed over workers like them.
+FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "cygate_upstream_requests_total": (
+        "counter",
+        "Proxied requests by upstream, route and outcome (ok, a failure status, timeout, "
+        "connect_error, reset_error, shed, circuit_open, ...).",
+        ("upstream", "route", "outcome"),
+    ),
+    "cygate_upstream_request_duration_seconds": (
+        "histogram",
+        "Time in the proxy per request: queueing, connect, upstream, and body streaming.",
+        ("upstream", "route"),
+    ),
+    "cygate_upstream_retries_total": (
+        "counter",
+        "Retries sent to an upstream (within the retry budget).",
+        ("upstream", "route"),
+    ),
+    "cygate_upstream_shed_total": (
+        "counter",
+        "Requests refused without contacting the upstream: bulkhead full or circuit open.",
+        ("upstream", "route", "reason"),
+    ),
+    "cygate_upstream_breaker_transitions_total": (
+        "counter",
+        "Circuit breaker state changes (per worker breakers, summed).",
+        ("upstream", "from_state", "to_state"),
+    ),
+    "cygate_route_table_reloads_total": (
+        "counter",
+        "Route table reloads by result (ok, rejected).",
+        ("result",),
+    ),
+}
+_FAMILY_MARK = "\x1e"  # snapshot keys of labelled families start with it
+
 
 class Metrics:
     """Per-worker request counters and latency histograms, keyed by (route, method, status)."""
 
-    __slots__ = ("_dirty", "_path", "_series", "_task", "directory")
+    __slots__ = ("_dirty", "_families", "_path", "_series", "_task", "directory")
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = pathlib.Path(directory) if directory else None
@@ -46,6 +83,8 @@ class Metrics:
         )
         # key -> [count, sum_seconds, bucket_0, ..., bucket_n-1, +Inf bucket]
         self._series: dict[tuple[str, str, int], list[float]] = {}
+        # (family, labels) -> [value] for counters, the request layout for histograms
+        self._families: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
 
@@ -60,10 +99,48 @@ class Metrics:
         series[2 + bisect_left(BUCKETS, seconds)] += 1
         self._dirty = True
 
+    def inc(self, family: str, labels: tuple[str, ...], value: float = 1.0) -> None:
+        """Add to a counter of one of :data:`FAMILIES`."""
+        key = (family, labels)
+        series = self._families.get(key)
+        if series is None:
+            series = self._families[key] = [0.0]
+        series[0] += value
+        self._dirty = True
+
+    def observe_family(self, family: str, labels: tuple[str, ...], seconds: float) -> None:
+        """Add one observation to a histogram of one of :data:`FAMILIES`."""
+        key = (family, labels)
+        series = self._families.get(key)
+        if series is None:
+            series = self._families[key] = [0.0] * (_NB + 3)
+        series[0] += 1
+        series[1] += seconds
+        series[2 + bisect_left(BUCKETS, seconds)] += 1
+        self._dirty = True
+
+    # Upstream proxy (routing issue): thin names so the proxy reads well.
+
+    def upstream_request(self, upstream: str, route: str, outcome: str, seconds: float) -> None:
+        self.inc("cygate_upstream_requests_total", (upstream, route, outcome))
+        self.observe_family("cygate_upstream_request_duration_seconds", (upstream, route), seconds)
+
+    def upstream_retry(self, upstream: str, route: str) -> None:
+        self.inc("cygate_upstream_retries_total", (upstream, route))
+
+    def upstream_shed(self, upstream: str, route: str, reason: str) -> None:
+        self.inc("cygate_upstream_shed_total", (upstream, route, reason))
+
+    def breaker_transition(self, upstream: str, old: str, new: str) -> None:
+        self.inc("cygate_upstream_breaker_transitions_total", (upstream, old, new))
+
     # -- sharing between workers --------------------------------------------------------------
 
     def snapshot(self) -> dict[str, list[float]]:
-        return {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+        out = {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+        for (family, labels), values in self._families.items():
+            out[_FAMILY_MARK + "\x1f".join((family, *labels))] = values
+        return out
 
     def flush(self) -> None:
         """Write this worker's snapshot atomically (tmp file + rename)."""
@@ -105,30 +182,39 @@ class Metrics:
             self.flush()
 
     def collect(self) -> dict[tuple[str, str, int], list[float]]:
-        """Every worker's series summed (this worker's counted live)."""
+        """Every worker's request series summed (this worker's counted live)."""
+        return self._collect()[0]
+
+    def _collect(
+        self,
+    ) -> tuple[
+        dict[tuple[str, str, int], list[float]], dict[tuple[str, tuple[str, ...]], list[float]]
+    ]:
         if self.directory is None:
-            return {k: list(v) for k, v in self._series.items()}
+            return (
+                {k: list(v) for k, v in self._series.items()},
+                {k: list(v) for k, v in self._families.items()},
+            )
         self.flush()
         total: dict[tuple[str, str, int], list[float]] = {}
+        families: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         for path in self.directory.glob("worker-*.json"):
             try:
                 data: dict[str, list[float]] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue  # a file being replaced right now; its numbers arrive next scrape
             for raw_key, values in data.items():
+                if raw_key.startswith(_FAMILY_MARK):
+                    family, *labels = raw_key[1:].split("\x1f")
+                    _add(families, (family, tuple(labels)), values)
+                    continue
                 route, method, status = raw_key.split("\x1f")
-                key = (route, method, int(status))
-                acc = total.get(key)
-                if acc is None:
-                    total[key] = list(values)
-                else:
-                    for i, v in enumerate(values):
-                        acc[i] += v
-        return total
+                _add(total, (route, method, int(status)), values)
+        return total, families
 
     def render(self, extra: dict[str, Any] | None = None) -> str:
         """Prometheus text exposition format 0.0.4."""
-        series = self.collect()
+        series, families = self._collect()
         lines = [
             "# HELP cygate_http_requests_total HTTP requests answered, by route and status.",
             "# TYPE cygate_http_requests_total counter",
@@ -156,10 +242,47 @@ class Metrics:
             )
             lines.append(f"cygate_http_request_duration_seconds_sum{{{labels}}} {v[1]:.6f}")
             lines.append(f"cygate_http_request_duration_seconds_count{{{labels}}} {int(v[0])}")
+        lines += _render_families(families)
         for name, value in (extra or {}).items():
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value}")
         return "\n".join(lines) + "\n"
+
+
+def _add(acc: dict[Any, list[float]], key: Any, values: list[float]) -> None:
+    have = acc.get(key)
+    if have is None:
+        acc[key] = list(values)
+    else:
+        for i, v in enumerate(values):
+            have[i] += v
+
+
+def _render_families(families: dict[tuple[str, tuple[str, ...]], list[float]]) -> list[str]:
+    lines: list[str] = []
+    by_family: dict[str, list[tuple[tuple[str, ...], list[float]]]] = {}
+    for (family, labels), values in sorted(families.items()):
+        by_family.setdefault(family, []).append((labels, values))
+    for family, items in by_family.items():
+        kind, text, names = FAMILIES.get(family, ("counter", family, ()))
+        lines.append(f"# HELP {family} {text}")
+        lines.append(f"# TYPE {family} {kind}")
+        for labels, v in items:
+            label_text = ",".join(
+                f'{n}="{_esc(value)}"' for n, value in zip(names, labels, strict=False)
+            )
+            if kind != "histogram":
+                lines.append(f"{family}{{{label_text}}} {int(v[0])}")
+                continue
+            base = family
+            cumulative = 0.0
+            for i, bound in enumerate(BUCKETS):
+                cumulative += v[2 + i]
+                lines.append(f'{base}_bucket{{{label_text},le="{bound}"}} {int(cumulative)}')
+            lines.append(f'{base}_bucket{{{label_text},le="+Inf"}} {int(v[0])}')
+            lines.append(f"{base}_sum{{{label_text}}} {v[1]:.6f}")
+            lines.append(f"{base}_count{{{label_text}}} {int(v[0])}")
+    return lines
 
 
 def _esc(value: str) -> str:

@@ -1,0 +1,1 @@
+"""Upstream routing: the route file, the reverse proxy, balancing and resilience."""

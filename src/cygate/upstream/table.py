@@ -1,0 +1,441 @@
+"""The live route table: built from the gateway's own routes plus the route file, swapped into
+the edge atomically, reloaded when the file changes or on SIGHUP.
+
+A table is one compiled :class:`~cygate.core.router.Router` whose values are policies: the
+gateway's own routes keep theirs (a ``local`` entry in the file may replace the policy of one of
+them), and each file route gets a :class:`ProxyPolicy` that carries its :class:`ProxyRoute`
+(timeouts, header rules, its :class:`~cygate.upstream.targets.Upstream` object). A request keeps
+the policy it matched, so a swap never changes a request in flight, and an upstream whose
+configuration did not change keeps its connections, breaker and counters across reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from cygate.core.router import RouteConflict, Router
+from cygate.edge.policy import RoutePolicy
+from cygate.upstream.config import (
+    LOCAL,
+    RouteConfig,
+    RouteFileError,
+    ValidRouteFile,
+    load_route_file,
+    route_name,
+)
+from cygate.upstream.proxy import EDGE_RESPONSE_HEADERS, HOP_BY_HOP
+from cygate.upstream.targets import Upstream
+
+if TYPE_CHECKING:
+    from cygate.edge.edge import Edge
+    from cygate.infra.metrics import Metrics
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "LocalRoute",
+    "ProxyPolicy",
+    "ProxyRoute",
+    "RouteTable",
+    "RouteTableManager",
+    "build_table",
+]
+
+log = logging.getLogger("cygate.routes")
+
+DEFAULT_TIMEOUTS = {"connect": 2.0, "read": 30.0, "total": 60.0}
+
+LocalRoute = tuple[str | None, str, str, RoutePolicy]
+"""``(host, method, pattern, policy)`` as ``Router.routes()`` lists them."""
+
+_PROXY_SETS = frozenset(
+    {
+        b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+        b"x-forwarded-host", b"forwarded", b"x-request-id", b"traceparent",
+    }
+)  # fmt: skip
+
+
+class ProxyRoute:
+    """What the proxy needs for one file route, resolved once when the table is built."""
+
+    __slots__ = (
+        "add_prefix",
+        "config",
+        "connect_timeout",
+        "identity",
+        "max_body",
+        "name",
+        "preserve_host",
+        "read_timeout",
+        "retries",
+        "set_request",
+        "set_response",
+        "skip_request",
+        "skip_response",
+        "strip_prefix",
+        "total_timeout",
+        "upstream",
+    )
+
+    def __init__(self, route: RouteConfig, upstream: Upstream, *, name: str, max_body: int) -> None:
+        cfg = upstream.cfg
+        self.config = route
+        self.name = name
+        self.upstream = upstream
+        self.strip_prefix = route.strip_prefix
+        self.add_prefix = route.add_prefix
+        self.preserve_host = route.preserve_host
+        self.max_body = route.max_body_bytes or max_body
+        self.connect_timeout: float = (
+            route.timeouts.connect or cfg.timeouts.connect or DEFAULT_TIMEOUTS["connect"]
+        )
+        self.read_timeout: float = (
+            route.timeouts.read or cfg.timeouts.read or DEFAULT_TIMEOUTS["read"]
+        )
+        self.total_timeout: float = (
+            route.timeouts.total or cfg.timeouts.total or DEFAULT_TIMEOUTS["total"]
+        )
+        self.retries = route.retries if route.retries is not None else cfg.retry.attempts
+        ids = cfg.identity_headers
+        self.identity = tuple(
+            h.lower().encode("latin-1") for h in (ids.subject, ids.roles, ids.client_id, ids.issuer)
+        )
+        request_set = {k.lower(): v for k, v in route.request_headers.set.items()}
+        self.set_request = [
+            k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n"
+            for k, v in request_set.items()
+        ]
+        self.skip_request = (
+            HOP_BY_HOP
+            | _PROXY_SETS
+            | frozenset(self.identity)
+            | frozenset(h.lower().encode("latin-1") for h in cfg.strip_request_headers)
+            | frozenset(h.lower().encode("latin-1") for h in route.request_headers.remove)
+            | frozenset(k.encode("latin-1") for k in request_set)
+        )
+        response_set = {k.lower(): v for k, v in route.response_headers.set.items()}
+        self.set_response = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in response_set.items()
+        ]
+        self.skip_response = (
+            HOP_BY_HOP
+            | EDGE_RESPONSE_HEADERS
+            | frozenset(h.lower().encode("latin-1") for h in route.response_headers.remove)
+            | frozenset(k.encode("latin-1") for k in response_set)
+        )
+
+
+class ProxyPolicy(RoutePolicy, frozen=True, kw_only=True):
+    """A route policy whose target is an upstream; carries the route's proxy settings."""
+
+    proxy: Any = None
+    """The :class:`ProxyRoute` (typed Any: msgspec never encodes it)."""
+
+
+class RouteTable:
+    """One immutable generation of the route table."""
+
+    __slots__ = ("digest", "entries", "loaded_at", "router", "source", "upstreams", "version")
+
+    def __init__(
+        self,
+        router: Router,
+        upstreams: dict[str, Upstream],
+        entries: list[dict[str, Any]],
+        *,
+        source: str,
+        digest: str,
+        version: int,
+    ) -> None:
+        self.router = router
+        self.upstreams = upstreams
+        self.entries = entries
+        self.source = source
+        self.digest = digest
+        self.version = version
+        self.loaded_at = time.time()
+
+    def view(self) -> dict[str, Any]:
+        """What ``GET /admin/routes`` shows (this worker's view of circuit state)."""
+        return {
+            "version": self.version,
+            "source": self.source,
+            "digest": self.digest,
+            "loaded_at": self.loaded_at,
+            "worker_pid": os.getpid(),
+            "routes": self.entries,
+            "upstreams": {name: up.view() for name, up in sorted(self.upstreams.items())},
+        }
+
+
+def build_table(
+    local: Iterable[LocalRoute],
+    valid: ValidRouteFile | None,
+    *,
+    max_body: int,
+    previous: RouteTable | None = None,
+    on_breaker_change: Callable[[str, str, str], None] | None = None,
+) -> RouteTable:
+    """Compile the gateway's own routes plus the file's into one table (raises
+    :class:`RouteFileError` on a conflict). Upstreams whose configuration is unchanged are
+    taken over from ``previous``."""
+    local = list(local)
+    overrides: dict[tuple[str, str], tuple[RouteConfig, str]] = {}
+    upstreams: dict[str, Upstream] = {}
+    entries: list[dict[str, Any]] = []
+    if valid is not None:
+        old = previous.upstreams if previous is not None else {}
+        for name, cfg in valid.config.upstreams.items():
+            kept = old.get(name)
+            targets = valid.targets[name]
+            if kept is not None and kept.cfg == cfg and [t.spec for t in kept.targets] == targets:
+                upstreams[name] = kept
+            else:
+                upstreams[name] = Upstream(name, cfg, targets, on_breaker_change=on_breaker_change)
+        for i, route in enumerate(valid.config.routes):
+            if route.upstream == LOCAL:
+                for method in route.methods:
+                    key = (method, route.path)
+                    if key in overrides:
+                        raise RouteFileError(f"routes[{i}]: {method} {route.path} is listed twice")
+                    overrides[key] = (route, f"routes[{i}]")
+    router = Router()
+    local_keys = set()
+    for host, method, pattern, policy in local:
+        local_keys.add((method, pattern))
+        override = overrides.get((method, pattern)) if host is None else None
+        if override is not None:
+            route = override[0]
+            policy = msgspec.structs.replace(
+                policy,
+                auth=route.auth,
+                roles=frozenset(route.roles),
+                rate_limit=route.rate_limit,
+                cache=route.cache,
+                max_body_bytes=route.max_body_bytes,
+            )
+        router.add(method, pattern, policy, host)
+        entries.append(_entry(policy, host, method, pattern, LOCAL, override is not None))
+    for (method, pattern), (_, where) in overrides.items():
+        if (method, pattern) not in local_keys:
+            raise RouteFileError(
+                f"{where}: no local route {method} {pattern} to set a policy on "
+                "(a local route must name one of the gateway's own routes exactly)"
+            )
+    if valid is not None:
+        for i, route in enumerate(valid.config.routes):
+            if route.upstream == LOCAL:
+                continue
+            name = route_name(route)
+            proxy = ProxyRoute(route, upstreams[route.upstream], name=name, max_body=max_body)
+            policy = ProxyPolicy(
+                name=name,
+                auth=route.auth,
+                roles=frozenset(route.roles),
+                rate_limit=route.rate_limit,
+                cache=route.cache,
+                target=route.upstream,
+                max_body_bytes=route.max_body_bytes,
+                proxy=proxy,
+            )
+            for method in route.methods:
+                try:
+                    router.add(method, route.path, policy, route.host)
+                except RouteConflict as exc:
+                    raise RouteFileError(f"routes[{i}]: {exc}") from None
+            entries.append(
+                _entry(policy, route.host, ",".join(route.methods), route.path, route.upstream)
+                | {
+                    "strip_prefix": route.strip_prefix,
+                    "add_prefix": route.add_prefix,
+                    "timeouts": {
+                        "connect": proxy.connect_timeout,
+                        "read": proxy.read_timeout,
+                        "total": proxy.total_timeout,
+                    },
+                    "retries": proxy.retries,
+                    "request_headers": msgspec.to_builtins(route.request_headers),
+                    "response_headers": msgspec.to_builtins(route.response_headers),
+                }
+            )
+    version = previous.version + 1 if previous is not None else 1
+    return RouteTable(
+        router,
+        upstreams,
+        entries,
+        source=valid.source if valid is not None else "",
+        digest=valid.digest if valid is not None else "",
+        version=version,
+    )
+
+
+def _entry(
+    policy: RoutePolicy,
+    host: str | None,
+    methods: str,
+    pattern: str,
+    upstream: str,
+    overridden: bool = False,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": policy.name,
+        "host": host,
+        "methods": methods,
+        "path": pattern,
+        "upstream": upstream,
+        "auth": policy.auth,
+        "roles": sorted(policy.roles),
+        "rate_limit": policy.rate_limit,
+        "cache": policy.cache,
+        "max_body_bytes": policy.max_body_bytes,
+    }
+    if overridden:
+        entry["from_file"] = True
+    return entry
+
+
+class RouteTableManager:
+    """Owns the live table of one worker: first load, reloads, the swap into the edge."""
+
+    def __init__(
+        self,
+        edge: Edge,
+        local: list[LocalRoute],
+        *,
+        path: str,
+        max_body: int,
+        on_breaker_change: Callable[[str, str, str], None] | None = None,
+        metrics: Metrics | None = None,
+        stamp_path: str = "",
+    ) -> None:
+        self.edge = edge
+        self.local = local
+        self.path = path
+        self.max_body = max_body
+        self.stamp_path = stamp_path
+        self.on_breaker_change = on_breaker_change
+        self.metrics = metrics
+        self.table: RouteTable | None = None
+        self.last_error: str | None = None
+        self._seen: tuple[Any, ...] = ()
+        self._watch_file = True
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def load_initial(self) -> RouteTable:
+        """Build the first table (blocking; raises :class:`RouteFileError` on a bad file)."""
+        self._seen = self._signature()
+        valid = load_route_file(self.path) if self.path else None
+        table = build_table(
+            self.local, valid, max_body=self.max_body, on_breaker_change=self.on_breaker_change
+        )
+        self._install(table)
+        return table
+
+    def _install(self, table: RouteTable) -> None:
+        # NOTE: one attribute store: a request sees the old router or the new one, never a mix.
+        self.edge.router = table.router
+        self.table = table
+
+    async def reload(self, reason: str = "requested") -> bool:
+        """Load the file again; swap the new table in only if it is valid. Returns whether a
+        new table went live; a bad file keeps the old one and logs why."""
+        async with self._lock:
+            self._seen = self._signature()
+            old = self.table
+            try:
+                valid = await asyncio.to_thread(load_route_file, self.path) if self.path else None
+                table = build_table(
+                    self.local,
+                    valid,
+                    max_body=self.max_body,
+                    previous=old,
+                    on_breaker_change=self.on_breaker_change,
+                )
+            except (RouteFileError, RouteConflict) as exc:
+                self.last_error = str(exc)
+                if self.metrics is not None:
+                    self.metrics.inc("cygate_route_table_reloads_total", ("rejected",))
+                log.error(
+                    "route table NOT reloaded (%s); still serving version %s: %s",
+                    reason,
+                    old.version if old else "-",
+                    exc,
+                )
+                return False
+            for up in table.upstreams.values():
+                if old is None or old.upstreams.get(up.name) is not up:
+                    up.start()
+            self._install(table)
+            self.last_error = None
+            if self.metrics is not None:
+                self.metrics.inc("cygate_route_table_reloads_total", ("ok",))
+            log.warning(
+                "route table version %s live (%s): %d routes, %d upstreams",
+                table.version,
+                reason,
+                len(table.entries),
+                len(table.upstreams),
+            )
+            if old is not None:
+                for name, up in old.upstreams.items():
+                    if table.upstreams.get(name) is not up:
+                        await up.close()  # in-flight requests finish on their connections
+            return True
+
+    def _signature(self) -> tuple[Any, ...]:
+        sig: list[Any] = []
+        for path in (self.path if self._watch_file else "", self.stamp_path):
+            if not path:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                sig.append(None)
+            else:
+                sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sig)
+
+    def start(self, interval: float) -> None:
+        """Start the upstreams' background work; poll the file every ``interval`` seconds
+        (0: not at all), and the SIGHUP stamp of ``cygate serve`` every second."""
+        if self.table is not None:
+            for up in self.table.upstreams.values():
+                up.start()
+        self._watch_file = interval > 0
+        self._seen = self._signature()
+        if (self._watch_file and self.path) or self.stamp_path:
+            every = interval if self._watch_file else 1.0
+            self._task = asyncio.get_running_loop().create_task(self._watch(every))
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._signature() != self._seen:
+                try:
+                    await self.reload("file changed")
+                except Exception:  # never let the watcher die
+                    log.exception("route table reload failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.table is not None:
+            for up in self.table.upstreams.values():
+                await up.close()
+
+    def view(self) -> dict[str, Any]:
+        out = self.table.view() if self.table is not None else {"routes": [], "upstreams": {}}
+        out["last_reload_error"] = self.last_error
+        return out
