@@ -89,7 +89,7 @@ def _raw_get(gw: Gateway, target: str) -> bytes:
 
 def test_body_over_limit_is_413(gateway: Gateway) -> None:
     with gateway.client() as c:
-        r = c.post("/api/v1/products", content=b"x" * (1024 * 1024 + 1))
+        r = c.post("/api/v1/auth/register", content=b"x" * (1024 * 1024 + 1))
     assert_problem(r, 413)
 
 

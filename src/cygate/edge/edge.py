@@ -200,9 +200,6 @@ class Edge:
             instance = path
             if content_length == -2:
                 raise Problem(400, "invalid Content-Length header")
-            if content_length > self.max_body:
-                # Before routing: an oversized body is refused whatever path it was sent to.
-                raise Problem(413, f"request body exceeds the {self.max_body}-byte limit")
 
             match = self.router.match(method, path, host or None)
             if match.kind != FOUND:

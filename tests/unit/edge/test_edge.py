@@ -104,8 +104,10 @@ async def test_per_route_limit_and_content_length() -> None:
     assert status == 413
     status, _, _ = await call(edge, "POST", b"/upload", headers=[(b"content-length", b"abc")])
     assert status == 400
+    status, _, _ = await call(edge, "POST", b"/upload", headers=[(b"content-length", b"101")])
+    assert status == 413  # the global limit, for a route without its own
     status, _, _ = await call(edge, "POST", b"/nowhere", headers=[(b"content-length", b"101")])
-    assert status == 413  # before routing: an unknown path does not dodge the limit
+    assert status == 404  # an unknown path is refused without reading its body either way
 
 
 async def test_unhandled_error_is_500_without_internals() -> None:
