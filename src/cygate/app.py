@@ -23,6 +23,7 @@ from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.db import DB_UNAVAILABLE, create_pool
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
+    ratelimit: RateLimitStage | None = None  # built with the route table, below
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -180,6 +182,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        if ratelimit is not None:
+            await ratelimit.bind(redis)
         metrics.start()
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
@@ -191,6 +195,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            if ratelimit is not None:
+                ratelimit.unbind()
             await metrics.stop()
             await redis.close()
             await pool.close()
@@ -218,10 +224,17 @@ def create_app(settings: Settings | None = None) -> Edge:
         logging_config=None,
     )
     fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
+    router = build_router(app, fast_handlers)
+    ratelimit = RateLimitStage.from_settings(
+        settings, (policy for *_, policy in router.routes()), metrics
+    )
     return Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
-        build_router(app, fast_handlers),
+        router,
         metrics=metrics,
+        # NOTE: order matters: the token stage (identity) goes before the rate limit, so
+        # limits keyed by caller see the principal.
+        stages=[ratelimit],
         max_body_bytes=settings.max_body_bytes,
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,

@@ -6,6 +6,10 @@ answered by whichever worker the connection lands on, refreshes that worker's ow
 every file in the folder. Counters of a worker that died stay in its file, so totals never go
 backwards. The folder is made fresh by ``cygate serve`` for each server run.
 
+Besides the request series, any part of the gateway can own labelled counters
+(:meth:`Metrics.counter`, e.g. the rate limiter's decisions per policy): plain objects whose
+``value`` it bumps, written into the same snapshot and summed over the workers the same way.
+
 NOTE: what another worker counted in the last second may be missing from a scrape; Prometheus
 scrapes every 15 s or so, and the next scrape includes it.
 """
@@ -23,7 +27,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BUCKETS", "Metrics"]
+__all__ = ["BUCKETS", "Counter", "Metrics"]
 
 log = logging.getLogger("cygate.metrics")
 
@@ -34,10 +38,44 @@ BUCKETS: tuple[float, ...] = (
 _NB = len(BUCKETS)
 
 
+_COUNTERS = "\x1ecounters"  # snapshot member holding the labelled counters (not a route)
+
+
+class Counter:
+    """One labelled Prometheus counter of this worker. PERF: ``counter.value += 1``, no call."""
+
+    __slots__ = ("help", "labels", "name", "value")
+
+    def __init__(self, name: str, help_: str, labels: tuple[tuple[str, str], ...]) -> None:
+        self.name = name
+        self.help = help_
+        self.labels = labels
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    @property
+    def sample(self) -> str:
+        """``name{label="value",...}``: the series' identity in the exposition format."""
+        if not self.labels:
+            return self.name
+        inner = ",".join(f'{k}="{_esc(v)}"' for k, v in self.labels)
+        return f"{self.name}{{{inner}}}"
+
+
 class Metrics:
     """Per-worker request counters and latency histograms, keyed by (route, method, status)."""
 
-    __slots__ = ("_dirty", "_path", "_series", "_task", "directory")
+    __slots__ = (
+        "_counters",
+        "_dirty",
+        "_flushed",
+        "_path",
+        "_series",
+        "_task",
+        "directory",
+    )
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = pathlib.Path(directory) if directory else None
@@ -46,8 +84,19 @@ class Metrics:
         )
         # key -> [count, sum_seconds, bucket_0, ..., bucket_n-1, +Inf bucket]
         self._series: dict[tuple[str, str, int], list[float]] = {}
+        self._counters: dict[str, Counter] = {}  # sample -> counter
+        self._flushed = 0.0  # sum of the counters at the last flush
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
+
+    def counter(self, name: str, help_: str, **labels: str) -> Counter:
+        """The counter ``name`` with these labels (created at zero the first time)."""
+        made = Counter(name, help_, tuple(sorted(labels.items())))
+        existing = self._counters.get(made.sample)
+        if existing is not None:
+            return existing
+        self._counters[made.sample] = made
+        return made
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request. PERF: one dict lookup, one bisect, no allocation once warm."""
@@ -62,14 +111,23 @@ class Metrics:
 
     # -- sharing between workers --------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, list[float]]:
-        return {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {
+            "\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()
+        }
+        if self._counters:
+            snap[_COUNTERS] = {k: [c.value, c.help] for k, c in self._counters.items()}
+        return snap
+
+    def _counters_changed(self) -> bool:
+        return sum(c.value for c in self._counters.values()) != self._flushed
 
     def flush(self) -> None:
         """Write this worker's snapshot atomically (tmp file + rename)."""
         if self._path is None or self.directory is None:
             return
         self._dirty = False
+        self._flushed = sum(c.value for c in self._counters.values())
         data = orjson.dumps(self.snapshot())
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
@@ -84,7 +142,7 @@ class Metrics:
     async def _flush_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self._dirty:
+            if self._dirty or self._counters_changed():
                 try:
                     self.flush()
                 except OSError as exc:  # a full disk must not take the worker down
@@ -106,15 +164,28 @@ class Metrics:
 
     def collect(self) -> dict[tuple[str, str, int], list[float]]:
         """Every worker's series summed (this worker's counted live)."""
+        return self._collect()[0]
+
+    def collect_counters(self) -> dict[str, tuple[float, str]]:
+        """Every worker's labelled counters summed: sample -> (value, help)."""
+        return self._collect()[1]
+
+    def _collect(
+        self,
+    ) -> tuple[dict[tuple[str, str, int], list[float]], dict[str, tuple[float, str]]]:
         if self.directory is None:
-            return {k: list(v) for k, v in self._series.items()}
+            series = {k: list(v) for k, v in self._series.items()}
+            return series, {k: (c.value, c.help) for k, c in self._counters.items()}
         self.flush()
         total: dict[tuple[str, str, int], list[float]] = {}
+        counters: dict[str, tuple[float, str]] = {}
         for path in self.directory.glob("worker-*.json"):
             try:
-                data: dict[str, list[float]] = orjson.loads(path.read_bytes())
+                data: dict[str, Any] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue  # a file being replaced right now; its numbers arrive next scrape
+            for sample, (value, help_) in data.pop(_COUNTERS, {}).items():
+                counters[sample] = (counters.get(sample, (0.0, ""))[0] + value, help_)
             for raw_key, values in data.items():
                 route, method, status = raw_key.split("\x1f")
                 key = (route, method, int(status))
@@ -124,11 +195,11 @@ class Metrics:
                 else:
                     for i, v in enumerate(values):
                         acc[i] += v
-        return total
+        return total, counters
 
     def render(self, extra: dict[str, Any] | None = None) -> str:
         """Prometheus text exposition format 0.0.4."""
-        series = self.collect()
+        series, counters = self._collect()
         lines = [
             "# HELP cygate_http_requests_total HTTP requests answered, by route and status.",
             "# TYPE cygate_http_requests_total counter",
@@ -156,6 +227,14 @@ class Metrics:
             )
             lines.append(f"cygate_http_request_duration_seconds_sum{{{labels}}} {v[1]:.6f}")
             lines.append(f"cygate_http_request_duration_seconds_count{{{labels}}} {int(v[0])}")
+        typed: set[str] = set()
+        for sample, (value, help_) in sorted(counters.items()):
+            name = sample.split("{", 1)[0]
+            if name not in typed:
+                typed.add(name)
+                lines.append(f"# HELP {name} {help_}")
+                lines.append(f"# TYPE {name} counter")
+            lines.append(f"{sample} {int(value)}")
         for name, value in (extra or {}).items():
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value}")
