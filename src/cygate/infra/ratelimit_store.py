@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -73,20 +73,48 @@ class Reservation:
 
 
 class QuotaStore:
-    """Runs the GCRA script against the app's Redis, within a deadline, behind a circuit."""
+    """Runs the GCRA script against the app's Redis, within a deadline, behind a circuit.
 
-    __slots__ = ("_down_until", "_sha", "backoff", "calls", "failures", "redis", "timeout")
+    PERF: decisions asked for while a round-trip is under way are queued and sent together as
+    one pipeline when it returns (each EVALSHA in it is still its own atomic decision). Under
+    load this is one round-trip and one connection for many decisions, instead of one
+    connection per concurrent request: redis-py's pool (64 connections) would otherwise run
+    out with a burst of concurrent requests, and an exhausted pool must not look like a
+    Redis failure.
+    """
+
+    __slots__ = (
+        "_down_until",
+        "_flushing",
+        "_queue",
+        "_sha",
+        "_task",
+        "backoff",
+        "batches",
+        "calls",
+        "failures",
+        "redis",
+        "timeout",
+    )
+
+    MAX_BATCH = 256
+    """Decisions sent in one pipeline at most."""
 
     def __init__(self, redis: RedisHandle, *, timeout: float, backoff: float) -> None:
         self.redis = redis
         self.timeout = timeout
-        """Most one call may take, seconds (connect, NOSCRIPT reload and retry included)."""
+        """Most one decision may wait, seconds (queue, round-trip, NOSCRIPT reload included)."""
         self.backoff = backoff
         """Seconds the circuit stays open after a failure."""
         self._sha: str | None = None
         self._down_until = 0.0
+        self._queue: list[tuple[str, int, int, int, asyncio.Future[list[int]]]] = []
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None  # the running flush (a strong reference)
         self.calls = 0
-        """Script calls made (each is one EVALSHA; a reload after NOSCRIPT adds two commands)."""
+        """Script calls made (one EVALSHA each; a reload after NOSCRIPT adds a SCRIPT LOAD)."""
+        self.batches = 0
+        """Round-trips made for them."""
         self.failures = 0
 
     @property
@@ -122,29 +150,85 @@ class QuotaStore:
             # NOTE: the one request that finds the circuit half-open probes; the others keep
             # deciding locally until it answers (or fails within the timeout).
             self._down_until = now + self.timeout + self.backoff
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.append((redis_key, interval_us, burst, want, future))
+        if not self._flushing:
+            self._flushing = True
+            self._task = loop.create_task(self._flush())
         try:
             async with asyncio.timeout(self.timeout):
-                raw = await self._call(redis_key, interval_us, burst, want)
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
-            self.failures += 1
-            self._down_until = time.monotonic() + self.backoff
-            if self.failures == 1 or self.failures % 1000 == 0:
-                log.warning(
-                    "rate-limit store failed (%r); local fallback for %ss", exc, self.backoff
-                )
-            raise QuotaUnavailable(repr(exc)) from None
-        self._down_until = 0.0
-        granted, reset_us, remaining, retry_us = (int(v) for v in raw)
+                raw = await future
+        except TimeoutError:
+            self._trip(TimeoutError(f"no answer from Redis in {self.timeout}s"))
+            raise QuotaUnavailable("timeout") from None
+        granted, reset_us, remaining, retry_us = raw
         return Reservation(granted, reset_us, remaining, retry_us)
 
-    async def _call(self, redis_key: str, interval_us: int, burst: int, want: int) -> list[int]:
+    def _trip(self, exc: BaseException) -> None:
+        self.failures += 1
+        self._down_until = time.monotonic() + self.backoff
+        if self.failures == 1 or self.failures % 1000 == 0:
+            log.warning("rate-limit store failed (%r); local fallback for %ss", exc, self.backoff)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.MAX_BATCH]
+                del self._queue[: self.MAX_BATCH]
+                batch = [item for item in batch if not item[4].done()]  # waiters gone: skip
+                if not batch:
+                    continue
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        answers = await self._run(batch)
+                except (RedisError, OSError, TimeoutError, ValueError) as exc:
+                    self._trip(exc)
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(QuotaUnavailable(repr(exc)))
+                    continue
+                self._down_until = 0.0
+                for (*_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._flushing = False
+
+    async def _run(self, batch: list[tuple[str, int, int, int, Any]]) -> list[list[int]]:
         client = self.redis.client
-        self.calls += 1
+        self.calls += len(batch)
+        self.batches += 1
         if self._sha is None:
             self._sha = str(await client.script_load(GCRA_LUA))
-        try:
-            return await client.evalsha(self._sha, 1, redis_key, interval_us, burst, want)  # type: ignore[no-any-return]
-        except NoScriptError:
-            # Redis restarted (or its script cache was flushed): load again, call again.
+        if len(batch) == 1:
+            key, interval_us, burst, want, _ = batch[0]
+            try:
+                answer = await client.evalsha(self._sha, 1, key, interval_us, burst, want)
+            except NoScriptError:
+                # Redis restarted (or its script cache was flushed): load again, call again.
+                self._sha = str(await client.script_load(GCRA_LUA))
+                answer = await client.evalsha(self._sha, 1, key, interval_us, burst, want)
+            return [_ints(answer)]
+        replies = await self._pipeline(batch)
+        if any(isinstance(r, NoScriptError) for r in replies):
             self._sha = str(await client.script_load(GCRA_LUA))
-            return await client.evalsha(self._sha, 1, redis_key, interval_us, burst, want)  # type: ignore[no-any-return]
+            replies = await self._pipeline(batch)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_ints(r) for r in replies]
+
+    async def _pipeline(self, batch: list[tuple[str, int, int, int, Any]]) -> list[Any]:
+        assert self._sha is not None
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for key, interval_us, burst, want, _ in batch:
+                pipe.evalsha(self._sha, 1, key, interval_us, burst, want)
+            return await pipe.execute(raise_on_error=False)
+
+
+def _ints(reply: Any) -> list[int]:
+    values = [int(v) for v in reply]
+    if len(values) != 4:
+        raise ValueError(f"unexpected script reply {reply!r}")
+    return values
