@@ -199,7 +199,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = ""
     rate_limit_redis_timeout: Annotated[
         float, _doc("Most a Redis decision may add to a request, seconds.", gt=0, le=10)
-    ] = 0.1
+    ] = 0.2
     rate_limit_redis_backoff: Annotated[
         float, _doc("After a Redis failure, seconds of local fallback before trying again.", gt=0)
     ] = 1.0

@@ -68,7 +68,10 @@ def header(c: EdgeContext, name: bytes) -> bytes:
 async def handle(redis_prefix: str) -> AsyncIterator[RedisHandle]:
     """The shared Redis, under a prefix of this test's own."""
     settings = load_settings(
-        {"CYGATE_REDIS_URL": REDIS_URL, "CYGATE_REDIS_PREFIX": f"{redis_prefix}{secrets.token_hex(3)}:"}
+        {
+            "CYGATE_REDIS_URL": REDIS_URL,
+            "CYGATE_REDIS_PREFIX": f"{redis_prefix}{secrets.token_hex(3)}:",
+        }
     )
     h = create_redis(settings)
     try:
@@ -106,7 +109,7 @@ async def _commands(url: str, name: str) -> int:
 
 
 async def test_exact_100_concurrent_against_5_per_minute(handle: RedisHandle) -> None:
-    stage, _ = stage_for({"rate": 5, "period": 60, "mode": "exact"})
+    stage, _ = stage_for({"rate": 5, "period": 60, "mode": "exact"}, rate_limit_redis_timeout="5")
     await stage.bind(handle)
     results = await asyncio.gather(*(request(stage) for _ in range(100)))
     statuses = [s for s, _ in results]
@@ -120,7 +123,9 @@ async def test_exact_across_three_instances(redis_prefix: str) -> None:
     stages, handles = [], []
     for _ in range(3):  # three stages, three connection pools: three "instances"
         h = _handle(REDIS_URL, prefix)
-        stage, _ = stage_for({"rate": 5, "period": 60, "mode": "exact"})
+        stage, _ = stage_for(
+            {"rate": 5, "period": 60, "mode": "exact"}, rate_limit_redis_timeout="5"
+        )
         await stage.bind(h)
         stages.append(stage)
         handles.append(h)
@@ -169,7 +174,10 @@ async def test_retry_after_is_honest(handle: RedisHandle) -> None:
 
 async def test_batched_one_redis_call_per_lease(private: PrivateRedis) -> None:
     h = _handle(private.url)
-    stage, metrics = stage_for({"rate": 100_000, "period": 60, "mode": "batched", "lease": 50})
+    stage, metrics = stage_for(
+        {"rate": 100_000, "period": 60, "mode": "batched", "lease": 50},
+        rate_limit_redis_timeout="5",
+    )
     await stage.bind(h)
     try:
         before = await _commands(private.url, "evalsha")
@@ -188,7 +196,10 @@ async def test_batched_stays_inside_its_bound(redis_prefix: str) -> None:
     stages, handles = [], []
     for _ in range(instances):
         h = _handle(REDIS_URL, prefix)
-        stage, _ = stage_for({"rate": limit, "period": 60, "mode": "batched", "lease": lease})
+        stage, _ = stage_for(
+            {"rate": limit, "period": 60, "mode": "batched", "lease": lease},
+            rate_limit_redis_timeout="5",
+        )
         await stage.bind(h)
         stages.append(stage)
         handles.append(h)

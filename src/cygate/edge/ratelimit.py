@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -85,7 +86,7 @@ def _key_fn(parts: tuple[str, ...], api_header: bytes) -> KeyFn:
         if name == "route":
             return lambda c: "r:" + c.policy.name
         if name == "path":
-            return lambda c: "u:" + c.method + " " + c.path  # the normalised path
+            return _path_key
         raise ValueError(f"unknown key part {name!r}")
 
     if not parts:
@@ -94,6 +95,38 @@ def _key_fn(parts: tuple[str, ...], api_header: bytes) -> KeyFn:
     if len(fns) == 1:
         return fns[0]
     return lambda c: "\x1f".join([f(c) for f in fns])
+
+
+_PARAM_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+_canonical: dict[str, tuple[tuple[str, str], ...]] = {}  # route name -> (param, type), in order
+
+
+def _path_key(c: EdgeContext) -> str:
+    """The resource's key: the normalised path, with typed parameters in canonical form.
+
+    NOTE: the path is already normalised (``//x``, ``/x/``, ``%2F``, dot segments), but a typed
+    parameter has several spellings of one value: ``/products/ABC...`` and ``/products/abc...``
+    (a UUID in either case), ``/items/007`` and ``/items/7``. Keyed by route template plus the
+    canonical values, each of those shares one counter.
+    """
+    params = c.params
+    if not params:
+        return "u:" + c.method + " " + c.path
+    route = c.policy.name
+    spec = _canonical.get(route)
+    if spec is None:
+        spec = _canonical[route] = tuple(
+            (m.group(1), m.group(2) or "str") for m in _PARAM_RE.finditer(route)
+        )
+    values = []
+    for name, kind in spec:
+        value = params.get(name, "")
+        if kind == "uuid":
+            value = value.lower()
+        elif kind == "int":
+            value = str(int(value)) if value.lstrip("-").isdigit() else value
+        values.append(value)
+    return "u:" + route + "\x1f" + "\x1f".join(values)
 
 
 class Limit:

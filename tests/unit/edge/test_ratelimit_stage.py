@@ -134,9 +134,7 @@ def test_principal_keys_and_anonymous_by_address() -> None:
 def test_spoofed_forwarded_for_from_an_untrusted_peer_shares_the_counter() -> None:
     stage = make_stage()
     statuses = [
-        decide(stage, ctx_for("GET /a", headers=[(b"x-forwarded-for", f"10.9.9.{i}".encode())]))[
-            0
-        ]
+        decide(stage, ctx_for("GET /a", headers=[(b"x-forwarded-for", f"10.9.9.{i}".encode())]))[0]
         for i in range(5)
     ]
     assert statuses == [200, 200, 200, 429, 429]
@@ -153,6 +151,24 @@ def test_per_path_key_uses_the_normalised_path() -> None:
     assert decide(stage, ctx_for("GET /items/{id:int}", path="/items/1"))[0] == 200
     assert decide(stage, ctx_for("GET /items/{id:int}", path="/items/1"))[0] == 429
     assert decide(stage, ctx_for("GET /items/{id:int}", path="/items/2"))[0] == 200
+
+
+def test_per_path_key_canonicalises_typed_parameters() -> None:
+    route = "GET /items/{id:int}/{u:uuid}"
+    policy = RoutePolicy(name=route, rate_limit="per_path")
+    stage = RateLimitStage.from_settings(make_settings(), [policy], Metrics())
+    u = "3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b"
+
+    def at(i: str, uuid: str) -> EdgeContext:
+        c = ctx_for(route, path=f"/items/{i}/{uuid}")
+        c.policy = policy
+        c.params = {"id": i, "u": uuid}
+        return c
+
+    assert decide(stage, at("7", u))[0] == 200
+    assert decide(stage, at("007", u.upper()))[0] == 200  # same resource, same counter
+    assert decide(stage, at("7", u.upper()))[0] == 429
+    assert decide(stage, at("8", u))[0] == 200
 
 
 def test_several_limits_most_restrictive_headers_and_refund() -> None:
