@@ -187,8 +187,8 @@ def three(gateway_env: dict[str, str], seeded: dict[str, object]) -> Iterator[li
     )
     gateways: list[Gateway] = []
     try:
-        for _ in range(3):
-            gateways.append(start_gateway(env, workers=1))
+        for _ in range(3):  # one by one: those started are stopped if a later one fails
+            gateways.append(start_gateway(env, workers=1))  # noqa: PERF401
         yield gateways
     finally:
         for gw in gateways:

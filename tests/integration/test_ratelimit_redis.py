@@ -139,7 +139,7 @@ async def test_exact_across_three_instances(redis_prefix: str) -> None:
 
 async def test_exact_countdown_and_remembered_refusal(private: PrivateRedis) -> None:
     h = _handle(private.url)
-    stage, metrics = stage_for({"rate": 3, "period": 60, "mode": "exact"})
+    stage, _ = stage_for({"rate": 3, "period": 60, "mode": "exact"})
     await stage.bind(h)
     try:
         seen = [await request(stage) for _ in range(3)]

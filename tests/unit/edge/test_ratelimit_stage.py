@@ -113,7 +113,7 @@ def test_refusal_is_problem_json_through_the_edge() -> None:
 
     results = asyncio.run(run())
     assert [r[0] for r in results] == [200, 200, 200, 429]
-    status, headers, body = results[3]
+    _, headers, body = results[3]
     doc = orjson.loads(body)
     assert headers[b"content-type"] == b"application/problem+json"
     assert doc["status"] == 429 and doc["limit"] == "tight" and doc["request_id"]
