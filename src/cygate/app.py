@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         metrics=metrics,
         # NOTE: order matters: the token stage (identity) goes before the rate limit, so
         # limits keyed by caller see the principal.
-        stages=[ratelimit],
+        stages=[ratelimit] if ratelimit.limits() else [],
         max_body_bytes=settings.max_body_bytes,
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,

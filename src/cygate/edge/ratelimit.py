@@ -177,7 +177,8 @@ class Limit:
         self.key = _key_fn(tuple(spec.key), api_header)
         # Local mode decides here; global modes fall back to it when Redis fails.
         self.gcra = GCRALimiter(self.interval_ns, self.burst, capacity)
-        self.leases = LeaseTable(capacity)
+        # Global modes: Redis's last answers per key (a local limit never asks: one slot).
+        self.leases = LeaseTable(capacity if spec.mode != "local" else 1)
         self.inflight: dict[str, asyncio.Future[None]] = {}
         self.limit_header = b"%d" % self.burst
         self.limit_pair = (b"ratelimit-limit", self.limit_header)

@@ -267,6 +267,7 @@ def test_redis_paused_and_shut_down_mid_run(
             # Redis up: enforced.
             assert codes(CATEGORIES, "10.0.0.1", 4) == [200, 200, 200, 429]
 
+            slowest: dict[str, float] = {}
             for phase, outage in enumerate(("SIGSTOP", "shutdown"), start=1):
                 if outage == "SIGSTOP":
                     redis.pause()
@@ -276,10 +277,12 @@ def test_redis_paused_and_shut_down_mid_run(
                     r, took = get(CATEGORIES, f"10.{phase}.0.2")
                     assert r.status_code == 200, (outage, r.text)  # fail-open: served
                     assert took < timeout + 0.3, (outage, took)  # never more than the timeout
+                    slowest[f"{outage} open"] = max(slowest.get(f"{outage} open", 0), took)
                     r, took = get(PRODUCTS, f"10.{phase}.0.2")
                     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, outage
                     assert r.headers["content-type"] == "application/problem+json"
                     assert took < timeout + 0.3, (outage, took)
+                    slowest[f"{outage} closed"] = max(slowest.get(f"{outage} closed", 0), took)
                 # A refusal Redis gave before the outage still holds (refusals only last).
                 assert get(CATEGORIES, "10.0.0.1")[0].status_code == 429
                 if outage == "SIGSTOP":
@@ -293,6 +296,7 @@ def test_redis_paused_and_shut_down_mid_run(
                 assert codes(CATEGORIES, fresh, 5) == [200, 200, 200, 429, 429], outage
                 assert codes(PRODUCTS, fresh, 4) == [200, 200, 200, 429], outage
 
+        print("slowest answer during the outage (s):", {k: round(v, 3) for k, v in slowest.items()})
         assert _metric(gw, 'cygate_ratelimit_decisions_total{decision="fail_open",limit="open"}')
         assert _metric(
             gw, 'cygate_ratelimit_decisions_total{decision="fail_closed",limit="closed"}'
