@@ -72,7 +72,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def _check_routes(settings: Settings) -> str | None:
+    """Settings that name routes or route classes (rate limits) can only be checked against
+    the route table: build the app once (no I/O) and return the error, if any."""
+    from cygate.app import create_app
+
+    try:
+        create_app(settings)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    error = _check_routes(settings)
+    if error:
+        return _fail(error)
     print(msgspec.json.format(msgspec.json.encode(settings.redacted()), indent=2).decode())
     return 0
 
@@ -156,6 +171,9 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
+    error = _check_routes(settings)  # one line and status 2, not a traceback in each worker
+    if error:
+        return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:
         return 1
     # Workers are separate processes that rebuild the settings from the environment, so the
