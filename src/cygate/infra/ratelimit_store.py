@@ -150,20 +150,33 @@ class QuotaStore:
             # NOTE: the one request that finds the circuit half-open probes; the others keep
             # deciding locally until it answers (or fails within the timeout).
             self._down_until = now + self.timeout + self.backoff
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.append((redis_key, interval_us, burst, want, future))
         if not self._flushing:
+            # PERF: nothing under way: this request sends its own decision at once (no task,
+            # no extra turn of the event loop); those that arrive meanwhile are queued and go
+            # together when it returns.
             self._flushing = True
-            self._task = loop.create_task(self._flush())
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = (await self._run([(redis_key, interval_us, burst, want, None)]))[0]
+            except (RedisError, OSError, TimeoutError, ValueError) as exc:
+                self._trip(exc)
+                raise QuotaUnavailable(repr(exc)) from None
+            finally:
+                self._flushing = False
+                if self._queue:
+                    self._flushing = True
+                    self._task = asyncio.get_running_loop().create_task(self._flush())
+            self._down_until = 0.0
+            return Reservation(*raw)
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.append((redis_key, interval_us, burst, want, future))
         try:
             async with asyncio.timeout(self.timeout):
                 raw = await future
         except TimeoutError:
             self._trip(TimeoutError(f"no answer from Redis in {self.timeout}s"))
             raise QuotaUnavailable("timeout") from None
-        granted, reset_us, remaining, retry_us = raw
-        return Reservation(granted, reset_us, remaining, retry_us)
+        return Reservation(*raw)
 
     def _trip(self, exc: BaseException) -> None:
         self.failures += 1
