@@ -9,7 +9,8 @@ Three groups, one run:
     token bucket, so the closest strategies stand in. A ``_baseline`` case is the bare loop.
 ``Redis decision``
     one decision against the Redis at ``REDIS_URL`` (keys under a prefix of the run's own,
-    deleted at the end): cygate ``exact`` awaited one at a time (one EVALSHA round-trip each),
+    deleted at the end): cygate ``exact`` awaited one at a time (one EVALSHA round-trip each;
+    the ``_baseline`` is the bare redis-py asyncio EVALSHA of the same script),
     cygate ``exact`` with 100 decisions at once (coalesced into pipelines), cygate ``batched``
     (lease 100: one Redis call per 100 decisions, counted and checked), and ``limits``'
     Redis strategies (fixed window, sliding window counter; synchronous client).
@@ -40,7 +41,7 @@ from cygate.edge.context import EdgeContext
 from cygate.edge.policy import RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
-from cygate.infra.ratelimit_store import QuotaStore
+from cygate.infra.ratelimit_store import GCRA_LUA, QuotaStore
 from cygate.infra.redis import RedisHandle, create_redis
 from cygate.settings import load_settings
 
@@ -211,6 +212,22 @@ def test_redis_cygate_exact_sequential(micro: Any, loop: Any, redis_url: str) ->
         for _ in range(ROUNDS_OF):
             await store.reserve(key, 1, 10**6, 1)
 
+    micro(lambda: loop.run_until_complete(decide()), group=REDIS, ops=ROUNDS_OF)
+    loop.run_until_complete(handle.close())
+
+
+def test_redis_asyncio_evalsha_baseline(micro: Any, loop: Any, redis_url: str) -> None:
+    """The floor of an async decision: the bare redis-py asyncio EVALSHA of the same script."""
+    handle = _handle(redis_url)
+    sha = loop.run_until_complete(handle.client.script_load(GCRA_LUA))
+    key = handle.key("rl", "{bare}")
+    evalsha = handle.client.evalsha
+
+    async def decide() -> None:
+        for _ in range(ROUNDS_OF):
+            await evalsha(sha, 1, key, 1, 10**6, 1)
+
+    loop.run_until_complete(decide())
     micro(lambda: loop.run_until_complete(decide()), group=REDIS, ops=ROUNDS_OF)
     loop.run_until_complete(handle.close())
 
@@ -403,3 +420,75 @@ def test_path_litestar_middleware(micro: Any, loop: Any) -> None:
             await m(scope(f"10.{next(counter) & 0xFFFFFF}"), receive, send)  # type: ignore[arg-type]
 
     micro(lambda: loop.run_until_complete(decide()), group=PATH, ops=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole edge, in process: a fast-handler request without and with a local limit
+# ---------------------------------------------------------------------------------------------
+
+EDGE = "ratelimit: edge request, fast handler (what a limit adds)"
+
+
+def _edge(limited: bool) -> Any:
+    from cygate.core.router import Router
+    from cygate.edge.edge import Edge
+
+    async def fast(ctx: EdgeContext) -> bytes:
+        return b'{"id": 5}'
+
+    policy = RoutePolicy(name="GET /p/{id:int}", fast=fast)
+    router = Router()
+    router.add("GET", "/p/{id:int}", policy)
+    stages = []
+    if limited:
+        env = {
+            "CYGATE_RATE_LIMITS": '{"b": {"rate": 1000000000, "period": 1}}',
+            "CYGATE_RATE_LIMIT_ROUTES": '{"GET /p/{id:int}": "b"}',
+        }
+        stages = [RateLimitStage.from_settings(load_settings(env), [policy], Metrics())]
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    return Edge(inner, router, metrics=Metrics(), max_body_bytes=1024, stages=stages)
+
+
+def _edge_case(limited: bool, loop: Any) -> Callable[[], None]:
+    edge = _edge(limited)
+    sent: list[Any] = []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/p/5",
+        "raw_path": b"/p/5",
+        "query_string": b"",
+        "headers": [(b"host", b"example.com")],
+        "client": ("203.0.113.9", 5000),
+    }
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def requests() -> None:
+        for _ in range(64):
+            sent.clear()
+            await edge(dict(scope), receive, send)
+
+    loop.run_until_complete(requests())
+    start = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 200
+    assert (b"ratelimit-remaining" in start) is limited
+    return lambda: loop.run_until_complete(requests())
+
+
+def test_edge_without_limit(micro: Any, loop: Any) -> None:
+    """The edge serving a fast-handler GET (no rate limit on the route)."""
+    micro(_edge_case(False, loop), group=EDGE, ops=64)
+
+
+def test_edge_with_local_limit(micro: Any, loop: Any) -> None:
+    """The same request on a route with a local limit (stage, RateLimit-* headers)."""
+    micro(_edge_case(True, loop), group=EDGE, ops=64)
