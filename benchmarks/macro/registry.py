@@ -13,9 +13,10 @@ Every contender also gets ``BENCH_DATABASE_URL``, ``BENCH_POOL_SIZE``, ``BENCH_J
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .checks import Check, check_fixed_product, check_hello, check_product, check_small_json
 
@@ -75,17 +76,62 @@ class Contender:
     counted as the contender's): the upstream a proxy contender forwards to."""
 
 
+_CYGATE_ENV = {
+    "CYGATE_DATABASE_URL": "{bench_dsn}",
+    "CYGATE_REDIS_URL": "{redis_url}",
+    "CYGATE_REDIS_PREFIX": "{redis_prefix}",
+    "CYGATE_LOG_LEVEL": "warning",
+}
+
+
+def _rate_limited(limit: dict[str, Any]) -> dict[str, str]:
+    """cygate's environment with ``limit`` on the product read, applied by configuration.
+
+    The limit is far above what one worker serves (nothing is refused), so the run measures
+    the bookkeeping, like litestar-stock's RateLimitMiddleware. Braces are doubled: env values
+    are ``str.format_map`` templates.
+    """
+
+    def template(value: object) -> str:
+        return json.dumps(value).replace("{", "{{").replace("}", "}}")
+
+    return {
+        **_CYGATE_ENV,
+        "CYGATE_RATE_LIMITS": template({"bench": limit}),
+        "CYGATE_RATE_LIMIT_ROUTES": template({"GET /api/v1/products/{product_id:uuid}": "bench"}),
+    }
+
+
 CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate",
         summary="the gateway: GET /api/v1/products/{id}, uncached, 1 Granian worker",
         command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
-        env={
-            "CYGATE_DATABASE_URL": "{bench_dsn}",
-            "CYGATE_REDIS_URL": "{redis_url}",
-            "CYGATE_REDIS_PREFIX": "{redis_prefix}",
-            "CYGATE_LOG_LEVEL": "warning",
-        },
+        env=_CYGATE_ENV,
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
+        name="cygate-ratelimit",
+        summary="cygate, product read under a global per-caller limit (batched, leases of 100)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}),
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
+        name="cygate-ratelimit-exact",
+        summary="cygate, product read under a global per-caller limit (exact: a Redis call each)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "exact"}),
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
+        name="cygate-ratelimit-local",
+        summary="cygate, product read under a per-process per-caller limit (local GCRA)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_rate_limited({"rate": 1_000_000_000, "period": 1, "mode": "local"}),
         ready_path="/readyz",
         check=check_product,
     ),

@@ -27,6 +27,7 @@ from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.db import DB_UNAVAILABLE, create_pool
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
     holder: dict[str, RouteTableManager] = {}
+    ratelimit: RateLimitStage | None = None  # built with the route table, below
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -197,6 +199,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        if ratelimit is not None:
+            await ratelimit.bind(redis)
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -220,6 +224,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await routes.stop()
+            if ratelimit is not None:
+                ratelimit.unbind()
             await metrics.stop()
             await redis.close()
             await pool.close()
@@ -272,6 +278,14 @@ def create_app(settings: Settings | None = None) -> Edge:
     manager.load_initial()  # a bad file at start-up is fatal (``cygate serve`` checks first)
     holder["routes"] = manager
     app.state.routes = manager
+    # Rate-limit plans cover every route of the table loaded at start-up (own and file routes).
+    # NOTE: a route that a later reload adds is not rate limited until the next restart.
+    ratelimit = RateLimitStage.from_settings(
+        settings, (policy for *_, policy in edge.router.routes()), metrics
+    )
+    # NOTE: order matters: the token stage (identity) goes before the rate limit, so limits
+    # keyed by caller see the principal.
+    edge.stages = (ratelimit,) if ratelimit.limits() else ()
     return edge
 
 

@@ -73,22 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_routes(settings: Settings) -> str | None:
-    """Why the route file cannot be used, or None (no file, or a good one)."""
-    if not settings.routes_file:
-        return None
-    from cygate.upstream.config import RouteFileError, load_route_file
+    """Why the route table cannot be built, or None: the route file (upstreams) and settings
+    that name routes or route classes (rate limits). Builds the app once, without I/O."""
+    if settings.routes_file:
+        from cygate.upstream.config import RouteFileError, load_route_file
+
+        try:
+            load_route_file(settings.routes_file)
+        except RouteFileError as exc:
+            return f"invalid route file: {exc}"
+    from cygate.app import create_app
 
     try:
-        load_route_file(settings.routes_file)
-    except RouteFileError as exc:
-        return f"invalid route file: {exc}"
+        create_app(settings)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
-    problem = _check_routes(settings)
-    if problem:
-        return _fail(problem)
+    error = _check_routes(settings)
+    if error:
+        return _fail(error)
     print(msgspec.json.format(msgspec.json.encode(settings.redacted()), indent=2).decode())
     return 0
 
@@ -172,11 +178,11 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
+    error = _check_routes(settings)  # one line and status 2, not a traceback in each worker
+    if error:
+        return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:
         return 1
-    problem = _check_routes(settings)
-    if problem:
-        return _fail(problem)
     # Workers are separate processes that rebuild the settings from the environment, so the
     # command-line overrides and the metrics folder travel through it.
     os.environ[f"{ENV_PREFIX}HOST"] = settings.host

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+__all__ = ["ENV_PREFIX", "RateLimitSpec", "Settings", "SettingsError", "load_settings"]
 
 ENV_PREFIX = "CYGATE_"
 
@@ -33,6 +33,94 @@ class SettingsError(Exception):
 
 def _doc(text: str, **constraints: Any) -> msgspec.Meta:
     return msgspec.Meta(description=text, **constraints)
+
+
+# -- Rate limiting (issue 4; docs/ratelimit.md) ----------------------------------------------
+
+RateLimitKeyPart = Literal["caller", "sub", "ip", "api_key", "route", "path"]
+RateLimitMode = Literal["local", "exact", "batched"]
+RateLimitFailure = Literal["open", "closed", "local"]
+_AUTH_CLASSES = frozenset({"login", "token"})
+
+
+class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One named limit: ``rate`` requests per ``period`` seconds, ``burst`` of them at once."""
+
+    rate: Annotated[int, _doc("Requests allowed per period (the sustained rate).", ge=1, le=10**9)]
+    period: Annotated[
+        float, _doc("Length of the period in seconds (up to 366 days).", gt=0, le=31_622_400)
+    ] = 1.0
+    burst: (
+        Annotated[int, _doc("Requests allowed at once; default: rate.", ge=1, le=10**9)] | None
+    ) = None
+    key: Annotated[
+        list[RateLimitKeyPart],
+        _doc(
+            "What one counter is per: caller (the token's sub, else the client address), sub, "
+            "ip, api_key, route (the route template), path (the normalised path); [] is one "
+            "counter for everyone.",
+            max_length=6,
+        ),
+    ] = msgspec.field(default_factory=lambda: ["caller"])
+    mode: Annotated[
+        RateLimitMode,
+        _doc("local (per process), exact (every decision in Redis) or batched (Redis leases)."),
+    ] = "local"
+    failure: Annotated[
+        RateLimitFailure | None,
+        _doc(
+            "When Redis fails: open (serve, count locally), closed (503) or local (enforce per "
+            "process); default: local for the login/token classes, else open."
+        ),
+    ] = None
+    lease: (
+        Annotated[int, _doc("batched: tokens per lease; default burst // 10 (at least 1).", ge=1)]
+        | None
+    ) = None
+    lease_ttl: (
+        Annotated[
+            float,
+            _doc(
+                "batched: seconds a lease may be spent; default the period, at most 60.",
+                gt=0,
+                le=3600,
+            ),
+        ]
+        | None
+    ) = None
+
+    @property
+    def effective_burst(self) -> int:
+        return self.burst if self.burst is not None else self.rate
+
+    @property
+    def interval_ns(self) -> int:
+        """Time between two requests at the sustained rate, rounded up (never over the rate)."""
+        return -(-round(self.period * 1e9) // self.rate)
+
+    @property
+    def effective_lease(self) -> int:
+        return self.lease if self.lease is not None else max(1, self.effective_burst // 10)
+
+    @property
+    def effective_lease_ttl(self) -> float:
+        return self.lease_ttl if self.lease_ttl is not None else min(self.period, 60.0)
+
+    def failure_for(self, classes: frozenset[str]) -> RateLimitFailure:
+        """The failure mode, given the route classes that use this limit."""
+        if self.failure is not None:
+            return self.failure
+        return "local" if classes & _AUTH_CLASSES else "open"
+
+
+def _default_rate_limits() -> dict[str, RateLimitSpec]:
+    # NOTE: login and token endpoints are limited per client address, in Redis, and stay
+    # limited (per process) when Redis is down; a configured limit of the same name replaces
+    # each.
+    return {
+        "login": RateLimitSpec(rate=10, period=60, key=["ip"], mode="exact", failure="local"),
+        "token": RateLimitSpec(rate=30, period=60, key=["ip"], mode="exact", failure="local"),
+    }
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -108,7 +196,81 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         _doc("Who may read GET /admin/routes besides the admin role: loopback peers, or anyone."),
     ] = "loopback"
 
+    # -- Rate limiting (issue 4; docs/ratelimit.md) ------------------------------------------
+    rate_limits: Annotated[
+        dict[str, RateLimitSpec],
+        _doc("Named limits (added to the built-in login and token limits, or replacing them)."),
+    ] = msgspec.field(default_factory=dict)
+    rate_limit_classes: Annotated[
+        dict[str, list[str]],
+        _doc("Route class -> names of the limits it applies (a limit's name is a class too)."),
+    ] = msgspec.field(default_factory=dict)
+    rate_limit_routes: Annotated[
+        dict[str, str],
+        _doc("Route name ('GET /api/v1/categories') -> class; overrides the handler's opt."),
+    ] = msgspec.field(default_factory=dict)
+    rate_limit_default_class: Annotated[
+        str, _doc("Class of routes that name none; empty: such routes are not limited.")
+    ] = ""
+    rate_limit_redis_timeout: Annotated[
+        float, _doc("Most a Redis decision may add to a request, seconds.", gt=0, le=10)
+    ] = 0.2
+    rate_limit_redis_backoff: Annotated[
+        float, _doc("After a Redis failure, seconds of local fallback before trying again.", gt=0)
+    ] = 1.0
+    rate_limit_max_keys: Annotated[
+        int, _doc("Keys each limit keeps in memory per process (idle ones go first).", ge=1)
+    ] = 100_000
+    rate_limit_api_key_header: Annotated[
+        str, _doc("Request header whose value is the api_key part of a limit's key.", min_length=1)
+    ] = "x-api-key"
+
+    def all_rate_limits(self) -> dict[str, RateLimitSpec]:
+        """The built-in limits overlaid with the configured ones."""
+        return {**_default_rate_limits(), **self.rate_limits}
+
+    def rate_limit_class(self, name: str) -> list[str] | None:
+        """The limit names of class ``name`` (a limit's own name is a class of one), or None."""
+        if name in self.rate_limit_classes:
+            return self.rate_limit_classes[name]
+        return [name] if name in self.all_rate_limits() else None
+
+    def _check_rate_limits(self) -> None:
+        limits = self.all_rate_limits()
+        for name, spec in limits.items():
+            where = f" - at `$.rate_limits.{name}`"
+            if not name or len(name) > 64 or not name.isprintable():
+                raise msgspec.ValidationError(f"bad limit name {name!r}{where}")
+            if spec.interval_ns * spec.effective_burst >= 1 << 62:
+                raise msgspec.ValidationError(f"period * burst / rate is too long{where}")
+            if spec.mode != "local":
+                if spec.interval_ns < 1000:
+                    raise msgspec.ValidationError(
+                        "a Redis limit allows at most 1000000 requests per second per key" + where
+                    )
+                if spec.effective_lease > spec.effective_burst:
+                    raise msgspec.ValidationError(f"lease must not exceed burst{where}")
+        for cls, names in self.rate_limit_classes.items():
+            unknown = [n for n in names if n not in limits]
+            if unknown:
+                raise msgspec.ValidationError(
+                    f"class {cls!r} names unknown limits {unknown} - at `$.rate_limit_classes`"
+                )
+        for route, cls in self.rate_limit_routes.items():
+            if self.rate_limit_class(cls) is None:
+                raise msgspec.ValidationError(
+                    f"route {route!r} names unknown class {cls!r} - at `$.rate_limit_routes`"
+                )
+        if (
+            self.rate_limit_default_class
+            and self.rate_limit_class(self.rate_limit_default_class) is None
+        ):
+            raise msgspec.ValidationError(
+                f"unknown class {self.rate_limit_default_class!r} - at `$.rate_limit_default_class`"
+            )
+
     def __post_init__(self) -> None:
+        self._check_rate_limits()
         if self.db_pool_min > self.db_pool_max:
             raise msgspec.ValidationError(
                 "db_pool_min must not exceed db_pool_max - at `$.db_pool_min`"
@@ -142,8 +304,19 @@ def _mask_url_password(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
+# Settings whose environment value is a JSON document (rate limiting, issue 4).
+_JSON_ENV = frozenset({"rate_limits", "rate_limit_classes", "rate_limit_routes"})
+
+
 def _env_value(name: str, raw: str) -> Any:
     """Environment values are strings; lists arrive as JSON or comma-separated text."""
+    if name in _JSON_ENV:
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise SettingsError(
+                f"invalid setting {ENV_PREFIX}{name.upper()}: not a JSON document ({exc})"
+            ) from None
     if name == "trusted_proxies":
         raw = raw.strip()
         if raw.startswith("["):

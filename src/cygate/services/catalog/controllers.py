@@ -8,7 +8,7 @@ from uuid import UUID
 from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
 from cygate.edge.problem import Problem
 from cygate.services.catalog.models import CategoryTree, Product, ProductPage
@@ -37,14 +37,15 @@ class CatalogController(Controller):
         self,
         state: State,
         category: Annotated[
-            UUID | None, Parameter(description="Category id (its subtree too)")
+            UUID | None, QueryParameter(description="Category id (its subtree too)")
         ] = None,
-        min_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
-        max_price_cents: Annotated[int | None, Parameter(ge=0, le=10**12)] = None,
-        sort: Annotated[SortName, Parameter(description="Order of the items")] = DEFAULT_SORT,
-        limit: Annotated[int, Parameter(ge=1, le=100, description="Page size")] = 20,
+        min_price_cents: Annotated[int | None, QueryParameter(ge=0, le=10**12)] = None,
+        max_price_cents: Annotated[int | None, QueryParameter(ge=0, le=10**12)] = None,
+        sort: Annotated[SortName, QueryParameter(description="Order of the items")] = DEFAULT_SORT,
+        limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
         cursor: Annotated[
-            str | None, Parameter(max_length=512, description="next_cursor of the previous page")
+            str | None,
+            QueryParameter(max_length=512, description="next_cursor of the previous page"),
         ] = None,
     ) -> ProductPage:
         if (
@@ -72,7 +73,7 @@ class CatalogController(Controller):
         )
 
     @get("/products/{product_id:uuid}", summary="One product")
-    async def product(self, state: State, product_id: UUID) -> Product:
+    async def product(self, state: State, product_id: FromPath[UUID]) -> Product:
         product = await _repo(state).get_product(product_id)
         if product is None:
             raise Problem(404, f"no product {product_id}")

@@ -1,0 +1,554 @@
+"""The rate-limit stage: named limits from the settings, applied by route class at the edge.
+
+A route's class comes from ``CYGATE_RATE_LIMIT_ROUTES`` (route name -> class), else from its
+handler's ``opt={"rate_limit": "<class>"}``, else from ``CYGATE_RATE_LIMIT_DEFAULT_CLASS``; a
+class is a list of limit names (a limit's own name is also a class of one). Each limit is
+decided in one of three modes:
+
+``local``
+    GCRA in this process (:mod:`cygate.core.ratelimit`): no I/O, a fraction of a microsecond.
+``exact``
+    one atomic Lua call to Redis per decision (:mod:`cygate.infra.ratelimit_store`): never more
+    than the limit, whatever the number of instances. A refusal is remembered until it expires
+    (refusals are monotonic in GCRA), so a flood of refused requests costs no Redis call.
+``batched``
+    this process reserves ``lease`` tokens at a time from Redis and spends them locally: one
+    Redis call per lease, at most one in flight per key; at most ``limit + processes * lease``
+    in any window.
+
+PERF: the stage is synchronous whenever it can be: local limits, a lease with tokens left or a
+remembered refusal return ``None`` without creating a coroutine; only a question to Redis makes
+one. Limits are checked cheapest first (local, batched, exact); the first refusal stops the
+check and gives back what earlier local limits took.
+
+Response: ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset`` of the most
+restrictive limit (the fewest requests remaining; on a tie, the later reset), and
+``RateLimit-Policy`` listing every limit of the route; refusals are 429 problem+json with
+``Retry-After`` (whole seconds, rounded up: a retry after it passes that limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, NoReturn
+
+from cygate.core.ratelimit import DENIED, GRANTED, GCRALimiter, LeaseTable
+from cygate.edge.problem import Problem
+from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservation
+
+if TYPE_CHECKING:
+    from cygate.edge.context import EdgeContext
+    from cygate.edge.policy import RoutePolicy
+    from cygate.infra.metrics import Counter, Metrics
+    from cygate.infra.redis import RedisHandle
+    from cygate.settings import RateLimitSpec, Settings
+
+__all__ = ["Limit", "RateLimitStage", "build_limits"]
+
+_NS = 1_000_000_000
+KeyFn = Callable[["EdgeContext"], str]
+
+
+def _seconds(ns: int) -> int:
+    """Whole seconds, rounded up: a client that waits this long has waited long enough."""
+    return -(-ns // _NS) if ns > 0 else 0
+
+
+def _key_fn(parts: tuple[str, ...], api_header: bytes) -> KeyFn:
+    """The function that makes a request's key for a limit keyed by ``parts``.
+
+    Each part is tagged (``p:`` principal, ``i:`` address, ``k:`` API key digest, ``r:`` route,
+    ``u:`` path) so two kinds of value can never collide.
+    """
+
+    def part(name: str) -> KeyFn:
+        if name == "caller":
+            return lambda c: "p:" + c.principal.sub if c.principal else "i:" + c.client_ip
+        if name == "sub":
+            # NOTE: anonymous requests share one "anonymous" counter under a sub-keyed limit.
+            return lambda c: "p:" + c.principal.sub if c.principal else "p"
+        if name == "ip":
+            return lambda c: "i:" + c.client_ip
+        if name == "api_key":
+
+            def api_key(c: EdgeContext) -> str:
+                value = c.header(api_header)
+                if not value:
+                    return "i:" + c.client_ip  # no key: limited per client address
+                # A digest, not the key: keys are secrets and Redis key names are not.
+                return "k:" + hashlib.blake2b(value, digest_size=12).hexdigest()
+
+            return api_key
+        if name == "route":
+            return lambda c: "r:" + c.policy.name
+        if name == "path":
+            return _path_key
+        raise ValueError(f"unknown key part {name!r}")
+
+    if not parts:
+        return lambda c: "*"
+    fns = [part(p) for p in parts]
+    if len(fns) == 1:
+        return fns[0]
+    return lambda c: "\x1f".join([f(c) for f in fns])
+
+
+_PARAM_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+_canonical: dict[str, tuple[tuple[str, str], ...]] = {}  # route name -> (param, type), in order
+
+
+def _path_key(c: EdgeContext) -> str:
+    """The resource's key: the normalised path, with typed parameters in canonical form.
+
+    NOTE: the path is already normalised (``//x``, ``/x/``, ``%2F``, dot segments), but a typed
+    parameter has several spellings of one value: ``/products/ABC...`` and ``/products/abc...``
+    (a UUID in either case), ``/items/007`` and ``/items/7``. Keyed by route template plus the
+    canonical values, each of those shares one counter.
+    """
+    params = c.params
+    if not params:
+        return "u:" + c.method + " " + c.path
+    route = c.policy.name
+    spec = _canonical.get(route)
+    if spec is None:
+        spec = _canonical[route] = tuple(
+            (m.group(1), m.group(2) or "str") for m in _PARAM_RE.finditer(route)
+        )
+    values = []
+    for name, kind in spec:
+        value = params.get(name, "")
+        if kind == "uuid":
+            value = value.lower()
+        elif kind == "int":
+            value = str(int(value)) if value.lstrip("-").isdigit() else value
+        values.append(value)
+    return "u:" + route + "\x1f" + "\x1f".join(values)
+
+
+class Limit:
+    """One configured limit, with its tables and counters (shared by every route using it)."""
+
+    __slots__ = (
+        "burst",
+        "failure",
+        "gcra",
+        "inflight",
+        "interval_ns",
+        "interval_us",
+        "key",
+        "lease",
+        "lease_ttl_ns",
+        "leases",
+        "limit_header",
+        "limit_pair",
+        "mode",
+        "n_allowed",
+        "n_fail_closed",
+        "n_fail_open",
+        "n_fallback",
+        "n_limited",
+        "n_redis",
+        "name",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        spec: RateLimitSpec,
+        *,
+        failure: str,
+        metrics: Metrics,
+        capacity: int,
+        api_header: bytes,
+    ) -> None:
+        self.name = name
+        self.mode = spec.mode
+        self.failure = failure
+        self.burst = spec.effective_burst
+        self.interval_ns = spec.interval_ns
+        self.interval_us = -(-self.interval_ns // 1000)
+        self.lease = spec.effective_lease if spec.mode == "batched" else 1
+        self.lease_ttl_ns = round(spec.effective_lease_ttl * _NS)
+        self.key = _key_fn(tuple(spec.key), api_header)
+        # Local mode decides here; global modes fall back to it when Redis fails.
+        self.gcra = GCRALimiter(self.interval_ns, self.burst, capacity)
+        # Global modes: Redis's last answers per key (a local limit never asks: one slot).
+        self.leases = LeaseTable(capacity if spec.mode != "local" else 1)
+        self.inflight: dict[str, asyncio.Future[None]] = {}
+        self.limit_header = b"%d" % self.burst
+        self.limit_pair = (b"ratelimit-limit", self.limit_header)
+        period = f"{spec.period:g}"
+        policy = f"{spec.rate};w={period}"
+        if self.burst != spec.rate:
+            policy += f";burst={self.burst}"
+        self.policy = policy
+
+        def counter(decision: str) -> Counter:
+            return metrics.counter(
+                "cygate_ratelimit_decisions_total", limit=name, decision=decision
+            )
+
+        self.n_allowed = counter("allowed")
+        self.n_limited = counter("limited")
+        self.n_fail_open = counter("fail_open")
+        self.n_fail_closed = counter("fail_closed")
+        self.n_fallback = counter("fallback")
+        self.n_redis = metrics.counter("cygate_ratelimit_redis_calls_total", limit=name)
+
+
+class _Plan:
+    """The limits of one route, cheapest first, and its constant ``RateLimit-Policy`` header."""
+
+    __slots__ = ("limits", "policy_header", "policy_pair", "single")
+
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
+        order = {"local": 0, "batched": 1, "exact": 2}
+        self.limits = tuple(sorted(limits, key=lambda lim: order[lim.mode]))
+        self.policy_header = ", ".join(lim.policy for lim in self.limits).encode()
+        self.policy_pair = (b"ratelimit-policy", self.policy_header)
+        self.single = self.limits[0] if len(self.limits) == 1 else None
+        """The one limit of a route that has one (the common case, decided inline)."""
+
+
+# PERF: header values for small numbers, made once (b"%d" % n costs more than the lookup).
+_NUMBERS = tuple(b"%d" % n for n in range(4096))
+
+
+def _number(n: int) -> bytes:
+    return _NUMBERS[n] if 0 <= n < 4096 else b"%d" % n
+
+
+class _Verdict:
+    """What one request passed so far: the most restrictive limit, and what to give back."""
+
+    __slots__ = ("limit", "passed", "refunds", "remaining", "reset_ns")
+
+    def __init__(self) -> None:
+        self.limit: Limit | None = None
+        self.remaining = 0
+        self.reset_ns = 0
+        self.passed: list[Limit] = []
+        self.refunds: list[tuple[GCRALimiter, str]] = []
+
+    def note(self, limit: Limit, remaining: int, reset_ns: int) -> None:
+        self.passed.append(limit)
+        if (
+            self.limit is None
+            or remaining < self.remaining
+            or (remaining == self.remaining and reset_ns > self.reset_ns)
+        ):
+            self.limit = limit
+            self.remaining = remaining
+            self.reset_ns = reset_ns
+
+    def undo(self) -> None:
+        for gcra, key in self.refunds:
+            gcra.refund(key)
+
+
+def build_limits(
+    settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+) -> dict[str, _Plan]:
+    """Route name -> its plan, for every route that a class applies to.
+
+    Raises ValueError naming the route when a handler names an unknown class, or when
+    ``rate_limit_routes`` names a route that does not exist (a typo must not go unnoticed).
+    """
+    classes_of: dict[str, str] = {}
+    names = set()
+    for policy in policies:
+        names.add(policy.name)
+        cls = (
+            settings.rate_limit_routes.get(policy.name)
+            or policy.rate_limit
+            or settings.rate_limit_default_class
+        )
+        if cls:
+            if settings.rate_limit_class(cls) is None:
+                raise ValueError(f"route {policy.name!r} names unknown rate-limit class {cls!r}")
+            classes_of[policy.name] = cls
+    unknown = sorted(set(settings.rate_limit_routes) - names)
+    if unknown:
+        raise ValueError(
+            f"CYGATE_RATE_LIMIT_ROUTES names routes that do not exist: {unknown}; "
+            f"routes are named like 'GET /api/v1/categories'"
+        )
+    specs = settings.all_rate_limits()
+    users: dict[str, set[str]] = {}  # limit -> classes applying it
+    for cls in classes_of.values():
+        for name in settings.rate_limit_class(cls) or ():
+            users.setdefault(name, set()).add(cls)
+    api_header = settings.rate_limit_api_key_header.lower().encode("latin-1")
+    limits = {
+        name: Limit(
+            name,
+            specs[name],
+            failure=specs[name].failure_for(frozenset(classes)),
+            metrics=metrics,
+            capacity=settings.rate_limit_max_keys,
+            api_header=api_header,
+        )
+        for name, classes in users.items()
+    }
+    plans: dict[str, _Plan] = {}
+    by_class: dict[str, _Plan] = {}
+    for route, cls in classes_of.items():
+        plan = by_class.get(cls)
+        if plan is None:
+            names_ = dict.fromkeys(settings.rate_limit_class(cls) or ())  # dedupe, keep order
+            plan = by_class[cls] = _Plan(tuple(limits[n] for n in names_))
+        if plan.limits:
+            plans[route] = plan
+    return plans
+
+
+class RateLimitStage:
+    """The edge stage. ``stage(ctx)`` returns None (decided) or an awaitable (asking Redis)."""
+
+    __slots__ = ("_plans", "backoff", "store", "timeout")
+
+    def __init__(self, plans: dict[str, _Plan], *, timeout: float, backoff: float) -> None:
+        self._plans = plans
+        self.timeout = timeout
+        self.backoff = backoff
+        self.store: QuotaStore | None = None
+        """Set by :meth:`bind` in the app's lifespan; until then global limits fall back."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+    ) -> RateLimitStage:
+        return cls(
+            build_limits(settings, policies, metrics),
+            timeout=settings.rate_limit_redis_timeout,
+            backoff=settings.rate_limit_redis_backoff,
+        )
+
+    @property
+    def needs_redis(self) -> bool:
+        return any(lim.mode != "local" for plan in self._plans.values() for lim in plan.limits)
+
+    def limits(self) -> dict[str, tuple[str, ...]]:
+        """Route name -> the names of its limits, in the order they are checked."""
+        return {route: tuple(lim.name for lim in p.limits) for route, p in self._plans.items()}
+
+    async def bind(self, redis: RedisHandle) -> None:
+        """Use ``redis`` for global limits and load the script (failure is not fatal)."""
+        self.store = QuotaStore(redis, timeout=self.timeout, backoff=self.backoff)
+        if self.needs_redis:
+            await self.store.load()
+
+    def unbind(self) -> None:
+        self.store = None
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def __call__(self, ctx: EdgeContext) -> Awaitable[None] | None:
+        plan = self._plans.get(ctx.policy.name)
+        if plan is None:
+            return None
+        single = plan.single
+        if single is not None:
+            # PERF: one limit, decided here: no verdict object, no list, no method call but
+            # the decision itself (the general loop below gives the same answers).
+            key = single.key(ctx)
+            table: GCRALimiter | LeaseTable
+            if single.mode == "local":
+                table = single.gcra
+                allowed = table.hit(key)
+            else:
+                table = single.leases
+                allowed = table.take(key) == GRANTED
+            if allowed:
+                single.n_allowed.value += 1
+                ctx.response_headers += (
+                    single.limit_pair,
+                    (b"ratelimit-remaining", _number(table.remaining)),
+                    (b"ratelimit-reset", _number(-(-table.reset_ns // _NS))),
+                    plan.policy_pair,
+                )
+                return None
+            if single.mode == "local":
+                self._refuse(ctx, single, table.retry_ns, table.reset_ns, _Verdict())
+        verdict = _Verdict()
+        limits = plan.limits
+        for i, limit in enumerate(limits):
+            key = limit.key(ctx)
+            if not self._decide_here(ctx, limit, key, verdict):
+                return self._ask_redis(ctx, plan, i, key, verdict)
+        self._allow(ctx, plan, verdict)
+        return None
+
+    async def _ask_redis(
+        self, ctx: EdgeContext, plan: _Plan, start: int, key: str, verdict: _Verdict
+    ) -> None:
+        limits = plan.limits
+        for i in range(start, len(limits)):
+            limit = limits[i]
+            if i != start:
+                key = limit.key(ctx)
+                if self._decide_here(ctx, limit, key, verdict):
+                    continue
+            if limit.mode == "exact":
+                await self._exact(ctx, limit, key, verdict)
+            else:
+                await self._batched(ctx, limit, key, verdict)
+        self._allow(ctx, plan, verdict)
+
+    def _decide_here(self, ctx: EdgeContext, limit: Limit, key: str, verdict: _Verdict) -> bool:
+        """Decide without I/O when possible: True when allowed, False when Redis must answer;
+        raises the refusal."""
+        if limit.mode == "local":
+            gcra = limit.gcra
+            if gcra.hit(key):
+                verdict.note(limit, gcra.remaining, gcra.reset_ns)
+                verdict.refunds.append((gcra, key))
+                return True
+            self._refuse(ctx, limit, gcra.retry_ns, gcra.reset_ns, verdict)
+        # A lease with tokens left, or a refusal that still holds, is a decision even while
+        # Redis is away.
+        leases = limit.leases
+        taken = leases.take(key)
+        if taken == GRANTED:
+            verdict.note(limit, leases.remaining, leases.reset_ns)
+            return True
+        if taken == DENIED:
+            self._refuse(ctx, limit, leases.retry_ns, leases.reset_ns, verdict)
+        store = self.store
+        if store is None or not store.usable:
+            self._fallback(ctx, limit, key, verdict)
+            return True
+        return False
+
+    async def _exact(self, ctx: EdgeContext, limit: Limit, key: str, verdict: _Verdict) -> None:
+        answer = await self._reserve(limit, key, 1)
+        if answer is None:
+            self._fallback(ctx, limit, key, verdict)
+            return
+        sent, res = answer
+        if res.granted:
+            verdict.note(limit, res.remaining, res.reset_ns)
+            return
+        self._remember_refusal(limit, key, sent, res)
+        self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
+
+    async def _batched(self, ctx: EdgeContext, limit: Limit, key: str, verdict: _Verdict) -> None:
+        leases = limit.leases
+        while True:
+            pending = limit.inflight.get(key)
+            if pending is not None:
+                # NOTE: one lease request per key at a time: the others wait for its answer
+                # (shielded: a waiter's cancellation must not cancel the shared future).
+                await asyncio.shield(pending)
+                if self._decide_here(ctx, limit, key, verdict):
+                    return
+                continue
+            future = asyncio.get_running_loop().create_future()
+            limit.inflight[key] = future
+            try:
+                answer = await self._reserve(limit, key, limit.lease)
+            finally:
+                del limit.inflight[key]
+                future.set_result(None)
+            if answer is None:
+                self._fallback(ctx, limit, key, verdict)
+                return
+            sent, res = answer
+            if res.granted:
+                # This request spends one token; the rest of the lease is for the next ones.
+                leases.grant(
+                    key,
+                    res.granted - 1,
+                    sent + limit.lease_ttl_ns,
+                    res.remaining,
+                    sent + res.reset_ns,
+                )
+                verdict.note(limit, res.remaining + res.granted - 1, res.reset_ns)
+                return
+            self._remember_refusal(limit, key, sent, res)
+            self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
+
+    async def _reserve(self, limit: Limit, key: str, want: int) -> tuple[int, Reservation] | None:
+        store = self.store
+        if store is None:
+            return None
+        # Times Redis reports are relative to its decision, which came after this moment:
+        # anchoring them here ends a remembered refusal a little early, never late.
+        sent = limit.leases.now()
+        try:
+            res = await store.reserve(
+                store.key(limit.name, key), limit.interval_us, limit.burst, want
+            )
+        except QuotaUnavailable:
+            return None
+        limit.n_redis.value += 1
+        return sent, res
+
+    @staticmethod
+    def _remember_refusal(limit: Limit, key: str, sent: int, res: Reservation) -> None:
+        limit.leases.grant(key, 0, sent + res.retry_ns, 0, sent + res.reset_ns)
+
+    def _fallback(self, ctx: EdgeContext, limit: Limit, key: str, verdict: _Verdict) -> None:
+        """Redis is unavailable: the limit's failure mode decides."""
+        if limit.failure == "closed":
+            limit.n_fail_closed.value += 1
+            verdict.undo()
+            wait = max(1, math.ceil(self.store.retry_after if self.store else self.backoff))
+            raise Problem(
+                503,
+                "the rate-limit store is unavailable; retry shortly",
+                headers={"retry-after": str(wait)},
+            )
+        gcra = limit.gcra
+        allowed = gcra.hit(key)
+        if limit.failure == "open":
+            # Served whatever the local count says; the count still feeds the headers.
+            limit.n_fail_open.value += 1
+            verdict.note(limit, gcra.remaining if allowed else 0, gcra.reset_ns)
+            if allowed:
+                verdict.refunds.append((gcra, key))
+            return
+        limit.n_fallback.value += 1
+        if not allowed:
+            self._refuse(ctx, limit, gcra.retry_ns, gcra.reset_ns, verdict)
+        verdict.note(limit, gcra.remaining, gcra.reset_ns)
+        verdict.refunds.append((gcra, key))
+
+    @staticmethod
+    def _allow(ctx: EdgeContext, plan: _Plan, verdict: _Verdict) -> None:
+        for limit in verdict.passed:
+            limit.n_allowed.value += 1
+        best = verdict.limit
+        if best is not None:
+            ctx.response_headers += (
+                best.limit_pair,
+                (b"ratelimit-remaining", _number(verdict.remaining)),
+                (b"ratelimit-reset", _number(_seconds(verdict.reset_ns))),
+                plan.policy_pair,
+            )
+
+    @staticmethod
+    def _refuse(
+        ctx: EdgeContext, limit: Limit, retry_ns: int, reset_ns: int, verdict: _Verdict
+    ) -> NoReturn:
+        verdict.undo()
+        limit.n_limited.value += 1
+        retry = _seconds(retry_ns)
+        ctx.response_headers += (
+            (b"ratelimit-limit", limit.limit_header),
+            (b"ratelimit-remaining", b"0"),
+            (b"ratelimit-reset", b"%d" % max(_seconds(reset_ns), retry)),
+            (b"ratelimit-policy", limit.policy.encode()),
+        )
+        if retry:
+            detail = f"rate limit {limit.name!r} exceeded; retry after {retry} s"
+        else:
+            detail = f"rate limit {limit.name!r} exceeded"
+        raise Problem(
+            429, detail, headers={"retry-after": str(max(retry, 1))}, extra={"limit": limit.name}
+        )

@@ -1,0 +1,277 @@
+"""Global limits against a real Redis: exactness under concurrency, leases, restarts, hangs.
+
+Decisions that only need a working Redis use the shared server under the session's key prefix;
+anything that stops, pauses or restarts Redis uses a private ``redis-server`` (tests/private_redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from tests.conftest import REDIS_URL
+from tests.private_redis import PrivateRedis
+
+from cygate.edge.context import EdgeContext
+from cygate.edge.policy import RoutePolicy
+from cygate.edge.problem import Problem
+from cygate.edge.ratelimit import RateLimitStage
+from cygate.infra.metrics import Metrics
+from cygate.infra.ratelimit_store import GCRA_LUA
+from cygate.infra.redis import RedisHandle, create_redis
+from cygate.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+ROUTE = RoutePolicy(name="GET /r")
+
+
+def stage_for(spec: dict[str, Any], **settings: str) -> tuple[RateLimitStage, Metrics]:
+    env = {
+        "CYGATE_RATE_LIMITS": orjson.dumps({"g": spec}).decode(),
+        "CYGATE_RATE_LIMIT_ROUTES": '{"GET /r": "g"}',
+        **{f"CYGATE_{k.upper()}": v for k, v in settings.items()},
+    }
+    metrics = Metrics()
+    return RateLimitStage.from_settings(load_settings(env), [ROUTE], metrics), metrics
+
+
+def ctx(peer: str = "203.0.113.7") -> EdgeContext:
+    scope = {"headers": [], "client": (peer, 1)}
+    return EdgeContext(scope, "GET", "/r", "", "rid", b"", ROUTE, None)
+
+
+async def request(stage: RateLimitStage, peer: str = "203.0.113.7") -> tuple[int, EdgeContext]:
+    """One request through the stage: (status, context with its response headers)."""
+    c = ctx(peer)
+    try:
+        pending = stage(c)
+        if pending is not None:
+            await pending
+    except Problem as p:
+        c.response_headers += [(k.encode(), v.encode()) for k, v in p.headers.items()]
+        return p.status, c
+    return 200, c
+
+
+def header(c: EdgeContext, name: bytes) -> bytes:
+    return dict(c.response_headers)[name]
+
+
+@pytest.fixture
+async def handle(redis_prefix: str) -> AsyncIterator[RedisHandle]:
+    """The shared Redis, under a prefix of this test's own."""
+    settings = load_settings(
+        {
+            "CYGATE_REDIS_URL": REDIS_URL,
+            "CYGATE_REDIS_PREFIX": f"{redis_prefix}{secrets.token_hex(3)}:",
+        }
+    )
+    h = create_redis(settings)
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def _handle(url: str, prefix: str = "t:") -> RedisHandle:
+    return create_redis(load_settings({"CYGATE_REDIS_URL": url, "CYGATE_REDIS_PREFIX": prefix}))
+
+
+@pytest.fixture
+def private() -> Iterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def _commands(url: str, name: str) -> int:
+    """How many times the server ran command ``name`` (INFO commandstats)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# exact
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_exact_100_concurrent_against_5_per_minute(handle: RedisHandle) -> None:
+    stage, _ = stage_for({"rate": 5, "period": 60, "mode": "exact"}, rate_limit_redis_timeout="5")
+    await stage.bind(handle)
+    results = await asyncio.gather(*(request(stage) for _ in range(100)))
+    statuses = [s for s, _ in results]
+    assert statuses.count(200) == 5 and statuses.count(429) == 95
+    remaining = sorted(int(header(c, b"ratelimit-remaining")) for s, c in results if s == 200)
+    assert remaining == [0, 1, 2, 3, 4]  # each grant saw its own exact remainder
+
+
+async def test_exact_across_three_instances(redis_prefix: str) -> None:
+    prefix = f"{redis_prefix}{secrets.token_hex(3)}:"
+    stages, handles = [], []
+    for _ in range(3):  # three stages, three connection pools: three "instances"
+        h = _handle(REDIS_URL, prefix)
+        stage, _ = stage_for(
+            {"rate": 5, "period": 60, "mode": "exact"}, rate_limit_redis_timeout="5"
+        )
+        await stage.bind(h)
+        stages.append(stage)
+        handles.append(h)
+    try:
+        results = await asyncio.gather(*(request(stages[i % 3]) for i in range(100)))
+        assert [s for s, _ in results].count(200) == 5
+    finally:
+        for h in handles:
+            await h.close()
+
+
+async def test_exact_countdown_and_remembered_refusal(private: PrivateRedis) -> None:
+    h = _handle(private.url)
+    stage, _ = stage_for({"rate": 3, "period": 60, "mode": "exact"})
+    await stage.bind(h)
+    try:
+        seen = [await request(stage) for _ in range(3)]
+        assert [header(c, b"ratelimit-remaining") for _, c in seen] == [b"2", b"1", b"0"]
+        status, c = await request(stage)
+        assert status == 429 and header(c, b"retry-after") == b"20"
+        before = await _commands(private.url, "evalsha")
+        for _ in range(50):  # refused for 20 s: no need to ask Redis again
+            assert (await request(stage))[0] == 429
+        assert await _commands(private.url, "evalsha") == before
+        assert (await request(stage, peer="198.51.100.2"))[0] == 200  # another caller
+    finally:
+        await h.close()
+
+
+async def test_retry_after_is_honest(handle: RedisHandle) -> None:
+    stage, _ = stage_for({"rate": 2, "period": 1, "mode": "exact"})  # one token each 0.5 s
+    await stage.bind(handle)
+    assert [(await request(stage))[0] for _ in range(2)] == [200, 200]
+    status, c = await request(stage)
+    assert status == 429
+    wait = int(header(c, b"retry-after"))
+    assert wait == 1
+    await asyncio.sleep(wait)
+    assert (await request(stage))[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# batched
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_batched_one_redis_call_per_lease(private: PrivateRedis) -> None:
+    h = _handle(private.url)
+    stage, metrics = stage_for(
+        {"rate": 100_000, "period": 60, "mode": "batched", "lease": 50},
+        rate_limit_redis_timeout="5",
+    )
+    await stage.bind(h)
+    try:
+        before = await _commands(private.url, "evalsha")
+        results = await asyncio.gather(*(request(stage) for _ in range(1000)))
+        assert all(s == 200 for s, _ in results)
+        calls = await _commands(private.url, "evalsha") - before
+        assert calls == 1000 // 50  # one call per lease, also with 1000 requests at once
+        assert 'cygate_ratelimit_redis_calls_total{limit="g"} 20' in metrics.render()
+    finally:
+        await h.close()
+
+
+async def test_batched_stays_inside_its_bound(redis_prefix: str) -> None:
+    prefix = f"{redis_prefix}{secrets.token_hex(3)}:"
+    limit, lease, instances = 20, 4, 3
+    stages, handles = [], []
+    for _ in range(instances):
+        h = _handle(REDIS_URL, prefix)
+        stage, _ = stage_for(
+            {"rate": limit, "period": 60, "mode": "batched", "lease": lease},
+            rate_limit_redis_timeout="5",
+        )
+        await stage.bind(h)
+        stages.append(stage)
+        handles.append(h)
+    try:
+        results = await asyncio.gather(*(request(stages[i % 3]) for i in range(300)))
+        allowed = [s for s, _ in results].count(200)
+        # Tokens are reserved in Redis before they are spent: never more than the limit here;
+        # the documented bound (limit + instances x lease) covers leases taken in an earlier
+        # window and spent in this one.
+        assert limit - instances * lease <= allowed <= limit
+    finally:
+        for h in handles:
+            await h.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis failing: hung (SIGSTOP), shut down, restarted (NOSCRIPT)
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_hung_redis_costs_at_most_the_timeout_then_limits_resume(
+    private: PrivateRedis,
+) -> None:
+    h = _handle(private.url)
+    spec = {"rate": 2, "period": 60, "mode": "exact", "failure": "open"}
+    stage, _ = stage_for(spec, rate_limit_redis_timeout="0.2", rate_limit_redis_backoff="0.3")
+    await stage.bind(h)
+    try:
+        assert (await request(stage))[0] == 200
+        private.pause()
+        slowest = 0.0
+        for _ in range(20):
+            started = time.perf_counter()
+            status, _ = await request(stage, peer=f"10.0.0.{_}")
+            slowest = max(slowest, time.perf_counter() - started)
+            assert status == 200  # fail-open: served
+        assert slowest < 0.2 + 0.1
+        private.resume()
+        await asyncio.sleep(0.35)  # the backoff ends; the next request probes Redis
+        statuses = [(await request(stage))[0] for _ in range(3)]
+        assert statuses == [200, 429, 429]  # the one from before the pause still counts
+    finally:
+        await h.close()
+
+
+async def test_restart_reloads_the_script(private: PrivateRedis) -> None:
+    h = _handle(private.url)
+    stage, _ = stage_for(
+        {"rate": 1, "period": 60, "mode": "exact", "failure": "closed"},
+        rate_limit_redis_backoff="0.2",
+    )
+    await stage.bind(h)
+    try:
+        assert (await request(stage))[0] == 200
+        private.stop()
+        status, c = await request(stage, peer="10.1.1.1")
+        assert status == 503 and int(header(c, b"retry-after")) >= 1
+        private.start()  # empty: no keys, no scripts
+        await asyncio.sleep(0.25)
+        assert (await request(stage, peer="10.1.1.2"))[0] == 200  # NOSCRIPT -> load -> call
+        assert (await request(stage, peer="10.1.1.2"))[0] == 429
+        assert await _commands(private.url, "script|load") >= 1
+    finally:
+        await h.close()
+
+
+async def test_script_is_what_the_store_loads(handle: RedisHandle) -> None:
+    sha = await handle.client.script_load(GCRA_LUA)
+    # interval 1 s in µs, burst 2, want 5: two granted, full burst back in 2 s.
+    key = handle.key("rl", "{probe}")
+    granted, reset_us, remaining, retry_us = await handle.client.evalsha(sha, 1, key, 10**6, 2, 5)
+    assert (granted, remaining, retry_us) == (2, 0, 0) and 1_999_000 < reset_us <= 2_000_000
+    granted, reset_us, remaining, retry_us = await handle.client.evalsha(sha, 1, key, 10**6, 2, 1)
+    assert granted == 0 and 999_000 < retry_us <= 1_000_000
+    assert 1000 < await handle.client.pttl(key) <= 3000  # idle keys expire by themselves
