@@ -19,6 +19,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
+from cygate.edge.cache import ResponseCache
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
@@ -29,10 +30,11 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
 
-__all__ = ["build_router", "create_app"]
+__all__ = ["build_router", "cache_routes", "create_app"]
 
 log = logging.getLogger("cygate")
 
@@ -143,6 +145,17 @@ def build_router(app: Litestar, fast: dict[str, FastHandler] | None = None) -> R
     return router
 
 
+def cache_routes(app: Litestar, cache: ResponseCache) -> None:
+    """Give the cache each route whose handler names a rule (``opt={"cache": "<rule>"}``)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for method, (handler, *_) in route.route_handler_map.items():
+            rule = handler.opt.get("cache")
+            if rule is not None:
+                cache.add_route(f"{method} {route.path}", rule, handler)
+
+
 def _pattern_of(route: Any) -> str:
     parts = []
     for comp in route.path_components:
@@ -166,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
+    cache_box: list[ResponseCache] = []  # filled below, once the app exists
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -181,6 +195,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         catalog.pool = pool
         metrics.start()
+        cache = cache_box[0] if cache_box else None
+        if cache is not None:
+            cache.attach(redis)
+            cache.start()
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -191,14 +209,16 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            if cache is not None:
+                await cache.stop()
             await metrics.stop()
             await redis.close()
             await pool.close()
 
     app = Litestar(
-        route_handlers=[OpsController, CatalogController],
+        route_handlers=[OpsController, CacheAdminController, CatalogController],
         lifespan=[resources],
-        state=_state(settings=settings, metrics=metrics, catalog=catalog),
+        state=_state(settings=settings, metrics=metrics, catalog=catalog, cache=None),
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -218,7 +238,13 @@ def create_app(settings: Settings | None = None) -> Edge:
         logging_config=None,
     )
     fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
-    return Edge(
+    cache = None
+    if settings.cache_enabled:
+        cache = ResponseCache(settings, metrics)
+        cache_routes(app, cache)
+        cache_box.append(cache)
+        app.state.cache = cache
+    edge = Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
         build_router(app, fast_handlers),
         metrics=metrics,
@@ -227,7 +253,11 @@ def create_app(settings: Settings | None = None) -> Edge:
         hsts_include_subdomains=settings.hsts_include_subdomains,
         fast_paths=settings.edge_fast_paths,
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        cache=cache,
     )
+    if cache is not None:
+        cache.edge = edge  # background refreshes re-enter the edge
+    return edge
 
 
 def _state(**values: Any) -> Any:

@@ -37,7 +37,7 @@ _NB = len(BUCKETS)
 class Metrics:
     """Per-worker request counters and latency histograms, keyed by (route, method, status)."""
 
-    __slots__ = ("_dirty", "_path", "_series", "_task", "directory")
+    __slots__ = ("_counters", "_dirty", "_path", "_series", "_task", "directory")
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = pathlib.Path(directory) if directory else None
@@ -46,6 +46,8 @@ class Metrics:
         )
         # key -> [count, sum_seconds, bucket_0, ..., bucket_n-1, +Inf bucket]
         self._series: dict[tuple[str, str, int], list[float]] = {}
+        # series text (``name{labels}``) -> value; summed over workers like the requests
+        self._counters: dict[str, float] = {}
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
 
@@ -60,10 +62,23 @@ class Metrics:
         series[2 + bisect_left(BUCKETS, seconds)] += 1
         self._dirty = True
 
+    def inc(self, series: str, amount: float = 1.0) -> None:
+        """Add to a counter; ``series`` is its exposition name with labels,
+        ``cygate_cache_requests_total{result="hit-l1"}``. PERF: one dict update."""
+        self._counters[series] = self._counters.get(series, 0.0) + amount
+        self._dirty = True
+
+    def counter(self, series: str) -> float:
+        """This worker's value of a counter (tests and the lead's dashboards read the sum)."""
+        return self._counters.get(series, 0.0)
+
     # -- sharing between workers --------------------------------------------------------------
 
     def snapshot(self) -> dict[str, list[float]]:
-        return {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+        out = {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+        # NOTE: counters share the file under a "#" prefix, which no route key starts with.
+        out.update({"#" + name: [value] for name, value in self._counters.items()})
+        return out
 
     def flush(self) -> None:
         """Write this worker's snapshot atomically (tmp file + rename)."""
@@ -106,16 +121,24 @@ class Metrics:
 
     def collect(self) -> dict[tuple[str, str, int], list[float]]:
         """Every worker's series summed (this worker's counted live)."""
+        return self._gather()[0]
+
+    def _gather(self) -> tuple[dict[tuple[str, str, int], list[float]], dict[str, float]]:
         if self.directory is None:
-            return {k: list(v) for k, v in self._series.items()}
+            return {k: list(v) for k, v in self._series.items()}, dict(self._counters)
         self.flush()
         total: dict[tuple[str, str, int], list[float]] = {}
+        counters: dict[str, float] = {}
         for path in self.directory.glob("worker-*.json"):
             try:
                 data: dict[str, list[float]] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue  # a file being replaced right now; its numbers arrive next scrape
             for raw_key, values in data.items():
+                if raw_key.startswith("#"):
+                    name = raw_key[1:]
+                    counters[name] = counters.get(name, 0.0) + values[0]
+                    continue
                 route, method, status = raw_key.split("\x1f")
                 key = (route, method, int(status))
                 acc = total.get(key)
@@ -124,11 +147,11 @@ class Metrics:
                 else:
                     for i, v in enumerate(values):
                         acc[i] += v
-        return total
+        return total, counters
 
     def render(self, extra: dict[str, Any] | None = None) -> str:
         """Prometheus text exposition format 0.0.4."""
-        series = self.collect()
+        series, counters = self._gather()
         lines = [
             "# HELP cygate_http_requests_total HTTP requests answered, by route and status.",
             "# TYPE cygate_http_requests_total counter",
@@ -156,6 +179,13 @@ class Metrics:
             )
             lines.append(f"cygate_http_request_duration_seconds_sum{{{labels}}} {v[1]:.6f}")
             lines.append(f"cygate_http_request_duration_seconds_count{{{labels}}} {int(v[0])}")
+        typed: set[str] = set()
+        for name, value in sorted(counters.items()):
+            base = name.split("{", 1)[0]
+            if base not in typed:
+                typed.add(base)
+                lines.append(f"# TYPE {base} counter")
+            lines.append(f"{name} {int(value) if value.is_integer() else value}")
         for name, value in (extra or {}).items():
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value}")
