@@ -197,16 +197,15 @@ def check_inputs(route_name: str, rule: CacheRule, handler: Any) -> None:
         if name in _RAW_INPUT:
             raise ValueError(f"{route_name} reads the raw request ({name!r}); it cannot be cached")
         kwarg = getattr(param, "kwarg_definition", None)
-        header = getattr(kwarg, "header", None)
-        if getattr(kwarg, "cookie", None):
-            raise ValueError(f"{route_name} reads a cookie ({name!r}); it cannot be cached")
-        if header:
-            if header.lower() not in headers:
-                raise ValueError(f"cache rule for {route_name} must vary on header {header!r}")
-            continue
-        query = getattr(kwarg, "query", None) or name
-        if query not in queries:
-            raise ValueError(f"cache rule for {route_name} must list query parameter {query!r}")
+        # Parameter(header="x") and HeaderParameter(name="x") both say where and what.
+        kind = getattr(getattr(kwarg, "param_type", None), "value", None) or "query"
+        alias = (getattr(kwarg, kind, None) or getattr(kwarg, "name", None) or name).lower()
+        if kind == "cookie":
+            raise ValueError(f"{route_name} reads a cookie ({alias!r}); it cannot be cached")
+        if kind == "header" and alias not in headers:
+            raise ValueError(f"cache rule for {route_name} must vary on header {alias!r}")
+        if kind == "query" and alias not in {q.lower() for q in queries}:
+            raise ValueError(f"cache rule for {route_name} must list query parameter {alias!r}")
 
 
 def _param_types(route_name: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.exceptions import PermissionDeniedException
+from litestar.params import Body
 
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.problem import Problem
@@ -59,7 +60,10 @@ class CacheAdminController(Controller):
         opt={"auth": True, "roles": ["admin"]},
     )
     async def purge(
-        self, request: Request[Any, Any, Any], state: State, data: PurgeRequest
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        data: Annotated[PurgeRequest, Body()],
     ) -> Response[PurgeResult]:
         settings: Settings = state.settings
         if settings.cache_purge_loopback_only and not _is_loopback(request):
