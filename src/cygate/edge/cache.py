@@ -337,6 +337,7 @@ class ResponseCache:
             on_subscribed=self._on_subscribed,
             on_lost=self._on_lost,
             connect_timeout=settings.redis_timeout,
+            name=f"cygate-cache-sub:{self.origin}",
         )
 
     def start(self) -> None:

@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -256,7 +254,8 @@ class Subscription:
     So every (re)subscription, confirmed by the server, calls ``on_subscribed`` (the cache
     flushes its L1), and ``connected`` is False from the moment a failure is seen until then.
     A silent connection is probed with PING after ``idle`` seconds; no answer within
-    ``idle`` more seconds counts as a failure.
+    ``idle`` more seconds counts as a failure. ``name`` is its CLIENT SETNAME (operators see
+    which process a subscription belongs to).
     """
 
     def __init__(
@@ -268,6 +267,7 @@ class Subscription:
         on_subscribed: Callable[[], None],
         on_lost: Callable[[], None],
         connect_timeout: float,
+        name: str,
         idle: float = 5.0,
     ) -> None:
         self.channel = channel
@@ -277,7 +277,6 @@ class Subscription:
         self._on_lost = on_lost
         self._idle = idle
         self._task: asyncio.Task[None] | None = None
-        name = f"cygate-cache-sub:{socket.gethostname()}:{os.getpid()}"
         # NOTE: no automatic retries: a dropped connection must surface here, so that the
         # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
         self._client = aioredis.Redis.from_url(
