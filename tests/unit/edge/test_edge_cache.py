@@ -419,6 +419,8 @@ async def test_metrics_count_results() -> None:
     edge, cache, _ = make_edge(metrics=metrics)
     await call(edge, "/items/1")
     await call(edge, "/items/1")
+    assert cache.l1_hits == 1
+    cache.sync_metrics()
     assert metrics.counter('cygate_cache_requests_total{result="hit-l1"}') == 1
     assert metrics.counter("cygate_cache_loads_total") == 1
     text = metrics.render(cache.gauges())
