@@ -70,6 +70,24 @@ CONTENDERS: tuple[Contender, ...] = (
             "CYGATE_REDIS_URL": "{redis_url}",
             "CYGATE_REDIS_PREFIX": "{redis_prefix}",
             "CYGATE_LOG_LEVEL": "warning",
+            "CYGATE_CACHE_ENABLED": "false",
+        },
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
+        # NOTE: once the token and rate-limit stages exist, this contender should send the
+        # harness's token (auth=True) and keep its limit on: the goal is the cached,
+        # authenticated, rate-limited read.
+        name="cygate-cached",
+        summary="the gateway: GET /api/v1/products/{id} from the edge's L1 (hits after warm-up)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env={
+            "CYGATE_DATABASE_URL": "{bench_dsn}",
+            "CYGATE_REDIS_URL": "{redis_url}",
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}",
+            "CYGATE_LOG_LEVEL": "warning",
+            "CYGATE_CACHE_KEY_SECRET": "macro-benchmark-cache-secret",
         },
         ready_path="/readyz",
         check=check_product,

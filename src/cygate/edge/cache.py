@@ -222,7 +222,7 @@ def _param_types(route_name: str) -> dict[str, str]:
 class _Pending:
     """What the look-up learned about a request that missed, for :meth:`ResponseCache.load`."""
 
-    __slots__ = ("inm", "key", "no_cache", "principal", "refresh", "route", "stale", "tags")
+    __slots__ = ("inm", "key", "no_cache", "route", "stale", "tags")
 
     def __init__(
         self,
@@ -230,7 +230,6 @@ class _Pending:
         key: bytes,
         inm: bytes | None,
         no_cache: bool,
-        refresh: bool,
         stale: Entry | None,
         tags: tuple[str, ...],
     ) -> None:
@@ -238,7 +237,6 @@ class _Pending:
         self.key = key
         self.inm = inm
         self.no_cache = no_cache
-        self.refresh = refresh
         self.stale = stale
         self.tags = tags
 
@@ -432,9 +430,7 @@ class ResponseCache:
                     return self._answer(entry, STALE, inm, now)
                 if now < entry.error_until and entry.detail is None:
                     stale = entry  # stale-if-error: the fallback if the load fails
-        scope[_PENDING] = _Pending(
-            route, key, inm, no_cache, refresh, stale, route.tags(ctx.params)
-        )
+        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, route.tags(ctx.params))
         return None
 
     async def load(self, ctx: EdgeContext, send: Any) -> CacheMiss | None:
@@ -448,8 +444,6 @@ class ResponseCache:
             flight = self._flights.get(key)
             if flight is None:
                 break
-            if pending.refresh:
-                return None  # a load is already running: the background refresh is done
             outcome = await asyncio.shield(flight.future)
             if outcome is _RETRY:
                 continue
