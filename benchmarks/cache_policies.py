@@ -183,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
-    traces = {
-        f"zipf {a}": zipf_trace(args.objects, args.requests, a, rng) for a in (0.7, 0.9, 1.1)
-    }
+    traces = {f"zipf {a}": zipf_trace(args.objects, args.requests, a, rng) for a in (0.7, 0.9, 1.1)}
     traces["zipf 0.9 + scan"] = with_scan(traces["zipf 0.9"], args.objects)
     sizes = (0.01, 0.05, 0.10)
     names = list(POLICIES)

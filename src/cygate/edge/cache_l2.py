@@ -18,7 +18,8 @@ A loader whose lease is gone by the time it stores (invalidated, or expired beca
 slow) stores nothing.
 
 Every Redis error opens a breaker: for ``cache_l2_retry_after`` seconds L2 is skipped and the
-cache runs on L1 and the loaders (PostgreSQL) alone; then one request tries Redis again.
+cache runs on L1 and the loaders (PostgreSQL) alone; then requests try Redis again (a refused
+connection fails at once; a hung Redis costs at most ``redis_timeout`` before the next pause).
 """
 
 from __future__ import annotations
@@ -161,10 +162,6 @@ class L2:
         """Run one Redis call unless the breaker is open; None on any error."""
         if not self.up:
             return None
-        # NOTE: the breaker is closed again by the first call that gets an answer; while that
-        # probe is out, concurrent callers already see it closed: a probe per request until
-        # Redis answers or fails again (connection refused is immediate, a hang costs at most
-        # redis_timeout).
         try:
             return await make()
         except _ERRORS as exc:
