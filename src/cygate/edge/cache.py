@@ -24,45 +24,32 @@ import asyncio
 import contextlib
 import logging
 import os
-import pathlib
 import secrets
 import socket
-import string
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from cygate.core.cachekey import CacheKey
-from cygate.edge.cache_entry import (
-    HIT_L1,
-    HIT_L2,
-    MISS,
-    STALE,
-    Entry,
-    cache_control_of,
-    decode_entry,
-    encode_entry,
-    storable_headers,
-)
+from cygate.edge.cache_entry import HIT_L1, HIT_L2, STALE, Entry, decode_entry, encode_entry
 from cygate.edge.cache_l2 import L2, Subscription, decode_message
+from cygate.edge.cache_miss import BYPASS, C_STALE, RETRY, CacheMiss
+from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, load_secret
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
-from cygate.settings import CacheRule
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.settings import CacheRule, Settings
 
 __all__ = [
     "DEFAULT_RULES",
     "CacheMiss",
     "CacheUnavailable",
     "ResponseCache",
+    "check_inputs",
     "load_secret",
 ]
 
@@ -70,24 +57,9 @@ log = logging.getLogger("cygate.cache")
 
 Message = MutableMapping[str, Any]
 
-DEFAULT_RULES: dict[str, CacheRule] = {
-    # The seed's gateway tier: 5 minutes, invalidated by the catalog's writes (by tag).
-    "product": CacheRule(ttl=300, max_age=60, tags=["product:{product_id}"]),
-    "product-list": CacheRule(
-        ttl=300,
-        max_age=60,
-        query=["category", "min_price_cents", "max_price_cents", "sort", "limit", "cursor"],
-        tags=["products"],
-    ),
-    "categories": CacheRule(ttl=300, max_age=60, tags=["categories"]),
-}
-"""Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
-
 _REQUESTS = 'cygate_cache_requests_total{result="%s"}'
 _C_HIT_L1 = _REQUESTS % "hit-l1"
 _C_HIT_L2 = _REQUESTS % "hit-l2"
-_C_STALE = _REQUESTS % "stale"
-_C_MISS = _REQUESTS % "miss"
 _C_COALESCED = _REQUESTS % "coalesced"
 _C_BYPASS = _REQUESTS % "bypass"
 _C_NOT_MODIFIED = "cygate_cache_not_modified_total"
@@ -99,124 +71,10 @@ _C_FLUSHES = "cygate_cache_l1_flushes_total"
 
 _PENDING = "cygate.cache"
 _REFRESH = "cygate.cache.refresh"
-_RETRY = object()  # flight outcome: the loader vanished (cancelled); waiters try again
-_BYPASS = object()  # flight outcome: the answer was not cacheable; waiters load for themselves
-_UUID_HEX = frozenset("0123456789abcdefABCDEF-")
 
 
 class CacheUnavailable(Exception):
     """An invalidation could not reach the other instances (Redis is down)."""
-
-
-def load_secret(settings: Settings) -> bytes:
-    """The cache-key secret: the setting, else (development, test) the key file, created with
-    a random secret at first start. Every worker and instance that shares L2 must use the
-    same secret, so it is never generated per process."""
-    if settings.cache_key_secret:
-        return settings.cache_key_secret.encode("utf-8")
-    path = pathlib.Path(settings.cache_key_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(secrets.token_urlsafe(32) + "\n")
-        tmp.chmod(0o600)
-        # NOTE: link() fails if another worker won the race; then its secret is the one.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
-    secret = path.read_text().strip()
-    if not secret:
-        raise ValueError(f"the cache key file {path} is empty")
-    return secret.encode("utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Routes
-# ---------------------------------------------------------------------------------------------
-
-
-class _Route:
-    """One cached route: its rule, its key function, its tag templates, its headers."""
-
-    __slots__ = ("extra", "name", "private", "rule", "spec", "tag_templates", "types")
-
-    def __init__(self, name: str, rule: CacheRule, secret: bytes) -> None:
-        self.name = name
-        self.rule = rule
-        self.private = rule.scope == "private"
-        self.spec = CacheKey(
-            secret, name, query=rule.query, headers=rule.headers, private=self.private
-        )
-        self.types = _param_types(name)
-        extra = [(b"cache-control", cache_control_of(rule))]
-        if rule.headers:
-            extra.append((b"vary", ", ".join(sorted({h.lower() for h in rule.headers})).encode()))
-        self.extra = tuple(extra)
-        for template in rule.tags:
-            for _, field, _, _ in string.Formatter().parse(template):
-                if field is not None and field not in self.types:
-                    raise ValueError(
-                        f"cache rule tag {template!r} on {name}: no path parameter {field!r}"
-                    )
-        self.tag_templates = tuple(rule.tags)
-
-    def tags(self, params: Mapping[str, str] | None) -> tuple[str, ...]:
-        """The tags of one request: templates filled from its path parameters, normalised so
-        that one resource has one tag however its id was spelled (uuid case, int zeros)."""
-        if not self.tag_templates:
-            return ()
-        values: dict[str, str] = {}
-        for name, kind in self.types.items():
-            raw = (params or {}).get(name, "")
-            if kind == "uuid" and set(raw) <= _UUID_HEX:
-                raw = raw.lower()
-            elif kind == "int":
-                with contextlib.suppress(ValueError):
-                    raw = str(int(raw))
-            values[name] = raw
-        return tuple(t.format_map(values) for t in self.tag_templates)
-
-
-# Handler parameters that are not request input, and ones that expose all of it.
-_NOT_INPUT = frozenset({"state"})
-_RAW_INPUT = frozenset(
-    {"request", "scope", "headers", "cookies", "query", "socket", "body", "data"}
-)
-
-
-def check_inputs(route_name: str, rule: CacheRule, handler: Any) -> None:
-    """Refuse a rule whose key leaves out a request input the Litestar handler reads.
-
-    NOTE: this is what makes the allow-lists safe: a query parameter or header the handler
-    declares but the rule does not list would let one request's answer be served for
-    another's. Dependencies are not inspected (no cached handler has any)."""
-    path_params = set(_param_types(route_name))
-    queries, headers = set(rule.query), {h.lower() for h in rule.headers}
-    for name, param in handler.parsed_fn_signature.parameters.items():
-        if name in _NOT_INPUT or name in path_params:
-            continue
-        if name in _RAW_INPUT:
-            raise ValueError(f"{route_name} reads the raw request ({name!r}); it cannot be cached")
-        kwarg = getattr(param, "kwarg_definition", None)
-        # Parameter(header="x") and HeaderParameter(name="x") both say where and what.
-        kind = getattr(getattr(kwarg, "param_type", None), "value", None) or "query"
-        alias = (getattr(kwarg, kind, None) or getattr(kwarg, "name", None) or name).lower()
-        if kind == "cookie":
-            raise ValueError(f"{route_name} reads a cookie ({alias!r}); it cannot be cached")
-        if kind == "header" and alias not in headers:
-            raise ValueError(f"cache rule for {route_name} must vary on header {alias!r}")
-        if kind == "query" and alias not in {q.lower() for q in queries}:
-            raise ValueError(f"cache rule for {route_name} must list query parameter {alias!r}")
-
-
-def _param_types(route_name: str) -> dict[str, str]:
-    """``{product_id: "uuid"}`` from ``GET /api/v1/products/{product_id:uuid}``."""
-    out = {}
-    for segment in route_name.split(" ", 1)[-1].split("/"):
-        if segment.startswith("{") and segment.endswith("}"):
-            name, _, kind = segment[1:-1].partition(":")
-            out[name] = kind or "str"
-    return out
 
 
 class _Pending:
@@ -226,7 +84,7 @@ class _Pending:
 
     def __init__(
         self,
-        route: _Route,
+        route: CacheRoute,
         key: bytes,
         inm: bytes | None,
         no_cache: bool,
@@ -292,7 +150,7 @@ class ResponseCache:
         data from before it, so it is not put into L1."""
         self.edge: Any = None
         """The ASGI edge, set by the app: background refreshes go through it as requests."""
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, CacheRoute] = {}
         self._flights: dict[bytes, _Flight] = {}
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -319,7 +177,7 @@ class ResponseCache:
             check_inputs(route_name, rule, handler)
         if not self.settings.cache_enabled or rule.ttl <= 0:
             return False
-        self._routes[route_name] = _Route(route_name, rule, self.secret)
+        self._routes[route_name] = CacheRoute(route_name, rule, self.secret)
         return True
 
     @property
@@ -403,7 +261,7 @@ class ResponseCache:
         return self._lookup(ctx, route, key)
 
     def _lookup(
-        self, ctx: EdgeContext, route: _Route, key: bytes
+        self, ctx: EdgeContext, route: CacheRoute, key: bytes
     ) -> tuple[Message, Message] | None:
         spec = route.spec
         inm = spec.if_none_match
@@ -425,7 +283,7 @@ class ResponseCache:
                     self.metrics.inc(_C_HIT_L1)
                     return self._answer(entry, HIT_L1, inm, now)
                 if now < entry.swr_until:
-                    self.metrics.inc(_C_STALE)
+                    self.metrics.inc(C_STALE)
                     self._refresh(ctx, key)
                     return self._answer(entry, STALE, inm, now)
                 if now < entry.error_until and entry.detail is None:
@@ -445,9 +303,9 @@ class ResponseCache:
             if flight is None:
                 break
             outcome = await asyncio.shield(flight.future)
-            if outcome is _RETRY:
+            if outcome is RETRY:
                 continue
-            if outcome is _BYPASS:
+            if outcome is BYPASS:
                 return CacheMiss(self, None, None, send)
             self.metrics.inc(_C_COALESCED)
             await self._deliver(outcome, pending, send)
@@ -459,7 +317,7 @@ class ResponseCache:
         try:
             token = await self._fill_from_l2(pending, flight, send)
         except BaseException:
-            self._land(key, flight, _RETRY)
+            self._land(key, flight, RETRY)
             raise
         if token is True:
             return None  # answered from L2
@@ -695,204 +553,3 @@ class ResponseCache:
             "cygate_cache_l1_evictions": self.l1.evictions,
             "cygate_cache_subscribed": 1 if sub is not None and sub.connected else 0,
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# A miss: capture the response on its way out
-# ---------------------------------------------------------------------------------------------
-
-
-class CacheMiss:
-    """Wraps the edge's ``send`` for one load: captures the response, stores it when it may,
-    and answers the requests waiting for it. Without a pending look-up it passes through."""
-
-    __slots__ = (
-        "_body",
-        "_buffering",
-        "_cache",
-        "_done",
-        "_epoch",
-        "_flight",
-        "_headers",
-        "_out",
-        "_pending",
-        "_size",
-        "_started",
-        "_status",
-        "_swallow",
-        "_token",
-    )
-
-    _CACHEABLE: ClassVar[frozenset[int]] = frozenset({200, 404})
-
-    def __init__(
-        self,
-        cache: ResponseCache,
-        pending: _Pending | None,
-        flight: _Flight | None,
-        out: Any,
-        token: str | None = None,
-    ) -> None:
-        self._cache = cache
-        self._pending = pending
-        self._flight = flight
-        self._out = out
-        self._token = token
-        self._epoch = cache.epoch
-        self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self._size = 0
-        self._buffering = False
-        self._swallow = False
-        self._started = False
-        self._done = False
-
-    async def send(self, message: Message) -> None:
-        """The ``send`` the loader's response goes through."""
-        pending = self._pending
-        if pending is None:
-            await self._out(message)
-            return
-        if message["type"] == "http.response.start":
-            self._started = True
-            self._status = status = message["status"]
-            self._headers = list(message.get("headers", ()))
-            if status >= 500 and pending.stale is not None:
-                self._swallow = True  # stale-if-error: answer with the old entry instead
-            elif status in self._CACHEABLE:
-                self._buffering = True
-            else:
-                self._finish(_BYPASS)
-                await self._out(message)
-            return
-        if self._swallow:
-            if not message.get("more_body", False):
-                await self._serve_stale()
-            return
-        if not self._buffering:
-            await self._out(message)
-            return
-        chunk = message.get("body", b"")
-        self._body.append(chunk)
-        self._size += len(chunk)
-        more = message.get("more_body", False)
-        if self._size > self._cache.settings.cache_max_entry_bytes:
-            await self._give_up(more)
-        elif not more:
-            await self._complete()
-
-    async def failed(self, problem: Problem) -> bool:
-        """The loader raised ``problem``. True when this answered instead (stale-if-error);
-        else the waiting requests get the same problem (a 404 is also remembered)."""
-        pending = self._pending
-        if pending is None or self._started:
-            return False
-        if problem.status >= 500 and pending.stale is not None:
-            await self._serve_stale()
-            return True
-        if problem.status == 404:
-            problem.headers.setdefault("x-cache", "miss")
-            self._remember_404(problem.detail)
-        else:
-            self._finish(problem)
-        return False
-
-    def close(self) -> None:
-        """Called by the edge when the request ends, however it ended."""
-        if self._pending is not None and not self._done:
-            self._finish(_RETRY)
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _finish(self, outcome: Any) -> None:
-        """Hand ``outcome`` to the waiting requests; give the lease back unless an entry is
-        about to be stored under it."""
-        self._done = True
-        assert self._pending is not None
-        self._cache._land(self._pending.key, self._flight, outcome)
-        if not isinstance(outcome, tuple) or outcome[1] is STALE:
-            self._cache._release(self._pending.key, self._token)
-            self._token = None
-
-    async def _serve_stale(self) -> None:
-        pending = self._pending
-        assert pending is not None and pending.stale is not None
-        self._cache.metrics.inc(_C_STALE)
-        self._finish((pending.stale, STALE))
-        start, body = self._cache._answer(pending.stale, STALE, pending.inm, time.monotonic())
-        await self._out(start)
-        await self._out(body)
-
-    async def _give_up(self, more: bool) -> None:
-        # Too big to store: send what we hold and stream the rest.
-        self._buffering = False
-        self._finish(_BYPASS)
-        await self._out(
-            {"type": "http.response.start", "status": self._status, "headers": self._headers}
-        )
-        body, self._body = b"".join(self._body), []
-        await self._out({"type": "http.response.body", "body": body, "more_body": more})
-
-    async def _complete(self) -> None:
-        pending = self._pending
-        assert pending is not None
-        cache = self._cache
-        body = b"".join(self._body)
-        rule = pending.route.rule
-        base = storable_headers(self._headers, rule, frozenset(pending.route.spec.header_names))
-        if self._status == 404:
-            detail = _problem_detail(body) if base is not None else None
-            if detail is not None:
-                self._remember_404(detail)
-            else:
-                self._finish(_BYPASS)
-            await self._out(
-                {"type": "http.response.start", "status": 404, "headers": self._headers}
-            )
-            await self._out({"type": "http.response.body", "body": body})
-            return
-        if base is None:
-            self._finish(_BYPASS)
-            await self._out(
-                {"type": "http.response.start", "status": self._status, "headers": self._headers}
-            )
-            await self._out({"type": "http.response.body", "body": body})
-            return
-        entry = Entry.response(
-            self._status, base, body, rule, pending.tags, time.time(), pending.route.extra
-        )
-        cache.metrics.inc(_C_MISS)
-        cache._store_local(pending.key, entry, self._epoch)
-        self._finish((entry, MISS))
-        start, body_message = cache._answer(entry, MISS, pending.inm, time.monotonic())
-        await self._out(start)
-        await self._out(body_message)
-        # PERF: L2 after the client has its answer; the lease keeps others waiting meanwhile.
-        token, self._token = self._token, None
-        await cache._store_shared(pending.key, entry, token)
-
-    def _remember_404(self, detail: str) -> None:
-        pending = self._pending
-        assert pending is not None
-        rule = pending.route.rule
-        if rule.not_found_ttl <= 0:
-            self._finish(Problem(404, detail))
-            return
-        cache = self._cache
-        entry = Entry.not_found(detail, rule, pending.tags, time.time())
-        cache._store_local(pending.key, entry, self._epoch)
-        token, self._token = self._token, None
-        self._finish((entry, MISS))
-        if token is not None:
-            cache._spawn(cache._store_shared(pending.key, entry, token))
-
-
-def _problem_detail(body: bytes) -> str | None:
-    """The ``detail`` of a problem document, or None if the body is not one."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    detail = doc.get("detail") if isinstance(doc, dict) else None
-    return detail if isinstance(detail, str) else None
