@@ -179,7 +179,6 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
-    cache_box: list[ResponseCache] = []  # filled below, once the app exists
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -195,7 +194,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         catalog.pool = pool
         metrics.start()
-        cache = cache_box[0] if cache_box else None
+        cache: ResponseCache | None = app.state.cache
         if cache is not None:
             cache.attach(redis)
             cache.start()
@@ -242,7 +241,6 @@ def create_app(settings: Settings | None = None) -> Edge:
     if settings.cache_enabled:
         cache = ResponseCache(settings, metrics)
         cache_routes(app, cache)
-        cache_box.append(cache)
         app.state.cache = cache
     edge = Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
