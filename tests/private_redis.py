@@ -1,4 +1,4 @@
-"""A private ``redis-server`` a test may stop, pause (SIGSTOP) and restart.
+"""A private ``redis-server`` a test may stop, pause (SIGSTOP), restart or cut connections of.
 
 Tests that make Redis fail use this, never the shared server at ``REDIS_URL``: it runs on a
 free port with persistence off, in its own process group, and is killed when the test ends.
@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import pytest
+import redis
 
 __all__ = ["PrivateRedis"]
 
@@ -89,3 +90,22 @@ class PrivateRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2)
+
+    def kill_clients(self, name_part: str) -> int:
+        """CLIENT KILL every pub/sub connection whose name contains ``name_part``."""
+        killed = 0
+        with self.client() as c:
+            for info in c.client_list(_type="pubsub"):
+                if name_part in (info.get("name") or ""):
+                    c.execute_command("CLIENT", "KILL", "ID", info["id"])
+                    killed += 1
+        return killed
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -82,6 +82,8 @@ _CYGATE_ENV = {
     "CYGATE_REDIS_PREFIX": "{redis_prefix}",
     "CYGATE_LOG_LEVEL": "warning",
 }
+# The uncached read: every request reaches PostgreSQL (the cache is on by default).
+_UNCACHED = {**_CYGATE_ENV, "CYGATE_CACHE_ENABLED": "false"}
 
 
 def _rate_limited(limit: dict[str, Any]) -> dict[str, str]:
@@ -96,7 +98,7 @@ def _rate_limited(limit: dict[str, Any]) -> dict[str, str]:
         return json.dumps(value).replace("{", "{{").replace("}", "}}")
 
     return {
-        **_CYGATE_ENV,
+        **_UNCACHED,
         "CYGATE_RATE_LIMITS": template({"bench": limit}),
         "CYGATE_RATE_LIMIT_ROUTES": template({"GET /api/v1/products/{product_id:uuid}": "bench"}),
     }
@@ -107,7 +109,7 @@ CONTENDERS: tuple[Contender, ...] = (
         name="cygate",
         summary="the gateway: GET /api/v1/products/{id}, uncached, 1 Granian worker",
         command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
-        env=_CYGATE_ENV,
+        env=_UNCACHED,
         ready_path="/readyz",
         check=check_product,
     ),
@@ -132,6 +134,17 @@ CONTENDERS: tuple[Contender, ...] = (
         summary="cygate, product read under a per-process per-caller limit (local GCRA)",
         command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
         env=_rate_limited({"rate": 1_000_000_000, "period": 1, "mode": "local"}),
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
+        # NOTE: once the token and rate-limit stages exist, this contender should send the
+        # harness's token (auth=True) and keep its limit on: the goal is the cached,
+        # authenticated, rate-limited read.
+        name="cygate-cached",
+        summary="the gateway: GET /api/v1/products/{id} from the edge's L1 (hits after warm-up)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env={**_CYGATE_ENV, "CYGATE_CACHE_KEY_SECRET": "macro-benchmark-cache-secret"},
         ready_path="/readyz",
         check=check_product,
     ),

@@ -23,6 +23,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
+from cygate.edge.cache import ResponseCache
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
@@ -34,13 +35,14 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
 from cygate.upstream.table import LocalRoute, RouteTableManager
 
-__all__ = ["build_router", "create_app", "local_routes"]
+__all__ = ["build_router", "cache_routes", "create_app", "local_routes"]
 
 log = logging.getLogger("cygate")
 
@@ -160,6 +162,17 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
     return routes
 
 
+def cache_routes(app: Litestar, cache: ResponseCache) -> None:
+    """Give the cache each route whose handler names a rule (``opt={"cache": "<rule>"}``)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for method, (handler, *_) in route.route_handler_map.items():
+            rule = handler.opt.get("cache")
+            if rule is not None:
+                cache.add_route(f"{method} {route.path}", rule, handler)
+
+
 def _pattern_of(route: Any) -> str:
     parts = []
     for comp in route.path_components:
@@ -211,6 +224,10 @@ def create_app(settings: Settings | None = None) -> Edge:
             loop.add_signal_handler(
                 signal.SIGHUP, lambda: loop.create_task(routes.reload("SIGHUP"))
             )
+        cache: ResponseCache | None = app.state.cache
+        if cache is not None:
+            cache.attach(redis)
+            cache.start()
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -226,14 +243,21 @@ def create_app(settings: Settings | None = None) -> Edge:
             await routes.stop()
             if ratelimit is not None:
                 ratelimit.unbind()
+            if cache is not None:
+                await cache.stop()
             await metrics.stop()
             await redis.close()
             await pool.close()
 
     app = Litestar(
-        route_handlers=[OpsController, CatalogController, RoutesAdminController],
+        route_handlers=[
+            OpsController,
+            CacheAdminController,
+            CatalogController,
+            RoutesAdminController,
+        ],
         lifespan=[resources],
-        state=_state(settings=settings, metrics=metrics, catalog=catalog),
+        state=_state(settings=settings, metrics=metrics, catalog=catalog, cache=None),
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -255,6 +279,11 @@ def create_app(settings: Settings | None = None) -> Edge:
     fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
     local = local_routes(app, fast_handlers)
     trusted = TrustedProxies(settings.trusted_proxies)
+    cache = None
+    if settings.cache_enabled:
+        cache = ResponseCache(settings, metrics)
+        cache_routes(app, cache)
+        app.state.cache = cache
     edge = Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
@@ -265,7 +294,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_paths=settings.edge_fast_paths,
         trusted_proxies=trusted,
         upstream=UpstreamProxy(metrics, trusted),
+        cache=cache,
     )
+    if cache is not None:
+        cache.edge = edge  # background refreshes re-enter the edge
     manager = RouteTableManager(
         edge,
         local,

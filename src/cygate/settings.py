@@ -17,7 +17,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-__all__ = ["ENV_PREFIX", "RateLimitSpec", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "CacheRule",
+    "RateLimitSpec",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
 
 ENV_PREFIX = "CYGATE_"
 
@@ -25,6 +32,39 @@ _Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 _Positive = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+_Window = Annotated[float, msgspec.Meta(ge=0, le=86400)]
+_HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=64)]
+_QueryName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class CacheRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How one route's responses are cached (caching issue); routes name a rule in ``opt``."""
+
+    ttl: _Window = 300.0
+    """Seconds an entry is fresh in the gateway (L1 and L2); 0 turns the rule off."""
+    max_age: Annotated[int, msgspec.Meta(ge=0, le=31_536_000)] = 60
+    """``Cache-Control: max-age`` sent to clients and CDNs."""
+    stale_while_revalidate: _Window = 30.0
+    """After ``ttl``, seconds an entry is still served (``X-Cache: stale``) while one request
+    refreshes it in the background."""
+    stale_if_error: _Window = 300.0
+    """After ``ttl``, seconds an entry is served instead of a 5xx from the loader."""
+    scope: Literal["public", "private"] = "public"
+    """``private``: one entry per caller (``ctx.principal.sub``), never served to another;
+    anonymous requests to a private rule are not cached at all."""
+    query: list[_QueryName] = msgspec.field(default_factory=list)
+    """Query parameters that vary the key (others are ignored; the app checks at start-up that
+    every query parameter the handler reads is listed)."""
+    headers: list[_HeaderName] = msgspec.field(default_factory=list)
+    """Request headers that vary the key (and are sent in ``Vary``)."""
+    tags: list[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]] = msgspec.field(
+        default_factory=list
+    )
+    """Invalidation tags; ``{name}`` is replaced by the path parameter ``name``."""
+    not_found_ttl: _Window = 5.0
+    """Seconds a 404 is remembered (0: never); a tag purge removes it sooner."""
 
 
 class SettingsError(Exception):
@@ -225,6 +265,44 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         str, _doc("Request header whose value is the api_key part of a limit's key.", min_length=1)
     ] = "x-api-key"
 
+    # -- caching (issue 5: cygate.edge.cache) ------------------------------------------------
+    cache_enabled: Annotated[bool, _doc("Serve cacheable routes from L1/L2 (see cache_rules).")] = (
+        True
+    )
+    cache_key_secret: Annotated[
+        str, _doc("Secret of the keyed cache-key hash; empty: read or create cache_key_file.")
+    ] = ""
+    cache_key_file: Annotated[
+        str, _doc("Where development/test keep a generated cache-key secret (never commit it).")
+    ] = ".cygate/cache-key"
+    cache_l1_max_bytes: Annotated[
+        _NonNegative, _doc("Bytes of responses the in-process L1 holds per worker.")
+    ] = 64 * 1024 * 1024
+    cache_max_entry_bytes: Annotated[_Positive, _doc("Larger responses are never stored.")] = (
+        1024 * 1024
+    )
+    cache_l2: Annotated[bool, _doc("Share entries through Redis (L2) and use its leases.")] = True
+    cache_lease_ttl: Annotated[
+        _Seconds, _doc("Lifetime of the Redis lease one loader holds per key, seconds.")
+    ] = 2.0
+    cache_lease_wait: Annotated[
+        Annotated[float, msgspec.Meta(ge=0, le=60)],
+        _doc("How long other instances wait on L2 while a lease is held, seconds."),
+    ] = 0.5
+    cache_l2_retry_after: Annotated[
+        _Seconds, _doc("After a Redis error the cache skips Redis for this long, seconds.")
+    ] = 1.0
+    cache_degraded_ttl: Annotated[
+        _Seconds, _doc("Fresh life of L1 entries filled while invalidations cannot arrive.")
+    ] = 5.0
+    cache_purge_loopback_only: Annotated[
+        bool, _doc("POST /admin/cache/purge answers loopback peers only (besides its roles).")
+    ] = True
+    cache_rules: Annotated[
+        dict[str, CacheRule],
+        _doc("Cache rules by name, added to (or replacing) the built-in ones."),
+    ] = msgspec.field(default_factory=dict)
+
     def all_rate_limits(self) -> dict[str, RateLimitSpec]:
         """The built-in limits overlaid with the configured ones."""
         return {**_default_rate_limits(), **self.rate_limits}
@@ -279,11 +357,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise msgspec.ValidationError(
                 "metrics_access is 'token' but no metrics_token is set - at `$.metrics_token`"
             )
+        if self.environment == "production" and self.cache_enabled and not self.cache_key_secret:
+            raise msgspec.ValidationError(
+                "production needs a cache_key_secret (it is generated only in development and "
+                "test) - at `$.cache_key_secret`"
+            )
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for ``cygate check-config``."""
         out: dict[str, Any] = msgspec.to_builtins(self)
-        for name in ("metrics_token",):
+        for name in ("metrics_token", "cache_key_secret"):
             if out.get(name):
                 out[name] = "***"
         for name in ("database_url", "redis_url"):
@@ -291,7 +374,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return out
 
 
-_SECRETS = ("metrics_token", "database_url", "redis_url")
+_SECRETS = ("metrics_token", "database_url", "redis_url", "cache_key_secret")
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 
 
@@ -304,8 +387,8 @@ def _mask_url_password(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
-# Settings whose environment value is a JSON document (rate limiting, issue 4).
-_JSON_ENV = frozenset({"rate_limits", "rate_limit_classes", "rate_limit_routes"})
+# Settings whose environment value is a JSON document (rate limits, cache rules).
+_JSON_ENV = frozenset({"rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"})
 
 
 def _env_value(name: str, raw: str) -> Any:

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.acceptance
 
 @pytest.fixture(scope="module")
 def litestar_only(gateway_env: dict[str, str], seeded: object) -> object:
-    gw = start_gateway(gateway_env, workers=1, extra_env={"CYGATE_EDGE_FAST_PATHS": "false"})
+    # NOTE: no response cache here, so the Litestar handler really answers (with the shared
+    # L2 it would replay the bytes the fast gateway stored).
+    extra = {"CYGATE_EDGE_FAST_PATHS": "false", "CYGATE_CACHE_ENABLED": "false"}
+    gw = start_gateway(gateway_env, workers=1, extra_env=extra)
     yield gw
     stop_gateway(gw)
 
@@ -43,6 +46,7 @@ def test_same_bytes_both_paths(gateway: Gateway, litestar_only: Gateway) -> None
 def test_database_down_is_a_quick_503(gateway_env: dict[str, str]) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     env = {**gateway_env, "CYGATE_DATABASE_URL": dead, "CYGATE_DB_ACQUIRE_TIMEOUT": "1"}
+    env["CYGATE_CACHE_L2"] = "false"  # NOTE: nothing cached by other gateways may answer here
     gw = _start_unready(env)
     try:
         with gw.client() as c:

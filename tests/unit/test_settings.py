@@ -102,3 +102,38 @@ def test_cli_check_config_prints_redacted() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "s3cret" not in proc.stdout and '"port": 8000' in proc.stdout
+
+
+def test_cache_rules_from_the_environment_and_the_file(tmp_path: pathlib.Path) -> None:
+    s = load_settings({"CYGATE_CACHE_RULES": '{"mine": {"ttl": 10, "scope": "private"}}'})
+    assert s.cache_rules["mine"].ttl == 10 and s.cache_rules["mine"].scope == "private"
+    cfg = tmp_path / "cygate.toml"
+    cfg.write_text('[cache_rules.list]\nttl = 60\nquery = ["limit"]\ntags = ["products"]\n')
+    s = load_settings({"CYGATE_CONFIG": str(cfg)})
+    assert s.cache_rules["list"].query == ["limit"] and s.cache_rules["list"].max_age == 60
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"x": {"ttl": -1}}',
+        '{"x": {"tll": 10}}',
+        '{"x": {"scope": "everyone"}}',
+        '{"x": {"headers": ["bad header"]}}',
+        '{"x": {"tags": [""]}}',
+        "[not json",
+    ],
+)
+def test_bad_cache_rules_name_the_setting(value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"CYGATE_CACHE_RULES": value})
+    assert "CACHE_RULES" in str(info.value).upper() and "\n" not in str(info.value)
+
+
+def test_production_needs_a_cache_secret_and_hides_it() -> None:
+    with pytest.raises(SettingsError, match="cache_key_secret"):
+        load_settings({"CYGATE_ENVIRONMENT": "production"})
+    s = load_settings({"CYGATE_ENVIRONMENT": "production", "CYGATE_CACHE_KEY_SECRET": "k3y"})
+    assert s.redacted()["cache_key_secret"] == "***"
+    off = load_settings({"CYGATE_ENVIRONMENT": "production", "CYGATE_CACHE_ENABLED": "false"})
+    assert not off.cache_enabled

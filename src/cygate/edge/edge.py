@@ -31,6 +31,7 @@ from cygate.edge.context import EdgeContext, Stage, TrustedProxies
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
 if TYPE_CHECKING:
+    from cygate.edge.cache import CacheMiss, ResponseCache
     from cygate.edge.policy import RoutePolicy
     from cygate.infra.metrics import Metrics
 
@@ -91,6 +92,7 @@ class Edge:
     __slots__ = (
         "_security_headers",
         "app",
+        "cache",
         "fast_paths",
         "max_body",
         "metrics",
@@ -113,8 +115,11 @@ class Edge:
         stages: Sequence[Stage] = (),
         upstream: Dispatch | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.app = app
+        self.cache = cache
+        """Answers cacheable routes from L1/L2 after the stages (``cygate.edge.cache``)."""
         self.trusted = trusted_proxies or TrustedProxies()
         self.stages = tuple(stages)
         """Run in order on every routed request (token check, rate limit, ...)."""
@@ -173,6 +178,7 @@ class Edge:
         )
         instance: str = scope.get("path", "")
         ctx: EdgeContext | None = None
+        miss: CacheMiss | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
@@ -226,6 +232,18 @@ class Edge:
                 if pending is not None:
                     await pending
 
+            if self.cache is not None and policy.cache is not None:
+                # The cache step (cache.py), after the stages: auth and limits apply to hits.
+                hit = self.cache.lookup(ctx)  # PERF: sync (key + L1), no coroutine on a hit
+                if hit is not None:
+                    await send_wrapper(hit[0])
+                    await send_wrapper(hit[1])
+                    return
+                miss = await self.cache.load(ctx, send_wrapper)
+                if miss is None:
+                    return  # answered by another request's load, or from L2
+                send_wrapper = miss.send  # a miss: capture the response to store it
+
             if policy.target != "local":
                 if self.upstream is None:
                     raise Problem(502, f"no upstream dispatcher for target {policy.target!r}")
@@ -262,6 +280,8 @@ class Edge:
             status = status if response_started else 499
             raise
         except Problem as problem:
+            if miss is not None and await miss.failed(problem):
+                return  # the cache answered instead (stale-if-error)
             if response_started:
                 raise
             status = problem.status
@@ -276,6 +296,8 @@ class Edge:
             detail = "internal error; quote the request_id when reporting it"
             await _send_problem(send, Problem(500, detail), instance, request_id, headers)
         finally:
+            if miss is not None:
+                miss.close()
             self.metrics.observe(route_name, method, status, time.perf_counter() - started)
 
 

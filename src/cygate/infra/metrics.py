@@ -78,6 +78,23 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Calls of the rate-limit script in Redis, by limit (batched: one per lease).",
         ("limit",),
     ),
+    "cygate_cache_requests_total": (
+        "counter",
+        "Cacheable requests by result: hit-l1, hit-l2, miss, stale, coalesced, bypass.",
+        ("result",),
+    ),
+    "cygate_cache_not_modified_total": ("counter", "304 answers from cache entries.", ()),
+    "cygate_cache_loads_total": ("counter", "Loader runs (misses that went to the app).", ()),
+    "cygate_cache_lease_waits_total": (
+        "counter",
+        "Misses that waited for another instance's Redis lease.",
+        (),
+    ),
+    "cygate_cache_stores_total": ("counter", "Entries stored (L1 and L2).", ()),
+    "cygate_cache_invalidations_total": ("counter", "Invalidations applied here.", ()),
+    "cygate_cache_l1_flushes_total": ("counter", "Whole-L1 flushes (lost subscription).", ()),
+    "cygate_cache_subscriptions_total": ("counter", "Invalidation (re)subscriptions.", ()),
+    "cygate_cache_l2_errors_total": ("counter", "Redis errors in the cache's L2.", ()),
 }
 _FAMILY_MARK = "\x1e"  # snapshot keys of labelled families start with it
 
@@ -326,7 +343,8 @@ def _render_families(families: dict[tuple[str, tuple[str, ...]], list[float]]) -
                 f'{n}="{_esc(value)}"' for n, value in zip(names, labels, strict=False)
             )
             if kind != "histogram":
-                lines.append(f"{family}{{{label_text}}} {int(v[0])}")
+                sample = f"{family}{{{label_text}}}" if label_text else family
+                lines.append(f"{sample} {int(v[0])}")
                 continue
             base = family
             cumulative = 0.0

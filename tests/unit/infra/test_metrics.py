@@ -46,3 +46,28 @@ def test_unreadable_snapshot_is_skipped(tmp_path: pathlib.Path) -> None:
     m = Metrics(tmp_path)
     m.observe("GET /x", "GET", 200, 0.001)
     assert m.collect()[("GET /x", "GET", 200)][0] == 1
+
+
+def test_counters_are_summed_over_workers(tmp_path: pathlib.Path) -> None:
+    a, b = Metrics(tmp_path), Metrics(tmp_path)
+    b._path = tmp_path / "worker-other.json"
+    a.counter("cygate_cache_requests_total", result="hit-l1").value += 3
+    b.counter("cygate_cache_requests_total", result="hit-l1").value += 1234567
+    b.counter("cygate_cache_loads_total").value += 1
+    b.inc("cygate_upstream_retries_total", ("orders", "GET /x"))
+    b.flush()
+    text = a.render()
+    assert "# TYPE cygate_cache_requests_total counter" in text
+    assert 'cygate_cache_requests_total{result="hit-l1"} 1234570' in text
+    assert "cygate_cache_loads_total 1" in text
+    assert text.count("# TYPE cygate_cache_requests_total counter") == 1
+    assert 'cygate_upstream_retries_total{upstream="orders",route="GET /x"} 1' in text
+    assert a.counter("cygate_cache_loads_total").value == 0  # this worker's own value
+    assert a.collect() == {}  # counters are not request series
+
+
+def test_bound_counters_refuse_unknown_labels() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="takes labels"):
+        Metrics().counter("cygate_cache_requests_total", outcome="x")

@@ -28,11 +28,15 @@ class CatalogController(Controller):
     path = "/api/v1"
     tags = ["catalog"]
 
-    @get("/categories", summary="The category tree")
+    @get("/categories", summary="The category tree", opt={"cache": "categories"})
     async def categories(self, state: State) -> CategoryTree:
         return CategoryTree(await _repo(state).category_tree())
 
-    @get("/products", summary="Products, filtered and paged (keyset cursor)")
+    @get(
+        "/products",
+        summary="Products, filtered and paged (keyset cursor)",
+        opt={"cache": "product-list"},
+    )
     async def products(
         self,
         state: State,
@@ -72,7 +76,7 @@ class CatalogController(Controller):
             cursor=cursor,
         )
 
-    @get("/products/{product_id:uuid}", summary="One product")
+    @get("/products/{product_id:uuid}", summary="One product", opt={"cache": "product"})
     async def product(self, state: State, product_id: FromPath[UUID]) -> Product:
         product = await _repo(state).get_product(product_id)
         if product is None:

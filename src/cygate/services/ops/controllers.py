@@ -86,6 +86,8 @@ class OpsController(Controller):
             "cygate_db_pool_size": pool.get_size(),
             "cygate_db_pool_idle": pool.get_idle_size(),
         }
+        if state.cache is not None:
+            extra.update(state.cache.gauges())
         return Response(
             state.metrics.render(extra),
             media_type="text/plain; version=0.0.4; charset=utf-8",

@@ -1,0 +1,342 @@
+"""L2 in Redis: shared entries, loader leases, tag sets, and the invalidation channel.
+
+Keys (all under one hash tag, ``{cache}``, so the scripts below touch one Redis Cluster slot):
+
+- ``<prefix>{cache}:e:<key hex>`` an entry (msgpack, :mod:`cygate.edge.cache_entry`), with a
+  ``PX`` until its last stale window ends;
+- ``<prefix>{cache}:l:<key hex>`` the lease of the one loader of that key (``SET NX PX``);
+- ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag.
+
+NOTE: one slot means one shard holds the whole L2 in a cluster. That is the price of atomic
+scripts over an entry, its lease and its tags; API responses are small, and sharding L2 later
+means tag versions instead of tag sets (see docs/caching.md).
+
+Why the lease is checked when storing: a load that started before an invalidation must not put
+its old answer into L2 after it. Acquiring a lease also enters the key in its tag sets; an
+invalidation deletes the entries *and the leases* of its keys, then publishes, in one script.
+A loader whose lease is gone by the time it stores (invalidated, or expired because the load was
+slow) stores nothing.
+
+Every Redis error opens a breaker: for ``cache_l2_retry_after`` seconds L2 is skipped and the
+cache runs on L1 and the loaders (PostgreSQL) alone; then requests try Redis again (a refused
+connection fails at once; a hung Redis costs at most ``redis_timeout`` before the next pause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from cygate.infra.metrics import Metrics
+    from cygate.infra.redis import RedisHandle
+
+__all__ = ["L2", "Subscription", "decode_message", "encode_message"]
+
+log = logging.getLogger("cygate.cache")
+
+_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS[1] lease, KEYS[2..] tag sets; ARGV: token, lease ms, key hex, tag-set ms
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[4])
+  end
+end
+return 1
+"""
+# KEYS[1] entry, KEYS[2] lease; ARGV: token, payload, px
+_STORE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+# KEYS[1] lease; ARGV: token
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: tag sets; ARGV: channel, message, entry prefix, lease prefix, key hexes...
+_INVALIDATE = """
+local n = 0
+for i = 1, #KEYS do
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    n = n + redis.call('DEL', ARGV[3] .. m)
+    redis.call('DEL', ARGV[4] .. m)
+  end
+  redis.call('DEL', KEYS[i])
+end
+for i = 5, #ARGV do
+  n = n + redis.call('DEL', ARGV[3] .. ARGV[i])
+  redis.call('DEL', ARGV[4] .. ARGV[i])
+end
+return {n, redis.call('PUBLISH', ARGV[1], ARGV[2])}
+"""
+
+
+class _Message(msgspec.Struct, array_like=True, frozen=True):
+    """An invalidation on the channel: ``kind`` ``t`` (tags), ``k`` (keys) or ``*`` (all)."""
+
+    origin: str
+    kind: str
+    tags: list[str] = []
+    keys: list[bytes] = []
+
+
+_msg_encoder = msgspec.msgpack.Encoder()
+_msg_decoder = msgspec.msgpack.Decoder(_Message)
+
+
+def encode_message(origin: str, kind: str, tags: list[str], keys: list[bytes]) -> bytes:
+    return _msg_encoder.encode(_Message(origin, kind, tags, keys))
+
+
+def decode_message(data: bytes) -> _Message | None:
+    try:
+        return _msg_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class L2:
+    """Entries, leases and invalidation in Redis, behind a breaker."""
+
+    __slots__ = (
+        "_acquire",
+        "_down_until",
+        "_invalidate",
+        "_release",
+        "_store",
+        "channel",
+        "client",
+        "entry_prefix",
+        "lease_prefix",
+        "metrics",
+        "n_errors",
+        "retry_after",
+        "tag_prefix",
+    )
+
+    def __init__(self, redis: RedisHandle, metrics: Metrics, retry_after: float) -> None:
+        self.client = redis.client
+        base = redis.key("{cache}", "")
+        self.entry_prefix = base + "e:"
+        self.lease_prefix = base + "l:"
+        self.tag_prefix = base + "t:"
+        self.channel = redis.key("cache", "invalidate")
+        self.metrics = metrics
+        self.n_errors = metrics.counter("cygate_cache_l2_errors_total")
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        # NOTE: redis-py's Script sends EVALSHA and loads the script on NOSCRIPT, once.
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._store = self.client.register_script(_STORE)
+        self._release = self.client.register_script(_RELEASE)
+        self._invalidate = self.client.register_script(_INVALIDATE)
+
+    @property
+    def up(self) -> bool:
+        """False while the breaker is open (a Redis error happened less than retry_after ago)."""
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self.up:
+            log.warning("cache L2 unavailable (%s: %r); serving from L1 and the loaders", what, exc)
+        self._down_until = time.monotonic() + self.retry_after
+        self.n_errors.value += 1
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one Redis call unless the breaker is open; None on any error."""
+        if not self.up:
+            return None
+        try:
+            return await make()
+        except _ERRORS as exc:
+            self._failed(what, exc)
+            return None
+
+    async def get(self, key: bytes) -> bytes | None:
+        value = await self._call("GET", lambda: self.client.get(self.entry_prefix + key.hex()))
+        return value if isinstance(value, bytes) else None
+
+    async def acquire(
+        self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
+    ) -> str | bool | None:
+        """Take the loader lease: its token, False when another loader holds it, None on error."""
+        token = secrets.token_hex(8)
+        hexkey = key.hex()
+        keys = [self.lease_prefix + hexkey, *(self.tag_prefix + t for t in tags)]
+        got = await self._call(
+            "lease", lambda: self._acquire(keys=keys, args=[token, lease_ms, hexkey, tag_ms])
+        )
+        if got is None:
+            return None
+        return token if got == 1 else False
+
+    async def store(self, key: bytes, token: str, payload: bytes, px: int) -> bool:
+        """Store under the lease; False when the lease is gone (invalidated or expired)."""
+        hexkey = key.hex()
+        keys = [self.entry_prefix + hexkey, self.lease_prefix + hexkey]
+        got = await self._call("store", lambda: self._store(keys=keys, args=[token, payload, px]))
+        return bool(got == 1)
+
+    async def release(self, key: bytes, token: str) -> None:
+        keys = [self.lease_prefix + key.hex()]
+        await self._call("release", lambda: self._release(keys=keys, args=[token]))
+
+    async def wait_for(self, key: bytes, patience: float) -> bytes | None:
+        """Poll for the entry another instance is loading, until it appears, its lease goes
+        away, or ``patience`` seconds pass (2, 4, 8, 16, 16, ... ms apart)."""
+        hexkey = key.hex()
+        names = [self.entry_prefix + hexkey, self.lease_prefix + hexkey]
+        deadline = time.monotonic() + patience
+        pause = 0.002
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.016)
+            got = await self._call("wait", lambda: self.client.mget(names))
+            if got is None:
+                return None
+            entry, lease = got
+            if entry is not None:
+                return bytes(entry)
+            if lease is None:
+                return None  # the loader finished without storing (or failed)
+
+    async def invalidate(self, origin: str, tags: list[str], keys: list[bytes]) -> tuple[int, int]:
+        """Delete the entries (and leases) of ``tags`` and ``keys`` and tell every instance.
+        Returns (entries deleted, instances that heard it). Raises on a Redis error: a purge
+        that did not reach the others must not look like one that did."""
+        kind = "t" if tags else "k"
+        message = encode_message(origin, kind, tags, keys)
+        hexes = [k.hex() for k in keys]
+        try:
+            got = await self._invalidate(
+                keys=[self.tag_prefix + t for t in tags],
+                args=[self.channel, message, self.entry_prefix, self.lease_prefix, *hexes],
+            )
+        except _ERRORS as exc:
+            self._failed("invalidate", exc)
+            raise
+        deleted, heard = got
+        return int(deleted), int(heard)
+
+    async def flush_all(self, origin: str) -> int:
+        """Tell every instance to drop its whole L1 (entries in L2 stay; used by tests/ops)."""
+        message = encode_message(origin, "*", [], [])
+        heard = await self.client.publish(self.channel, message)
+        return int(heard)
+
+
+class Subscription:
+    """Listens on the invalidation channel on a connection of its own, for ever.
+
+    Pub/sub delivers at most once: a message published while this connection is down is lost.
+    So every (re)subscription, confirmed by the server, calls ``on_subscribed`` (the cache
+    flushes its L1), and ``connected`` is False from the moment a failure is seen until then.
+    A silent connection is probed with PING after ``idle`` seconds; no answer within
+    ``idle`` more seconds counts as a failure. ``name`` is its CLIENT SETNAME (operators see
+    which process a subscription belongs to).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        channel: str,
+        *,
+        on_message: Callable[[bytes], None],
+        on_subscribed: Callable[[], None],
+        on_lost: Callable[[], None],
+        connect_timeout: float,
+        name: str,
+        idle: float = 5.0,
+    ) -> None:
+        self.channel = channel
+        self.connected = False
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self._idle = idle
+        self._task: asyncio.Task[None] | None = None
+        # NOTE: no automatic retries: a dropped connection must surface here, so that the
+        # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
+        self._client = aioredis.Redis.from_url(
+            redis_url,
+            client_name=name,
+            socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        pause = 0.01
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                pause = 0.01
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: count it, drop the connection, reconnect
+                if self.connected:
+                    log.warning("cache invalidation subscription lost: %r", exc)
+            finally:
+                if self.connected:
+                    self.connected = False
+                    self._on_lost()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    async def _listen(self, pubsub: Any) -> None:
+        last = time.monotonic()
+        pinged = 0.0
+        while True:
+            message = await pubsub.get_message(timeout=min(1.0, self._idle))
+            now = time.monotonic()
+            if message is None:
+                if pinged and now - pinged > self._idle:
+                    raise ConnectionError("no answer to PING on the subscription")
+                if not pinged and now - last > self._idle:
+                    await pubsub.ping()
+                    pinged = now
+                continue
+            last, pinged = now, 0.0
+            kind = message.get("type")
+            if kind == "message":
+                self._on_message(message["data"])
+            elif kind == "subscribe":
+                self.connected = True
+                self._on_subscribed()

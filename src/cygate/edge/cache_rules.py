@@ -1,0 +1,147 @@
+"""Cache rules, and the routes that use them: key function, tags, headers, input checks.
+
+A rule (:class:`cygate.settings.CacheRule`) is named in a route's ``opt={"cache": "<rule>"}``;
+:class:`CacheRoute` is what the cache keeps per cached route. :func:`check_inputs` refuses a
+rule whose key leaves out something the handler reads, and :func:`load_secret` finds the key
+secret (the setting, or a file generated at first start in development and test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import secrets
+import string
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cygate.core.cachekey import CacheKey
+from cygate.edge.cache_entry import cache_control_of
+from cygate.settings import CacheRule
+
+if TYPE_CHECKING:
+    from cygate.settings import Settings
+
+__all__ = ["DEFAULT_RULES", "CacheRoute", "check_inputs", "load_secret"]
+
+DEFAULT_RULES: dict[str, CacheRule] = {
+    # The seed's gateway tier: 5 minutes, invalidated by the catalog's writes (by tag).
+    "product": CacheRule(ttl=300, max_age=60, tags=["product:{product_id}"]),
+    "product-list": CacheRule(
+        ttl=300,
+        max_age=60,
+        query=["category", "min_price_cents", "max_price_cents", "sort", "limit", "cursor"],
+        tags=["products"],
+    ),
+    "categories": CacheRule(ttl=300, max_age=60, tags=["categories"]),
+}
+"""Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
+
+_UUID_HEX = frozenset("0123456789abcdefABCDEF-")
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The cache-key secret: the setting, else (development, test) the key file, created with
+    a random secret at first start. Every worker and instance that shares L2 must use the
+    same secret, so it is never generated per process."""
+    if settings.cache_key_secret:
+        return settings.cache_key_secret.encode("utf-8")
+    path = pathlib.Path(settings.cache_key_file)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(secrets.token_urlsafe(32) + "\n")
+        tmp.chmod(0o600)
+        # NOTE: link() fails if another worker won the race; then its secret is the one.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"the cache key file {path} is empty")
+    return secret.encode("utf-8")
+
+
+class CacheRoute:
+    """One cached route: its rule, its key function, its tag templates, its headers."""
+
+    __slots__ = ("extra", "name", "private", "rule", "spec", "tag_templates", "types")
+
+    def __init__(self, name: str, rule: CacheRule, secret: bytes) -> None:
+        self.name = name
+        self.rule = rule
+        self.private = rule.scope == "private"
+        self.spec = CacheKey(
+            secret, name, query=rule.query, headers=rule.headers, private=self.private
+        )
+        self.types = _param_types(name)
+        extra = [(b"cache-control", cache_control_of(rule))]
+        if rule.headers:
+            extra.append((b"vary", ", ".join(sorted({h.lower() for h in rule.headers})).encode()))
+        self.extra = tuple(extra)
+        for template in rule.tags:
+            for _, field, _, _ in string.Formatter().parse(template):
+                if field is not None and field not in self.types:
+                    raise ValueError(
+                        f"cache rule tag {template!r} on {name}: no path parameter {field!r}"
+                    )
+        self.tag_templates = tuple(rule.tags)
+
+    def tags(self, params: Mapping[str, str] | None) -> tuple[str, ...]:
+        """The tags of one request: templates filled from its path parameters, normalised so
+        that one resource has one tag however its id was spelled (uuid case, int zeros)."""
+        if not self.tag_templates:
+            return ()
+        values: dict[str, str] = {}
+        for name, kind in self.types.items():
+            raw = (params or {}).get(name, "")
+            if kind == "uuid" and set(raw) <= _UUID_HEX:
+                raw = raw.lower()
+            elif kind == "int":
+                with contextlib.suppress(ValueError):
+                    raw = str(int(raw))
+            values[name] = raw
+        return tuple(t.format_map(values) for t in self.tag_templates)
+
+
+# Handler parameters that are not request input, and ones that expose all of it.
+_NOT_INPUT = frozenset({"state"})
+_RAW_INPUT = frozenset(
+    {"request", "scope", "headers", "cookies", "query", "socket", "body", "data"}
+)
+
+
+def check_inputs(route_name: str, rule: CacheRule, handler: Any) -> None:
+    """Refuse a rule whose key leaves out a request input the Litestar handler reads.
+
+    NOTE: this is what makes the allow-lists safe: a query parameter or header the handler
+    declares but the rule does not list would let one request's answer be served for
+    another's. Dependencies are not inspected (no cached handler has any)."""
+    path_params = set(_param_types(route_name))
+    queries, headers = set(rule.query), {h.lower() for h in rule.headers}
+    for name, param in handler.parsed_fn_signature.parameters.items():
+        if name in _NOT_INPUT or name in path_params:
+            continue
+        if name in _RAW_INPUT:
+            raise ValueError(f"{route_name} reads the raw request ({name!r}); it cannot be cached")
+        kwarg = getattr(param, "kwarg_definition", None)
+        # Parameter(header="x") and HeaderParameter(name="x") both say where and what.
+        kind = getattr(getattr(kwarg, "param_type", None), "value", None) or "query"
+        alias = (getattr(kwarg, kind, None) or getattr(kwarg, "name", None) or name).lower()
+        if kind == "cookie":
+            raise ValueError(f"{route_name} reads a cookie ({alias!r}); it cannot be cached")
+        if kind == "header" and alias not in headers:
+            raise ValueError(f"cache rule for {route_name} must vary on header {alias!r}")
+        if kind == "query" and alias not in {q.lower() for q in queries}:
+            raise ValueError(f"cache rule for {route_name} must list query parameter {alias!r}")
+
+
+def _param_types(route_name: str) -> dict[str, str]:
+    """``{product_id: "uuid"}`` from ``GET /api/v1/products/{product_id:uuid}``."""
+    out = {}
+    for segment in route_name.split(" ", 1)[-1].split("/"):
+        if segment.startswith("{") and segment.endswith("}"):
+            name, _, kind = segment[1:-1].partition(":")
+            out[name] = kind or "str"
+    return out

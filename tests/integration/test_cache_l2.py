@@ -1,0 +1,268 @@
+"""L2 through real Redis with two cache instances in one process (each its own edge, L1 and
+subscription, one shared loader), and a private redis-server for the failure cases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from tests.private_redis import PrivateRedis
+from tests.unit.edge.cache_helpers import App, cache_settings, call, make_edge
+
+from cygate.edge.cache import CacheUnavailable, ResponseCache
+from cygate.edge.edge import Edge
+from cygate.infra.metrics import Metrics
+from cygate.infra.redis import create_redis
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+ITEM_KEY_ROUTE = "GET /items/{id:int}"
+
+
+class Instance:
+    def __init__(self, edge: Edge, cache: ResponseCache, metrics: Metrics) -> None:
+        self.edge, self.cache, self.metrics = edge, cache, metrics
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return await call(self.edge, path, **kw)
+
+    def loads(self) -> float:
+        return self.metrics.counter("cygate_cache_loads_total").value
+
+
+@asynccontextmanager
+async def instances(
+    redis_url: str, prefix: str, *, n: int = 2, app: App | None = None, **overrides: Any
+) -> AsyncIterator[tuple[App, list[Instance]]]:
+    """``n`` gateway instances sharing Redis ``prefix`` and one loader ``app``."""
+    app = app or App()
+    out: list[Instance] = []
+    handles = []
+    for _ in range(n):
+        settings = cache_settings(
+            redis_url=redis_url, redis_prefix=prefix, redis_timeout=0.5, **overrides
+        )
+        metrics = Metrics()
+        edge, cache, _ = make_edge(app, settings=settings, metrics=metrics)
+        handle = create_redis(settings)
+        handles.append(handle)
+        cache.attach(handle)
+        cache.start()
+        out.append(Instance(edge, cache, metrics))
+    try:
+        await wait_until(lambda: all(i.cache.subscription.connected for i in out))  # type: ignore[union-attr]
+        yield app, out
+    finally:
+        for i in out:
+            await i.cache.stop()
+        for h in handles:
+            await h.close()
+
+
+async def wait_until(predicate: Any, limit: float = 5.0) -> float:
+    """Poll every millisecond; the seconds it took. Fails the test after ``limit`` seconds."""
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > limit:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - start
+
+
+@pytest.fixture
+def prefix(redis_prefix: str) -> str:
+    return f"{redis_prefix}c{secrets.token_hex(3)}:"
+
+
+# -- sharing ----------------------------------------------------------------------------------
+
+
+async def test_l2_hit_fills_l1_on_the_other_instance(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        first = await a.get("/items/1")
+        await wait_until(lambda: a.metrics.counter("cygate_cache_stores_total").value == 1)
+        from_l2 = await b.get("/items/1")
+        from_l1 = await b.get("/items/1")
+        assert (first.x_cache, from_l2.x_cache, from_l1.x_cache) == ("miss", "hit-l2", "hit-l1")
+        assert first.body == from_l2.body == from_l1.body
+        assert first.headers[b"etag"] == from_l2.headers[b"etag"]
+        assert app.calls["/items/1"] == 1
+
+
+async def test_per_caller_entries_through_l2(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        alice_a = await a.get("/mine", user="alice")
+        await wait_until(lambda: a.metrics.counter("cygate_cache_stores_total").value == 1)
+        bob_b = await b.get("/mine", user="bob")
+        alice_b = await b.get("/mine", user="alice")
+        bob_a = await a.get("/mine", user="bob")
+        assert bob_b.json()["user"] == "bob" and bob_b.x_cache == "miss"
+        assert alice_b.json()["user"] == "alice" and alice_b.x_cache == "hit-l2"
+        assert alice_b.body == alice_a.body
+        await wait_until(lambda: b.metrics.counter("cygate_cache_stores_total").value == 1)
+        assert bob_a.json()["user"] == "bob"
+        assert app.calls["/mine"] in (2, 3)  # bob on A may have raced bob's store on B
+
+
+async def test_negative_entries_are_shared(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        app.fail = 404
+        await a.get("/gone")
+        await asyncio.sleep(0.05)
+        r = await b.get("/gone", headers=[(b"x-request-id", b"on-b")])
+        assert (r.status, r.x_cache) == (404, "hit-l2") and r.json()["request_id"] == "on-b"
+        assert app.calls["/gone"] == 1
+
+
+async def test_unreadable_l2_entry_is_a_miss(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix, n=1) as (app, (a,)):
+        key = a.cache.key_for(ITEM_KEY_ROUTE, "/items/9")
+        assert a.cache.l2 is not None
+        await a.cache.l2.client.set(a.cache.l2.entry_prefix + key.hex(), b"\xc1garbage")
+        r = await a.get("/items/9")
+        assert (r.status, r.x_cache) == (200, "miss") and app.calls["/items/9"] == 1
+
+
+# -- stampede control -------------------------------------------------------------------------
+
+
+async def test_500_cold_misses_across_two_instances_load_at_most_twice(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        app.gate = asyncio.Event()
+        tasks = [asyncio.create_task(i.get("/slow")) for _ in range(250) for i in (a, b)]
+        await asyncio.sleep(0.1)
+        app.gate.set()
+        replies = await asyncio.gather(*tasks)
+        assert {r.status for r in replies} == {200}
+        assert len({r.body for r in replies}) <= 2
+        assert app.calls["/slow"] <= 2
+        assert a.loads() + b.loads() == app.calls["/slow"]  # the metric counts loader runs
+        assert app.calls["/slow"] == 1  # with the lease: once
+
+
+async def test_a_stuck_lease_costs_at_most_the_wait(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix, n=1, cache_lease_wait=0.2) as (app, (a,)):
+        key = a.cache.key_for(ITEM_KEY_ROUTE, "/items/5")
+        assert a.cache.l2 is not None
+        await a.cache.l2.client.set(a.cache.l2.lease_prefix + key.hex(), "someone", px=10_000)
+        start = time.perf_counter()
+        r = await a.get("/items/5")
+        elapsed = time.perf_counter() - start
+        assert r.status == 200 and app.calls["/items/5"] == 1
+        assert 0.2 <= elapsed < 1.0
+        assert a.metrics.counter("cygate_cache_lease_waits_total").value == 1
+        assert (
+            a.metrics.counter("cygate_cache_stores_total").value == 0
+        )  # not its lease: no L2 write
+
+
+# -- invalidation -----------------------------------------------------------------------------
+
+
+async def test_invalidation_reaches_the_other_instance_within_100_ms(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        await b.get("/items/1")
+        assert (await b.get("/items/1")).x_cache == "hit-l1"
+        key = b.cache.key_for(ITEM_KEY_ROUTE, "/items/1")
+        start = time.perf_counter()
+        deleted, heard = await a.cache.invalidate_tags(["item:1"])
+        await wait_until(lambda: key not in b.cache.l1, 1.0)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 0.1
+        assert deleted == 1 and heard == 1
+        app.version = 2
+        assert (await b.get("/items/1")).json()["v"] == 2
+
+
+async def test_invalidate_keys_everywhere(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (_, (a, b)):
+        await a.get("/items/2")
+        await b.get("/items/2")
+        key = a.cache.key_for(ITEM_KEY_ROUTE, "/items/2")
+        assert key in a.cache.l1 and key in b.cache.l1
+        await b.cache.invalidate_keys([key])
+        await wait_until(lambda: key not in a.cache.l1 and key not in b.cache.l1, 1.0)
+        assert (await a.get("/items/2")).x_cache == "miss"
+
+
+async def test_an_invalidation_during_a_load_is_not_undone(prefix: str) -> None:
+    async with instances(REDIS_URL, prefix) as (app, (a, b)):
+        app.gate = asyncio.Event()
+        loading = asyncio.create_task(a.get("/slow"))
+        await asyncio.sleep(0.05)  # A holds the lease and is loading the old data
+        await b.cache.invalidate_tags(["nothing-else"])  # an unrelated purge changes nothing
+        key = a.cache.key_for("GET /slow", "/slow")
+        assert a.cache.l2 is not None
+        # the resource changes and is purged while A is still loading the old version
+        await b.cache.invalidate_keys([key])
+        app.gate.set()
+        old = await loading
+        assert old.status == 200
+        assert key not in a.cache.l1  # not stored here ...
+        assert await a.cache.l2.get(key) is None  # ... nor in L2
+        app.version = 2
+        assert (await b.get("/slow")).json()["v"] == 2
+
+
+# -- failures (private redis-server) ----------------------------------------------------------
+
+
+async def test_dropped_subscription_flushes_l1_on_reconnect(prefix: str) -> None:
+    with PrivateRedis() as server:
+        async with instances(server.url, prefix) as (app, (a, b)):
+            await b.get("/items/3")
+            key = b.cache.key_for(ITEM_KEY_ROUTE, "/items/3")
+            # a purge whose message B never hears (as when its connection is down):
+            app.version = 2
+            assert b.cache.l2 is not None
+            await b.cache.l2.client.delete(b.cache.l2.entry_prefix + key.hex())
+            assert (await b.get("/items/3")).json()["v"] == 1  # B cannot know
+            subscriptions = b.metrics.counter("cygate_cache_subscriptions_total").value
+            assert server.kill_clients(b.cache.origin) == 1
+            await wait_until(
+                lambda: b.metrics.counter("cygate_cache_subscriptions_total").value > subscriptions
+            )
+            after = await b.get("/items/3")
+            assert (after.x_cache, after.json()["v"]) == ("miss", 2)
+            # and it hears invalidations again
+            await a.cache.invalidate_tags(["item:3"])
+            await wait_until(lambda: key not in b.cache.l1, 1.0)
+
+
+async def test_redis_stopped_reads_keep_working(prefix: str) -> None:
+    server = PrivateRedis()
+    server.start()
+    try:
+        async with instances(server.url, prefix, n=1, cache_degraded_ttl=0.3) as (_, (a,)):
+            await a.get("/items/1")
+            server.stop()
+            worst = 0.0
+            for i in range(1, 30):
+                start = time.perf_counter()
+                r = await a.get(f"/items/{i % 5 + 1}")
+                worst = max(worst, time.perf_counter() - start)
+                assert r.status == 200
+            assert worst < 0.5
+            assert (await a.get("/items/1")).x_cache == "hit-l1"  # from before: still served
+            assert a.metrics.counter("cygate_cache_l2_errors_total").value >= 1
+            await wait_until(lambda: not a.cache.subscription.connected)  # type: ignore[union-attr]
+            # entries filled now live shortly: invalidations cannot arrive
+            await a.get("/items/42")
+            await asyncio.sleep(0.35)
+            assert (await a.get("/items/42")).x_cache != "hit-l1"
+            with pytest.raises(CacheUnavailable):
+                await a.cache.invalidate_tags(["item:1"])
+            assert (await a.get("/items/1")).x_cache != "hit-l1"  # purged here all the same
+            # Redis back: the subscription returns, and with it a flush
+            server.start()
+            await wait_until(lambda: a.cache.subscription.connected, 5.0)  # type: ignore[union-attr]
+            assert len(a.cache.l1) == 0
+    finally:
+        server.stop()
