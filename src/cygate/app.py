@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
+from cygate.edge.auth import TokenStage
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
@@ -29,6 +31,12 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.identity.controllers import (
+    AuthController,
+    JWKSController,
+    UsersController,
+)
+from cygate.services.identity.service import Identity
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
 
@@ -38,6 +46,7 @@ log = logging.getLogger("cygate")
 
 
 _LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]{1,100})`")
 
 
 def _problem(
@@ -64,6 +73,9 @@ def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) ->
         if isinstance(item, dict):
             source = item.get("source") or "body"
             key = item.get("key") or ""
+            unknown = _UNKNOWN_FIELD.match(str(item.get("message", "")))
+            if unknown and key == "data":  # name the field a client may not write
+                key = unknown.group(1)
             errors.append(
                 {
                     "field": f"{source}.{key}" if key else source,
@@ -166,6 +178,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
+    identity = Identity(settings)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -180,6 +193,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        try:
+            await identity.start(pool, redis)
+        except DB_UNAVAILABLE as exc:
+            log.warning("identity start-up without PostgreSQL (%r); admin not ensured", exc)
         metrics.start()
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
@@ -191,14 +208,21 @@ def create_app(settings: Settings | None = None) -> Edge:
         try:
             yield
         finally:
+            await identity.stop()
             await metrics.stop()
             await redis.close()
             await pool.close()
 
     app = Litestar(
-        route_handlers=[OpsController, CatalogController],
+        route_handlers=[
+            OpsController,
+            CatalogController,
+            AuthController,
+            UsersController,
+            JWKSController,
+        ],
         lifespan=[resources],
-        state=_state(settings=settings, metrics=metrics, catalog=catalog),
+        state=_state(settings=settings, metrics=metrics, catalog=catalog, identity=identity),
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -227,6 +251,14 @@ def create_app(settings: Settings | None = None) -> Edge:
         hsts_include_subdomains=settings.hsts_include_subdomains,
         fast_paths=settings.edge_fast_paths,
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        stages=[
+            # The token stage first: later stages (rate limits) may key on the principal.
+            TokenStage(
+                identity.verifier,
+                identity.revocations,
+                identity.refresh_provider if settings.identity_providers else None,
+            ),
+        ],
     )
 
 

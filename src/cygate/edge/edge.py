@@ -198,7 +198,15 @@ class Edge:
                 raise Problem(413, f"request body exceeds the {limit}-byte limit")
             head_only = method == "HEAD" and not route_name.startswith("HEAD ")
             ctx = EdgeContext(
-                scope, method, path, host, request_id, traceparent, policy, match.params
+                scope,
+                method,
+                path,
+                host,
+                request_id,
+                traceparent,
+                policy,
+                match.params,
+                self.trusted,
             )
             for stage in self.stages:
                 pending = stage(ctx)
