@@ -46,7 +46,7 @@ log = logging.getLogger("cygate")
 
 
 _LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
-_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]{1,100})`")
+_NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `([^`]{1,100})`")
 
 
 def _problem(
@@ -73,9 +73,9 @@ def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) ->
         if isinstance(item, dict):
             source = item.get("source") or "body"
             key = item.get("key") or ""
-            unknown = _UNKNOWN_FIELD.match(str(item.get("message", "")))
-            if unknown and key == "data":  # name the field a client may not write
-                key = unknown.group(1)
+            named = _NAMED_FIELD.match(str(item.get("message", "")))
+            if named and key == "data":  # name the field that is missing or not writable
+                key = named.group(1)
             errors.append(
                 {
                     "field": f"{source}.{key}" if key else source,

@@ -1,10 +1,11 @@
-"""``cygate``: serve | migrate | seed | check-config (also ``python -m cygate``)."""
+"""``cygate``: serve | migrate | seed | check-config | create-client (also ``python -m cygate``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--if-empty", action="store_true", help="do nothing when products exist")
 
     sub.add_parser("check-config", help="validate the settings and print them (secrets masked)")
+
+    client = sub.add_parser(
+        "create-client", help="register a service client (client_credentials); prints its secret"
+    )
+    client.add_argument("--client-id", required=True)
+    client.add_argument("--roles", default="", help="comma-separated roles")
     return parser
 
 
@@ -148,6 +155,42 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
         first, last = report.emails[0], report.emails[-1]
         span = first if first == last else f"{first} … {last}"
         print(f"seeded customers: {span}; password for all: {report.password}")
+    return 0
+
+
+def _cmd_create_client(settings: Settings, args: argparse.Namespace) -> int:
+    from cygate.services.identity.models import ROLES
+    from cygate.services.identity.service import client_secret_hash
+    from cygate.services.identity.tokens import new_opaque
+
+    roles = sorted({r.strip() for r in args.roles.split(",") if r.strip()})
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        return _fail(f"unknown role(s) {', '.join(unknown)}; known: {', '.join(ROLES)}")
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{1,128}", args.client_id):
+        return _fail("--client-id: 1 to 128 of A-Z a-z 0-9 . _ ~ -")
+    secret, _ = new_opaque()
+    return asyncio.run(_create_client(settings, args.client_id, client_secret_hash(secret), roles,
+                                      secret))  # fmt: skip
+
+
+async def _create_client(
+    settings: Settings, client_id: str, secret_hash: str, roles: list[str], secret: str
+) -> int:
+    import asyncpg
+
+    from cygate.services.identity.store import create_service_client
+
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        await create_service_client(conn, client_id, secret_hash, roles)
+    except asyncpg.UniqueViolationError:
+        return _fail(f"a client {client_id!r} exists already", 1)
+    finally:
+        await conn.close()
+    print(f"client_id={client_id}")
+    print(f"client_secret={secret}")
+    print("(the secret is shown once; only its hash is stored)", file=sys.stderr)
     return 0
 
 
