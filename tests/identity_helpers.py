@@ -35,8 +35,12 @@ def jwk(public: Any, kid: str | None = None, alg: str | None = None) -> dict[str
         out = {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw)}
     elif isinstance(public, ec.EllipticCurvePublicKey):
         n = public.public_numbers()
-        out = {"kty": "EC", "crv": "P-256", "x": _b64(n.x.to_bytes(32, "big")),
-               "y": _b64(n.y.to_bytes(32, "big"))}  # fmt: skip
+        out = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": _b64(n.x.to_bytes(32, "big")),
+            "y": _b64(n.y.to_bytes(32, "big")),
+        }
     else:
         assert isinstance(public, rsa.RSAPublicKey)
         n = public.public_numbers()
@@ -89,7 +93,7 @@ class JWKSServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 with server._lock:
                     server.requests.append(self.path)
                     status, body = server.status, server.body

@@ -49,7 +49,9 @@ def sign(alg: str, private: Any, signing_input: bytes) -> bytes:
     raise ValueError(alg)
 
 
-def token(header: Any, payload: Any, alg: str, private: Any, signature: bytes | None = None) -> bytes:
+def token(
+    header: Any, payload: Any, alg: str, private: Any, signature: bytes | None = None
+) -> bytes:
     """``b64(header).b64(payload).b64(signature)``; header/payload are dicts or raw JSON bytes."""
     signing_input = b64(_json(header)) + b"." + b64(_json(payload))
     sig = sign(alg, private, signing_input) if signature is None else signature
@@ -166,33 +168,52 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
         cases.append(Case(case_id, tok, reason))
 
     def ed_token(header: Any = None, claims: Any = None) -> bytes:
-        return token(h() if header is None else header, c(now) if claims is None else claims,
-                     "EdDSA", ed)  # fmt: skip
+        return token(
+            h() if header is None else header, c(now) if claims is None else claims, "EdDSA", ed
+        )
 
     # alg none, in any casing, with and without a signature
     for spelling in ("none", "None", "NONE", "nOnE"):
-        add(f"alg-{spelling}", token(h(alg="EdDSA") | {"alg": spelling}, c(now), "none", None),
-            "unsupported_alg")  # fmt: skip
+        add(
+            f"alg-{spelling}",
+            token(h(alg="EdDSA") | {"alg": spelling}, c(now), "none", None),
+            "unsupported_alg",
+        )
     add("alg-none-signed", ed_token(h() | {"alg": "none"}), "unsupported_alg")
     # HS256 with the server's public key as the HMAC secret (the RS/HS confusion), per key type
     for alg in ("EdDSA", "ES256", "RS256"):
         header = h(alg) | {"alg": "HS256"}
-        add(f"hs256-with-{alg}-public-key", token(header, c(now), "HS256", keys.public_pem(alg)),
-            "unsupported_alg")  # fmt: skip
+        add(
+            f"hs256-with-{alg}-public-key",
+            token(header, c(now), "HS256", keys.public_pem(alg)),
+            "unsupported_alg",
+        )
     add("hs512", token(h() | {"alg": "HS512"}, c(now), "none", None, b"x" * 64), "unsupported_alg")
     add("alg-missing", ed_token(_without(h(), "alg")), "unsupported_alg")
     add("alg-null", ed_token(h() | {"alg": None}), "unsupported_alg")
     add("alg-not-string", ed_token(h() | {"alg": ["EdDSA"]}), "unsupported_alg")
     add("alg-ps256", ed_token(h() | {"alg": "PS256"}), "unsupported_alg")
     # an algorithm that is supported, but not the algorithm of the key the kid names
-    add("es256-on-ed25519-kid", token(h("ES256") | {"kid": keys.kids["EdDSA"]}, c(now), "ES256",
-        keys.ec), "alg_not_allowed")  # fmt: skip
-    add("rs256-on-ed25519-kid", token(h("RS256") | {"kid": keys.kids["EdDSA"]}, c(now), "RS256",
-        keys.rsa), "alg_not_allowed")  # fmt: skip
-    add("eddsa-on-rsa-kid", token(h("EdDSA") | {"kid": keys.kids["RS256"]}, c(now), "EdDSA", ed),
-        "alg_not_allowed")  # fmt: skip
-    add("es256-on-rsa-kid", token(h("ES256") | {"kid": keys.kids["RS256"]}, c(now), "ES256",
-        keys.ec), "alg_not_allowed")  # fmt: skip
+    add(
+        "es256-on-ed25519-kid",
+        token(h("ES256") | {"kid": keys.kids["EdDSA"]}, c(now), "ES256", keys.ec),
+        "alg_not_allowed",
+    )
+    add(
+        "rs256-on-ed25519-kid",
+        token(h("RS256") | {"kid": keys.kids["EdDSA"]}, c(now), "RS256", keys.rsa),
+        "alg_not_allowed",
+    )
+    add(
+        "eddsa-on-rsa-kid",
+        token(h("EdDSA") | {"kid": keys.kids["RS256"]}, c(now), "EdDSA", ed),
+        "alg_not_allowed",
+    )
+    add(
+        "es256-on-rsa-kid",
+        token(h("ES256") | {"kid": keys.kids["RS256"]}, c(now), "ES256", keys.ec),
+        "alg_not_allowed",
+    )
     # unknown kids, and kids that look like paths, SQL or URLs (only ever a dict look-up)
     for name, kid in (
         ("unknown", "no-such-key"),
@@ -222,18 +243,27 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
         header = h() | {member: value, "kid": "evil"}
         add(f"{member}-attacker-kid", token(header, c(now), "EdDSA", keys.evil_ed), "unknown_kid")
         header = h() | {member: value}
-        add(f"{member}-trusted-kid", token(header, c(now), "EdDSA", keys.evil_ed),
-            "bad_signature")  # fmt: skip
+        add(f"{member}-trusted-kid", token(header, c(now), "EdDSA", keys.evil_ed), "bad_signature")
     evil_rsa_jwk = {"kty": "RSA", "kid": keys.kids["RS256"], "n": "AQAB", "e": "AQAB"}
-    add("jwk-rsa-trusted-kid", token(h("RS256") | {"jwk": evil_rsa_jwk}, c(now), "RS256",
-        keys.evil_rsa), "bad_signature")  # fmt: skip
+    add(
+        "jwk-rsa-trusted-kid",
+        token(h("RS256") | {"jwk": evil_rsa_jwk}, c(now), "RS256", keys.evil_rsa),
+        "bad_signature",
+    )
     # time claims (leeway 0 in the verifiers these cases are run against)
     add("exp-now", ed_token(claims=c(now, exp=now)), "expired")
     add("exp-past", ed_token(claims=c(now, exp=now - 1)), "expired")
     add("exp-missing", ed_token(claims=c(now, exp=DROP)), "bad_claims")
-    for name, value in (("string", str(now + 600)), ("float", now + 600.5), ("float-int",
-                        float(now + 600)), ("bool", True), ("null", None), ("huge", 10**30),
-                        ("negative", -1), ("list", [now + 600])):  # fmt: skip
+    for name, value in (
+        ("string", str(now + 600)),
+        ("float", now + 600.5),
+        ("float-int", float(now + 600)),
+        ("bool", True),
+        ("null", None),
+        ("huge", 10**30),
+        ("negative", -1),
+        ("list", [now + 600]),
+    ):
         add(f"exp-{name}", ed_token(claims=c(now, exp=value)), "bad_claims")
     add("nbf-future", ed_token(claims=c(now, nbf=now + 120)), "not_yet_valid")
     add("nbf-string", ed_token(claims=c(now, nbf=str(now))), "bad_claims")
@@ -247,9 +277,16 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
     add("aud-prefix", ed_token(claims=c(now, aud=AUDIENCE + "x")), "bad_audience")
     add("aud-list-non-string", ed_token(claims=c(now, aud=[AUDIENCE, 1])), "bad_audience")
     add("aud-object", ed_token(claims=c(now, aud={"aud": AUDIENCE})), "bad_audience")
-    for name, iss in (("prefix", ISSUER[:-1]), ("longer", ISSUER + ".evil.example"),
-                      ("slash", ISSUER + "/"), ("case", ISSUER.upper()), ("space", " " + ISSUER),
-                      ("missing", DROP), ("list", [ISSUER]), ("null", None)):  # fmt: skip
+    for name, iss in (
+        ("prefix", ISSUER[:-1]),
+        ("longer", ISSUER + ".evil.example"),
+        ("slash", ISSUER + "/"),
+        ("case", ISSUER.upper()),
+        ("space", " " + ISSUER),
+        ("missing", DROP),
+        ("list", [ISSUER]),
+        ("null", None),
+    ):
         add(f"iss-{name}", ed_token(claims=c(now, iss=iss)), "unknown_issuer")
     # sub, jti
     add("sub-missing", ed_token(claims=c(now, sub=DROP)), "bad_claims")
@@ -264,7 +301,7 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
     head, body, sig = good.split(b".")
     add("segments-2", head + b"." + body, "malformed")
     add("segments-4", good + b"." + sig, "malformed")
-    add("segments-5-jwe", good + b".." , "malformed")
+    add("segments-5-jwe", good + b"..", "malformed")
     add("segments-1", head, "malformed")
     add("empty", b"", "malformed")
     add("dots-only", b"..", "malformed")
@@ -285,48 +322,86 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
             seg, rest = tok.split(b".", 1)
             add("non-canonical-header", noncanonical(seg) + b"." + rest, "malformed")
             break
-    for name, raw in (("array", b"[]"), ("string", b'"x"'), ("number", b"1"), ("null", b"null"),
-                      ("invalid", b"{"), ("trailing", b'{"alg":"EdDSA"} x'),
-                      ("nan", b'{"alg":NaN}'), ("bad-utf8", b'{"alg":"\xff"}'),
-                      ("deep", b"[" * 300 + b"]" * 300)):  # fmt: skip
+    for name, raw in (
+        ("array", b"[]"),
+        ("string", b'"x"'),
+        ("number", b"1"),
+        ("null", b"null"),
+        ("invalid", b"{"),
+        ("trailing", b'{"alg":"EdDSA"} x'),
+        ("nan", b'{"alg":NaN}'),
+        ("bad-utf8", b'{"alg":"\xff"}'),
+        ("deep", b"[" * 300 + b"]" * 300),
+    ):
         add(f"header-{name}", token(raw, c(now), "EdDSA", ed), "malformed")
         add(f"payload-{name}", token(h(), raw, "EdDSA", ed), "malformed")
     deep = b'{"x":' + b"[" * 1400 + b"]" * 1400 + b"}"  # past msgspec's depth limit
     add("payload-deep-object", token(h(), deep, "EdDSA", ed), "malformed")
     # duplicate keys (an earlier "alg" or "sub" a lenient parser might pick), at any depth
-    add("dup-header-alg", token(b'{"alg":"none","alg":"EdDSA","typ":"at+jwt","kid":"ed-1"}',
-        c(now), "EdDSA", ed), "duplicate_keys")  # fmt: skip
-    add("dup-header-escaped", token(b'{"a\\u006cg":"none","alg":"EdDSA","typ":"at+jwt",'
-        b'"kid":"ed-1"}', c(now), "EdDSA", ed), "duplicate_keys")  # fmt: skip
+    add(
+        "dup-header-alg",
+        token(b'{"alg":"none","alg":"EdDSA","typ":"at+jwt","kid":"ed-1"}', c(now), "EdDSA", ed),
+        "duplicate_keys",
+    )
+    add(
+        "dup-header-escaped",
+        token(
+            b'{"a\\u006cg":"none","alg":"EdDSA","typ":"at+jwt","kid":"ed-1"}', c(now), "EdDSA", ed
+        ),
+        "duplicate_keys",
+    )
     claims_json = _json(c(now))
-    add("dup-payload-sub", token(h(), claims_json[:-1] + b',"sub":"admin"}', "EdDSA", ed),
-        "duplicate_keys")  # fmt: skip
-    add("dup-payload-roles", token(h(), claims_json[:-1] + b',"roles":["admin"]}', "EdDSA", ed),
-        "duplicate_keys")  # fmt: skip
-    add("dup-nested", token(h(), claims_json[:-1] + b',"cnf":{"a":1,"a":2}}', "EdDSA", ed),
-        "duplicate_keys")  # fmt: skip
+    add(
+        "dup-payload-sub",
+        token(h(), claims_json[:-1] + b',"sub":"admin"}', "EdDSA", ed),
+        "duplicate_keys",
+    )
+    add(
+        "dup-payload-roles",
+        token(h(), claims_json[:-1] + b',"roles":["admin"]}', "EdDSA", ed),
+        "duplicate_keys",
+    )
+    add(
+        "dup-nested",
+        token(h(), claims_json[:-1] + b',"cnf":{"a":1,"a":2}}', "EdDSA", ed),
+        "duplicate_keys",
+    )
     # size: refused before any decoding
     add("8kb-payload", ed_token(claims=c(now, pad="x" * 8192)), "too_large")
     add("8kb-header", ed_token(h(pad="x" * 8192)), "too_large")
     add("8kb-junk", b"A" * 8192, "too_large")
-    add("header-over-limit", b64(b"{" + b" " * 1100 + b"}") + b"." + body + b"." + sig,
-        "too_large")  # fmt: skip
+    add("header-over-limit", b64(b"{" + b" " * 1100 + b"}") + b"." + body + b"." + sig, "too_large")
     # signatures: stripped, flipped, truncated, from another key, from another token
     add("signature-stripped", head + b"." + body + b".", "bad_signature")
     add("signature-flipped-first", head + b"." + body + b"." + _flip(sig, 0), "bad_signature")
-    add("signature-flipped-middle", head + b"." + body + b"." + _flip(sig, len(sig) // 2),
-        "bad_signature")  # fmt: skip
-    add("signature-truncated", head + b"." + body + b"." + sig[: len(sig) // 4 * 4 - 4],
-        "bad_signature")  # fmt: skip
+    add(
+        "signature-flipped-middle",
+        head + b"." + body + b"." + _flip(sig, len(sig) // 2),
+        "bad_signature",
+    )
+    add(
+        "signature-truncated",
+        head + b"." + body + b"." + sig[: len(sig) // 4 * 4 - 4],
+        "bad_signature",
+    )
     add("signature-other-key", token(h(), c(now), "EdDSA", keys.evil_ed), "bad_signature")
     other = keys.good(now=now, sub="someone-else")
-    add("signature-from-other-token", head + b"." + body + b"." + other.split(b".")[2],
-        "bad_signature")  # fmt: skip
+    add(
+        "signature-from-other-token",
+        head + b"." + body + b"." + other.split(b".")[2],
+        "bad_signature",
+    )
     add("payload-swapped", head + b"." + other.split(b".")[1] + b"." + sig, "bad_signature")
-    add("es256-der-signature", token(h("ES256"), c(now), "ES256", keys.ec,
-        keys.ec.sign(b"x", ec.ECDSA(hashes.SHA256()))), "bad_signature")  # fmt: skip
-    add("rs256-short-signature", token(h("RS256"), c(now), "RS256", keys.rsa, b"\x01" * 255),
-        "bad_signature")  # fmt: skip
+    add(
+        "es256-der-signature",
+        token(h("ES256"), c(now), "ES256", keys.ec, keys.ec.sign(b"x", ec.ECDSA(hashes.SHA256()))),
+        "bad_signature",
+    )
+    add(
+        "rs256-short-signature",
+        token(h("RS256"), c(now), "RS256", keys.rsa, b"\x01" * 255),
+        "bad_signature",
+    )
     # other token kinds presented as an access token
     add("refresh-token", b"Q2Fyb2xpbmUgaXMgYSByZWZyZXNoIHRva2VuIGFuZCBub3QgYSBKV1Q", "malformed")
     id_token_claims = c(now) | {"nonce": "n-0S6_WzA2Mj", "auth_time": now - 30, "aud": "client-1"}
@@ -337,4 +412,3 @@ def malicious_cases(keys: SigningKeys, now: int | None = None) -> list[Case]:
     add("typ-number", ed_token(h(typ=1)), "bad_typ")
     add("typ-dpop", ed_token(h(typ="dpop+jwt")), "bad_typ")
     return cases
-

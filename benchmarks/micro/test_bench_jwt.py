@@ -89,9 +89,7 @@ def repeat_group(alg: str) -> str:
 
 def cygate(cls: type[JWTVerifierPy], alg: str) -> JWTVerifierPy:
     verifier = cls(leeway=30, cache_size=10_000)
-    verifier.set_issuer(
-        "cygate", audience="cygate", keys=[VerifyKey(KID[alg], alg, PUBLIC[alg])]
-    )
+    verifier.set_issuer("cygate", audience="cygate", keys=[VerifyKey(KID[alg], alg, PUBLIC[alg])])
     return verifier
 
 
@@ -101,9 +99,14 @@ def pyjwt_decoder(alg: str) -> Callable[[bytes], str]:
 
     def decode(tok: bytes) -> str:
         claims = pyjwt.decode(
-            tok, key, algorithms=[alg], audience="cygate", issuer="cygate", leeway=30,
+            tok,
+            key,
+            algorithms=[alg],
+            audience="cygate",
+            issuer="cygate",
+            leeway=30,
             options=options,
-        )  # fmt: skip
+        )
         return str(claims["sub"])
 
     return decode
@@ -166,7 +169,9 @@ def _check(verify: Callable[[bytes], Any], alg: str) -> None:
         result = verify(tok)
         sub = result if isinstance(result, str) else result["sub"]
         assert sub == EXPECTED_SUB
-    forged = TOKENS[alg][0][:-6] + (b"AAAAAA" if not TOKENS[alg][0].endswith(b"AAAAAA") else b"BBBBBA")
+    forged = TOKENS[alg][0][:-6] + (
+        b"AAAAAA" if not TOKENS[alg][0].endswith(b"AAAAAA") else b"BBBBBA"
+    )
     with pytest.raises(Exception):  # noqa: B017 - each library has its own error type
         verify(forged)
 

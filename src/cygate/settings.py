@@ -44,7 +44,9 @@ class IdentityProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
     issuer: Annotated[str, _doc("Its `iss`, compared exactly.", min_length=1)]
     jwks_url: Annotated[str, _doc("Where its JWKS is fetched.", pattern=r"^https?://")]
-    audience: Annotated[str, _doc("The `aud` its tokens must carry for this gateway.", min_length=1)]
+    audience: Annotated[
+        str, _doc("The `aud` its tokens must carry for this gateway.", min_length=1)
+    ]
     algorithms: Annotated[
         list[_TokenAlgorithm], _doc("Algorithms accepted from it.", min_length=1)
     ] = msgspec.field(default_factory=lambda: ["RS256"])
@@ -123,9 +125,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     jwt_issuer: Annotated[str, _doc("`iss` of the access tokens cygate signs.", min_length=1)] = (
         "cygate"
     )
-    jwt_audience: Annotated[str, _doc("`aud` of (and required in) cygate's tokens.", min_length=1)] = (
-        "cygate"
-    )
+    jwt_audience: Annotated[
+        str, _doc("`aud` of (and required in) cygate's tokens.", min_length=1)
+    ] = "cygate"
     jwt_key_files: Annotated[
         list[str],
         _doc("PEM files of token keys (private: signs and verifies; public: verifies only)."),
@@ -178,9 +180,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     admin_email: Annotated[
         str, _doc("At start-up this account exists with role admin (with admin_password).")
     ] = ""
-    admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = (
-        ""
-    )
+    admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = ""
 
     def __post_init__(self) -> None:
         _check_identity(self)

@@ -26,10 +26,10 @@ import httpx
 import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
+
 from identity_helpers import JWKSServer, jwk, pem_private, pem_public, thumbprint
 from jwt_cases import SigningKeys, malicious_cases, token
-
-from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.acceptance
 
@@ -59,9 +59,7 @@ def idp() -> Iterator[tuple[JWKSServer, rsa.RSAPrivateKey]]:
         yield server, key
 
 
-def identity_env(
-    key_files: list[str], idp_url: str, **extra: str
-) -> dict[str, str]:
+def identity_env(key_files: list[str], idp_url: str, **extra: str) -> dict[str, str]:
     provider = {
         "issuer": IDP_ISSUER,
         "jwks_url": idp_url + "/jwks.json",
@@ -125,8 +123,10 @@ def new_address() -> str:
 def register(c: httpx.Client, **fields: Any) -> tuple[dict[str, Any], str, str]:
     email = fields.pop("email", f"user-{uuid.uuid4().hex[:12]}@example.com")
     password = fields.pop("password", secrets.token_urlsafe(12))
-    r = c.post("/api/v1/auth/register", json={"email": email, "password": password,
-                                              "name": "Test User", **fields})  # fmt: skip
+    r = c.post(
+        "/api/v1/auth/register",
+        json={"email": email, "password": password, "name": "Test User", **fields},
+    )
     assert r.status_code == 201, r.text
     return r.json(), email, password
 
@@ -174,7 +174,7 @@ def db(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 def test_register_and_profile(gw: Gateway) -> None:
     with client(gw) as c:
-        user, email, password = register(c, email="New.Person@Example.COM")
+        user, _, password = register(c, email="New.Person@Example.COM")
         assert set(user) == {"id", "email", "name", "roles", "created_at"}
         assert user["email"] == "new.person@example.com" and user["roles"] == ["customer"]
         uuid.UUID(user["id"])
@@ -182,8 +182,9 @@ def test_register_and_profile(gw: Gateway) -> None:
         r = c.get("/api/v1/users/me", headers=bearer(tokens["access_token"]))
         assert r.status_code == 200 and r.json() == user
         assert "private" in r.headers["cache-control"]
-        r = c.patch("/api/v1/users/me", json={"name": "Renamed"},
-                    headers=bearer(tokens["access_token"]))  # fmt: skip
+        r = c.patch(
+            "/api/v1/users/me", json={"name": "Renamed"}, headers=bearer(tokens["access_token"])
+        )
         assert r.status_code == 200 and r.json()["name"] == "Renamed"
 
 
@@ -194,10 +195,14 @@ def test_register_and_profile(gw: Gateway) -> None:
         ({"email": "not-an-email", "password": "long enough pass"}, "body.email"),
         ({"email": "a@b", "password": "long enough pass"}, "body.email"),
         ({"password": "long enough pass"}, "body.email"),
-        ({"email": "x@example.com", "password": "long enough pass", "roles": ["admin"]},
-         "body.roles"),
-        ({"email": "x@example.com", "password": "long enough pass", "id": str(uuid.uuid4())},
-         "body.id"),
+        (
+            {"email": "x@example.com", "password": "long enough pass", "roles": ["admin"]},
+            "body.roles",
+        ),
+        (
+            {"email": "x@example.com", "password": "long enough pass", "id": str(uuid.uuid4())},
+            "body.id",
+        ),
         ({"email": "x@example.com", "password": "p" * 2000}, "body.password"),
         ({"email": 5, "password": "long enough pass"}, "body.email"),
     ],
@@ -211,16 +216,18 @@ def test_register_refuses_bad_input(gw: Gateway, body: dict[str, Any], field: st
 
 def test_register_malformed_json_is_400(gw: Gateway) -> None:
     with client(gw) as c:
-        r = c.post("/api/v1/auth/register", content=b"{nope",
-                   headers={"content-type": "application/json"})  # fmt: skip
+        r = c.post(
+            "/api/v1/auth/register", content=b"{nope", headers={"content-type": "application/json"}
+        )
     is_problem(r, 400)
 
 
 def test_email_taken_whatever_its_case(gw: Gateway) -> None:
     with client(gw) as c:
         _, email, _ = register(c)
-        r = c.post("/api/v1/auth/register",
-                   json={"email": email.upper(), "password": "another password"})  # fmt: skip
+        r = c.post(
+            "/api/v1/auth/register", json={"email": email.upper(), "password": "another password"}
+        )
     is_problem(r, 409)
 
 
@@ -257,11 +264,14 @@ def test_login_failures_look_the_same(gw: Gateway) -> None:
     with client(gw, new_address()) as c:
         wrong_password = c.post("/api/v1/auth/login", json={"email": email, "password": "nope"})
     with client(gw, new_address()) as c:
-        no_account = c.post("/api/v1/auth/login",
-                            json={"email": "nobody-" + email, "password": "nope"})  # fmt: skip
+        no_account = c.post(
+            "/api/v1/auth/login", json={"email": "nobody-" + email, "password": "nope"}
+        )
     is_problem(wrong_password, 401)
     assert _comparable(wrong_password) == _comparable(no_account)
-    assert wrong_password.headers["ratelimit-remaining"] == no_account.headers["ratelimit-remaining"]
+    assert (
+        wrong_password.headers["ratelimit-remaining"] == no_account.headers["ratelimit-remaining"]
+    )
 
 
 def test_login_refused_per_account(gw: Gateway) -> None:
@@ -281,8 +291,9 @@ def test_login_refused_per_account(gw: Gateway) -> None:
     answers = []
     for _ in range(PER_ACCOUNT + 1):
         with client(gw, new_address()) as c:
-            answers.append(c.post("/api/v1/auth/login",
-                                  json={"email": ghost, "password": "x"}).status_code)  # fmt: skip
+            answers.append(
+                c.post("/api/v1/auth/login", json={"email": ghost, "password": "x"}).status_code
+            )
     assert answers == [401] * PER_ACCOUNT + [429]
 
 
@@ -290,25 +301,33 @@ def test_login_refused_per_address(gw: Gateway) -> None:
     address = new_address()
     with client(gw, address) as c:
         codes = [
-            c.post("/api/v1/auth/login",
-                   json={"email": f"n{i}-{uuid.uuid4().hex}@example.com", "password": "x"}
-                   ).status_code
+            c.post(
+                "/api/v1/auth/login",
+                json={"email": f"n{i}-{uuid.uuid4().hex}@example.com", "password": "x"},
+            ).status_code
             for i in range(PER_ADDRESS + 1)
-        ]  # fmt: skip
+        ]
     assert codes == [401] * PER_ADDRESS + [429]
     _, _, email, password = new_user(gw)
     with client(gw, address) as c:
         is_problem(c.post("/api/v1/auth/login", json={"email": email, "password": password}), 429)
     with client(gw, new_address()) as c:  # another address is not affected
-        assert c.post("/api/v1/auth/login",
-                      json={"email": email, "password": password}).status_code == 200  # fmt: skip
+        assert (
+            c.post("/api/v1/auth/login", json={"email": email, "password": password}).status_code
+            == 200
+        )
 
 
 def test_login_bad_input(gw: Gateway) -> None:
     with client(gw) as c:
         is_problem(c.post("/api/v1/auth/login", json={"email": "a@example.com"}), 422)
-        is_problem(c.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x",
-                                                      "remember": True}), 422)  # fmt: skip
+        is_problem(
+            c.post(
+                "/api/v1/auth/login",
+                json={"email": "a@example.com", "password": "x", "remember": True},
+            ),
+            422,
+        )
         is_problem(c.post("/api/v1/auth/login", json=[1, 2]), 422)
 
 
@@ -331,8 +350,13 @@ def test_issued_access_token_is_rfc9068(gw: Gateway, keys: SigningKeys) -> None:
     assert header["typ"] == "at+jwt" and header["kid"] in published
     # an upstream service verifies it with the published key alone
     signing_key = pyjwt.PyJWK(published[header["kid"]])
-    claims = pyjwt.decode(tokens["access_token"], signing_key, algorithms=[header["alg"]],
-                          audience="cygate", issuer="cygate")  # fmt: skip
+    claims = pyjwt.decode(
+        tokens["access_token"],
+        signing_key,
+        algorithms=[header["alg"]],
+        audience="cygate",
+        issuer="cygate",
+    )
     assert {"iss", "aud", "sub", "exp", "iat", "jti", "roles"} <= set(claims)
     assert claims["sub"] == user["id"] and claims["roles"] == ["customer"]
 
@@ -349,8 +373,13 @@ def test_tokens_signed_by_every_trusted_key(gw: Gateway, keys: SigningKeys) -> N
 
 def test_missing_or_non_bearer_token(gw: Gateway) -> None:
     with client(gw) as c:
-        for headers in ({}, {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer"},
-                        {"authorization": "bearer"}, {"authorization": "Token abc"}):  # fmt: skip
+        for headers in (
+            {},
+            {"authorization": "Basic dXNlcjpwYXNz"},
+            {"authorization": "Bearer"},
+            {"authorization": "bearer"},
+            {"authorization": "Token abc"},
+        ):
             r = c.get("/api/v1/users/me", headers=headers)
             is_problem(r, 401)
             assert r.headers["www-authenticate"] == CHALLENGE
@@ -370,8 +399,11 @@ def test_every_malicious_token_is_401(gw: Gateway, keys: SigningKeys) -> None:
                 assert case.id in ("nul-byte", "empty")  # not sendable as a header value
                 continue
             sent += 1
-            ok = (r.status_code == 401 and r.headers.get("www-authenticate") == CHALLENGE
-                  and r.headers["content-type"].startswith("application/problem+json"))
+            ok = (
+                r.status_code == 401
+                and r.headers.get("www-authenticate") == CHALLENGE
+                and r.headers["content-type"].startswith("application/problem+json")
+            )
             if not ok:
                 wrong.append((case.id, r.status_code, r.text[:200]))
             elif case.reason not in ("bad_signature",) and case.reason != "too_large":
@@ -401,41 +433,58 @@ def test_role_gate(gw: Gateway) -> None:
         assert r.status_code == 200, r.text
         page = r.json()
         assert len(page["items"]) == 2 and page["next_cursor"]
-        r2 = c.get("/api/v1/users", params={"limit": 2, "cursor": page["next_cursor"]},
-                   headers=bearer(admin["access_token"]))  # fmt: skip
+        r2 = c.get(
+            "/api/v1/users",
+            params={"limit": 2, "cursor": page["next_cursor"]},
+            headers=bearer(admin["access_token"]),
+        )
         assert r2.status_code == 200
         ids = [u["id"] for u in page["items"] + r2.json()["items"]]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
-        for params in ({"limit": 101}, {"limit": 0}, {"cursor": "not-a-cursor"},
-                       {"cursor": "A" * 22 + "x"}):  # fmt: skip
-            is_problem(c.get("/api/v1/users", params=params,
-                             headers=bearer(admin["access_token"])), 422)  # fmt: skip
+        for params in (
+            {"limit": 101},
+            {"limit": 0},
+            {"cursor": "not-a-cursor"},
+            {"cursor": "A" * 22 + "x"},
+        ):
+            is_problem(
+                c.get("/api/v1/users", params=params, headers=bearer(admin["access_token"])), 422
+            )
 
 
 def test_admin_changes_roles(gw: Gateway, test_db_dsn: str) -> None:
-    user, tokens, email, password = new_user(gw)
+    user, tokens, _, _ = new_user(gw)
     with client(gw) as c:
         admin = bearer(login(c, ADMIN_EMAIL, ADMIN_PASSWORD)["access_token"])
         path = f"/api/v1/users/{user['id']}/roles"
         is_problem(c.patch(path, json={"roles": ["superuser"]}, headers=admin), 422)
         is_problem(c.patch(path, json={"roles": ["admin"], "x": 1}, headers=admin), 422)
-        is_problem(c.patch(f"/api/v1/users/{uuid.uuid4()}/roles", json={"roles": []},
-                           headers=admin), 404)  # fmt: skip
-        is_problem(c.patch("/api/v1/users/not-a-uuid/roles", json={"roles": []},
-                           headers=admin), 422)  # fmt: skip
+        is_problem(
+            c.patch(f"/api/v1/users/{uuid.uuid4()}/roles", json={"roles": []}, headers=admin), 404
+        )
+        is_problem(
+            c.patch("/api/v1/users/not-a-uuid/roles", json={"roles": []}, headers=admin), 422
+        )
         r = c.patch(path, json={"roles": ["catalog_manager", "customer"]}, headers=admin)
         assert r.status_code == 200 and r.json()["roles"] == ["catalog_manager", "customer"]
         # the old token (old roles) stops working; a refresh carries the new roles
         is_problem(c.get("/api/v1/users/me", headers=bearer(tokens["access_token"])), 401)
-        r = c.post("/api/v1/auth/token", data={"grant_type": "refresh_token",
-                                               "refresh_token": tokens["refresh_token"]})
+        r = c.post(
+            "/api/v1/auth/token",
+            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        )
         assert r.status_code == 200, r.text
         claims = pyjwt.decode(r.json()["access_token"], options={"verify_signature": False})
         assert claims["roles"] == ["catalog_manager", "customer"]
-    rows = db(test_db_dsn, "SELECT details FROM audit_log WHERE action = 'role_change'"
-              " AND target = $1", user["id"])  # fmt: skip
-    assert rows and json.loads(rows[-1]["details"]) == {"before": ["customer"],
-                                            "after": ["catalog_manager", "customer"]}
+    rows = db(
+        test_db_dsn,
+        "SELECT details FROM audit_log WHERE action = 'role_change' AND target = $1",
+        user["id"],
+    )
+    assert rows and json.loads(rows[-1]["details"]) == {
+        "before": ["customer"],
+        "after": ["catalog_manager", "customer"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,8 +512,11 @@ def test_rotation_and_reuse_revokes_the_family(gw: Gateway, test_db_dsn: str) ->
         assert refresh(c, third["refresh_token"]).json()["error"] == "invalid_grant"
         for tok in (second, third):
             is_problem(c.get("/api/v1/users/me", headers=bearer(tok["access_token"])), 401)
-    rows = db(test_db_dsn, "SELECT count(*) AS n FROM audit_log WHERE action = 'refresh_reuse'"
-              " AND actor_id = $1", uuid.UUID(user["id"]))  # fmt: skip
+    rows = db(
+        test_db_dsn,
+        "SELECT count(*) AS n FROM audit_log WHERE action = 'refresh_reuse' AND actor_id = $1",
+        uuid.UUID(user["id"]),
+    )
     assert rows[0]["n"] == 1
 
 
@@ -473,25 +525,36 @@ def test_family_lifetime_is_never_extended(gw: Gateway, test_db_dsn: str) -> Non
     with client(gw) as c:
         for _ in range(3):
             tokens = refresh(c, tokens["refresh_token"]).json()
-    rows = db(test_db_dsn, "SELECT family_id, family_expires_at, expires_at, parent_id"
-              " FROM refresh_tokens WHERE user_id = $1 ORDER BY issued_at", uuid.UUID(user["id"]))
+    rows = db(
+        test_db_dsn,
+        "SELECT family_id, family_expires_at, expires_at, parent_id"
+        " FROM refresh_tokens WHERE user_id = $1 ORDER BY issued_at",
+        uuid.UUID(user["id"]),
+    )
     assert len(rows) == 4 and len({r["family_id"] for r in rows}) == 1
     assert len({r["family_expires_at"] for r in rows}) == 1
     assert all(r["expires_at"] <= r["family_expires_at"] for r in rows)
     assert [r["parent_id"] is None for r in rows] == [True, False, False, False]
     # once the family's absolute lifetime is over, the newest token is dead too
-    db(test_db_dsn, "UPDATE refresh_tokens SET family_expires_at = now(), expires_at = now()"
-       " WHERE user_id = $1", uuid.UUID(user["id"]))  # fmt: skip
+    db(
+        test_db_dsn,
+        "UPDATE refresh_tokens SET family_expires_at = now(), expires_at = now()"
+        " WHERE user_id = $1",
+        uuid.UUID(user["id"]),
+    )
     with client(gw) as c:
         assert refresh(c, tokens["refresh_token"]).json()["error"] == "invalid_grant"
 
 
 async def _race(urls: list[str], tok: str) -> list[int]:
     async with httpx.AsyncClient(timeout=20) as ac:
+
         async def one(url: str) -> int:
-            r = await ac.post(url + "/api/v1/auth/token",
-                              data={"grant_type": "refresh_token", "refresh_token": tok})
-            return r.status_code  # fmt: skip
+            r = await ac.post(
+                url + "/api/v1/auth/token",
+                data={"grant_type": "refresh_token", "refresh_token": tok},
+            )
+            return r.status_code
 
         return list(await asyncio.gather(*(one(u) for u in urls)))
 
@@ -514,10 +577,14 @@ def test_concurrent_refreshes_across_two_gateways(
         # a token revoked through one gateway is refused by the other
         _, tokens, _, _ = new_user(other)
         with other.client() as c:
-            assert c.get("/api/v1/users/me", headers=bearer(tokens["access_token"])).status_code == 200
+            assert (
+                c.get("/api/v1/users/me", headers=bearer(tokens["access_token"])).status_code == 200
+            )
         with client(gw) as c:
-            assert c.post("/api/v1/auth/revoke", data={"token": tokens["refresh_token"]}
-                          ).status_code == 200  # fmt: skip
+            assert (
+                c.post("/api/v1/auth/revoke", data={"token": tokens["refresh_token"]}).status_code
+                == 200
+            )
         with other.client() as c:
             is_problem(c.get("/api/v1/users/me", headers=bearer(tokens["access_token"])), 401)
             assert refresh(c, tokens["refresh_token"]).status_code == 400
@@ -528,8 +595,10 @@ def test_concurrent_refreshes_across_two_gateways(
 def test_revoke_rfc7009(gw: Gateway) -> None:
     _, tokens, _, _ = new_user(gw)
     with client(gw) as c:
-        r = c.post("/api/v1/auth/revoke", data={"token": tokens["refresh_token"],
-                                                "token_type_hint": "refresh_token"})
+        r = c.post(
+            "/api/v1/auth/revoke",
+            data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        )
         assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
         assert refresh(c, tokens["refresh_token"]).json()["error"] == "invalid_grant"
         is_problem(c.get("/api/v1/users/me", headers=bearer(tokens["access_token"])), 401)
@@ -539,8 +608,9 @@ def test_revoke_rfc7009(gw: Gateway) -> None:
         assert r.status_code == 400 and r.json()["error"] == "invalid_request"
         # an access token may be revoked by itself
         _, other, _, _ = new_user(gw)
-        assert c.post("/api/v1/auth/revoke", data={"token": other["access_token"]}
-                      ).status_code == 200  # fmt: skip
+        assert (
+            c.post("/api/v1/auth/revoke", data={"token": other["access_token"]}).status_code == 200
+        )
         is_problem(c.get("/api/v1/users/me", headers=bearer(other["access_token"])), 401)
         assert refresh(c, other["refresh_token"]).status_code == 200  # the session goes on
 
@@ -553,18 +623,33 @@ def test_revoke_rfc7009(gw: Gateway) -> None:
         ("grant_type=refresh_token", None, 400, "invalid_request"),
         ("grant_type=refresh_token&refresh_token=nope", None, 400, "invalid_grant"),
         ("grant_type=refresh_token&refresh_token=" + "x" * 300, None, 400, "invalid_grant"),
-        ("grant_type=refresh_token&grant_type=refresh_token&refresh_token=x", None, 400,
-         "invalid_request"),
-        ('{"grant_type":"refresh_token"}', {"content-type": "application/json"}, 400,
-         "invalid_request"),
+        (
+            "grant_type=refresh_token&grant_type=refresh_token&refresh_token=x",
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            '{"grant_type":"refresh_token"}',
+            {"content-type": "application/json"},
+            400,
+            "invalid_request",
+        ),
         (b"grant_type=refresh_token&refresh_token=\xff", None, 400, "invalid_request"),
-        ("grant_type=client_credentials&client_id=nobody&client_secret=x", None, 401,
-         "invalid_client"),
+        (
+            "grant_type=client_credentials&client_id=nobody&client_secret=x",
+            None,
+            401,
+            "invalid_client",
+        ),
         ("grant_type=client_credentials", None, 401, "invalid_client"),
         ("grant_type=client_credentials", {"authorization": "Basic !!!"}, 400, "invalid_request"),
-        ("grant_type=client_credentials",
-         {"authorization": "Basic " + base64.b64encode(b"nobody:x").decode()}, 401,
-         "invalid_client"),
+        (
+            "grant_type=client_credentials",
+            {"authorization": "Basic " + base64.b64encode(b"nobody:x").decode()},
+            401,
+            "invalid_client",
+        ),
     ],
 )
 def test_token_endpoint_errors(
@@ -584,17 +669,33 @@ def test_token_endpoint_errors(
 def test_client_credentials(gw: Gateway) -> None:
     client_id = f"svc-{uuid.uuid4().hex[:8]}"
     out = subprocess.run(
-        [sys.executable, "-m", "cygate", "create-client", "--client-id", client_id,
-         "--roles", "catalog_manager"],
-        env=gw.env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cygate",
+            "create-client",
+            "--client-id",
+            client_id,
+            "--roles",
+            "catalog_manager",
+        ],
+        env=gw.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     secret = out.split("client_secret=", 1)[1].strip()
     with client(gw) as c:
         for kwargs in (
-            {"data": {"grant_type": "client_credentials", "client_id": client_id,
-                      "client_secret": secret}},
+            {
+                "data": {
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": secret,
+                }
+            },
             {"data": {"grant_type": "client_credentials"}, "auth": (client_id, secret)},
-        ):  # fmt: skip
+        ):
             r = c.post("/api/v1/auth/token", **kwargs)  # type: ignore[arg-type]
             assert r.status_code == 200, r.text
             body = r.json()
@@ -605,12 +706,20 @@ def test_client_credentials(gw: Gateway) -> None:
         auth = bearer(body["access_token"])
         is_problem(c.get("/api/v1/users/me", headers=auth), 404)  # authenticated, not a user
         is_problem(c.get("/api/v1/users", headers=auth), 403)
-        r = c.post("/api/v1/auth/token", data={"grant_type": "client_credentials",
-                                               "client_id": client_id, "client_secret": "wrong"})
+        r = c.post(
+            "/api/v1/auth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": "wrong",
+            },
+        )
         assert r.status_code == 401 and r.json()["error"] == "invalid_client"
-        r = c.post("/api/v1/auth/token", data={"grant_type": "client_credentials",
-                                               "client_id": client_id},
-                   auth=(client_id, secret))  # fmt: skip
+        r = c.post(
+            "/api/v1/auth/token",
+            data={"grant_type": "client_credentials", "client_id": client_id},
+            auth=(client_id, secret),
+        )
         assert r.status_code == 400  # two ways of client authentication at once
 
 
@@ -621,8 +730,16 @@ def test_client_credentials(gw: Gateway) -> None:
 
 def idp_token(key: Any, kid: str, **claims: Any) -> str:
     now = int(time.time())
-    body = {"iss": IDP_ISSUER, "aud": IDP_AUDIENCE, "sub": "idp|alice", "exp": now + 300,
-            "iat": now, "jti": uuid.uuid4().hex, "roles": ["customer", "admin"], **claims}
+    body = {
+        "iss": IDP_ISSUER,
+        "aud": IDP_AUDIENCE,
+        "sub": "idp|alice",
+        "exp": now + 300,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "roles": ["customer", "admin"],
+        **claims,
+    }
     return pyjwt.encode(body, key, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
 
 
@@ -639,8 +756,10 @@ def test_external_provider_tokens(gw: Gateway, idp: tuple[JWKSServer, Any]) -> N
         is_problem(c.get("/api/v1/users/me", headers=bearer(idp_token(other, "idp-1"))), 401)
         # the provider rotates: a new kid is fetched on first sight
         new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        server.set_keys(jwk(key.public_key(), kid="idp-1", alg="RS256"),
-                        jwk(new_key.public_key(), kid="idp-2", alg="RS256"))  # fmt: skip
+        server.set_keys(
+            jwk(key.public_key(), kid="idp-1", alg="RS256"),
+            jwk(new_key.public_key(), kid="idp-2", alg="RS256"),
+        )
         is_problem(c.get("/api/v1/users/me", headers=bearer(idp_token(new_key, "idp-2"))), 404)
         # the provider goes down: the last good keys keep working
         server.status, server.body = 503, b"down"
@@ -672,10 +791,19 @@ def test_erasure(gw: Gateway, test_db_dsn: str) -> None:
     user, tokens, email, password = new_user(gw)
     user_id = uuid.UUID(user["id"])
     order_id = uuid.uuid4()
-    db(test_db_dsn, "INSERT INTO profiles (user_id, phone, default_address)"
-       " VALUES ($1, '+49 30 1234567', '{\"street\": \"Main St 1\"}')", user_id)  # fmt: skip
-    db(test_db_dsn, "INSERT INTO orders (id, user_id, total_cents, currency, shipping_address)"
-       " VALUES ($1, $2, 1999, 'EUR', '{\"street\": \"Main St 1\"}')", order_id, user_id)  # fmt: skip
+    db(
+        test_db_dsn,
+        "INSERT INTO profiles (user_id, phone, default_address)"
+        " VALUES ($1, '+49 30 1234567', '{\"street\": \"Main St 1\"}')",
+        user_id,
+    )
+    db(
+        test_db_dsn,
+        "INSERT INTO orders (id, user_id, total_cents, currency, shipping_address)"
+        " VALUES ($1, $2, 1999, 'EUR', '{\"street\": \"Main St 1\"}')",
+        order_id,
+        user_id,
+    )
     with client(gw) as c:
         auth = bearer(tokens["access_token"])
         r = c.delete("/api/v1/users/me", headers=auth)
@@ -684,28 +812,45 @@ def test_erasure(gw: Gateway, test_db_dsn: str) -> None:
         assert refresh(c, tokens["refresh_token"]).json()["error"] == "invalid_grant"
         is_problem(c.post("/api/v1/auth/login", json={"email": email, "password": password}), 401)
         register(c, email=email)  # the address is free again: nothing of it is kept
-    row = db(test_db_dsn, "SELECT email, password_hash, name, erased_at FROM users WHERE id = $1",
-             user_id)[0]  # fmt: skip
+    row = db(
+        test_db_dsn,
+        "SELECT email, password_hash, name, erased_at FROM users WHERE id = $1",
+        user_id,
+    )[0]
     assert (row["email"], row["password_hash"], row["name"]) == (None, None, "")
     assert row["erased_at"] is not None
     assert not db(test_db_dsn, "SELECT 1 FROM profiles WHERE user_id = $1", user_id)
     assert not db(test_db_dsn, "SELECT 1 FROM refresh_tokens WHERE user_id = $1", user_id)
-    order = db(test_db_dsn, "SELECT user_id, shipping_address, total_cents FROM orders"
-               " WHERE id = $1", order_id)[0]  # fmt: skip
+    order = db(
+        test_db_dsn,
+        "SELECT user_id, shipping_address, total_cents FROM orders WHERE id = $1",
+        order_id,
+    )[0]
     assert (order["user_id"], order["shipping_address"], order["total_cents"]) == (None, None, 1999)
-    actions = [r["action"] for r in db(test_db_dsn, "SELECT action, client_ip FROM audit_log"
-                                       " WHERE actor_id = $1 ORDER BY id", user_id)]  # fmt: skip
+    actions = [
+        r["action"]
+        for r in db(
+            test_db_dsn,
+            "SELECT action, client_ip FROM audit_log WHERE actor_id = $1 ORDER BY id",
+            user_id,
+        )
+    ]
     assert actions[-1] == "erasure" and "login" in actions
-    assert all(r["client_ip"] is None for r in db(
-        test_db_dsn, "SELECT client_ip FROM audit_log WHERE actor_id = $1", user_id))
+    assert all(
+        r["client_ip"] is None
+        for r in db(test_db_dsn, "SELECT client_ip FROM audit_log WHERE actor_id = $1", user_id)
+    )
 
 
 def test_security_events_are_audited(gw: Gateway, test_db_dsn: str) -> None:
-    _, _, email, password = new_user(gw)
+    _, _, email, _ = new_user(gw)
     with client(gw, "192.0.2.77") as c:
         c.post("/api/v1/auth/login", json={"email": email, "password": "wrong password"})
-    rows = db(test_db_dsn, "SELECT action, host(client_ip) AS ip, details FROM audit_log"
-              " WHERE action IN ('login_failed', 'admin_bootstrap') ORDER BY id")  # fmt: skip
+    rows = db(
+        test_db_dsn,
+        "SELECT action, host(client_ip) AS ip, details FROM audit_log"
+        " WHERE action IN ('login_failed', 'admin_bootstrap') ORDER BY id",
+    )
     assert any(r["action"] == "admin_bootstrap" for r in rows)
     failed = [r for r in rows if r["action"] == "login_failed" and r["ip"] == "192.0.2.77"]
     assert failed and "email_sha256" in json.loads(failed[-1]["details"])
@@ -721,10 +866,18 @@ def test_admin_bootstrap_resets_password(
     other = start_gateway(gateway_env, workers=1, extra_env=env)
     try:
         with other.client(headers={"x-forwarded-for": new_address()}) as c:
-            assert c.post("/api/v1/auth/login", json={"email": ADMIN_EMAIL,
-                                                      "password": new_password}).status_code == 200
-            is_problem(c.post("/api/v1/auth/login", json={"email": ADMIN_EMAIL,
-                                                          "password": ADMIN_PASSWORD}), 401)
+            assert (
+                c.post(
+                    "/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": new_password}
+                ).status_code
+                == 200
+            )
+            is_problem(
+                c.post(
+                    "/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+                ),
+                401,
+            )
     finally:
         stop_gateway(other)
     restored = start_gateway(gateway_env, workers=1, extra_env=identity_env(key_files, idp[0].url))
@@ -736,8 +889,11 @@ def test_generated_development_key(
 ) -> None:
     """No key file listed: a key is generated once under jwt_key_dir, shared by the workers,
     and reused on the next start (same kid)."""
-    env = {"CYGATE_JWT_KEY_DIR": str(tmp_path / "keys"), "CYGATE_ARGON2_MEMORY_COST": "1024",
-           "CYGATE_ARGON2_TIME_COST": "1"}  # fmt: skip
+    env = {
+        "CYGATE_JWT_KEY_DIR": str(tmp_path / "keys"),
+        "CYGATE_ARGON2_MEMORY_COST": "1024",
+        "CYGATE_ARGON2_TIME_COST": "1",
+    }
     kids = []
     for _ in range(2):
         gateway = start_gateway(gateway_env, workers=2, extra_env=env)

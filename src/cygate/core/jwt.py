@@ -8,8 +8,8 @@ which one was picked. The rules are in :mod:`cygate.core._jwt_py`'s docstring.
 Usage::
 
     verifier = JWTVerifier(leeway=30, max_token_bytes=4096)
-    verifier.set_issuer("https://id.example", audience="cygate", keys=[VerifyKey(kid, "EdDSA", pub)],
-                        principal=make_principal)
+    keys = [VerifyKey(kid, "EdDSA", public_key)]
+    verifier.set_issuer("https://id.example", audience="api", keys=keys, principal=make_principal)
     try:
         principal = verifier.verify(token_bytes)
     except JWTError as err:

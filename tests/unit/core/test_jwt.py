@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jwt_cases import DROP, SigningKeys, b64, malicious_cases, token
 
 from cygate.core import jwt as selector
 from cygate.core._jwt_py import (
@@ -26,6 +25,7 @@ from cygate.core._jwt_py import (
     count_json_keys,
     count_raw_keys,
 )
+from jwt_cases import DROP, SigningKeys, b64, malicious_cases, token
 
 NOW = 1_764_000_000
 KEYS = SigningKeys()
@@ -121,8 +121,10 @@ def test_valid_variants(
     hdr = KEYS.header() | header
     payload: Any = KEYS.claims(NOW, **claims)
     if name == "whitespace-json":
-        payload = b'{ "iss" : "cygate",\n\t"aud":"cygate", "sub":"s", "exp":%d, "iat":%d,' \
-            b' "jti":"j" }' % (NOW + 60, NOW)  # fmt: skip
+        payload = (
+            b'{ "iss" : "cygate",\n\t"aud":"cygate", "sub":"s", "exp":%d, "iat":%d,'
+            b' "jti":"j" }' % (NOW + 60, NOW)
+        )
     assert verifier.verify(token(hdr, payload, "EdDSA", KEYS.ed), NOW)
 
 
@@ -162,15 +164,44 @@ def test_malicious_token_refused(verifier_cls: type[JWTVerifierPy], case: Any) -
 def test_case_list_covers_the_issue() -> None:
     ids = {c.id for c in CASES}
     for needed in (
-        "alg-none", "alg-NONE", "alg-nOnE", "hs256-with-EdDSA-public-key",
-        "hs256-with-RS256-public-key", "es256-on-ed25519-kid", "kid-unknown", "kid-path",
-        "kid-sql", "kid-url", "jku-attacker-kid", "x5u-attacker-kid", "jwk-attacker-kid",
-        "exp-now", "exp-missing", "exp-string", "exp-float", "nbf-future", "iat-future",
-        "aud-wrong", "iss-prefix", "iss-longer", "crit-exp", "segments-2", "segments-4",
-        "padding-header", "non-canonical-signature", "non-canonical-header", "header-array",
-        "payload-string", "dup-header-alg", "dup-payload-sub", "8kb-payload",
-        "signature-stripped", "signature-flipped-middle", "refresh-token", "id-token-typ-jwt",
-    ):  # fmt: skip
+        "alg-none",
+        "alg-NONE",
+        "alg-nOnE",
+        "hs256-with-EdDSA-public-key",
+        "hs256-with-RS256-public-key",
+        "es256-on-ed25519-kid",
+        "kid-unknown",
+        "kid-path",
+        "kid-sql",
+        "kid-url",
+        "jku-attacker-kid",
+        "x5u-attacker-kid",
+        "jwk-attacker-kid",
+        "exp-now",
+        "exp-missing",
+        "exp-string",
+        "exp-float",
+        "nbf-future",
+        "iat-future",
+        "aud-wrong",
+        "iss-prefix",
+        "iss-longer",
+        "crit-exp",
+        "segments-2",
+        "segments-4",
+        "padding-header",
+        "non-canonical-signature",
+        "non-canonical-header",
+        "header-array",
+        "payload-string",
+        "dup-header-alg",
+        "dup-payload-sub",
+        "8kb-payload",
+        "signature-stripped",
+        "signature-flipped-middle",
+        "refresh-token",
+        "id-token-typ-jwt",
+    ):
         assert needed in ids, needed
 
 
@@ -191,7 +222,9 @@ def test_issuers_are_kept_apart(verifier_cls: type[JWTVerifierPy]) -> None:
     verifier = make(verifier_cls)
     other = ed25519.Ed25519PrivateKey.generate()
     verifier.set_issuer(
-        "https://idp.example", audience="api", keys=[VerifyKey("idp-1", "EdDSA", other.public_key())]
+        "https://idp.example",
+        audience="api",
+        keys=[VerifyKey("idp-1", "EdDSA", other.public_key())],
     )
     claims = KEYS.claims(NOW, iss="https://idp.example", aud="api")
     assert verifier.verify(token(KEYS.header(kid="idp-1"), claims, "EdDSA", other), NOW)
@@ -201,8 +234,12 @@ def test_issuers_are_kept_apart(verifier_cls: type[JWTVerifierPy]) -> None:
     mine = KEYS.claims(NOW)
     assert reason(verifier, token(KEYS.header(kid="idp-1"), mine, "EdDSA", other)) == "unknown_kid"
     # the audience is the issuer's own
-    assert reason(verifier, token(KEYS.header(kid="idp-1"), claims | {"aud": "cygate"}, "EdDSA",
-                                  other)) == "bad_audience"  # fmt: skip
+    assert (
+        reason(
+            verifier, token(KEYS.header(kid="idp-1"), claims | {"aud": "cygate"}, "EdDSA", other)
+        )
+        == "bad_audience"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,10 +369,16 @@ def test_verify_key_checks_its_key() -> None:
     p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
     small_rsa = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
     for kid, alg, key in (
-        ("k", "ES256", ed), ("k", "EdDSA", p256), ("k", "ES256", p384), ("k", "RS256", p256),
-        ("k", "RS256", small_rsa), ("k", "HS256", ed), ("k", "none", ed), ("", "EdDSA", ed),
+        ("k", "ES256", ed),
+        ("k", "EdDSA", p256),
+        ("k", "ES256", p384),
+        ("k", "RS256", p256),
+        ("k", "RS256", small_rsa),
+        ("k", "HS256", ed),
+        ("k", "none", ed),
+        ("", "EdDSA", ed),
         ("k" * 257, "EdDSA", ed),
-    ):  # fmt: skip
+    ):
         with pytest.raises(ValueError):
             VerifyKey(kid, alg, key)
     assert "EdDSA" in repr(VerifyKey("k", "EdDSA", ed))
@@ -363,8 +406,9 @@ def test_b64url_one_spelling_per_value(data: bytes, draw: Any) -> None:
     """Any other spelling of the same bytes is refused (both twins, through a whole token)."""
     encoded = b64url_encode(data)
     index = draw.draw(st.integers(0, len(encoded) - 1))
-    char = draw.draw(st.sampled_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                     b"0123456789-_+/=. "))  # fmt: skip
+    char = draw.draw(
+        st.sampled_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=. ")
+    )
     variant = encoded[:index] + bytes((char,)) + encoded[index + 1 :]
     try:
         decoded = b64url_decode(variant)
@@ -432,8 +476,9 @@ def test_count_keys(raw: bytes, keys: int) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
     max_leaves=12,
 )
 

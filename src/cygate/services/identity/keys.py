@@ -60,16 +60,16 @@ def public_jwk(public: Any) -> dict[str, str]:
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"crv": "Ed25519", "kty": "OKP", "x": _b64(raw)}
     if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
-        numbers = public.public_numbers()
+        point = public.public_numbers()
         return {
             "crv": "P-256",
             "kty": "EC",
-            "x": _b64(numbers.x.to_bytes(32, "big")),
-            "y": _b64(numbers.y.to_bytes(32, "big")),
+            "x": _b64(point.x.to_bytes(32, "big")),
+            "y": _b64(point.y.to_bytes(32, "big")),
         }
     if isinstance(public, rsa.RSAPublicKey):
-        numbers = public.public_numbers()
-        return {"e": _int_b64(numbers.e), "kty": "RSA", "n": _int_b64(numbers.n)}
+        rsa_numbers = public.public_numbers()
+        return {"e": _int_b64(rsa_numbers.e), "kty": "RSA", "n": _int_b64(rsa_numbers.n)}
     raise KeyConfigError(f"unsupported key type {type(public).__name__}")
 
 
@@ -201,7 +201,9 @@ def development_key(directory: pathlib.Path, alg: str) -> pathlib.Path:
         os.close(fd)
         try:
             os.link(tmp, path)
-            log.warning("generated a development signing key: %s (never use it in production)", path)
+            log.warning(
+                "generated a development signing key: %s (never use it in production)", path
+            )
         except FileExistsError:
             pass
     finally:

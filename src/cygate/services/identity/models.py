@@ -42,7 +42,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``POST /api/v1/auth/login``. No length rules here: a wrong password is a 401 like any other."""
+    """``POST /api/v1/auth/login``. No length rules: a wrong password is a 401 like any other."""
 
     email: Annotated[str, msgspec.Meta(max_length=254)]
     password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD)]

@@ -25,9 +25,7 @@ class Passwords:
 
     __slots__ = ("_dummy", "_executor", "_hasher")
 
-    def __init__(
-        self, *, time_cost: int, memory_cost: int, parallelism: int, threads: int
-    ) -> None:
+    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int, threads: int) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost,
             memory_cost=memory_cost,

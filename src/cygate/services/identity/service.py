@@ -204,8 +204,14 @@ class Identity:
         """A new customer account; :class:`store.EmailTaken` when the email is in use."""
         password_hash = await self.passwords.hash(password)
         user = await store.create_user(self.pool, normalise_email(email), password_hash, name)
-        await store.audit(self.pool, "register", actor_id=user.id, target=str(user.id),
-                          client_ip=info.client_ip, request_id=info.request_id)  # fmt: skip
+        await store.audit(
+            self.pool,
+            "register",
+            actor_id=user.id,
+            target=str(user.id),
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
         return user
 
     async def login(self, email: str, password: str, info: RequestInfo) -> tuple[TokenOut, Verdict]:
@@ -219,24 +225,39 @@ class Identity:
         address = info.client_ip or "unknown"
         verdict = await self.limiter.check(key, address)
         if not verdict.allowed:
-            await store.audit(self.pool, "login_throttled", client_ip=info.client_ip,
-                              request_id=info.request_id, details={"email_sha256": _digest(key)})
-            raise Throttled(verdict)  # fmt: skip
+            await store.audit(
+                self.pool,
+                "login_throttled",
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+                details={"email_sha256": _digest(key)},
+            )
+            raise Throttled(verdict)
         row = await store.login_row(self.pool, key)
         ok = await self.passwords.verify(row.password_hash if row else None, password)
         if row is None or not ok:
             verdict = await self.limiter.failed(key, address)
-            await store.audit(self.pool, "login_failed", actor_id=row.id if row else None,
-                              client_ip=info.client_ip, request_id=info.request_id,
-                              details={"email_sha256": _digest(key)})  # fmt: skip
+            await store.audit(
+                self.pool,
+                "login_failed",
+                actor_id=row.id if row else None,
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+                details={"email_sha256": _digest(key)},
+            )
             raise BadCredentials(verdict)
         await self.limiter.succeeded(key, address)
         assert row.password_hash is not None
         if self.passwords.needs_rehash(row.password_hash):
             await store.set_password_hash(self.pool, row.id, await self.passwords.hash(password))
         tokens = await self._start_session(row.id, row.roles)
-        await store.audit(self.pool, "login", actor_id=row.id, client_ip=info.client_ip,
-                          request_id=info.request_id)  # fmt: skip
+        await store.audit(
+            self.pool,
+            "login",
+            actor_id=row.id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
         return tokens, await self.limiter.check(key, address)
 
     async def _start_session(self, user_id: UUID, roles: list[str]) -> TokenOut:
@@ -294,27 +315,45 @@ class Identity:
                 raise InvalidGrant  # unknown, expired, or already revoked
             async with conn.transaction():
                 live = await store.revoke_family(conn, state["family_id"])
-                await store.audit(conn, "refresh_reuse", actor_id=state["user_id"],
-                                  target=str(state["family_id"]), client_ip=info.client_ip,
-                                  request_id=info.request_id)  # fmt: skip
+                await store.audit(
+                    conn,
+                    "refresh_reuse",
+                    actor_id=state["user_id"],
+                    target=str(state["family_id"]),
+                    client_ip=info.client_ip,
+                    request_id=info.request_id,
+                )
         log.warning("refresh token reuse: family %s revoked", state["family_id"])
         await self.revocations.revoke(live)
         raise InvalidGrant
 
     async def client_credentials(self, client_id: str, secret: str, info: RequestInfo) -> TokenOut:
         """An access token for a service client, or :class:`InvalidClient`."""
-        row = await store.service_client(self.pool, client_id) if _CLIENT_ID.fullmatch(
-            client_id) else None  # fmt: skip
+        row = (
+            await store.service_client(self.pool, client_id)
+            if _CLIENT_ID.fullmatch(client_id)
+            else None
+        )
         stored = row["secret_hash"] if row is not None else _DUMMY_SECRET_HASH
         ok = hmac.compare_digest(stored.encode(), client_secret_hash(secret).encode())
         if row is None or not ok:
-            await store.audit(self.pool, "client_auth_failed", target=client_id[:128],
-                              client_ip=info.client_ip, request_id=info.request_id)  # fmt: skip
+            await store.audit(
+                self.pool,
+                "client_auth_failed",
+                target=client_id[:128],
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+            )
             raise InvalidClient
         roles = [r for r in row["roles"] if r in _KNOWN_ROLES]
         access = self.minter.access_token(client_id, roles, client_id=client_id)
-        await store.audit(self.pool, "client_token", target=client_id, client_ip=info.client_ip,
-                          request_id=info.request_id)  # fmt: skip
+        await store.audit(
+            self.pool,
+            "client_token",
+            target=client_id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
         return TokenOut(
             access_token=access.token,
             token_type="Bearer",
@@ -332,17 +371,27 @@ class Identity:
             except (JWTError, TypeError):
                 return
             await self.revocations.revoke([(principal.jti, float(principal.expires_at))])
-            await store.audit(self.pool, "access_token_revoked", target=principal.sub,
-                              client_ip=info.client_ip, request_id=info.request_id)  # fmt: skip
+            await store.audit(
+                self.pool,
+                "access_token_revoked",
+                target=principal.sub,
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+            )
             return
         async with self.pool.acquire() as conn, conn.transaction():
             state = await store.refresh_state(conn, hash_opaque(token))
             if state is None:
                 return
             live = await store.revoke_family(conn, state["family_id"])
-            await store.audit(conn, "logout", actor_id=state["user_id"],
-                              target=str(state["family_id"]), client_ip=info.client_ip,
-                              request_id=info.request_id)  # fmt: skip
+            await store.audit(
+                conn,
+                "logout",
+                actor_id=state["user_id"],
+                target=str(state["family_id"]),
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+            )
         await self.revocations.revoke(live)
 
     # -- users ----------------------------------------------------------------------------------
@@ -359,10 +408,15 @@ class Identity:
                 return None
             before, user = result
             live = await store.live_access_tokens(conn, user_id) if before != roles else []
-            await store.audit(conn, "role_change", actor_id=_uuid_or_none(admin.sub),
-                              target=str(user_id), client_ip=info.client_ip,
-                              request_id=info.request_id,
-                              details={"before": before, "after": roles})  # fmt: skip
+            await store.audit(
+                conn,
+                "role_change",
+                actor_id=_uuid_or_none(admin.sub),
+                target=str(user_id),
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+                details={"before": before, "after": roles},
+            )
         await self.revocations.revoke(live)
         return user
 

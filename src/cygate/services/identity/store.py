@@ -11,7 +11,7 @@ import base64
 import binascii
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from uuid import UUID
 
 import orjson
@@ -23,7 +23,8 @@ from cygate.services.identity.models import User, UserPage
 if TYPE_CHECKING:
     import asyncpg
 
-    Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = Any
+"""An ``asyncpg.Connection`` or ``asyncpg.Pool`` (asyncpg ships no type information)."""
 
 __all__ = [
     "Consumed",
@@ -408,8 +409,13 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
            RETURNING access_jti, extract(epoch FROM access_expires_at)::float8 AS exp""",
         user_id,
     )
-    await audit(conn, "erasure", actor_id=user_id, target=str(user_id),
-                details={"orders_anonymised": int(orders)})  # fmt: skip
+    await audit(
+        conn,
+        "erasure",
+        actor_id=user_id,
+        target=str(user_id),
+        details={"orders_anonymised": int(orders)},
+    )
     return [(r["access_jti"], r["exp"]) for r in rows if r["access_jti"] and r["exp"]]
 
 
