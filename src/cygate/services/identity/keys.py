@@ -18,7 +18,7 @@ import os
 import pathlib
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -27,11 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cygate.core.jwt import SUPPORTED_ALGORITHMS, VerifyKey, b64url_decode, b64url_encode
 from cygate.core.jwt import JWTError as _JWTError
 
+if TYPE_CHECKING:
+    from cygate.settings import Settings
+
 __all__ = [
     "KeyConfigError",
     "KeyRing",
     "TokenKey",
     "jwk_to_verify_key",
+    "keyring_from_settings",
     "load_keyring",
     "public_jwk",
     "thumbprint",
@@ -188,6 +192,17 @@ def development_key(directory: pathlib.Path, alg: str) -> pathlib.Path:
     path = directory / f"signing-{alg.lower()}.pem"
     if path.exists():
         return path
+    try:
+        _write_new_key(directory, path, alg)
+    except OSError as exc:
+        raise KeyConfigError(
+            f"cannot create a development signing key in {directory} ({exc.strerror}); "
+            "set CYGATE_JWT_KEY_DIR to a writable folder or list key files in CYGATE_JWT_KEY_FILES"
+        ) from None
+    return path
+
+
+def _write_new_key(directory: pathlib.Path, path: pathlib.Path, alg: str) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = _generate(alg).private_bytes(
         serialization.Encoding.PEM,
@@ -208,7 +223,16 @@ def development_key(directory: pathlib.Path, alg: str) -> pathlib.Path:
             pass
     finally:
         os.unlink(tmp)
-    return path
+
+
+def keyring_from_settings(settings: Settings) -> KeyRing:
+    """The key ring the settings describe (generating the development key if needed)."""
+    return load_keyring(
+        settings.jwt_key_files,
+        signing_kid=settings.jwt_signing_kid,
+        generate_in=settings.jwt_key_dir if settings.environment != "production" else None,
+        algorithm=settings.jwt_key_algorithm,
+    )
 
 
 def load_keyring(

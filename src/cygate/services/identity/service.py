@@ -19,7 +19,7 @@ from uuid import UUID
 from cygate.core.jwt import JWTError, JWTVerifier
 from cygate.edge.context import Principal
 from cygate.services.identity import store
-from cygate.services.identity.keys import load_keyring
+from cygate.services.identity.keys import keyring_from_settings
 from cygate.services.identity.limiter import LoginLimiter, Verdict
 from cygate.services.identity.models import ROLES, TokenOut, User
 from cygate.services.identity.passwords import Passwords
@@ -120,13 +120,7 @@ class Identity:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        generate_in = settings.jwt_key_dir if settings.environment != "production" else None
-        self.keyring = load_keyring(
-            settings.jwt_key_files,
-            signing_kid=settings.jwt_signing_kid,
-            generate_in=generate_in,
-            algorithm=settings.jwt_key_algorithm,
-        )
+        self.keyring = keyring_from_settings(settings)
         self.verifier = JWTVerifier(
             leeway=settings.jwt_leeway,
             max_token_bytes=settings.jwt_max_token_bytes,
