@@ -14,11 +14,19 @@ from typing import Any
 from .contenders._product import PRODUCT_FIELDS
 from .procs import HttpResponse
 
-__all__ = ["Check", "CheckFailed", "check_fixed_product", "check_hello", "check_product"]
+__all__ = [
+    "Check",
+    "CheckFailed",
+    "check_fixed_product",
+    "check_hello",
+    "check_me",
+    "check_product",
+]
 
 Check = Callable[[HttpResponse, Mapping[str, Any]], None]
 """``check(response, expected)``: raise :class:`CheckFailed` if the response is wrong.
-``expected`` holds ``product`` (the check product's JSON object) and ``fixed_body`` (bytes)."""
+``expected`` holds ``product`` (the check product's JSON object), ``fixed_body`` (bytes) and
+``user`` (the benchmark user's id, email, name, roles; None without one)."""
 
 TIMESTAMP_TOLERANCE = timedelta(milliseconds=1)
 
@@ -77,3 +85,17 @@ def check_hello(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
     doc = _json_object(resp)
     if doc != {"hello": "world"}:
         raise CheckFailed(f'body {doc!r}, expected {{"hello": "world"}}')
+
+
+def check_me(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
+    """``GET /api/v1/users/me``: the benchmark user's own profile, exactly the API's fields."""
+    doc = _json_object(resp)
+    want = expected.get("user")
+    if want is None:
+        raise CheckFailed("the benchmark database has no user")
+    fields = {"id", "email", "name", "roles", "created_at"}
+    if set(doc) != fields:
+        raise CheckFailed(f"fields {sorted(doc)}, expected {sorted(fields)}")
+    for field in ("id", "email", "name", "roles"):
+        if doc[field] != want[field]:
+            raise CheckFailed(f"{field}: got {doc[field]!r}, expected {want[field]!r}")

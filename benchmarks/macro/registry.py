@@ -4,7 +4,8 @@ Templates in ``command`` and ``env`` are filled with :meth:`str.format_map` from
 
 ``{python}`` the venv's interpreter, ``{bindir}`` its scripts folder, ``{host}``, ``{port}``,
 ``{bench_dsn}`` the benchmark database, ``{redis_url}``, ``{redis_prefix}``, ``{ids_file}`` the
-id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``.
+id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``, ``{jwt_key_file}`` a PEM
+Ed25519 private key the harness made for this run (it mints the ``eddsa`` tokens with it).
 
 Every contender also gets ``BENCH_DATABASE_URL``, ``BENCH_POOL_SIZE``, ``BENCH_JWT_SECRET`` and
 ``BENCH_FIXED_BODY`` in its environment (see :mod:`benchmarks.macro.contenders`).
@@ -16,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .checks import Check, check_fixed_product, check_hello, check_product
+from .checks import Check, check_fixed_product, check_hello, check_me, check_product
 
-__all__ = ["BASELINE", "CONTENDERS", "PRODUCT_PATH", "Contender", "by_name"]
+__all__ = ["BASELINE", "CONTENDERS", "ME_PATH", "PRODUCT_PATH", "Contender", "by_name"]
 
 PRODUCT_PATH = "/api/v1/products/"
+ME_PATH = "/api/v1/users/me"
 BASELINE = "litestar-hello"
 
 
@@ -45,15 +47,19 @@ class Contender:
     """argv template of the server (or, for ``self-timed``, of the program that times itself)."""
     check: Check
     """Run once on the answer for the check product (or ``/``) before any load."""
-    target: Literal["products", "root"] = "products"
+    target: Literal["products", "root", "me"] = "products"
     """What wrk requests: ``products`` cycles ``GET /api/v1/products/{id}`` over the id mix;
-    ``root`` is ``GET /``."""
+    ``root`` is ``GET /``; ``me`` is ``GET /api/v1/users/me`` (the benchmark user's profile)."""
     ready_path: str = "/healthz"
     """Polled until it answers 200 before the check."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment (templates allowed)."""
     auth: bool = False
     """Send ``Authorization: Bearer <token minted by the harness>``."""
+    token: Literal["hs256", "eddsa"] = "hs256"
+    """With ``auth``: ``hs256`` is a PyJWT HS256 token over ``BENCH_JWT_SECRET`` (stock
+    Litestar's JWTAuth); ``eddsa`` is an RFC 9068 access token (``typ: at+jwt``, iss/aud
+    ``cygate``, ``sub`` the benchmark user) signed with ``{jwt_key_file}``."""
     kind: Literal["http", "self-timed"] = "http"
     """``http``: a server driven by wrk. ``self-timed``: a program that runs the workload itself
     and reports its own numbers (called with ``--check ID`` first)."""
@@ -73,6 +79,39 @@ CONTENDERS: tuple[Contender, ...] = (
         },
         ready_path="/readyz",
         check=check_product,
+    ),
+    Contender(
+        name="cygate-auth",
+        summary="the gateway: GET /api/v1/products/{id} with a Bearer token (EdDSA at+jwt)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env={
+            "CYGATE_DATABASE_URL": "{bench_dsn}",
+            "CYGATE_REDIS_URL": "{redis_url}",
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}",
+            "CYGATE_LOG_LEVEL": "warning",
+            "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
+        },
+        ready_path="/readyz",
+        auth=True,
+        token="eddsa",
+        check=check_product,
+    ),
+    Contender(
+        name="cygate-me",
+        summary="the gateway: authenticated GET /api/v1/users/me (token stage, edge, 1 select)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env={
+            "CYGATE_DATABASE_URL": "{bench_dsn}",
+            "CYGATE_REDIS_URL": "{redis_url}",
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}",
+            "CYGATE_LOG_LEVEL": "warning",
+            "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
+        },
+        ready_path="/readyz",
+        target="me",
+        auth=True,
+        token="eddsa",
+        check=check_me,
     ),
     Contender(
         name="granian-bare",

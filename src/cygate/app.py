@@ -36,6 +36,7 @@ from cygate.services.identity.controllers import (
     JWKSController,
     UsersController,
 )
+from cygate.services.identity.fast import my_profile
 from cygate.services.identity.service import Identity
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
@@ -241,7 +242,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         debug=False,
         logging_config=None,
     )
-    fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
+    fast_handlers = {
+        "GET /api/v1/products/{product_id:uuid}": product_by_id(catalog),
+        "GET /api/v1/users/me": my_profile(identity),
+    }
     return Edge(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
         build_router(app, fast_handlers),

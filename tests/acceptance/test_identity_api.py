@@ -908,3 +908,39 @@ def test_generated_development_key(
             stop_gateway(gateway)
     assert kids[0] == kids[1] and len(kids[0]) == 1
     assert [p.name for p in (tmp_path / "keys").iterdir()] == ["signing-eddsa.pem"]
+
+
+def test_profile_same_bytes_on_both_paths(
+    gw: Gateway,
+    gateway_env: dict[str, str],
+    key_files: list[str],
+    idp: tuple[JWKSServer, Any],
+    keys: SigningKeys,
+) -> None:
+    """GET /users/me from the edge's fast handler and from Litestar: the same answer."""
+    env = identity_env(key_files, idp[0].url, CYGATE_EDGE_FAST_PATHS="false")
+    slow = start_gateway(gateway_env, workers=1, extra_env=env)
+    try:
+        user, tokens, _, _ = new_user(gw)
+        auth = bearer(tokens["access_token"])
+        with client(gw) as a, slow.client() as b:
+            fast_r = a.get("/api/v1/users/me", headers=auth)
+            slow_r = b.get("/api/v1/users/me", headers=auth)
+            assert fast_r.status_code == slow_r.status_code == 200
+            assert fast_r.content == slow_r.content and fast_r.json() == user
+            for name in ("content-type", "cache-control"):
+                assert fast_r.headers[name] == slow_r.headers[name], name
+            # a valid token whose subject has no account: 404 on both, the same problem
+            nobody = bearer(keys.good(sub=str(uuid.uuid4())))
+            docs = []
+            for r in (
+                a.get("/api/v1/users/me", headers=nobody),
+                b.get("/api/v1/users/me", headers=nobody),
+            ):
+                is_problem(r, 404)
+                doc = r.json()
+                doc.pop("request_id")
+                docs.append(doc)
+            assert docs[0] == docs[1]
+    finally:
+        stop_gateway(slow)
