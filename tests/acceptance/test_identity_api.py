@@ -214,6 +214,12 @@ def test_register_refuses_bad_input(gw: Gateway, body: dict[str, Any], field: st
     assert field in [e["field"] for e in r.json()["errors"]], r.json()
 
 
+def test_oversized_auth_body_is_413(gw: Gateway) -> None:
+    with client(gw) as c:
+        r = c.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x" * 20000})
+    is_problem(r, 413)
+
+
 def test_register_malformed_json_is_400(gw: Gateway) -> None:
     with client(gw) as c:
         r = c.post(
