@@ -275,3 +275,43 @@ def test_repeat_pyjwt(micro: Any, alg: str) -> None:
 def test_repeat_joserfc(micro: Any, alg: str) -> None:
     """joserfc decode + claims validation of the same token every time (no cache)."""
     _repeated(micro, joserfc_decoder(alg), alg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The edge's token stage with a repeated token (what an authenticated request pays in the edge)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_token_stage_repeated(micro: Any) -> None:
+    """cygate TokenStage(ctx) on a protected route, repeated EdDSA token: header scan, cached
+    verification, cached revocation answer, role check (the selected verifier)."""
+    from cygate.edge.auth import TokenStage
+    from cygate.edge.context import EdgeContext
+    from cygate.edge.policy import RoutePolicy
+    from cygate.services.identity.revocation import Revocations
+    from cygate.services.identity.service import own_principal
+
+    verifier = cyjwt.JWTVerifier(leeway=30)
+    keys = [VerifyKey(KID["EdDSA"], "EdDSA", PUBLIC["EdDSA"])]
+    verifier.set_issuer("cygate", audience="cygate", keys=keys, principal=own_principal("cygate"))
+    revocations = Revocations(None, verifier, cache_seconds=3600)
+    stage = TokenStage(verifier, revocations)
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"wrk"),
+        (b"accept", b"*/*"),
+        (b"authorization", b"Bearer " + TOKENS["EdDSA"][0]),
+    ]
+    policy = RoutePolicy(name="GET /api/v1/users/me", auth=True, roles=frozenset({"customer"}))
+    scope = {"headers": headers, "client": ("127.0.0.1", 5000)}
+    ctx = EdgeContext(scope, "GET", "/api/v1/users/me", "", "rid", b"tp", policy, None)
+    # NOTE: without Redis the revocation list answers from this worker's memory, which is what
+    # a token asked about within the last jwt_revocation_cache_seconds costs.
+    assert stage(ctx) is None and ctx.principal is not None and ctx.principal.sub == EXPECTED_SUB
+    contexts = [ctx] * N
+
+    def run() -> None:
+        for c in contexts:
+            stage(c)
+
+    micro(run, group="jwt: edge token stage, repeated token (protected route)", ops=N)
