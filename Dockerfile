@@ -52,6 +52,8 @@ RUN python -m venv /tmp/check \
     && /tmp/check/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/cygate-*.whl \
     && env -u CYGATE_NO_EXTENSIONS /tmp/check/bin/python -c \
         "import cygate.core.router as r; assert r.Router is r.RouterC, 'compiled router not in use'" \
+    && env -u CYGATE_NO_EXTENSIONS /tmp/check/bin/python -c \
+        "import cygate.core.jwt as j; assert j.JWTVerifier is j.JWTVerifierC, 'compiled JWT verifier not in use'" \
     && rm -rf /tmp/check
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +68,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/cygate \
-    PATH=/opt/cygate/bin:$PATH
+    PATH=/opt/cygate/bin:$PATH \
+    CYGATE_JWT_KEY_DIR=/tmp/cygate-keys
 
 RUN groupadd --system --gid 10001 cygate \
     && useradd --system --uid 10001 --gid cygate --no-create-home \

@@ -14,6 +14,7 @@ WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
+	@echo "           (CYGATE_ADMIN_EMAIL + CYGATE_ADMIN_PASSWORD: that admin exists at start-up)"
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from tests.admin import ADMIN_EMAIL, ADMIN_PASSWORD
 
 from cygate._compat import NO_EXTENSIONS
 
@@ -103,5 +104,8 @@ def gateway_env(test_db_dsn: str, redis_prefix: str) -> dict[str, str]:
         CYGATE_REDIS_PREFIX=redis_prefix,
         CYGATE_LOG_LEVEL="warning",
         CYGATE_ENVIRONMENT="test",
+        # Every test gateway has this admin (tests/acceptance/conftest.py::admin_headers).
+        CYGATE_ADMIN_EMAIL=ADMIN_EMAIL,
+        CYGATE_ADMIN_PASSWORD=ADMIN_PASSWORD,
     )
     return env

@@ -19,13 +19,15 @@ __all__ = [
     "CheckFailed",
     "check_fixed_product",
     "check_hello",
+    "check_me",
     "check_product",
     "check_small_json",
 ]
 
 Check = Callable[[HttpResponse, Mapping[str, Any]], None]
 """``check(response, expected)``: raise :class:`CheckFailed` if the response is wrong.
-``expected`` holds ``product`` (the check product's JSON object) and ``fixed_body`` (bytes)."""
+``expected`` holds ``product`` (the check product's JSON object), ``fixed_body`` (bytes) and
+``user`` (the benchmark user's id, email, name, roles; None without one)."""
 
 TIMESTAMP_TOLERANCE = timedelta(milliseconds=1)
 
@@ -93,3 +95,17 @@ def check_small_json(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
     _json_object(resp)
     if resp.body != SMALL_JSON:
         raise CheckFailed(f"body differs from the upstream's: {resp.body[:300]!r}")
+
+
+def check_me(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
+    """``GET /api/v1/users/me``: the benchmark user's own profile, exactly the API's fields."""
+    doc = _json_object(resp)
+    want = expected.get("user")
+    if want is None:
+        raise CheckFailed("the benchmark database has no user")
+    fields = {"id", "email", "name", "roles", "created_at"}
+    if set(doc) != fields:
+        raise CheckFailed(f"fields {sorted(doc)}, expected {sorted(fields)}")
+    for field in ("id", "email", "name", "roles"):
+        if doc[field] != want[field]:
+            raise CheckFailed(f"{field}: got {doc[field]!r}, expected {want[field]!r}")

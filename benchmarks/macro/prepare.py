@@ -87,6 +87,7 @@ class BenchDatabase:
     check_product: dict[str, Any]  # its expected JSON object
     product_count: int
     postmaster_pid: int | None  # PostgreSQL's server process, when it runs on this machine
+    user: dict[str, Any] | None = None  # a seeded customer (id, email, name, roles), if any
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -225,6 +226,14 @@ async def _describe(dsn: str, name: str, mode: PrepareMode, mix_size: int) -> Be
         ids = [str(r["id"]) for r in rows]
         row = await conn.fetchrow(PRODUCT_SQL, UUID(ids[0]))
         postmaster = _postmaster_pid(await conn.fetchval("SELECT pg_backend_pid()"))
+        user = None
+        if await conn.fetchval("SELECT to_regclass('users') IS NOT NULL"):
+            found = await conn.fetchrow(
+                "SELECT id, email, name, roles FROM users WHERE email IS NOT NULL"
+                " ORDER BY id LIMIT 1"
+            )
+            if found is not None:
+                user = {**dict(found), "id": str(found["id"]), "roles": list(found["roles"])}
     finally:
         await conn.close()
     return BenchDatabase(
@@ -236,6 +245,7 @@ async def _describe(dsn: str, name: str, mode: PrepareMode, mix_size: int) -> Be
         check_product=product_dict(row),
         product_count=int(count),
         postmaster_pid=postmaster,
+        user=user,
     )
 
 

@@ -5,7 +5,8 @@ Templates in ``command`` and ``env`` are filled with :meth:`str.format_map` from
 ``{python}`` the venv's interpreter, ``{bindir}`` its scripts folder, ``{host}``, ``{port}``,
 ``{upstream_port}`` (the contender's ``upstream`` helper server), ``{workdir}`` (a temp folder),
 ``{bench_dsn}`` the benchmark database, ``{redis_url}``, ``{redis_prefix}``, ``{ids_file}`` the
-id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``.
+id mix (one per line), ``{connections}``, ``{duration}``, ``{warmup}``, ``{jwt_key_file}`` a PEM
+Ed25519 private key the harness made for this run (it mints the ``eddsa`` tokens with it).
 
 Every contender also gets ``BENCH_DATABASE_URL``, ``BENCH_POOL_SIZE``, ``BENCH_JWT_SECRET`` and
 ``BENCH_FIXED_BODY`` in its environment (see :mod:`benchmarks.macro.contenders`).
@@ -18,11 +19,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .checks import Check, check_fixed_product, check_hello, check_product, check_small_json
+from .checks import (
+    Check,
+    check_fixed_product,
+    check_hello,
+    check_me,
+    check_product,
+    check_small_json,
+)
 
 __all__ = [
     "BASELINE",
     "CONTENDERS",
+    "ME_PATH",
     "PRODUCT_PATH",
     "PROXY_BASELINE",
     "Contender",
@@ -30,6 +39,7 @@ __all__ = [
 ]
 
 PRODUCT_PATH = "/api/v1/products/"
+ME_PATH = "/api/v1/users/me"
 BASELINE = "litestar-hello"
 PROXY_BASELINE = "upstream-direct"
 """The upstream of the proxy contenders, measured alone: their added latency is against it."""
@@ -56,15 +66,19 @@ class Contender:
     """argv template of the server (or, for ``self-timed``, of the program that times itself)."""
     check: Check
     """Run once on the answer for the check product (or ``/``) before any load."""
-    target: Literal["products", "root"] = "products"
+    target: Literal["products", "root", "me"] = "products"
     """What wrk requests: ``products`` cycles ``GET /api/v1/products/{id}`` over the id mix;
-    ``root`` is ``GET /``."""
+    ``root`` is ``GET /``; ``me`` is ``GET /api/v1/users/me`` (the benchmark user's profile)."""
     ready_path: str = "/healthz"
     """Polled until it answers 200 before the check."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment (templates allowed)."""
     auth: bool = False
     """Send ``Authorization: Bearer <token minted by the harness>``."""
+    token: Literal["hs256", "eddsa"] = "hs256"
+    """With ``auth``: ``hs256`` is a PyJWT HS256 token over ``BENCH_JWT_SECRET`` (stock
+    Litestar's JWTAuth); ``eddsa`` is an RFC 9068 access token (``typ: at+jwt``, iss/aud
+    ``cygate``, ``sub`` the benchmark user) signed with ``{jwt_key_file}``."""
     kind: Literal["http", "self-timed"] = "http"
     """``http``: a server driven by wrk. ``self-timed``: a program that runs the workload itself
     and reports its own numbers (called with ``--check ID`` first)."""
@@ -81,12 +95,15 @@ _CYGATE_ENV = {
     "CYGATE_REDIS_URL": "{redis_url}",
     "CYGATE_REDIS_PREFIX": "{redis_prefix}",
     "CYGATE_LOG_LEVEL": "warning",
+    # The key the harness signs its RFC 9068 tokens with (auth=True, token="eddsa").
+    "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
 }
 # The uncached read: every request reaches PostgreSQL (the cache is on by default).
 _UNCACHED = {**_CYGATE_ENV, "CYGATE_CACHE_ENABLED": "false"}
+_CACHED = {**_CYGATE_ENV, "CYGATE_CACHE_KEY_SECRET": "macro-benchmark-cache-secret"}
 
 
-def _rate_limited(limit: dict[str, Any]) -> dict[str, str]:
+def _rate_limited(limit: dict[str, Any], *, cached: bool = False) -> dict[str, str]:
     """cygate's environment with ``limit`` on the product read, applied by configuration.
 
     The limit is far above what one worker serves (nothing is refused), so the run measures
@@ -98,7 +115,7 @@ def _rate_limited(limit: dict[str, Any]) -> dict[str, str]:
         return json.dumps(value).replace("{", "{{").replace("}", "}}")
 
     return {
-        **_UNCACHED,
+        **(_CACHED if cached else _UNCACHED),
         "CYGATE_RATE_LIMITS": template({"bench": limit}),
         "CYGATE_RATE_LIMIT_ROUTES": template({"GET /api/v1/products/{product_id:uuid}": "bench"}),
     }
@@ -138,15 +155,47 @@ CONTENDERS: tuple[Contender, ...] = (
         check=check_product,
     ),
     Contender(
-        # NOTE: once the token and rate-limit stages exist, this contender should send the
-        # harness's token (auth=True) and keep its limit on: the issue's goal is the cached,
-        # authenticated, rate-limited read.
         name="cygate-cached",
         summary="the gateway: GET /api/v1/products/{id} from the edge's L1 (hits after warm-up)",
         command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
-        env={**_CYGATE_ENV, "CYGATE_CACHE_KEY_SECRET": "macro-benchmark-cache-secret"},
+        env=_CACHED,
         ready_path="/readyz",
         check=check_product,
+    ),
+    Contender(
+        # The job of litestar-stock, done by the edge: token verified (cached after the first
+        # request), a global per-caller limit (batched), the response from L1.
+        name="cygate-full",
+        summary="the gateway: cached, authenticated (EdDSA at+jwt), rate-limited product read",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_rate_limited(
+            {"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}, cached=True
+        ),
+        ready_path="/readyz",
+        check=check_product,
+        auth=True,
+        token="eddsa",
+    ),
+    Contender(
+        name="cygate-auth",
+        summary="the gateway: GET /api/v1/products/{id} with a Bearer token (EdDSA at+jwt)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_UNCACHED,
+        ready_path="/readyz",
+        auth=True,
+        token="eddsa",
+        check=check_product,
+    ),
+    Contender(
+        name="cygate-me",
+        summary="the gateway: authenticated GET /api/v1/users/me (token stage, edge, 1 select)",
+        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        env=_CYGATE_ENV,
+        ready_path="/readyz",
+        target="me",
+        auth=True,
+        token="eddsa",
+        check=check_me,
     ),
     Contender(
         name="granian-bare",

@@ -52,7 +52,15 @@ from .procs import (
     tree_cpu_seconds,
     tree_rss_mib,
 )
-from .registry import BASELINE, CONTENDERS, PRODUCT_PATH, PROXY_BASELINE, Contender, by_name
+from .registry import (
+    BASELINE,
+    CONTENDERS,
+    ME_PATH,
+    PRODUCT_PATH,
+    PROXY_BASELINE,
+    Contender,
+    by_name,
+)
 from .report import (
     Failure,
     Result,
@@ -84,9 +92,9 @@ class Bench:
     db: prepare.BenchDatabase
     base_env: dict[str, str]
     template: dict[str, str]  # the registry's {placeholders}, less {port}
-    token: str
-    expected: dict[str, Any]  # for the checks: product (dict), fixed_body (bytes)
-    scripts: dict[tuple[str, bool], Path]  # (target, auth) -> wrk Lua script
+    tokens: dict[str, str]  # token kind (Contender.token) -> a token the harness minted
+    expected: dict[str, Any]  # for the checks: product (dict), fixed_body (bytes), user
+    scripts: dict[tuple[str, str | None], Path]  # (target, token kind or None) -> wrk script
 
     def postgres_cpu(self) -> float:
         """CPU seconds of the benchmark's PostgreSQL server so far (NaN if not local)."""
@@ -136,10 +144,11 @@ def _run_http(c: Contender, bench: Bench, values: dict[str, str]) -> Result:
     values = {**values, "port": str(port)}
     argv = [_fill(part, values) for part in c.command]
     env = {**bench.base_env, **{k: _fill(v, values) for k, v in c.env.items()}}
-    headers = {"Authorization": f"Bearer {bench.token}"} if c.auth else {}
-    check_path = c.path if c.target == "root" else PRODUCT_PATH + bench.db.check_id
-    url = f"http://{HOST}:{port}{c.path if c.target == 'root' else '/'}"
-    script = bench.scripts[(c.target, c.auth)]
+    headers = {"Authorization": f"Bearer {bench.tokens[c.token]}"} if c.auth else {}
+    path = {"root": c.path, "me": ME_PATH}.get(c.target)
+    check_path = path if path is not None else PRODUCT_PATH + bench.db.check_id
+    url = f"http://{HOST}:{port}{path if path is not None else '/'}"
+    script = bench.scripts[(c.target, c.token if c.auth else None)]
 
     t0 = time.monotonic()
     with ServerProcess(argv, env=env, cwd=ROOT, log_path=bench.workdir / f"{c.name}.log") as srv:
@@ -282,17 +291,55 @@ def _mint_token(secret: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def _write_key(workdir: Path) -> tuple[Path, Any]:
+    """A fresh Ed25519 key for this run: the cygate contenders trust it (key file), the
+    harness signs their tokens with it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = workdir / "jwt-ed25519.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path, key
+
+
+def _mint_access_token(key: Any, user: dict[str, Any] | None) -> str:
+    """An RFC 9068 access token as cygate issues them, for the benchmark user (PyJWT signs;
+    the kid is the key's RFC 7638 thumbprint, which is how cygate names a key file)."""
+    import jwt
+
+    from cygate.services.identity.keys import thumbprint
+
+    now = int(time.time())
+    claims = {
+        "iss": "cygate",
+        "aud": "cygate",
+        "sub": user["id"] if user else "00000000-0000-7000-8000-000000000000",
+        "exp": now + 6 * 3600,
+        "iat": now,
+        "jti": secrets.token_urlsafe(16),
+        "roles": user["roles"] if user else ["customer"],
+    }
+    headers = {"kid": thumbprint(key.public_key()), "typ": "at+jwt"}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
+
+
 def _write_scripts(
-    workdir: Path, db: prepare.BenchDatabase, token: str
-) -> dict[tuple[str, bool], Path]:
-    auth = {"Authorization": f"Bearer {token}"}
+    workdir: Path, db: prepare.BenchDatabase, tokens: dict[str, str]
+) -> dict[tuple[str, str | None], Path]:
     scripts = {}
-    for target in ("products", "root"):
-        for with_auth in (False, True):
-            name = f"{target}{'-auth' if with_auth else ''}.lua"
-            scripts[(target, with_auth)] = write_lua(
-                workdir / name,
-                headers=auth if with_auth else None,
+    for target in ("products", "root", "me"):
+        for kind in (None, *tokens):
+            auth = {"Authorization": f"Bearer {tokens[kind]}"} if kind else None
+            scripts[(target, kind)] = write_lua(
+                workdir / f"{target}{'-' + kind if kind else ''}.lua",
+                headers=auth,
                 cycle_prefix=PRODUCT_PATH if target == "products" else None,
                 ids=db.product_ids,
             )
@@ -405,7 +452,11 @@ def main(argv: list[str] | None = None) -> int:
             ids_file = workdir / "ids.txt"
             ids_file.write_text("\n".join(db.product_ids) + "\n")
             secret = secrets.token_urlsafe(32)
-            token = _mint_token(secret)
+            key_file, jwt_key = _write_key(workdir)
+            tokens = {
+                "hs256": _mint_token(secret),
+                "eddsa": _mint_access_token(jwt_key, db.user),
+            }
             fixed_body = json.dumps(db.check_product, separators=(",", ":")).encode()
             bench = Bench(
                 args=args,
@@ -431,10 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                     "duration": str(args.duration),
                     "warmup": str(args.warmup),
                     "workdir": str(workdir),
+                    "jwt_key_file": str(key_file),
                 },
-                token=token,
-                expected={"product": db.check_product, "fixed_body": fixed_body},
-                scripts=_write_scripts(workdir, db, token),
+                tokens=tokens,
+                expected={"product": db.check_product, "fixed_body": fixed_body, "user": db.user},
+                scripts=_write_scripts(workdir, db, tokens),
             )
             for c in contenders:
                 _say(f"\n▶ {c.name}: {c.summary}")

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
+from cygate.edge.auth import TokenStage
 from cygate.edge.cache import ResponseCache
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
@@ -35,6 +37,13 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.identity.controllers import (
+    AuthController,
+    JWKSController,
+    UsersController,
+)
+from cygate.services.identity.fast import my_profile
+from cygate.services.identity.service import Identity
 from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
 from cygate.settings import Settings, load_settings
@@ -48,6 +57,7 @@ log = logging.getLogger("cygate")
 
 
 _LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
+_NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `([^`]{1,100})`")
 
 
 def _problem(
@@ -74,6 +84,9 @@ def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) ->
         if isinstance(item, dict):
             source = item.get("source") or "body"
             key = item.get("key") or ""
+            named = _NAMED_FIELD.match(str(item.get("message", "")))
+            if named and key == "data":  # name the field that is missing or not writable
+                key = named.group(1)
             errors.append(
                 {
                     "field": f"{source}.{key}" if key else source,
@@ -198,6 +211,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     catalog = CatalogRepository()
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
+    identity = Identity(settings)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -214,6 +228,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         catalog.pool = pool
         if ratelimit is not None:
             await ratelimit.bind(redis)
+        try:
+            await identity.start(pool, redis)
+        except DB_UNAVAILABLE as exc:
+            log.warning("identity start-up without PostgreSQL (%r); admin not ensured", exc)
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -245,6 +263,7 @@ def create_app(settings: Settings | None = None) -> Edge:
                 ratelimit.unbind()
             if cache is not None:
                 await cache.stop()
+            await identity.stop()
             await metrics.stop()
             await redis.close()
             await pool.close()
@@ -254,10 +273,15 @@ def create_app(settings: Settings | None = None) -> Edge:
             OpsController,
             CacheAdminController,
             CatalogController,
+            AuthController,
+            UsersController,
+            JWKSController,
             RoutesAdminController,
         ],
         lifespan=[resources],
-        state=_state(settings=settings, metrics=metrics, catalog=catalog, cache=None),
+        state=_state(
+            settings=settings, metrics=metrics, catalog=catalog, cache=None, identity=identity
+        ),
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -276,7 +300,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         debug=False,
         logging_config=None,
     )
-    fast_handlers = {"GET /api/v1/products/{product_id:uuid}": product_by_id(catalog)}
+    fast_handlers = {
+        "GET /api/v1/products/{product_id:uuid}": product_by_id(catalog),
+        "GET /api/v1/users/me": my_profile(identity),
+    }
     local = local_routes(app, fast_handlers)
     trusted = TrustedProxies(settings.trusted_proxies)
     cache = None
@@ -315,9 +342,14 @@ def create_app(settings: Settings | None = None) -> Edge:
     ratelimit = RateLimitStage.from_settings(
         settings, (policy for *_, policy in edge.router.routes()), metrics
     )
-    # NOTE: order matters: the token stage (identity) goes before the rate limit, so limits
-    # keyed by caller see the principal.
-    edge.stages = (ratelimit,) if ratelimit.limits() else ()
+    # NOTE: order matters: the token stage first, so rate limits keyed by caller see the
+    # principal; the cache step runs after every stage (hits are authenticated and limited too).
+    token = TokenStage(
+        identity.verifier,
+        identity.revocations,
+        identity.refresh_provider if settings.identity_providers else None,
+    )
+    edge.stages = (token, ratelimit) if ratelimit.limits() else (token,)
     return edge
 
 

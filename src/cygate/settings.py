@@ -20,6 +20,7 @@ import msgspec
 __all__ = [
     "ENV_PREFIX",
     "CacheRule",
+    "IdentityProvider",
     "RateLimitSpec",
     "Settings",
     "SettingsError",
@@ -163,6 +164,34 @@ def _default_rate_limits() -> dict[str, RateLimitSpec]:
     }
 
 
+# --- Identity and access (issue 3) ----------------------------------------------------------
+_TokenAlgorithm = Literal["EdDSA", "ES256", "RS256"]
+
+
+class IdentityProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An external issuer whose access tokens the gateway accepts (``identity_providers``)."""
+
+    issuer: Annotated[str, _doc("Its `iss`, compared exactly.", min_length=1)]
+    jwks_url: Annotated[str, _doc("Where its JWKS is fetched.", pattern=r"^https?://")]
+    audience: Annotated[
+        str, _doc("The `aud` its tokens must carry for this gateway.", min_length=1)
+    ]
+    algorithms: Annotated[
+        list[_TokenAlgorithm], _doc("Algorithms accepted from it.", min_length=1)
+    ] = msgspec.field(default_factory=lambda: ["RS256"])
+    typ: Annotated[str, _doc("Required header typ (ignoring case); empty: not checked.")] = "at+jwt"
+    refresh_interval: Annotated[
+        float, _doc("Seconds between scheduled JWKS fetches.", ge=5, le=86400)
+    ] = 300.0
+    min_refresh_interval: Annotated[
+        float, _doc("At most one fetch per this many seconds for an unknown kid.", ge=0, le=3600)
+    ] = 30.0
+    roles_claim: Annotated[str, _doc("Claim holding the caller's roles.", min_length=1)] = "roles"
+    allowed_roles: Annotated[
+        list[str], _doc("Roles this issuer may grant; others in its tokens are dropped.")
+    ] = msgspec.field(default_factory=lambda: ["customer"])
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Everything cygate can be told. Each field is also ``CYGATE_<FIELD>`` in the environment."""
 
@@ -303,6 +332,67 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         _doc("Cache rules by name, added to (or replacing) the built-in ones."),
     ] = msgspec.field(default_factory=dict)
 
+    # --- Identity and access (issue 3) -------------------------------------------------------
+    jwt_issuer: Annotated[str, _doc("`iss` of the access tokens cygate signs.", min_length=1)] = (
+        "cygate"
+    )
+    jwt_audience: Annotated[
+        str, _doc("`aud` of (and required in) cygate's tokens.", min_length=1)
+    ] = "cygate"
+    jwt_key_files: Annotated[
+        list[str],
+        _doc("PEM files of token keys (private: signs and verifies; public: verifies only)."),
+    ] = msgspec.field(default_factory=list)
+    jwt_signing_kid: Annotated[
+        str, _doc("kid of the key that signs; empty: the first private key listed.")
+    ] = ""
+    jwt_key_dir: Annotated[
+        str,
+        _doc("Development/test: where a signing key is generated when no key file is listed."),
+    ] = ".data/keys"
+    jwt_key_algorithm: Annotated[
+        Literal["EdDSA", "ES256"], _doc("Algorithm of a generated signing key.")
+    ] = "EdDSA"
+    jwt_leeway: Annotated[int, _doc("Clock leeway for exp/nbf/iat, seconds.", ge=0, le=300)] = 30
+    jwt_max_token_bytes: Annotated[
+        int, _doc("Longest accepted access token, bytes.", ge=256, le=65536)
+    ] = 4096
+    jwt_cache_size: Annotated[
+        _NonNegative, _doc("Verified tokens cached per worker; 0 disables.", le=10_000_000)
+    ] = 20_000
+    jwt_revocation_cache_seconds: Annotated[
+        float, _doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
+    ] = 1.0
+    access_token_ttl: Annotated[int, _doc("Access token lifetime, seconds.", ge=30, le=86400)] = 900
+    refresh_token_ttl: Annotated[
+        int, _doc("Lifetime of one refresh token, seconds.", ge=60, le=31_536_000)
+    ] = 14 * 86400
+    refresh_family_ttl: Annotated[
+        int, _doc("Absolute lifetime of a login's refresh tokens, seconds.", ge=60, le=31_536_000)
+    ] = 30 * 86400
+    argon2_time_cost: Annotated[int, _doc("Argon2id passes.", ge=1, le=20)] = 2
+    argon2_memory_cost: Annotated[int, _doc("Argon2id memory, KiB.", ge=64, le=4_194_304)] = 19456
+    argon2_parallelism: Annotated[int, _doc("Argon2id lanes.", ge=1, le=16)] = 1
+    argon2_threads: Annotated[
+        int, _doc("Threads hashing passwords (off the event loop), per worker.", ge=1, le=64)
+    ] = 2
+    login_failure_window: Annotated[
+        int, _doc("Window of the failed-login counters, seconds.", ge=1, le=86400)
+    ] = 900
+    login_max_failures_per_account: Annotated[
+        int, _doc("Failed logins per account per window before 429.", ge=1, le=10_000)
+    ] = 5
+    login_max_failures_per_address: Annotated[
+        int, _doc("Failed logins per client address per window before 429.", ge=1, le=1_000_000)
+    ] = 50
+    identity_providers: Annotated[
+        list[IdentityProvider], _doc("External issuers whose access tokens are accepted (JSON).")
+    ] = msgspec.field(default_factory=list)
+    admin_email: Annotated[
+        str, _doc("At start-up this account exists with role admin (with admin_password).")
+    ] = ""
+    admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = ""
+
     def all_rate_limits(self) -> dict[str, RateLimitSpec]:
         """The built-in limits overlaid with the configured ones."""
         return {**_default_rate_limits(), **self.rate_limits}
@@ -349,6 +439,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     def __post_init__(self) -> None:
         self._check_rate_limits()
+        _check_identity(self)
         if self.db_pool_min > self.db_pool_max:
             raise msgspec.ValidationError(
                 "db_pool_min must not exceed db_pool_max - at `$.db_pool_min`"
@@ -366,7 +457,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for ``cygate check-config``."""
         out: dict[str, Any] = msgspec.to_builtins(self)
-        for name in ("metrics_token", "cache_key_secret"):
+        for name in ("metrics_token", "cache_key_secret", "admin_password"):
             if out.get(name):
                 out[name] = "***"
         for name in ("database_url", "redis_url"):
@@ -374,7 +465,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return out
 
 
-_SECRETS = ("metrics_token", "database_url", "redis_url", "cache_key_secret")
+_SECRETS = ("metrics_token", "database_url", "redis_url", "cache_key_secret", "admin_password")
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 
 
@@ -387,20 +478,49 @@ def _mask_url_password(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
-# Settings whose environment value is a JSON document (rate limits, cache rules).
-_JSON_ENV = frozenset({"rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"})
+def _check_identity(s: Settings) -> None:
+    """Cross-field rules of the identity block (issue 3)."""
+    if s.refresh_token_ttl > s.refresh_family_ttl:
+        raise msgspec.ValidationError(
+            "refresh_token_ttl must not exceed refresh_family_ttl - at `$.refresh_token_ttl`"
+        )
+    if bool(s.admin_email) != bool(s.admin_password):
+        raise msgspec.ValidationError(
+            "admin_email and admin_password go together - at `$.admin_email`"
+        )
+    if s.admin_password and len(s.admin_password) < 10:
+        raise msgspec.ValidationError(
+            "admin_password needs at least 10 characters - at `$.admin_password`"
+        )
+    if s.environment == "production" and not s.jwt_key_files:
+        raise msgspec.ValidationError(
+            "production needs jwt_key_files (keys are generated only in development and test)"
+            " - at `$.jwt_key_files`"
+        )
+    issuers = [p.issuer for p in s.identity_providers]
+    if s.jwt_issuer in issuers or len(set(issuers)) != len(issuers):
+        raise msgspec.ValidationError(
+            "each identity provider needs an issuer of its own - at `$.identity_providers`"
+        )
+
+
+# Settings given in the environment as JSON, or (lists of strings) as comma-separated text.
+_JSON_ONLY = frozenset(
+    {"identity_providers", "rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"}
+)
+_STRING_LISTS = frozenset({"trusted_proxies", "jwt_key_files"})
 
 
 def _env_value(name: str, raw: str) -> Any:
     """Environment values are strings; lists arrive as JSON or comma-separated text."""
-    if name in _JSON_ENV:
+    if name in _JSON_ONLY:
         try:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
             raise SettingsError(
                 f"invalid setting {ENV_PREFIX}{name.upper()}: not a JSON document ({exc})"
             ) from None
-    if name == "trusted_proxies":
+    if name in _STRING_LISTS:
         raw = raw.strip()
         if raw.startswith("["):
             try:

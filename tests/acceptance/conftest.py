@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+from tests.admin import ADMIN_EMAIL, ADMIN_PASSWORD
 
 from cygate.infra import seed as seeding
 
@@ -33,6 +34,15 @@ class Gateway:
 
     def client(self, **kw: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10, **kw)  # type: ignore[arg-type]
+
+
+def admin_headers(gw: Gateway) -> dict[str, str]:
+    """A Bearer header for the admin account every test gateway starts with (gateway_env)."""
+    r = httpx.post(
+        gw.url + "/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def start_gateway(

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
+from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
 from tests.acceptance.test_catalog_api import assert_problem
 from tests.private_redis import PrivateRedis
 
@@ -196,7 +196,10 @@ def test_purge_through_a_is_visible_on_b_within_100_ms(
     a, b = pair
     pid = product_ids[3]
     path = f"/api/v1/products/{pid}"
-    with httpx.Client(base_url=b.url) as cb, httpx.Client(base_url=a.url) as ca:
+    with (
+        httpx.Client(base_url=b.url) as cb,
+        httpx.Client(base_url=a.url, headers=admin_headers(a)) as ca,
+    ):
         original = cb.get(path).json()["name"]
         assert cb.get(path).headers["x-cache"] == "hit-l1"
         sql(test_db_dsn, "UPDATE products SET name = $2 WHERE id = $1::uuid", pid, "renamed")
@@ -218,7 +221,9 @@ def test_purge_through_a_is_visible_on_b_within_100_ms(
 
 def test_purge_requests_are_validated(pair: list[Gateway]) -> None:
     a, _ = pair
-    with httpx.Client(base_url=a.url) as c:
+    anonymous = httpx.post(a.url + "/admin/cache/purge", json={"tags": ["x"]})
+    assert_problem(anonymous, 401)
+    with httpx.Client(base_url=a.url, headers=admin_headers(a)) as c:
         assert_problem(c.post("/admin/cache/purge", json={"tags": []}), 422)
         assert_problem(c.post("/admin/cache/purge", json={"tags": ["x"], "all": True}), 422)
         assert_problem(c.post("/admin/cache/purge", json={"tags": ["x" * 201]}), 422)
@@ -262,7 +267,10 @@ def test_b_survives_a_dropped_subscription(
     server, (a, b) = private_pair
     pid = product_ids[4]
     path = f"/api/v1/products/{pid}"
-    with httpx.Client(base_url=b.url) as cb, httpx.Client(base_url=a.url) as ca:
+    with (
+        httpx.Client(base_url=b.url) as cb,
+        httpx.Client(base_url=a.url, headers=admin_headers(a)) as ca,
+    ):
         original = cb.get(path).json()["name"]
         sql(test_db_dsn, "UPDATE products SET name = $2 WHERE id = $1::uuid", pid, "after-drop")
         try:
@@ -294,7 +302,7 @@ def test_redis_stopped_reads_keep_working(
 ) -> None:
     server, (a, _) = private_pair
     warm = f"/api/v1/products/{product_ids[5]}"
-    with httpx.Client(base_url=a.url, timeout=10) as c:
+    with httpx.Client(base_url=a.url, timeout=10, headers=admin_headers(a)) as c:
         assert c.get(warm).status_code == 200
         server.stop()
         try:
@@ -334,7 +342,7 @@ def test_one_gateway_without_redis_at_all(
     env = _env(gateway_env, "unused:", CYGATE_CACHE_L2="false")
     gw = start_gateway(env, workers=1)
     try:
-        with gw.client() as c:
+        with gw.client(headers=admin_headers(gw)) as c:
             path = f"/api/v1/products/{product_ids[6]}"
             assert c.get(path).headers["x-cache"] == "miss"
             assert c.get(path).headers["x-cache"] == "hit-l1"

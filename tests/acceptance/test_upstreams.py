@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
+from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
 from tests.upstream_servers import Upstream, running_upstreams
 
 pytestmark = pytest.mark.acceptance
@@ -94,7 +94,7 @@ def test_proxied_request_and_admin_view(proxy_gw: tuple[Gateway, pathlib.Path]) 
         missing = c.get("/nothing/here")
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
-        view = c.get("/admin/routes").json()
+        view = c.get("/admin/routes", headers=admin_headers(gw)).json()
         assert view["upstreams"]["svc"]["circuit"]["state"] == "closed"
         assert [t["url"] for t in view["upstreams"]["svc"]["targets"]] == [
             u["url"] for u in view["upstreams"]["svc"]["targets"]
@@ -109,7 +109,8 @@ def test_admin_routes_carries_the_admin_policy(proxy_gw: tuple[Gateway, pathlib.
     tests/unit/upstream/test_admin.py: every peer of this process is loopback)."""
     gw, _ = proxy_gw
     with gw.client() as c:
-        view = c.get("/admin/routes").json()
+        assert c.get("/admin/routes").status_code == 401  # the token stage enforces it
+        view = c.get("/admin/routes", headers=admin_headers(gw)).json()
     entry = next(r for r in view["routes"] if r["path"] == "/admin/routes")
     assert entry["auth"] is True and entry["roles"] == ["admin"]
 
@@ -167,7 +168,7 @@ def test_reload_bad_file_keeps_old_table_good_file_goes_live_without_dropping(
     proxy_gw: tuple[Gateway, pathlib.Path], ups: list[Upstream]
 ) -> None:
     gw, path = proxy_gw
-    c = gw.client()
+    c = gw.client(headers=admin_headers(gw))
     version = c.get("/admin/routes").json()["version"]
     assert c.get("/new/echo").status_code == 404
 

@@ -131,9 +131,10 @@ def test_bad_cache_rules_name_the_setting(value: str) -> None:
 
 
 def test_production_needs_a_cache_secret_and_hides_it() -> None:
+    prod = {"CYGATE_ENVIRONMENT": "production", "CYGATE_JWT_KEY_FILES": "/keys/a.pem"}
     with pytest.raises(SettingsError, match="cache_key_secret"):
-        load_settings({"CYGATE_ENVIRONMENT": "production"})
-    s = load_settings({"CYGATE_ENVIRONMENT": "production", "CYGATE_CACHE_KEY_SECRET": "k3y"})
+        load_settings(prod)
+    s = load_settings({**prod, "CYGATE_CACHE_KEY_SECRET": "k3y"})
     assert s.redacted()["cache_key_secret"] == "***"
-    off = load_settings({"CYGATE_ENVIRONMENT": "production", "CYGATE_CACHE_ENABLED": "false"})
+    off = load_settings({**prod, "CYGATE_CACHE_ENABLED": "false"})
     assert not off.cache_enabled

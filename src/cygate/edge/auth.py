@@ -1,0 +1,145 @@
+"""The token stage: who is calling, and may they call this route.
+
+For every routed request the stage reads ``Authorization: Bearer <token>``:
+
+- a route with ``policy.auth`` (or ``policy.roles``) needs a valid, unrevoked access token:
+  otherwise 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750, API.md);
+  with a token but none of the route's roles, 403 (``error="insufficient_scope"``);
+- on a public route a valid token still sets the principal (optional authentication: per-user
+  behaviour, rate limits), and a missing or bad one is simply ignored.
+
+The principal goes to ``ctx.principal``; Litestar handlers read it from
+``request.scope["cygate.ctx"].principal`` (see :func:`principal_of`).
+
+PERF: with a repeated token the verifier answers from its cache and the revocation check from
+its short local cache, so the stage returns None: no coroutine, no await. Only a token not
+seen for a while costs one Redis ``EXISTS``; only an unknown ``kid`` of an external provider
+costs a (rate-limited, shared) JWKS fetch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from cygate.core.jwt import EXPIRED, UNKNOWN_KID, JWTError
+from cygate.edge.problem import Problem
+
+if TYPE_CHECKING:
+    from cygate.core.jwt import JWTVerifierPy
+    from cygate.edge.context import EdgeContext, Principal
+    from cygate.services.identity.revocation import Revocations
+
+__all__ = ["TokenStage", "principal_of", "unauthorized"]
+
+_CHALLENGE = {"www-authenticate": 'Bearer error="invalid_token"'}
+_FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
+_BEARER = b"bearer "
+
+
+def unauthorized(detail: str = "a valid access token is required") -> Problem:
+    """The 401 of a protected route (RFC 6750 challenge)."""
+    return Problem(401, detail, headers=dict(_CHALLENGE))
+
+
+def _refused(reason: str) -> Problem:
+    if reason == EXPIRED:
+        return unauthorized("the access token has expired")
+    return unauthorized(f"the access token is not valid ({reason})")
+
+
+class TokenStage:
+    """An edge stage (``stage(ctx)``); see the module docstring."""
+
+    __slots__ = ("refresh_keys", "revocations", "verifier")
+
+    def __init__(
+        self,
+        verifier: JWTVerifierPy,
+        revocations: Revocations,
+        refresh_keys: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.revocations = revocations
+        self.refresh_keys = refresh_keys
+        """Called with an issuer when a token names a kid its key set lacks; True when a new
+        key set was installed (then the token is verified once more)."""
+
+    def __call__(self, ctx: EdgeContext) -> Awaitable[None] | None:
+        policy = ctx.policy
+        required = policy.auth or bool(policy.roles)
+        header = None
+        for name, value in ctx.headers:  # PERF: one pass, no dict
+            if name == b"authorization":
+                header = value
+                break
+        if header is None or header[:7].lower() != _BEARER:
+            # NOTE: another scheme (Basic for client credentials at /auth/token) is not ours
+            # to judge on a public route.
+            if required:
+                raise unauthorized()
+            return None
+        token = header[7:].strip(b" ")
+        try:
+            principal: Principal = self.verifier.verify(token)
+        except JWTError as err:
+            if err.reason == UNKNOWN_KID and err.issuer and self.refresh_keys is not None:
+                return self._after_key_refresh(ctx, token, err, required)
+            if required:
+                raise _refused(err.reason) from None
+            return None
+        except TypeError:  # pragma: no cover - headers are bytes
+            return None
+        pending = self.revocations.check(principal.jti, principal.expires_at)
+        if pending is None:
+            self._admit(ctx, principal, required)
+            return None
+        return self._after_revocation_check(ctx, principal, pending, required)
+
+    def _admit(self, ctx: EdgeContext, principal: Principal, required: bool) -> None:
+        roles = ctx.policy.roles
+        if roles and roles.isdisjoint(principal.roles):
+            raise Problem(
+                403,
+                "this route needs one of the roles: " + ", ".join(sorted(roles)),
+                headers=dict(_FORBIDDEN),
+            )
+        ctx.principal = principal
+
+    async def _after_revocation_check(
+        self, ctx: EdgeContext, principal: Principal, pending: Awaitable[bool], required: bool
+    ) -> None:
+        if await pending:
+            if required:
+                raise unauthorized("the access token has been revoked")
+            return
+        self._admit(ctx, principal, required)
+
+    async def _after_key_refresh(
+        self, ctx: EdgeContext, token: bytes, err: JWTError, required: bool
+    ) -> None:
+        assert self.refresh_keys is not None and err.issuer is not None
+        if await self.refresh_keys(err.issuer):
+            try:
+                principal: Principal = self.verifier.verify(token)
+            except JWTError as again:
+                err = again
+            else:
+                pending = self.revocations.check(principal.jti, principal.expires_at)
+                if pending is None:
+                    self._admit(ctx, principal, required)
+                else:
+                    await self._after_revocation_check(ctx, principal, pending, required)
+                return
+        if required:
+            raise _refused(err.reason)
+
+
+def principal_of(request: Any) -> Principal:
+    """The caller's principal in a Litestar handler (the edge's token stage set it); 401 when
+    there is none (defence in depth: routes that need it are also marked ``auth``)."""
+    ctx = request.scope.get("cygate.ctx")
+    principal: Principal | None = getattr(ctx, "principal", None)
+    if principal is None:
+        raise unauthorized()
+    return principal

@@ -1,0 +1,1 @@
+"""Identity and access: accounts, tokens, external providers, GDPR rights (``docs/identity.md``)."""

@@ -1,0 +1,277 @@
+"""Identity endpoints (``API.md``, Identity and access): auth, tokens, users, the JWKS."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, unquote_plus
+from uuid import UUID
+
+import orjson
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody, Parameter
+
+from cygate.edge.auth import principal_of
+from cygate.edge.problem import Problem
+from cygate.services.identity.models import (
+    LoginIn,
+    ProfilePatch,
+    RegisterIn,
+    RolesIn,
+    TokenOut,
+    User,
+    UserPage,
+)
+from cygate.services.identity.service import (
+    BadCredentials,
+    Identity,
+    InvalidClient,
+    InvalidGrant,
+    RequestInfo,
+    Throttled,
+)
+from cygate.services.identity.store import EmailTaken, get_user, list_users, rename_user
+
+__all__ = ["AuthController", "JWKSController", "UsersController"]
+
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+_PRIVATE = {"cache-control": "private, no-store"}
+_FORM = "application/x-www-form-urlencoded"
+_SMALL_BODY = {"max_body_bytes": 16 * 1024}
+
+
+def _identity(state: State) -> Identity:
+    identity: Identity = state.identity
+    return identity
+
+
+def _info(request: Request[Any, Any, Any]) -> RequestInfo:
+    ctx: Any = request.scope.get("cygate.ctx")
+    if ctx is not None:
+        client_ip = str(ctx.client_ip)  # honours trusted_proxies
+    else:  # pragma: no cover - every request passes the edge
+        client_ip = request.client.host if request.client else ""
+    return RequestInfo(client_ip, str(request.scope.get("cygate.request_id", "")))
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response[bytes]:
+    """RFC 6749 §5.2: a JSON error object (not problem+json), never cached."""
+    headers = dict(_NO_STORE)
+    if status == 401:
+        headers["www-authenticate"] = 'Basic realm="cygate"'
+    body = orjson.dumps({"error": error, "error_description": description})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+class _FormError(Exception):
+    pass
+
+
+async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The urlencoded body; a parameter given twice is an error (RFC 6749 §3.1, §3.2)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != _FORM:
+        raise _FormError(f"the body must be {_FORM}")
+    try:
+        text = (await request.body()).decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise _FormError("the body is not valid form data") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise _FormError(f"parameter {name!r} is given more than once")
+        form[name] = value
+    return form
+
+
+def _basic_credentials(request: Request[Any, Any, Any]) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() != "basic ":
+        return None
+    try:
+        raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _FormError("malformed Basic credentials") from None
+    client_id, sep, secret = raw.partition(":")
+    if not sep:
+        raise _FormError("malformed Basic credentials")
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+class AuthController(Controller):
+    path = "/api/v1/auth"
+    tags = ["identity"]
+
+    @post("/register", summary="Create a customer account", opt=_SMALL_BODY)
+    async def register(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[RegisterIn]
+    ) -> Response[User]:
+        try:
+            user = await _identity(state).register(
+                data.email, data.password, data.name, _info(request)
+            )
+        except EmailTaken:
+            raise Problem(409, "an account with this email already exists") from None
+        return Response(user, status_code=201, headers=_PRIVATE)
+
+    @post("/login", summary="Email and password for a token pair", status_code=200, opt=_SMALL_BODY)
+    async def login(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[LoginIn]
+    ) -> Response[TokenOut]:
+        try:
+            tokens, verdict = await _identity(state).login(
+                data.email, data.password, _info(request)
+            )
+        except Throttled as exc:
+            raise Problem(429, str(exc), headers=exc.verdict.headers()) from None
+        except BadCredentials as exc:
+            headers = {**exc.verdict.headers(), "www-authenticate": 'Bearer realm="cygate"'}
+            raise Problem(401, "invalid email or password", headers=headers) from None
+        return Response(tokens, status_code=200, headers={**_NO_STORE, **verdict.headers()})
+
+    @post(
+        "/token",
+        summary="OAuth 2.0 token endpoint (refresh_token, client_credentials)",
+        status_code=200,
+        opt=_SMALL_BODY,
+    )
+    async def token(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
+        identity = _identity(state)
+        info = _info(request)
+        try:
+            form = await _form(request)
+            basic = _basic_credentials(request)
+        except _FormError as exc:
+            return _oauth_error(400, "invalid_request", str(exc))
+        grant = form.get("grant_type")
+        try:
+            if grant == "refresh_token":
+                refresh = form.get("refresh_token")
+                if not refresh:
+                    return _oauth_error(400, "invalid_request", "refresh_token is required")
+                tokens = await identity.refresh(refresh, info)
+            elif grant == "client_credentials":
+                if basic is not None and ("client_id" in form or "client_secret" in form):
+                    return _oauth_error(400, "invalid_request", "use one client authentication")
+                client_id, secret = basic or (form.get("client_id"), form.get("client_secret"))
+                if not client_id or secret is None:
+                    return _oauth_error(401, "invalid_client", "client authentication failed")
+                tokens = await identity.client_credentials(client_id, secret, info)
+            elif grant is None:
+                return _oauth_error(400, "invalid_request", "grant_type is required")
+            else:
+                return _oauth_error(
+                    400, "unsupported_grant_type", f"{grant[:64]!r} is not supported"
+                )
+        except InvalidGrant:
+            return _oauth_error(
+                400, "invalid_grant", "the refresh token is invalid, expired or revoked"
+            )
+        except InvalidClient:
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        return Response(tokens, status_code=200, headers=_NO_STORE)
+
+    @post(
+        "/revoke", summary="OAuth 2.0 token revocation (RFC 7009)", status_code=200, opt=_SMALL_BODY
+    )
+    async def revoke(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
+        try:
+            form = await _form(request)
+        except _FormError as exc:
+            return _oauth_error(400, "invalid_request", str(exc))
+        token = form.get("token")
+        if token is None:
+            return _oauth_error(400, "invalid_request", "token is required")
+        await _identity(state).revoke(token, _info(request))
+        return Response(b"", status_code=200, media_type="application/json", headers=_NO_STORE)
+
+
+class JWKSController(Controller):
+    path = "/.well-known"
+    tags = ["identity"]
+
+    @get("/jwks.json", summary="Public keys of cygate's access tokens (JWK Set)")
+    async def jwks(self, state: State) -> Response[bytes]:
+        body = orjson.dumps(_identity(state).keyring.jwks())
+        return Response(
+            body,
+            media_type="application/jwk-set+json",
+            headers={"cache-control": "public, max-age=300"},
+        )
+
+
+def _my_id(request: Request[Any, Any, Any]) -> UUID:
+    """The caller's user id; a token of a service client or an external provider has none
+    here, and the profile it asks for is not found."""
+    try:
+        return UUID(principal_of(request).sub)
+    except ValueError:
+        raise Problem(404, "no user account for this caller") from None
+
+
+_AUTH = {"auth": True}
+_ADMIN = {"auth": True, "roles": ["admin"]}
+
+
+class UsersController(Controller):
+    path = "/api/v1/users"
+    tags = ["identity"]
+
+    @get("/me", summary="My profile", opt=_AUTH)
+    async def me(self, request: Request[Any, Any, Any], state: State) -> Response[User]:
+        user = await get_user(_identity(state).pool, _my_id(request))
+        if user is None:
+            raise Problem(404, "no user account for this caller")
+        return Response(user, headers=_PRIVATE)
+
+    @patch("/me", summary="Change my name", opt=_AUTH | _SMALL_BODY)
+    async def update_me(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[ProfilePatch]
+    ) -> Response[User]:
+        user = await rename_user(_identity(state).pool, _my_id(request), data.name)
+        if user is None:
+            raise Problem(404, "no user account for this caller")
+        return Response(user, headers=_PRIVATE)
+
+    @get("/me/export", summary="Everything held about me (GDPR Art. 15/20)", opt=_AUTH)
+    async def export(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
+        data = await _identity(state).export(_my_id(request))
+        if data is None:
+            raise Problem(404, "no user account for this caller")
+        return Response(data, headers=_PRIVATE)
+
+    @delete("/me", summary="Erase my account (GDPR Art. 17)", opt=_AUTH, status_code=204)
+    async def erase(self, request: Request[Any, Any, Any], state: State) -> None:
+        if not await _identity(state).erase(_my_id(request), _info(request)):
+            raise Problem(404, "no user account for this caller")
+
+    @get("/", summary="Users (admin), keyset-paged", opt=_ADMIN)
+    async def list_users(
+        self,
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=100, description="Page size")] = 20,
+        cursor: Annotated[
+            str | None, Parameter(max_length=64, description="next_cursor of the previous page")
+        ] = None,
+    ) -> Response[UserPage]:
+        page = await list_users(_identity(state).pool, limit=limit, cursor=cursor)
+        return Response(page, headers=_PRIVATE)
+
+    @patch("/{user_id:uuid}/roles", summary="Set a user's roles (admin)", opt=_ADMIN | _SMALL_BODY)
+    async def set_roles(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        user_id: FromPath[UUID],
+        data: JSONBody[RolesIn],
+    ) -> Response[User]:
+        user = await _identity(state).set_roles(
+            principal_of(request), user_id, list(data.roles), _info(request)
+        )
+        if user is None:
+            raise Problem(404, f"no user {user_id}")
+        return Response(user, headers=_PRIVATE)

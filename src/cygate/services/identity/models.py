@@ -1,0 +1,83 @@
+"""Identity wire types (msgspec): request bodies refuse unknown fields (no mass assignment)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+__all__ = [
+    "EMAIL_PATTERN",
+    "MIN_PASSWORD",
+    "ROLES",
+    "LoginIn",
+    "ProfilePatch",
+    "RegisterIn",
+    "Role",
+    "RolesIn",
+    "TokenOut",
+    "User",
+    "UserPage",
+]
+
+ROLES = ("customer", "catalog_manager", "admin")
+Role = Literal["customer", "catalog_manager", "admin"]
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+"""NOTE: long enough for any passphrase, short enough that no one makes Argon2 hash a megabyte."""
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
+
+Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
+Name = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/auth/register``."""
+
+    email: Email
+    password: Annotated[str, msgspec.Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+    name: Name = ""
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/auth/login``. No length rules: a wrong password is a 401 like any other."""
+
+    email: Annotated[str, msgspec.Meta(max_length=254)]
+    password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD)]
+
+
+class ProfilePatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``PATCH /api/v1/users/me``: the only field a user may change about itself."""
+
+    name: Name
+
+
+class RolesIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``PATCH /api/v1/users/{id}/roles`` (admin)."""
+
+    roles: Annotated[list[Role], msgspec.Meta(max_length=len(ROLES))]
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    email: str
+    name: str
+    roles: list[str]
+    created_at: datetime
+
+
+class UserPage(msgspec.Struct, frozen=True):
+    items: list[User]
+    next_cursor: str | None
+
+
+class TokenOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """RFC 6749 §5.1 token response."""
+
+    access_token: str
+    token_type: str
+    """Always ``Bearer`` (no default: ``omit_defaults`` would drop it)."""
+    expires_in: int
+    refresh_token: str | None = None

@@ -1,0 +1,109 @@
+"""Revoked access tokens: their ``jti`` in Redis until the token's own expiry, checked with a
+short per-worker cache.
+
+An access token is revoked by logout (RFC 7009 revoke of its refresh token's family, or of the
+access token itself), refresh-token reuse, a role change, or account erasure. The revoking
+worker tells its verifier at once; other workers and instances learn it from Redis, asking at
+most once per ``cache_seconds`` per ``jti`` (so a revoked token stops working everywhere within
+that time plus one Redis round trip).
+
+PERF: :meth:`Revocations.check` answers from the local cache without creating a coroutine;
+only a ``jti`` not asked about recently costs an ``EXISTS``.
+
+Redis down: tokens are accepted (they are short-lived and signed; availability first, as the
+design says for Redis), the outage is logged once per ``cache_seconds``, and the answer is
+cached as briefly as any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from cygate.core.jwt import JWTVerifierPy
+    from cygate.infra.redis import RedisHandle
+
+__all__ = ["Revocations"]
+
+log = logging.getLogger("cygate.identity")
+
+_LOCAL_MAX = 200_000
+
+
+class Revocations:
+    """See the module docstring."""
+
+    __slots__ = ("_checked", "_last_warning", "_redis", "cache_seconds", "verifier")
+
+    def __init__(
+        self, redis: RedisHandle | None, verifier: JWTVerifierPy, *, cache_seconds: float
+    ) -> None:
+        self._redis = redis
+        self.verifier = verifier
+        self.cache_seconds = cache_seconds
+        self._checked: dict[str, float] = {}  # jti -> trusted "not revoked" until (monotonic)
+        self._last_warning = 0.0
+
+    def attach(self, redis: RedisHandle) -> None:
+        self._redis = redis
+
+    def _key(self, jti: str) -> str:
+        assert self._redis is not None
+        return self._redis.key("revoked", "{" + jti + "}")
+
+    def check(self, jti: str, expires_at: int) -> Awaitable[bool] | None:
+        """None when ``jti`` is known not revoked (recently asked); else an awaitable that asks
+        Redis and resolves True when revoked (the verifier is told, too)."""
+        until = self._checked.get(jti)
+        if until is not None and time.monotonic() < until:
+            return None
+        if self.verifier.is_revoked(jti):
+            return _true()
+        if self._redis is None:
+            return None
+        return self._ask(jti, expires_at)
+
+    async def _ask(self, jti: str, expires_at: int) -> bool:
+        assert self._redis is not None
+        now = time.monotonic()
+        try:
+            revoked = bool(await self._redis.client.exists(self._key(jti)))
+        except (RedisError, OSError) as exc:
+            if now - self._last_warning > max(self.cache_seconds, 1.0):
+                self._last_warning = now
+                log.warning("revocation check: Redis unavailable, accepting tokens (%r)", exc)
+            revoked = False
+        if revoked:
+            self.verifier.revoke_jti(jti, float(expires_at))
+            self._checked.pop(jti, None)
+            return True
+        if len(self._checked) >= _LOCAL_MAX:
+            self._checked.clear()
+        self._checked[jti] = now + self.cache_seconds
+        return False
+
+    async def revoke(self, tokens: Iterable[tuple[str, float]]) -> None:
+        """Revoke access tokens given as ``(jti, expires_at)`` (seconds since the epoch)."""
+        now = time.time()
+        live = [(jti, exp) for jti, exp in tokens if jti and exp > now]
+        for jti, exp in live:
+            self.verifier.revoke_jti(jti, exp)
+            self._checked.pop(jti, None)
+        if not live or self._redis is None:
+            return
+        try:
+            pipe = self._redis.client.pipeline(transaction=False)
+            for jti, exp in live:
+                pipe.set(self._key(jti), b"1", exat=int(exp) + 1)
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.error("could not record %d revoked access token(s) in Redis (%r)", len(live), exc)
+
+
+async def _true() -> bool:
+    return True

@@ -1,0 +1,443 @@
+"""Identity data in PostgreSQL: users, refresh-token families, service clients, audit log.
+
+Functions take a connection (or the pool) so the service can put several in one transaction.
+Ownership lives here: every query about "me" is keyed by the caller's own id, so another
+user's data is simply not found (a 404), never refused after being read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from uuid import UUID
+
+import orjson
+
+from cygate.ids import uuid7
+from cygate.services.catalog.repository import CursorError
+from cygate.services.identity.models import User, UserPage
+
+if TYPE_CHECKING:
+    import asyncpg
+
+Conn: TypeAlias = Any
+"""An ``asyncpg.Connection`` or ``asyncpg.Pool`` (asyncpg ships no type information)."""
+
+__all__ = [
+    "Consumed",
+    "EmailTaken",
+    "LoginRow",
+    "audit",
+    "consume_refresh",
+    "create_user",
+    "erase_user",
+    "export_user",
+    "get_user",
+    "insert_refresh",
+    "list_users",
+    "live_access_tokens",
+    "login_row",
+    "refresh_state",
+    "rename_user",
+    "revoke_family",
+    "set_password_hash",
+    "set_roles",
+    "upsert_admin",
+]
+
+_USER_COLUMNS: Final = "id, email, name, roles, created_at"
+
+
+class EmailTaken(Exception):
+    """An account with this email exists (409)."""
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row["id"],
+        email=row["email"],
+        name=row["name"],
+        roles=list(row["roles"]),
+        created_at=row["created_at"],
+    )
+
+
+def _inet(address: str | None) -> str | None:
+    if not address:
+        return None
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+async def audit(
+    conn: Conn,
+    action: str,
+    *,
+    actor_id: UUID | None = None,
+    target: str | None = None,
+    client_ip: str | None = None,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append a security event to ``audit_log``."""
+    await conn.execute(
+        "INSERT INTO audit_log (actor_id, action, target, client_ip, request_id, details)"
+        " VALUES ($1, $2, $3, $4::inet, $5, $6)",
+        actor_id,
+        action,
+        target,
+        _inet(client_ip),
+        request_id,
+        details or {},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+# ---------------------------------------------------------------------------------------------
+
+
+async def create_user(conn: Conn, email: str, password_hash: str, name: str) -> User:
+    import asyncpg
+
+    try:
+        row = await conn.fetchrow(
+            f"INSERT INTO users (id, email, password_hash, name) VALUES ($1, $2, $3, $4)"
+            f" RETURNING {_USER_COLUMNS}",
+            uuid7(),
+            email,
+            password_hash,
+            name,
+        )
+    except asyncpg.UniqueViolationError:
+        raise EmailTaken(email) from None
+    return _user(row)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRow:
+    id: UUID
+    password_hash: str | None
+    roles: list[str]
+
+
+async def login_row(conn: Conn, email: str) -> LoginRow | None:
+    row = await conn.fetchrow(
+        "SELECT id, password_hash, roles FROM users WHERE lower(email) = $1 AND erased_at IS NULL",
+        email,
+    )
+    return None if row is None else LoginRow(row["id"], row["password_hash"], list(row["roles"]))
+
+
+async def set_password_hash(conn: Conn, user_id: UUID, password_hash: str) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+        user_id,
+        password_hash,
+    )
+
+
+async def get_user(conn: Conn, user_id: UUID) -> User | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1 AND erased_at IS NULL", user_id
+    )
+    return None if row is None else _user(row)
+
+
+async def rename_user(conn: Conn, user_id: UUID, name: str) -> User | None:
+    row = await conn.fetchrow(
+        f"UPDATE users SET name = $2, updated_at = now() WHERE id = $1 AND erased_at IS NULL"
+        f" RETURNING {_USER_COLUMNS}",
+        user_id,
+        name,
+    )
+    return None if row is None else _user(row)
+
+
+def _encode_cursor(last_id: UUID) -> str:
+    return base64.urlsafe_b64encode(last_id.bytes).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str) -> UUID:
+    try:
+        if len(cursor) != 22:
+            raise ValueError("length")
+        return UUID(bytes=base64.urlsafe_b64decode(cursor + "=="))
+    except (ValueError, binascii.Error):
+        raise CursorError("malformed cursor") from None
+
+
+async def list_users(conn: Conn, *, limit: int, cursor: str | None) -> UserPage:
+    """Users in id order (UUIDv7: sign-up order), keyset-paged; erased accounts left out."""
+    after = _decode_cursor(cursor) if cursor is not None else None
+    rows = await conn.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE erased_at IS NULL"
+        " AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        after,
+        limit + 1,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["id"])
+    return UserPage([_user(r) for r in rows], next_cursor)
+
+
+async def set_roles(
+    conn: asyncpg.Connection, user_id: UUID, roles: list[str]
+) -> tuple[list[str], User] | None:
+    """Replace the user's roles; returns (the roles before, the user after), or None."""
+    before = await conn.fetchval(
+        "SELECT roles FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
+    )
+    if before is None:
+        return None
+    row = await conn.fetchrow(
+        f"UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
+        user_id,
+        roles,
+    )
+    return list(before), _user(row)
+
+
+async def upsert_admin(conn: Conn, email: str, password_hash: str) -> UUID:
+    """The admin account of ``CYGATE_ADMIN_EMAIL``: created, or its password and role reset."""
+    user_id: UUID = await conn.fetchval(
+        """INSERT INTO users (id, email, password_hash, name, roles)
+           VALUES ($1, $2, $3, 'Administrator', ARRAY['admin'])
+           ON CONFLICT ((lower(email))) DO UPDATE
+              SET password_hash = EXCLUDED.password_hash,
+                  roles = ARRAY(SELECT DISTINCT r FROM unnest(users.roles || 'admin'::text) r
+                                ORDER BY r),
+                  updated_at = now()
+           RETURNING id""",
+        uuid7(),
+        email,
+        password_hash,
+    )
+    return user_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Refresh-token families
+# ---------------------------------------------------------------------------------------------
+
+
+async def insert_refresh(
+    conn: Conn,
+    *,
+    user_id: UUID,
+    token_hash: bytes,
+    access_jti: str,
+    access_expires_at: int,
+    ttl: int,
+    family_ttl: int | None = None,
+    family_id: UUID | None = None,
+    parent_id: UUID | None = None,
+    family_expires_at: Any = None,
+) -> None:
+    """A new refresh token: the first of a family (``family_ttl``), or the child of a rotated
+    one (same ``family_id`` and ``family_expires_at``: rotation never extends the family)."""
+    await conn.execute(
+        """INSERT INTO refresh_tokens
+               (id, user_id, family_id, parent_id, token_hash, expires_at, family_expires_at,
+                access_jti, access_expires_at)
+           SELECT $1, $2, $3, $4, $5, LEAST(now() + make_interval(secs => $6), f.exp), f.exp,
+                  $8, to_timestamp($9)
+           FROM (SELECT COALESCE($7::timestamptz, now() + make_interval(secs => $10)) AS exp) f""",
+        uuid7(),
+        user_id,
+        family_id or uuid7(),
+        parent_id,
+        token_hash,
+        float(ttl),
+        family_expires_at,
+        access_jti,
+        float(access_expires_at),
+        float(family_ttl or ttl),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    id: UUID
+    user_id: UUID
+    family_id: UUID
+    family_expires_at: Any
+    roles: list[str]
+
+
+async def consume_refresh(conn: Conn, token_hash: bytes) -> Consumed | None:
+    """Mark a live refresh token used, atomically: of any number of concurrent callers with the
+    same token, exactly one gets the row (the others wait on its row lock, then find it used)."""
+    row = await conn.fetchrow(
+        """WITH consumed AS (
+               UPDATE refresh_tokens SET used_at = now()
+               WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
+                 AND expires_at > now()
+               RETURNING id, user_id, family_id, family_expires_at)
+           SELECT c.id, c.user_id, c.family_id, c.family_expires_at, u.roles
+           FROM consumed c JOIN users u ON u.id = c.user_id AND u.erased_at IS NULL""",
+        token_hash,
+    )
+    if row is None:
+        return None
+    return Consumed(
+        row["id"], row["user_id"], row["family_id"], row["family_expires_at"], list(row["roles"])
+    )
+
+
+async def refresh_state(conn: Conn, token_hash: bytes) -> Any:
+    """Why a token could not be consumed: its row (family, user, used, revoked), or None."""
+    return await conn.fetchrow(
+        "SELECT family_id, user_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1",
+        token_hash,
+    )
+
+
+async def revoke_family(conn: Conn, family_id: UUID) -> list[tuple[str, float]]:
+    """Revoke every token of a family; returns the access tokens issued with them still alive."""
+    rows = await conn.fetch(
+        """UPDATE refresh_tokens SET revoked_at = now()
+           WHERE family_id = $1 AND revoked_at IS NULL
+           RETURNING access_jti, extract(epoch FROM access_expires_at)::float8 AS exp""",
+        family_id,
+    )
+    return [(r["access_jti"], r["exp"]) for r in rows if r["access_jti"] and r["exp"]]
+
+
+async def live_access_tokens(conn: Conn, user_id: UUID) -> list[tuple[str, float]]:
+    """The user's access tokens that have not expired yet (issued by login or refresh)."""
+    rows = await conn.fetch(
+        """SELECT access_jti, extract(epoch FROM access_expires_at)::float8 AS exp
+           FROM refresh_tokens WHERE user_id = $1 AND access_expires_at > now()""",
+        user_id,
+    )
+    return [(r["access_jti"], r["exp"]) for r in rows if r["access_jti"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# GDPR: export and erasure
+# ---------------------------------------------------------------------------------------------
+
+
+async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any] | None:
+    """Everything held about the user (GDPR Art. 15/20), as JSON-ready data."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        user = await conn.fetchrow(
+            "SELECT id, email, name, roles, created_at, updated_at FROM users"
+            " WHERE id = $1 AND erased_at IS NULL",
+            user_id,
+        )
+        if user is None:
+            return None
+        profile = await conn.fetchrow(
+            "SELECT phone, default_address, marketing_opt_in, updated_at FROM profiles"
+            " WHERE user_id = $1",
+            user_id,
+        )
+        orders = await conn.fetch(
+            """SELECT o.id, o.status, o.total_cents, o.currency, o.shipping_address,
+                      o.created_at, o.updated_at,
+                      COALESCE((SELECT json_agg(json_build_object(
+                                   'product_id', i.product_id, 'quantity', i.quantity,
+                                   'unit_price_cents', i.unit_price_cents))
+                                FROM order_items i WHERE i.order_id = o.id), '[]') AS items,
+                      COALESCE((SELECT json_agg(json_build_object(
+                                   'id', p.id, 'status', p.status, 'amount_cents', p.amount_cents,
+                                   'currency', p.currency, 'created_at', p.created_at))
+                                FROM payments p WHERE p.order_id = o.id), '[]') AS payments
+               FROM orders o WHERE o.user_id = $1 ORDER BY o.created_at""",
+            user_id,
+        )
+        sessions = await conn.fetch(
+            """SELECT family_id, min(issued_at) AS started_at, max(issued_at) AS last_used_at,
+                      max(family_expires_at) AS expires_at, max(revoked_at) AS revoked_at
+               FROM refresh_tokens WHERE user_id = $1 GROUP BY family_id ORDER BY 2""",
+            user_id,
+        )
+        events = await conn.fetch(
+            """SELECT at, action, host(client_ip) AS client_ip, details FROM audit_log
+               WHERE actor_id = $1 ORDER BY at, id""",
+            user_id,
+        )
+    return {
+        "user": dict(user),
+        "profile": dict(profile) if profile is not None else None,
+        "orders": [
+            {**dict(o), "items": orjson.loads(o["items"]), "payments": orjson.loads(o["payments"])}
+            for o in orders
+        ],
+        "sessions": [dict(s) for s in sessions],
+        "security_events": [dict(e) for e in events],
+    }
+
+
+async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str, float]] | None:
+    """Erase the user's personal data in the caller's transaction; returns the access tokens to
+    revoke, or None when there is no such (live) user.
+
+    The row stays as a tombstone without PII (its id keeps audit entries meaningful and can
+    never be reused); the profile, refresh tokens and idempotency records go; orders stay for
+    the books, without the shipping address and without the link to the person.
+    """
+    erased = await conn.fetchval(
+        """UPDATE users SET email = NULL, password_hash = NULL, name = '',
+                  roles = ARRAY['customer'], erased_at = now(), updated_at = now()
+           WHERE id = $1 AND erased_at IS NULL RETURNING id""",
+        user_id,
+    )
+    if erased is None:
+        return None
+    await conn.execute("DELETE FROM profiles WHERE user_id = $1", user_id)
+    await conn.execute("DELETE FROM idempotency_keys WHERE user_id = $1", user_id)
+    orders = await conn.fetchval(
+        """WITH o AS (UPDATE orders SET shipping_address = NULL, user_id = NULL,
+                                        updated_at = now()
+                      WHERE user_id = $1 RETURNING 1)
+           SELECT count(*) FROM o""",
+        user_id,
+    )
+    await conn.execute("UPDATE audit_log SET client_ip = NULL WHERE actor_id = $1", user_id)
+    rows = await conn.fetch(
+        """DELETE FROM refresh_tokens WHERE user_id = $1
+           RETURNING access_jti, extract(epoch FROM access_expires_at)::float8 AS exp""",
+        user_id,
+    )
+    await audit(
+        conn,
+        "erasure",
+        actor_id=user_id,
+        target=str(user_id),
+        details={"orders_anonymised": int(orders)},
+    )
+    return [(r["access_jti"], r["exp"]) for r in rows if r["access_jti"] and r["exp"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Service clients
+# ---------------------------------------------------------------------------------------------
+
+
+async def service_client(conn: Conn, client_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT client_id, secret_hash, roles FROM service_clients"
+        " WHERE client_id = $1 AND disabled_at IS NULL",
+        client_id,
+    )
+
+
+async def create_service_client(
+    conn: Conn, client_id: str, secret_hash: str, roles: list[str]
+) -> None:
+    await conn.execute(
+        "INSERT INTO service_clients (client_id, secret_hash, roles) VALUES ($1, $2, $3)",
+        client_id,
+        secret_hash,
+        roles,
+    )
