@@ -132,11 +132,15 @@ CONTENDERS: tuple[Contender, ...] = (
     ),
     Contender(
         name="cygate-ratelimit",
-        summary="cygate, product read under a global per-caller limit (batched, leases of 100)",
+        summary="cygate, authenticated product read under a global per-caller limit (batched)",
         command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
         env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}),
         ready_path="/readyz",
         check=check_product,
+        # Authenticated, so the limit is keyed by the token's subject (litestar-stock's job,
+        # without its response cache: cygate-full adds the cache).
+        auth=True,
+        token="eddsa",
     ),
     Contender(
         name="cygate-ratelimit-exact",
