@@ -32,6 +32,7 @@ from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.db import DB_UNAVAILABLE, create_pool
+from cygate.infra.lease import ReadLease
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
@@ -226,6 +227,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
         if ratelimit is not None:
             await ratelimit.bind(redis)
         try:
@@ -265,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Edge:
                 await cache.stop()
             await identity.stop()
             await metrics.stop()
+            await catalog.lease.close()
             await redis.close()
             await pool.close()
 

@@ -15,6 +15,8 @@ from cygate.services.catalog.models import Category, Product, ProductPage
 if TYPE_CHECKING:
     import asyncpg
 
+    from cygate.infra.lease import ReadLease
+
 __all__ = ["SORTS", "CatalogRepository", "CursorError"]
 
 _PRODUCT_COLUMNS: Final = (
@@ -81,10 +83,12 @@ def _row_to_product(r: asyncpg.Record) -> Product:
 class CatalogRepository:
     """Reads products and categories. The pool is attached when the app starts."""
 
-    __slots__ = ("pool",)
+    __slots__ = ("lease", "pool")
 
     def __init__(self) -> None:
         self.pool: asyncpg.Pool | None = None
+        self.lease: ReadLease | None = None
+        """PERF: held connections for the hot product read (see :mod:`cygate.infra.lease`)."""
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes
@@ -92,7 +96,8 @@ class CatalogRepository:
         return self.pool
 
     async def get_product(self, product_id: UUID) -> Product | None:
-        row = await self._pool().fetchrow(_PRODUCT_BY_ID, product_id)
+        reader = self.lease if self.lease is not None else self._pool()
+        row = await reader.fetchrow(_PRODUCT_BY_ID, product_id)
         return None if row is None else _row_to_product(row)
 
     async def list_products(
