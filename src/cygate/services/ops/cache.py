@@ -1,23 +1,21 @@
 """``POST /admin/cache/purge {tags}``: drop cached responses by tag on every instance.
 
-Route policy: ``auth`` with role ``admin`` (enforced by the token stage once identity lands).
-Until then, and by default after it (``cache_purge_loopback_only``), only loopback peers are
-answered, like ``/metrics``.
+Route policy: ``auth`` with role ``admin`` (the edge's token stage enforces it); in addition, by
+default (``cache_purge_loopback_only``), only loopback peers are answered, like ``/metrics``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions import PermissionDeniedException
 from litestar.params import Body
 
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.problem import Problem
+from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache
@@ -41,14 +39,6 @@ class PurgeResult(msgspec.Struct, frozen=True):
     """Other gateway processes that received the invalidation."""
 
 
-def _is_loopback(request: Request[Any, Any, Any]) -> bool:
-    client = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(client).is_loopback
-    except ValueError:
-        return False
-
-
 class CacheAdminController(Controller):
     path = "/admin/cache"
     tags = ["operations"]
@@ -66,8 +56,8 @@ class CacheAdminController(Controller):
         data: Annotated[PurgeRequest, Body()],
     ) -> Response[PurgeResult]:
         settings: Settings = state.settings
-        if settings.cache_purge_loopback_only and not _is_loopback(request):
-            raise PermissionDeniedException("cache purges are accepted from loopback peers only")
+        if settings.cache_purge_loopback_only:
+            require_loopback(request, "cache purges are accepted from")
         cache: ResponseCache | None = state.cache
         deleted = heard = 0
         if cache is not None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException
 
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
+from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.settings import Settings
@@ -69,13 +69,7 @@ class OpsController(Controller):
     async def metrics(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
         settings: Settings = state.settings
         if settings.metrics_access == "loopback":
-            client = request.client.host if request.client else ""
-            try:
-                allowed = ipaddress.ip_address(client).is_loopback
-            except ValueError:
-                allowed = False
-            if not allowed:
-                raise PermissionDeniedException("metrics are served to loopback peers only")
+            require_loopback(request, "metrics are served to")
         elif settings.metrics_access == "token":
             expected = f"Bearer {settings.metrics_token}"
             given = request.headers.get("authorization", "")
