@@ -98,6 +98,8 @@ _CYGATE_ENV = {
     # The key the harness signs its RFC 9068 tokens with (auth=True, token="eddsa").
     "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
 }
+# Every cygate contender: one Granian worker.
+_CYGATE_SERVE = _argv("{python} -m cygate serve --host {host} --port {port} --workers 1")
 # The uncached read: every request reaches PostgreSQL (the cache is on by default).
 _UNCACHED = {**_CYGATE_ENV, "CYGATE_CACHE_ENABLED": "false"}
 _CACHED = {**_CYGATE_ENV, "CYGATE_CACHE_KEY_SECRET": "macro-benchmark-cache-secret"}
@@ -125,7 +127,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate",
         summary="the gateway: GET /api/v1/products/{id}, uncached, 1 Granian worker",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_UNCACHED,
         ready_path="/readyz",
         check=check_product,
@@ -133,7 +135,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-ratelimit",
         summary="cygate, authenticated product read under a global per-caller limit (batched)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}),
         ready_path="/readyz",
         check=check_product,
@@ -145,7 +147,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-ratelimit-exact",
         summary="cygate, product read under a global per-caller limit (exact: a Redis call each)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "exact"}),
         ready_path="/readyz",
         check=check_product,
@@ -153,7 +155,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-ratelimit-local",
         summary="cygate, product read under a per-process per-caller limit (local GCRA)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_rate_limited({"rate": 1_000_000_000, "period": 1, "mode": "local"}),
         ready_path="/readyz",
         check=check_product,
@@ -161,7 +163,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-cached",
         summary="the gateway: GET /api/v1/products/{id} from the edge's L1 (hits after warm-up)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_CACHED,
         ready_path="/readyz",
         check=check_product,
@@ -171,7 +173,7 @@ CONTENDERS: tuple[Contender, ...] = (
         # request), a global per-caller limit (batched), the response from L1.
         name="cygate-full",
         summary="the gateway: cached, authenticated (EdDSA at+jwt), rate-limited product read",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_rate_limited(
             {"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}, cached=True
         ),
@@ -183,7 +185,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-auth",
         summary="the gateway: GET /api/v1/products/{id} with a Bearer token (EdDSA at+jwt)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_UNCACHED,
         ready_path="/readyz",
         auth=True,
@@ -193,7 +195,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         name="cygate-me",
         summary="the gateway: authenticated GET /api/v1/users/me (token stage, edge, 1 select)",
-        command=_argv("{python} -m cygate serve --host {host} --port {port} --workers 1"),
+        command=_CYGATE_SERVE,
         env=_CYGATE_ENV,
         ready_path="/readyz",
         target="me",

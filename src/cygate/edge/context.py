@@ -34,6 +34,20 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     client_id: str | None = None
     """Set for ``client_credentials`` tokens (service clients)."""
 
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any], issuer: str, roles: frozenset[str]) -> Principal:
+        """The principal of verified token claims; ``roles`` already checked by the caller
+        (each issuer has its own roles claim and allow-list)."""
+        client_id = claims.get("client_id")
+        return cls(
+            sub=claims["sub"],
+            roles=roles,
+            issuer=issuer,
+            jti=claims["jti"],
+            expires_at=claims["exp"],
+            client_id=client_id if isinstance(client_id, str) else None,
+        )
+
 
 class TrustedProxies:
     """Peers whose ``X-Forwarded-For`` is believed (addresses or CIDR networks)."""

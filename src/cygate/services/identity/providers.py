@@ -57,15 +57,7 @@ def provider_principal(provider: IdentityProvider) -> Callable[[dict[str, Any]],
             raw = raw.split()
         if not isinstance(raw, list | tuple) or not all(isinstance(r, str) for r in raw):
             raise JWTError("bad_claims")
-        client_id = claims.get("client_id")
-        return Principal(
-            sub=claims["sub"],
-            roles=allowed.intersection(raw),
-            issuer=issuer,
-            jti=claims["jti"],
-            expires_at=claims["exp"],
-            client_id=client_id if isinstance(client_id, str) else None,
-        )
+        return Principal.from_claims(claims, issuer, allowed.intersection(raw))
 
     return principal
 

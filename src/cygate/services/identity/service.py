@@ -102,15 +102,7 @@ def own_principal(issuer: str) -> Callable[[dict[str, Any]], Principal]:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise JWTError("bad_claims")
-        client_id = claims.get("client_id")
-        return Principal(
-            sub=claims["sub"],
-            roles=_KNOWN_ROLES.intersection(roles),
-            issuer=issuer,
-            jti=claims["jti"],
-            expires_at=claims["exp"],
-            client_id=client_id if isinstance(client_id, str) else None,
-        )
+        return Principal.from_claims(claims, issuer, _KNOWN_ROLES.intersection(roles))
 
     return principal
 
