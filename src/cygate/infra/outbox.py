@@ -1,0 +1,42 @@
+"""The transactional outbox: a state change and its event commit together or not at all.
+
+Every service that changes state calls :func:`emit` on the connection of its own transaction;
+the relay (``cygate.services.events``) publishes committed rows to Redis Streams at least once,
+and consumers make delivery exactly-once in effect by remembering what they applied.
+
+Event types and payloads are listed in ``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+__all__ = ["emit"]
+
+_INSERT = (
+    "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload) "
+    "VALUES ($1, $2, $3, $4) RETURNING id"
+)
+
+
+async def emit(
+    conn: asyncpg.Connection,
+    *,
+    aggregate: str,
+    aggregate_id: object,
+    event_type: str,
+    payload: dict[str, Any],
+) -> int:
+    """Write one event in the caller's transaction; returns its outbox id.
+
+    ``conn`` must be inside a transaction (``async with conn.transaction():``): an event
+    written outside one could outlive a rolled-back change.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.emit needs the transaction of the change it describes")
+    outbox_id: int = await conn.fetchval(
+        _INSERT, aggregate, str(aggregate_id), event_type, payload
+    )
+    return outbox_id
