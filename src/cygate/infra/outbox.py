@@ -36,7 +36,5 @@ async def emit(
     """
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.emit needs the transaction of the change it describes")
-    outbox_id: int = await conn.fetchval(
-        _INSERT, aggregate, str(aggregate_id), event_type, payload
-    )
+    outbox_id: int = await conn.fetchval(_INSERT, aggregate, str(aggregate_id), event_type, payload)
     return outbox_id
