@@ -38,6 +38,8 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.catalog.search import SearchController, SearchRepository
+from cygate.services.catalog.writes import CatalogWriter
 from cygate.services.identity.controllers import (
     AuthController,
     JWKSController,
@@ -210,6 +212,10 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     metrics = Metrics(settings.metrics_dir or None)
     catalog = CatalogRepository()
+    # -- catalog management and search (issue 7) --
+    catalog_writer = CatalogWriter()
+    search = SearchRepository()
+    # -- end catalog management and search --
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
     identity = Identity(settings)
@@ -228,6 +234,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         catalog.pool = pool
         catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
+        catalog_writer.pool = search.pool = pool  # issue 7: catalog management and search
         if ratelimit is not None:
             await ratelimit.bind(redis)
         try:
@@ -276,6 +283,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             OpsController,
             CacheAdminController,
             CatalogController,
+            SearchController,  # issue 7
             AuthController,
             UsersController,
             JWKSController,
@@ -283,7 +291,13 @@ def create_app(settings: Settings | None = None) -> Edge:
         ],
         lifespan=[resources],
         state=_state(
-            settings=settings, metrics=metrics, catalog=catalog, cache=None, identity=identity
+            settings=settings,
+            metrics=metrics,
+            catalog=catalog,
+            catalog_writer=catalog_writer,  # issue 7
+            search=search,  # issue 7
+            cache=None,
+            identity=identity,
         ),
         exception_handlers={
             ValidationException: _on_validation,

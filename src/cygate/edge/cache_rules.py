@@ -35,6 +35,14 @@ DEFAULT_RULES: dict[str, CacheRule] = {
         tags=["products"],
     ),
     "categories": CacheRule(ttl=300, max_age=60, tags=["categories"]),
+    # Search (issue 7): short, since every catalog write purges it; popular queries repeat.
+    "search": CacheRule(
+        ttl=30,
+        max_age=10,
+        stale_while_revalidate=10,
+        query=["q", "limit", "cursor", "category", "min_price_cents", "max_price_cents"],
+        tags=["search"],
+    ),
 }
 """Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Controller, get
+from litestar import get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, QueryParameter
 
 from cygate.edge.problem import Problem
+from cygate.services.catalog.admin import CatalogAdminController
 from cygate.services.catalog.models import CategoryTree, Product, ProductPage
 from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
 
@@ -24,7 +25,11 @@ def _repo(state: State) -> CatalogRepository:
     return repo
 
 
-class CatalogController(Controller):
+class CatalogController(CatalogAdminController):
+    """Reads here; the writes (catalog_manager, admin) are inherited from
+    :class:`CatalogAdminController`. NOTE: one controller, because Litestar refuses two
+    controllers that both answer ``OPTIONS`` for the same path."""
+
     path = "/api/v1"
     tags = ["catalog"]
 

@@ -1,0 +1,239 @@
+"""Product search: PostgreSQL full-text search, typo correction by trigrams, keyset pages.
+
+How a query runs (``docs/catalog.md`` has the measurements):
+
+1. **Typo correction.** Each query word of 3+ letters that is not in the catalog's vocabulary
+   (``search_words``, migration 0003) and is not an English stop word is replaced by the most
+   similar known word (``pg_trgm``, similarity >= 0.3): "wireles hedphones" becomes
+   "wireless headphones". The page says so in ``corrected_query``.
+2. **Full-text search** of the (corrected) query: ``websearch_to_tsquery('english', q)`` over
+   ``products.search`` (name weight A, description B), ranked by ``ts_rank_cd``.
+3. **Trigram fallback.** When the full-text search finds nothing, products whose *name* is
+   similar to the raw query (``name % q``, best ``similarity`` first).
+
+Pages are keyset pages over ``(score, id)`` descending. The cursor carries the mode, the
+effective query and the last score as ``float.hex`` (exact: the score is recomputed in SQL as
+``float8`` and compared with ``=``/``<``, so a rounded decimal would skip or repeat rows), plus
+a fingerprint of the request's query and filters (a cursor from another search is a 422).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Final
+from uuid import UUID
+
+import orjson
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.exceptions import ValidationException
+from litestar.params import QueryParameter
+
+from cygate.services.catalog.models import SearchHit, SearchPage
+from cygate.services.catalog.repository import CursorError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["SearchController", "SearchRepository"]
+
+_COLUMNS: Final = (
+    "p.id, p.sku, p.name, p.description, p.price_cents, p.currency, p.category_id, p.stock, "
+    "p.updated_at"
+)
+_WORD = re.compile(r"[^\W_]+")
+_FTS, _TRGM = "f", "t"
+
+# Unknown words and their best known neighbour; stop words are left alone (the full-text
+# parser drops them anyway, and "the" must not turn into "tent").
+_CORRECT: Final = """
+SELECT w, (SELECT s.word FROM search_words s WHERE s.word % w
+           ORDER BY similarity(s.word, w) DESC, s.word LIMIT 1)
+FROM unnest($1::text[]) AS w
+WHERE NOT EXISTS (SELECT 1 FROM search_words s WHERE s.word = w)
+  AND numnode(plainto_tsquery('english', w)) > 0
+"""
+
+
+def _fingerprint(q: str, filters: tuple[Any, ...]) -> str:
+    raw = orjson.dumps([q, *(None if f is None else str(f) for f in filters)])
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def _encode_cursor(mode: str, fp: str, text: str, score: float, last_id: UUID) -> str:
+    raw = orjson.dumps([mode, fp, text, score.hex(), str(last_id)])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str, fp: str) -> tuple[str, str, float, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        if not (isinstance(data, list) and len(data) == 5):
+            raise ValueError("shape")
+        mode, c_fp, text, score_hex, last_id = data
+        if mode not in (_FTS, _TRGM) or not isinstance(text, str) or len(text) > 400:
+            raise ValueError("mode")
+        if c_fp != fp:
+            raise CursorError("the cursor belongs to another search (q or filters differ)")
+        score = float.fromhex(score_hex)
+        if score != score or score in (float("inf"), float("-inf")):  # NaN, infinities
+            raise ValueError("score")
+        return mode, text, score, UUID(last_id)
+    except CursorError:
+        raise
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
+        raise CursorError("malformed cursor") from None
+
+
+class SearchRepository:
+    """Runs searches on the app's pool (attached at start-up)."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:  # pragma: no cover - only before start-up completes
+            raise RuntimeError("database pool not open")
+        return self.pool
+
+    async def search(
+        self,
+        q: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        category: UUID | None = None,
+        min_price: int | None = None,
+        max_price: int | None = None,
+    ) -> SearchPage:
+        fp = _fingerprint(q, (category, min_price, max_price))
+        filters = (category, min_price, max_price)
+        if cursor is not None:
+            mode, text, score, last_id = _decode_cursor(cursor, fp)
+            corrected = text if mode == _FTS and text != q else None
+            return await self._page(mode, text, filters, limit, (score, last_id), fp, corrected)
+        text, corrected = await self._corrected(q)
+        page = await self._page(_FTS, text, filters, limit, None, fp, corrected)
+        if not page.items:
+            page = await self._page(_TRGM, q, filters, limit, None, fp, None)
+        return page
+
+    async def _corrected(self, q: str) -> tuple[str, str | None]:
+        """The query with unknown words replaced by their nearest known word."""
+        words = sorted({w for w in _WORD.findall(q.lower()) if 3 <= len(w) <= 64})
+        if not words:
+            return q, None
+        rows = await self._pool().fetch(_CORRECT, words)
+        fixes = {r[0]: r[1] for r in rows if r[1] is not None}
+        if not fixes:
+            return q, None
+        text = _WORD.sub(lambda m: fixes.get(m.group(0).lower(), m.group(0)), q)
+        return text, text
+
+    async def _page(
+        self,
+        mode: str,
+        text: str,
+        filters: tuple[UUID | None, int | None, int | None],
+        limit: int,
+        after: tuple[float, UUID] | None,
+        fp: str,
+        corrected: str | None,
+    ) -> SearchPage:
+        if mode == _FTS:
+            score = "ts_rank_cd(p.search, websearch_to_tsquery('english', $1))::float8"
+            where = ["p.search @@ websearch_to_tsquery('english', $1)"]
+        else:
+            score = "similarity(p.name, $1)::float8"
+            where = ["p.name % $1"]
+        args: list[Any] = [text]
+        category, min_price, max_price = filters
+        if category is not None:
+            args.append(category)
+            where.append(
+                f"""p.category_id IN (
+                    WITH RECURSIVE sub(id) AS (
+                        SELECT id FROM categories WHERE id = ${len(args)}
+                        UNION ALL
+                        SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id
+                    ) SELECT id FROM sub)"""
+            )
+        if min_price is not None:
+            args.append(min_price)
+            where.append(f"p.price_cents >= ${len(args)}")
+        if max_price is not None:
+            args.append(max_price)
+            where.append(f"p.price_cents <= ${len(args)}")
+        if after is not None:
+            args += list(after)
+            where.append(f"({score}, p.id) < (${len(args) - 1}::float8, ${len(args)}::uuid)")
+        args.append(limit + 1)
+        sql = (
+            f"SELECT {_COLUMNS}, {score} AS score FROM products p WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY score DESC, p.id DESC LIMIT ${len(args)}"
+        )
+        rows = await self._pool().fetch(sql, *args)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = _encode_cursor(mode, fp, text, last["score"], last["id"])
+        items = [SearchHit(*(r[i] for i in range(10))) for r in rows]
+        return SearchPage(items, next_cursor, corrected)
+
+
+class SearchController(Controller):
+    path = "/api/v1"
+    tags = ["catalog"]
+
+    @get("/search", summary="Full-text product search, best match first", opt={"cache": "search"})
+    async def search(
+        self,
+        state: State,
+        q: Annotated[
+            str, QueryParameter(min_length=1, max_length=200, description="What to look for")
+        ],
+        limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(max_length=1024, description="next_cursor of the previous page"),
+        ] = None,
+        category: Annotated[
+            UUID | None, QueryParameter(description="Category id (its subtree too)")
+        ] = None,
+        min_price_cents: Annotated[int | None, QueryParameter(ge=0, le=10**12)] = None,
+        max_price_cents: Annotated[int | None, QueryParameter(ge=0, le=10**12)] = None,
+    ) -> SearchPage:
+        problems = []
+        if not q.strip():
+            problems.append({"key": "q", "message": "must contain more than spaces"})
+        if "\x00" in q:
+            problems.append({"key": "q", "message": "must not contain NUL characters"})
+        if (
+            min_price_cents is not None
+            and max_price_cents is not None
+            and min_price_cents > max_price_cents
+        ):
+            problems.append(
+                {"key": "min_price_cents", "message": "must not exceed max_price_cents"}
+            )
+        if problems:
+            raise ValidationException(
+                "invalid search", extra=[{**p, "source": "query"} for p in problems]
+            )
+        repo: SearchRepository = state.search
+        return await repo.search(
+            q,
+            limit=limit,
+            cursor=cursor,
+            category=category,
+            min_price=min_price_cents,
+            max_price=max_price_cents,
+        )
