@@ -75,9 +75,8 @@ def if_match_ok(header: str, current: str) -> bool:
 
 
 def _unprocessable(field: str, message: str) -> Problem:
-    return Problem(
-        422, message, extra={"errors": [{"field": f"body.{field}", "message": message}]}
-    )
+    path = f"body.{field}" if field else "body"
+    return Problem(422, message, extra={"errors": [{"field": path, "message": message}]})
 
 
 def _product(row: asyncpg.Record) -> Product:
