@@ -60,6 +60,7 @@ log = logging.getLogger("cygate")
 
 
 _LITESTAR_TYPES = {"str": "str", "int": "int", "uuid": "uuid", "path": "path"}
+_MISSING_PARAM = re.compile(r"Missing required (\w+) parameter '([^']{1,100})'")
 _NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `([^`]{1,100})`")
 
 
@@ -83,9 +84,13 @@ def _problem(
 
 def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     errors = []
+    missing = _MISSING_PARAM.match(exc.detail or "")
+    if missing:  # Litestar names a missing parameter in the detail only
+        errors.append({"field": f"{missing[1]}.{missing[2]}", "message": "is required"})
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             source = item.get("source") or "body"
+            source = getattr(source, "value", source)  # Litestar's ParamType enum: "query"
             key = item.get("key") or ""
             named = _NAMED_FIELD.match(str(item.get("message", "")))
             if named and key == "data":  # name the field that is missing or not writable
