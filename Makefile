@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search load clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -73,6 +73,10 @@ bench-micro: build
 	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
 	  --benchmark-json=benchmarks/results/micro-latest.json
 	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-readme README.md
+
+# Search latency on the 100k-product seed through a gateway (issue 7; docs/catalog.md).
+bench-search: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.search
 
 bench-macro: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md

@@ -8,6 +8,9 @@ How a query runs (``docs/catalog.md`` has the measurements):
    "wireless headphones". The page says so in ``corrected_query``.
 2. **Full-text search** of the (corrected) query: ``websearch_to_tsquery('english', q)`` over
    ``products.search`` (name weight A, description B), ranked by ``ts_rank_cd``.
+   PERF: a query that is one lexeme (one word, after stemming and stop words) reads the ranks
+   stored in ``search_lexemes`` instead, in index order: the same ``ts_rank_cd`` values, but a
+   page costs ``limit`` index entries instead of ranking every match (migration 0003).
 3. **Trigram fallback.** When the full-text search finds nothing, products whose *name* is
    similar to the raw query (``name % q``, best ``similarity`` first).
 
@@ -45,7 +48,13 @@ _COLUMNS: Final = (
     "p.updated_at"
 )
 _WORD = re.compile(r"[^\W_]+")
-_FTS, _TRGM = "f", "t"
+_FTS, _LEXEME, _TRGM = "f", "l", "t"
+# One lexeme, or NULL: the tsquery's text form read back as a tsvector gives the lexeme exactly
+# as the stored vectors spell it (same quoting rules).
+_SHAPE: Final = """
+SELECT CASE WHEN numnode(q) = 1 THEN (SELECT lexeme FROM unnest(q::text::tsvector) LIMIT 1) END
+FROM websearch_to_tsquery('english', $1) AS q
+"""
 
 # Unknown words and their best known neighbour; stop words are left alone (the full-text
 # parser drops them anyway, and "the" must not turn into "tent").
@@ -63,26 +72,30 @@ def _fingerprint(q: str, filters: tuple[Any, ...]) -> str:
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
-def _encode_cursor(mode: str, fp: str, text: str, score: float, last_id: UUID) -> str:
-    raw = orjson.dumps([mode, fp, text, score.hex(), str(last_id)])
+def _encode_cursor(
+    mode: str, fp: str, text: str, corrected: str | None, score: float, last_id: UUID
+) -> str:
+    raw = orjson.dumps([mode, fp, text, corrected, score.hex(), str(last_id)])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _decode_cursor(cursor: str, fp: str) -> tuple[str, str, float, UUID]:
+def _decode_cursor(cursor: str, fp: str) -> tuple[str, str, str | None, float, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = orjson.loads(raw)
-        if not (isinstance(data, list) and len(data) == 5):
+        if not (isinstance(data, list) and len(data) == 6):
             raise ValueError("shape")
-        mode, c_fp, text, score_hex, last_id = data
-        if mode not in (_FTS, _TRGM) or not isinstance(text, str) or len(text) > 400:
+        mode, c_fp, text, corrected, score_hex, last_id = data
+        if mode not in (_FTS, _LEXEME, _TRGM) or not isinstance(text, str) or len(text) > 400:
             raise ValueError("mode")
+        if corrected is not None and (not isinstance(corrected, str) or len(corrected) > 400):
+            raise ValueError("corrected")
         if c_fp != fp:
             raise CursorError("the cursor belongs to another search (q or filters differ)")
         score = float.fromhex(score_hex)
         if score != score or score in (float("inf"), float("-inf")):  # NaN, infinities
             raise ValueError("score")
-        return mode, text, score, UUID(last_id)
+        return mode, text, corrected, score, UUID(last_id)
     except CursorError:
         raise
     except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
@@ -115,11 +128,14 @@ class SearchRepository:
         fp = _fingerprint(q, (category, min_price, max_price))
         filters = (category, min_price, max_price)
         if cursor is not None:
-            mode, text, score, last_id = _decode_cursor(cursor, fp)
-            corrected = text if mode == _FTS and text != q else None
+            mode, text, corrected, score, last_id = _decode_cursor(cursor, fp)
             return await self._page(mode, text, filters, limit, (score, last_id), fp, corrected)
         text, corrected = await self._corrected(q)
-        page = await self._page(_FTS, text, filters, limit, None, fp, corrected)
+        lexeme = await self._pool().fetchval(_SHAPE, text)
+        if lexeme is not None:
+            page = await self._page(_LEXEME, lexeme, filters, limit, None, fp, corrected)
+        else:
+            page = await self._page(_FTS, text, filters, limit, None, fp, corrected)
         if not page.items:
             page = await self._page(_TRGM, q, filters, limit, None, fp, None)
         return page
@@ -146,7 +162,13 @@ class SearchRepository:
         fp: str,
         corrected: str | None,
     ) -> SearchPage:
-        if mode == _FTS:
+        table, order_id = "products p", "p.id"
+        if mode == _LEXEME:
+            # NOTE: rank compared as real (its column type) so the index serves the keyset.
+            table = "search_lexemes l JOIN products p ON p.id = l.product_id"
+            score, order_id = "l.rank", "l.product_id"
+            where = ["l.lexeme = $1"]
+        elif mode == _FTS:
             score = "ts_rank_cd(p.search, websearch_to_tsquery('english', $1))::float8"
             where = ["p.search @@ websearch_to_tsquery('english', $1)"]
         else:
@@ -172,19 +194,22 @@ class SearchRepository:
             where.append(f"p.price_cents <= ${len(args)}")
         if after is not None:
             args += list(after)
-            where.append(f"({score}, p.id) < (${len(args) - 1}::float8, ${len(args)}::uuid)")
+            kind = "real" if mode == _LEXEME else "float8"
+            where.append(
+                f"({score}, {order_id}) < (${len(args) - 1}::{kind}, ${len(args)}::uuid)"
+            )
         args.append(limit + 1)
         sql = (
-            f"SELECT {_COLUMNS}, {score} AS score FROM products p WHERE "
+            f"SELECT {_COLUMNS}, {score}::float8 AS score FROM {table} WHERE "
             + " AND ".join(where)
-            + f" ORDER BY score DESC, p.id DESC LIMIT ${len(args)}"
+            + f" ORDER BY {score} DESC, {order_id} DESC LIMIT ${len(args)}"
         )
         rows = await self._pool().fetch(sql, *args)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            next_cursor = _encode_cursor(mode, fp, text, last["score"], last["id"])
+            next_cursor = _encode_cursor(mode, fp, text, corrected, last["score"], last["id"])
         items = [SearchHit(*(r[i] for i in range(10))) for r in rows]
         return SearchPage(items, next_cursor, corrected)
 
