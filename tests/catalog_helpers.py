@@ -49,8 +49,13 @@ class Created:
         self.categories: list[str] = []
 
     def product(self, c: httpx.Client, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
-        body = {"sku": f"T-{uuid.uuid4().hex[:16]}", "name": "Test product", "price_cents": 100,
-                "stock": 5, **fields}  # fmt: skip
+        body = {
+            "sku": f"T-{uuid.uuid4().hex[:16]}",
+            "name": "Test product",
+            "price_cents": 100,
+            "stock": 5,
+            **fields,
+        }
         r = c.post("/api/v1/products", json=body, headers=headers)
         assert r.status_code == 201, r.text
         self.products.append(r.json()["id"])
@@ -71,8 +76,9 @@ class Created:
                 assert r.status_code in (204, 404), r.text
             left = list(reversed(self.categories))  # children usually came after parents
             for _ in range(len(left) + 1):  # a test may have moved them: retry the 409s
-                codes = {cid: c.delete(f"/api/v1/categories/{cid}", headers=headers)
-                         for cid in left}  # fmt: skip
+                codes = {
+                    cid: c.delete(f"/api/v1/categories/{cid}", headers=headers) for cid in left
+                }
                 left = [cid for cid, r in codes.items() if r.status_code == 409]
                 if not left:
                     break

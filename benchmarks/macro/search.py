@@ -145,8 +145,10 @@ def _table(title: str, samples: dict[str, list[float]]) -> dict[str, dict[str, f
     print("| group | n | p50 ms | p90 ms | p95 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for group, r in rows.items():
-        print(f"| {group} | {r['n']:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p95']:.2f} "
-              f"| {r['p99']:.2f} |")  # fmt: skip
+        print(
+            f"| {group} | {r['n']:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p95']:.2f} "
+            f"| {r['p99']:.2f} |"
+        )
     return rows
 
 
@@ -169,8 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         CYGATE_LOG_LEVEL="warning",
     )
     log = Path("/tmp") / f"cygate-bench-search-{os.getpid()}.log"
-    argv_ = [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(args.workers)]  # fmt: skip
+    argv_ = [
+        sys.executable,
+        "-m",
+        "cygate",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+    ]
     with ServerProcess(argv_, env=env, cwd=ROOT, log_path=log) as proc:
         proc.wait_ready("127.0.0.1", port, "/readyz", 30)
         url = f"http://127.0.0.1:{port}"

@@ -107,8 +107,15 @@ def test_manager_and_admin_may_write(
 def test_create_product_is_readable_with_the_same_etag(
     gateway: Gateway, callers: dict[str, Any], made: Created, home: dict[str, Any]
 ) -> None:
-    body = {"sku": f"NEW-{uuid.uuid4().hex[:8]}", "name": "Brand new", "description": "d",
-            "price_cents": 1234, "currency": "USD", "category_id": home["id"], "stock": 7}  # fmt: skip
+    body = {
+        "sku": f"NEW-{uuid.uuid4().hex[:8]}",
+        "name": "Brand new",
+        "description": "d",
+        "price_cents": 1234,
+        "currency": "USD",
+        "category_id": home["id"],
+        "stock": 7,
+    }
     with gateway.client() as c:
         r = c.post("/api/v1/products", json=body, headers=callers["manager"])
         assert r.status_code == 201, r.text
@@ -149,11 +156,19 @@ BAD_PRODUCTS = [
 
 @pytest.mark.parametrize(("change", "field"), BAD_PRODUCTS)
 def test_bad_product_is_422_naming_the_field(
-    gateway: Gateway, callers: dict[str, Any], home: dict[str, Any], change: dict[str, Any],
+    gateway: Gateway,
+    callers: dict[str, Any],
+    home: dict[str, Any],
+    change: dict[str, Any],
     field: str,
-) -> None:  # fmt: skip
-    body = {"sku": f"BAD-{uuid.uuid4().hex[:8]}", "name": "Bad", "price_cents": 1,
-            "category_id": home["id"], **change}  # fmt: skip
+) -> None:
+    body = {
+        "sku": f"BAD-{uuid.uuid4().hex[:8]}",
+        "name": "Bad",
+        "price_cents": 1,
+        "category_id": home["id"],
+        **change,
+    }
     with gateway.client() as c:
         doc = assert_problem(c.post("/api/v1/products", json=body, headers=callers["manager"]), 422)
         assert field in [e["field"] for e in doc["errors"]], doc  # type: ignore[union-attr]
@@ -163,8 +178,12 @@ def test_bad_product_is_422_naming_the_field(
 def test_missing_required_field_is_422(
     gateway: Gateway, callers: dict[str, Any], home: dict[str, Any], missing: str
 ) -> None:
-    body = {"sku": f"M-{uuid.uuid4().hex[:8]}", "name": "M", "price_cents": 1,
-            "category_id": home["id"]}  # fmt: skip
+    body = {
+        "sku": f"M-{uuid.uuid4().hex[:8]}",
+        "name": "M",
+        "price_cents": 1,
+        "category_id": home["id"],
+    }
     del body[missing]
     with gateway.client() as c:
         doc = assert_problem(c.post("/api/v1/products", json=body, headers=callers["manager"]), 422)
@@ -228,15 +247,17 @@ def test_patch_needs_if_match_and_refuses_a_stale_one(
         )
         # GET (served by the cache or the fast path) gives the PATCH's tag, and it is accepted
         assert etag_of(c, p["id"]) == new_tag
-        r = c.patch(
-            path, json={"name": "Renamed"}, headers={**h, "If-Match": f'"nope", {new_tag}'}
-        )
+        r = c.patch(path, json={"name": "Renamed"}, headers={**h, "If-Match": f'"nope", {new_tag}'})
         assert r.status_code == 200, r.text
         r = c.patch(path, json={"stock": 0}, headers={**h, "If-Match": "*"})
         assert r.status_code == 200
         assert r.json() | {"updated_at": None} == {
-            **p, "price_cents": 600, "name": "Renamed", "stock": 0, "updated_at": None,
-        }  # fmt: skip
+            **p,
+            "price_cents": 600,
+            "name": "Renamed",
+            "stock": 0,
+            "updated_at": None,
+        }
 
 
 def test_patch_bad_inputs(
@@ -246,10 +267,16 @@ def test_patch_bad_inputs(
     with gateway.client() as c:
         p = made.product(c, callers["manager"], category_id=home["id"])
         path = f"/api/v1/products/{p['id']}"
-        cases = [({}, "body"), ({"price_cents": -5}, "body.price_cents"),
-                 ({"price_cents": None}, "body.price_cents"), ({"stock": -1}, "body.stock"),
-                 ({"currency": "usd"}, "body.currency"), ({"category_id": NIL}, "body.category_id"),
-                 ({"version": 2}, "body.version"), ({"id": NIL}, "body.id")]  # fmt: skip
+        cases = [
+            ({}, "body"),
+            ({"price_cents": -5}, "body.price_cents"),
+            ({"price_cents": None}, "body.price_cents"),
+            ({"stock": -1}, "body.stock"),
+            ({"currency": "usd"}, "body.currency"),
+            ({"category_id": NIL}, "body.category_id"),
+            ({"version": 2}, "body.version"),
+            ({"id": NIL}, "body.id"),
+        ]
         for body, field in cases:
             doc = assert_problem(c.patch(path, json=body, headers=h), 422)
             assert field in [e["field"] for e in doc["errors"]], (body, doc)  # type: ignore[union-attr]
@@ -268,8 +295,11 @@ def test_two_writers_with_one_etag_one_wins(
 
     def write(n: int) -> None:
         with gateway.client() as c:
-            r = c.patch(f"/api/v1/products/{p['id']}", json={"stock": n},
-                        headers={**callers["manager"], "If-Match": tag})  # fmt: skip
+            r = c.patch(
+                f"/api/v1/products/{p['id']}",
+                json={"stock": n},
+                headers={**callers["manager"], "If-Match": tag},
+            )
             codes.append(r.status_code)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
@@ -296,19 +326,30 @@ def test_delete_needs_if_match(
 
 
 def test_a_product_in_an_order_cannot_be_deleted(
-    gateway: Gateway, callers: dict[str, Any], made: Created, home: dict[str, Any],
+    gateway: Gateway,
+    callers: dict[str, Any],
+    made: Created,
+    home: dict[str, Any],
     test_db_dsn: str,
-) -> None:  # fmt: skip
+) -> None:
     with gateway.client() as c:
         p = made.product(c, callers["manager"], category_id=home["id"])
         order_id = uuid.uuid4()
-        sql(test_db_dsn, "INSERT INTO orders (id, total_cents, currency) VALUES ($1, 100, 'EUR')",
-            order_id)  # fmt: skip
-        sql(test_db_dsn, "INSERT INTO order_items VALUES ($1, $2, 1, 100)", order_id,
-            uuid.UUID(p["id"]))  # fmt: skip
+        sql(
+            test_db_dsn,
+            "INSERT INTO orders (id, total_cents, currency) VALUES ($1, 100, 'EUR')",
+            order_id,
+        )
+        sql(
+            test_db_dsn,
+            "INSERT INTO order_items VALUES ($1, $2, 1, 100)",
+            order_id,
+            uuid.UUID(p["id"]),
+        )
         try:
-            r = c.delete(f"/api/v1/products/{p['id']}",
-                         headers={**callers["manager"], "If-Match": "*"})  # fmt: skip
+            r = c.delete(
+                f"/api/v1/products/{p['id']}", headers={**callers["manager"], "If-Match": "*"}
+            )
             assert_problem(r, 409)
             assert c.get(f"/api/v1/products/{p['id']}").status_code == 200
         finally:
@@ -319,56 +360,94 @@ def test_a_product_in_an_order_cannot_be_deleted(
 
 
 def test_every_write_has_its_audit_row_and_outbox_event(
-    gateway: Gateway, callers: dict[str, Any], made: Created, home: dict[str, Any],
+    gateway: Gateway,
+    callers: dict[str, Any],
+    made: Created,
+    home: dict[str, Any],
     test_db_dsn: str,
-) -> None:  # fmt: skip
+) -> None:
     h = callers["manager"]
     rid = {n: f"catalog-audit-{uuid.uuid4().hex[:12]}" for n in ("c", "u", "d", "cc", "cu", "cd")}
     with gateway.client() as c:
-        r = c.post("/api/v1/products", headers={**h, "X-Request-ID": rid["c"]},
-                   json={"sku": f"AUD-{uuid.uuid4().hex[:8]}", "name": "Audited",
-                         "price_cents": 9, "category_id": home["id"]})  # fmt: skip
+        r = c.post(
+            "/api/v1/products",
+            headers={**h, "X-Request-ID": rid["c"]},
+            json={
+                "sku": f"AUD-{uuid.uuid4().hex[:8]}",
+                "name": "Audited",
+                "price_cents": 9,
+                "category_id": home["id"],
+            },
+        )
         assert r.status_code == 201
         pid = r.json()["id"]
         made.products.append(pid)
-        r = c.patch(f"/api/v1/products/{pid}", json={"price_cents": 10},
-                    headers={**h, "If-Match": r.headers["etag"], "X-Request-ID": rid["u"]})  # fmt: skip
+        r = c.patch(
+            f"/api/v1/products/{pid}",
+            json={"price_cents": 10},
+            headers={**h, "If-Match": r.headers["etag"], "X-Request-ID": rid["u"]},
+        )
         assert r.status_code == 200
-        r = c.delete(f"/api/v1/products/{pid}",
-                     headers={**h, "If-Match": r.headers["etag"], "X-Request-ID": rid["d"]})  # fmt: skip
+        r = c.delete(
+            f"/api/v1/products/{pid}",
+            headers={**h, "If-Match": r.headers["etag"], "X-Request-ID": rid["d"]},
+        )
         assert r.status_code == 204
-        r = c.post("/api/v1/categories", headers={**h, "X-Request-ID": rid["cc"]},
-                   json={"name": "Audited", "slug": f"aud-{uuid.uuid4().hex[:8]}"})  # fmt: skip
+        r = c.post(
+            "/api/v1/categories",
+            headers={**h, "X-Request-ID": rid["cc"]},
+            json={"name": "Audited", "slug": f"aud-{uuid.uuid4().hex[:8]}"},
+        )
         cid = r.json()["id"]
         made.categories.append(cid)
-        r = c.patch(f"/api/v1/categories/{cid}", json={"name": "Audited 2"},
-                    headers={**h, "X-Request-ID": rid["cu"]})  # fmt: skip
+        r = c.patch(
+            f"/api/v1/categories/{cid}",
+            json={"name": "Audited 2"},
+            headers={**h, "X-Request-ID": rid["cu"]},
+        )
         assert r.status_code == 200
         r = c.delete(f"/api/v1/categories/{cid}", headers={**h, "X-Request-ID": rid["cd"]})
         assert r.status_code == 204
         # a refused write leaves no trace
-        r = c.patch(f"/api/v1/products/{NIL}", json={"stock": 1},
-                    headers={**h, "If-Match": "*", "X-Request-ID": "catalog-audit-refused"})  # fmt: skip
+        r = c.patch(
+            f"/api/v1/products/{NIL}",
+            json={"stock": 1},
+            headers={**h, "If-Match": "*", "X-Request-ID": "catalog-audit-refused"},
+        )
         assert r.status_code == 404
-    rows = sql(test_db_dsn, "SELECT action, target, actor_id, host(client_ip) AS ip, request_id,"
-               " details FROM audit_log WHERE request_id = ANY($1::text[]) ORDER BY id",
-               [*rid.values(), "catalog-audit-refused"])  # fmt: skip
+    rows = sql(
+        test_db_dsn,
+        "SELECT action, target, actor_id, host(client_ip) AS ip, request_id,"
+        " details FROM audit_log WHERE request_id = ANY($1::text[]) ORDER BY id",
+        [*rid.values(), "catalog-audit-refused"],
+    )
     assert [(r["action"], r["request_id"]) for r in rows] == [
-        ("product.created", rid["c"]), ("product.updated", rid["u"]),
-        ("product.deleted", rid["d"]), ("category.created", rid["cc"]),
-        ("category.updated", rid["cu"]), ("category.deleted", rid["cd"]),
-    ]  # fmt: skip
+        ("product.created", rid["c"]),
+        ("product.updated", rid["u"]),
+        ("product.deleted", rid["d"]),
+        ("category.created", rid["cc"]),
+        ("category.updated", rid["cu"]),
+        ("category.deleted", rid["cd"]),
+    ]
     for r in rows:
         assert str(r["actor_id"]) == callers["manager_id"]
         assert r["ip"] == "127.0.0.1"
     assert rows[0]["target"] == f"product:{pid}"
     assert json.loads(rows[1]["details"])["changes"] == {"price_cents": 10}
-    events = sql(test_db_dsn, "SELECT event_type, aggregate, aggregate_id, payload FROM outbox"
-                 " WHERE aggregate_id = ANY($1::text[]) ORDER BY id", [pid, cid])  # fmt: skip
+    events = sql(
+        test_db_dsn,
+        "SELECT event_type, aggregate, aggregate_id, payload FROM outbox"
+        " WHERE aggregate_id = ANY($1::text[]) ORDER BY id",
+        [pid, cid],
+    )
     assert [(e["event_type"], e["aggregate_id"]) for e in events] == [
-        ("product.created", pid), ("product.updated", pid), ("product.deleted", pid),
-        ("category.created", cid), ("category.updated", cid), ("category.deleted", cid),
-    ]  # fmt: skip
+        ("product.created", pid),
+        ("product.updated", pid),
+        ("product.deleted", pid),
+        ("category.created", cid),
+        ("category.updated", cid),
+        ("category.deleted", cid),
+    ]
     assert json.loads(events[0]["payload"]) == {"product_id": pid, "category_id": home["id"]}
     assert json.loads(events[3]["payload"]) == {"category_id": cid}
 
@@ -394,15 +473,18 @@ def test_category_rules(gateway: Gateway, callers: dict[str, Any], made: Created
             assert doc["errors"][0]["field"] == "body.parent_id"  # type: ignore[index]
         assert_problem(c.patch(path, json={"parent_id": NIL}, headers=h), 422)
         assert_problem(c.patch(path, json={"slug": child["slug"]}, headers=h), 409)
-        assert_problem(c.post("/api/v1/categories", json={"name": "x", "slug": top["slug"]},
-                              headers=h), 409)  # fmt: skip
-        for body, field in [({"name": "x", "slug": "Not A Slug"}, "body.slug"),
-                            ({"name": "x", "slug": "a--b"}, "body.slug"),
-                            ({"name": "x", "slug": "-a"}, "body.slug"),
-                            ({"name": "", "slug": "ok"}, "body.name"),
-                            ({"name": "x", "slug": "ok-x", "id": NIL}, "body.id"),
-                            ({"name": "x", "slug": "ok-y", "parent_id": NIL}, "body.parent_id"),
-                            ({"slug": "ok-z"}, "body.name")]:  # fmt: skip
+        assert_problem(
+            c.post("/api/v1/categories", json={"name": "x", "slug": top["slug"]}, headers=h), 409
+        )
+        for body, field in [
+            ({"name": "x", "slug": "Not A Slug"}, "body.slug"),
+            ({"name": "x", "slug": "a--b"}, "body.slug"),
+            ({"name": "x", "slug": "-a"}, "body.slug"),
+            ({"name": "", "slug": "ok"}, "body.name"),
+            ({"name": "x", "slug": "ok-x", "id": NIL}, "body.id"),
+            ({"name": "x", "slug": "ok-y", "parent_id": NIL}, "body.parent_id"),
+            ({"slug": "ok-z"}, "body.name"),
+        ]:
             doc = assert_problem(c.post("/api/v1/categories", json=body, headers=h), 422)
             assert field in [e["field"] for e in doc["errors"]], (body, doc)  # type: ignore[union-attr]
         assert_problem(c.patch(path, json={}, headers=h), 422)
@@ -447,7 +529,9 @@ def two_gateways(gateway_env: dict[str, str], seeded: object) -> Iterator[tuple[
         stop_gateway(a)
 
 
-def _poll(c: httpx.Client, path: str, done: Any, budget: float = 0.1) -> tuple[httpx.Response, float]:
+def _poll(
+    c: httpx.Client, path: str, done: Any, budget: float = 0.1
+) -> tuple[httpx.Response, float]:
     start = time.monotonic()
     while True:
         r = c.get(path)
@@ -458,9 +542,11 @@ def _poll(c: httpx.Client, path: str, done: Any, budget: float = 0.1) -> tuple[h
 
 
 def test_a_change_is_visible_on_every_instance_at_once(
-    two_gateways: tuple[Gateway, Gateway], callers: dict[str, Any], made: Created,
+    two_gateways: tuple[Gateway, Gateway],
+    callers: dict[str, Any],
+    made: Created,
     home: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     a, b = two_gateways
     h = callers["manager"]
     with a.client() as ca, b.client() as cb:
@@ -482,6 +568,9 @@ def test_a_change_is_visible_on_every_instance_at_once(
         got, elapsed = _poll(cb, path, lambda r: r.status_code == 404)
         print(f"DELETE on A visible on B after {elapsed * 1000:.1f} ms")
         assert got.status_code == 404
-        got, _ = _poll(cb, f"/api/v1/products?category={home['id']}&limit=100",
-                       lambda r: p["id"] not in [x["id"] for x in r.json()["items"]])  # fmt: skip
+        got, _ = _poll(
+            cb,
+            f"/api/v1/products?category={home['id']}&limit=100",
+            lambda r: p["id"] not in [x["id"] for x in r.json()["items"]],
+        )
         assert p["id"] not in [x["id"] for x in got.json()["items"]]

@@ -17,9 +17,17 @@ from tests.catalog_helpers import Created, created_records, new_caller
 pytestmark = pytest.mark.acceptance
 
 HIT_FIELDS = {
-    "id", "sku", "name", "description", "price_cents", "currency", "category_id", "stock",
-    "updated_at", "score",
-}  # fmt: skip
+    "id",
+    "sku",
+    "name",
+    "description",
+    "price_cents",
+    "currency",
+    "category_id",
+    "stock",
+    "updated_at",
+    "score",
+}
 FNORDIC = 31  # products sharing one word: more than four pages of 7
 
 
@@ -31,8 +39,14 @@ def data(gateway: Gateway) -> Iterator[dict[str, Any]]:
         other = made.category(c, manager, name="Search tests 2")["id"]
 
         def add(name: str, description: str = "", **kw: Any) -> dict[str, Any]:
-            return made.product(c, manager, name=name, description=description,
-                                category_id=kw.pop("category_id", cat), **kw)  # fmt: skip
+            return made.product(
+                c,
+                manager,
+                name=name,
+                description=description,
+                category_id=kw.pop("category_id", cat),
+                **kw,
+            )
 
         out = {
             "manager": manager,
@@ -40,12 +54,14 @@ def data(gateway: Gateway) -> Iterator[dict[str, Any]]:
             "cat": cat,
             "other": other,
             "blender": add("Zorblax Quantum Blender", "A kitchen gadget.", price_cents=5000),
-            "mug": add("Plain Mug", "Pairs well with any zorblax quantum blender.",
-                       price_cents=800),  # fmt: skip
+            "mug": add(
+                "Plain Mug", "Pairs well with any zorblax quantum blender.", price_cents=800
+            ),
             "kettle": add("Zorblax Kettle", "", price_cents=3000, category_id=other),
             "headphones": add("Wireless Bamboo Headphones", "Quiet and light."),
-            "fnordic": [add("Fnordic Lamp", f"number {i}", price_cents=100 + i)
-                        for i in range(FNORDIC)],  # fmt: skip
+            "fnordic": [
+                add("Fnordic Lamp", f"number {i}", price_cents=100 + i) for i in range(FNORDIC)
+            ],
         }
         yield out
 
@@ -194,14 +210,20 @@ def test_a_write_is_seen_by_search_at_once(gateway: Gateway, data: dict[str, Any
         assert again.headers["x-cache"] in ("hit-l1", "hit-l2")  # the search is cached
         assert before.json()["items"][0]["name"] == "Zorblax Kettle"
         kettle = data["kettle"]
-        r = c.patch(f"/api/v1/products/{kettle['id']}", json={"name": "Zorblax Kettle Deluxe"},
-                    headers={**data["manager"], "If-Match": "*"})  # fmt: skip
+        r = c.patch(
+            f"/api/v1/products/{kettle['id']}",
+            json={"name": "Zorblax Kettle Deluxe"},
+            headers={**data["manager"], "If-Match": "*"},
+        )
         assert r.status_code == 200, r.text
         after = search(c, q="zorblax kettle")
         assert after["items"][0]["name"] == "Zorblax Kettle Deluxe"
         # a new word is searchable (and correctable) at once
-        r = c.patch(f"/api/v1/products/{kettle['id']}", json={"name": "Zorblax Kettle Snorkelbop"},
-                    headers={**data["manager"], "If-Match": "*"})  # fmt: skip
+        r = c.patch(
+            f"/api/v1/products/{kettle['id']}",
+            json={"name": "Zorblax Kettle Snorkelbop"},
+            headers={**data["manager"], "If-Match": "*"},
+        )
         assert r.status_code == 200
         assert ids(search(c, q="snorkelbop")) == [kettle["id"]]
         page = search(c, q="snorkelbopp")
@@ -209,7 +231,6 @@ def test_a_write_is_seen_by_search_at_once(gateway: Gateway, data: dict[str, Any
         created: Created = data["made"]
         new = created.product(c, data["manager"], name="Blipvert Gizmo", category_id=data["cat"])
         assert ids(search(c, q="blipvert")) == [new["id"]]
-        r = c.delete(f"/api/v1/products/{new['id']}",
-                     headers={**data["manager"], "If-Match": "*"})  # fmt: skip
+        r = c.delete(f"/api/v1/products/{new['id']}", headers={**data["manager"], "If-Match": "*"})
         assert r.status_code == 204
         assert search(c, q="blipvert")["items"] == []

@@ -65,7 +65,9 @@ async def strict(request: Request[Any, Any, Any], kind: type[T]) -> T:
         found = _AT.search(str(exc))
         raise ValidationException(
             "invalid body",
-            extra=[{"key": found.group(1) if found else "", "message": str(exc).split(" - at ")[0]}],
+            extra=[
+                {"key": found.group(1) if found else "", "message": str(exc).split(" - at ")[0]}
+            ],
         ) from None
 
 
@@ -104,7 +106,9 @@ async def invalidate(state: State, tags: Iterable[str]) -> None:
         log.warning("cache invalidation not delivered to other instances: %r", exc)
 
 
-def _product_response(body: bytes, status: int, extra: dict[str, str] | None = None) -> Response[bytes]:
+def _product_response(
+    body: bytes, status: int, extra: dict[str, str] | None = None
+) -> Response[bytes]:
     headers = {"etag": product_etag(body), **_NO_STORE, **(extra or {})}
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 

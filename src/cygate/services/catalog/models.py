@@ -114,7 +114,7 @@ class CategoryPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     name: CategoryName | UnsetType = UNSET
     slug: Slug | UnsetType = UNSET
-    parent_id: UUID | None | UnsetType = UNSET
+    parent_id: UUID | UnsetType | None = UNSET
 
 
 class SearchHit(msgspec.Struct, frozen=True):

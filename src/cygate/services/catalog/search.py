@@ -212,9 +212,7 @@ class SearchRepository:
         if after is not None:
             args += list(after)
             kind = "real" if mode == _LEXEME else "float8"
-            where.append(
-                f"({score}, {order_id}) < (${len(args) - 1}::{kind}, ${len(args)}::uuid)"
-            )
+            where.append(f"({score}, {order_id}) < (${len(args) - 1}::{kind}, ${len(args)}::uuid)")
         args.append(limit + 1)
         sql = (
             f"SELECT {_COLUMNS}, {score}::float8 AS score FROM {table} WHERE "

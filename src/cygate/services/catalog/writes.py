@@ -35,7 +35,9 @@ from cygate.services.identity.store import audit
 
 __all__ = ["Actor", "CatalogWriter", "encode_product", "if_match_ok", "product_etag"]
 
-_COLUMNS: Final = "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
+_COLUMNS: Final = (
+    "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
+)
 _CATEGORY_LOCK: Final = 0x63617467  # "catg": serialises moves in the tree (cycle checks)
 _encode = msgspec.json.Encoder().encode
 
@@ -123,16 +125,27 @@ class CatalogWriter:
                     f"""INSERT INTO products (id, sku, name, description, price_cents, currency,
                             category_id, stock)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
-                    product_id, data.sku, data.name, data.description, data.price_cents,
-                    data.currency, data.category_id, data.stock,
-                )  # fmt: skip
+                    product_id,
+                    data.sku,
+                    data.name,
+                    data.description,
+                    data.price_cents,
+                    data.currency,
+                    data.category_id,
+                    data.stock,
+                )
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise _constraint_problem(exc) from None
             product = _product(row)
-            await self._record(conn, "product", product_id, "created", actor,
-                               {"product_id": str(product_id),
-                                "category_id": str(product.category_id)},
-                               msgspec.to_builtins(data))  # fmt: skip
+            await self._record(
+                conn,
+                "product",
+                product_id,
+                "created",
+                actor,
+                {"product_id": str(product_id), "category_id": str(product.category_id)},
+                msgspec.to_builtins(data),
+            )
         return product
 
     async def update_product(
@@ -158,10 +171,15 @@ class CatalogWriter:
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise _constraint_problem(exc) from None
             product = _product(row)
-            await self._record(conn, "product", product_id, "updated", actor,
-                               {"product_id": str(product_id),
-                                "category_id": str(product.category_id)},
-                               msgspec.to_builtins(changes))  # fmt: skip
+            await self._record(
+                conn,
+                "product",
+                product_id,
+                "updated",
+                actor,
+                {"product_id": str(product_id), "category_id": str(product.category_id)},
+                msgspec.to_builtins(changes),
+            )
         return product
 
     async def delete_product(self, product_id: UUID, if_match: str, actor: Actor) -> None:
@@ -171,10 +189,15 @@ class CatalogWriter:
                 await conn.execute("DELETE FROM products WHERE id = $1", product_id)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise _constraint_problem(exc) from None
-            await self._record(conn, "product", product_id, "deleted", actor,
-                               {"product_id": str(product_id),
-                                "category_id": str(current.category_id)},
-                               {"sku": current.sku})  # fmt: skip
+            await self._record(
+                conn,
+                "product",
+                product_id,
+                "deleted",
+                actor,
+                {"product_id": str(product_id), "category_id": str(current.category_id)},
+                {"sku": current.sku},
+            )
 
     async def _locked_product(
         self, conn: asyncpg.Connection, product_id: UUID, if_match: str
@@ -207,13 +230,22 @@ class CatalogWriter:
                 row = await conn.fetchrow(
                     "INSERT INTO categories (id, name, slug, parent_id) VALUES ($1, $2, $3, $4)"
                     " RETURNING id, name, slug, parent_id",
-                    category_id, data.name, data.slug, data.parent_id,
-                )  # fmt: skip
+                    category_id,
+                    data.name,
+                    data.slug,
+                    data.parent_id,
+                )
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise _constraint_problem(exc) from None
-            await self._record(conn, "category", category_id, "created", actor,
-                               {"category_id": str(category_id)},
-                               msgspec.to_builtins(data))  # fmt: skip
+            await self._record(
+                conn,
+                "category",
+                category_id,
+                "created",
+                actor,
+                {"category_id": str(category_id)},
+                msgspec.to_builtins(data),
+            )
         return CategoryOut(*row)
 
     async def update_category(
@@ -251,9 +283,15 @@ class CatalogWriter:
                 )
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise _constraint_problem(exc) from None
-            await self._record(conn, "category", category_id, "updated", actor,
-                               {"category_id": str(category_id)},
-                               msgspec.to_builtins(changes))  # fmt: skip
+            await self._record(
+                conn,
+                "category",
+                category_id,
+                "updated",
+                actor,
+                {"category_id": str(category_id)},
+                msgspec.to_builtins(changes),
+            )
         return CategoryOut(*row)
 
     async def delete_category(self, category_id: UUID, actor: Actor) -> None:
@@ -273,8 +311,15 @@ class CatalogWriter:
                 await conn.execute("DELETE FROM categories WHERE id = $1", category_id)
             except asyncpg.IntegrityConstraintViolationError as exc:  # a racing insert
                 raise _constraint_problem(exc) from None
-            await self._record(conn, "category", category_id, "deleted", actor,
-                               {"category_id": str(category_id)}, {"slug": row["slug"]})  # fmt: skip
+            await self._record(
+                conn,
+                "category",
+                category_id,
+                "deleted",
+                actor,
+                {"category_id": str(category_id)},
+                {"slug": row["slug"]},
+            )
 
     # -- shared --------------------------------------------------------------------------
 
@@ -332,4 +377,3 @@ class CatalogWriter:
             request_id=actor.request_id,
             details={"actor": actor.sub, "changes": details},
         )
-
