@@ -520,7 +520,9 @@ def _walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def two_gateways(gateway_env: dict[str, str], seeded: object) -> Iterator[tuple[Gateway, Gateway]]:
     a = start_gateway(gateway_env, workers=1)
     try:
-        b = start_gateway(gateway_env, workers=1)
+        # B answers product reads through Litestar, A through the edge's fast handler: the
+        # ETag B hands out must be the one A's If-Match check accepts.
+        b = start_gateway(gateway_env, workers=1, extra_env={"CYGATE_EDGE_FAST_PATHS": "false"})
         try:
             yield a, b
         finally:
