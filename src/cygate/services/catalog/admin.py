@@ -20,7 +20,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from cygate.edge.auth import principal_of
 from cygate.edge.cache import CacheUnavailable, ResponseCache
@@ -43,8 +43,8 @@ _NO_STORE = {"cache-control": "no-store"}
 
 IfMatch = Annotated[
     str | None,
-    Parameter(
-        header="if-match",
+    HeaderParameter(
+        name="if-match",
         max_length=1024,
         description="The product's ETag from GET (or `*`); required: 428 without it",
     ),
