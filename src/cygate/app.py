@@ -38,6 +38,8 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.events.controllers import AnalyticsController, OrderSummaryController
+from cygate.services.events.service import EventsService
 from cygate.services.identity.controllers import (
     AuthController,
     JWKSController,
@@ -248,6 +250,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         if cache is not None:
             cache.attach(redis)
             cache.start()
+        # -- events (docs/events.md): the outbox relay and the consumers of this worker --
+        events = EventsService(settings, pool, cache)
+        await events.start()
+        # -- end events --
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -263,6 +269,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             await routes.stop()
             if ratelimit is not None:
                 ratelimit.unbind()
+            await events.stop()
             if cache is not None:
                 await cache.stop()
             await identity.stop()
@@ -280,6 +287,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             UsersController,
             JWKSController,
             RoutesAdminController,
+            OrderSummaryController,
+            AnalyticsController,
         ],
         lifespan=[resources],
         state=_state(
