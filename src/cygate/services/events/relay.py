@@ -65,8 +65,9 @@ class Relay:
         self.stream = stream_key(redis)
         self.is_leader = False
         self.published = 0  # events this relay published (tests, benchmarks)
+        self.redis_failures = 0  # publish attempts Redis refused
         self._wake = asyncio.Event()
-        self._last_cleanup = 0.0
+        self._last_cleanup = -float("inf")
 
     async def run(self) -> None:
         """Lead or stand by, forever; reconnects to PostgreSQL after any failure."""
@@ -115,6 +116,7 @@ class Relay:
             try:
                 sent = await self.publish_batch(conn)
             except _REDIS_DOWN as exc:
+                self.redis_failures += 1
                 # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
                 log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -123,7 +125,8 @@ class Relay:
             backoff = 0.05
             if sent >= settings.events_relay_batch:
                 continue  # more are waiting
-            await self._cleanup(conn)
+            if time.monotonic() - self._last_cleanup >= settings.events_cleanup_interval:
+                await self.cleanup(conn)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), settings.events_poll_interval)
 
@@ -150,12 +153,10 @@ class Relay:
         self.published += len(rows)
         return len(rows)
 
-    async def _cleanup(self, conn: asyncpg.Connection) -> None:
-        """Delete published rows and consumer records older than the retention."""
-        now = time.monotonic()
-        if now - self._last_cleanup < self.settings.events_cleanup_interval:
-            return
-        self._last_cleanup = now
+    async def cleanup(self, conn: asyncpg.Connection) -> None:
+        """Delete published rows and consumer records older than the retention (never an
+        unpublished row, however old)."""
+        self._last_cleanup = time.monotonic()
         retention = float(self.settings.events_retention)
         outbox = await conn.execute(_CLEAN_OUTBOX, retention)
         processed = await conn.execute(_CLEAN_PROCESSED, retention)
