@@ -103,14 +103,15 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 def worker_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """A real ``cygate worker`` process (its own process group, output to a temp file)."""
-    log = open(f"/tmp/cygate-ev-worker-{os.getpid()}-{secrets.token_hex(3)}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "cygate", "worker", *args],
-        env=worker_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    path = f"/tmp/cygate-ev-worker-{os.getpid()}-{secrets.token_hex(3)}.log"
+    with open(path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "cygate", "worker", *args],
+            env=worker_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 async def wait_for(
