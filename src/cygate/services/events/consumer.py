@@ -101,6 +101,8 @@ class ConsumerRunner:
         self.dead_lettered = 0
         self._group_ready = False
         self._next_reclaim = 0.0
+        self._replay_own = False
+        self._replay_from: Any = "0"
 
     async def run(self) -> None:
         """Read, apply, acknowledge; reclaim idle messages; back off while Redis or
@@ -114,6 +116,9 @@ class ConsumerRunner:
                 raise
             except _REDIS_DOWN + DB_UNAVAILABLE as exc:
                 self._group_ready = False  # a restarted Redis may have lost the group
+                # What this runner read before the failure is pending for it: read it again
+                # next round rather than waiting for the reclaim.
+                self._replay_own, self._replay_from = True, "0"
                 log.warning("consumer %s: %r; retrying in %.2fs", self.group, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.events_relay_max_backoff)
@@ -129,7 +134,20 @@ class ConsumerRunner:
         if now >= self._next_reclaim:
             self._next_reclaim = now + max(0.05, self.settings.events_reclaim_idle / 2)
             handled += await self.reclaim()
-        reply: Any = await client.xreadgroup(
+        if self._replay_own:
+            reply: Any = await client.xreadgroup(
+                self.group,
+                self.name,
+                {self.stream: self._replay_from},
+                count=self.settings.events_consumer_batch,
+            )
+            messages = [m for _s, msgs in _entries(reply) for m in msgs]
+            if messages:
+                self._replay_from = messages[-1][0]  # failures stay pending, for the reclaim
+                await self.handle([m for m in messages if m[1]])
+                return handled + len(messages)
+            self._replay_own = False
+        reply = await client.xreadgroup(
             self.group,
             self.name,
             {self.stream: ">"},
