@@ -184,6 +184,75 @@ async def test_a_killed_consumers_pending_messages_are_reclaimed(
         await conn.close()
 
 
+async def test_a_relay_killed_between_xadd_and_update_is_absorbed(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    """SIGKILL a real relay process after its XADD and before its UPDATE: the next relay
+    publishes the batch again, and the consumers apply each event once."""
+    settings = settings_for(dsn, prefix, events_relay_batch=50)
+    conn = await connect(dsn)
+    log = EventLog(users=3, seed=15)
+    for _ in range(10):
+        await log.order(conn)
+    every = sorted(oid for oid, _, _ in log.events)
+    blocker = await connect(dsn)
+    procs = []
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    try:
+        # Lock the last row of the batch: the relay reads and XADDs the batch, then its UPDATE
+        # waits on this lock, and is killed there.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", every[-1])
+        relay = worker_process(settings, "--consumers", "")
+        procs.append(relay)
+
+        async def in_update() -> bool:
+            n: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox%'"
+            )
+            return n > 0
+
+        await wait_for(in_update, what="the relay to wait in its UPDATE")
+        assert await stream_ids(client, prefix) == every  # published, not yet marked
+        relay.send_signal(signal.SIGKILL)
+        relay.wait()
+        # NOTE: the dead process's UPDATE, already sent, would still run once the lock is free
+        # (PostgreSQL notices the lost client only when it replies). Ending that session too
+        # makes this the crash before the UPDATE reached PostgreSQL.
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            "datname = current_database() AND query LIKE 'UPDATE outbox%'"
+        )
+        await tx.rollback()
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == len(
+            every
+        )
+        procs.append(worker_process(settings, "--consumers", ""))
+        await wait_for(lambda: _stream_len(client, prefix, 2 * len(every)), what="republication")
+        assert await stream_ids(client, prefix) == every + every
+        async with consuming(settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler()):
+            for group in ("order_summary", "analytics"):
+                await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
+        assert await summaries(conn) == expected_summaries(log.events)
+        assert await analytics(conn) == log.type_counts()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await blocker.close()
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def _stream_len(client: aioredis.Redis, prefix: str, n: int) -> bool:
+    return int(await client.xlen(prefix + "events")) >= n
+
+
 async def test_poison_messages_go_to_the_dead_letter_stream(
     dsn: str, prefix: str, client: aioredis.Redis
 ) -> None:
