@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             cache.attach(redis)
             cache.start()
         # -- events (docs/events.md): the outbox relay and the consumers of this worker --
-        events = EventsService(settings, pool, cache)
+        events = EventsService(settings, pool, cache, metrics=metrics)
         await events.start()
         # -- end events --
         # PERF: everything built so far lives as long as the worker; move it out of the

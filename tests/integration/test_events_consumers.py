@@ -31,6 +31,7 @@ from tests.events_helpers import (
 from tests.private_redis import PrivateRedis
 
 from cygate.infra.db import create_pool
+from cygate.infra.metrics import Metrics
 from cygate.infra.redis import RedisHandle
 from cygate.services.events.consumer import ConsumerRunner, Handler
 from cygate.services.events.handlers import AnalyticsHandler, OrderSummaryHandler
@@ -60,9 +61,13 @@ async def client() -> AsyncIterator[aioredis.Redis]:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    settings: Settings, handle: RedisHandle, pool: asyncpg.Pool, *handlers: Handler
+    settings: Settings,
+    handle: RedisHandle,
+    pool: asyncpg.Pool,
+    *handlers: Handler,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[list[ConsumerRunner]]:
-    runners = [ConsumerRunner(settings, handle, pool, h) for h in handlers]
+    runners = [ConsumerRunner(settings, handle, pool, h, metrics=metrics) for h in handlers]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
         yield runners
@@ -110,18 +115,27 @@ async def test_a_duplicate_delivery_is_applied_once(
     settings = settings_for(dsn, prefix)
     handle = events_redis(settings)
     pool = await create_pool(settings)
+    metrics = Metrics(None)
     try:
-        relay = Relay(settings, handle)
+        relay = Relay(settings, handle, metrics)
         await publish_all(relay, conn)
         await conn.execute("UPDATE outbox SET published_at = NULL")  # relay crashed before it
         await publish_all(relay, conn)
         ids = await stream_ids(client, prefix)
         assert len(ids) == 2 * len(log.events) and len(set(ids)) == len(log.events)
-        async with consuming(settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler()):
+        async with consuming(
+            settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler(), metrics=metrics
+        ):
             for group in ("order_summary", "analytics"):
                 await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
         assert await summaries(conn) == expected_summaries(log.events)
         assert await analytics(conn) == log.type_counts()
+        text = metrics.render()
+        n = len(log.events)
+        assert f"cygate_events_published_total {2 * n}" in text
+        for group in ("order_summary", "analytics"):  # applied once; duplicates not counted
+            assert f'cygate_events_applied_total{{consumer="{group}"}} {n}' in text
+            assert f'cygate_events_lag_seconds_count{{consumer="{group}"}} {n}' in text
         every = sorted(oid for oid, _, _ in log.events)
         assert await processed(conn, "order_summary") == every
         assert await processed(conn, "analytics") == every

@@ -36,6 +36,7 @@ from cygate.services.events.stream import (
 )
 
 if TYPE_CHECKING:
+    from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.settings import Settings
 
@@ -44,8 +45,8 @@ __all__ = ["ConsumerRunner", "Handler", "consumer_name"]
 log = logging.getLogger("cygate.events.consumer")
 
 _CLAIM = (
-    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-    "ON CONFLICT DO NOTHING RETURNING true"
+    "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::bigint[]) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
 )
 _REDIS_DOWN = (redis.exceptions.RedisError, OSError)
 Message = tuple[bytes, dict[bytes, bytes]]
@@ -86,10 +87,12 @@ class ConsumerRunner:
         handler: Handler,
         *,
         name: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if handler.transactional and pool is None:
             raise ValueError(f"consumer {handler.name!r} needs a PostgreSQL pool")
         self.settings = settings
+        self.metrics = metrics
         self.redis = redis
         self.pool = pool
         self.handler = handler
@@ -240,7 +243,7 @@ class ConsumerRunner:
                     self._failed(event, exc)
                     continue
                 done.append(mid)
-                self.applied += 1
+                self._count([event])
             return done
         # PERF: the whole batch in one transaction (one commit per batch); if anything in it
         # fails, each event again in a transaction of its own, so one bad event costs only itself.
@@ -267,13 +270,27 @@ class ConsumerRunner:
 
     async def _apply_in_tx(self, events: list[tuple[bytes, Event]]) -> None:
         assert self.pool is not None
-        applied = 0
+        applied = []
         async with self.pool.acquire() as conn, conn.transaction():
+            # PERF: one round trip claims the whole batch; only events new to this consumer
+            # come back (a duplicate within the batch too: DO NOTHING skips the second row).
+            fresh = {r[0] for r in await conn.fetch(_CLAIM, self.group, [e.id for _, e in events])}
             for _mid, event in events:
-                if await conn.fetchval(_CLAIM, self.group, event.id):
+                if event.id in fresh:
+                    fresh.discard(event.id)  # a second copy in this batch is not applied
                     await self.handler.apply(conn, event)
-                    applied += 1
-        self.applied += applied
+                    applied.append(event)
+        self._count(applied)
+
+    def _count(self, events: list[Event]) -> None:
+        self.applied += len(events)
+        if self.metrics is None or not events:
+            return
+        self.metrics.inc("cygate_events_applied_total", (self.group,), len(events))
+        now = time.time()
+        for event in events:
+            lag = max(0.0, now - event.created_at.timestamp())
+            self.metrics.observe_family("cygate_events_lag_seconds", (self.group,), lag)
 
     def _failed(self, event: Event, exc: Exception) -> None:
         # NOTE: not acknowledged: the message stays pending and is retried after a reclaim,
@@ -287,6 +304,8 @@ class ConsumerRunner:
                                      approximate=True)  # fmt: skip
         await self.redis.client.xack(self.stream, self.group, mid)
         self.dead_lettered += 1
+        if self.metrics is not None:
+            self.metrics.inc("cygate_events_dead_letters_total", (self.group,))
         log.error(
             "consumer %s: message %s moved to the dead-letter stream: %s (event id %r)",
             self.group, mid.decode(), reason, fields.get(b"id"),

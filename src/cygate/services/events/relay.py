@@ -30,6 +30,7 @@ from cygate.infra.db import DB_UNAVAILABLE
 from cygate.services.events.stream import stream_key
 
 if TYPE_CHECKING:
+    from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.settings import Settings
 
@@ -59,8 +60,11 @@ _REDIS_DOWN = (redis.exceptions.RedisError, OSError)
 class Relay:
     """Publishes the outbox to ``<prefix>events``; :meth:`run` until cancelled."""
 
-    def __init__(self, settings: Settings, redis: RedisHandle) -> None:
+    def __init__(
+        self, settings: Settings, redis: RedisHandle, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.redis = redis
         self.stream = stream_key(redis)
         self.is_leader = False
@@ -90,6 +94,8 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                if self.metrics is not None:
+                    self.metrics.inc("cygate_events_relay_errors_total", ("postgresql",))
                 log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -117,6 +123,8 @@ class Relay:
                 sent = await self.publish_batch(conn)
             except _REDIS_DOWN as exc:
                 self.redis_failures += 1
+                if self.metrics is not None:
+                    self.metrics.inc("cygate_events_relay_errors_total", ("redis",))
                 # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
                 log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -151,6 +159,8 @@ class Relay:
         # NOTE: a crash here (after XADD, before the UPDATE) publishes this batch again.
         await conn.execute(_MARK, [row["id"] for row in rows])
         self.published += len(rows)
+        if self.metrics is not None:
+            self.metrics.inc("cygate_events_published_total", (), len(rows))
         return len(rows)
 
     async def cleanup(self, conn: asyncpg.Connection) -> None:

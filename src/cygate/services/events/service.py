@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from cygate.edge.cache import ResponseCache
+    from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.settings import Settings
 
@@ -36,8 +37,10 @@ class EventsService:
         *,
         relay: bool | None = None,
         consumers: list[str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.pool = pool
         self.redis: RedisHandle | None = None
         self.relay: Relay | None = None
@@ -65,10 +68,10 @@ class EventsService:
         """Start the tasks in the running loop (returns at once)."""
         redis = self.redis = events_redis(self.settings)
         if self._run_relay:
-            self.relay = Relay(self.settings, redis)
+            self.relay = Relay(self.settings, redis, self.metrics)
             self._spawn("relay", self.relay.run)
         for handler in self._handlers():
-            runner = ConsumerRunner(self.settings, redis, self.pool, handler)
+            runner = ConsumerRunner(self.settings, redis, self.pool, handler, metrics=self.metrics)
             self.runners.append(runner)
             self._spawn(f"consumer {handler.name}", runner.run)
 
