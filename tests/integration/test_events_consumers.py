@@ -267,6 +267,36 @@ async def _stream_len(client: aioredis.Redis, prefix: str, n: int) -> bool:
     return int(await client.xlen(prefix + "events")) >= n
 
 
+async def test_consumers_gone_idle_with_nothing_pending_are_forgotten(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    settings = settings_for(dsn, prefix, events_reclaim_idle=0.05)  # forget after 0.5 s idle
+    conn = await connect(dsn)
+    log = EventLog(seed=16)
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    try:
+        await log.order(conn)
+        await publish_all(Relay(settings, handle), conn)
+        stream = prefix + "events"
+        await client.xgroup_create(stream, "order_summary", id="0")
+        # "holder" reads everything and dies without acknowledging; "ghost" reads nothing.
+        await client.xreadgroup("order_summary", "holder", {stream: ">"})
+        await client.xreadgroup("order_summary", "ghost", {stream: ">"})
+        await asyncio.sleep(0.6)
+        runner = ConsumerRunner(settings, handle, pool, OrderSummaryHandler(), name="live")
+        await runner.ensure_group()
+        # The reclaim takes holder's messages (then forgets it), forgets the ghost, keeps itself.
+        assert await runner.reclaim() == len(log.events)
+        names = {c["name"].decode() for c in await client.xinfo_consumers(stream, "order_summary")}
+        assert names == {"live"}  # holder (emptied by the reclaim) and ghost are gone
+        assert await summaries(conn) == expected_summaries(log.events)
+    finally:
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
 async def test_poison_messages_go_to_the_dead_letter_stream(
     dsn: str, prefix: str, client: aioredis.Redis
 ) -> None:

@@ -203,7 +203,22 @@ class ConsumerRunner:
                     await self._dead_letter(mid, fields, f"delivered more than {limit} times")
                 await self.handle([m for m in claimed if deliveries.get(m[0], 0) <= limit])
             if start in (b"0-0", "0-0"):
+                await self.forget_idle_consumers()
                 return total
+
+    async def forget_idle_consumers(self) -> int:
+        """Delete the group's consumers with nothing pending and idle for more than ten reclaim
+        periods: each process start adds a consumer name, and dead ones would pile up. Safe
+        for a live one (nothing pending is lost; its next read recreates it)."""
+        client = self.redis.client
+        limit_ms = 10 * self.settings.events_reclaim_idle * 1000
+        gone = 0
+        for info in await client.xinfo_consumers(self.stream, self.group):
+            name = info["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if info["pending"] == 0 and info["idle"] > limit_ms and name != self.name:
+                gone += int(await client.xgroup_delconsumer(self.stream, self.group, name) == 0)
+        return gone
 
     async def _deliveries(self, messages: list[Message]) -> dict[bytes, int]:
         ids = [mid for mid, _ in messages]
