@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events load clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -82,6 +82,10 @@ bench-macro: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md
 
 bench: bench-micro bench-macro
+
+# Events: relay throughput and commit-to-consumer latency (under a minute; docs/events.md).
+bench-events: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.events
 
 load: build services
 	$(WITH_ENV) scripts/load.sh

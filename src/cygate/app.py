@@ -40,6 +40,8 @@ from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
 from cygate.services.catalog.search import SearchController, SearchRepository
 from cygate.services.catalog.writes import CatalogWriter
+from cygate.services.events.controllers import AnalyticsController, OrderSummaryController
+from cygate.services.events.service import EventsService
 from cygate.services.identity.controllers import (
     AuthController,
     JWKSController,
@@ -260,6 +262,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         if cache is not None:
             cache.attach(redis)
             cache.start()
+        # -- events (docs/events.md): the outbox relay and the consumers of this worker --
+        events = EventsService(settings, pool, cache, metrics=metrics)
+        await events.start()
+        # -- end events --
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -275,6 +281,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             await routes.stop()
             if ratelimit is not None:
                 ratelimit.unbind()
+            await events.stop()
             if cache is not None:
                 await cache.stop()
             await identity.stop()
@@ -293,6 +300,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             UsersController,
             JWKSController,
             RoutesAdminController,
+            OrderSummaryController,
+            AnalyticsController,
         ],
         lifespan=[resources],
         state=_state(

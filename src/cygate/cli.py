@@ -1,4 +1,5 @@
-"""``cygate``: serve | migrate | seed | check-config | create-client (also ``python -m cygate``)."""
+"""``cygate``: serve | migrate | seed | check-config | create-client | worker (also
+``python -m cygate``)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--client-id", required=True)
     client.add_argument("--roles", default="", help="comma-separated roles")
+
+    worker = sub.add_parser("worker", help="run the outbox relay and event consumers (no HTTP)")
+    worker.add_argument("--no-relay", action="store_true", help="consumers only")
+    worker.add_argument(
+        "--consumers", default=None, help="comma-separated (cache,order_summary,analytics); "
+        "default: events_consumers; empty: none"
+    )  # fmt: skip
     return parser
 
 
@@ -281,3 +289,54 @@ def _forward_sighup(stamp: str) -> None:
             fh.write(f"{time.time_ns()}\n")
 
     signal.signal(signal.SIGHUP, bump)
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from cygate.services.events.handlers import HANDLERS
+
+    consumers: list[str] = list(settings.events_consumers)
+    if args.consumers is not None:
+        consumers = [c.strip() for c in args.consumers.split(",") if c.strip()]
+    unknown = [c for c in consumers if c not in HANDLERS]
+    if unknown:
+        return _fail(f"unknown consumer(s) {', '.join(unknown)}; known: {', '.join(HANDLERS)}")
+    import uvloop
+
+    return uvloop.run(_worker(settings, not args.no_relay, consumers))
+
+
+async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
+    """The events machinery of a gateway worker, without HTTP, until SIGTERM or SIGINT."""
+    import logging
+    import signal
+
+    from cygate.edge.cache import ResponseCache
+    from cygate.infra.db import create_pool
+    from cygate.infra.metrics import Metrics
+    from cygate.infra.redis import create_redis
+    from cygate.services.events.service import EventsService
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    pool = await create_pool(settings, lazy=True)
+    redis = create_redis(settings)
+    cache = None
+    if "cache" in consumers and settings.cache_enabled:
+        cache = ResponseCache(settings, Metrics(None))  # only to broadcast invalidations
+        cache.attach(redis)
+    events = EventsService(settings, pool, cache, relay=relay, consumers=consumers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await events.start()
+    print(f"cygate worker: relay={'on' if relay else 'off'} consumers={','.join(consumers)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        await stop.wait()
+    finally:
+        await events.stop()
+        await redis.close()
+        await pool.close()
+    return 0

@@ -393,6 +393,50 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = ""
     admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = ""
 
+    # --- Outbox and events (issue 7, part 5; docs/events.md) --------------------------------
+    events_relay: Annotated[
+        bool, _doc("Run the outbox relay in each gateway worker (one leads, others stand by).")
+    ] = True
+    events_consumers: Annotated[
+        list[Literal["cache", "order_summary", "analytics"]],
+        _doc("Event consumers each gateway worker runs; [] runs none (see `cygate worker`)."),
+    ] = msgspec.field(default_factory=lambda: ["cache", "order_summary", "analytics"])
+    events_relay_batch: Annotated[
+        int, _doc("Outbox rows the relay publishes per round trip.", ge=1, le=10_000)
+    ] = 500
+    events_poll_interval: Annotated[
+        float, _doc("Relay polling fallback (besides LISTEN/NOTIFY), seconds.", gt=0, le=60)
+    ] = 1.0
+    events_relay_max_backoff: Annotated[
+        float, _doc("Longest wait between retries while Redis or PostgreSQL fail, seconds.",
+                    gt=0, le=300)
+    ] = 5.0  # fmt: skip
+    events_stream_maxlen: Annotated[
+        int, _doc("Approximate length bound of the event stream (XADD MAXLEN ~).", ge=100)
+    ] = 100_000
+    events_consumer_batch: Annotated[
+        int, _doc("Messages a consumer reads (and applies in one transaction) at once.",
+                  ge=1, le=10_000)
+    ] = 100  # fmt: skip
+    events_block: Annotated[
+        float, _doc("How long a consumer's XREADGROUP waits for messages, seconds.", gt=0, le=60)
+    ] = 1.0
+    events_reclaim_idle: Annotated[
+        float, _doc("A message pending this long (its consumer died) is reclaimed, seconds.",
+                    gt=0, le=86400)
+    ] = 30.0  # fmt: skip
+    events_max_deliveries: Annotated[
+        int, _doc("Deliveries after which a failing message goes to the dead-letter stream.",
+                  ge=1, le=1000)
+    ] = 5  # fmt: skip
+    events_retention: Annotated[
+        int, _doc("Published outbox rows and consumer records are kept this long, seconds.",
+                  ge=60)
+    ] = 7 * 86400  # fmt: skip
+    events_cleanup_interval: Annotated[
+        float, _doc("Seconds between two clean-ups by the leading relay.", gt=0)
+    ] = 3600.0
+
     def all_rate_limits(self) -> dict[str, RateLimitSpec]:
         """The built-in limits overlaid with the configured ones."""
         return {**_default_rate_limits(), **self.rate_limits}
@@ -508,7 +552,7 @@ def _check_identity(s: Settings) -> None:
 _JSON_ONLY = frozenset(
     {"identity_providers", "rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"}
 )
-_STRING_LISTS = frozenset({"trusted_proxies", "jwt_key_files"})
+_STRING_LISTS = frozenset({"trusted_proxies", "jwt_key_files", "events_consumers"})
 
 
 def _env_value(name: str, raw: str) -> Any:

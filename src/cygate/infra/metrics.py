@@ -95,6 +95,28 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "cygate_cache_l1_flushes_total": ("counter", "Whole-L1 flushes (lost subscription).", ()),
     "cygate_cache_subscriptions_total": ("counter", "Invalidation (re)subscriptions.", ()),
     "cygate_cache_l2_errors_total": ("counter", "Redis errors in the cache's L2.", ()),
+    # -- events (docs/events.md) --
+    "cygate_events_published_total": ("counter", "Outbox events the relay published.", ()),
+    "cygate_events_relay_errors_total": (
+        "counter",
+        "Relay rounds that failed (Redis or PostgreSQL down); the rows wait.",
+        ("cause",),
+    ),
+    "cygate_events_applied_total": (
+        "counter",
+        "Events a consumer applied (duplicates skipped are not counted).",
+        ("consumer",),
+    ),
+    "cygate_events_dead_letters_total": (
+        "counter",
+        "Messages moved to the dead-letter stream.",
+        ("consumer",),
+    ),
+    "cygate_events_lag_seconds": (
+        "histogram",
+        "From the outbox insert to the consumer's effect.",
+        ("consumer",),
+    ),
 }
 _FAMILY_MARK = "\x1e"  # snapshot keys of labelled families start with it
 

@@ -1,0 +1,130 @@
+"""The three consumers: cache invalidation, the order summary read model, analytics counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import asyncpg
+
+from cygate.services.events.stream import Event
+
+if TYPE_CHECKING:
+    from cygate.edge.cache import ResponseCache
+
+__all__ = ["HANDLERS", "AnalyticsHandler", "CacheHandler", "OrderSummaryHandler", "tags_for"]
+
+log = logging.getLogger("cygate.events")
+
+_STOCK_EVENTS = frozenset({"order.created", "order.cancelled", "order.expired"})
+
+
+def tags_for(event: Event) -> list[str]:
+    """The cache tags an event makes stale (docs/caching.md names the tags)."""
+    p = event.payload
+    if event.type.startswith("product."):
+        return [f"product:{p['product_id']}", "products"]
+    if event.type.startswith("category."):
+        return ["categories", "products"]
+    if event.type in _STOCK_EVENTS:  # stock changed for each item
+        return sorted({f"product:{item['product_id']}" for item in p.get("items", [])})
+    return []
+
+
+class CacheHandler:
+    """Invalidate the response cache on every instance. Invalidation is idempotent, so this
+    consumer keeps no record: a redelivery purges again, harmlessly."""
+
+    name = "cache"
+    transactional = False
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def wants(self, event: Event) -> bool:
+        return event.type.startswith(("product.", "category.")) or event.type in _STOCK_EVENTS
+
+    async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
+        tags = tags_for(event)
+        if tags:
+            # CacheUnavailable propagates: the message stays pending and is retried.
+            await self.cache.invalidate_tags(tags)
+
+
+# The order summary: each event adds deltas, so the result does not depend on the order in which
+# a reclaim delivers them (open_orders may be -1 for a moment when order.paid overtakes
+# order.created).
+_SUMMARY = """
+INSERT INTO order_summaries AS s (user_id, orders_count, open_orders, paid_orders,
+    shipped_orders, cancelled_orders, expired_orders, total_spent_cents, last_order_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (user_id) DO UPDATE SET
+    orders_count = s.orders_count + EXCLUDED.orders_count,
+    open_orders = s.open_orders + EXCLUDED.open_orders,
+    paid_orders = s.paid_orders + EXCLUDED.paid_orders,
+    shipped_orders = s.shipped_orders + EXCLUDED.shipped_orders,
+    cancelled_orders = s.cancelled_orders + EXCLUDED.cancelled_orders,
+    expired_orders = s.expired_orders + EXCLUDED.expired_orders,
+    total_spent_cents = s.total_spent_cents + EXCLUDED.total_spent_cents,
+    last_order_at = GREATEST(s.last_order_at, EXCLUDED.last_order_at),
+    updated_at = now()
+"""
+# (orders, open, paid, shipped, cancelled, expired) per event type
+_DELTAS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "order.created": (1, 1, 0, 0, 0, 0),
+    "order.paid": (0, -1, 1, 0, 0, 0),
+    "order.shipped": (0, 0, 0, 1, 0, 0),
+    "order.cancelled": (0, -1, 0, 0, 1, 0),
+    "order.expired": (0, -1, 0, 0, 0, 1),
+}
+
+
+class OrderSummaryHandler:
+    """The per-user order summary (``GET /api/v1/users/me/orders/summary``)."""
+
+    name = "order_summary"
+    transactional = True
+
+    def wants(self, event: Event) -> bool:
+        return event.type in _DELTAS
+
+    async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
+        assert conn is not None
+        p = event.payload
+        orders, open_, paid, shipped, cancelled, expired = _DELTAS[event.type]
+        spent = int(p["amount_cents"]) if event.type == "order.paid" else 0
+        last = event.created_at if event.type == "order.created" else None
+        await conn.execute(
+            _SUMMARY, UUID(str(p["user_id"])), orders, open_, paid, shipped, cancelled, expired,
+            spent, last,
+        )  # fmt: skip
+
+
+_COUNT = """
+INSERT INTO analytics_daily AS a (day, event_type, events, amount_cents) VALUES ($1, $2, 1, $3)
+ON CONFLICT (day, event_type) DO UPDATE SET
+    events = a.events + 1, amount_cents = a.amount_cents + EXCLUDED.amount_cents
+"""
+
+
+class AnalyticsHandler:
+    """Events per UTC day and type, with the money they carry (``GET /admin/analytics``)."""
+
+    name = "analytics"
+    transactional = True
+
+    def wants(self, event: Event) -> bool:
+        return True
+
+    async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
+        assert conn is not None
+        p = event.payload
+        amount = p.get("amount_cents", p.get("total_cents", 0))
+        day = event.created_at.astimezone(dt.UTC).date()
+        await conn.execute(_COUNT, day, event.type, int(amount) if isinstance(amount, int) else 0)
+
+
+HANDLERS = ("cache", "order_summary", "analytics")
+"""Consumer kinds ``events_consumers`` may name."""

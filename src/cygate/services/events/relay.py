@@ -1,0 +1,173 @@
+"""The outbox relay: committed outbox rows to the Redis stream, in id order, at least once.
+
+One relay publishes at a time: every gateway worker (and ``cygate worker``) runs a
+:class:`Relay`, and the one holding a PostgreSQL session advisory lock publishes while the
+others wait in standby, retrying the lock. The lock lives as long as the leader's connection, so
+a crashed leader's lock is released by PostgreSQL and a standby takes over within
+``events_poll_interval``.
+
+A batch is: read the oldest unpublished rows, ``XADD`` each (one pipeline), then mark them
+published. A crash between the ``XADD`` and the ``UPDATE`` republishes the batch: the only
+source of duplicates, which consumers absorb (``processed_events``). While Redis is down the
+rows stay unpublished and the relay backs off; nothing is lost.
+
+Wake-ups: the outbox trigger (migration 0006) sends ``NOTIFY cygate_outbox`` at commit; the
+relay also polls every ``events_poll_interval`` in case a notification is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import redis.exceptions
+
+from cygate.infra.db import DB_UNAVAILABLE
+from cygate.services.events.stream import stream_key
+
+if TYPE_CHECKING:
+    from cygate.infra.metrics import Metrics
+    from cygate.infra.redis import RedisHandle
+    from cygate.settings import Settings
+
+__all__ = ["CHANNEL", "RELAY_LOCK_ID", "Relay"]
+
+log = logging.getLogger("cygate.events.relay")
+
+CHANNEL = "cygate_outbox"
+RELAY_LOCK_ID = 0x6379_6761_7465_01  # "cygate" + 1: the relay's advisory lock
+
+_SELECT = (
+    "SELECT id, aggregate, aggregate_id, event_type, payload::text AS payload, created_at "
+    "FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
+)
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_CLEAN_OUTBOX = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
+    "AND published_at < now() - make_interval(secs => $1) LIMIT 10000)"
+)
+_CLEAN_PROCESSED = (
+    "DELETE FROM processed_events WHERE ctid IN (SELECT ctid FROM processed_events "
+    "WHERE applied_at < now() - make_interval(secs => $1) LIMIT 10000)"
+)
+_REDIS_DOWN = (redis.exceptions.RedisError, OSError)
+
+
+class Relay:
+    """Publishes the outbox to ``<prefix>events``; :meth:`run` until cancelled."""
+
+    def __init__(
+        self, settings: Settings, redis: RedisHandle, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.redis = redis
+        self.stream = stream_key(redis)
+        self.is_leader = False
+        self.published = 0  # events this relay published (tests, benchmarks)
+        self.redis_failures = 0  # publish attempts Redis refused
+        self._wake = asyncio.Event()
+        self._last_cleanup = -float("inf")
+
+    async def run(self) -> None:
+        """Lead or stand by, forever; reconnects to PostgreSQL after any failure."""
+        backoff = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self.settings.database_url,
+                    timeout=self.settings.db_acquire_timeout + 3,
+                    command_timeout=self.settings.db_command_timeout,
+                    server_settings={"application_name": "cygate-relay"},
+                )
+                backoff = 0.1
+                await self._acquire(conn)
+                self.is_leader = True
+                log.info("outbox relay: leading (pid %s)", conn.get_server_pid())
+                await conn.add_listener(CHANNEL, self._notified)
+                await self._lead(conn)
+            except asyncio.CancelledError:
+                raise
+            except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                if self.metrics is not None:
+                    self.metrics.inc("cygate_events_relay_errors_total", ("postgresql",))
+                log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.is_leader = False
+                if conn is not None:
+                    conn.terminate()  # releases the advisory lock with the session
+
+    async def _acquire(self, conn: asyncpg.Connection) -> None:
+        """Stand by until this session holds the relay's advisory lock."""
+        while True:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
+                return
+            await asyncio.sleep(self.settings.events_poll_interval)
+
+    def _notified(self, *args: Any) -> None:
+        self._wake.set()
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        settings = self.settings
+        backoff = 0.05
+        while True:
+            self._wake.clear()
+            try:
+                sent = await self.publish_batch(conn)
+            except _REDIS_DOWN as exc:
+                self.redis_failures += 1
+                if self.metrics is not None:
+                    self.metrics.inc("cygate_events_relay_errors_total", ("redis",))
+                # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
+                log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, settings.events_relay_max_backoff)
+                continue
+            backoff = 0.05
+            if sent >= settings.events_relay_batch:
+                continue  # more are waiting
+            if time.monotonic() - self._last_cleanup >= settings.events_cleanup_interval:
+                await self.cleanup(conn)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), settings.events_poll_interval)
+
+    async def publish_batch(self, conn: asyncpg.Connection) -> int:
+        """Publish the oldest unpublished rows (at most ``events_relay_batch``); how many."""
+        rows = await conn.fetch(_SELECT, self.settings.events_relay_batch)
+        if not rows:
+            return 0
+        maxlen = self.settings.events_stream_maxlen
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for row in rows:
+                fields: dict[Any, Any] = {
+                    "id": row["id"],
+                    "type": row["event_type"],
+                    "aggregate": row["aggregate"],
+                    "aggregate_id": row["aggregate_id"],
+                    "created_at": row["created_at"].isoformat(),
+                    "payload": row["payload"],
+                }
+                pipe.xadd(self.stream, fields, maxlen=maxlen, approximate=True)
+            await pipe.execute()
+        # NOTE: a crash here (after XADD, before the UPDATE) publishes this batch again.
+        await conn.execute(_MARK, [row["id"] for row in rows])
+        self.published += len(rows)
+        if self.metrics is not None:
+            self.metrics.inc("cygate_events_published_total", (), len(rows))
+        return len(rows)
+
+    async def cleanup(self, conn: asyncpg.Connection) -> None:
+        """Delete published rows and consumer records older than the retention (never an
+        unpublished row, however old)."""
+        self._last_cleanup = time.monotonic()
+        retention = float(self.settings.events_retention)
+        outbox = await conn.execute(_CLEAN_OUTBOX, retention)
+        processed = await conn.execute(_CLEAN_PROCESSED, retention)
+        log.info("outbox relay: clean-up (%s outbox, %s processed_events)", outbox, processed)

@@ -1,0 +1,421 @@
+"""Consumers against real PostgreSQL and Redis, and real ``cygate worker`` processes killed with
+SIGKILL: duplicates applied once, a dead consumer's messages reclaimed, poison messages dead-
+lettered, a Redis restart survived, and every event applied exactly once by every consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from tests.events_helpers import (
+    REDIS_URL,
+    EventLog,
+    connect,
+    expected_summaries,
+    private_database,
+    settings_for,
+    stream_ids,
+    summaries,
+    wait_for,
+    worker_process,
+)
+from tests.private_redis import PrivateRedis
+
+from cygate.infra.db import create_pool
+from cygate.infra.metrics import Metrics
+from cygate.infra.redis import RedisHandle
+from cygate.services.events.consumer import ConsumerRunner, Handler
+from cygate.services.events.handlers import AnalyticsHandler, OrderSummaryHandler
+from cygate.services.events.relay import Relay
+from cygate.services.events.service import EventsService
+from cygate.services.events.stream import events_redis
+from cygate.settings import Settings
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with private_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def prefix(redis_prefix: str) -> str:
+    return f"{redis_prefix}{secrets.token_hex(3)}:"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(REDIS_URL)
+    yield c
+    await c.aclose()
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    settings: Settings,
+    handle: RedisHandle,
+    pool: asyncpg.Pool,
+    *handlers: Handler,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[list[ConsumerRunner]]:
+    runners = [ConsumerRunner(settings, handle, pool, h, metrics=metrics) for h in handlers]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        yield runners
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def publish_all(relay: Relay, conn: asyncpg.Connection) -> None:
+    while await relay.publish_batch(conn):
+        pass
+
+
+async def processed(conn: asyncpg.Connection, consumer: str) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT event_id FROM processed_events WHERE consumer = $1 ORDER BY event_id", consumer
+    )
+    return [r["event_id"] for r in rows]
+
+
+async def analytics(conn: asyncpg.Connection) -> Counter[str]:
+    rows = await conn.fetch("SELECT event_type, sum(events)::int AS n FROM analytics_daily "
+                            "GROUP BY event_type")  # fmt: skip
+    return Counter({r["event_type"]: r["n"] for r in rows})
+
+
+async def drained(client: aioredis.Redis, prefix: str, group: str) -> bool:
+    """Every message of the stream delivered to ``group`` and acknowledged."""
+    last = await client.xrevrange(prefix + "events", count=1)
+    groups = {g["name"].decode(): g for g in await client.xinfo_groups(prefix + "events")}
+    g = groups.get(group)
+    return bool(g and last and g["pending"] == 0 and g["last-delivered-id"] == last[0][0])
+
+
+async def test_a_duplicate_delivery_is_applied_once(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    conn = await connect(dsn)
+    log = EventLog(users=3, seed=11)
+    for _ in range(30):
+        await log.order(conn)
+    settings = settings_for(dsn, prefix)
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    metrics = Metrics(None)
+    try:
+        relay = Relay(settings, handle, metrics)
+        await publish_all(relay, conn)
+        await conn.execute("UPDATE outbox SET published_at = NULL")  # relay crashed before it
+        await publish_all(relay, conn)
+        ids = await stream_ids(client, prefix)
+        assert len(ids) == 2 * len(log.events) and len(set(ids)) == len(log.events)
+        async with consuming(
+            settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler(), metrics=metrics
+        ):
+            for group in ("order_summary", "analytics"):
+                await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
+        assert await summaries(conn) == expected_summaries(log.events)
+        assert await analytics(conn) == log.type_counts()
+        text = metrics.render()
+        n = len(log.events)
+        assert f"cygate_events_published_total {2 * n}" in text
+        for group in ("order_summary", "analytics"):  # applied once; duplicates not counted
+            assert f'cygate_events_applied_total{{consumer="{group}"}} {n}' in text
+            assert f'cygate_events_lag_seconds_count{{consumer="{group}"}} {n}' in text
+        every = sorted(oid for oid, _, _ in log.events)
+        assert await processed(conn, "order_summary") == every
+        assert await processed(conn, "analytics") == every
+    finally:
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def test_a_killed_consumers_pending_messages_are_reclaimed(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    settings = settings_for(dsn, prefix, events_consumer_batch=20, events_reclaim_idle=1.0)
+    conn = await connect(dsn)
+    log = EventLog(users=2, seed=12)
+    for _ in range(30):
+        await log.order(conn)
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    blocker = await connect(dsn)
+    proc = None
+    try:
+        await publish_all(Relay(settings, handle), conn)
+        # Hold the first event's processed_events key: the worker reads its first batch (20
+        # messages, now pending for it), starts applying, and waits on this lock mid-batch.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("INSERT INTO processed_events (consumer, event_id) "
+                              "VALUES ('order_summary', $1)", log.events[0][0])  # fmt: skip
+        proc = worker_process(settings, "--no-relay", "--consumers", "order_summary")
+
+        async def stuck() -> bool:
+            n: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            return n > 0
+
+        await wait_for(stuck, what="the worker to block mid-batch")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        await tx.rollback()
+        pending = await client.xpending_range(prefix + "events", "order_summary", "-", "+", 100)
+        assert len(pending) == 20
+        dead = {p["consumer"] for p in pending}
+        assert len(dead) == 1
+        assert await processed(conn, "order_summary") == []  # the batch never committed
+        async with consuming(settings, handle, pool, OrderSummaryHandler()) as (runner,):
+            await wait_for(lambda: drained(client, prefix, "order_summary"), what="drained")
+            assert runner.applied == len(log.events)
+        assert await summaries(conn) == expected_summaries(log.events)
+        assert await processed(conn, "order_summary") == sorted(o for o, _, _ in log.events)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await blocker.close()
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def test_a_relay_killed_between_xadd_and_update_is_absorbed(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    """SIGKILL a real relay process after its XADD and before its UPDATE: the next relay
+    publishes the batch again, and the consumers apply each event once."""
+    settings = settings_for(dsn, prefix, events_relay_batch=50)
+    conn = await connect(dsn)
+    log = EventLog(users=3, seed=15)
+    for _ in range(10):
+        await log.order(conn)
+    every = sorted(oid for oid, _, _ in log.events)
+    blocker = await connect(dsn)
+    procs = []
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    try:
+        # Lock the last row of the batch: the relay reads and XADDs the batch, then its UPDATE
+        # waits on this lock, and is killed there.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", every[-1])
+        relay = worker_process(settings, "--consumers", "")
+        procs.append(relay)
+
+        async def in_update() -> bool:
+            n: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox%'"
+            )
+            return n > 0
+
+        await wait_for(in_update, what="the relay to wait in its UPDATE")
+        assert await stream_ids(client, prefix) == every  # published, not yet marked
+        relay.send_signal(signal.SIGKILL)
+        relay.wait()
+        # NOTE: the dead process's UPDATE, already sent, would still run once the lock is free
+        # (PostgreSQL notices the lost client only when it replies). Ending that session too
+        # makes this the crash before the UPDATE reached PostgreSQL.
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            "datname = current_database() AND query LIKE 'UPDATE outbox%'"
+        )
+        await tx.rollback()
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == len(
+            every
+        )
+        procs.append(worker_process(settings, "--consumers", ""))
+        await wait_for(lambda: _stream_len(client, prefix, 2 * len(every)), what="republication")
+        assert await stream_ids(client, prefix) == every + every
+        async with consuming(settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler()):
+            for group in ("order_summary", "analytics"):
+                await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
+        assert await summaries(conn) == expected_summaries(log.events)
+        assert await analytics(conn) == log.type_counts()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await blocker.close()
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def _stream_len(client: aioredis.Redis, prefix: str, n: int) -> bool:
+    return int(await client.xlen(prefix + "events")) >= n
+
+
+async def test_consumers_gone_idle_with_nothing_pending_are_forgotten(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    settings = settings_for(dsn, prefix, events_reclaim_idle=0.05)  # forget after 0.5 s idle
+    conn = await connect(dsn)
+    log = EventLog(seed=16)
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    try:
+        await log.order(conn)
+        await publish_all(Relay(settings, handle), conn)
+        stream = prefix + "events"
+        await client.xgroup_create(stream, "order_summary", id="0")
+        # "holder" reads everything and dies without acknowledging; "ghost" reads nothing.
+        await client.xreadgroup("order_summary", "holder", {stream: ">"})
+        await client.xreadgroup("order_summary", "ghost", {stream: ">"})
+        await asyncio.sleep(0.6)
+        runner = ConsumerRunner(settings, handle, pool, OrderSummaryHandler(), name="live")
+        await runner.ensure_group()
+        # The reclaim takes holder's messages (then forgets it), forgets the ghost, keeps itself.
+        assert await runner.reclaim() == len(log.events)
+        names = {c["name"].decode() for c in await client.xinfo_consumers(stream, "order_summary")}
+        assert names == {"live"}  # holder (emptied by the reclaim) and ghost are gone
+        assert await summaries(conn) == expected_summaries(log.events)
+    finally:
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def test_poison_messages_go_to_the_dead_letter_stream(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    settings = settings_for(dsn, prefix, events_reclaim_idle=0.2, events_max_deliveries=2)
+    conn = await connect(dsn)
+    log = EventLog(users=2, seed=13)
+    await log.order(conn)
+    good = list(log.events)
+    bad = await log.emit(conn, "order.created", {"order_id": "o", "total_cents": 5})  # no user
+    await log.order(conn)
+    good += log.events[len(good) + 1 :]
+    handle = events_redis(settings)
+    pool = await create_pool(settings)
+    try:
+        await publish_all(Relay(settings, handle), conn)
+        await client.xadd(prefix + "events", {"hello": "not an event"})
+        async with consuming(settings, handle, pool, OrderSummaryHandler()) as (runner,):
+
+            async def two_dead() -> bool:
+                return int(await client.xlen(prefix + "events:dead")) >= 2
+
+            await wait_for(two_dead, what="two dead letters")
+            await wait_for(lambda: drained(client, prefix, "order_summary"), what="drained")
+            assert runner.dead_lettered == 2
+        dead = [f for _, f in await client.xrange(prefix + "events:dead")]
+        reasons = {f.get(b"id", b"").decode(): f[b"reason"].decode() for f in dead}
+        assert reasons[str(bad)] == "delivered more than 2 times"
+        assert reasons[""].startswith("not an event")
+        assert all(f[b"group"] == b"order_summary" for f in dead)
+        assert await summaries(conn) == expected_summaries(good)
+        assert bad not in await processed(conn, "order_summary")
+    finally:
+        await pool.close()
+        await handle.close()
+        await conn.close()
+
+
+async def test_relay_and_consumers_survive_a_redis_restart(dsn: str, prefix: str) -> None:
+    log = EventLog(users=3, seed=14)
+    conn = await connect(dsn)
+    with PrivateRedis() as private:
+        settings = settings_for(dsn, prefix, redis_url=private.url, events_poll_interval=0.1)
+        pool = await create_pool(settings)
+        service = EventsService(settings, pool, None, consumers=["order_summary", "analytics"])
+        await service.start()
+        try:
+            for _ in range(5):
+                await log.order(conn)
+            await wait_for(lambda: _summaries_match(conn, log), what="first events applied")
+            private.stop()
+            for _ in range(10):
+                await log.order(conn)
+            await asyncio.sleep(1.0)  # the relay and the consumers fail and back off
+            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            private.start()  # an empty server: no stream, no groups
+            await wait_for(lambda: _summaries_match(conn, log), what="all events applied")
+            await wait_for(lambda: _analytics_match(conn, log), what="analytics complete")
+        finally:
+            await service.stop()
+            await pool.close()
+            await conn.close()
+
+
+async def _summaries_match(conn: asyncpg.Connection, log: EventLog) -> bool:
+    return await summaries(conn) == expected_summaries(log.events)
+
+
+async def _analytics_match(conn: asyncpg.Connection, log: EventLog) -> bool:
+    return await analytics(conn) == log.type_counts()
+
+
+async def test_every_event_reaches_every_consumer_exactly_once_despite_sigkills(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    """Workers (relay + two consumers) SIGKILLed at random points while events are written;
+    a last worker finishes; each consumer applied each outbox event exactly once."""
+    rng = random.Random(os.environ.get("CYGATE_EVENTS_CRASH_SEED", secrets.randbits(32)))
+    settings = settings_for(dsn, prefix, events_relay_batch=5, events_consumer_batch=5,
+                            events_reclaim_idle=0.5, events_poll_interval=0.1)  # fmt: skip
+    consumers = "order_summary,analytics"
+    log = EventLog(users=4, seed=rng.randrange(1 << 30))
+    conn = await connect(dsn)
+    procs = []
+    try:
+        for _round in range(8):
+            proc = worker_process(settings, "--consumers", consumers)
+            procs.append(proc)
+            until = asyncio.get_running_loop().time() + rng.uniform(0.5, 3.0)
+            while asyncio.get_running_loop().time() < until:
+                await log.order(conn)
+                await asyncio.sleep(rng.uniform(0, 0.01))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        # The killed workers did part of the work (else this would test only the last one).
+        before = len(await processed(conn, "analytics"))
+        assert before > 0
+        final = worker_process(settings, "--consumers", consumers)
+        procs.append(final)
+        every = sorted(oid for oid, _, _ in log.events)
+
+        async def done() -> bool:
+            return (
+                await processed(conn, "order_summary") == every
+                and await processed(conn, "analytics") == every
+            )
+
+        await wait_for(done, seconds=120, what="every event applied by every consumer")
+        for group in ("order_summary", "analytics"):
+            await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+        assert await summaries(conn) == expected_summaries(log.events)
+        assert await analytics(conn) == log.type_counts()
+        ids = await stream_ids(client, prefix)
+        assert set(ids) == set(every)
+        print(f"crash loop: {len(every)} events, {before} applied before the last worker, "
+              f"{len(ids) - len(every)} published twice")  # fmt: skip
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await conn.close()
