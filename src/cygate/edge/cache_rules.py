@@ -102,8 +102,9 @@ class CacheRoute:
                 if field == CALLER and not self.private:
                     # NOTE: a public entry is shared by every caller: tagging it by one is a
                     # sign that its body depends on the caller.
-                    raise ValueError(f"cache rule tag {template!r} on {name}: {{caller}} "
-                                     "needs a private rule")
+                    raise ValueError(
+                        f"cache rule tag {template!r} on {name}: {{caller}} needs a private rule"
+                    )
                 if field is not None and field != CALLER and field not in self.types:
                     raise ValueError(
                         f"cache rule tag {template!r} on {name}: no path parameter {field!r}"
@@ -179,7 +180,7 @@ def _dependencies(handler: Any) -> dict[str, Any]:
     """The handler's dependencies by name (its own and its owners': app, router, controller)."""
     try:
         return dict(handler.resolve_dependencies())
-    except Exception:  # noqa: BLE001 - a handler not registered anywhere has only its own
+    except Exception:
         return dict(getattr(handler, "dependencies", None) or {})
 
 

@@ -22,6 +22,7 @@ from cygate.edge.context import Principal
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule
 
+
 def make_edge_with_calls() -> tuple[Any, ResponseCache, Counter[str]]:
     calls: Counter[str] = Counter()
     edge, cache, _ = make_edge(fast_calls=calls)
@@ -173,7 +174,7 @@ async def test_same_subject_of_two_issuers_is_two_callers() -> None:
 async def test_fast_handler_headers_are_its_responses_own() -> None:
     # A per-caller fast handler (like /users/me) sets Cache-Control: stored once, never doubled
     # by the edge, the same on the miss and the hit; a no-store from it is honoured.
-    edge, cache, fast_calls = make_edge_with_calls()
+    edge, _, fast_calls = make_edge_with_calls()
     miss = await call(edge, "/fastme", user="ann")
     hit = await call(edge, "/fastme", user="ann")
     for r in (miss, hit):
@@ -491,7 +492,7 @@ def test_a_public_rule_for_users_me_is_refused_at_start_up() -> None:
     from cygate.app import create_app
 
     for public in (CacheRule(ttl=60, max_age=0, tags=["user:{caller}"]), CacheRule(ttl=60)):
-        with pytest.raises(ValueError, match="users/me reads the caller.*must be private"):
+        with pytest.raises(ValueError, match=r"users/me reads the caller.*must be private"):
             create_app(cache_settings(cache_rules={"me": public}))
     off = CacheRule(ttl=0, scope="private")  # switched off (still checked)
     edge = create_app(cache_settings(cache_rules={"me": off}))
