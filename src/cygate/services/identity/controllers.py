@@ -213,10 +213,14 @@ class JWKSController(Controller):
 def _my_id(request: Request[Any, Any, Any]) -> UUID:
     """The caller's user id; a token of a service client or an external provider has none
     here, and the profile it asks for is not found."""
-    return _user_id(principal_of(request))
+    return _user_id(principal_of(request), _identity(request.app.state).settings.jwt_issuer)
 
 
-def _user_id(principal: Principal) -> UUID:
+def _user_id(principal: Principal, own_issuer: str) -> UUID:
+    # NOTE: an external provider's subject names its own user, never one of ours, even when
+    # it looks like one of our user ids.
+    if principal.issuer != own_issuer:
+        raise Problem(404, "no user account for this caller")
     try:
         return UUID(principal.sub)
     except ValueError:
@@ -249,7 +253,9 @@ class UsersController(Controller):
         # NOTE: ``principal``, not ``request``: the cache's input check can then prove the key
         # (the caller) covers everything this handler reads. Served by the edge's fast handler
         # (fast.py) unless fast paths are off; both give the same bytes.
-        user = await get_user(_identity(state).pool, _user_id(principal))
+        identity = _identity(state)
+        user_id = _user_id(principal, identity.settings.jwt_issuer)
+        user = await get_user(identity.pool, user_id)
         if user is None:
             raise Problem(404, "no user account for this caller")
         return Response(user, headers={"cache-control": PROFILE_CACHE_CONTROL})

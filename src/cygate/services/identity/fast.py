@@ -36,10 +36,16 @@ _PRIVATE = (b"cache-control", PROFILE_CACHE_CONTROL.encode())
 def my_profile(identity: Identity) -> FastHandler:
     """``GET /api/v1/users/me`` in the edge (the route's policy requires a token)."""
 
+    own_issuer = identity.settings.jwt_issuer
+
     async def handler(ctx: EdgeContext) -> bytes:
         principal = ctx.principal
         if principal is None:  # pragma: no cover - the token stage refused already
             raise unauthorized()
+        if principal.issuer != own_issuer:
+            # NOTE: an external provider's subject names its own user, never one of ours, even
+            # when it happens to look like (or was made to look like) one of our user ids.
+            raise Problem(404, "no user account for this caller")
         try:
             user_id = UUID(principal.sub)
         except ValueError:
