@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from litestar import Request  # NOTE: at run time, as Principal: Litestar resolves the hints
+
 from cygate.core.jwt import EXPIRED, UNKNOWN_KID, JWTError
-from cygate.edge.context import Principal  # NOTE: at run time: Litestar resolves the hints
+from cygate.edge.context import Principal
 from cygate.edge.problem import Problem
 
 if TYPE_CHECKING:
@@ -152,7 +154,7 @@ PRINCIPAL = "principal"
 """The name of the app-wide dependency (``principal: Principal`` in a handler's signature)."""
 
 
-def provide_principal(request: Any) -> Principal:
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     """The Litestar dependency behind a handler's ``principal`` parameter: the caller (401 when
     there is none). The cache's input check knows it: the principal is part of a private
     rule's key, so a handler that declares it can be cached per caller, never publicly."""

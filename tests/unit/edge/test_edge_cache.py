@@ -7,13 +7,14 @@ import asyncio
 import os
 import pathlib
 import stat
+import warnings
 from collections import Counter
 from typing import Annotated, Any
 
 import pytest
 from cache_helpers import RULES, cache_settings, call, make_edge
 from litestar import get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.params import CookieParameter, HeaderParameter, QueryParameter
 
 from cygate.edge.auth import PRINCIPAL, provide_principal
@@ -456,18 +457,18 @@ def test_the_caller_is_an_input_of_private_rules_only() -> None:
     who = {PRINCIPAL: Provide(provide_principal, sync_to_thread=False)}
 
     @get("/mine", dependencies=who)
-    async def mine(principal: Principal) -> dict[str, Any]:
+    async def mine(principal: NamedDependency[Principal]) -> dict[str, Any]:
         return {}
 
     @get("/named-otherwise", dependencies={"caller": who[PRINCIPAL]})
-    async def named_otherwise(caller: Principal) -> dict[str, Any]:
+    async def named_otherwise(caller: NamedDependency[Principal]) -> dict[str, Any]:
         return {}
 
     def language(request: Any) -> str:
         return str(request.headers.get("accept-language", ""))
 
     @get("/dep", dependencies={"lang": Provide(language, sync_to_thread=False)})
-    async def other_dependency(lang: str) -> dict[str, Any]:
+    async def other_dependency(lang: NamedDependency[str]) -> dict[str, Any]:
         return {}
 
     @get("/q")
@@ -504,7 +505,11 @@ def test_a_public_rule_for_users_me_is_refused_at_start_up() -> None:
 def test_the_apps_cached_routes_pass_their_checks() -> None:
     from cygate.app import create_app
 
-    edge = create_app(cache_settings())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        edge = create_app(cache_settings())
+    # The principal dependency is declared explicitly (an inferred one is deprecated).
+    assert not [w for w in caught if "principal" in str(w.message)]
     assert edge.cache is not None
     assert set(edge.cache.routes) == {
         "GET /api/v1/products/{product_id:uuid}",

@@ -12,6 +12,7 @@ from uuid import UUID
 import orjson
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
@@ -249,7 +250,7 @@ class UsersController(Controller):
     tags = ["identity"]
 
     @get("/me", summary="My profile", opt=_AUTH | {"cache": "me"})
-    async def me(self, state: State, principal: Principal) -> Response[User]:
+    async def me(self, state: State, principal: NamedDependency[Principal]) -> Response[User]:
         # NOTE: ``principal``, not ``request``: the cache's input check can then prove the key
         # (the caller) covers everything this handler reads. Served by the edge's fast handler
         # (fast.py) unless fast paths are off; both give the same bytes.
