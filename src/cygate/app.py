@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
@@ -24,7 +25,7 @@ from litestar.routes import HTTPRoute
 
 from cygate import __version__
 from cygate.core.router import Router
-from cygate.edge.auth import TokenStage
+from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
 from cygate.edge.cache import ResponseCache
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
@@ -304,6 +305,9 @@ def create_app(settings: Settings | None = None) -> Edge:
             AnalyticsController,
         ],
         lifespan=[resources],
+        # Handlers get the caller as a ``principal`` parameter (edge/auth.py; the cache's input
+        # check knows it: cacheable per caller, never publicly).
+        dependencies={PRINCIPAL: Provide(provide_principal, sync_to_thread=False)},
         state=_state(
             settings=settings,
             metrics=metrics,

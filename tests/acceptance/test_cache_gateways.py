@@ -2,9 +2,9 @@
 L2 across processes and hash seeds, poisoning attempts, 500 concurrent cold misses, purge
 latency across instances, a dropped subscription and a stopped Redis (private redis-server).
 
-Per-caller isolation with two real users' tokens waits for the token stage (identity issue);
-it is covered in process at the edge (tests/unit/edge/test_cache.py) and through L2
-(tests/integration/test_cache_l2.py) with principals set by a test stage.
+Per-caller isolation with two real users' tokens on ``GET /api/v1/users/me`` is in
+test_cache_per_caller.py; in process at the edge in tests/unit/edge/test_edge_cache.py and
+through L2 in tests/integration/test_cache_l2.py (principals set by a test stage).
 """
 
 from __future__ import annotations

@@ -756,6 +756,12 @@ def test_external_provider_tokens(gw: Gateway, idp: tuple[JWKSServer, Any]) -> N
         # authenticated (not a local account: 404), and the provider may not grant admin
         is_problem(c.get("/api/v1/users/me", headers=bearer(tok)), 404)
         is_problem(c.get("/api/v1/users", headers=bearer(tok)), 403)
+        # a provider's subject that looks like one of our user ids is still the provider's
+        user, _, _, _ = new_user(gw)
+        for _ in range(2):  # the second one could only be a (wrong) cache hit
+            r = c.get("/api/v1/users/me", headers=bearer(idp_token(key, "idp-1", sub=user["id"])))
+            is_problem(r, 404)
+            assert user["email"] not in r.text
         # the provider's token for another audience, or signed by another key: 401
         is_problem(c.get("/api/v1/users/me", headers=bearer(idp_token(key, "idp-1", aud="x"))), 401)
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -8,8 +8,10 @@ For every routed request the stage reads ``Authorization: Bearer <token>``:
 - on a public route a valid token still sets the principal (optional authentication: per-user
   behaviour, rate limits), and a missing or bad one is simply ignored.
 
-The principal goes to ``ctx.principal``; Litestar handlers read it from
-``request.scope["cygate.ctx"].principal`` (see :func:`principal_of`).
+The principal goes to ``ctx.principal``; Litestar handlers declare a ``principal: Principal``
+parameter (the app-wide dependency :func:`provide_principal`), or read it from the request with
+:func:`principal_of`. NOTE: prefer the parameter: a handler that reads the raw request cannot be
+cached (``cache_rules.check_inputs``), one that declares ``principal`` can, under a private rule.
 
 PERF: with a repeated token the verifier answers from its cache and the revocation check from
 its short local cache, so the stage returns None: no coroutine, no await. Only a token not
@@ -22,15 +24,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from litestar import Request  # NOTE: at run time, as Principal: Litestar resolves the hints
+
 from cygate.core.jwt import EXPIRED, UNKNOWN_KID, JWTError
+from cygate.edge.context import Principal
 from cygate.edge.problem import Problem
 
 if TYPE_CHECKING:
     from cygate.core.jwt import JWTVerifierPy
-    from cygate.edge.context import EdgeContext, Principal
+    from cygate.edge.context import EdgeContext
     from cygate.services.identity.revocation import Revocations
 
-__all__ = ["TokenStage", "principal_of", "unauthorized"]
+__all__ = ["PRINCIPAL", "TokenStage", "principal_of", "provide_principal", "unauthorized"]
 
 _CHALLENGE = {"www-authenticate": 'Bearer error="invalid_token"'}
 _FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
@@ -143,3 +148,14 @@ def principal_of(request: Any) -> Principal:
     if principal is None:
         raise unauthorized()
     return principal
+
+
+PRINCIPAL = "principal"
+"""The name of the app-wide dependency (``principal: Principal`` in a handler's signature)."""
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The Litestar dependency behind a handler's ``principal`` parameter: the caller (401 when
+    there is none). The cache's input check knows it: the principal is part of a private
+    rule's key, so a handler that declares it can be cached per caller, never publicly."""
+    return principal_of(request)

@@ -39,7 +39,7 @@ from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
 
 if TYPE_CHECKING:
-    from cygate.edge.context import EdgeContext
+    from cygate.edge.context import EdgeContext, Principal
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.settings import CacheRule, Settings
@@ -49,6 +49,7 @@ __all__ = [
     "CacheMiss",
     "CacheUnavailable",
     "ResponseCache",
+    "caller_key",
     "check_inputs",
     "load_secret",
 ]
@@ -98,6 +99,15 @@ class _Flight:
     def resolve(self, outcome: Any) -> None:
         if not self.future.done():
             self.future.set_result(outcome)
+
+
+def caller_key(principal: Principal) -> str:
+    """What a private entry's key holds of its caller: issuer and subject.
+
+    NOTE: a subject is unique only within its issuer (OIDC): two providers may both have a
+    "12345". The issuer's length goes first, so no pair of strings can pass for another."""
+    issuer = principal.issuer
+    return f"{len(issuer)}:{issuer}{principal.sub}"
 
 
 def _directives(value: bytes) -> tuple[bool, bool]:
@@ -248,10 +258,11 @@ class ResponseCache:
             return None
         principal = None
         if route.private:
-            if ctx.principal is None:
+            caller = ctx.principal
+            if caller is None:
                 self.n_bypass.value += 1  # NOTE: anonymous callers of a private rule
                 return None
-            principal = ctx.principal.sub
+            principal = caller_key(caller)
         spec = route.spec
         key = spec.key("GET", ctx.path, ctx.query, ctx.headers, principal)
         if spec.cache_control is None and spec.if_none_match is None and _REFRESH not in ctx.scope:
@@ -291,7 +302,9 @@ class ResponseCache:
                     return self._answer(entry, STALE, inm, now)
                 if now < entry.error_until and entry.detail is None:
                     stale = entry  # stale-if-error: the fallback if the load fails
-        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, route.tags(ctx.params))
+        caller = ctx.principal.sub if route.private and ctx.principal is not None else ""
+        tags = route.tags(ctx.params, caller)
+        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, tags)
         return None
 
     async def load(self, ctx: EdgeContext, send: Any) -> CacheMiss | None:
@@ -475,7 +488,9 @@ class ResponseCache:
         headers: Iterable[tuple[bytes, bytes]] = (),
         principal: str | None = None,
     ) -> bytes:
-        """The key a request would have (for :meth:`invalidate_keys`)."""
+        """The key a request would have (for :meth:`invalidate_keys`); for a private rule,
+        ``principal`` is :func:`caller_key` of the caller (as :meth:`lookup` keys it).
+        Per-caller entries are easier to drop by tag (``user:{caller}``)."""
         route = self._routes[route_name]
         return route.spec.key("GET", path, query, list(headers), principal)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cygate.core.cachekey import CacheKey
+from cygate.edge.auth import provide_principal
 from cygate.edge.cache_entry import cache_control_of
 from cygate.settings import CacheRule
 
@@ -43,10 +44,24 @@ DEFAULT_RULES: dict[str, CacheRule] = {
         query=["q", "limit", "cursor", "category", "min_price_cents", "max_price_cents"],
         tags=["search"],
     ),
+    # Per caller: keyed by the principal, never served to another caller. ``max-age=0`` and
+    # no stale-while-revalidate: a browser revalidates every time (a cheap 304 by ETag), so a
+    # change is seen at once. Identity's writes (name, roles, erasure) invalidate
+    # ``user:{caller}``. A 404 (a token whose subject has no account) is not remembered.
+    "me": CacheRule(
+        ttl=60,
+        max_age=0,
+        stale_while_revalidate=0,
+        scope="private",
+        tags=["user:{caller}"],
+        not_found_ttl=0,
+    ),
 }
 """Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
 
 _UUID_HEX = frozenset("0123456789abcdefABCDEF-")
+CALLER = "caller"
+"""The tag placeholder filled with the caller's subject (private rules only)."""
 
 
 def load_secret(settings: Settings) -> bytes:
@@ -88,20 +103,29 @@ class CacheRoute:
         if rule.headers:
             extra.append((b"vary", ", ".join(sorted({h.lower() for h in rule.headers})).encode()))
         self.extra = tuple(extra)
+        if CALLER in self.types:
+            raise ValueError(f"{name}: a path parameter may not be named {CALLER!r}")
         for template in rule.tags:
             for _, field, _, _ in string.Formatter().parse(template):
-                if field is not None and field not in self.types:
+                if field == CALLER and not self.private:
+                    # NOTE: a public entry is shared by every caller: tagging it by one is a
+                    # sign that its body depends on the caller.
+                    raise ValueError(
+                        f"cache rule tag {template!r} on {name}: {{caller}} needs a private rule"
+                    )
+                if field is not None and field != CALLER and field not in self.types:
                     raise ValueError(
                         f"cache rule tag {template!r} on {name}: no path parameter {field!r}"
                     )
         self.tag_templates = tuple(rule.tags)
 
-    def tags(self, params: Mapping[str, str] | None) -> tuple[str, ...]:
+    def tags(self, params: Mapping[str, str] | None, caller: str = "") -> tuple[str, ...]:
         """The tags of one request: templates filled from its path parameters, normalised so
-        that one resource has one tag however its id was spelled (uuid case, int zeros)."""
+        that one resource has one tag however its id was spelled (uuid case, int zeros), and
+        ``{caller}`` with the caller's subject (``user:{caller}``)."""
         if not self.tag_templates:
             return ()
-        values: dict[str, str] = {}
+        values: dict[str, str] = {CALLER: caller}
         for name, kind in self.types.items():
             raw = (params or {}).get(name, "")
             if kind == "uuid" and set(raw) <= _UUID_HEX:
@@ -125,14 +149,29 @@ def check_inputs(route_name: str, rule: CacheRule, handler: Any) -> None:
 
     NOTE: this is what makes the allow-lists safe: a query parameter or header the handler
     declares but the rule does not list would let one request's answer be served for
-    another's. Dependencies are not inspected (no cached handler has any)."""
+    another's. The caller (the ``principal`` dependency, :func:`cygate.edge.auth.
+    provide_principal`) is part of a private rule's key, so a private rule allows it; a public
+    rule whose handler reads it is refused (its entry would be one caller's answer served to
+    all). Any other dependency is refused: what it reads from the request is not known here."""
     path_params = set(_param_types(route_name))
     queries, headers = set(rule.query), {h.lower() for h in rule.headers}
+    dependencies = _dependencies(handler)
     for name, param in handler.parsed_fn_signature.parameters.items():
         if name in _NOT_INPUT or name in path_params:
             continue
         if name in _RAW_INPUT:
             raise ValueError(f"{route_name} reads the raw request ({name!r}); it cannot be cached")
+        if name in dependencies:
+            if getattr(dependencies[name], "dependency", None) is not provide_principal:
+                raise ValueError(
+                    f"{route_name} has a dependency {name!r} the cache cannot check; "
+                    "it cannot be cached"
+                )
+            if rule.scope != "private":
+                raise ValueError(
+                    f"{route_name} reads the caller ({name!r}): its cache rule must be private"
+                )
+            continue
         kwarg = getattr(param, "kwarg_definition", None)
         # Parameter(header="x") and HeaderParameter(name="x") both say where and what.
         kind = getattr(getattr(kwarg, "param_type", None), "value", None) or "query"
@@ -143,6 +182,14 @@ def check_inputs(route_name: str, rule: CacheRule, handler: Any) -> None:
             raise ValueError(f"cache rule for {route_name} must vary on header {alias!r}")
         if kind == "query" and alias not in {q.lower() for q in queries}:
             raise ValueError(f"cache rule for {route_name} must list query parameter {alias!r}")
+
+
+def _dependencies(handler: Any) -> dict[str, Any]:
+    """The handler's dependencies by name (its own and its owners': app, router, controller)."""
+    try:
+        return dict(handler.resolve_dependencies())
+    except Exception:
+        return dict(getattr(handler, "dependencies", None) or {})
 
 
 def _param_types(route_name: str) -> dict[str, str]:

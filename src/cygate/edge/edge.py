@@ -250,16 +250,20 @@ class Edge:
                 await self.upstream(ctx, receive, send_wrapper)
                 return
             if policy.fast is not None and self.fast_paths:
+                staged = len(ctx.response_headers)
                 body = await policy.fast(ctx)
+                fast_headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                ]
+                if len(ctx.response_headers) > staged:
+                    # NOTE: headers the handler added are its response's own (Cache-Control),
+                    # not per-request ones like the stages': the cache judges them and keeps
+                    # or replaces them, exactly as it does a Litestar handler's.
+                    fast_headers += ctx.response_headers[staged:]
+                    del ctx.response_headers[staged:]
                 await send_wrapper(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", b"%d" % len(body)),
-                        ],
-                    }
+                    {"type": "http.response.start", "status": 200, "headers": fast_headers}
                 )
                 await send_wrapper({"type": "http.response.body", "body": body})
                 return

@@ -15,7 +15,9 @@ __all__ = ["FastHandler", "RoutePolicy"]
 FastHandler = Callable[["EdgeContext"], Awaitable[bytes]]
 """A handler the edge calls itself, without entering Litestar: it reads the request from the
 context (``ctx.params``, ``ctx.principal``) and returns a JSON body for a 200, or raises
-:class:`cygate.edge.problem.Problem`."""
+:class:`cygate.edge.problem.Problem`. Headers it appends to ``ctx.response_headers`` are sent
+as its response's own (``Cache-Control``): on a cached route the cache judges them like a Litestar
+handler's."""
 
 
 class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):

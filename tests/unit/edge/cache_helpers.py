@@ -34,6 +34,14 @@ RULES = {
     "short": CacheRule(ttl=0.2, stale_while_revalidate=0.5, stale_if_error=0, not_found_ttl=0.2),
     "fallback": CacheRule(ttl=0.1, stale_while_revalidate=0, stale_if_error=60),
     "plain": CacheRule(ttl=60),
+    "me": CacheRule(
+        ttl=60,
+        max_age=0,
+        stale_while_revalidate=0,
+        stale_if_error=0,
+        scope="private",
+        tags=["user:{caller}"],
+    ),
 }
 
 ROUTES = [
@@ -116,7 +124,8 @@ def who_stage(ctx: EdgeContext) -> None:
     """Test stage: the caller named in X-Test-User, and a per-request header like RateLimit-*."""
     user = ctx.header(b"x-test-user")
     if user:
-        ctx.principal = Principal(sub=user.decode())
+        issuer = (ctx.header(b"x-test-issuer") or b"").decode()
+        ctx.principal = Principal(sub=user.decode(), issuer=issuer)
     ctx.response_headers.append((b"x-stage", ctx.request_id.encode()))
 
 
@@ -151,9 +160,20 @@ def make_edge(
             raise Problem(503, "database down", headers={"retry-after": "1"})
         return orjson.dumps({"fast": ctx.params["id"], "n": calls[ctx.params["id"]]})
 
-    for pattern, rule in (("/fast/{id:int}", "items"), ("/fastfb/{id:int}", "fallback")):
+    async def fast_me(ctx: EdgeContext) -> bytes:
+        # A per-caller fast handler with a Cache-Control of its own (as identity's /users/me).
+        assert ctx.principal is not None
+        calls[ctx.principal.sub] += 1
+        ctx.response_headers.append((b"cache-control", ctx.header(b"x-test-cc") or b"private"))
+        return orjson.dumps({"user": ctx.principal.sub, "issuer": ctx.principal.issuer})
+
+    for pattern, rule, handler in (
+        ("/fast/{id:int}", "items", fast),
+        ("/fastfb/{id:int}", "fallback", fast),
+        ("/fastme", "me", fast_me),
+    ):
         name = f"GET {pattern}"
-        router.add("GET", pattern, RoutePolicy(name=name, cache=rule, fast=fast))
+        router.add("GET", pattern, RoutePolicy(name=name, cache=rule, fast=handler))
         cache.add_route(name, rule)
     router.add("GET", "/nocache", RoutePolicy(name="GET /nocache"))
     edge = Edge(app, router, metrics=metrics, max_body_bytes=1000, stages=[who_stage], cache=cache)
@@ -165,6 +185,8 @@ class Reply(msgspec.Struct):
     status: int
     headers: dict[bytes, bytes]
     body: bytes
+    raw: list[tuple[bytes, bytes]] = []
+    """The headers as sent (repeats kept)."""
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -182,12 +204,15 @@ async def call(
     query: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
     user: str | None = None,
+    issuer: str | None = None,
 ) -> Reply:
     """One request through the edge; the reply's headers as a dict (last value wins)."""
     sent: list[Message] = []
     hdrs = list(headers or [])
     if user is not None:
         hdrs.append((b"x-test-user", user.encode()))
+    if issuer is not None:
+        hdrs.append((b"x-test-issuer", issuer.encode()))
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -207,4 +232,5 @@ async def call(
     await edge(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return Reply(start["status"], dict(start["headers"]), body)
+    raw = [tuple(h) for h in start["headers"]]
+    return Reply(start["status"], dict(start["headers"]), body, raw)  # type: ignore[arg-type]

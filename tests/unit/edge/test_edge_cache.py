@@ -7,17 +7,28 @@ import asyncio
 import os
 import pathlib
 import stat
+import warnings
 from collections import Counter
 from typing import Annotated, Any
 
 import pytest
 from cache_helpers import RULES, cache_settings, call, make_edge
 from litestar import get
+from litestar.di import NamedDependency, Provide
 from litestar.params import CookieParameter, HeaderParameter, QueryParameter
 
+from cygate.edge.auth import PRINCIPAL, provide_principal
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache, check_inputs, load_secret
+from cygate.edge.context import Principal
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule
+
+
+def make_edge_with_calls() -> tuple[Any, ResponseCache, Counter[str]]:
+    calls: Counter[str] = Counter()
+    edge, cache, _ = make_edge(fast_calls=calls)
+    return edge, cache, calls
+
 
 # -- hits and HTTP semantics ------------------------------------------------------------------
 
@@ -145,6 +156,61 @@ async def test_etag_of_one_caller_is_no_key_to_anothers_entry() -> None:
     etag = (await call(edge, "/mine", user="alice")).headers[b"etag"]
     r = await call(edge, "/mine", user="bob", headers=[(b"if-none-match", etag)])
     assert r.status == 200 and r.json()["user"] == "bob"
+
+
+async def test_same_subject_of_two_issuers_is_two_callers() -> None:
+    # A subject is unique only within its issuer: "7" of one provider is not "7" of another.
+    edge, _, fast_calls = make_edge_with_calls()
+    own = await call(edge, "/fastme", user="7", issuer="cygate")
+    other = await call(edge, "/fastme", user="7", issuer="https://idp.example")
+    assert (own.x_cache, other.x_cache) == ("miss", "miss") and fast_calls["7"] == 2
+    assert other.json()["issuer"] == "https://idp.example"
+    # The length goes first: ("ab", "c") and ("a", "bc") concatenate alike but key apart.
+    assert (await call(edge, "/fastme", user="c", issuer="ab")).json()["user"] == "c"
+    assert (await call(edge, "/fastme", user="bc", issuer="a")).json()["user"] == "bc"
+    hit = await call(edge, "/fastme", user="7", issuer="cygate")
+    assert hit.x_cache == "hit-l1" and hit.body == own.body
+
+
+async def test_fast_handler_headers_are_its_responses_own() -> None:
+    # A per-caller fast handler (like /users/me) sets Cache-Control: stored once, never doubled
+    # by the edge, the same on the miss and the hit; a no-store from it is honoured.
+    edge, _, fast_calls = make_edge_with_calls()
+    miss = await call(edge, "/fastme", user="ann")
+    hit = await call(edge, "/fastme", user="ann")
+    for r in (miss, hit):
+        assert [v for n, v in r.raw if n == b"cache-control"] == [b"private, max-age=0"]
+        assert r.headers[b"x-stage"] == r.headers[b"x-request-id"]  # the stage's stays per request
+    assert (miss.x_cache, hit.x_cache) == ("miss", "hit-l1") and miss.body == hit.body
+    assert miss.headers[b"etag"] == hit.headers[b"etag"]
+    refused = [(b"x-test-cc", b"private, no-store")]
+    for _ in range(2):
+        r = await call(edge, "/fastme", user="bo", headers=refused)
+        assert b"x-cache" not in r.headers
+        assert [v for n, v in r.raw if n == b"cache-control"] == [b"private, no-store"]
+    assert fast_calls["bo"] == 2 and fast_calls["ann"] == 1
+
+
+async def test_caller_tags_drop_one_callers_entries_only() -> None:
+    edge, cache, fast_calls = make_edge_with_calls()
+    for user in ("ann", "bo"):
+        await call(edge, "/fastme", user=user)
+    await cache.invalidate_tags(["user:ann"])
+    assert (await call(edge, "/fastme", user="ann")).x_cache == "miss"
+    assert (await call(edge, "/fastme", user="bo")).x_cache == "hit-l1"
+    assert fast_calls["ann"] == 2 and fast_calls["bo"] == 1
+
+
+def test_caller_tags_need_a_private_rule() -> None:
+    cache = ResponseCache(cache_settings(cache_l2=False), Metrics(), rules={
+        "shared": CacheRule(ttl=60, tags=["user:{caller}"]),
+        "mine": CacheRule(ttl=60, scope="private", tags=["user:{caller}"]),
+    })  # fmt: skip
+    with pytest.raises(ValueError, match="needs a private rule"):
+        cache.add_route("GET /shared", "shared")
+    with pytest.raises(ValueError, match="may not be named 'caller'"):
+        cache.add_route("GET /x/{caller}", "mine")
+    assert cache.add_route("GET /mine", "mine")
 
 
 # -- never stored -----------------------------------------------------------------------------
@@ -387,19 +453,72 @@ def test_rule_must_cover_what_the_handler_reads() -> None:
         check_inputs("GET /c", CacheRule(), cookie)
 
 
+def test_the_caller_is_an_input_of_private_rules_only() -> None:
+    who = {PRINCIPAL: Provide(provide_principal, sync_to_thread=False)}
+
+    @get("/mine", dependencies=who)
+    async def mine(principal: NamedDependency[Principal]) -> dict[str, Any]:
+        return {}
+
+    @get("/named-otherwise", dependencies={"caller": who[PRINCIPAL]})
+    async def named_otherwise(caller: NamedDependency[Principal]) -> dict[str, Any]:
+        return {}
+
+    def language(request: Any) -> str:
+        return str(request.headers.get("accept-language", ""))
+
+    @get("/dep", dependencies={"lang": Provide(language, sync_to_thread=False)})
+    async def other_dependency(lang: NamedDependency[str]) -> dict[str, Any]:
+        return {}
+
+    @get("/q")
+    async def query_named_principal(principal: str) -> dict[str, Any]:
+        return {}
+
+    private = CacheRule(scope="private")
+    check_inputs("GET /mine", private, mine)
+    check_inputs("GET /named-otherwise", private, named_otherwise)
+    for name, handler in (("GET /mine", mine), ("GET /named-otherwise", named_otherwise)):
+        with pytest.raises(ValueError, match="must be private"):
+            check_inputs(name, CacheRule(), handler)  # one caller's answer served to all
+    for rule in (CacheRule(), private):
+        with pytest.raises(ValueError, match="dependency 'lang'"):
+            check_inputs("GET /dep", rule, other_dependency)
+    with pytest.raises(ValueError, match="query parameter 'principal'"):
+        check_inputs("GET /q", private, query_named_principal)  # not the dependency: a query
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_public_rule_for_users_me_is_refused_at_start_up() -> None:
+    from cygate.app import create_app
+
+    for public in (CacheRule(ttl=60, max_age=0, tags=["user:{caller}"]), CacheRule(ttl=60)):
+        with pytest.raises(ValueError, match=r"users/me reads the caller.*must be private"):
+            create_app(cache_settings(cache_rules={"me": public}))
+    off = CacheRule(ttl=0, scope="private")  # switched off (still checked)
+    edge = create_app(cache_settings(cache_rules={"me": off}))
+    assert edge.cache is not None and "GET /api/v1/users/me" not in edge.cache.routes
+
+
 # NOTE: the catalog's handlers use Litestar's inferred path parameters (not this issue's code).
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_apps_cached_routes_pass_their_checks() -> None:
     from cygate.app import create_app
 
-    edge = create_app(cache_settings())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        edge = create_app(cache_settings())
+    # The principal dependency is declared explicitly (an inferred one is deprecated).
+    assert not [w for w in caught if "principal" in str(w.message)]
     assert edge.cache is not None
     assert set(edge.cache.routes) == {
         "GET /api/v1/products/{product_id:uuid}",
         "GET /api/v1/products",
         "GET /api/v1/categories",
         "GET /api/v1/search",  # issue 7
+        "GET /api/v1/users/me",
     }
+    assert edge.cache.routes["GET /api/v1/users/me"].scope == "private"
     assert create_app(cache_settings(cache_enabled=False)).cache is None
 
 

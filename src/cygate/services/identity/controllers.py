@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, unquote_plus
 from uuid import UUID
@@ -11,11 +12,15 @@ from uuid import UUID
 import orjson
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
+from cygate.edge.cache import CacheUnavailable
+from cygate.edge.context import Principal  # NOTE: at run time: Litestar resolves the hints
 from cygate.edge.problem import Problem
 from cygate.services.identity.models import (
+    PROFILE_CACHE_CONTROL,
     LoginIn,
     ProfilePatch,
     RegisterIn,
@@ -35,6 +40,8 @@ from cygate.services.identity.service import (
 from cygate.services.identity.store import EmailTaken, get_user, list_users, rename_user
 
 __all__ = ["AuthController", "JWKSController", "UsersController"]
+
+log = logging.getLogger("cygate.identity")
 
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _PRIVATE = {"cache-control": "private, no-store"}
@@ -207,10 +214,31 @@ class JWKSController(Controller):
 def _my_id(request: Request[Any, Any, Any]) -> UUID:
     """The caller's user id; a token of a service client or an external provider has none
     here, and the profile it asks for is not found."""
+    return _user_id(principal_of(request), _identity(request.app.state).settings.jwt_issuer)
+
+
+def _user_id(principal: Principal, own_issuer: str) -> UUID:
+    # NOTE: an external provider's subject names its own user, never one of ours, even when
+    # it looks like one of our user ids.
+    if principal.issuer != own_issuer:
+        raise Problem(404, "no user account for this caller")
     try:
-        return UUID(principal_of(request).sub)
+        return UUID(principal.sub)
     except ValueError:
         raise Problem(404, "no user account for this caller") from None
+
+
+async def _forget_profile(state: State, user_id: UUID) -> None:
+    """Drop the cached ``GET /users/me`` of ``user_id`` on every instance (rule ``me``, tag
+    ``user:{caller}``); called after the change is committed. Redis down: this instance is
+    purged, the others keep the old profile until the rule's TTL (the write still succeeds)."""
+    cache = getattr(state, "cache", None)
+    if cache is None:
+        return
+    try:
+        await cache.invalidate_tags([f"user:{user_id}"])
+    except CacheUnavailable as exc:
+        log.warning("profile of %s changed; other instances not told: %s", user_id, exc)
 
 
 _AUTH = {"auth": True}
@@ -221,12 +249,17 @@ class UsersController(Controller):
     path = "/api/v1/users"
     tags = ["identity"]
 
-    @get("/me", summary="My profile", opt=_AUTH)
-    async def me(self, request: Request[Any, Any, Any], state: State) -> Response[User]:
-        user = await get_user(_identity(state).pool, _my_id(request))
+    @get("/me", summary="My profile", opt=_AUTH | {"cache": "me"})
+    async def me(self, state: State, principal: NamedDependency[Principal]) -> Response[User]:
+        # NOTE: ``principal``, not ``request``: the cache's input check can then prove the key
+        # (the caller) covers everything this handler reads. Served by the edge's fast handler
+        # (fast.py) unless fast paths are off; both give the same bytes.
+        identity = _identity(state)
+        user_id = _user_id(principal, identity.settings.jwt_issuer)
+        user = await get_user(identity.pool, user_id)
         if user is None:
             raise Problem(404, "no user account for this caller")
-        return Response(user, headers=_PRIVATE)
+        return Response(user, headers={"cache-control": PROFILE_CACHE_CONTROL})
 
     @patch("/me", summary="Change my name", opt=_AUTH | _SMALL_BODY)
     async def update_me(
@@ -235,6 +268,7 @@ class UsersController(Controller):
         user = await rename_user(_identity(state).pool, _my_id(request), data.name)
         if user is None:
             raise Problem(404, "no user account for this caller")
+        await _forget_profile(state, user.id)
         return Response(user, headers=_PRIVATE)
 
     @get("/me/export", summary="Everything held about me (GDPR Art. 15/20)", opt=_AUTH)
@@ -246,8 +280,10 @@ class UsersController(Controller):
 
     @delete("/me", summary="Erase my account (GDPR Art. 17)", opt=_AUTH, status_code=204)
     async def erase(self, request: Request[Any, Any, Any], state: State) -> None:
-        if not await _identity(state).erase(_my_id(request), _info(request)):
+        user_id = _my_id(request)
+        if not await _identity(state).erase(user_id, _info(request)):
             raise Problem(404, "no user account for this caller")
+        await _forget_profile(state, user_id)
 
     @get("/", summary="Users (admin), keyset-paged", opt=_ADMIN)
     async def list_users(
@@ -274,4 +310,5 @@ class UsersController(Controller):
         )
         if user is None:
             raise Problem(404, f"no user {user_id}")
+        await _forget_profile(state, user_id)
         return Response(user, headers=_PRIVATE)

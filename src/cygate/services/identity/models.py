@@ -11,6 +11,7 @@ import msgspec
 __all__ = [
     "EMAIL_PATTERN",
     "MIN_PASSWORD",
+    "PROFILE_CACHE_CONTROL",
     "ROLES",
     "LoginIn",
     "ProfilePatch",
@@ -58,6 +59,12 @@ class RolesIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``PATCH /api/v1/users/{id}/roles`` (admin)."""
 
     roles: Annotated[list[Role], msgspec.Meta(max_length=len(ROLES))]
+
+
+PROFILE_CACHE_CONTROL = "private, max-age=0"
+"""``GET /users/me`` when the gateway does not cache it (the cache's rule ``me`` says the same):
+the caller's own browser may keep it but asks again each time; shared caches never store it.
+NOTE: not ``no-store``: a response that says ``no-store`` is never cached by the gateway."""
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
