@@ -104,7 +104,7 @@ def run_pgbench(duration: int, clients: int, threads: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the gateway
 
 
-def _gateway_env() -> dict[str, str]:
+def _gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
     if os.environ.get("CYGATE_NO_EXTENSIONS"):
         env["CYGATE_NO_EXTENSIONS"] = "1"
@@ -115,6 +115,7 @@ def _gateway_env() -> dict[str, str]:
         CYGATE_LOG_LEVEL="warning",
         CYGATE_ENVIRONMENT="development",
     )
+    env.update(extra or {})
     return env
 
 
@@ -296,8 +297,10 @@ async def verify(tally: Tally, ids: list[str]) -> dict[str, Any]:
     }
 
 
-def run_gateway(duration: int, connections: int, workers: int) -> dict[str, Any]:
-    env = _gateway_env()
+def run_gateway(
+    duration: int, connections: int, workers: int, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    env = _gateway_env(extra)
     ids = prepare_gateway_db(env)
     port = free_port()
     argv = [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -362,13 +365,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep-db", action="store_true")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="CYGATE_NAME=VALUE",
+        help="a setting for the gateway (repeatable), e.g. CYGATE_CACHE_ENABLED=false",
+    )
+    ap.add_argument("--skip-pgbench", action="store_true", help="gateway only (no ratio)")
     args = ap.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.set)
     print(f"pgbench -c 8 -j 2 -T {args.duration} (TPC-B-like) ...", flush=True)
-    floor = run_pgbench(args.duration, 8, 2)
+    floor = {"tps": float("nan")} if args.skip_pgbench else run_pgbench(args.duration, 8, 2)
     print(f"  {floor['tps']:.0f} tps", flush=True)
     print(f"cygate POST /api/v1/orders, {args.connections} connections ...", flush=True)
     try:
-        gw = run_gateway(args.duration, args.connections, args.workers)
+        gw = run_gateway(args.duration, args.connections, args.workers, extra)
     finally:
         if not args.keep_db:
             asyncio.run(_drop(BENCH_DB))
