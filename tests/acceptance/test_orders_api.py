@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import time
 import uuid
 from collections import Counter
@@ -663,3 +665,71 @@ def test_a_cached_product_page_shows_the_reserved_stock_soon(
                     break
                 time.sleep(0.05)
         assert stock == 7
+
+
+# --- crash safety ----------------------------------------------------------------------------
+
+
+def test_a_gateway_killed_mid_order_leaves_no_order_and_a_retry_makes_exactly_one(
+    gateway_env: dict[str, str], seeded: dict[str, object], products: Products, test_db_dsn: str
+) -> None:
+    """SIGKILL the gateway while an order is inside its transaction (held on a product row lock
+    taken from outside): nothing is reserved or created, the key stays claimed (in flight: a
+    retry within the timeout is 409), and after the in-flight timeout (1 s here) the retry with
+    the same key makes exactly one order."""
+    extra = {**GATEWAY_EXTRA, "CYGATE_IDEMPOTENCY_IN_FLIGHT_TIMEOUT": "1"}
+    pid = products.take(10)
+    body = order_body((pid, 2))
+
+    async def crash(gw: Gateway, headers: dict[str, str]) -> None:
+        conn = await asyncpg.connect(test_db_dsn)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", uuid.UUID(pid))
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+                pending = asyncio.create_task(c.post("/api/v1/orders", json=body, headers=headers))
+                for _ in range(250):  # until the request holds its key (and waits on the lock)
+                    if await conn.fetchval(
+                        "SELECT count(*) FROM idempotency_keys WHERE key = $1",
+                        headers["idempotency-key"],
+                    ):
+                        break
+                    await asyncio.sleep(0.02)
+                os.killpg(gw.proc.pid, signal.SIGKILL)
+                with pytest.raises(httpx.TransportError):
+                    await pending
+            await tx.rollback()
+        finally:
+            await conn.close()
+
+    first = start_gateway(gateway_env, workers=1, extra_env=extra)
+    try:
+        user = new_user(first)
+        headers = user.key()
+        asyncio.run(crash(first, headers))
+    finally:
+        stop_gateway(first)
+    assert products.stock(pid) == 10
+    state = db(test_db_dsn, "SELECT state FROM idempotency_keys WHERE key = $1",
+               headers["idempotency-key"])  # fmt: skip
+    assert [r[0] for r in state] == ["in_flight"]
+    assert db(test_db_dsn, "SELECT count(*) FROM order_items WHERE product_id = $1",
+              uuid.UUID(pid))[0][0] == 0  # fmt: skip
+    second = start_gateway(gateway_env, workers=1, extra_env=extra)
+    try:
+        with second.client() as c:
+            r = c.post("/api/v1/orders", json=body, headers=headers)
+            if r.status_code == 409:  # the dead process's claim, younger than the timeout
+                time.sleep(1.2)
+                r = c.post("/api/v1/orders", json=body, headers=headers)
+            assert r.status_code == 201, r.text
+            again = c.post("/api/v1/orders", json=body, headers=headers)
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.json()["id"] == r.json()["id"]
+    finally:
+        output = stop_gateway(second)
+        assert "Traceback" not in output, output
+    assert products.stock(pid) == 8
+    rows = db(test_db_dsn, "SELECT count(*) FROM order_items WHERE product_id = $1", uuid.UUID(pid))
+    assert rows[0][0] == 1
