@@ -43,6 +43,7 @@ from cygate.services.catalog.search import SearchController, SearchRepository
 from cygate.services.catalog.writes import CatalogWriter
 from cygate.services.events.controllers import AnalyticsController, OrderSummaryController
 from cygate.services.events.service import EventsService
+from cygate.services.idempotency import Idempotency
 from cygate.services.identity.controllers import (
     AuthController,
     JWKSController,
@@ -52,6 +53,8 @@ from cygate.services.identity.fast import my_profile
 from cygate.services.identity.service import Identity
 from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
+from cygate.services.orders.controllers import OrdersController
+from cygate.services.orders.expiry import OrderExpiry
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -227,6 +230,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
     identity = Identity(settings)
+    idempotency = Idempotency.from_settings(settings)  # orders, payments (issue 7)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -241,6 +245,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        idempotency.pool = pool
         catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
         catalog_writer.pool = search.pool = pool  # issue 7: catalog management and search
         if ratelimit is not None:
@@ -267,6 +272,16 @@ def create_app(settings: Settings | None = None) -> Edge:
         events = EventsService(settings, pool, cache, metrics=metrics)
         await events.start()
         # -- end events --
+        # --- orders (issue 7): the expiry sweeper of this worker ---
+        expiry = OrderExpiry(
+            pool,
+            interval=settings.order_expiry_interval,
+            batch=settings.order_expiry_batch,
+            cache=cache,
+            idempotency=idempotency,
+        )
+        expiry.start()
+        # --- end orders ---
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -280,6 +295,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await routes.stop()
+            await expiry.stop()  # orders (issue 7)
             if ratelimit is not None:
                 ratelimit.unbind()
             await events.stop()
@@ -303,6 +319,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             RoutesAdminController,
             OrderSummaryController,
             AnalyticsController,
+            OrdersController,
         ],
         lifespan=[resources],
         # Handlers get the caller as a ``principal`` parameter (edge/auth.py; the cache's input
@@ -316,6 +333,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             search=search,  # issue 7
             cache=None,
             identity=identity,
+            idempotency=idempotency,
         ),
         exception_handlers={
             ValidationException: _on_validation,
