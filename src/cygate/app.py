@@ -47,6 +47,8 @@ from cygate.services.identity.fast import my_profile
 from cygate.services.identity.service import Identity
 from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
+from cygate.services.payments.controllers import PaymentsController
+from cygate.services.payments.service import Payments
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -213,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
     identity = Identity(settings)
+    payments = Payments(settings, metrics)  # payments (issue 7)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -234,6 +237,9 @@ def create_app(settings: Settings | None = None) -> Edge:
             await identity.start(pool, redis)
         except DB_UNAVAILABLE as exc:
             log.warning("identity start-up without PostgreSQL (%r); admin not ensured", exc)
+        # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
+        await payments.start(pool)
+        # -- end payments -------------------------------------------------------------------
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -266,6 +272,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             if cache is not None:
                 await cache.stop()
             await identity.stop()
+            await payments.stop()
             await metrics.stop()
             await catalog.lease.close()
             await redis.close()
@@ -280,10 +287,16 @@ def create_app(settings: Settings | None = None) -> Edge:
             UsersController,
             JWKSController,
             RoutesAdminController,
+            PaymentsController,
         ],
         lifespan=[resources],
         state=_state(
-            settings=settings, metrics=metrics, catalog=catalog, cache=None, identity=identity
+            settings=settings,
+            metrics=metrics,
+            catalog=catalog,
+            cache=None,
+            identity=identity,
+            payments=payments,
         ),
         exception_handlers={
             ValidationException: _on_validation,

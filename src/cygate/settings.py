@@ -494,7 +494,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for ``cygate check-config``."""
         out: dict[str, Any] = msgspec.to_builtins(self)
-        for name in ("metrics_token", "cache_key_secret", "admin_password", "payment_webhook_secret"):
+        for name in (
+            "metrics_token",
+            "cache_key_secret",
+            "admin_password",
+            "payment_webhook_secret",
+        ):
             if out.get(name):
                 out[name] = "***"
         for name in ("database_url", "redis_url"):

@@ -51,6 +51,7 @@ BEHAVIOURS = ("approve", "decline", "timeout", "fail", "flaky")
 _TOKENS = {f"tok_{name}": name for name in BEHAVIOURS}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _MAX_KEY = 255
+_SECRET_FILE = ".cygate/payment-webhook-secret"  # the gateway's default payment_webhook_secret_file
 
 
 @dataclass
@@ -134,8 +135,16 @@ class _Parser:
         )
 
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-            405: "Method Not Allowed", 422: "Unprocessable Content", 500: "Internal Server Error"}  # fmt: skip
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+}
 
 
 class Simulator:
@@ -397,9 +406,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-url", default="", help="where to POST signed webhooks")
     p.add_argument(
         "--webhook-secret-file",
-        default=os.environ.get("CYGATE_PAYMENT_WEBHOOK_SECRET_FILE", ".cygate/payment-webhook-secret"),
+        default=os.environ.get("CYGATE_PAYMENT_WEBHOOK_SECRET_FILE", _SECRET_FILE),
         help="secret shared with the gateway (CYGATE_PAYMENT_WEBHOOK_SECRET wins when set)",
-    )  # fmt: skip
+    )
     p.add_argument("--webhook-delay", type=float, default=0.0)
     p.add_argument("--webhook-jitter", type=float, default=0.0)
     p.add_argument("--webhook-duplicates", type=int, default=0)

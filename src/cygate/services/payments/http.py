@@ -71,7 +71,7 @@ class JsonClient:
         json: Any = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109  # one deadline for connect and answer, pool-aware
     ) -> JsonResponse:
         """One exchange, finished within ``timeout`` seconds or :class:`CallTimeout`.
 
