@@ -4,7 +4,6 @@ tokens, orders made directly in SQL, and small database look-ups."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import socket
@@ -23,14 +22,14 @@ __all__ = [
     "Customer",
     "SimProcess",
     "db",
+    "events_of",
     "new_customer",
     "new_order",
     "order_status",
     "payments_env",
     "payments_of",
-    "events_of",
-    "wait_until",
     "running_simulator",
+    "wait_until",
 ]
 
 
@@ -123,9 +122,10 @@ class Customer:
         self.headers = {"authorization": f"Bearer {token}"}
 
     def pay(
-        self, c: httpx.Client, order_id: str, token: str = "tok_approve", key: str | None = None,
-        **extra: Any,
+        self, c: httpx.Client, order_id: str, /, token: str = "tok_approve",
+        key: str | None = None, **extra: Any,
     ) -> httpx.Response:  # fmt: skip
+        """POST a payment for ``order_id``; ``extra`` fields go into the body (mass assignment)."""
         headers = {**self.headers, "idempotency-key": key or secrets.token_hex(16)}
         return c.post(
             f"/api/v1/orders/{order_id}/payments",
@@ -205,5 +205,3 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.2) -> 
             return True
         time.sleep(interval)
     return bool(predicate())
-
-

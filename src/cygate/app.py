@@ -38,6 +38,7 @@ from cygate.infra.redis import create_redis
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, unavailable
 from cygate.services.catalog.repository import CatalogRepository, CursorError
+from cygate.services.idempotency import Idempotency
 from cygate.services.identity.controllers import (
     AuthController,
     JWKSController,
@@ -215,6 +216,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
     identity = Identity(settings)
+    idempotency = Idempotency.from_settings(settings)  # orders, payments (issue 7)
     payments = Payments(settings, metrics)  # payments (issue 7)
 
     @asynccontextmanager
@@ -230,6 +232,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
+        idempotency.pool = pool
         catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
         if ratelimit is not None:
             await ratelimit.bind(redis)
@@ -296,6 +299,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             catalog=catalog,
             cache=None,
             identity=identity,
+            idempotency=idempotency,
             payments=payments,
         ),
         exception_handlers={

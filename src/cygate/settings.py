@@ -393,6 +393,42 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = ""
     admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = ""
 
+    # --- Orders and idempotency (issue 7: cygate.services.orders, .idempotency) -------------
+    order_ttl_seconds: Annotated[
+        int,
+        _doc(
+            "An unpaid order expires (its stock released) after this long, seconds.",
+            ge=1,
+            le=30 * 86400,
+        ),
+    ] = 900
+    order_expiry_interval: Annotated[
+        float,
+        _doc(
+            "Seconds between two expiry sweeps of one worker; 0 turns the sweeper off.",
+            ge=0,
+            le=3600,
+        ),
+    ] = 5.0
+    order_expiry_batch: Annotated[
+        int, _doc("Orders expired per sweep transaction.", ge=1, le=10_000)
+    ] = 100
+    idempotency_ttl_seconds: Annotated[
+        int,
+        _doc(
+            "How long an Idempotency-Key and its response are kept, seconds.", ge=60, le=30 * 86400
+        ),
+    ] = 86400
+    idempotency_in_flight_timeout: Annotated[
+        float,
+        _doc(
+            "A claim in flight longer than this (its process died) may be taken over "
+            "by a retry, seconds.",
+            ge=1,
+            le=86400,
+        ),
+    ] = 60.0
+    # --- end orders --------------------------------------------------------------------------
     # --- Payments (issue 7, part 4: cygate.services.payments; docs/payments.md) ------------
     payment_processor_url: Annotated[
         str, _doc("Base URL of the payment processor (the simulator in development).",

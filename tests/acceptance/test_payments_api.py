@@ -11,7 +11,6 @@ import concurrent.futures
 import secrets
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -256,7 +255,7 @@ def test_missing_idempotency_key_is_400(gw: Gateway, test_db_dsn: str, alice: Cu
         (b'{"payment_method_token": "' + b"x" * 300 + b'"}', 422),
         (b'["tok_approve"]', 422),
         (b"{nope", 400),
-        (b"", 400),
+        (b"", 422),  # no body at all: the required body is missing (a validation error)
     ],
     ids=["missing", "empty", "number", "null", "too-long", "array", "bad-json", "no-body"],
 )

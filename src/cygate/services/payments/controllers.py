@@ -6,14 +6,20 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-import orjson
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
-from cygate.services.payments.service import Payments
+from cygate.services.idempotency import (
+    Idempotency,
+    IdempotentRequest,
+    StoredResponse,
+    parse_key,
+    replay_response,
+)
+from cygate.services.payments.service import AttemptInProgress, Payments
 from cygate.services.payments.signing import SIGNATURE_HEADER
 
 __all__ = ["PaymentIn", "PaymentsController"]
@@ -52,15 +58,35 @@ class PaymentsController(Controller):
         ] = None,
     ) -> Response[bytes]:
         principal = principal_of(request)
-        if not idempotency_key:
-            raise Problem(400, "the Idempotency-Key header is required")
+        key = parse_key(idempotency_key)
         try:
             user_id = UUID(principal.sub)
         except ValueError:  # a service client's token: it owns no orders
             raise Problem(404, "no such order") from None
-        status, body = await _payments(state).pay(user_id, order_id, data.payment_method_token)
-        return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                        headers={"cache-control": "no-store"})  # fmt: skip
+        idempotency: Idempotency = state.idempotency
+        got = await idempotency.claim(
+            IdempotentRequest.of(
+                user_id=user_id,
+                key=key,
+                method="POST",
+                path=request.scope["path"],
+                body=data,
+                request_id=str(request.scope.get("cygate.request_id", "")),
+            )
+        )
+        if isinstance(got, StoredResponse):
+            return replay_response(got)
+        async with got:  # a 4xx is stored under the key; a 5xx releases it (retry runs again)
+            try:
+                stored = await _payments(state).pay(
+                    user_id, order_id, data.payment_method_token, got
+                )
+            except AttemptInProgress:
+                await got.release()  # transient: the same key must work after Retry-After
+                raise
+        headers = {k: v for k, v in stored.headers.items() if k != "content-type"}
+        return Response(stored.body, status_code=stored.status, media_type="application/json",
+                        headers=headers)  # fmt: skip
 
     @post(
         "/payments/webhook",

@@ -17,7 +17,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -25,6 +24,7 @@ import orjson
 
 from cygate.edge.problem import Problem
 from cygate.infra.metrics import Metrics
+from cygate.services.idempotency import Claim, ClaimLost, StoredResponse
 from cygate.services.payments import store
 from cygate.services.payments.http import CallFailed
 from cygate.services.payments.processor import (
@@ -36,14 +36,32 @@ from cygate.services.payments.signing import SignatureError, load_secret, verify
 from cygate.settings import Settings
 from cygate.upstream.resilience import CircuitBreaker
 
-__all__ = ["Payments", "RecoveryReport", "crash_point"]
+__all__ = ["AttemptInProgress", "Payments", "RecoveryReport", "crash_point"]
 
 log = logging.getLogger("cygate.payments")
 
+_OUTCOMES: dict[str, store.Outcome] = {
+    "captured": "captured",
+    "declined": "declined",
+    "not_charged": "failed",
+}
+_JSON_HEADERS = {"content-type": "application/json", "cache-control": "no-store"}
 _WEBHOOK_KINDS: dict[str, store.Outcome] = {
     "charge.captured": "captured",
     "charge.declined": "declined",
 }
+
+
+class AttemptInProgress(Problem):
+    """409: the order's last attempt is not settled yet. Transient: never stored under an
+    Idempotency-Key (a retry with the same key after ``Retry-After`` must run again)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            409,
+            "a payment attempt for this order is in progress",
+            headers={"retry-after": str(max(1, retry_after))},
+        )
 
 
 def crash_point(settings: Settings, name: str) -> None:
@@ -119,8 +137,14 @@ class Payments:
 
     # -- one payment attempt ------------------------------------------------------------------
 
-    async def pay(self, user_id: UUID, order_id: UUID, token: str) -> tuple[int, dict[str, Any]]:
-        """POST /api/v1/orders/{id}/payments: ``(201, payment)`` or a :class:`Problem`."""
+    async def pay(
+        self, user_id: UUID, order_id: UUID, token: str, claim: Claim | None = None
+    ) -> StoredResponse:
+        """POST /api/v1/orders/{id}/payments: the 201 response, or a :class:`Problem`.
+
+        ``claim`` (the request's Idempotency-Key) records the response in the transaction that
+        settles the payment, so the key's answer and the payment's state commit together.
+        """
         pool, processor = self._parts()
         try:
             processor.admit()  # PERF: an open circuit answers before any database work
@@ -143,7 +167,7 @@ class Payments:
             if admitted:
                 processor.release()
         crash_point(self.settings, "payment:after_charge")
-        return await self._settle(pool, processor, payment, charge)
+        return await self._settle(pool, processor, payment, charge, claim)
 
     async def _new_attempt(
         self, pool: asyncpg.Pool, processor: ProcessorClient, user_id: UUID, order_id: UUID
@@ -164,8 +188,7 @@ class Payments:
                     )
             # The last attempt is still open: settle it before a new one may be charged.
             await self._settle_open_attempt(pool, processor, last)
-        raise Problem(409, "a payment attempt for this order is in progress",
-                      headers={"retry-after": "1"})  # fmt: skip
+        raise AttemptInProgress(1)
 
     async def _settle_open_attempt(
         self, pool: asyncpg.Pool, processor: ProcessorClient, last: store.PaymentRow
@@ -176,8 +199,7 @@ class Payments:
         in_flight = 2 * self.settings.payment_processor_timeout
         if last.age_seconds < in_flight:
             wait = max(1, math.ceil(in_flight - last.age_seconds))
-            raise Problem(409, "a payment attempt for this order is in progress",
-                          headers={"retry-after": str(wait)})  # fmt: skip
+            raise AttemptInProgress(wait)
         try:
             charge = await processor.lookup(last.processor_key)
         except CallFailed as exc:
@@ -186,12 +208,12 @@ class Payments:
 
     async def _settle(
         self, pool: asyncpg.Pool, processor: ProcessorClient, payment: store.PaymentRow,
-        charge: Charge,
-    ) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        charge: Charge, claim: Claim | None,
+    ) -> StoredResponse:  # fmt: skip
         """Apply what the charge said; a 201 with the payment, or 503 when it is not known."""
-        final = await self._apply(pool, payment.id, charge, "charge")
-        if final is not None and final.status in ("captured", "declined"):
-            return 201, final.public()
+        _, response = await self._apply(pool, payment.id, charge, "charge", claim)
+        if response is not None:
+            return response
         # NOTE: not charged (the order is unchanged, a retry is safe at once) or unknown (the
         # row stays ``initiated`` until a webhook or the sweep settles it).
         retry = 1 if charge.verdict == "not_charged" else math.ceil(
@@ -201,17 +223,30 @@ class Payments:
         raise _unavailable(f"payment processor unavailable ({charge.reason})", retry)
 
     async def _apply(
-        self, pool: asyncpg.Pool, payment_id: UUID, charge: Charge, source: str
-    ) -> store.PaymentRow | None:
-        outcome: store.Outcome | None = {
-            "captured": "captured", "declined": "declined", "not_charged": "failed",
-        }.get(charge.verdict)  # type: ignore[assignment]  # fmt: skip
+        self, pool: asyncpg.Pool, payment_id: UUID, charge: Charge, source: str,
+        claim: Claim | None = None,
+    ) -> tuple[store.PaymentRow | None, StoredResponse | None]:  # fmt: skip
+        """Apply ``charge`` in one transaction; when the payment is then settled (captured or
+        declined) also build its 201 response and record it under ``claim``."""
+        outcome = _OUTCOMES.get(charge.verdict)
         if outcome is None:
-            return None
+            return None, None
         async with pool.acquire() as conn, conn.transaction():
-            return await store.apply_outcome(
+            final = await store.apply_outcome(
                 conn, payment_id, outcome, processor_ref=charge.ref, source=source
             )
+            if final is None or final.status not in ("captured", "declined"):
+                return final, None
+            response = StoredResponse(201, orjson.dumps(final.public()), dict(_JSON_HEADERS))
+            if claim is not None:
+                try:
+                    async with conn.transaction():  # a savepoint: the money state commits anyway
+                        await claim.complete(conn, response)
+                except ClaimLost:
+                    claim.finished = True  # a retry took the key over; it will find the order
+                    log.warning("payment %s settled but its Idempotency-Key was taken over",
+                                payment_id)  # fmt: skip
+            return final, response
 
     # -- webhooks -----------------------------------------------------------------------------
 
@@ -272,7 +307,7 @@ class Payments:
                 report.unreachable += 1
                 log.warning("recovery: cannot ask about payment %s: %s", payment.id, exc)
                 continue
-            final = await self._apply(pool, payment.id, charge, "recovery")
+            final, _ = await self._apply(pool, payment.id, charge, "recovery")
             status = final.status if final is not None else "missing"
             report.outcomes[status] = report.outcomes.get(status, 0) + 1
         if report.checked:

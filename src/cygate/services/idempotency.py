@@ -1,0 +1,397 @@
+"""``Idempotency-Key`` for money-moving writes (``API.md``): one outcome per key, whatever retries.
+
+Semantics (``docs/orders.md``):
+
+- keys are scoped to the caller (``(user_id, key)`` is the primary key) and kept
+  ``idempotency_ttl_seconds`` (24 h);
+- the request is fingerprinted: SHA-256 of method, path and the *canonical* body (the decoded
+  body re-encoded with sorted keys, so whitespace and key order do not matter; array order does);
+- the first request claims the key with one atomic ``INSERT ... ON CONFLICT``: across processes
+  exactly one wins. A second request with the same key gets the stored response replayed (same
+  status and body, ``Idempotent-Replayed: true``) once it is done, 409 while it is in flight, and
+  422 when its fingerprint differs;
+- an outcome the handler decided (2xx, or a 4xx :class:`Problem` such as 409 insufficient stock)
+  is stored; an exception or a 5xx releases the key, so a retry runs again;
+- NOTE: the winner records its response with :meth:`Claim.complete` *on the connection of the
+  transaction that makes the change*: the order and its idempotency record commit together or not
+  at all. A process that dies before the commit leaves only the claim; after
+  ``idempotency_in_flight_timeout`` a retry with the same fingerprint takes it over (a new claim
+  token: the late first attempt, if it still runs, can no longer record anything and rolls back).
+
+Use, for a handler whose change is one transaction::
+
+    outcome = await state.idempotency.run(req, work)   # work(conn) -> StoredResponse
+    return outcome.response()
+
+or, for a flow of several steps (payments)::
+
+    got = await state.idempotency.claim(req)
+    if isinstance(got, StoredResponse):
+        return replay_response(got)
+    async with got:                 # exception: released (5xx) or recorded (4xx Problem)
+        ...
+        async with pool.acquire() as conn, conn.transaction():
+            ...
+            await got.complete(conn, response)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
+
+import msgspec
+import orjson
+from litestar import Response
+
+from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from cygate.ids import uuid7
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from cygate.settings import Settings
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "REPLAYED_HEADER",
+    "Claim",
+    "ClaimLost",
+    "Idempotency",
+    "IdempotentRequest",
+    "Outcome",
+    "StoredResponse",
+    "fingerprint",
+    "parse_key",
+    "replay_response",
+]
+
+log = logging.getLogger("cygate.idempotency")
+
+MAX_KEY_LENGTH: Final = 255
+REPLAYED_HEADER: Final = "idempotent-replayed"
+_CLAIM_ATTEMPTS: Final = 5
+
+_CLAIM: Final = """
+INSERT INTO idempotency_keys AS k (user_id, key, method, path, request_hash, claim, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+ON CONFLICT (user_id, key) DO UPDATE
+   SET method = EXCLUDED.method, path = EXCLUDED.path, request_hash = EXCLUDED.request_hash,
+       state = 'in_flight', claim = EXCLUDED.claim, response_status = NULL,
+       response_headers = NULL, response_body = NULL, created_at = now(),
+       expires_at = EXCLUDED.expires_at
+ WHERE k.expires_at <= now()
+    OR (k.state = 'in_flight' AND k.request_hash = EXCLUDED.request_hash
+        AND k.created_at <= now() - make_interval(secs => $8))
+RETURNING k.claim"""
+_LOOKUP: Final = """
+SELECT state, request_hash, response_status, response_headers, response_body
+  FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at > now()"""
+_COMPLETE: Final = """
+UPDATE idempotency_keys
+   SET state = 'done', response_status = $4, response_headers = $5, response_body = $6
+ WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_flight'"""
+_RELEASE: Final = """
+DELETE FROM idempotency_keys
+ WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_flight'"""
+_PURGE: Final = """
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT $1))"""
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    """A response as it is stored and replayed: status, body bytes, the headers worth keeping."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What :meth:`Idempotency.run` returns: the response, and whether it is a replay."""
+
+    stored: StoredResponse
+    replayed: bool
+
+    def response(self) -> Response[bytes]:
+        """The Litestar response (with ``Idempotent-Replayed: true`` for a replay)."""
+        if self.replayed:
+            return replay_response(self.stored)
+        return _as_response(self.stored, {})
+
+
+class ClaimLost(Exception):
+    """The claim was taken over (it had been in flight too long); this attempt must roll back."""
+
+
+def _as_response(stored: StoredResponse, extra: dict[str, str]) -> Response[bytes]:
+    headers = {k: v for k, v in stored.headers.items() if k != "content-type"}
+    return Response(
+        stored.body,
+        status_code=stored.status,
+        media_type=stored.headers.get("content-type", "application/json"),
+        headers={**headers, **extra},
+    )
+
+
+def replay_response(stored: StoredResponse) -> Response[bytes]:
+    """A stored response sent again, marked ``Idempotent-Replayed: true``."""
+    return _as_response(stored, {REPLAYED_HEADER: "true", "cache-control": "private, no-store"})
+
+
+def parse_key(raw: str | None) -> str:
+    """The ``Idempotency-Key`` header value, checked: 400 when missing, empty, longer than 255
+    characters, or not visible ASCII (it is echoed in logs and compared byte for byte)."""
+    if raw is None:
+        raise Problem(400, "this request needs an Idempotency-Key header")
+    key = raw.strip()
+    if not key:
+        raise Problem(400, "the Idempotency-Key header is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise Problem(400, f"the Idempotency-Key header is longer than {MAX_KEY_LENGTH} characters")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise Problem(400, "the Idempotency-Key header must be visible ASCII characters")
+    return key
+
+
+def fingerprint(method: str, path: str, body: Any) -> bytes:
+    """SHA-256 of method, path and the canonical JSON of the decoded body."""
+    canonical = orjson.dumps(msgspec.to_builtins(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b"%s\0%s\0%s" % (method.encode(), path.encode(), canonical)).digest()
+
+
+class IdempotentRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One request under a key: who, which key, its fingerprint, and how to name it in a problem
+    document (``path`` is the ``instance``, ``request_id`` the request's id)."""
+
+    user_id: UUID
+    key: str
+    method: str
+    path: str
+    fingerprint: bytes
+    request_id: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        user_id: UUID,
+        key: str,
+        method: str,
+        path: str,
+        body: Any,
+        request_id: str = "",
+    ) -> IdempotentRequest:
+        """Build one, fingerprinting ``body`` (a msgspec Struct or plain data)."""
+        return cls(
+            user_id=user_id,
+            key=key,
+            method=method,
+            path=path,
+            fingerprint=fingerprint(method, path, body),
+            request_id=request_id,
+        )
+
+    def problem(self, exc: Problem) -> StoredResponse:
+        """A 4xx problem as it is stored (the bytes the exception handler sends too)."""
+        body = problem_body(
+            exc.status, exc.detail, instance=self.path, request_id=self.request_id, extra=exc.extra
+        )
+        return StoredResponse(
+            exc.status, body, {**exc.headers, "content-type": PROBLEM_CONTENT_TYPE}
+        )
+
+
+class Claim:
+    """This attempt holds the key. Record the outcome once (:meth:`complete` inside the change's
+    transaction, or :meth:`record`), or :meth:`release` it; as an async context manager an
+    exception releases it (or records a 4xx :class:`Problem`)."""
+
+    __slots__ = ("_owner", "completed", "finished", "request", "token")
+
+    def __init__(self, owner: Idempotency, request: IdempotentRequest, token: UUID) -> None:
+        self._owner = owner
+        self.request = request
+        self.token = token
+        self.completed = False
+        """complete() ran: the outcome commits with the caller's transaction (or rolls back)."""
+        self.finished = False
+        """The outcome is committed, or the claim released: nothing left to do."""
+
+    async def complete(self, conn: asyncpg.Connection, response: StoredResponse) -> None:
+        """Record ``response`` as the key's outcome in the caller's open transaction.
+
+        Raises :class:`ClaimLost` when the claim was taken over; the caller's transaction must
+        then roll back (raising out of ``conn.transaction()`` does that).
+        """
+        if not conn.is_in_transaction():
+            raise RuntimeError("Claim.complete belongs in the transaction of the change")
+        await self._store(conn, response)
+        self.completed = True
+
+    async def record(self, response: StoredResponse) -> None:
+        """Record ``response`` on its own (an outcome with no change to commit with it)."""
+        async with self._owner.pool_().acquire() as conn:
+            await self._store(conn, response)
+        self.finished = True
+
+    async def _store(self, conn: asyncpg.Connection, response: StoredResponse) -> None:
+        req = self.request
+        status = await conn.execute(
+            _COMPLETE,
+            req.user_id,
+            req.key,
+            self.token,
+            response.status,
+            response.headers,
+            response.body,
+        )
+        if status != "UPDATE 1":
+            raise ClaimLost(f"the claim of key {req.key!r} was taken over")
+
+    async def release(self) -> None:
+        """Forget the claim so a retry runs again. Never raises: when the database cannot be
+        told, the claim frees itself after ``idempotency_in_flight_timeout``."""
+        self.finished = True
+        req = self.request
+        try:
+            async with self._owner.pool_().acquire() as conn:
+                await conn.execute(_RELEASE, req.user_id, req.key, self.token)
+        except Exception as exc:
+            log.warning("could not release idempotency key (it frees itself later): %r", exc)
+
+    async def __aenter__(self) -> Claim:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.finished or (exc is None and self.completed):
+            return
+        # NOTE: after an exception the transaction that ran complete() may have rolled back;
+        # release() deletes only a claim still in flight, so it is right either way.
+        if isinstance(exc, Problem) and exc.status < 500:
+            try:
+                await asyncio.shield(self.record(self.request.problem(exc)))
+                return
+            except ClaimLost:
+                return
+            except Exception as err:  # the refusal still goes out; a retry may run again
+                log.warning("could not record a refusal under its idempotency key: %r", err)
+        if exc is None:
+            log.warning("idempotent handler ended without an outcome; key released")
+        # NOTE: shielded: a cancelled request must still release its key.
+        await asyncio.shield(self.release())
+
+
+class Idempotency:
+    """Claims keys in ``idempotency_keys``; the pool is attached when the app starts."""
+
+    __slots__ = ("in_flight_timeout", "pool", "ttl")
+
+    def __init__(self, *, ttl: float = 86400.0, in_flight_timeout: float = 60.0) -> None:
+        self.pool: asyncpg.Pool | None = None
+        self.ttl = ttl
+        self.in_flight_timeout = in_flight_timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Idempotency:
+        return cls(
+            ttl=float(settings.idempotency_ttl_seconds),
+            in_flight_timeout=settings.idempotency_in_flight_timeout,
+        )
+
+    def pool_(self) -> asyncpg.Pool:
+        if self.pool is None:  # pragma: no cover - only before start-up completes
+            raise RuntimeError("database pool not open")
+        return self.pool
+
+    async def claim(self, req: IdempotentRequest) -> Claim | StoredResponse:
+        """Claim the key for ``req``: a :class:`Claim` when this request runs, the stored
+        response when an earlier one finished; :class:`Problem` 409 (in flight, with
+        ``Retry-After``) or 422 (another request used this key)."""
+        pool = self.pool_()
+        for _ in range(_CLAIM_ATTEMPTS):
+            token = uuid7()
+            async with pool.acquire() as conn:
+                won = await conn.fetchval(
+                    _CLAIM,
+                    req.user_id,
+                    req.key,
+                    req.method,
+                    req.path,
+                    req.fingerprint,
+                    token,
+                    self.ttl,
+                    self.in_flight_timeout,
+                )
+                if won is not None:
+                    return Claim(self, req, token)
+                row = await conn.fetchrow(_LOOKUP, req.user_id, req.key)
+            if row is None:
+                continue  # released or expired between the two statements: claim again
+            if bytes(row["request_hash"]) != req.fingerprint:
+                raise Problem(
+                    422,
+                    "this Idempotency-Key was used with a different request",
+                    extra={
+                        "errors": [
+                            {
+                                "field": "header.idempotency-key",
+                                "message": "already used with another method, path or body",
+                            }
+                        ]
+                    },
+                )
+            if row["state"] == "in_flight":
+                raise Problem(
+                    409,
+                    "a request with this Idempotency-Key is still in progress",
+                    headers={"retry-after": "1"},
+                )
+            return StoredResponse(
+                row["response_status"], bytes(row["response_body"]), row["response_headers"] or {}
+            )
+        raise Problem(
+            409, "this Idempotency-Key is changing hands; retry", headers={"retry-after": "1"}
+        )
+
+    async def run(
+        self,
+        req: IdempotentRequest,
+        work: Callable[[asyncpg.Connection], Awaitable[StoredResponse]],
+    ) -> Outcome:
+        """Run ``work(conn)`` once per key, in one transaction that also records its response.
+
+        ``work`` raises :class:`Problem` for a refusal: a 4xx is recorded (and re-raised), a 5xx
+        or any other exception releases the key (and propagates).
+        """
+        got = await self.claim(req)
+        if isinstance(got, StoredResponse):
+            return Outcome(got, replayed=True)
+        async with got:
+            try:
+                async with self.pool_().acquire() as conn, conn.transaction():
+                    response = await work(conn)
+                    await got.complete(conn, response)
+            except ClaimLost:
+                got.finished = True  # not ours to record or release any more
+                raise Problem(
+                    409,
+                    "this request took too long and a retry took it over",
+                    headers={"retry-after": "1"},
+                ) from None
+        return Outcome(response, replayed=False)
+
+    async def purge_expired(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` expired keys; returns how many."""
+        status = await self.pool_().execute(_PURGE, limit)
+        return int(status.split()[-1])
