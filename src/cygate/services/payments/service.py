@@ -118,7 +118,10 @@ class Payments:
             breaker=breaker,
             metrics=metrics,
         )
-        self.secret = load_secret(s.payment_webhook_secret, s.payment_webhook_secret_file)
+        if s.payment_webhook_secret or s.environment != "production":
+            self.secret = load_secret(s.payment_webhook_secret, s.payment_webhook_secret_file)
+        else:  # NOTE: never a generated secret in production: webhooks stay refused instead
+            log.warning("no payment_webhook_secret: every payment webhook will be refused")
         if s.payment_recovery_interval > 0:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
@@ -253,6 +256,8 @@ class Payments:
     async def webhook(self, body: bytes, signature: str | None) -> None:
         """POST /api/v1/payments/webhook: verify, then apply the event once (by its id)."""
         pool, _ = self._parts()
+        if not self.secret:
+            raise Problem(401, "webhook refused: no webhook secret is configured")
         try:
             verify(self.secret, body, signature, now=time.time(),
                    tolerance=self.settings.payment_webhook_tolerance)  # fmt: skip
