@@ -48,6 +48,8 @@ from cygate.services.identity.fast import my_profile
 from cygate.services.identity.service import Identity
 from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
+from cygate.services.orders.controllers import OrdersController
+from cygate.services.orders.expiry import OrderExpiry
 from cygate.services.payments.controllers import PaymentsController
 from cygate.services.payments.service import Payments
 from cygate.settings import Settings, load_settings
@@ -257,6 +259,16 @@ def create_app(settings: Settings | None = None) -> Edge:
         if cache is not None:
             cache.attach(redis)
             cache.start()
+        # --- orders (issue 7): the expiry sweeper of this worker ---
+        expiry = OrderExpiry(
+            pool,
+            interval=settings.order_expiry_interval,
+            batch=settings.order_expiry_batch,
+            cache=cache,
+            idempotency=idempotency,
+        )
+        expiry.start()
+        # --- end orders ---
         # PERF: everything built so far lives as long as the worker; move it out of the
         # collector's sight, and collect the young generation less often (each request makes a
         # few dozen short-lived objects; the default threshold of 700 ran a collection every
@@ -270,6 +282,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await routes.stop()
+            await expiry.stop()  # orders (issue 7)
             if ratelimit is not None:
                 ratelimit.unbind()
             if cache is not None:
@@ -290,6 +303,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             UsersController,
             JWKSController,
             RoutesAdminController,
+            OrdersController,
             PaymentsController,
         ],
         lifespan=[resources],

@@ -273,12 +273,17 @@ class Payments:
             raise Problem(400, "malformed webhook event: id and data.idempotency_key are strings")
         outcome = _WEBHOOK_KINDS.get(kind)
         async with pool.acquire() as conn, conn.transaction():
-            payment_id = await conn.fetchval(
-                "SELECT id FROM payments WHERE processor_key = $1", key
+            found = await conn.fetchrow(
+                "SELECT id, order_id FROM payments WHERE processor_key = $1", key
             )
-            if payment_id is None:
+            if found is None:
                 log.warning("webhook %s for unknown processor key %r ignored", event_id, key)
                 return
+            payment_id = found["id"]
+            # NOTE: the order's lock first, as everywhere: the event row's foreign key takes a
+            # share lock on the payment, and taking it before the order's would deadlock with
+            # the synchronous path (order, then payment).
+            await store.lock_order(conn, found["order_id"])
             inserted = await conn.fetchval(
                 "INSERT INTO payment_events (event_id, payment_id, kind, payload) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",

@@ -19,6 +19,7 @@ import asyncpg
 
 from cygate.ids import uuid7
 from cygate.infra.outbox import emit
+from cygate.services.orders.store import lock_order, mark_paid
 
 __all__ = [
     "Outcome",
@@ -27,7 +28,6 @@ __all__ = [
     "create_attempt",
     "latest_attempt",
     "lock_order",
-    "mark_order_paid",
     "stuck_payments",
 ]
 
@@ -90,15 +90,6 @@ def _row(record: asyncpg.Record) -> PaymentRow:
     )
 
 
-async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> asyncpg.Record | None:
-    """The order row, locked for the rest of the transaction (None when it does not exist)."""
-    record: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, user_id, status, total_cents, currency FROM orders WHERE id = $1 FOR UPDATE",
-        order_id,
-    )
-    return record
-
-
 async def latest_attempt(conn: asyncpg.Connection, order_id: UUID) -> PaymentRow | None:
     """The order's most recent payment attempt, with its age."""
     record = await conn.fetchrow(
@@ -132,36 +123,6 @@ async def create_attempt(
         f"cygate-pay-{payment_id}",
     )
     return _row(record)
-
-
-async def mark_order_paid(
-    conn: asyncpg.Connection, order: asyncpg.Record, payment: PaymentRow
-) -> bool:
-    """``pending`` → ``paid`` with its ``order.paid`` event; False when the order is not pending.
-
-    Runs in the caller's transaction, on an order row the caller has locked.
-    """
-    updated = await conn.fetchval(
-        "UPDATE orders SET status = 'paid', version = version + 1, updated_at = now() "
-        "WHERE id = $1 AND status = 'pending' RETURNING id",
-        order["id"],
-    )
-    if updated is None:
-        return False
-    await emit(
-        conn,
-        aggregate="order",
-        aggregate_id=order["id"],
-        event_type="order.paid",
-        payload={
-            "order_id": str(order["id"]),
-            "user_id": None if order["user_id"] is None else str(order["user_id"]),
-            "payment_id": str(payment.id),
-            "amount_cents": payment.amount_cents,
-            "currency": payment.currency,
-        },
-    )
-    return True
 
 
 async def apply_outcome(
@@ -228,7 +189,8 @@ async def apply_outcome(
             "attempt": payment.attempt,
         },
     )
-    if outcome == "captured" and not await mark_order_paid(conn, order, payment):
+    # NOTE: the orders service owns the order's state machine and its ``order.paid`` event.
+    if outcome == "captured" and not await mark_paid(conn, order_id, payment.id):
         log.error(
             "payment %s captured (%s) but order %s is %s: refund needed",
             payment_id, source, order_id, order["status"],

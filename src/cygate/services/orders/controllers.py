@@ -1,0 +1,220 @@
+"""Order endpoints (``API.md``, Orders and payments).
+
+Owners see and cancel their own orders; admins see and act on all of them; anybody else's order
+is a 404 (never reveal that it exists). ``POST /api/v1/orders`` runs under an ``Idempotency-Key``
+(:mod:`cygate.services.idempotency`): the order and its idempotency record commit together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Annotated, Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+
+from cygate.edge.auth import principal_of
+from cygate.edge.context import Principal
+from cygate.edge.problem import Problem
+from cygate.ids import uuid7
+from cygate.services.idempotency import Idempotency, IdempotentRequest, StoredResponse, parse_key
+from cygate.services.orders import store
+from cygate.services.orders.models import Order, OrderIn, OrderPage
+from cygate.services.orders.states import can
+
+__all__ = ["OrdersController", "invalidate_products"]
+
+log = logging.getLogger("cygate.orders")
+
+_PRIVATE = {"cache-control": "private, no-store"}
+_AUTH: dict[str, Any] = {"auth": True}
+_PLACE: dict[str, Any] = {"auth": True, "max_body_bytes": 64 * 1024}
+_ADMIN: dict[str, Any] = {"auth": True, "roles": ["admin"]}
+
+
+def _user_id(principal: Principal) -> UUID:
+    """Orders belong to user accounts; a service client's token has none."""
+    try:
+        return UUID(principal.sub)
+    except ValueError:
+        raise Problem(403, "orders need a user account") from None
+
+
+def _is_admin(principal: Principal) -> bool:
+    return "admin" in principal.roles
+
+
+def _visible(order: Any, principal: Principal) -> bool:
+    owner = order["user_id"] if not isinstance(order, Order) else order.user_id
+    return _is_admin(principal) or (owner is not None and str(owner) == principal.sub)
+
+
+async def invalidate_products(cache: Any, product_ids: Iterable[UUID]) -> None:
+    """Drop the cached product pages whose stock changed (after the commit). A cache that
+    cannot be told is logged, never an error: the write has happened."""
+    tags = [f"product:{pid}" for pid in product_ids]
+    if cache is None or not tags:
+        return
+    try:
+        await cache.invalidate_tags(tags)
+    except Exception as exc:  # CacheUnavailable, or anything else from Redis
+        log.warning("product cache not invalidated after a stock change: %r", exc)
+
+
+def _order_response(order: Order, status: int = 200) -> Response[bytes]:
+    return Response(
+        msgspec.json.encode(order), status_code=status, media_type="application/json",
+        headers=_PRIVATE,
+    )  # fmt: skip
+
+
+class OrdersController(Controller):
+    path = "/api/v1/orders"
+    tags = ["orders"]
+
+    @post(
+        "/",
+        summary="Place an order (Idempotency-Key required); stock reserved atomically",
+        opt=_PLACE,
+        status_code=201,
+    )
+    async def place(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        data: JSONBody[OrderIn],
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(header="idempotency-key", description="1..255 visible ASCII characters"),
+        ] = None,
+    ) -> Response[bytes]:
+        principal = principal_of(request)
+        user_id = _user_id(principal)
+        key = parse_key(idempotency_key)
+        seen: dict[UUID, int] = {}
+        dupes = []
+        for n, item in enumerate(data.items):
+            if item.product_id in seen:
+                dupes.append(
+                    {"field": f"body.items[{n}].product_id",
+                     "message": f"repeats items[{seen[item.product_id]}]; one line per product"}
+                )  # fmt: skip
+            seen.setdefault(item.product_id, n)
+        if dupes:
+            raise Problem(422, "a product appears twice in the order", extra={"errors": dupes})
+        settings = state.settings
+        idem: Idempotency = state.idempotency
+        path = str(request.scope.get("path", "/api/v1/orders"))
+        req = IdempotentRequest.of(
+            user_id=user_id,
+            key=key,
+            method="POST",
+            path=path,
+            body=data,
+            request_id=str(request.scope.get("cygate.request_id", "")),
+        )
+
+        async def work(conn: asyncpg.Connection) -> StoredResponse:
+            order = await store.place(
+                conn,
+                order_id=uuid7(),
+                user_id=user_id,
+                items=data.items,
+                shipping_address=data.shipping_address,
+                ttl_seconds=settings.order_ttl_seconds,
+            )
+            return StoredResponse(
+                201,
+                msgspec.json.encode(order),
+                {"content-type": "application/json", "location": f"{path}/{order.id}"},
+            )
+
+        try:
+            outcome = await idem.run(req, work)
+        except asyncpg.ForeignKeyViolationError:
+            raise Problem(403, "orders need a user account") from None
+        if not outcome.replayed:
+            await invalidate_products(state.cache, seen)
+        response = outcome.response()
+        response.headers.update(_PRIVATE)
+        return response
+
+    @get("/", summary="My orders (admin: everyone's), newest first, keyset-paged", opt=_AUTH)
+    async def list_orders(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(max_length=200, description="next_cursor of the previous page"),
+        ] = None,
+    ) -> Response[OrderPage]:
+        principal = principal_of(request)
+        owner = None if _is_admin(principal) else _user_id(principal)
+        try:
+            page = await store.list_orders(state.pool, user_id=owner, limit=limit, cursor=cursor)
+        except store.CursorError as exc:
+            raise Problem(
+                422, str(exc), extra={"errors": [{"field": "query.cursor", "message": str(exc)}]}
+            ) from None
+        return Response(page, headers=_PRIVATE)
+
+    @get("/{order_id:uuid}", summary="One order (owner or admin)", opt=_AUTH)
+    async def get_order(
+        self, request: Request[Any, Any, Any], state: State, order_id: FromPath[UUID]
+    ) -> Response[bytes]:
+        order = await store.get_order(state.pool, order_id)
+        if order is None or not _visible(order, principal_of(request)):
+            raise Problem(404, f"no order {order_id}")
+        return _order_response(order)
+
+    @post(
+        "/{order_id:uuid}/cancel",
+        summary="Cancel a pending order (owner or admin); stock released",
+        opt=_AUTH,
+        status_code=200,
+    )
+    async def cancel(
+        self, request: Request[Any, Any, Any], state: State, order_id: FromPath[UUID]
+    ) -> Response[bytes]:
+        principal = principal_of(request)
+        touched: list[UUID] = []
+        async with state.pool.acquire() as conn, conn.transaction():
+            row = await store.lock_order(conn, order_id)
+            if row is None or not _visible(row, principal):
+                raise Problem(404, f"no order {order_id}")
+            # NOTE: cancelling a cancelled order is a no-op 200 (a retried cancel succeeds).
+            if row["status"] != "cancelled":
+                if not can(row["status"], "cancelled"):
+                    raise Problem(409, f"the order is {row['status']}; it cannot be cancelled")
+                touched = await store.cancel(conn, row)
+            order = await store.get_order(conn, order_id)
+        await invalidate_products(state.cache, touched)
+        assert order is not None
+        return _order_response(order)
+
+    @post(
+        "/{order_id:uuid}/ship",
+        summary="Mark a paid order shipped (admin)",
+        opt=_ADMIN,
+        status_code=200,
+    )
+    async def ship(self, state: State, order_id: FromPath[UUID]) -> Response[bytes]:
+        async with state.pool.acquire() as conn, conn.transaction():
+            row = await store.lock_order(conn, order_id)
+            if row is None:
+                raise Problem(404, f"no order {order_id}")
+            # NOTE: shipping a shipped order is a no-op 200, like cancel.
+            if row["status"] != "shipped":
+                if not can(row["status"], "shipped"):
+                    raise Problem(409, f"the order is {row['status']}; only a paid order ships")
+                await store.ship(conn, row)
+            order = await store.get_order(conn, order_id)
+        assert order is not None
+        return _order_response(order)

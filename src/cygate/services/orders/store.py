@@ -1,0 +1,378 @@
+"""Orders in PostgreSQL: placing (stock reserved atomically), reading, and state transitions.
+
+Every function that changes state takes a connection *inside the caller's transaction* and writes
+its outbox event on it, so the change and its event commit together.
+
+NOTE on concurrency (``docs/orders.md``):
+
+- stock is reserved under row locks taken in product-id order (``SELECT ... ORDER BY id FOR
+  UPDATE``), then decremented; checking and decrementing under the lock means no oversell, and
+  every writer (place, cancel, expire) locks products in the same order, so they cannot deadlock;
+- an order's transitions lock the order row first (then products): mark_paid, cancel, ship and
+  the expiry sweep (``FOR UPDATE SKIP LOCKED``) never change an order twice;
+- a refusal (unknown product, insufficient stock) raises before anything is written: the caller's
+  transaction rolls back and nothing stays reserved.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import defaultdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
+
+import orjson
+
+from cygate.edge.problem import Problem
+from cygate.infra.outbox import emit
+from cygate.services.orders.models import Order, OrderItem, OrderItemIn, OrderPage
+from cygate.services.orders.states import can
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = [
+    "CursorError",
+    "cancel",
+    "expire_due",
+    "get_order",
+    "list_orders",
+    "lock_order",
+    "mark_paid",
+    "place",
+    "ship",
+]
+
+_ORDER_COLUMNS: Final = (
+    "id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at, "
+    "expires_at"
+)
+_LOCK_PRODUCTS: Final = """
+SELECT id, stock, price_cents, currency FROM products
+ WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"""
+_TAKE_STOCK: Final = """
+UPDATE products p SET stock = p.stock - i.q
+  FROM unnest($1::uuid[], $2::int[]) AS i(id, q) WHERE p.id = i.id"""
+_GIVE_STOCK: Final = """
+UPDATE products p SET stock = p.stock + i.q
+  FROM unnest($1::uuid[], $2::int[]) AS i(id, q) WHERE p.id = i.id"""
+_INSERT_ORDER: Final = """
+WITH o AS (
+    INSERT INTO orders (id, user_id, status, total_cents, currency, shipping_address, expires_at)
+    VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6))
+    RETURNING created_at, updated_at, expires_at
+), i AS (
+    INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)
+    SELECT $1, * FROM unnest($7::uuid[], $8::int[], $9::bigint[])
+)
+SELECT created_at, updated_at, expires_at FROM o"""
+_ITEMS_OF: Final = """
+SELECT order_id, product_id, quantity, unit_price_cents FROM order_items
+ WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, product_id"""
+_SET_STATUS: Final = """
+UPDATE orders SET status = $2, version = version + 1, updated_at = now()
+ WHERE id = ANY($1::uuid[])"""
+
+
+class CursorError(ValueError):
+    """A ``cursor`` this API did not issue."""
+
+
+def _record_order(row: asyncpg.Record, items: list[OrderItem]) -> Order:
+    return Order(
+        id=row["id"],
+        user_id=row["user_id"],
+        status=row["status"],
+        items=items,
+        total_cents=row["total_cents"],
+        currency=row["currency"],
+        shipping_address=row["shipping_address"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+async def _items(conn: Any, order_ids: list[UUID]) -> dict[UUID, list[OrderItem]]:
+    out: dict[UUID, list[OrderItem]] = defaultdict(list)
+    for r in await conn.fetch(_ITEMS_OF, order_ids):
+        out[r["order_id"]].append(OrderItem(r["product_id"], r["quantity"], r["unit_price_cents"]))
+    return out
+
+
+def _event(order: asyncpg.Record, items: list[OrderItem] | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "order_id": str(order["id"]),
+        "user_id": None if order["user_id"] is None else str(order["user_id"]),
+        "total_cents": order["total_cents"],
+        "currency": order["currency"],
+    }
+    if items is not None:
+        payload["items"] = [
+            {"product_id": str(i.product_id), "quantity": i.quantity} for i in items
+        ]
+    return payload
+
+
+async def place(
+    conn: asyncpg.Connection,
+    *,
+    order_id: UUID,
+    user_id: UUID,
+    items: list[OrderItemIn],
+    shipping_address: Any,
+    ttl_seconds: float,
+) -> Order:
+    """Create a pending order, reserving its stock at catalog prices (one transaction: the
+    caller's). 422 unknown products or mixed currencies, 409 insufficient stock; nothing is
+    written before those checks pass. ``items`` must not repeat a product."""
+    wanted = sorted(items, key=lambda i: i.product_id)
+    ids = [i.product_id for i in wanted]
+    qtys = [i.quantity for i in wanted]
+    products = {r["id"]: r for r in await conn.fetch(_LOCK_PRODUCTS, ids)}
+    position = {item.product_id: n for n, item in enumerate(items)}
+    unknown = [
+        {"field": f"body.items[{position[pid]}].product_id", "message": f"no product {pid}"}
+        for pid in ids
+        if pid not in products
+    ]
+    if unknown:
+        raise Problem(422, "the order names products that do not exist", extra={"errors": unknown})
+    currencies = {products[pid]["currency"] for pid in ids}
+    if len(currencies) > 1:
+        raise Problem(
+            422,
+            "one order is paid in one currency",
+            extra={
+                "errors": [
+                    {"field": "body.items", "message": f"mixed currencies {sorted(currencies)}"}
+                ]
+            },
+        )
+    short = [
+        {"product_id": str(i.product_id), "requested": i.quantity,
+         "available": products[i.product_id]["stock"]}
+        for i in wanted
+        if products[i.product_id]["stock"] < i.quantity
+    ]  # fmt: skip
+    if short:
+        raise Problem(409, "insufficient stock; nothing was reserved", extra={"items": short})
+    prices = [products[pid]["price_cents"] for pid in ids]
+    total = sum(p * q for p, q in zip(prices, qtys, strict=True))
+    currency = currencies.pop()
+    # PERF: the rows are locked already; one UPDATE and one INSERT statement whatever the count.
+    await conn.execute(_TAKE_STOCK, ids, qtys)
+    row = await conn.fetchrow(
+        _INSERT_ORDER,
+        order_id,
+        user_id,
+        total,
+        currency,
+        shipping_address,
+        float(ttl_seconds),
+        ids,
+        qtys,
+        prices,
+    )
+    lines = [OrderItem(pid, q, p) for pid, q, p in zip(ids, qtys, prices, strict=True)]
+    order = Order(
+        id=order_id,
+        user_id=user_id,
+        status="pending",
+        items=lines,
+        total_cents=total,
+        currency=currency,
+        shipping_address=shipping_address,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )
+    await emit(
+        conn,
+        aggregate="order",
+        aggregate_id=order_id,
+        event_type="order.created",
+        payload={
+            "order_id": str(order_id),
+            "user_id": str(user_id),
+            "total_cents": total,
+            "currency": currency,
+            "items": [
+                {"product_id": str(line.product_id), "quantity": line.quantity} for line in lines
+            ],
+        },
+    )
+    return order
+
+
+async def get_order(conn: Any, order_id: UUID) -> Order | None:
+    """One order with its items (``conn``: a connection or the pool)."""
+    row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
+    if row is None:
+        return None
+    return _record_order(row, (await _items(conn, [order_id])).get(order_id, []))
+
+
+def _encode_cursor(created_at: datetime, order_id: UUID) -> str:
+    raw = orjson.dumps([created_at.isoformat(), str(order_id)])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, oid = orjson.loads(raw)
+        at = datetime.fromisoformat(when)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, UUID(oid)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise CursorError("malformed cursor") from None
+
+
+async def list_orders(
+    conn: Any, *, user_id: UUID | None, limit: int, cursor: str | None
+) -> OrderPage:
+    """Orders newest first, keyset-paged; ``user_id=None`` lists everyone's (admin)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if user_id is not None:
+        args.append(user_id)
+        where.append(f"user_id = ${len(args)}")
+    if cursor is not None:
+        at, last = _decode_cursor(cursor)
+        args += [at, last]
+        a, b = len(args) - 1, len(args)
+        # NOTE: newest first, ties by id ascending: the order of both indexes
+        # (orders_user_created_idx, orders_created_idx).
+        where.append(f"(created_at < ${a} OR (created_at = ${a} AND id > ${b}))")
+    args.append(limit + 1)
+    sql = (
+        f"SELECT {_ORDER_COLUMNS} FROM orders"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY created_at DESC, id ASC LIMIT ${len(args)}"
+    )
+    rows = await conn.fetch(sql, *args)
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+    items = await _items(conn, [r["id"] for r in rows]) if rows else {}
+    return OrderPage([_record_order(r, items.get(r["id"], [])) for r in rows], next_cursor)
+
+
+async def lock_order(conn: asyncpg.Connection, order_id: UUID) -> asyncpg.Record | None:
+    """The order's row (``id, user_id, status, total_cents, currency``), locked until the
+    caller's transaction ends; None when there is no such order."""
+    return await conn.fetchrow(
+        "SELECT id, user_id, status, total_cents, currency FROM orders WHERE id = $1 FOR UPDATE",
+        order_id,
+    )
+
+
+async def _release(
+    conn: asyncpg.Connection, order_ids: list[UUID]
+) -> tuple[dict[UUID, list[OrderItem]], list[UUID]]:
+    """Give back the stock of ``order_ids``; returns their items and the products touched."""
+    items = await _items(conn, order_ids)
+    per_product: dict[UUID, int] = defaultdict(int)
+    for lines in items.values():
+        for line in lines:
+            per_product[line.product_id] += line.quantity
+    ids = sorted(per_product)
+    if ids:
+        # Same lock order as place(): product id ascending.
+        await conn.execute(
+            "SELECT 1 FROM products WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
+        )
+        await conn.execute(_GIVE_STOCK, ids, [per_product[i] for i in ids])
+    return items, ids
+
+
+async def cancel(conn: asyncpg.Connection, order: asyncpg.Record) -> list[UUID]:
+    """Cancel the locked pending ``order`` (from :func:`lock_order`): stock released, event
+    written. Returns the products whose stock changed. The caller checks the transition."""
+    items, touched = await _release(conn, [order["id"]])
+    await conn.execute(_SET_STATUS, [order["id"]], "cancelled")
+    await emit(
+        conn,
+        aggregate="order",
+        aggregate_id=order["id"],
+        event_type="order.cancelled",
+        payload=_event(order, items.get(order["id"], [])),
+    )
+    return touched
+
+
+async def ship(conn: asyncpg.Connection, order: asyncpg.Record) -> None:
+    """Mark the locked paid ``order`` shipped (event written). The caller checks the transition."""
+    await conn.execute(_SET_STATUS, [order["id"]], "shipped")
+    user = None if order["user_id"] is None else str(order["user_id"])
+    await emit(
+        conn,
+        aggregate="order",
+        aggregate_id=order["id"],
+        event_type="order.shipped",
+        payload={"order_id": str(order["id"]), "user_id": user},
+    )
+
+
+async def mark_paid(conn: asyncpg.Connection, order_id: UUID, payment_id: UUID) -> bool:
+    """pending → paid, inside the caller's (the payment's) transaction, with ``order.paid``.
+
+    True when this call made the order paid. False when it did not: no such order, or it is not
+    pending any more (already paid, cancelled, expired, shipped); a payments caller that has
+    captured money must then refund or void it. The order row stays locked until the caller's
+    transaction ends, so the expiry sweep (``SKIP LOCKED``) and a cancel cannot interleave.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("mark_paid belongs in the payment's transaction")
+    order = await lock_order(conn, order_id)
+    if order is None or not can(order["status"], "paid"):
+        return False
+    await conn.execute(_SET_STATUS, [order_id], "paid")
+    user = None if order["user_id"] is None else str(order["user_id"])
+    await emit(
+        conn,
+        aggregate="order",
+        aggregate_id=order_id,
+        event_type="order.paid",
+        payload={
+            "order_id": str(order_id),
+            "user_id": user,
+            "payment_id": str(payment_id),
+            "amount_cents": order["total_cents"],
+            "currency": order["currency"],
+        },
+    )
+    return True
+
+
+async def expire_due(conn: asyncpg.Connection, limit: int) -> tuple[int, list[UUID]]:
+    """Expire up to ``limit`` pending orders past ``expires_at`` (caller's transaction).
+
+    ``FOR UPDATE SKIP LOCKED``: orders another sweeper (or a payment, or a cancel) holds are
+    skipped, never released twice. Returns (orders expired, products whose stock changed).
+    """
+    rows = await conn.fetch(
+        "SELECT id, user_id, total_cents, currency FROM orders"
+        " WHERE status = 'pending' AND expires_at <= now()"
+        " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    if not rows:
+        return 0, []
+    ids = [r["id"] for r in rows]
+    items, touched = await _release(conn, ids)
+    await conn.execute(_SET_STATUS, ids, "expired")
+    for r in rows:
+        await emit(
+            conn,
+            aggregate="order",
+            aggregate_id=r["id"],
+            event_type="order.expired",
+            payload=_event(r, items.get(r["id"], [])),
+        )
+    return len(rows), touched
