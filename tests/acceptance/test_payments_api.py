@@ -414,3 +414,68 @@ def test_order_rows_untouched_by_failed_requests(test_db_dsn: str) -> None:
     """No test above left an order in a state outside the order machine."""
     rows = db(test_db_dsn, "SELECT DISTINCT status FROM orders")
     assert {r[0] for r in rows} <= {"pending", "paid", "cancelled"}
+
+
+# -- end to end with the orders API -----------------------------------------------------------
+
+
+def _product(dsn: str, stock: int, price: int) -> str:
+    """A seeded product from the far end of the id range (the orders tests take the other)."""
+    taken = db(dsn, "SELECT id FROM products ORDER BY id DESC LIMIT 1 OFFSET $1", _PRODUCTS.pop())
+    pid = taken[0][0]
+    db(dsn, "UPDATE products SET stock = $2, price_cents = $3, currency = 'EUR' WHERE id = $1",
+       pid, stock, price)  # fmt: skip
+    return str(pid)
+
+
+_PRODUCTS = [0, 1, 2, 3]
+
+
+def _stock(dsn: str, pid: str) -> int:
+    return int(db(dsn, "SELECT stock FROM products WHERE id = $1", uuid.UUID(pid))[0][0])
+
+
+def _place(c: httpx.Client, who: Customer, pid: str, quantity: int) -> dict[str, Any]:
+    r = c.post(
+        "/api/v1/orders",
+        json={"items": [{"product_id": pid, "quantity": quantity}],
+              "shipping_address": {"name": "Pay Er", "line1": "1 Main St", "city": "Oslo",
+                                   "country": "NO"}},
+        headers={**who.headers, "idempotency-key": secrets.token_hex(8)},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def test_order_placed_paid_then_cancel_is_409(
+    gw: Gateway, sim: SimProcess, test_db_dsn: str, seeded: object, alice: Customer
+) -> None:
+    pid = _product(test_db_dsn, stock=5, price=1_000)
+    with gw.client() as c:
+        order = _place(c, alice, pid, 2)
+        r = alice.pay(c, order["id"])
+        assert r.status_code == 201, r.text
+        assert r.json()["amount_cents"] == order["total_cents"] == 2_000
+        got = c.get(f"/api/v1/orders/{order['id']}", headers=alice.headers)
+        assert got.json()["status"] == "paid"
+        cancel = c.post(f"/api/v1/orders/{order['id']}/cancel", headers=alice.headers)
+    is_problem(cancel, 409)
+    assert _stock(test_db_dsn, pid) == 3
+    [charge] = sim.charges_for(order["id"])
+    assert charge["amount_cents"] == 2_000
+
+
+def test_declined_order_keeps_its_stock_until_cancelled(
+    gw: Gateway, sim: SimProcess, test_db_dsn: str, seeded: object, alice: Customer
+) -> None:
+    pid = _product(test_db_dsn, stock=5, price=700)
+    with gw.client() as c:
+        order = _place(c, alice, pid, 4)
+        r = alice.pay(c, order["id"], "tok_decline")
+        assert r.json()["status"] == "declined"
+        assert _stock(test_db_dsn, pid) == 1  # a decline releases nothing
+        cancel = c.post(f"/api/v1/orders/{order['id']}/cancel", headers=alice.headers)
+        assert cancel.status_code == 200, cancel.text
+        assert _stock(test_db_dsn, pid) == 5  # the cancel does
+        is_problem(alice.pay(c, order["id"]), 409)  # a cancelled order cannot be paid
+    assert [ch["status"] for ch in sim.charges_for(order["id"])] == ["declined"]
