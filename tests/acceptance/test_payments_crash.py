@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import secrets
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -143,6 +145,25 @@ def test_crash_after_the_charge_before_the_payment_row_is_updated(
     events = events_of(test_db_dsn, order_id)
     assert events.count("order.paid") == 1
     assert events.count("payment.captured") == 1
+
+
+def test_recovery_by_hand_with_the_cli(
+    env: dict[str, str], sim: SimProcess, test_db_dsn: str
+) -> None:
+    """``cygate payments-recover``: the same reconciliation, run once from the command line
+    (here after an ``after_charge`` crash, with no gateway running to sweep)."""
+    _, order_id, _ = crash_during_payment(env, "payment:after_charge", test_db_dsn)
+    assert [p["status"] for p in payments_of(test_db_dsn, order_id)] == ["initiated"]
+    run = subprocess.run(
+        [sys.executable, "-m", "cygate", "payments-recover", "--older-than", "0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "'captured': 1" in run.stdout, run.stdout
+    assert [p["status"] for p in payments_of(test_db_dsn, order_id)] == ["captured"]
+    assert order_status(test_db_dsn, order_id) == "paid"
+    assert events_of(test_db_dsn, order_id) == ["payment.captured", "order.paid"]
+    assert len(sim.charges_for(order_id)) == 1
 
 
 def test_after_recovery_every_order_is_terminal_or_retryable(
