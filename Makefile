@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-orders load clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -78,6 +78,10 @@ bench-micro: build
 
 bench-macro: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md
+
+# Orders (issue 7): order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
+bench-orders: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.orders
 
 bench: bench-micro bench-macro
 

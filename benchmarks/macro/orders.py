@@ -1,0 +1,412 @@
+"""Order placement through cygate against pgbench's TPC-B-like rate on the same PostgreSQL.
+
+From the repository root (``make bench-orders``)::
+
+    .venv/bin/python -m benchmarks.macro.orders                 # 15 s each side
+    .venv/bin/python -m benchmarks.macro.orders --duration 10 --connections 32
+
+1. **Floor**: ``pgbench -i`` in a scratch database, then ``pgbench -c 8 -j 2 -T <duration>``
+   (the default TPC-B-like script); its tps is the floor the issue compares against.
+2. **Gateway**: a scratch database migrated and seeded with the gateway's own CLI (1000 products
+   given ample stock), ``cygate serve`` with 2 Granian workers, four customers logged in.
+3. **Load**: ``--connections`` keep-alive connections, each sending ``POST /api/v1/orders``
+   (1 to 3 random products, quantity 1 to 3, a fresh ``Idempotency-Key``); after 5 % of the answers
+   the client "retries": it sends the same key and body again (a lost response, say), and must get
+   the same order back with ``Idempotent-Replayed: true``.
+4. **Check**: orders in the database == distinct order ids answered 201, no id answered for two
+   keys, every replay names its key's order, and stock taken == quantities ordered.
+
+Prints one table and writes ``benchmarks/results/orders-latest.json``; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+SERVER_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+BENCH_DB = "cygate_bench_orders"
+PGBENCH_DB = "cygate_bench_pgbench"
+RETRY_RATE = 0.05
+STOCK = 10_000_000
+
+
+def _dsn(name: str) -> str:
+    return urlunsplit(urlsplit(SERVER_DSN)._replace(path="/" + name))
+
+
+async def _recreate(name: str) -> None:
+    conn = await asyncpg.connect(_dsn("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop(name: str) -> None:
+    conn = await asyncpg.connect(_dsn("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- pgbench floor
+
+
+def run_pgbench(duration: int, clients: int, threads: int) -> dict[str, Any]:
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        raise SystemExit("pgbench is missing (apt-get install postgresql-client)")
+    asyncio.run(_recreate(PGBENCH_DB))
+    try:
+        dsn = _dsn(PGBENCH_DB)
+        subprocess.run([pgbench, "-i", "-q", dsn], check=True, capture_output=True)
+        argv = [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(duration), dsn]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    finally:
+        asyncio.run(_drop(PGBENCH_DB))
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    if tps is None:
+        raise RuntimeError(f"no tps in pgbench output:\n{out}")
+    return {
+        "tps": float(tps.group(1)),
+        "latency_avg_ms": float(lat.group(1)) if lat else None,
+        "clients": clients,
+        "threads": threads,
+        "duration_s": duration,
+    }
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+def _gateway_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+    if os.environ.get("CYGATE_NO_EXTENSIONS"):
+        env["CYGATE_NO_EXTENSIONS"] = "1"
+    env.update(
+        CYGATE_DATABASE_URL=_dsn(BENCH_DB),
+        CYGATE_REDIS_URL=REDIS_URL,
+        CYGATE_REDIS_PREFIX="cygate-bench-orders:",
+        CYGATE_LOG_LEVEL="warning",
+        CYGATE_ENVIRONMENT="development",
+    )
+    return env
+
+
+def prepare_gateway_db(env: dict[str, str]) -> list[str]:
+    asyncio.run(_recreate(BENCH_DB))
+    cli = [sys.executable, "-m", "cygate"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True, cwd=ROOT)
+    seed = [*cli, "seed", "--users", "4", "--products", "1000", "--categories", "10"]
+    subprocess.run(seed, env=env, check=True, capture_output=True, cwd=ROOT)
+
+    async def stock() -> list[str]:
+        conn = await asyncpg.connect(_dsn(BENCH_DB))
+        try:
+            await conn.execute("UPDATE products SET stock = $1, currency = 'EUR'", STOCK)
+            await conn.execute("VACUUM (ANALYZE)")
+            return [str(r[0]) for r in await conn.fetch("SELECT id FROM products")]
+        finally:
+            await conn.close()
+
+    return asyncio.run(stock())
+
+
+# --------------------------------------------------------------------------- a tiny HTTP client
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (enough for this benchmark: Content-Length bodies)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        got = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                got[name.strip().lower()] = value.strip()
+        data = await self.reader.readexactly(int(got.get("content-length", "0")))
+        return status, got, data
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def login(host: str, port: int, email: str, password: str) -> str:
+    conn = await Conn.open(host, port)
+    try:
+        body = json.dumps({"email": email, "password": password}).encode()
+        status, _, data = await conn.request(
+            "POST", "/api/v1/auth/login", {"content-type": "application/json"}, body
+        )
+        if status != 200:
+            raise RuntimeError(f"login failed: {status} {data[:200]!r}")
+        return str(json.loads(data)["access_token"])
+    finally:
+        conn.close()
+
+
+async def register(host: str, port: int) -> tuple[str, str]:
+    email, password = f"bench-{uuid.uuid4().hex[:10]}@example.com", uuid.uuid4().hex
+    conn = await Conn.open(host, port)
+    try:
+        body = json.dumps({"email": email, "password": password}).encode()
+        status, _, data = await conn.request(
+            "POST", "/api/v1/auth/register", {"content-type": "application/json"}, body
+        )
+        if status != 201:
+            raise RuntimeError(f"register failed: {status} {data[:200]!r}")
+        return email, password
+    finally:
+        conn.close()
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)  # key -> order id (first answer)
+    quantities: dict[str, int] = field(default_factory=dict)  # order id -> units
+    retries: int = 0
+    replays_ok: int = 0
+    replays_bad: int = 0
+    first_answers: int = 0
+
+
+async def client(
+    host: str, port: int, token: str, ids: list[str], until: float, tally: Tally, seed: int
+) -> None:
+    rng = random.Random(seed)
+    conn = await Conn.open(host, port)
+    auth = f"Bearer {token}"
+    try:
+        while time.monotonic() < until:
+            lines = [
+                {"product_id": pid, "quantity": rng.randint(1, 3)}
+                for pid in rng.sample(ids, rng.randint(1, 3))
+            ]
+            body = json.dumps({"items": lines, "shipping_address": "1 Bench Road"}).encode()
+            key = uuid.uuid4().hex
+            headers = {
+                "content-type": "application/json",
+                "authorization": auth,
+                "idempotency-key": key,
+            }
+            t0 = time.perf_counter()
+            status, got, data = await conn.request("POST", "/api/v1/orders", headers, body)
+            tally.latencies.append(time.perf_counter() - t0)
+            tally.statuses[status] = tally.statuses.get(status, 0) + 1
+            if status != 201:
+                continue
+            order = json.loads(data)
+            tally.first_answers += 1
+            tally.by_key[key] = order["id"]
+            tally.quantities[order["id"]] = sum(i["quantity"] for i in order["items"])
+            if rng.random() < RETRY_RATE:
+                tally.retries += 1
+                t0 = time.perf_counter()
+                status, got, again = await conn.request("POST", "/api/v1/orders", headers, body)
+                tally.latencies.append(time.perf_counter() - t0)
+                tally.statuses[status] = tally.statuses.get(status, 0) + 1
+                same = status == 201 and json.loads(again)["id"] == order["id"]
+                if same and got.get("idempotent-replayed") == "true":
+                    tally.replays_ok += 1
+                else:
+                    tally.replays_bad += 1
+    finally:
+        conn.close()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+async def verify(tally: Tally, ids: list[str]) -> dict[str, Any]:
+    conn = await asyncpg.connect(_dsn(BENCH_DB))
+    try:
+        in_db = {str(r[0]) for r in await conn.fetch("SELECT id FROM orders")}
+        units = await conn.fetchval("SELECT coalesce(sum(quantity), 0) FROM order_items")
+        taken = await conn.fetchval(
+            "SELECT sum($1::bigint - stock) FROM products WHERE id = ANY($2::uuid[])", STOCK, ids
+        )
+        keys_done = await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE state='done'")
+        outbox = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_type = 'order.created'"
+        )
+    finally:
+        await conn.close()
+    answered = set(tally.by_key.values())
+    return {
+        "orders_in_db": len(in_db),
+        "distinct_orders_answered": len(answered),
+        "keys_answered_201": len(tally.by_key),
+        # answered 201 but not in the database
+        "lost": len(answered - in_db),
+        # in the database with no key that got it, or one order answered for two keys
+        "duplicated": len(in_db - answered) + (len(tally.by_key) - len(answered)),
+        "units_ordered_db": int(units),
+        "units_answered": sum(tally.quantities.values()),
+        "stock_taken": int(taken or 0),
+        "idempotency_keys_done": keys_done,
+        "order_created_events": outbox,
+        "replays_ok": tally.replays_ok,
+        "replays_bad": tally.replays_bad,
+    }
+
+
+def run_gateway(duration: int, connections: int, workers: int) -> dict[str, Any]:
+    env = _gateway_env()
+    ids = prepare_gateway_db(env)
+    port = free_port()
+    argv = [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers)]  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with ServerProcess(
+        argv, env=env, cwd=ROOT, log_path=Path(tempfile.gettempdir()) / "cygate-bench-orders.log"
+    ) as server:
+        server.wait_ready("127.0.0.1", port, "/readyz", timeout=60)
+
+        async def load() -> tuple[Tally, float, float]:
+            tokens = []
+            for _ in range(4):
+                email, password = await register("127.0.0.1", port)
+                tokens.append(await login("127.0.0.1", port, email, password))
+            warm = Tally()
+            end = time.monotonic() + 2
+            await asyncio.gather(
+                *(client("127.0.0.1", port, tokens[n % 4], ids, end, warm, 1000 + n)
+                  for n in range(connections))
+            )  # fmt: skip
+            tally = Tally()
+            tally.by_key.update(warm.by_key)
+            tally.quantities.update(warm.quantities)
+            cpu0, t0 = tree_cpu_seconds(server.pid), time.monotonic()
+            end = t0 + duration
+            measured = Tally()
+            await asyncio.gather(
+                *(client("127.0.0.1", port, tokens[n % 4], ids, end, measured, n)
+                  for n in range(connections))
+            )  # fmt: skip
+            elapsed = time.monotonic() - t0
+            cpu = tree_cpu_seconds(server.pid) - cpu0
+            measured.by_key.update(warm.by_key)
+            measured.quantities.update(warm.quantities)
+            measured.replays_ok += warm.replays_ok
+            measured.replays_bad += warm.replays_bad
+            return measured, elapsed, cpu
+
+        tally, elapsed, cpu = asyncio.run(load())
+        created = tally.first_answers
+    checks = asyncio.run(verify(tally, ids))
+    requests = len(tally.latencies)
+    return {
+        "orders_per_s": created / elapsed,
+        "requests_per_s": requests / elapsed,
+        "p50_ms": _pct(tally.latencies, 0.50),
+        "p99_ms": _pct(tally.latencies, 0.99),
+        "server_cpu_us_per_order": cpu / max(created, 1) * 1e6,
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "retries": tally.retries,
+        "connections": connections,
+        "workers": workers,
+        "duration_s": elapsed,
+        "checks": checks,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep-db", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"pgbench -c 8 -j 2 -T {args.duration} (TPC-B-like) ...", flush=True)
+    floor = run_pgbench(args.duration, 8, 2)
+    print(f"  {floor['tps']:.0f} tps", flush=True)
+    print(f"cygate POST /api/v1/orders, {args.connections} connections ...", flush=True)
+    try:
+        gw = run_gateway(args.duration, args.connections, args.workers)
+    finally:
+        if not args.keep_db:
+            asyncio.run(_drop(BENCH_DB))
+    ratio = gw["orders_per_s"] / floor["tps"]
+    c = gw["checks"]
+    ok = (
+        c["lost"] == 0
+        and c["duplicated"] == 0
+        and c["orders_in_db"] == c["distinct_orders_answered"]
+        and c["units_ordered_db"] == c["units_answered"] == c["stock_taken"]
+        and c["replays_bad"] == 0
+        and all(k in ("201",) for k in gw["statuses"])
+    )
+    print()
+    print("| what | rate | p50 ms | p99 ms | CPU µs/order |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| pgbench TPC-B-like (-c 8 -j 2) | {floor['tps']:.0f} tps | - | - | - |")
+    print(
+        f"| cygate POST /api/v1/orders | {gw['orders_per_s']:.0f} orders/s "
+        f"({gw['requests_per_s']:.0f} req/s with retries) | {gw['p50_ms']:.1f} | "
+        f"{gw['p99_ms']:.1f} | {gw['server_cpu_us_per_order']:.0f} |"
+    )
+    print(f"\nratio orders/s ÷ pgbench tps = {ratio:.2f} (goal ≥ 0.25)")
+    print(f"statuses {gw['statuses']}, retries {gw['retries']}")
+    print("checks", json.dumps(c))
+    print("zero lost or duplicated orders:", "yes" if ok else "NO")
+    out = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pgbench": floor,
+        "cygate": gw,
+        "ratio": ratio,
+        "ok": ok,
+        "compiled": not os.environ.get("CYGATE_NO_EXTENSIONS"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "orders-latest.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
