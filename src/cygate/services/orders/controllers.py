@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from cygate.edge.auth import principal_of
 from cygate.edge.context import Principal
@@ -90,7 +90,7 @@ class OrdersController(Controller):
         data: JSONBody[OrderIn],
         idempotency_key: Annotated[
             str | None,
-            Parameter(header="idempotency-key", description="1..255 visible ASCII characters"),
+            HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
         ] = None,
     ) -> Response[bytes]:
         principal = principal_of(request)
