@@ -245,6 +245,21 @@ def test_missing_idempotency_key_is_400(gw: Gateway, test_db_dsn: str, alice: Cu
     assert payments_of(test_db_dsn, order_id) == []
 
 
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "two words"])
+def test_bad_idempotency_keys_are_400(
+    gw: Gateway, test_db_dsn: str, alice: Customer, key: str
+) -> None:
+    order_id = new_order(test_db_dsn, alice.id)
+    with gw.client() as c:
+        r = c.post(
+            f"/api/v1/orders/{order_id}/payments",
+            json={"payment_method_token": "tok_approve"},
+            headers={**alice.headers, "idempotency-key": key.encode()},  # type: ignore[dict-item]
+        )
+    is_problem(r, 400)
+    assert payments_of(test_db_dsn, order_id) == []
+
+
 @pytest.mark.parametrize(
     ("content", "status"),
     [

@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
@@ -54,7 +54,8 @@ class PaymentsController(Controller):
         order_id: FromPath[UUID],
         data: JSONBody[PaymentIn],
         idempotency_key: Annotated[
-            str | None, Parameter(header="idempotency-key", required=False, max_length=255)
+            str | None,
+            HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
         ] = None,
     ) -> Response[bytes]:
         principal = principal_of(request)
