@@ -72,8 +72,8 @@ class SimProcess:
         """Every charge (any status) whose reference is ``reference`` (an order id)."""
         return [c for c in self.ledger()["charges"] if c["reference"] == reference]
 
-    def set_mode(self, mode: str | None) -> None:
-        r = httpx.post(self.url + "/v1/_mode", json={"mode": mode}, timeout=5)
+    def set_mode(self, mode: str | None, **extra: float) -> None:
+        r = httpx.post(self.url + "/v1/_mode", json={"mode": mode, **extra}, timeout=5)
         assert r.status_code == 200, r.text
 
     def stop(self) -> str:

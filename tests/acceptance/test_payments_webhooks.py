@@ -242,3 +242,22 @@ def test_webhook_before_the_synchronous_answer(
     events = events_of(test_db_dsn, order_id)
     assert events == ["payment.captured", "order.paid"]
     assert len(simp.charges_for(order_id)) == 1
+
+
+def test_webhook_settles_a_call_whose_answer_is_lost(
+    gw: Gateway, simp: SimProcess, test_db_dsn: str, erin: Customer
+) -> None:
+    """The answer comes after the gateway's 2 s timeout, the webhook (≤ 0.5 s) before it: the
+    client gets the settled payment, not a 503."""
+    simp.set_mode(None, timeout_sleep=4)
+    try:
+        order_id = new_order(test_db_dsn, erin.id)
+        with gw.client() as c:
+            r = erin.pay(c, order_id, "tok_timeout")
+    finally:
+        simp.set_mode(None, timeout_sleep=0.6)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "captured"
+    assert order_status(test_db_dsn, order_id) == "paid"
+    assert events_of(test_db_dsn, order_id) == ["payment.captured", "order.paid"]
+    assert len(simp.charges_for(order_id)) == 1

@@ -14,7 +14,8 @@ One asyncio process, HTTP/1.1 keep-alive over httptools, everything in memory. T
 * ``GET /v1/charges/{key}`` and ``GET /v1/charges?idempotency_key=`` (reconciliation): the charge
   or 404 ``{"error": "not_found"}`` (then the key was never charged).
 * ``GET /v1/ledger``: every charge and counters (tests count charges here);
-  ``POST /v1/ledger/reset`` empties it; ``GET /healthz``.
+  ``POST /v1/ledger/reset`` empties it; ``POST /v1/_mode {"mode", "timeout_sleep"}`` changes
+  the behaviour of a running simulator; ``GET /healthz``.
 * Webhooks (``--webhook-url``): after each charge, ``{id, type: charge.captured|charge.declined,
   created, data}`` signed as ``Cygate-Signature: t=<ts>,v1=<hmac>`` (see
   ``cygate.services.payments.signing``), after ``--webhook-delay`` s plus up to
@@ -254,12 +255,16 @@ class Simulator:
         try:
             doc = orjson.loads(body)
             mode = doc.get("mode")
+            sleep = doc.get("timeout_sleep", self.config.timeout_sleep)
         except (orjson.JSONDecodeError, AttributeError):
             return 400, {"error": "bad_json"}, {}
         if mode is not None and mode not in BEHAVIOURS:
             return 422, {"error": "unknown_mode"}, {}
+        if not isinstance(sleep, int | float) or not 0 <= sleep <= 3600:
+            return 422, {"error": "bad_timeout_sleep"}, {}
         self.config.mode = mode
-        return 200, {"mode": mode}, {}
+        self.config.timeout_sleep = float(sleep)
+        return 200, {"mode": mode, "timeout_sleep": self.config.timeout_sleep}, {}
 
     async def _charge(self, req: _Request) -> tuple[int, Any, dict[str, str]]:
         self.counters.requests += 1

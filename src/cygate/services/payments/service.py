@@ -229,15 +229,19 @@ class Payments:
         self, pool: asyncpg.Pool, payment_id: UUID, charge: Charge, source: str,
         claim: Claim | None = None,
     ) -> tuple[store.PaymentRow | None, StoredResponse | None]:  # fmt: skip
-        """Apply ``charge`` in one transaction; when the payment is then settled (captured or
-        declined) also build its 201 response and record it under ``claim``."""
+        """Apply ``charge`` in one transaction (an unknown verdict changes nothing); when the
+        payment is then settled (captured or declined) also build its 201 response and record
+        it under ``claim``."""
         outcome = _OUTCOMES.get(charge.verdict)
-        if outcome is None:
-            return None, None
         async with pool.acquire() as conn, conn.transaction():
-            final = await store.apply_outcome(
-                conn, payment_id, outcome, processor_ref=charge.ref, source=source
-            )
+            if outcome is None:
+                # NOTE: the answer was lost, but a webhook may have settled the payment
+                # meanwhile: then the client gets that answer instead of a 503.
+                final = await store.get_payment(conn, payment_id)
+            else:
+                final = await store.apply_outcome(
+                    conn, payment_id, outcome, processor_ref=charge.ref, source=source
+                )
             if final is None or final.status not in ("captured", "declined"):
                 return final, None
             response = StoredResponse(201, orjson.dumps(final.public()), dict(_JSON_HEADERS))

@@ -26,6 +26,7 @@ __all__ = [
     "PaymentRow",
     "apply_outcome",
     "create_attempt",
+    "get_payment",
     "latest_attempt",
     "lock_order",
     "stuck_payments",
@@ -88,6 +89,12 @@ def _row(record: asyncpg.Record) -> PaymentRow:
         processor_ref=record["processor_ref"],
         age_seconds=float(record.get("age", 0.0) or 0.0),
     )
+
+
+async def get_payment(conn: asyncpg.Connection, payment_id: UUID) -> PaymentRow | None:
+    """One payment as it is now (no lock)."""
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE id = $1", payment_id)
+    return None if record is None else _row(record)
 
 
 async def latest_attempt(conn: asyncpg.Connection, order_id: UUID) -> PaymentRow | None:
