@@ -638,3 +638,28 @@ def test_unpaid_orders_expire_and_release_stock(
     events = db(test_db_dsn, "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY id",
                 order["id"])  # fmt: skip
     assert [e[0] for e in events] == ["order.created", "order.expired"]
+
+
+# --- the product cache -----------------------------------------------------------------------
+
+
+def test_a_cached_product_page_shows_the_reserved_stock_soon(
+    gws: list[Gateway], alice: User, products: Products
+) -> None:
+    """Placing an order purges the product's cached page on every process (coalesced per
+    worker over at most 50 ms)."""
+    pid = products.take(10)
+    for gw in gws:  # fill the cache of both processes
+        with gw.client() as c:
+            c.get(f"/api/v1/products/{pid}")
+            assert c.get(f"/api/v1/products/{pid}").json()["stock"] == 10
+    place(gws[0], alice, (pid, 3))
+    for gw in gws:
+        deadline = time.monotonic() + 10
+        with gw.client() as c:
+            while time.monotonic() < deadline:
+                stock = c.get(f"/api/v1/products/{pid}").json()["stock"]
+                if stock == 7:
+                    break
+                time.sleep(0.05)
+        assert stock == 7

@@ -212,12 +212,15 @@ class Claim:
     transaction, or :meth:`record`), or :meth:`release` it; as an async context manager an
     exception releases it (or records a 4xx :class:`Problem`)."""
 
-    __slots__ = ("_owner", "completed", "finished", "request", "token")
+    __slots__ = ("_owner", "completed", "conn", "finished", "request", "token")
 
     def __init__(self, owner: Idempotency, request: IdempotentRequest, token: UUID) -> None:
         self._owner = owner
         self.request = request
         self.token = token
+        self.conn: asyncpg.Connection | None = None
+        """Set by :meth:`Idempotency.run` to the connection it holds, so a release never waits
+        for a second pooled connection."""
         self.completed = False
         """complete() ran: the outcome commits with the caller's transaction (or rolls back)."""
         self.finished = False
@@ -236,8 +239,11 @@ class Claim:
 
     async def record(self, response: StoredResponse) -> None:
         """Record ``response`` on its own (an outcome with no change to commit with it)."""
-        async with self._owner.pool_().acquire() as conn:
-            await self._store(conn, response)
+        if self.conn is not None:
+            await self._store(self.conn, response)
+        else:
+            async with self._owner.pool_().acquire() as conn:
+                await self._store(conn, response)
         self.finished = True
 
     async def _store(self, conn: asyncpg.Connection, response: StoredResponse) -> None:
@@ -260,8 +266,11 @@ class Claim:
         self.finished = True
         req = self.request
         try:
-            async with self._owner.pool_().acquire() as conn:
-                await conn.execute(_RELEASE, req.user_id, req.key, self.token)
+            if self.conn is not None:
+                await self.conn.execute(_RELEASE, req.user_id, req.key, self.token)
+            else:
+                async with self._owner.pool_().acquire() as conn:
+                    await conn.execute(_RELEASE, req.user_id, req.key, self.token)
         except Exception as exc:
             log.warning("could not release idempotency key (it frees itself later): %r", exc)
 
@@ -314,35 +323,38 @@ class Idempotency:
             raise RuntimeError("database pool not open")
         return self.pool
 
-    async def claim(self, req: IdempotentRequest) -> Claim | StoredResponse:
+    async def claim(
+        self, req: IdempotentRequest, conn: asyncpg.Connection | None = None
+    ) -> Claim | StoredResponse:
         """Claim the key for ``req``: a :class:`Claim` when this request runs, the stored
         response when an earlier one finished; :class:`Problem` 409 (in flight, with
-        ``Retry-After``) or 422 (another request used this key)."""
-        pool = self.pool_()
+        ``Retry-After``) or 422 (another request used this key). ``conn``: a connection the
+        caller holds (outside a transaction), else one from the pool."""
+        if conn is None:
+            async with self.pool_().acquire() as held:
+                return await self.claim(req, held)
+        if conn.is_in_transaction():
+            raise RuntimeError("a claim must commit on its own: call it outside a transaction")
         for _ in range(_CLAIM_ATTEMPTS):
             token = uuid7()
-            async with pool.acquire() as conn:
-                async with conn.transaction():
-                    # PERF: the claim's commit does not wait for its WAL flush (one fsync less
-                    # per order). NOTE: safe: WAL is replayed in order, so the change that
-                    # records this key's response (a synchronous commit, later in the WAL)
-                    # makes the claim durable too; a claim lost in a crash only frees the key,
-                    # and nothing can have committed under it.
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                    won = await conn.fetchval(
-                        _CLAIM,
-                        req.user_id,
-                        req.key,
-                        req.method,
-                        req.path,
-                        req.fingerprint,
-                        token,
-                        self.ttl,
-                        self.in_flight_timeout,
-                    )
-                if won is not None:
-                    return Claim(self, req, token)
-                row = await conn.fetchrow(_LOOKUP, req.user_id, req.key)
+            # NOTE: autocommit: the claim is visible to every other process at once (409).
+            # PERF: measured against committing it with synchronous_commit=off (BEGIN, SET
+            # LOCAL, INSERT, COMMIT): the extra round trips cost more CPU than the fsync
+            # they save on this machine.
+            won = await conn.fetchval(
+                _CLAIM,
+                req.user_id,
+                req.key,
+                req.method,
+                req.path,
+                req.fingerprint,
+                token,
+                self.ttl,
+                self.in_flight_timeout,
+            )
+            if won is not None:
+                return Claim(self, req, token)
+            row = await conn.fetchrow(_LOOKUP, req.user_id, req.key)
             if row is None:
                 continue  # released or expired between the two statements: claim again
             if bytes(row["request_hash"]) != req.fingerprint:
@@ -381,21 +393,24 @@ class Idempotency:
         ``work`` raises :class:`Problem` for a refusal: a 4xx is recorded (and re-raised), a 5xx
         or any other exception releases the key (and propagates).
         """
-        got = await self.claim(req)
-        if isinstance(got, StoredResponse):
-            return Outcome(got, replayed=True)
-        async with got:
-            try:
-                async with self.pool_().acquire() as conn, conn.transaction():
-                    response = await work(conn)
-                    await got.complete(conn, response)
-            except ClaimLost:
-                got.finished = True  # not ours to record or release any more
-                raise Problem(
-                    409,
-                    "this request took too long and a retry took it over",
-                    headers={"retry-after": "1"},
-                ) from None
+        # PERF: one pooled connection for the claim and the transaction.
+        async with self.pool_().acquire() as conn:
+            got = await self.claim(req, conn)
+            if isinstance(got, StoredResponse):
+                return Outcome(got, replayed=True)
+            got.conn = conn
+            async with got:
+                try:
+                    async with conn.transaction():
+                        response = await work(conn)
+                        await got.complete(conn, response)
+                except ClaimLost:
+                    got.finished = True  # not ours to record or release any more
+                    raise Problem(
+                        409,
+                        "this request took too long and a retry took it over",
+                        headers={"retry-after": "1"},
+                    ) from None
         return Outcome(response, replayed=False)
 
     async def purge_expired(self, limit: int = 1000) -> int:
