@@ -14,6 +14,7 @@ WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
+	@echo "           (with the payment processor simulator on a free port; see docs/payments.md)"
 	@echo "           (CYGATE_ADMIN_EMAIL + CYGATE_ADMIN_PASSWORD: that admin exists at start-up)"
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
@@ -46,9 +47,10 @@ seed: migrate
 	$(WITH_ENV) CYGATE_DATABASE_URL=$${CYGATE_DATABASE_URL:-$${DATABASE_URL%/*}/cygate} \
 	  $(BIN)/cygate seed --if-empty --categories 40 --products 20000 --users 50
 
+# scripts/run.sh starts the payment processor simulator first (a free port) and points the gateway at it.
 run: seed
 	$(WITH_ENV) CYGATE_DATABASE_URL=$${CYGATE_DATABASE_URL:-$${DATABASE_URL%/*}/cygate} \
-	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} $(BIN)/cygate serve
+	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} scripts/run.sh
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks loadtests

@@ -16,7 +16,9 @@ if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
     "$BIN/cygate" migrate
     "$BIN/cygate" seed --if-empty --categories 40 --products 20000 --users 50
     hostport=${CYGATE_URL#http://}
-    setsid "$BIN/cygate" serve --host "${hostport%:*}" --port "${hostport##*:}" \
+    # scripts/run.sh: the payment processor simulator too (stopped with the gateway's group)
+    CYGATE_HOST=${hostport%:*} CYGATE_PORT=${hostport##*:} \
+    setsid scripts/run.sh --host "${hostport%:*}" --port "${hostport##*:}" \
         --workers "${LOAD_WORKERS:-1}" >"$REPO/.services/load-gateway.log" 2>&1 &
     started=$!
     for _ in $(seq 1 100); do

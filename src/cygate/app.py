@@ -55,6 +55,8 @@ from cygate.services.ops.cache import CacheAdminController
 from cygate.services.ops.controllers import OpsController
 from cygate.services.orders.controllers import OrdersController
 from cygate.services.orders.expiry import OrderExpiry
+from cygate.services.payments.controllers import PaymentsController
+from cygate.services.payments.service import Payments
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -231,6 +233,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     ratelimit: RateLimitStage | None = None  # built with the route table, below
     identity = Identity(settings)
     idempotency = Idempotency.from_settings(settings)  # orders, payments (issue 7)
+    payments = Payments(settings, metrics)  # payments (issue 7)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -254,6 +257,9 @@ def create_app(settings: Settings | None = None) -> Edge:
             await identity.start(pool, redis)
         except DB_UNAVAILABLE as exc:
             log.warning("identity start-up without PostgreSQL (%r); admin not ensured", exc)
+        # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
+        await payments.start(pool)
+        # -- end payments -------------------------------------------------------------------
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -302,6 +308,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             if cache is not None:
                 await cache.stop()
             await identity.stop()
+            await payments.stop()
             await metrics.stop()
             await catalog.lease.close()
             await redis.close()
@@ -320,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             OrderSummaryController,
             AnalyticsController,
             OrdersController,
+            PaymentsController,
         ],
         lifespan=[resources],
         # Handlers get the caller as a ``principal`` parameter (edge/auth.py; the cache's input
@@ -334,6 +342,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             cache=None,
             identity=identity,
             idempotency=idempotency,
+            payments=payments,
         ),
         exception_handlers={
             ValidationException: _on_validation,

@@ -1,5 +1,5 @@
-"""``cygate``: serve | migrate | seed | check-config | create-client | worker (also
-``python -m cygate``)."""
+"""``cygate``: serve | migrate | seed | check-config | create-client | worker |
+processor-sim | payments-recover (also ``python -m cygate``)."""
 
 from __future__ import annotations
 
@@ -59,10 +59,23 @@ def _parser() -> argparse.ArgumentParser:
         "--consumers", default=None, help="comma-separated (cache,order_summary,analytics); "
         "default: events_consumers; empty: none"
     )  # fmt: skip
+    # payments (issue 7): the processor simulator has its own options (``--help`` lists them)
+    sub.add_parser("processor-sim", help="run the payment processor simulator", add_help=False)
+    recover = sub.add_parser(
+        "payments-recover", help="settle payments stuck 'initiated' with the processor now"
+    )
+    recover.add_argument(
+        "--older-than", type=float, default=None, help="seconds (default: setting)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["processor-sim"]:
+        from cygate.simulator.processor import main as simulator
+
+        return simulator(argv[1:])
     args = _parser().parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.command == "serve":
@@ -222,6 +235,29 @@ async def _create_client(
     print(f"client_secret={secret}")
     print("(the secret is shown once; only its hash is stored)", file=sys.stderr)
     return 0
+
+
+def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
+    from cygate.infra.db import create_pool
+    from cygate.services.payments.service import Payments
+
+    async def run() -> int:
+        pool = await create_pool(settings)
+        # The one-off run needs no sweeper of its own.
+        payments = Payments(msgspec.structs.replace(settings, payment_recovery_interval=0.0))
+        await payments.start(pool)
+        try:
+            report = await payments.recover(args.older_than)
+        finally:
+            await payments.stop()
+            await pool.close()
+        print(
+            f"checked {report.checked}, settled {report.outcomes}, "
+            f"processor unreachable for {report.unreachable}"
+        )
+        return 0
+
+    return asyncio.run(run())
 
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

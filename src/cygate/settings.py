@@ -472,6 +472,45 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         ),
     ] = 60.0
     # --- end orders --------------------------------------------------------------------------
+    # --- Payments (issue 7, part 4: cygate.services.payments; docs/payments.md) ------------
+    payment_processor_url: Annotated[
+        str, _doc("Base URL of the payment processor (the simulator in development).",
+                  pattern=r"^http://[^/?#]+/?$")
+    ] = "http://127.0.0.1:8090"  # fmt: skip
+    payment_processor_timeout: Annotated[
+        float, _doc("Most one processor call may take (connect and answer), seconds.", gt=0, le=60)
+    ] = 5.0
+    payment_breaker_failures: Annotated[
+        int, _doc("Consecutive processor failures that open the circuit (per worker).", ge=1)
+    ] = 5
+    payment_breaker_open_seconds: Annotated[
+        float, _doc("How long an open circuit answers 503 before one probe, seconds.", gt=0)
+    ] = 10.0
+    payment_webhook_secret: Annotated[
+        str,
+        _doc(
+            "Shared HMAC secret of processor webhooks; empty: development/test read or create "
+            "the file, production refuses every webhook.",
+        ),
+    ] = ""
+    payment_webhook_secret_file: Annotated[
+        str, _doc("Where development/test keep a generated webhook secret (never commit it).")
+    ] = ".cygate/payment-webhook-secret"
+    payment_webhook_tolerance: Annotated[
+        int, _doc("Webhooks whose timestamp is further off than this are refused, seconds.",
+                  ge=1, le=3600)
+    ] = 300  # fmt: skip
+    payment_recovery_interval: Annotated[
+        float, _doc("Seconds between sweeps for payments stuck `initiated`; 0: no sweeper.",
+                    ge=0, le=3600)
+    ] = 30.0  # fmt: skip
+    payment_recovery_after: Annotated[
+        float, _doc("A payment still `initiated` after this many seconds is reconciled.",
+                    gt=0, le=86400)
+    ] = 60.0  # fmt: skip
+    fault: Annotated[
+        str, _doc("Test only: crash point, e.g. payment:after_commit (SIGKILLs the gateway).")
+    ] = ""
 
     def all_rate_limits(self) -> dict[str, RateLimitSpec]:
         """The built-in limits overlaid with the configured ones."""
@@ -528,6 +567,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise msgspec.ValidationError(
                 "metrics_access is 'token' but no metrics_token is set - at `$.metrics_token`"
             )
+        _check_payments(self)
         if self.environment == "production" and self.cache_enabled and not self.cache_key_secret:
             raise msgspec.ValidationError(
                 "production needs a cache_key_secret (it is generated only in development and "
@@ -537,7 +577,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for ``cygate check-config``."""
         out: dict[str, Any] = msgspec.to_builtins(self)
-        for name in ("metrics_token", "cache_key_secret", "admin_password"):
+        for name in (
+            "metrics_token",
+            "cache_key_secret",
+            "admin_password",
+            "payment_webhook_secret",
+        ):
             if out.get(name):
                 out[name] = "***"
         for name in ("database_url", "redis_url"):
@@ -545,7 +590,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return out
 
 
-_SECRETS = ("metrics_token", "database_url", "redis_url", "cache_key_secret", "admin_password")
+_SECRETS = (
+    "metrics_token",
+    "database_url",
+    "redis_url",
+    "cache_key_secret",
+    "admin_password",
+    "payment_webhook_secret",
+)
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 
 
@@ -556,6 +608,25 @@ def _mask_url_password(url: str) -> str:
         return url
     user = creds.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
+
+
+_FAULTS = frozenset({"payment:after_commit", "payment:after_charge"})
+
+
+def _check_payments(s: Settings) -> None:
+    """Cross-field rules of the payments block (issue 7)."""
+    if s.fault and (s.environment != "test" or s.fault not in _FAULTS):
+        raise msgspec.ValidationError(
+            f"fault is honoured only with environment 'test' and one of {sorted(_FAULTS)}"
+            " - at `$.fault`"
+        )
+    # NOTE: a payment younger than the processor timeout may still have its call in flight;
+    # reconciling it then could call "not found" a charge that is about to happen.
+    if s.payment_recovery_after <= 2 * s.payment_processor_timeout:
+        raise msgspec.ValidationError(
+            "payment_recovery_after must exceed twice payment_processor_timeout"
+            " - at `$.payment_recovery_after`"
+        )
 
 
 def _check_identity(s: Settings) -> None:

@@ -1,0 +1,101 @@
+"""Payment endpoints (``API.md``, Orders and payments): pay an order; the processor's webhook."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, Response, post
+from litestar.datastructures import State
+from litestar.params import FromPath, HeaderParameter, JSONBody
+
+from cygate.edge.auth import principal_of
+from cygate.edge.problem import Problem
+from cygate.services.idempotency import (
+    Idempotency,
+    IdempotentRequest,
+    StoredResponse,
+    parse_key,
+    replay_response,
+)
+from cygate.services.payments.service import AttemptInProgress, Payments
+from cygate.services.payments.signing import SIGNATURE_HEADER
+
+__all__ = ["PaymentIn", "PaymentsController"]
+
+_SMALL_BODY = {"max_body_bytes": 16 * 1024}
+
+
+class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The only thing a client chooses: how to pay. Amount and status are never its to set."""
+
+    payment_method_token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+def _payments(state: State) -> Payments:
+    payments: Payments = state.payments
+    return payments
+
+
+class PaymentsController(Controller):
+    path = "/api/v1"
+    tags = ["payments"]
+
+    @post(
+        "/orders/{order_id:uuid}/payments",
+        summary="Pay an order (Idempotency-Key required)",
+        opt={"auth": True} | _SMALL_BODY,
+    )
+    async def pay(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        order_id: FromPath[UUID],
+        data: JSONBody[PaymentIn],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
+        ] = None,
+    ) -> Response[bytes]:
+        principal = principal_of(request)
+        key = parse_key(idempotency_key)
+        try:
+            user_id = UUID(principal.sub)
+        except ValueError:  # a service client's token: it owns no orders
+            raise Problem(404, "no such order") from None
+        idempotency: Idempotency = state.idempotency
+        got = await idempotency.claim(
+            IdempotentRequest.of(
+                user_id=user_id,
+                key=key,
+                method="POST",
+                path=request.scope["path"],
+                body=data,
+                request_id=str(request.scope.get("cygate.request_id", "")),
+            )
+        )
+        if isinstance(got, StoredResponse):
+            return replay_response(got)
+        async with got:  # a 4xx is stored under the key; a 5xx releases it (retry runs again)
+            try:
+                stored = await _payments(state).pay(
+                    user_id, order_id, data.payment_method_token, got
+                )
+            except AttemptInProgress:
+                await got.release()  # transient: the same key must work after Retry-After
+                raise
+        headers = {k: v for k, v in stored.headers.items() if k != "content-type"}
+        return Response(stored.body, status_code=stored.status, media_type="application/json",
+                        headers=headers)  # fmt: skip
+
+    @post(
+        "/payments/webhook",
+        summary="Payment processor webhook (HMAC-signed)",
+        status_code=204,
+        opt=_SMALL_BODY,
+        include_in_schema=True,
+    )
+    async def webhook(self, request: Request[Any, Any, Any], state: State) -> None:
+        body = await request.body()
+        await _payments(state).webhook(body, request.headers.get(SIGNATURE_HEADER))

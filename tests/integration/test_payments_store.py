@@ -1,0 +1,142 @@
+"""The payment state machine (``cygate.services.payments.store``) on a real PostgreSQL: every
+transition, its outbox events exactly once, and concurrent reporters of one outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from cygate.ids import uuid7
+from cygate.infra.db import create_pool
+from cygate.services.payments import store
+from cygate.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    settings = load_settings({}, database_url=test_db_dsn, db_pool_min=0, db_pool_max=30)
+    pool = await create_pool(settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def new_attempt(pool: asyncpg.Pool, order_status: str = "pending") -> store.PaymentRow:
+    uid, oid = uuid7(), uuid7()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO users (id, email) VALUES ($1, $2)", uid, f"{uid}@e.test")
+        await conn.execute(
+            "INSERT INTO orders (id, user_id, status, total_cents, currency) "
+            "VALUES ($1, $2, $3, 990, 'EUR')",
+            oid, uid, order_status,
+        )  # fmt: skip
+        order = await store.lock_order(conn, oid)
+        assert order is not None
+        return await store.create_attempt(conn, order, 1)
+
+
+async def apply(pool: asyncpg.Pool, pid: UUID, outcome: store.Outcome) -> store.PaymentRow:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await store.apply_outcome(conn, pid, outcome, processor_ref="ch_1", source="test")
+    assert row is not None
+    return row
+
+
+async def events(pool: asyncpg.Pool, payment: store.PaymentRow) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT event_type FROM outbox WHERE aggregate_id = $1 OR aggregate_id = $2 ORDER BY id",
+        str(payment.id), str(payment.order_id),
+    )  # fmt: skip
+    return [r[0] for r in rows]
+
+
+async def order_status(pool: asyncpg.Pool, payment: store.PaymentRow) -> str:
+    return str(await pool.fetchval("SELECT status FROM orders WHERE id = $1", payment.order_id))
+
+
+async def test_attempt_key_is_derived_from_the_attempt(pool: asyncpg.Pool) -> None:
+    p = await new_attempt(pool)
+    assert p.status == "initiated" and p.attempt == 1 and p.amount_cents == 990
+    assert p.processor_key == f"cygate-pay-{p.id}"
+
+
+@pytest.mark.parametrize(
+    ("steps", "final", "order", "expected_events"),
+    [
+        (["captured"], "captured", "paid", ["payment.captured", "order.paid"]),
+        (["declined"], "declined", "pending", ["payment.declined"]),
+        (["failed"], "failed", "pending", ["payment.failed"]),
+        (["declined", "captured"], "captured", "paid",
+         ["payment.declined", "payment.captured", "order.paid"]),
+        (["failed", "captured"], "captured", "paid",
+         ["payment.failed", "payment.captured", "order.paid"]),
+        (["captured", "declined"], "captured", "paid", ["payment.captured", "order.paid"]),
+        (["captured", "failed"], "captured", "paid", ["payment.captured", "order.paid"]),
+        (["captured", "captured"], "captured", "paid", ["payment.captured", "order.paid"]),
+        (["declined", "failed"], "declined", "pending", ["payment.declined"]),
+        (["failed", "declined"], "failed", "pending", ["payment.failed"]),
+    ],
+)  # fmt: skip
+async def test_transitions_in_any_order(
+    pool: asyncpg.Pool,
+    steps: list[store.Outcome],
+    final: str,
+    order: str,
+    expected_events: list[str],
+) -> None:
+    p = await new_attempt(pool)
+    for outcome in steps:
+        row = await apply(pool, p.id, outcome)
+    assert row.status == final
+    assert await order_status(pool, p) == order
+    assert await events(pool, p) == expected_events
+
+
+async def test_capture_of_a_cancelled_order_is_recorded_but_the_order_stays(
+    pool: asyncpg.Pool,
+) -> None:
+    p = await new_attempt(pool, order_status="cancelled")
+    row = await apply(pool, p.id, "captured")
+    assert row.status == "captured"  # money moved: the payment says so (refund is due)
+    assert await order_status(pool, p) == "cancelled"
+    assert await events(pool, p) == ["payment.captured"]
+
+
+async def test_many_concurrent_reporters_apply_once(pool: asyncpg.Pool) -> None:
+    """The synchronous answer, webhooks and the sweep all report at once: one transition."""
+    p = await new_attempt(pool)
+    outcomes: list[store.Outcome] = ["captured", "declined", "failed"] * 5
+    await asyncio.gather(*(apply(pool, p.id, o) for o in outcomes))
+    # Whatever the interleaving, the processor's "captured" wins and is applied once.
+    assert await pool.fetchval("SELECT status FROM payments WHERE id = $1", p.id) == "captured"
+    assert await order_status(pool, p) == "paid"
+    got = await events(pool, p)
+    assert got.count("order.paid") == 1
+    assert got.count("payment.captured") == 1
+    assert got.count("payment.declined") + got.count("payment.failed") <= 1
+    assert got in (
+        ["payment.captured", "order.paid"],
+        ["payment.declined", "payment.captured", "order.paid"],
+        ["payment.failed", "payment.captured", "order.paid"],
+    )
+
+
+async def test_stuck_payments_are_the_old_initiated_ones(pool: asyncpg.Pool) -> None:
+    p = await new_attempt(pool)
+    await pool.execute(
+        "UPDATE payments SET created_at = now() - interval '10 minutes' WHERE id = $1", p.id
+    )
+    fresh = await new_attempt(pool)
+    async with pool.acquire() as conn:
+        stuck = {s.id for s in await store.stuck_payments(conn, 60, limit=10_000)}
+    assert p.id in stuck and fresh.id not in stuck
+    await apply(pool, p.id, "failed")
+    async with pool.acquire() as conn:
+        assert p.id not in {s.id for s in await store.stuck_payments(conn, 60, limit=10_000)}
