@@ -488,3 +488,25 @@ def test_declined_order_keeps_its_stock_until_cancelled(
         assert _stock(test_db_dsn, pid) == 5  # the cancel does
         is_problem(alice.pay(c, order["id"]), 409)  # a cancelled order cannot be paid
     assert [ch["status"] for ch in sim.charges_for(order["id"])] == ["declined"]
+
+
+def test_cancel_while_a_payment_is_in_flight_is_409_and_keeps_the_stock(
+    gw: Gateway, sim: SimProcess, test_db_dsn: str, seeded: object, alice: Customer
+) -> None:
+    """The processor timed out: it may have charged. Cancelling now would release stock that
+    the charge pays for, so the cancel waits (409 + Retry-After) until the attempt settles."""
+    pid = _product(test_db_dsn, stock=5, price=1_000)
+    with gw.client() as c:
+        order = _place(c, alice, pid, 2)
+        is_problem(alice.pay(c, order["id"], "tok_timeout"), 503)
+        cancel = c.post(f"/api/v1/orders/{order['id']}/cancel", headers=alice.headers)
+        body = is_problem(cancel, 409)
+        assert "in progress" in body["detail"]
+        assert int(cancel.headers["retry-after"]) >= 1
+        assert _stock(test_db_dsn, pid) == 3
+        # The simulator did charge: recovery pays the order, and the cancel then says paid.
+        assert wait_until(lambda: order_status(test_db_dsn, order["id"]) == "paid")
+        cancel = c.post(f"/api/v1/orders/{order['id']}/cancel", headers=alice.headers)
+        assert "paid" in is_problem(cancel, 409)["detail"]
+    assert _stock(test_db_dsn, pid) == 3
+    assert len(sim.charges_for(order["id"])) == 1

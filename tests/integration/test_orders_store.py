@@ -228,3 +228,57 @@ async def test_racing_orders_cancels_and_expiry_never_deadlock_or_lose_stock(
     )
     assert set(statuses) <= {"pending", "cancelled", "expired"}
     assert statuses["expired"] >= 1 and statuses["cancelled"] >= 1
+
+
+async def _initiated_payment(pool: asyncpg.Pool, oid: UUID) -> UUID:
+    pay = uuid7()
+    await pool.execute(
+        "INSERT INTO payments (id, order_id, attempt, status, amount_cents, currency,"
+        " processor_key) VALUES ($1, $2, 1, 'initiated', 100, 'EUR', $3)",
+        pay, oid, f"k-{pay.hex}",
+    )  # fmt: skip
+    return pay
+
+
+async def test_expiry_keeps_an_order_whose_payment_is_in_flight(
+    pool: asyncpg.Pool, user: UUID
+) -> None:
+    """A charge the processor has not answered yet may still succeed: its order must keep its
+    stock until the attempt settles; then a later sweep expires what stayed unpaid."""
+    (pid,) = await new_products(pool, 10)
+    paying = await place(pool, user, [(pid, 3)], ttl=0.001)
+    idle = await place(pool, user, [(pid, 2)], ttl=0.001)
+    pay = await _initiated_payment(pool, paying)
+    await asyncio.sleep(0.01)
+    assert await OrderExpiry(pool, interval=0, batch=10).sweep() == 1
+    statuses = dict(await pool.fetch("SELECT id, status FROM orders WHERE user_id = $1", user))
+    assert statuses == {paying: "pending", idle: "expired"}
+    assert await stock(pool, pid) == 7  # only the idle order's 2 came back
+
+    await pool.execute("UPDATE payments SET status = 'failed' WHERE id = $1", pay)
+    assert await OrderExpiry(pool, interval=0, batch=10).sweep() == 1
+    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", paying) == "expired"
+    assert await stock(pool, pid) == 10
+
+
+async def test_payment_in_flight_sees_attempts_committed_while_it_waited_for_the_lock(
+    pool: asyncpg.Pool, user: UUID
+) -> None:
+    (pid,) = await new_products(pool, 5)
+    oid = await place(pool, user, [(pid, 1)])
+    async with pool.acquire() as payer, pool.acquire() as canceller:
+        tx = payer.transaction()
+        await tx.start()
+        await lock_order(payer, oid)  # the payment service holds the order while it inserts
+        async with canceller.transaction():
+            waiting = asyncio.ensure_future(lock_order(canceller, oid))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await payer.execute(
+                "INSERT INTO payments (id, order_id, attempt, status, amount_cents, currency,"
+                " processor_key) VALUES ($1, $2, 1, 'initiated', 100, 'EUR', 'k-race')",
+                uuid7(), oid,
+            )  # fmt: skip
+            await tx.commit()
+            await waiting
+            assert await store.payment_in_flight(canceller, [oid]) == {oid}

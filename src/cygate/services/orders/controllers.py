@@ -237,6 +237,15 @@ class OrdersController(Controller):
             if row["status"] != "cancelled":
                 if not can(row["status"], "cancelled"):
                     raise Problem(409, f"the order is {row['status']}; it cannot be cancelled")
+                if await store.payment_in_flight(conn, [order_id]):
+                    # NOTE: the processor may be charging right now; cancelling would release
+                    # stock that a successful charge pays for. The attempt settles within the
+                    # payment timeout (or the recovery sweep), then cancel works or says paid.
+                    raise Problem(
+                        409,
+                        "a payment of this order is in progress; retry the cancel shortly",
+                        headers={"retry-after": "5"},
+                    )
                 touched = await store.cancel(conn, row)
             order = await store.get_order(conn, order_id)
         await invalidate_products(state.cache, touched)

@@ -41,6 +41,7 @@ __all__ = [
     "list_orders",
     "lock_order",
     "mark_paid",
+    "payment_in_flight",
     "place",
     "ship",
 ]
@@ -291,6 +292,21 @@ async def _release(
     return items, ids
 
 
+async def payment_in_flight(conn: asyncpg.Connection, order_ids: list[UUID]) -> set[UUID]:
+    """Those of ``order_ids`` (locked by the caller) with a payment attempt still ``initiated``.
+
+    NOTE: a separate statement after the row locks on purpose: under READ COMMITTED it sees
+    every attempt committed before the lock was granted (an attempt is created under the same
+    order lock), which a condition inside the locking query would not (its snapshot is older).
+    """
+    rows = await conn.fetch(
+        "SELECT DISTINCT order_id FROM payments"
+        " WHERE order_id = ANY($1::uuid[]) AND status = 'initiated'",
+        order_ids,
+    )
+    return {r["order_id"] for r in rows}
+
+
 async def cancel(conn: asyncpg.Connection, order: asyncpg.Record) -> list[UUID]:
     """Cancel the locked pending ``order`` (from :func:`lock_order`): stock released, event
     written. Returns the products whose stock changed. The caller checks the transition."""
@@ -362,6 +378,12 @@ async def expire_due(conn: asyncpg.Connection, limit: int) -> tuple[int, list[UU
         " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
+    if rows:
+        # A payment whose fate the processor has not told yet keeps its order: were the order
+        # released now, a charge that then succeeds would pay for nothing. The payments
+        # recovery sweep settles the attempt; a later sweep here expires what stays unpaid.
+        paying = await payment_in_flight(conn, [r["id"] for r in rows])
+        rows = [r for r in rows if r["id"] not in paying]
     if not rows:
         return 0, []
     ids = [r["id"] for r in rows]
