@@ -195,3 +195,47 @@ def test_after_recovery_every_order_is_terminal_or_retryable(
             assert row["status"] == "pending", order_id
             assert order_id not in captured, order_id
             assert row["paid_events"] == 0, order_id
+
+
+def test_after_recovery_every_event_reaches_every_consumer_once(
+    env: dict[str, str], test_db_dsn: str
+) -> None:
+    """The outbox events of the crashed payments (``order.paid``, ``payment.*``) are delivered
+    to the consumers once in effect: each is recorded once per consumer, and the order-summary
+    read model counts each paid order once. A fresh gateway runs the relay and consumers."""
+    assert ORDERS
+    events = db(
+        test_db_dsn,
+        "SELECT id, event_type, payload->>'user_id' AS user_id FROM outbox"
+        " WHERE payload->>'order_id' = ANY($1::text[])",
+        ORDERS,
+    )
+    assert any(e["event_type"] == "order.paid" for e in events)
+    wanted = {("analytics", e["id"]) for e in events} | {
+        ("order_summary", e["id"]) for e in events if e["event_type"].startswith("order.")
+    }
+
+    def applied() -> set[tuple[str, int]]:
+        rows = db(
+            test_db_dsn,
+            "SELECT consumer, event_id FROM processed_events WHERE event_id = ANY($1::bigint[])",
+            [e["id"] for e in events],
+        )
+        return {(r["consumer"], r["event_id"]) for r in rows}
+
+    gw = start_gateway(env, workers=1)
+    try:
+        assert wait_until(lambda: wanted <= applied())
+    finally:
+        stop_gateway(gw)
+    paid_per_user: dict[str, int] = {}
+    for e in events:
+        if e["event_type"] == "order.paid":
+            paid_per_user[e["user_id"]] = paid_per_user.get(e["user_id"], 0) + 1
+    for user_id, paid in paid_per_user.items():
+        [row] = db(
+            test_db_dsn,
+            "SELECT paid_orders FROM order_summaries WHERE user_id = $1",
+            uuid.UUID(user_id),
+        )
+        assert row["paid_orders"] == paid, user_id
