@@ -50,7 +50,7 @@ fi
 rc=0
 loadtests/run.sh "$@" || rc=$?
 
-if [[ -n $processor ]]; then
+if [[ -n $processor && ${LOAD_SCENARIO:-browse} != browse ]]; then
     sleep 1.5  # webhooks go out --webhook-delay (0.5 s) after each charge
     "$BIN/python" - "$processor/v1/ledger" <<'PY' || true
 import json
