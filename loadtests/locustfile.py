@@ -1,13 +1,19 @@
-"""Catalog browsing load for cygate's REST API (locust, ``FastHttpUser``).
+"""Load for cygate's REST API (locust, ``FastHttpUser``): catalog browsers and shoppers.
 
-Each simulated shopper loads the category tree, lists products (sometimes filtered by a
+Two user classes; pick them by name (``locust -f loadtests/locustfile.py CatalogBrowser``), or with
+``LOAD_SCENARIO`` through ``loadtests/run.sh``: ``browse`` (default, ``CatalogBrowser``), ``shop``
+(``Shopper``) or ``mixed`` (both, 3 browsers to 1 shopper by their ``weight``). Without a class
+name locust runs both.
+
+``CatalogBrowser`` (here) loads the category tree, lists products (sometimes filtered by a
 category taken from the tree), follows ``next_cursor`` a few pages deep, opens products it saw
-in those lists, and now and then hits ``/healthz``. Requests are named by route template so the
-statistics group per endpoint, not per URL.
+in those lists, and now and then hits ``/healthz``. ``Shopper`` (``shoppers.py``) registers,
+searches, orders, pays or cancels and reads its orders back: see that module. Requests are named
+by route template so the statistics group per endpoint, not per URL.
 
 Run it through ``loadtests/run.sh`` (headless, CSV + HTML reports, SLO gate), or directly::
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 CatalogBrowser
 
 SLO gate: when locust quits, the process exit code is 1 if the failure ratio of all requests
 exceeds ``--max-fail-ratio`` (env ``LOAD_MAX_FAIL_RATIO``, default 0.01), if no request was made
@@ -30,6 +36,9 @@ from urllib.parse import urlencode
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 from locust.stats import StatsEntry
+from shoppers import OUTCOMES, Shopper  # locust puts this file's folder on sys.path
+
+__all__ = ["CatalogBrowser", "Shopper"]
 
 log = logging.getLogger("cygate.loadtest")
 
@@ -116,6 +125,8 @@ def _slo_gate(environment: Environment, **_kwargs: Any) -> None:
     if problems and not code:
         code = 1
     environment.process_exit_code = code
+    if OUTCOMES:
+        log.info("shopper outcomes: %s", ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items())))
     if problems:
         log.error("SLO gate: FAILED: %s", "; ".join(problems))
     else:
@@ -134,6 +145,7 @@ def _slo_gate(environment: Environment, **_kwargs: Any) -> None:
             "max_p95_ms": max_p95 or None,
             "host": environment.host,
             "total": _entry(total),
+            "outcomes": dict(sorted(OUTCOMES.items())),  # Shopper's business outcomes
             "endpoints": [
                 _entry(e) for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)
             ],
@@ -176,6 +188,7 @@ def _check_page(body: Any) -> str | None:
 class CatalogBrowser(FastHttpUser):
     """A shopper browsing the catalog, never writing anything."""
 
+    weight = 3  # with Shopper's 1 in a mixed run
     host = os.environ.get("CYGATE_URL", "http://127.0.0.1:8000")
     wait_time = between(0.01, 0.1)
     network_timeout = 10.0

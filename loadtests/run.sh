@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Headless catalog load against a running gateway, with reports and an SLO gate.
+# Headless load against a running gateway, with reports and an SLO gate.
 #
 #   loadtests/run.sh [extra locust options...]
 #
 # Environment (defaults):
 #   CYGATE_URL            http://127.0.0.1:8000   the gateway (only loopback/test hosts, please)
+#   LOAD_SCENARIO         browse                  browse: catalog browsers (CatalogBrowser);
+#                                                 shop: shoppers who register, search, order, pay
+#                                                 or cancel (Shopper, loadtests/shoppers.py; the
+#                                                 gateway needs a payment processor); mixed: both,
+#                                                 3 browsers to 1 shopper
 #   LOAD_USERS            50                      peak concurrent users
 #   LOAD_SPAWN_RATE       10                      users started per second
 #   LOAD_RUN_TIME         30s                     e.g. 45s, 5m
@@ -30,6 +35,13 @@ SPAWN_RATE=${LOAD_SPAWN_RATE:-10}
 RUN_TIME=${LOAD_RUN_TIME:-30s}
 MAX_FAIL_RATIO=${LOAD_MAX_FAIL_RATIO:-0.01}
 MAX_P95_MS=${LOAD_MAX_P95_MS:-0}
+SCENARIO=${LOAD_SCENARIO:-browse}
+case $SCENARIO in
+    browse) CLASSES=(CatalogBrowser) ;;
+    shop) CLASSES=(Shopper) ;;
+    mixed) CLASSES=(CatalogBrowser Shopper) ;;
+    *) echo "run.sh: LOAD_SCENARIO=$SCENARIO: expected browse, shop or mixed" >&2; exit 2 ;;
+esac
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 REPORTS=$REPO/loadtests/reports
 OUT=${LOAD_REPORT_DIR:-$REPORTS/$STAMP}
@@ -65,7 +77,7 @@ if [[ -z ${LOAD_REPORT_DIR:-} ]]; then ln -sfn "$STAMP" "$REPORTS/latest"; fi
 
 slo="failure ratio <= $MAX_FAIL_RATIO"
 if [[ $MAX_P95_MS != 0 ]]; then slo+=", p95 <= $MAX_P95_MS ms"; fi
-echo "run.sh: $USERS users (+$SPAWN_RATE/s) for $RUN_TIME against $URL; SLO: $slo"
+echo "run.sh: $SCENARIO (${CLASSES[*]}), $USERS users (+$SPAWN_RATE/s) for $RUN_TIME against $URL; SLO: $slo"
 echo "run.sh: reports in $OUT"
 
 rc=0
@@ -83,6 +95,7 @@ rc=0
     --max-fail-ratio "$MAX_FAIL_RATIO" \
     --max-p95-ms "$MAX_P95_MS" \
     --slo-report "$OUT/slo.json" \
+    "${CLASSES[@]}" \
     "$@" 2>&1 | tee "$OUT/locust.log" || rc=$?   # pipefail: locust's own status
 
 # Summary from the exact final totals the locustfile wrote at quit (the CSVs are snapshots that
@@ -110,6 +123,8 @@ for e in [*report["endpoints"], {**report["total"], "method": "", "name": "TOTAL
         f"{(e['method'] + ' ' + e['name']).strip():<44} {e['requests']:>8} {e['failures']:>7} "
         f"{e['rps']:>8.1f} {ms(e['p50_ms']):>6} {ms(e['p95_ms']):>6} {ms(e['p99_ms']):>6}"
     )
+if report.get("outcomes"):
+    print("\nshoppers: " + ", ".join(f"{k} {v}" for k, v in report["outcomes"].items()))
 total = report["total"]
 if report["passed"]:
     verdict = f"PASS: failure ratio {total['fail_ratio']:.4f} <= {report['max_fail_ratio']}"

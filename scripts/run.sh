@@ -2,7 +2,7 @@
 # `make run`: the payment processor simulator in the background on a free port, then the gateway
 # in the foreground, pointed at it (CYGATE_PAYMENT_PROCESSOR_URL). The simulator stops with the
 # gateway. An explicit CYGATE_PAYMENT_PROCESSOR_URL (a real processor, or a simulator of your
-# own) is used as it is and nothing is started.
+# own) is used as it is and nothing is started. SIM_PORT: the simulator's port (default: a free one).
 #
 # Both read the webhook secret from the same file (CYGATE_PAYMENT_WEBHOOK_SECRET_FILE, default
 # .cygate/payment-webhook-secret), created with a random secret at first start and ignored by git;
@@ -16,7 +16,7 @@ cleanup() { [[ -n $sim ]] && kill -TERM "$sim" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 if [[ -z ${CYGATE_PAYMENT_PROCESSOR_URL:-} ]]; then
-    port=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=${SIM_PORT:-$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
     mkdir -p .services
     "$BIN/cygate" processor-sim --port "$port" \
         --webhook-url "http://${CYGATE_HOST:-127.0.0.1}:${CYGATE_PORT:-8000}/api/v1/payments/webhook" \
