@@ -418,6 +418,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         int, _doc("Messages a consumer reads (and applies in one transaction) at once.",
                   ge=1, le=10_000)
     ] = 100  # fmt: skip
+    events_linger: Annotated[
+        float,
+        _doc(
+            "After a batch that was not full, the relay and each consumer wait this long before "
+            "the next read, so that under load batches grow (fewer round trips and commits per "
+            "event) at the cost of this much added latency; 0 reads again at once, seconds.",
+            ge=0,
+            le=1,
+        ),
+    ] = 0.02
     events_block: Annotated[
         float, _doc("How long a consumer's XREADGROUP waits for messages, seconds.", gt=0, le=60)
     ] = 1.0

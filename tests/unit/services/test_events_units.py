@@ -81,3 +81,36 @@ def test_worker_refuses_an_unknown_consumer(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["worker", "--consumers", "cache,billing"]) == 2
     assert "unknown consumer(s) billing" in capsys.readouterr().err
+
+
+class _RecordingCache:
+    """Stands in for ResponseCache.invalidate_tags: records each purge."""
+
+    def __init__(self) -> None:
+        self.purges: list[list[str]] = []
+
+    async def invalidate_tags(self, tags: list[str]) -> tuple[int, int]:
+        self.purges.append(list(tags))
+        return 0, 0
+
+
+async def test_the_cache_consumer_purges_a_batch_at_once() -> None:
+    from typing import Any
+
+    from cygate.services.events.handlers import CacheHandler
+
+    cache = _RecordingCache()
+    handler = CacheHandler(cache)  # type: ignore[arg-type]
+    batch = [
+        decode(_event("order.created", b'{"items": [{"product_id": "a", "quantity": 1}]}')),
+        decode(_event("product.updated", b'{"product_id": "b"}')),
+        decode(_event("order.cancelled", b'{"items": [{"product_id": "a", "quantity": 1}]}')),
+        decode(_event("order.paid", b'{"order_id": "o"}')),
+    ]
+    await handler.apply_many(batch)
+    assert cache.purges == [["product:a", "product:b", "products"]]
+    await handler.apply_many([batch[-1]])  # nothing to purge: no call at all
+    assert len(cache.purges) == 1
+    one: Any = batch[1]
+    await handler.apply(None, one)
+    assert cache.purges[-1] == ["product:b", "products"]

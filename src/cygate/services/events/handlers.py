@@ -47,9 +47,15 @@ class CacheHandler:
         return event.type.startswith(("product.", "category.")) or event.type in _STOCK_EVENTS
 
     async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
-        tags = tags_for(event)
+        await self.apply_many([event])
+
+    async def apply_many(self, events: list[Event]) -> None:
+        """One purge for the whole batch: every purge is a Redis round trip plus a pub/sub
+        message that every instance handles, so per-event purges cost each order ~0.3 ms of
+        gateway CPU under load (``make bench-orders``)."""
+        tags = sorted({tag for event in events for tag in tags_for(event)})
         if tags:
-            # CacheUnavailable propagates: the message stays pending and is retried.
+            # CacheUnavailable propagates: the messages stay pending and are retried.
             await self.cache.invalidate_tags(tags)
 
 
