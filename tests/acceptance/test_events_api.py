@@ -175,7 +175,7 @@ def test_analytics_is_for_admins_and_checks_its_input(gw: Gateway) -> None:
 
 
 def _products(dsn: str, n: int) -> list[str]:
-    rows = query(dsn, "SELECT id::text AS id FROM products ORDER BY sku LIMIT $1", n)
+    rows = query(dsn, "SELECT id::text AS id FROM products WHERE stock > 0 ORDER BY sku LIMIT $1", n)
     return [r["id"] for r in rows]
 
 
