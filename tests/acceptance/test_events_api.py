@@ -175,7 +175,8 @@ def test_analytics_is_for_admins_and_checks_its_input(gw: Gateway) -> None:
 
 
 def _products(dsn: str, n: int) -> list[str]:
-    rows = query(dsn, "SELECT id::text AS id FROM products WHERE stock > 0 ORDER BY sku LIMIT $1", n)
+    sql = "SELECT id::text AS id FROM products WHERE stock > 0 ORDER BY sku LIMIT $1"
+    rows = query(dsn, sql, n)
     return [r["id"] for r in rows]
 
 
