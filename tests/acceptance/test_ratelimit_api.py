@@ -276,12 +276,14 @@ def test_redis_paused_and_shut_down_mid_run(
                 for _ in range(6):
                     r, took = get(CATEGORIES, f"10.{phase}.0.2")
                     assert r.status_code == 200, (outage, r.text)  # fail-open: served
-                    assert took < timeout + 0.3, (outage, took)  # never more than the timeout
+                    # Bounded by the Redis timeout, not by Redis (a paused one never answers);
+                    # the slack is for a loaded machine, the figure is printed below.
+                    assert took < timeout + 1.0, (outage, took)
                     slowest[f"{outage} open"] = max(slowest.get(f"{outage} open", 0), took)
                     r, took = get(PRODUCTS, f"10.{phase}.0.2")
                     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, outage
                     assert r.headers["content-type"] == "application/problem+json"
-                    assert took < timeout + 0.3, (outage, took)
+                    assert took < timeout + 1.0, (outage, took)
                     slowest[f"{outage} closed"] = max(slowest.get(f"{outage} closed", 0), took)
                 # A refusal Redis gave before the outage still holds (refusals only last).
                 assert get(CATEGORIES, "10.0.0.1")[0].status_code == 429
@@ -291,9 +293,16 @@ def test_redis_paused_and_shut_down_mid_run(
                     redis.start()  # empty: no counters, no script (NOSCRIPT, then reloaded)
                 time.sleep(backoff + 0.1)
                 # Enforced in Redis again by the running gateway, no restart ("open" never
-                # refuses without Redis, so a 429 here is Redis's answer).
-                fresh = f"10.{phase}.0.3"
-                assert codes(CATEGORIES, fresh, 5) == [200, 200, 200, 429, 429], outage
+                # refuses without Redis, so a 429 here is Redis's answer). NOTE: a fresh caller
+                # per try: on a loaded machine the reconnection may need another back-off.
+                deadline = time.monotonic() + 10
+                for attempt in range(1, 1000):
+                    fresh = f"10.{phase}.{attempt}.3"
+                    got = codes(CATEGORIES, fresh, 5)
+                    if got == [200, 200, 200, 429, 429] or time.monotonic() > deadline:
+                        break
+                    time.sleep(backoff)
+                assert got == [200, 200, 200, 429, 429], outage
                 assert codes(PRODUCTS, fresh, 4) == [200, 200, 200, 429], outage
 
         print("slowest answer during the outage (s):", {k: round(v, 3) for k, v in slowest.items()})
