@@ -42,12 +42,13 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 from uuid import UUID
 
 import msgspec
 import orjson
 from litestar import Response
+from litestar.params import HeaderParameter
 
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.ids import uuid7
@@ -63,6 +64,7 @@ __all__ = [
     "Claim",
     "ClaimLost",
     "Idempotency",
+    "IdempotencyKeyHeader",
     "IdempotentRequest",
     "Outcome",
     "StoredResponse",
@@ -72,6 +74,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("cygate.idempotency")
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
+]
+"""The handler parameter of a write that needs the header (checked by :func:`parse_key`)."""
 
 MAX_KEY_LENGTH: Final = 255
 REPLAYED_HEADER: Final = "idempotent-replayed"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from cygate.infra.lease import ReadLease
 
-__all__ = ["SORTS", "CatalogRepository", "CursorError"]
+__all__ = ["SORTS", "CatalogRepository", "CursorError", "add_filters"]
 
 _PRODUCT_COLUMNS: Final = (
     "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
@@ -80,6 +80,35 @@ def _row_to_product(r: asyncpg.Record) -> Product:
     return Product(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
 
+def add_filters(
+    where: list[str],
+    args: list[Any],
+    category: UUID | None,
+    min_price: int | None,
+    max_price: int | None,
+    table: str = "",
+) -> None:
+    """Append the product filters shared by the list and search: a category with its whole
+    subtree, and a price range. ``table`` qualifies the columns (``"p."``); parameters are
+    numbered after those already in ``args``."""
+    if category is not None:
+        args.append(category)
+        where.append(
+            f"""{table}category_id IN (
+                WITH RECURSIVE sub(id) AS (
+                    SELECT id FROM categories WHERE id = ${len(args)}
+                    UNION ALL
+                    SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id
+                ) SELECT id FROM sub)"""
+        )
+    if min_price is not None:
+        args.append(min_price)
+        where.append(f"{table}price_cents >= ${len(args)}")
+    if max_price is not None:
+        args.append(max_price)
+        where.append(f"{table}price_cents <= ${len(args)}")
+
+
 class CatalogRepository:
     """Reads products and categories. The pool is attached when the app starts."""
 
@@ -113,22 +142,7 @@ class CatalogRepository:
         column, desc, _ = SORTS[sort]
         where: list[str] = []
         args: list[Any] = []
-        if category is not None:
-            args.append(category)
-            where.append(
-                f"""category_id IN (
-                    WITH RECURSIVE sub(id) AS (
-                        SELECT id FROM categories WHERE id = ${len(args)}
-                        UNION ALL
-                        SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id
-                    ) SELECT id FROM sub)"""
-            )
-        if min_price is not None:
-            args.append(min_price)
-            where.append(f"price_cents >= ${len(args)}")
-        if max_price is not None:
-            args.append(max_price)
-            where.append(f"price_cents <= ${len(args)}")
+        add_filters(where, args, category, min_price, max_price)
         if cursor is not None:
             value, last_id = decode_cursor(cursor, sort)
             args += [value, last_id]

@@ -39,7 +39,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import QueryParameter
 
 from cygate.services.catalog.models import SearchHit, SearchPage
-from cygate.services.catalog.repository import CursorError
+from cygate.services.catalog.repository import CursorError, add_filters
 
 if TYPE_CHECKING:
     import asyncpg
@@ -192,23 +192,7 @@ class SearchRepository:
             score = "similarity(p.name, $1)::float8"
             where = ["p.name % $1"]
         args: list[Any] = [text]
-        category, min_price, max_price = filters
-        if category is not None:
-            args.append(category)
-            where.append(
-                f"""p.category_id IN (
-                    WITH RECURSIVE sub(id) AS (
-                        SELECT id FROM categories WHERE id = ${len(args)}
-                        UNION ALL
-                        SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id
-                    ) SELECT id FROM sub)"""
-            )
-        if min_price is not None:
-            args.append(min_price)
-            where.append(f"p.price_cents >= ${len(args)}")
-        if max_price is not None:
-            args.append(max_price)
-            where.append(f"p.price_cents <= ${len(args)}")
+        add_filters(where, args, *filters, table="p.")
         if after is not None:
             args += list(after)
             kind = "real" if mode == _LEXEME else "float8"

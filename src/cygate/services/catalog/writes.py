@@ -101,6 +101,16 @@ def _constraint_problem(exc: asyncpg.IntegrityConstraintViolationError) -> Probl
     return Problem(409, f"the change conflicts with the catalog ({name or 'constraint'})")
 
 
+def _changes(patch: ProductPatch | CategoryPatch) -> dict[str, Any]:
+    """The fields a PATCH body sets (absent ones are UNSET); 422 when it sets none."""
+    changes = {
+        f: v for f in patch.__struct_fields__ if (v := getattr(patch, f)) is not msgspec.UNSET
+    }
+    if not changes:
+        raise _unprocessable("", "the body changes nothing: give at least one field")
+    return changes
+
+
 class CatalogWriter:
     """Product and category writes. Every method runs one transaction."""
 
@@ -151,11 +161,7 @@ class CatalogWriter:
     async def update_product(
         self, product_id: UUID, patch: ProductPatch, if_match: str, actor: Actor
     ) -> Product:
-        changes = {
-            f: v for f in patch.__struct_fields__ if (v := getattr(patch, f)) is not msgspec.UNSET
-        }
-        if not changes:
-            raise _unprocessable("", "the body changes nothing: give at least one field")
+        changes = _changes(patch)
         async with self._pool().acquire() as conn, conn.transaction():
             current = await self._locked_product(conn, product_id, if_match)
             if "category_id" in changes and changes["category_id"] != current.category_id:
@@ -251,11 +257,7 @@ class CatalogWriter:
     async def update_category(
         self, category_id: UUID, patch: CategoryPatch, actor: Actor
     ) -> CategoryOut:
-        changes = {
-            f: v for f in patch.__struct_fields__ if (v := getattr(patch, f)) is not msgspec.UNSET
-        }
-        if not changes:
-            raise _unprocessable("", "the body changes nothing: give at least one field")
+        changes = _changes(patch)
         async with self._pool().acquire() as conn, conn.transaction():
             if "parent_id" in changes:
                 # NOTE: two concurrent moves (A under B, B under A) would each pass a cycle

@@ -17,13 +17,19 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from cygate.edge.auth import principal_of
 from cygate.edge.context import Principal
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
-from cygate.services.idempotency import Idempotency, IdempotentRequest, StoredResponse, parse_key
+from cygate.services.idempotency import (
+    Idempotency,
+    IdempotencyKeyHeader,
+    IdempotentRequest,
+    StoredResponse,
+    parse_key,
+)
 from cygate.services.orders import store
 from cygate.services.orders.models import Order, OrderIn, OrderPage
 from cygate.services.orders.states import can
@@ -132,10 +138,7 @@ class OrdersController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         data: JSONBody[OrderIn],
-        idempotency_key: Annotated[
-            str | None,
-            HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
-        ] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         principal = principal_of(request)
         user_id = _user_id(principal)

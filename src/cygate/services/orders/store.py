@@ -307,19 +307,27 @@ async def payment_in_flight(conn: asyncpg.Connection, order_ids: list[UUID]) -> 
     return {r["order_id"] for r in rows}
 
 
+async def _end(conn: asyncpg.Connection, orders: list[asyncpg.Record], status: str) -> list[UUID]:
+    """Give back the stock of the locked pending ``orders``, set ``status`` (cancelled or
+    expired) and write ``order.<status>`` for each. Returns the products whose stock changed."""
+    ids = [o["id"] for o in orders]
+    items, touched = await _release(conn, ids)
+    await conn.execute(_SET_STATUS, ids, status)
+    for o in orders:
+        await emit(
+            conn,
+            aggregate="order",
+            aggregate_id=o["id"],
+            event_type=f"order.{status}",
+            payload=_event(o, items.get(o["id"], [])),
+        )
+    return touched
+
+
 async def cancel(conn: asyncpg.Connection, order: asyncpg.Record) -> list[UUID]:
     """Cancel the locked pending ``order`` (from :func:`lock_order`): stock released, event
     written. Returns the products whose stock changed. The caller checks the transition."""
-    items, touched = await _release(conn, [order["id"]])
-    await conn.execute(_SET_STATUS, [order["id"]], "cancelled")
-    await emit(
-        conn,
-        aggregate="order",
-        aggregate_id=order["id"],
-        event_type="order.cancelled",
-        payload=_event(order, items.get(order["id"], [])),
-    )
-    return touched
+    return await _end(conn, [order], "cancelled")
 
 
 async def ship(conn: asyncpg.Connection, order: asyncpg.Record) -> None:
@@ -386,15 +394,4 @@ async def expire_due(conn: asyncpg.Connection, limit: int) -> tuple[int, list[UU
         rows = [r for r in rows if r["id"] not in paying]
     if not rows:
         return 0, []
-    ids = [r["id"] for r in rows]
-    items, touched = await _release(conn, ids)
-    await conn.execute(_SET_STATUS, ids, "expired")
-    for r in rows:
-        await emit(
-            conn,
-            aggregate="order",
-            aggregate_id=r["id"],
-            event_type="order.expired",
-            payload=_event(r, items.get(r["id"], [])),
-        )
-    return len(rows), touched
+    return len(rows), await _end(conn, rows, "expired")

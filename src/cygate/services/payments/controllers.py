@@ -8,12 +8,13 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, JSONBody
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
 from cygate.services.idempotency import (
     Idempotency,
+    IdempotencyKeyHeader,
     IdempotentRequest,
     StoredResponse,
     parse_key,
@@ -53,10 +54,7 @@ class PaymentsController(Controller):
         state: State,
         order_id: FromPath[UUID],
         data: JSONBody[PaymentIn],
-        idempotency_key: Annotated[
-            str | None,
-            HeaderParameter(name="idempotency-key", description="1..255 visible ASCII characters"),
-        ] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         principal = principal_of(request)
         key = parse_key(idempotency_key)
