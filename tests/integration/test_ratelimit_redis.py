@@ -174,8 +174,9 @@ async def test_retry_after_is_honest(handle: RedisHandle) -> None:
 
 async def test_batched_one_redis_call_per_lease(private: PrivateRedis) -> None:
     h = _handle(private.url)
+    lease = 50
     stage, metrics = stage_for(
-        {"rate": 100_000, "period": 60, "mode": "batched", "lease": 50},
+        {"rate": 100_000, "period": 60, "mode": "batched", "lease": lease},
         rate_limit_redis_timeout="5",
     )
     await stage.bind(h)
@@ -184,8 +185,43 @@ async def test_batched_one_redis_call_per_lease(private: PrivateRedis) -> None:
         results = await asyncio.gather(*(request(stage) for _ in range(1000)))
         assert all(s == 200 for s, _ in results)
         calls = await _commands(private.url, "evalsha") - before
-        assert calls == 1000 // 50  # one call per lease, also with 1000 requests at once
-        assert 'cygate_ratelimit_redis_calls_total{limit="g"} 20' in metrics.render()
+        # One call per lease, also with 1000 requests at once: the first reserves a whole
+        # lease, each top-up (fewer than lease/4 left) brings it back to a whole lease, so a
+        # call is never for fewer than 3/4 of a lease (plus one top-up still in flight).
+        most = 1 + -(-(1000 - lease) // (lease - lease // 4)) + 1
+        assert 1000 // lease <= calls <= most
+        assert f'cygate_ratelimit_redis_calls_total{{limit="g"}} {calls}' in metrics.render()
+    finally:
+        await h.close()
+
+
+async def test_batched_tops_the_lease_up_before_it_runs_dry(private: PrivateRedis) -> None:
+    """Under steady load no request waits for Redis after the first: the lease is topped up
+    in the background while a quarter of it is left."""
+    h = _handle(private.url)
+    lease = 20
+    stage, _ = stage_for(
+        {"rate": 100_000, "period": 60, "mode": "batched", "lease": lease},
+        rate_limit_redis_timeout="5",
+    )
+    await stage.bind(h)
+    try:
+        before = await _commands(private.url, "evalsha")
+        waited = 0
+        for _ in range(200):
+            c = ctx()
+            pending = stage(c)
+            if pending is not None:
+                waited += 1
+                await pending
+            assert header(c, b"ratelimit-limit") == b"100000"
+            await asyncio.sleep(0.002)  # far longer than a Redis round trip here
+        assert waited == 1  # only the very first request, which found no lease
+        calls = await _commands(private.url, "evalsha") - before
+        # 200 tokens: the first lease, then top-ups of lease - 4 (the lease // 4 mark): never
+        # a call per request, never held more than a lease at once.
+        assert 200 // lease <= calls <= 1 + -(-(200 - lease) // (lease - lease // 4)) + 1
+        assert stage._plans["GET /r"].limits[0].leases.tokens <= lease
     finally:
         await h.close()
 

@@ -214,6 +214,7 @@ cdef class LeaseTableC(_Table):
     cdef int64_t* _left
     cdef int64_t* _reset_at
     cdef uint8_t* _denied
+    cdef readonly int64_t tokens
 
     def __cinit__(self, *args, **kwargs):
         self._tokens = self._until = self._left = self._reset_at = NULL
@@ -260,6 +261,7 @@ cdef class LeaseTableC(_Table):
         tokens = self._tokens[slot]
         if tokens > 0:
             self._tokens[slot] = tokens - 1
+            self.tokens = tokens - 1
             self.remaining = self._left[slot] + tokens - 1
             self.reset_ns = self._reset_at[slot] - now if self._reset_at[slot] > now else 0
             self.retry_ns = 0
@@ -293,6 +295,28 @@ cdef class LeaseTableC(_Table):
         self._left[slot] = remaining
         self._reset_at[slot] = reset_at_ns
         self._denied[slot] = 1 if tokens == 0 else 0
+
+    def top_up(self, str key not None, int64_t tokens, int64_t until_ns, int64_t remaining,
+               int64_t reset_at_ns):
+        """Add tokens to ``key``'s live lease (see the reference's ``top_up``)."""
+        cdef Py_ssize_t slot
+        if self._tokens == NULL:
+            raise RuntimeError("LeaseTableC is not initialised")
+        if tokens <= 0:
+            raise ValueError("a top-up adds at least one token")
+        slot = self._find(key)
+        if slot < 0 or self._denied[slot] or self._now() >= self._until[slot]:
+            self.grant(key, tokens, until_ns, remaining, reset_at_ns)
+            return
+        if not (0 <= until_ns < _MAX_SPAN and 0 <= reset_at_ns < _MAX_SPAN):
+            raise ValueError("until_ns and reset_at_ns must be clock times")
+        if remaining < 0:
+            raise ValueError("tokens and remaining must not be negative")
+        self._tokens[slot] += tokens
+        if until_ns > self._until[slot]:
+            self._until[slot] = until_ns
+        self._left[slot] = remaining
+        self._reset_at[slot] = reset_at_ns
 
     def drop(self, str key not None):
         """Forget ``key``'s lease or refusal (the next :meth:`take` asks Redis)."""

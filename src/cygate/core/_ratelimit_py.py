@@ -204,6 +204,7 @@ class LeaseTablePy:
         "remaining",
         "reset_ns",
         "retry_ns",
+        "tokens",
     )
 
     def __init__(self, capacity: int = 65536, clock: Clock | None = None) -> None:
@@ -226,6 +227,9 @@ class LeaseTablePy:
         self.remaining = 0
         self.reset_ns = 0
         self.retry_ns = 0
+        self.tokens = 0
+        """After a GRANTED :meth:`take`: the tokens of the lease left unspent (the caller tops
+        the lease up before it runs dry)."""
 
     def __len__(self) -> int:
         return len(self._index)
@@ -247,6 +251,7 @@ class LeaseTablePy:
         tokens = self._tokens[slot]
         if tokens > 0:
             self._tokens[slot] = tokens - 1
+            self.tokens = tokens - 1
             # What the caller may still send at once: the global remainder Redis reported when
             # it granted the lease, plus the tokens of the lease not spent yet.
             self.remaining = self._remaining[slot] + tokens - 1
@@ -279,6 +284,27 @@ class LeaseTablePy:
         self._remaining[slot] = remaining
         self._reset_at[slot] = reset_at_ns
         self._denied[slot] = 1 if tokens == 0 else 0
+
+    def top_up(
+        self, key: str, tokens: int, until_ns: int, remaining: int, reset_at_ns: int
+    ) -> None:
+        """Add ``tokens`` from a further reservation to ``key``'s live lease (the lease now ends
+        at ``until_ns``, with Redis's newer ``remaining`` and ``reset_at_ns``); without a live
+        lease (none, expired, or a refusal) this is :meth:`grant`. ``tokens`` must be > 0."""
+        if tokens <= 0:
+            raise ValueError("a top-up adds at least one token")
+        slot = self._index.get(key)
+        if slot is None or self._denied[slot] or self._clock() >= self._until[slot]:
+            self.grant(key, tokens, until_ns, remaining, reset_at_ns)
+            return
+        if not (0 <= until_ns < MAX_SPAN_NS and 0 <= reset_at_ns < MAX_SPAN_NS):
+            raise ValueError("until_ns and reset_at_ns must be clock times")
+        if remaining < 0:
+            raise ValueError("tokens and remaining must not be negative")
+        self._tokens[slot] += tokens
+        self._until[slot] = max(self._until[slot], until_ns)
+        self._remaining[slot] = remaining
+        self._reset_at[slot] = reset_at_ns
 
     def drop(self, key: str) -> None:
         """Forget ``key``'s lease or refusal (the next :meth:`take` asks Redis)."""

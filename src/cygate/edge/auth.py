@@ -73,11 +73,7 @@ class TokenStage:
     def __call__(self, ctx: EdgeContext) -> Awaitable[None] | None:
         policy = ctx.policy
         required = policy.auth or bool(policy.roles)
-        header = None
-        for name, value in ctx.headers:  # PERF: one pass, no dict
-            if name == b"authorization":
-                header = value
-                break
+        header = ctx.authorization  # PERF: found in the edge's one pass over the headers
         if header is None or header[:7].lower() != _BEARER:
             # NOTE: another scheme (Basic for client credentials at /auth/token) is not ours
             # to judge on a public route.

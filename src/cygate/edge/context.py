@@ -92,11 +92,20 @@ class TrustedProxies:
         return peer
 
 
+class _Scan:
+    """The type of :data:`_SCAN`."""
+
+
+_SCAN = _Scan()
+"""``EdgeContext(authorization=...)`` not given: find the header in ``scope``."""
+
+
 class EdgeContext:
     """Per-request state of the edge. ``__slots__``: one is made for every request."""
 
     __slots__ = (
         "_client_ip",
+        "authorization",
         "headers",
         "host",
         "method",
@@ -124,6 +133,7 @@ class EdgeContext:
         policy: RoutePolicy,
         params: dict[str, str] | None,
         trusted: TrustedProxies | None = None,
+        authorization: bytes | _Scan | None = _SCAN,
     ) -> None:
         self.scope = scope
         self.method = method
@@ -146,6 +156,11 @@ class EdgeContext:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.trusted = trusted
         self._client_ip: str | None = None
+        self.authorization: bytes | None = (
+            self.header(b"authorization") if isinstance(authorization, _Scan) else authorization
+        )
+        """The first ``Authorization`` header (PERF: the edge found it in its one pass over
+        the headers; other callers leave it to be looked up here)."""
 
     @property
     def client_ip(self) -> str:

@@ -14,7 +14,11 @@ decided in one of three modes:
 ``batched``
     this process reserves ``lease`` tokens at a time from Redis and spends them locally: one
     Redis call per lease, at most one in flight per key; at most ``limit + processes * lease``
-    in any window.
+    in any window. PERF: when fewer than a quarter of a lease's tokens are left, one request
+    tops it up in the background (``lease`` minus what is left, so a process never holds more
+    than ``lease``): under steady load the lease never runs dry and no request waits for Redis
+    (a dry lease made every concurrent request of the key wait for the answer: ~2 µs/request
+    at a lease of 100).
 
 PERF: the stage is synchronous whenever it can be: local limits, a lease with tokens left or a
 remembered refusal return ``None`` without creating a coroutine; only a question to Redis makes
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
     from cygate.settings import RateLimitSpec, Settings
 
 __all__ = ["Limit", "RateLimitStage", "build_limits"]
+
+log = logging.getLogger("cygate.ratelimit")
 
 _NS = 1_000_000_000
 KeyFn = Callable[["EdgeContext"], str]
@@ -145,6 +152,7 @@ class Limit:
         "leases",
         "limit_header",
         "limit_pair",
+        "low_water",
         "mode",
         "n_allowed",
         "n_fail_closed",
@@ -173,6 +181,8 @@ class Limit:
         self.interval_ns = spec.interval_ns
         self.interval_us = -(-self.interval_ns // 1000)
         self.lease = spec.effective_lease if spec.mode == "batched" else 1
+        self.low_water = self.lease // 4 if spec.mode == "batched" else 0
+        """Fewer tokens left than this: top the lease up in the background (0: never)."""
         self.lease_ttl_ns = round(spec.effective_lease_ttl * _NS)
         self.key = _key_fn(tuple(spec.key), api_header)
         # Local mode decides here; global modes fall back to it when Redis fails.
@@ -364,6 +374,8 @@ class RateLimitStage:
             else:
                 table = single.leases
                 allowed = table.take(key) == GRANTED
+                if allowed and table.tokens < single.low_water and key not in single.inflight:
+                    self._top_up(single, key, table.tokens)
             if allowed:
                 single.n_allowed.value += 1
                 ctx.response_headers += (
@@ -416,6 +428,8 @@ class RateLimitStage:
         taken = leases.take(key)
         if taken == GRANTED:
             verdict.note(limit, leases.remaining, leases.reset_ns)
+            if leases.tokens < limit.low_water and key not in limit.inflight:
+                self._top_up(limit, key, leases.tokens)
             return True
         if taken == DENIED:
             self._refuse(ctx, limit, leases.retry_ns, leases.reset_ns, verdict)
@@ -472,6 +486,35 @@ class RateLimitStage:
                 return
             self._remember_refusal(limit, key, sent, res)
             self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
+
+    def _top_up(self, limit: Limit, key: str, left: int) -> None:
+        """Reserve ``lease - left`` more tokens for ``key`` in the background. The task is the
+        key's in-flight entry: a request finding the lease dry meanwhile waits for it rather
+        than asking Redis too."""
+        store = self.store
+        if store is None or not store.usable:
+            return  # a dry lease falls back as usual
+        limit.inflight[key] = asyncio.get_running_loop().create_task(
+            self._topping_up(limit, key, limit.lease - left)
+        )
+
+    async def _topping_up(self, limit: Limit, key: str, want: int) -> None:
+        try:
+            answer = await self._reserve(limit, key, want)
+        except Exception:  # pragma: no cover - _reserve turns Redis failures into None
+            log.exception("lease top-up failed limit=%s", limit.name)
+            answer = None
+        finally:
+            del limit.inflight[key]
+        if answer is None:
+            return  # Redis away: the tokens left are spent, then the limit falls back
+        sent, res = answer
+        if res.granted:
+            limit.leases.top_up(
+                key, res.granted, sent + limit.lease_ttl_ns, res.remaining, sent + res.reset_ns
+            )
+        # NOTE: a refusal is not remembered here: the tokens left were reserved and stay
+        # valid; when they are spent, the next request asks and remembers the refusal.
 
     async def _reserve(self, limit: Limit, key: str, want: int) -> tuple[int, Reservation] | None:
         store = self.store

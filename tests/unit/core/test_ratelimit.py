@@ -251,6 +251,29 @@ def test_lease_is_spent_then_expires(lease_cls: Any) -> None:
     assert t.take("k") == NEED_REDIS  # expired with a token unspent: never used late
 
 
+def test_top_up_adds_to_a_live_lease_and_grants_otherwise(lease_cls: Any) -> None:
+    clock = FakeClock()
+    t = lease_cls(capacity=8, clock=clock)
+    t.grant("k", 3, clock.now + S, 10, clock.now + 5 * S)
+    assert t.take("k") == GRANTED and t.tokens == 2
+    t.top_up("k", 4, clock.now + 2 * S, 6, clock.now + 4 * S)  # 2 left + 4 new
+    assert t.take("k") == GRANTED and t.tokens == 5
+    assert t.remaining == 6 + 5 and t.reset_ns == 4 * S  # Redis's newer figures
+    t.top_up("k", 1, clock.now + S // 2, 0, clock.now)  # an earlier end never shortens it
+    clock.advance(S)
+    assert [t.take("k") for _ in range(7)] == [GRANTED] * 6 + [NEED_REDIS]
+    clock.advance(S)
+    t.top_up("k", 2, clock.now + S, 0, clock.now + S)  # expired: a fresh lease of 2
+    assert [t.take("k") for _ in range(3)] == [GRANTED, GRANTED, NEED_REDIS]
+    t.grant("r", 0, clock.now + S, 0, clock.now + S)
+    t.top_up("r", 2, clock.now + S, 0, clock.now + S)  # a refusal is replaced, not added to
+    assert t.take("r") == GRANTED and t.tokens == 1
+    t.top_up("new", 1, clock.now + S, 0, clock.now + S)
+    assert t.take("new") == GRANTED and t.tokens == 0
+    with pytest.raises(ValueError):
+        t.top_up("k", 0, clock.now + S, 0, clock.now)
+
+
 def test_refusal_is_remembered_until_it_ends(lease_cls: Any) -> None:
     clock = FakeClock()
     t = lease_cls(clock=clock)
@@ -352,6 +375,9 @@ _lease_ops = st.lists(
         st.tuples(
             st.just("grant"), _keys, st.integers(0, 4), st.integers(-S, 3 * S), st.integers(0, 9)
         ),
+        st.tuples(
+            st.just("top_up"), _keys, st.integers(1, 4), st.integers(-S, 3 * S), st.integers(0, 9)
+        ),
         st.tuples(st.just("drop"), _keys, st.just(0), st.just(0), st.just(0)),
         st.tuples(st.just("tick"), st.just(""), st.integers(0, 2 * S), st.just(0), st.just(0)),
     ),
@@ -368,10 +394,15 @@ def _run_leases(cls: Any, capacity: int, ops: list[Any]) -> list[Any]:
             clock.advance(a)
         elif op == "grant":
             t.grant(key, a, clock.now + b, c, clock.now + abs(b))
+        elif op == "top_up":
+            t.top_up(key, a, clock.now + b, c, clock.now + abs(b))
         elif op == "drop":
             t.drop(key)
         else:
-            out.append((t.take(key), t.remaining, t.reset_ns, t.retry_ns))
+            taken = t.take(key)
+            out.append((taken, t.remaining, t.reset_ns, t.retry_ns))
+            if taken == GRANTED:
+                out.append(t.tokens)
     out.append((len(t), t.evicted))
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import orjson
@@ -173,13 +175,48 @@ async def test_app_sees_the_canonical_path() -> None:
 
 async def test_ids_are_unique_and_well_formed() -> None:
     edge = make_edge()
-    ids = set()
-    for _ in range(200):
+    ids, traces = set(), set()
+    for _ in range(1000):  # several of the edge's batches of ids
         _, headers, _ = await call(edge, "GET", b"/items/1")
         ids.add(headers[b"x-request-id"])
-        trace = headers[b"traceparent"].split(b"-")
-        assert len(trace[1]) == 32 and len(trace[2]) == 16 and trace[1] != b"0" * 32
-    assert len(ids) == 200
+        assert re.fullmatch(rb"[0-9a-f]{24}", headers[b"x-request-id"])
+        trace = headers[b"traceparent"]
+        assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", trace)
+        assert trace[3:35] != b"0" * 32 and trace[36:52] != b"0" * 16
+        traces.add(trace)
+    assert len(ids) == 1000 and len(traces) == 1000
+
+
+async def test_client_ids_are_kept_and_only_the_missing_one_is_made() -> None:
+    edge = make_edge()
+    trace = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    _, headers, _ = await call(edge, "GET", b"/items/1", headers=[(b"x-request-id", b"mine-1")])
+    assert headers[b"x-request-id"] == b"mine-1" and headers[b"traceparent"] != trace
+    _, headers, _ = await call(edge, "GET", b"/items/1", headers=[(b"traceparent", trace)])
+    assert headers[b"traceparent"] == trace
+    assert re.fullmatch(rb"[0-9a-f]{24}", headers[b"x-request-id"])
+
+
+def test_a_forked_worker_never_repeats_its_parents_ids() -> None:
+    from cygate.edge import edge as edge_module
+
+    edge_module._fresh_ids()  # the parent holds a batch a child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            child = [
+                edge_module._id_pool.pop() if edge_module._id_pool else edge_module._fresh_ids()
+            ]
+            os.write(write, orjson.dumps([child[0][0]]))
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as f:
+        child_id = orjson.loads(f.read())[0]
+    parent_ids = {rid for rid, _, _ in edge_module._id_pool}
+    assert child_id not in parent_ids
 
 
 async def test_metrics_label_by_route_template() -> None:
