@@ -170,9 +170,22 @@ CONTENDERS: tuple[Contender, ...] = (
     ),
     Contender(
         # The job of litestar-stock, done by the edge: token verified (cached after the first
-        # request), a global per-caller limit (batched), the response from L1.
+        # request), a global per-caller limit (batched, the default lease: burst // 10), the
+        # response from L1.
         name="cygate-full",
         summary="the gateway: cached, authenticated (EdDSA at+jwt), rate-limited product read",
+        command=_CYGATE_SERVE,
+        env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched"}, cached=True),
+        ready_path="/readyz",
+        check=check_product,
+        auth=True,
+        token="eddsa",
+    ),
+    Contender(
+        # cygate-full with a strict lease: a Redis reservation every ~75-100 requests, and a
+        # dry lease makes the requests of the moment wait for it (64 connections, 1 key).
+        name="cygate-full-lease100",
+        summary="cygate-full with a lease of 100 tokens (limit + 100 per process at most)",
         command=_CYGATE_SERVE,
         env=_rate_limited(
             {"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}, cached=True

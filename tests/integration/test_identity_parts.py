@@ -183,6 +183,44 @@ async def test_revocation_reaches_other_workers(redis: RedisHandle) -> None:
     assert not await redis.client.exists(redis.key("revoked", "{expired}"))
 
 
+async def test_concurrent_checks_of_one_jti_ask_redis_once(redis: RedisHandle) -> None:
+    revocations = Revocations(redis, verifier(), cache_seconds=0.2)
+    asked = 0
+    exists = redis.client.exists
+
+    async def counting_exists(*keys: str) -> int:
+        nonlocal asked
+        asked += 1
+        return int(await exists(*keys))
+
+    redis.client.exists = counting_exists  # type: ignore[method-assign]
+    try:
+        expires = int(time.time()) + 600
+        checks = [revocations.check("jti-many", expires) for _ in range(100)]
+        assert all(c is not None for c in checks)
+        assert await asyncio.gather(*checks) == [False] * 100  # type: ignore[arg-type]
+        assert asked == 1  # one EXISTS for the hundred, not a hundred on the pool
+        assert revocations.check("jti-many", expires) is None  # cached
+        await Revocations(redis, verifier(), cache_seconds=0).revoke([("jti-many", expires)])
+        await asyncio.sleep(0.25)
+        checks = [revocations.check("jti-many", expires) for _ in range(50)]
+        assert await asyncio.gather(*checks) == [True] * 50  # type: ignore[arg-type]
+        assert asked == 2
+    finally:
+        redis.client.exists = exists  # type: ignore[method-assign]
+
+
+async def test_a_cancelled_check_leaves_the_waiters_an_answer(redis: RedisHandle) -> None:
+    revocations = Revocations(redis, verifier(), cache_seconds=5)
+    expires = int(time.time()) + 600
+    first = asyncio.ensure_future(revocations.check("jti-c", expires))  # type: ignore[arg-type]
+    others = [revocations.check("jti-c", expires) for _ in range(5)]
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await asyncio.gather(*others) == [False] * 5  # type: ignore[arg-type]
+    assert revocations.check("jti-c", expires) is None
+
+
 async def test_revocation_check_fails_open_without_redis(caplog: pytest.LogCaptureFixture) -> None:
     handle = dead_redis()
     revocations = Revocations(handle, verifier(), cache_seconds=1)

@@ -8,7 +8,10 @@ most once per ``cache_seconds`` per ``jti`` (so a revoked token stops working ev
 that time plus one Redis round trip).
 
 PERF: :meth:`Revocations.check` answers from the local cache without creating a coroutine;
-only a ``jti`` not asked about recently costs an ``EXISTS``.
+only a ``jti`` not asked about recently costs an ``EXISTS``, one per worker at a time: the
+requests that find the same ``jti`` due meanwhile wait for that answer (without it, every
+request of a busy caller in flight when the cache ran out asked at once: 64 connections gave
+64 ``EXISTS``, more than the Redis pool allows, and the refused ones were accepted unchecked).
 
 Redis down: tokens are accepted (they are short-lived and signed; availability first, as the
 design says for Redis), the outage is logged once per ``cache_seconds``, and the answer is
@@ -17,6 +20,7 @@ cached as briefly as any other.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Iterable
@@ -33,12 +37,14 @@ __all__ = ["Revocations"]
 log = logging.getLogger("cygate.identity")
 
 _LOCAL_MAX = 200_000
+_tasks: set[asyncio.Task[None]] = set()
+"""Checks under way (the loop keeps only weak references to tasks)."""
 
 
 class Revocations:
     """See the module docstring."""
 
-    __slots__ = ("_checked", "_last_warning", "_redis", "cache_seconds", "verifier")
+    __slots__ = ("_asking", "_checked", "_last_warning", "_redis", "cache_seconds", "verifier")
 
     def __init__(
         self, redis: RedisHandle | None, verifier: JWTVerifierPy, *, cache_seconds: float
@@ -47,6 +53,9 @@ class Revocations:
         self.verifier = verifier
         self.cache_seconds = cache_seconds
         self._checked: dict[str, float] = {}  # jti -> trusted "not revoked" until (monotonic)
+        # jti -> the futures of requests waiting for the EXISTS under way (True/False: its
+        # answer; None: the asker was cancelled, ask again)
+        self._asking: dict[str, list[asyncio.Future[bool | None]]] = {}
         self._last_warning = 0.0
 
     def attach(self, redis: RedisHandle) -> None:
@@ -66,9 +75,41 @@ class Revocations:
             return _true()
         if self._redis is None:
             return None
-        return self._ask(jti, expires_at)
+        waiting = self._asking.get(jti)
+        if waiting is None:
+            # One EXISTS per jti at a time, in a task of its own: a caller's cancellation
+            # never leaves the others without an answer.
+            waiting = self._asking[jti] = []
+            task = asyncio.get_running_loop().create_task(self._ask(jti, expires_at))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+        return self._wait(waiting, jti, expires_at)
 
-    async def _ask(self, jti: str, expires_at: int) -> bool:
+    async def _wait(
+        self, waiting: list[asyncio.Future[bool | None]], jti: str, expires_at: int
+    ) -> bool:
+        mine: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        waiting.append(mine)  # a future of its own: a waiter's cancellation is its own
+        revoked = await mine
+        if revoked is None:  # the check was cancelled (shutting down): ask once more
+            again = self.check(jti, expires_at)
+            return False if again is None else await again
+        return revoked
+
+    async def _ask(self, jti: str, expires_at: int) -> None:
+        try:
+            revoked = await self._exists(jti, expires_at)
+        except BaseException:
+            self._answer(jti, None)
+            raise
+        self._answer(jti, revoked)
+
+    def _answer(self, jti: str, revoked: bool | None) -> None:
+        for future in self._asking.pop(jti):
+            if not future.done():
+                future.set_result(revoked)
+
+    async def _exists(self, jti: str, expires_at: int) -> bool:
         assert self._redis is not None
         now = time.monotonic()
         try:
