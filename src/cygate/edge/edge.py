@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from cygate.core.ids import ITEM as ID_BYTES
+from cygate.core.ids import format_ids
 from cygate.core.router import (
     BAD_PARAM,
     FOUND,
@@ -86,13 +88,9 @@ os.register_at_fork(after_in_child=_after_fork)
 def _fresh_ids() -> tuple[str, bytes, bytes]:
     """Refill :data:`_id_pool` and take one: a 96-bit request id (24 hex digits) and a new
     trace's ``traceparent`` (128-bit trace id, 64-bit span id; never the all-zero ids W3C
-    Trace Context forbids)."""
-    raw = _ids.randbytes(36 * _ID_BATCH).hex()
-    for i in range(0, len(raw), 72):
-        trace, span = raw[i + 24 : i + 56], raw[i + 56 : i + 72]
-        if trace.strip("0") and span.strip("0"):
-            rid = raw[i : i + 24]
-            _id_pool.append((rid, rid.encode(), f"00-{trace}-{span}-01".encode()))
+    Trace Context forbids), formatted by the compiled core."""
+    while not _id_pool:  # (a batch of nothing but all-zero ids: never, in practice)
+        _id_pool.extend(format_ids(_ids.randbytes(ID_BYTES * _ID_BATCH)))
     return _id_pool.pop()
 
 

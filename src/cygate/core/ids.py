@@ -1,0 +1,34 @@
+"""Request and trace ids made from random bytes (the edge's per-request ids).
+
+Selects the compiled implementation (:mod:`cygate.core._ids_c`) when it is available and
+allowed, else the pure-Python twin (:mod:`cygate.core._ids_py`); ``format_ids_py`` is always
+importable, ``format_ids_c`` when compiled.
+
+Usage::
+
+    for request_id, request_id_bytes, traceparent in format_ids(rng.randbytes(36 * 256)):
+        ...
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cygate._compat import NO_EXTENSIONS
+from cygate.core._ids_py import ITEM
+from cygate.core._ids_py import format_ids as format_ids_py
+
+__all__ = ["ITEM", "format_ids", "format_ids_py"]
+
+if TYPE_CHECKING:
+    format_ids = format_ids_py
+else:
+    format_ids = format_ids_py
+    if not NO_EXTENSIONS:
+        try:
+            from cygate.core._ids_c import format_ids as format_ids_c
+        except ImportError:  # pragma: no cover - not compiled (e.g. an editable pure install)
+            pass
+        else:
+            format_ids = format_ids_c
+            __all__ += ["format_ids_c"]
