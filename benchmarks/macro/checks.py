@@ -81,6 +81,30 @@ def check_fixed_product(resp: HttpResponse, expected: Mapping[str, Any]) -> None
         raise CheckFailed(f"body differs from the fixed bytes: {resp.body[:300]!r}")
 
 
+def _same_header_names(resp: HttpResponse) -> None:
+    from benchmarks.macro.contenders.granian_bare import CYGATE_HEADERS
+
+    got = [name for name, _ in resp.headers if name not in ("date", "server")]
+    want = [name.decode() for name, _ in CYGATE_HEADERS]
+    if got != want:
+        raise CheckFailed(
+            f"headers differ from granian-same-bytes's: got {got}, expected {want} "
+            "(update CYGATE_HEADERS in benchmarks/macro/contenders/granian_bare.py)"
+        )
+
+
+def check_full_product(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
+    """cygate-full's answer: the product, and the very headers granian-same-bytes sends."""
+    check_product(resp, expected)
+    _same_header_names(resp)
+
+
+def check_same_bytes(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
+    """granian-same-bytes: the fixed body and cygate-full's header names."""
+    check_fixed_product(resp, expected)
+    _same_header_names(resp)
+
+
 def check_hello(resp: HttpResponse, expected: Mapping[str, Any]) -> None:
     """``{"hello": "world"}``."""
     doc = _json_object(resp)

@@ -120,6 +120,8 @@ class HttpResponse:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    """Every response header, names lower-cased, in the order sent."""
 
 
 def http_get(
@@ -129,7 +131,8 @@ def http_get(
     try:
         conn.request("GET", path, headers=dict(headers or {}))
         resp = conn.getresponse()
-        return HttpResponse(resp.status, resp.getheader("content-type") or "", resp.read())
+        headers = tuple((k.lower(), v) for k, v in resp.getheaders())
+        return HttpResponse(resp.status, resp.getheader("content-type") or "", resp.read(), headers)
     finally:
         conn.close()
 

@@ -22,9 +22,11 @@ from typing import Any, Literal
 from .checks import (
     Check,
     check_fixed_product,
+    check_full_product,
     check_hello,
     check_me,
     check_product,
+    check_same_bytes,
     check_small_json,
 )
 
@@ -177,7 +179,7 @@ CONTENDERS: tuple[Contender, ...] = (
         command=_CYGATE_SERVE,
         env=_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched"}, cached=True),
         ready_path="/readyz",
-        check=check_product,
+        check=check_full_product,
         auth=True,
         token="eddsa",
     ),
@@ -191,7 +193,7 @@ CONTENDERS: tuple[Contender, ...] = (
             {"rate": 1_000_000, "period": 1, "mode": "batched", "lease": 100}, cached=True
         ),
         ready_path="/readyz",
-        check=check_product,
+        check=check_full_product,
         auth=True,
         token="eddsa",
     ),
@@ -234,6 +236,19 @@ CONTENDERS: tuple[Contender, ...] = (
         command=(*_GRANIAN, "benchmarks.macro.contenders.granian_bare:app"),
         ready_path="/",
         check=check_fixed_product,
+    ),
+    Contender(
+        # The floor of cygate-full (issue 5: "a bare Granian ASGI app returning the same
+        # bytes"): cygate-full's request (token included) and its answer byte for byte in
+        # length: the product's JSON with the same 15 headers.
+        name="granian-same-bytes",
+        summary="granian-bare sending cygate-full's headers too, to cygate-full's request",
+        command=(*_GRANIAN, "benchmarks.macro.contenders.granian_bare:app"),
+        env={"BENCH_BARE_HEADERS": "cygate"},
+        ready_path="/",
+        check=check_same_bytes,
+        auth=True,
+        token="eddsa",
     ),
     Contender(
         name=BASELINE,

@@ -176,6 +176,41 @@ def markdown_table(results: list[Result], failures: list[Failure], baseline: str
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
+CACHE_GOALS = (
+    # (contender compared, goal: at least this many times its req/s)
+    ("granian-same-bytes", 0.70),
+    ("granian-bare", 0.70),
+    ("litestar-hello", 2.0),
+    ("litestar-stock", 15.0),
+)
+"""Issue 5's goals for cygate-full (granian-same-bytes is the floor the issue names: a bare
+Granian app returning the same bytes; granian-bare, the body with two headers, is shown too)."""
+
+
+def cache_goals(results: list[Result], subject: str = "cygate-full") -> str:
+    """cygate-full against the contenders issue 5 compares it with (same run), with p99."""
+    full = next((r for r in results if r.name == subject), None)
+    if full is None:
+        return ""
+    lines = [
+        f"`{subject}` against issue 5's goals (same run; p99 goal < 5 ms: "
+        f"{full.p99_ms:.2f} ms, {'met' if full.p99_ms < 5 else 'not met'}):",
+        "",
+        "| compared with | its req/s | cygate-full / it | goal | met |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for name, goal in CACHE_GOALS:
+        other = next((r for r in results if r.name == name), None)
+        if other is None or not other.rps:
+            continue
+        ratio = full.rps / other.rps
+        lines.append(
+            f"| {name} | {other.rps:,.0f} | {ratio:.2f}x | >= {goal:g}x | "
+            f"{'yes' if ratio >= goal else 'no'} |"
+        )
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
 def readme_block(table: str, command: str, when: datetime, machine: dict[str, Any]) -> str:
     return (
         f"{table}\n\n"

@@ -64,6 +64,7 @@ from .registry import (
 from .report import (
     Failure,
     Result,
+    cache_goals,
     machine_line,
     machine_summary,
     markdown_table,
@@ -523,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     if overhead:
         table += "\n\n" + overhead
         _say("\n" + overhead)
+    goals = cache_goals(results)
+    if goals:
+        table += "\n\n" + goals
+        _say("\n" + goals)
     if base is None:
         _say(f"(no ratios: the baseline {BASELINE} was not run or failed)")
 
