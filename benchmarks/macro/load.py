@@ -8,6 +8,10 @@ The script does three things:
 - in ``done``, prints the summary as one JSON line (``@@wrk {...}``) so nothing is parsed from
   wrk's human-readable text.
 
+Beside wrk (closed loop: every connection always busy), ``fixedrate.c`` applies an open-loop
+load: a fixed total request rate over the same connections, latency counted from when each request
+was due (:func:`run_fixedrate`). The harness compiles it with the system C compiler.
+
 Errors are wrk's own counts: socket errors (connect, read, write, timeout) plus responses with a
 status of 400 or more ("Non-2xx or 3xx" in wrk's words; a 3xx would go uncounted, and no
 contender sends one). Latency is as wrk measures it: no coordinated-omission correction.
@@ -24,7 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WrkResult", "ensure_wrk", "run_wrk", "write_lua"]
+__all__ = [
+    "FixedRateResult",
+    "WrkResult",
+    "build_fixedrate",
+    "ensure_wrk",
+    "run_fixedrate",
+    "run_wrk",
+    "write_lua",
+]
 
 _MARK = "@@wrk "
 
@@ -167,3 +179,87 @@ def run_wrk(
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return WrkResult.from_output(proc.stdout, cpu)
+
+
+_FIXED_MARK = "@@fixed "
+_FIXEDRATE_C = Path(__file__).with_name("fixedrate.c")
+
+
+@dataclass(frozen=True, slots=True)
+class FixedRateResult:
+    """One open-loop run: latency from each request's due time (``p*_ms``) and from its send
+    (``sent_*``); ``late`` requests left more than 1 ms after they were due."""
+
+    rate: float
+    requests: int
+    duration_s: float
+    achieved_rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    sent_p50_ms: float
+    sent_p99_ms: float
+    late: int
+    errors: int
+    client_cpu_s: float
+
+    @classmethod
+    def from_output(cls, out: str, client_cpu_s: float) -> FixedRateResult:
+        line = next((ln for ln in out.splitlines() if ln.startswith(_FIXED_MARK)), None)
+        if line is None:
+            raise RuntimeError(f"fixedrate printed no summary line; output:\n{out}")
+        s = json.loads(line[len(_FIXED_MARK) :])
+        return cls(
+            rate=s["rate"],
+            requests=int(s["requests"]),
+            duration_s=s["duration_s"],
+            achieved_rps=s["achieved_rps"],
+            p50_ms=s["p50_us"] / 1e3,
+            p90_ms=s["p90_us"] / 1e3,
+            p99_ms=s["p99_us"] / 1e3,
+            p999_ms=s["p999_us"] / 1e3,
+            sent_p50_ms=s["sent_p50_us"] / 1e3,
+            sent_p99_ms=s["sent_p99_us"] / 1e3,
+            late=int(s["late"]),
+            errors=int(s["errors"]) + int(s["status_errors"]) + int(s["unanswered"]),
+            client_cpu_s=client_cpu_s,
+        )
+
+
+def build_fixedrate(workdir: Path) -> str:
+    """Compile ``fixedrate.c`` into ``workdir`` with the system C compiler; its path."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("no C compiler (cc) to build benchmarks/macro/fixedrate.c")
+    out = workdir / "fixedrate"
+    subprocess.run([cc, "-O2", "-o", str(out), str(_FIXEDRATE_C)], check=True)
+    return str(out)
+
+
+def run_fixedrate(
+    binary: str,
+    url: str,
+    *,
+    connections: int,
+    rate: float,
+    duration: float,
+    warmup: float = 1.0,
+    headers: Mapping[str, str] | None = None,
+) -> FixedRateResult:
+    """One open-loop run at ``rate`` requests/s in total; raises RuntimeError if it fails."""
+    argv = [binary, "-c", str(connections), "-r", str(rate), "-d", str(duration)]
+    argv += ["-w", str(warmup)]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    cpu0 = _children_cpu()
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + warmup + 60, check=False
+    )
+    cpu = _children_cpu() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"fixedrate exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return FixedRateResult.from_output(proc.stdout, cpu)

@@ -51,6 +51,9 @@ class Result:
     client_cpu_pct: float | None = None  # wrk's CPU over the run, % of one core
     error_detail: dict[str, int] = field(default_factory=dict)
     ratio: float | None = None  # rps / baseline rps, set once the run is over
+    open_loop: dict[str, Any] | None = None
+    """Proxy contenders: the open-loop run at a fixed rate (``load.FixedRateResult`` fields
+    plus ``cpu_us_per_req``), measured after the wrk run on the same server."""
 
 
 @dataclass(slots=True)

@@ -35,14 +35,14 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import prepare
 from .checks import CheckFailed
-from .load import ensure_wrk, run_wrk, write_lua
+from .load import build_fixedrate, ensure_wrk, run_fixedrate, run_wrk, write_lua
 from .procs import (
     HttpResponse,
     ServerProcess,
@@ -96,6 +96,7 @@ class Bench:
     tokens: dict[str, str]  # token kind (Contender.token) -> a token the harness minted
     expected: dict[str, Any]  # for the checks: product (dict), fixed_body (bytes), user
     scripts: dict[tuple[str, str | None], Path]  # (target, token kind or None) -> wrk script
+    fixedrate: str | None = None  # the open-loop load generator (proxy contenders), if built
 
     def postgres_cpu(self) -> float:
         """CPU seconds of the benchmark's PostgreSQL server so far (NaN if not local)."""
@@ -163,6 +164,28 @@ def _run_http(c: Contender, bench: Bench, values: dict[str, str]) -> Result:
         w = run_wrk(bench.wrk, url, script, connections=args.connections, duration=args.duration)
         cpu, pg = tree_cpu_seconds(srv.pid) - cpu0, bench.postgres_cpu() - pg0
         rss = tree_rss_mib(srv.pid)
+        open_loop = None
+        if bench.fixedrate is not None and _is_proxy(c):
+            cpu1 = tree_cpu_seconds(srv.pid)
+            f = run_fixedrate(
+                bench.fixedrate,
+                url,
+                connections=args.connections,
+                rate=args.open_rate,
+                duration=args.duration,
+                headers=headers,
+            )
+            open_loop = {
+                **asdict(f),
+                "cpu_us_per_req": (tree_cpu_seconds(srv.pid) - cpu1) * 1e6 / f.requests
+                if f.requests
+                else float("nan"),
+            }
+            _say(
+                f"  open loop at {f.rate:,.0f} req/s: p50 {f.p50_ms:.3f} ms, "
+                f"p99 {f.p99_ms:.3f} ms (from due; from send p50 {f.sent_p50_ms:.3f} ms), "
+                f"{open_loop['cpu_us_per_req']:.1f} CPU µs/req, {f.late} late, {f.errors} errors"
+            )
         if not srv.alive():
             raise RuntimeError(f"the server died during the run; log tail:\n{srv.log_tail()}")
     per_req = 1e6 / w.requests if w.requests else float("nan")
@@ -182,7 +205,13 @@ def _run_http(c: Contender, bench: Bench, values: dict[str, str]) -> Result:
         error_detail=w.error_detail,
         rss_mib=rss,
         client_cpu_pct=100 * w.client_cpu_s / w.duration_s if w.duration_s else None,
+        open_loop=open_loop,
     )
+
+
+def _is_proxy(c: Contender) -> bool:
+    """A proxy contender or the upstream they are compared with."""
+    return bool(c.upstream) or c.name == PROXY_BASELINE
 
 
 def run_self_timed(c: Contender, bench: Bench) -> Result:
@@ -258,6 +287,27 @@ def proxy_overhead(results: list[Result]) -> str:
         f"{r.p99_ms:.2f} | {r.p99_ms - direct.p99_ms:+.2f} | {r.cpu_us_per_req:.1f} |"
         for r in proxies
     )
+    d = direct.open_loop
+    opened = [r for r in proxies if r.open_loop is not None]
+    if d is None or not opened:
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"Open loop (`fixedrate`): the same {d['rate']:,.0f} req/s in total over the same "
+        "connections, below every contender's saturation; latency from when each request was "
+        f"due (`{PROXY_BASELINE}` p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms):",
+        "",
+        "| proxy | req/s | p50 ms | added p50 ms | p99 ms | added p99 ms | late | CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in opened:
+        o = r.open_loop
+        assert o is not None
+        lines.append(
+            f"| {r.name} | {o['achieved_rps']:,.0f} | {o['p50_ms']:.3f} | "
+            f"{o['p50_ms'] - d['p50_ms']:+.3f} | {o['p99_ms']:.3f} | "
+            f"{o['p99_ms'] - d['p99_ms']:+.3f} | {o['late']} | {o['cpu_us_per_req']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -376,6 +426,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reuse the benchmark database if it exists, and never drop it",
     )
     p.add_argument("--pool-size", type=int, default=10, help="asyncpg pool size of the peers")
+    p.add_argument(
+        "--open-rate",
+        type=float,
+        default=10_000,
+        help="proxy contenders: also an open-loop run at this total req/s (0: skip)",
+    )
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--list", action="store_true", help="list the contenders and exit")
     args = p.parse_args(argv)
@@ -488,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                 tokens=tokens,
                 expected={"product": db.check_product, "fixed_body": fixed_body, "user": db.user},
                 scripts=_write_scripts(workdir, db, tokens),
+                fixedrate=build_fixedrate(workdir)
+                if args.open_rate > 0 and any(_is_proxy(c) for c in contenders)
+                else None,
             )
             for c in contenders:
                 _say(f"\n▶ {c.name}: {c.summary}")
@@ -546,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             "products": db.product_count,
             "id_mix": len(db.product_ids),
             "baseline": BASELINE,
+            "open_rate": args.open_rate,
         },
         "results": results,
         "failures": failures,

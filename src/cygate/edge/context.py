@@ -106,6 +106,7 @@ class EdgeContext:
     __slots__ = (
         "_client_ip",
         "authorization",
+        "direct_headers",
         "headers",
         "host",
         "method",
@@ -118,6 +119,7 @@ class EdgeContext:
         "request_id",
         "response_headers",
         "scope",
+        "status",
         "traceparent",
         "trusted",
     )
@@ -161,6 +163,10 @@ class EdgeContext:
         )
         """The first ``Authorization`` header (PERF: the edge found it in its one pass over
         the headers; other callers leave it to be looked up here)."""
+        self.direct_headers: tuple[tuple[bytes, bytes], ...] | None = None
+        """Set by the edge when a dispatcher sends to the server directly (see ``Edge``)."""
+        self.status = 0
+        """The response status, once a direct dispatcher started the response."""
 
     @property
     def client_ip(self) -> str:

@@ -54,6 +54,7 @@ log = logging.getLogger("cygate.edge")
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE = b"00-" + b"0" * 32
+_HOST_CACHE = 256
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _UNMATCHED = "<unmatched>"
 
@@ -94,6 +95,18 @@ def _fresh_ids() -> tuple[str, bytes, bytes]:
     return _id_pool.pop()
 
 
+_hosts: dict[bytes, str] = {}
+
+
+def _host(value: bytes) -> str:
+    """``Host`` without the port, lower-cased (remembered for the next request)."""
+    host = value.decode("latin-1").rsplit(":", 1)[0].lower()
+    if len(_hosts) >= _HOST_CACHE:
+        _hosts.clear()
+    _hosts[value] = host
+    return host
+
+
 class BodyTooLarge(Exception):
     """Raised from ``receive`` when a streamed body passes the limit."""
 
@@ -112,7 +125,9 @@ class Edge:
     """Wraps an ASGI app (Litestar) with routing, policy and the response contract."""
 
     __slots__ = (
+        "_direct",
         "_security_headers",
+        "_upstream",
         "app",
         "cache",
         "fast_paths",
@@ -121,7 +136,6 @@ class Edge:
         "router",
         "stages",
         "trusted",
-        "upstream",
     )
 
     def __init__(
@@ -145,8 +159,9 @@ class Edge:
         self.trusted = trusted_proxies or TrustedProxies()
         self.stages = tuple(stages)
         """Run in order on every routed request (token check, rate limit, ...)."""
+        self._upstream: Dispatch | None = None
+        self._direct = False
         self.upstream = upstream
-        """Sends a request whose policy target is not ``local`` to its upstream."""
         self.router = router
         self.metrics = metrics
         self.max_body = max_body_bytes
@@ -162,6 +177,21 @@ class Edge:
                 hsts += "; includeSubDomains"
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
+
+    @property
+    def upstream(self) -> Dispatch | None:
+        """Sends a request whose policy target is not ``local`` to its upstream.
+
+        A dispatcher with a true ``direct`` attribute is handed the server's ``send`` when
+        nothing needs to see its messages (no cache capture, no HEAD body to drop): it then
+        appends ``ctx.direct_headers`` and ``ctx.response_headers`` to its response head itself
+        and sets ``ctx.status`` before sending it. Others get the edge's wrapper."""
+        return self._upstream
+
+    @upstream.setter
+    def upstream(self, dispatch: Dispatch | None) -> None:
+        self._upstream = dispatch
+        self._direct = bool(getattr(dispatch, "direct", False))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,7 +215,8 @@ class Edge:
                 if authorization is None:
                     authorization = value
             elif name == b"host":
-                host = value.decode("latin-1").rsplit(":", 1)[0].lower()
+                # PERF: clients repeat a few Host values; each is lower-cased once.
+                host = _hosts.get(value) or _host(value)
             elif name == b"x-request-id":
                 if _REQUEST_ID_RE.fullmatch(value):
                     request_id = value.decode()
@@ -206,25 +237,9 @@ class Edge:
             (b"traceparent", traceparent),
             *self._security_headers,
         )
-        instance: str = scope.get("path", "")
+        instance = ""  # the path, once normalised (problems before that: the raw one)
         ctx: EdgeContext | None = None
         miss: CacheMiss | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                message["headers"] = [*message.get("headers", ()), *headers]
-                if ctx is not None and ctx.response_headers:
-                    message["headers"] += ctx.response_headers
-            elif head_only and message["type"] == "http.response.body":
-                message = {
-                    "type": "http.response.body",
-                    "body": b"",
-                    "more_body": message.get("more_body", False),
-                }
-            await send(message)
 
         head_only = False
         try:
@@ -263,6 +278,39 @@ class Edge:
                 if pending is not None:
                     await pending
 
+            if (
+                self._direct
+                and policy.target != "local"
+                and not head_only
+                and (self.cache is None or policy.cache is None)
+            ):
+                # PERF: a dispatcher that adds the edge's headers itself gets the server's own
+                # ``send`` (no wrapper coroutine per message); it reports the status.
+                ctx.direct_headers = headers
+                try:
+                    await self._upstream(ctx, receive, send)  # type: ignore[misc]  # _direct
+                finally:
+                    if ctx.status:
+                        status = ctx.status
+                        response_started = True
+                return
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status, response_started
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    response_started = True
+                    message["headers"] = [*message.get("headers", ()), *headers]
+                    if ctx is not None and ctx.response_headers:
+                        message["headers"] += ctx.response_headers
+                elif head_only and message["type"] == "http.response.body":
+                    message = {
+                        "type": "http.response.body",
+                        "body": b"",
+                        "more_body": message.get("more_body", False),
+                    }
+                await send(message)
+
             if self.cache is not None and policy.cache is not None:
                 # The cache step (cache.py), after the stages: auth and limits apply to hits.
                 hit = self.cache.lookup(ctx)  # PERF: sync (key + L1), no coroutine on a hit
@@ -283,9 +331,10 @@ class Edge:
                 send_wrapper = miss.send  # a miss: capture the response to store it
 
             if policy.target != "local":
-                if self.upstream is None:
+                upstream = self._upstream
+                if upstream is None:
                     raise Problem(502, f"no upstream dispatcher for target {policy.target!r}")
-                await self.upstream(ctx, receive, send_wrapper)
+                await upstream(ctx, receive, send_wrapper)
                 return
             if policy.fast is not None and self.fast_paths:
                 staged = len(ctx.response_headers)
@@ -329,6 +378,7 @@ class Edge:
             status = problem.status
             if ctx is not None and ctx.response_headers:
                 headers += tuple(ctx.response_headers)
+            instance = instance or scope.get("path", "")
             await _send_problem(send, problem, instance, request_id, headers)
         except Exception:
             log.exception("unhandled error request_id=%s route=%s", request_id, route_name)
@@ -336,6 +386,7 @@ class Edge:
                 raise
             status = 500
             detail = "internal error; quote the request_id when reporting it"
+            instance = instance or scope.get("path", "")
             await _send_problem(send, Problem(500, detail), instance, request_id, headers)
         finally:
             if miss is not None:

@@ -145,6 +145,7 @@ class Metrics:
         "_path",
         "_series",
         "_task",
+        "_upstream",
         "directory",
     )
 
@@ -160,6 +161,8 @@ class Metrics:
         # (family, labels) -> a Counter its owner bumps directly (see Counter)
         self._bound: dict[tuple[str, tuple[str, ...]], Counter] = {}
         self._flushed_bound = 0.0  # sum of the bound counters at the last flush
+        # (upstream, route, outcome) -> (its requests counter, its route's duration histogram)
+        self._upstream: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
 
@@ -211,8 +214,21 @@ class Metrics:
     # Upstream proxy (routing issue): thin names so the proxy reads well.
 
     def upstream_request(self, upstream: str, route: str, outcome: str, seconds: float) -> None:
-        self.inc("cygate_upstream_requests_total", (upstream, route, outcome))
-        self.observe_family("cygate_upstream_request_duration_seconds", (upstream, route), seconds)
+        # PERF: one lookup finds both series (the same lists the families hold).
+        key = (upstream, route, outcome)
+        pair = self._upstream.get(key)
+        if pair is None:
+            count = self._families.setdefault(("cygate_upstream_requests_total", key), [0.0])
+            hist = self._families.setdefault(
+                ("cygate_upstream_request_duration_seconds", (upstream, route)), [0.0] * (_NB + 3)
+            )
+            pair = self._upstream[key] = (count, hist)
+        count, hist = pair
+        count[0] += 1
+        hist[0] += 1
+        hist[1] += seconds
+        hist[2 + bisect_left(BUCKETS, seconds)] += 1
+        self._dirty = True
 
     def upstream_retry(self, upstream: str, route: str) -> None:
         self.inc("cygate_upstream_retries_total", (upstream, route))

@@ -74,6 +74,9 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _SCHEMES = {"http": b"http", "https": b"https"}
 _NEEDS_QUOTE = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~]").search
 _QUERY_OK = frozenset(range(0x21, 0x7F)) - {ord("#")}
+_FORWARDING_CACHE = 4096
+# Connection header values that name no other header (the common ones: nothing more to drop).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
 def _too_slow(up: Upstream, route: ProxyRoute) -> Problem:
@@ -103,11 +106,18 @@ class _Exchange:
 class UpstreamProxy:
     """``await proxy(ctx, receive, send)`` for requests whose route targets an upstream."""
 
-    __slots__ = ("metrics", "trusted")
+    __slots__ = ("_any_trusted", "_forwarding", "metrics", "trusted")
+
+    direct = True
+    """Adds the edge's response headers itself (see :attr:`cygate.edge.edge.Edge.upstream`)."""
 
     def __init__(self, metrics: Metrics, trusted: TrustedProxies | None = None) -> None:
         self.metrics = metrics
         self.trusted = trusted or TrustedProxies()
+        self._any_trusted = bool(self.trusted)
+        # PERF: (peer, scheme, host) -> the forwarding headers for a peer that is not a trusted
+        # proxy (they depend on nothing else); emptied when it grows past _FORWARDING_CACHE.
+        self._forwarding: dict[tuple[str, bytes, bytes], bytes] = {}
 
     async def __call__(self, ctx: EdgeContext, receive: Receive, send: Send) -> None:
         route: ProxyRoute | None = getattr(ctx.policy, "proxy", None)
@@ -130,8 +140,8 @@ class UpstreamProxy:
             if not up.bulkhead.try_acquire():
                 await up.bulkhead.acquire(deadline - loop.time())
             try:
-                if not admitted:
-                    admitted = breaker.allow()  # it may have opened while we queued
+                if not admitted:  # it may have opened while we queued
+                    admitted = breaker.state == CLOSED or breaker.allow()
                 if admitted:
                     await self._exchange(ctx, receive, send, route, up, ex, deadline)
                 else:
@@ -193,7 +203,7 @@ class UpstreamProxy:
         while True:
             target = up.pick(ctx, avoid)
             ex.target = target
-            head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s" % (
+            head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (
                 method.encode("ascii"),
                 (target.base_path + path).encode("latin-1"),
                 ctx.header(b"host")
@@ -215,9 +225,9 @@ class UpstreamProxy:
                     reused = conn is not None
                     if conn is None:
                         conn = await self._connect(target, route, deadline)
-                    conn.begin(head_only=head_only)
+                    conn.begin(head_only=head_only, skip=route.skip_response)
                     conn.arm(route.read_timeout, deadline)
-                    conn.write(head + (b"\r\n" + body if body else b"\r\n"))
+                    conn.write(head + body if body else head)
                     try:
                         status, headers = await conn.read_head()
                     except ConnectionLost as exc:
@@ -229,9 +239,9 @@ class UpstreamProxy:
                         conn.close()
                         conn = None
                         conn = await self._connect(target, route, deadline)
-                        conn.begin(head_only=head_only)
+                        conn.begin(head_only=head_only, skip=route.skip_response)
                         conn.arm(route.read_timeout, deadline)
-                        conn.write(head + (b"\r\n" + body if body else b"\r\n"))
+                        conn.write(head + body if body else head)
                         status, headers = await conn.read_head()
             except UpstreamError as exc:
                 target.outstanding -= 1
@@ -273,7 +283,13 @@ class UpstreamProxy:
         # The response: from here on nothing is retried.
         ex.status = status
         try:
-            out = _response_headers(headers, route)
+            out = _response_headers(headers, route, conn.connection)
+            direct = ctx.direct_headers
+            if direct is not None:  # the edge's headers are ours to add (see Edge.upstream)
+                out += direct
+                if ctx.response_headers:
+                    out += ctx.response_headers
+                ctx.status = status
             if conn.has_body_ready:  # PERF: a small response is whole already: two sends
                 data = conn.take_body()
                 await send({"type": "http.response.start", "status": status, "headers": out})
@@ -317,9 +333,9 @@ class UpstreamProxy:
         """Write the head, then copy the client's body as it arrives (not replayable)."""
         if conn is None:
             conn = await self._connect(target, route, deadline)
-        conn.begin(head_only=head_only)
+        conn.begin(head_only=head_only, skip=route.skip_response)
         try:
-            conn.write(head + b"\r\n")
+            conn.write(head)
             # NOTE: a slow client upload is bounded by the deadline too (a slow path, so an
             # asyncio.timeout is fine here); the upstream's silence is not timed meanwhile.
             async with asyncio.timeout_at(deadline):
@@ -409,26 +425,38 @@ class UpstreamProxy:
             append = parts.append
         peer = ctx.peer
         scheme = _SCHEMES.get(ctx.scope.get("scheme", "http")) or b"http"
-        peer_b = peer.encode("latin-1")
-        node = b'"[' + peer_b + b']"' if b":" in peer_b else peer_b
-        element = b"for=%s;proto=%s" % (node, scheme)
-        if host:
-            element += b';host="%s"' % host.replace(b'"', b"")
-        if self.trusted and peer in self.trusted:
-            xff = xff + b", " + peer_b if xff else peer_b
-            xfp = xfp or scheme
-            xfh = xfh or host
-            fwd = fwd + b", " + element if fwd else element
-        else:
-            xff, xfp, xfh, fwd = peer_b, scheme, host, element
+        trusted_peer = self._any_trusted and peer in self.trusted
+        forwarding = None if trusted_peer else self._forwarding.get((peer, scheme, host))
+        if forwarding is None:
+            peer_b = peer.encode("latin-1")
+            node = b'"[' + peer_b + b']"' if b":" in peer_b else peer_b
+            element = b"for=%s;proto=%s" % (node, scheme)
+            if host:
+                element += b';host="%s"' % host.replace(b'"', b"")
+            if trusted_peer:
+                xff = xff + b", " + peer_b if xff else peer_b
+                xfp = xfp or scheme
+                xfh = xfh or host
+                fwd = fwd + b", " + element if fwd else element
+            else:
+                xff, xfp, xfh, fwd = peer_b, scheme, host, element
+            forwarding = b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nforwarded: %s\r\n" % (
+                xff,
+                xfp,
+                fwd,
+            )
+            if xfh:
+                forwarding += b"x-forwarded-host: " + xfh + b"\r\n"
+            if not trusted_peer:
+                cache = self._forwarding
+                if len(cache) >= _FORWARDING_CACHE:
+                    cache.clear()
+                cache[(peer, scheme, host)] = forwarding
         # PERF: one format for the headers every request gets.
         append(
-            b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
-            b"forwarded: %s\r\nx-request-id: %s\r\ntraceparent: %s\r\n"
-            % (xff, xfp, fwd, ctx.request_id.encode(), ctx.traceparent)
+            b"%sx-request-id: %s\r\ntraceparent: %s\r\n"
+            % (forwarding, ctx.request_id.encode(), ctx.traceparent)
         )
-        if xfh:
-            append(b"x-forwarded-host: " + xfh + b"\r\n")
         principal = ctx.principal
         if principal is not None:
             ids = route.identity
@@ -449,18 +477,17 @@ class UpstreamProxy:
 
 
 def _response_headers(
-    headers: list[tuple[bytes, bytes]], route: ProxyRoute
+    headers: list[tuple[bytes, bytes]], route: ProxyRoute, connection: bytes | None
 ) -> list[tuple[bytes, bytes]]:
-    skip = route.skip_response
-    out = [(n, v) for n, v in headers if n not in skip]
-    for name, value in headers:
-        if name == b"connection":
-            named = {t.strip().lower() for t in value.split(b",")}
-            out = [(n, v) for n, v in out if n not in named]
-            break
+    """The upstream's headers (the client already left out ``route.skip_response``: hop-by-hop
+    ones and those the route removes) less those its ``Connection`` header names
+    (``connection``: its value); plus the route's own."""
+    if connection is not None and connection not in _PLAIN_CONNECTION:
+        named = {t.strip().lower() for t in connection.split(b",")}
+        headers = [h for h in headers if h[0] not in named]
     if route.set_response:
-        out.extend(route.set_response)
-    return out
+        headers.extend(route.set_response)
+    return headers
 
 
 async def _read_body(receive: Receive, length: int) -> bytes:

@@ -509,3 +509,26 @@ async def test_streamed_body_then_close_is_complete(servers: list[Upstream]) -> 
         assert r.error is None and r.status == 200 and r.size == 3_000_000
     finally:
         await close_table(table)
+
+
+async def test_edge_headers_once_whether_the_proxy_sends_directly_or_not(
+    servers: list[Upstream],
+) -> None:
+    """GET goes out on the server's own ``send`` (the proxy adds the edge's headers); HEAD on
+    a GET route goes through the edge's wrapper (it drops the body): the same headers, once."""
+    edge, table = make_edge(
+        one(servers[0], route={"response_headers": {"set": {"x-served-by": "gw"}}})
+    )
+    try:
+        for method in ("GET", "HEAD"):
+            r = await call(edge, method, "/svc/x", headers=[(b"x-request-id", b"rid-1")])
+            assert r.status == 200, method
+            names = [n for n, _ in r.headers]
+            for name in (b"x-request-id", b"traceparent", b"x-content-type-options"):
+                assert names.count(name) == 1, (method, name)
+            assert r.header(b"x-request-id") == b"rid-1"
+            assert r.header(b"x-served-by") == b"gw"
+            assert b"connection" not in names and b"keep-alive" not in names
+        assert edge.metrics.render().count('status="200"') >= 1
+    finally:
+        await close_table(table)
