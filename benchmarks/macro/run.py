@@ -8,7 +8,9 @@ HTTP load on this machine, one after another in one run. For each contender:
 3. warm up with wrk on the same URL/script, then measure with
    ``wrk -t1 -c<connections> -d<duration>s --latency``, reading the CPU time of the server's
    whole process tree (and of PostgreSQL) from ``/proc`` just before and after;
-4. kill the process group (also on an exception, Ctrl-C or SIGTERM).
+4. for the proxy contenders, an open-loop run at a fixed rate (``--open-rate``, with
+   ``fixedrate.c``): latency from each request's due time, and the CPU of that run;
+5. kill the process group (also on an exception, Ctrl-C or SIGTERM).
 
 Then it prints one table (req/s, p50, p99, server CPU µs/request, PostgreSQL CPU µs/request,
 errors, RSS, ratio of req/s to the Litestar hello-world baseline), writes

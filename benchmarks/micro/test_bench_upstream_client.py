@@ -1,8 +1,10 @@
 """Which HTTP client should the proxy use? One small JSON GET on a keep-alive connection to an
 nginx upstream (a native server, so the client's cost is what differs), on uvloop like the
 gateway. Two workloads: one request at a time (the latency a proxied request pays) and 64 at
-once over a pool (a worker under load). Contenders: cygate's own client (asyncio protocol +
-httptools), httpx, aiohttp.
+once over a pool (a worker under load). Contenders: cygate's own client (asyncio protocol; a
+whole small response parsed by the compiled core in one call, httptools for anything else), the
+same client reading every response with httptools (``cygate-httptools``: what the compiled parser
+saves), httpx, aiohttp.
 """
 
 from __future__ import annotations
@@ -90,7 +92,31 @@ def aiohttp_client(port: int, runner: Runner) -> tuple[Callable[[], Awaitable[by
     return get, session.close
 
 
-CLIENTS = {"cygate": cygate_client, "httpx": httpx_client, "aiohttp": aiohttp_client}
+def cygate_httptools_client(
+    port: int, runner: Runner
+) -> tuple[Callable[[], Awaitable[bytes]], Any]:
+    """cygate's client with the compiled whole-response parser switched off."""
+    from cygate.upstream import client
+
+    get, close = cygate_client(port, runner)
+    saved = client._parse_whole
+
+    async def get_with_httptools() -> bytes:
+        client._parse_whole = None
+        try:
+            return await get()
+        finally:
+            client._parse_whole = saved
+
+    return get_with_httptools, close
+
+
+CLIENTS = {
+    "cygate": cygate_client,
+    "cygate-httptools": cygate_httptools_client,
+    "httpx": httpx_client,
+    "aiohttp": aiohttp_client,
+}
 
 
 def _bench(name: str, upstream: int, runner: Runner, micro: Micro, *, concurrent: bool) -> None:
@@ -122,8 +148,13 @@ def _bench(name: str, upstream: int, runner: Runner, micro: Micro, *, concurrent
 
 
 def test_cygate_sequential(upstream: int, runner: Runner, micro: Micro) -> None:
-    """cygate's client (asyncio protocol + httptools): one keep-alive GET at a time."""
+    """cygate's client (asyncio protocol + compiled parser): one keep-alive GET at a time."""
     _bench("cygate", upstream, runner, micro, concurrent=False)
+
+
+def test_cygate_httptools_sequential(upstream: int, runner: Runner, micro: Micro) -> None:
+    """cygate's client reading with httptools only: one keep-alive GET at a time."""
+    _bench("cygate-httptools", upstream, runner, micro, concurrent=False)
 
 
 def test_httpx_sequential(upstream: int, runner: Runner, micro: Micro) -> None:
@@ -139,6 +170,11 @@ def test_aiohttp_sequential(upstream: int, runner: Runner, micro: Micro) -> None
 def test_cygate_concurrent(upstream: int, runner: Runner, micro: Micro) -> None:
     """cygate's client: 64 tasks x 8 GETs over one pool."""
     _bench("cygate", upstream, runner, micro, concurrent=True)
+
+
+def test_cygate_httptools_concurrent(upstream: int, runner: Runner, micro: Micro) -> None:
+    """cygate's client reading with httptools only: 64 tasks x 8 GETs over one pool."""
+    _bench("cygate-httptools", upstream, runner, micro, concurrent=True)
 
 
 def test_httpx_concurrent(upstream: int, runner: Runner, micro: Micro) -> None:
