@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import random
 import secrets
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -30,6 +32,7 @@ from tests.events_helpers import (
 )
 from tests.private_redis import PrivateRedis
 
+from cygate.ids import uuid7
 from cygate.infra.db import create_pool
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import RedisHandle
@@ -37,7 +40,7 @@ from cygate.services.events.consumer import ConsumerRunner, Handler
 from cygate.services.events.handlers import AnalyticsHandler, OrderSummaryHandler
 from cygate.services.events.relay import Relay
 from cygate.services.events.service import EventsService
-from cygate.services.events.stream import events_redis
+from cygate.services.events.stream import Event, events_redis
 from cygate.settings import Settings
 
 
@@ -418,4 +421,69 @@ async def test_every_event_reaches_every_consumer_exactly_once_despite_sigkills(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        await conn.close()
+
+
+async def test_a_batch_has_the_effect_of_its_events_one_by_one(dsn: str) -> None:
+    """``apply_batch`` (one upsert per batch, what the runner uses) against ``apply`` of each
+    event: the same summaries (counts, money, last order time) and the same analytics, for
+    random events of every order type in batches of random sizes, users repeated in a batch."""
+    rng = random.Random(5)
+    types = ["order.created", "order.paid", "order.shipped", "order.cancelled", "order.expired"]
+    users = [uuid7() for _ in range(4)]
+    twins = {u: uuid7() for u in users}  # the batch side writes the same events for these
+    start = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    events = []
+    for n in range(120):
+        etype = rng.choice(types)
+        user = rng.choice(users)
+        oid = str(uuid7())
+        payload: dict[str, object] = {"order_id": oid, "user_id": str(user)}
+        if etype == "order.created":
+            payload["total_cents"] = rng.randint(0, 10_000)
+        if etype == "order.paid":
+            payload["amount_cents"] = rng.randint(0, 10_000)
+        at = start + dt.timedelta(hours=rng.randint(0, 72), microseconds=rng.randint(0, 10**6))
+        events.append(Event(n + 1, etype, "order", oid, at, payload))
+    later = dt.timedelta(days=1000)  # the batch side's analytics rows: other days
+
+    def twin(e: Event) -> Event:
+        payload = {**e.payload, "user_id": str(twins[UUID(str(e.payload["user_id"]))])}
+        return Event(e.id, e.type, e.aggregate, e.aggregate_id, e.created_at + later, payload)
+
+    conn = await connect(dsn)
+    try:
+        for handler in (OrderSummaryHandler(), AnalyticsHandler()):
+            async with conn.transaction():
+                for event in events:
+                    await handler.apply(conn, event)
+            rest = [twin(e) for e in events]
+            while rest:
+                size = rng.randint(1, 25)
+                async with conn.transaction():
+                    await handler.apply_batch(conn, rest[:size])
+                rest = rest[size:]
+        rows = {
+            r["user_id"]: dict(r)
+            for r in await conn.fetch(
+                "SELECT user_id, orders_count, open_orders, paid_orders, shipped_orders,"
+                " cancelled_orders, expired_orders, total_spent_cents, last_order_at"
+                " FROM order_summaries"
+            )
+        }
+        for user in users:
+            one, batched = rows[user], rows[twins[user]]
+            one.pop("user_id"), batched.pop("user_id")
+            if batched["last_order_at"] is not None:
+                batched["last_order_at"] -= later
+            assert one == batched, user
+        daily = await conn.fetch(
+            "SELECT day, event_type, events, amount_cents FROM analytics_daily ORDER BY 1, 2"
+        )
+        one_by_one = {(r["day"], r["event_type"]): r[2:] for r in daily if r["day"].year < 2028}
+        batched = {
+            (r["day"] - later, r["event_type"]): r[2:] for r in daily if r["day"].year >= 2028
+        }
+        assert one_by_one == batched and sum(v[0] for v in batched.values()) == len(events)
+    finally:
         await conn.close()

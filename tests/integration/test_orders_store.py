@@ -4,18 +4,23 @@ and no deadlock or lost stock when orders over the same products race with cance
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from itertools import product as pairs
+from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
+import orjson
 import pytest
 
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
 from cygate.infra.db import create_pool
+from cygate.services.idempotency import Claim, ClaimLost, Idempotency, IdempotentRequest
 from cygate.services.orders import lock_order, mark_paid, store
 from cygate.services.orders.expiry import OrderExpiry
 from cygate.services.orders.models import OrderItemIn
@@ -282,3 +287,190 @@ async def test_payment_in_flight_sees_attempts_committed_while_it_waited_for_the
             await tx.commit()
             await waiting
             assert await store.payment_in_flight(canceller, [oid]) == {oid}
+
+
+# --------------------------------------------------------------------------- cygate_place_order
+
+
+async def _claim(pool: asyncpg.Pool, user: UUID, key: str) -> Claim:
+    idem = Idempotency(ttl=3600, in_flight_timeout=30)
+    idem.pool = pool
+    got = await idem.claim(
+        IdempotentRequest.of(user_id=user, key=key, method="POST", path="/o", body={"k": key})
+    )
+    assert isinstance(got, Claim)
+    return got
+
+
+async def test_the_body_is_what_msgspec_encodes_for_the_order(
+    pool: asyncpg.Pool, user: UUID
+) -> None:
+    """The 201 body the database builds is, byte for byte, msgspec's encoding of the order
+    (string and object addresses, escapes, non-ASCII; lines in product id order)."""
+    a, b, c = await new_products(pool, 10, 10, 10, price=1999)
+    await pool.execute("UPDATE products SET price_cents = 5 WHERE id = $1", c)
+    addresses: list[Any] = [
+        'Rue "du" Lac 3 \\ é 😀 \u2028 \x01 </tag>',
+        {"name": "Zoë", "line1": "1 Main St", "city": "Zürich", "country": "CH"},
+    ]
+    for address in addresses:
+        oid = uuid7()
+        lines = [OrderItemIn(product_id=c, quantity=3), OrderItemIn(product_id=a, quantity=1)]
+        async with pool.acquire() as conn, conn.transaction():
+            body = await store.place(
+                conn, order_id=oid, user_id=user, items=lines, shipping_address=address,
+                ttl_seconds=900,
+            )  # fmt: skip
+        saved = await store.get_order(pool, oid)
+        assert saved is not None
+        # GET reads the address back from jsonb (key order may differ): the POST answer
+        # carries the client's own address, as msgspec encodes it.
+        expected = msgspec.structs.replace(saved, shipping_address=address)
+        assert body == msgspec.json.encode(expected)
+        assert [i.product_id for i in saved.items] == sorted([a, c])
+        assert saved.total_cents == 1999 + 3 * 5
+        assert saved.shipping_address == address
+        assert saved.expires_at is not None and saved.created_at == saved.updated_at
+    assert (await stock(pool, a), await stock(pool, b), await stock(pool, c)) == (8, 10, 4)
+
+
+async def test_json_time_is_msgspecs_datetime_encoding(pool: asyncpg.Pool) -> None:
+    """With and without microseconds (msgspec writes none when they are zero)."""
+    utc = dt.UTC
+    for value in (
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=utc),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 5, tzinfo=utc),
+        dt.datetime(2026, 12, 31, 23, 59, 59, 120000, tzinfo=utc),
+        dt.datetime(1999, 7, 8, 9, 10, 11, 999999, tzinfo=dt.timezone(dt.timedelta(hours=5))),
+    ):
+        got = await pool.fetchval("SELECT cygate_json_time($1)", value)
+        assert got.encode() == msgspec.json.encode(value.astimezone(utc)), value
+
+
+async def test_refusals_write_nothing_and_name_the_problem(pool: asyncpg.Pool, user: UUID) -> None:
+    """Insufficient stock (409), an unknown product and mixed currencies (422): the function
+    reserves nothing, writes no order, line, event or idempotency record."""
+    a, b = await new_products(pool, 3, 1)
+    (usd,) = await new_products(pool, 5)
+    await pool.execute("UPDATE products SET currency = 'USD' WHERE id = $1", usd)
+    ghost = uuid7()
+    claim = await _claim(pool, user, "refused")
+    record = store.Record("refused", claim.token, {"content-type": "application/json"})
+    cases: list[tuple[list[tuple[UUID, int]], int, dict[str, Any]]] = [
+        ([(a, 2), (b, 2)], 409, {"items": [
+            {"product_id": str(b), "requested": 2, "available": 1}]}),
+        ([(a, 1), (ghost, 1)], 422, {"errors": [
+            {"field": "body.items[1].product_id", "message": f"no product {ghost}"}]}),
+        ([(a, 1), (usd, 1)], 422, {"errors": [
+            {"field": "body.items", "message": "mixed currencies ['EUR', 'USD']"}]}),
+    ]  # fmt: skip
+    for lines, status, extra in cases:
+        with pytest.raises(Problem) as err:
+            async with pool.acquire() as conn, conn.transaction():
+                await store.place(
+                    conn, order_id=uuid7(), user_id=user, ttl_seconds=900, shipping_address="x",
+                    items=[OrderItemIn(product_id=p, quantity=q) for p, q in lines],
+                    record=record,
+                )  # fmt: skip
+        assert (err.value.status, err.value.extra) == (status, extra)
+    assert [await stock(pool, p) for p in (a, b, usd)] == [3, 1, 5]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE user_id = $1", user) == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM order_items WHERE product_id = ANY($1::uuid[])", [a, b, usd]
+    ) == 0  # fmt: skip
+    assert await pool.fetchval(
+        "SELECT state FROM idempotency_keys WHERE user_id = $1 AND key = 'refused'", user
+    ) == "in_flight"  # fmt: skip
+
+
+async def test_a_lost_claim_rolls_the_whole_order_back(pool: asyncpg.Pool, user: UUID) -> None:
+    """Recording on a claim another attempt took over raises ClaimLost (SQLSTATE CYG01): no
+    order, no stock taken, no event; the new holder's claim is untouched."""
+    (pid,) = await new_products(pool, 5)
+    claim = await _claim(pool, user, "lost")
+    stale = store.Record("lost", uuid7(), {"content-type": "application/json"})
+    oid = uuid7()
+    with pytest.raises(ClaimLost):
+        async with pool.acquire() as conn, conn.transaction():
+            await store.place(
+                conn, order_id=oid, user_id=user, ttl_seconds=900, shipping_address="x",
+                items=[OrderItemIn(product_id=pid, quantity=2)], record=stale,
+            )  # fmt: skip
+    assert await stock(pool, pid) == 5
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE id = $1", oid) == 0
+    assert await events(pool, oid) == []
+    row = await pool.fetchrow(
+        "SELECT state, claim FROM idempotency_keys WHERE user_id = $1 AND key = 'lost'", user
+    )
+    assert row is not None and (row["state"], row["claim"]) == ("in_flight", claim.token)
+
+
+async def test_the_response_is_recorded_with_the_order(pool: asyncpg.Pool, user: UUID) -> None:
+    """With a claim, the 201 (body, headers) is recorded in the order's statement: a rollback
+    of the caller's transaction takes both back; a commit keeps both."""
+    (pid,) = await new_products(pool, 5)
+    claim = await _claim(pool, user, "rec")
+    headers = {"content-type": "application/json", "location": "/o/x"}
+    record = store.Record("rec", claim.token, headers)
+    items = [OrderItemIn(product_id=pid, quantity=1)]
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await store.place(
+            conn, order_id=uuid7(), user_id=user, items=items, shipping_address="x",
+            ttl_seconds=900, record=record,
+        )  # fmt: skip
+        await tx.rollback()
+    key = "SELECT state, response_status, response_headers, response_body FROM idempotency_keys"
+    key += " WHERE user_id = $1 AND key = 'rec'"
+    assert (await pool.fetchrow(key, user))["state"] == "in_flight"  # type: ignore[index]
+    assert await stock(pool, pid) == 5
+    oid = uuid7()
+    async with pool.acquire() as conn, conn.transaction():
+        body = await store.place(
+            conn, order_id=oid, user_id=user, items=items, shipping_address="x",
+            ttl_seconds=900, record=record,
+        )  # fmt: skip
+    row = await pool.fetchrow(key, user)
+    assert row is not None
+    assert (row["state"], row["response_status"], row["response_headers"]) == (
+        "done", 201, headers
+    )  # fmt: skip
+    assert bytes(row["response_body"]) == body
+    assert orjson.loads(body)["id"] == str(oid)
+    assert await events(pool, oid) == ["order.created"]
+    payload = await pool.fetchval("SELECT payload FROM outbox WHERE aggregate_id = $1", str(oid))
+    assert payload == {
+        "order_id": str(oid), "user_id": str(user), "total_cents": 100, "currency": "EUR",
+        "items": [{"product_id": str(pid), "quantity": 1}],
+    }  # fmt: skip
+
+
+async def test_products_are_locked_in_ascending_id_order(pool: asyncpg.Pool, user: UUID) -> None:
+    """Whatever the order of the lines: with the higher id held from outside, the order waits
+    holding the lower one; with the lower one held, it waits holding nothing (so two orders
+    over the same products always queue, never deadlock)."""
+    low, high = sorted(await new_products(pool, 10, 10))
+    lines = [(high, 1), (low, 1)]  # the client's order: higher id first
+
+    async def holds(pid: UUID) -> bool:
+        async with pool.acquire() as probe, probe.transaction():
+            try:
+                await probe.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE NOWAIT", pid)
+            except asyncpg.LockNotAvailableError:
+                return True
+            return False
+
+    for held, expect_low, expect_high in ((high, True, True), (low, True, False)):
+        async with pool.acquire() as outside:
+            tx = outside.transaction()
+            await tx.start()
+            await outside.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", held)
+            ordering = asyncio.ensure_future(place(pool, user, lines))
+            await asyncio.sleep(0.2)
+            assert not ordering.done()
+            assert await holds(low) is expect_low  # by the order (or by us when held == low)
+            assert await holds(high) is expect_high
+            await tx.rollback()
+            await ordering
+    assert (await stock(pool, low), await stock(pool, high)) == (8, 8)

@@ -72,6 +72,8 @@ class Handler(Protocol):
 
 # A non-transactional handler may also define ``async def apply_many(events)``: the effect of
 # a whole batch at once (idempotent like ``apply``); on failure each event is applied alone.
+# A transactional one may define ``async def apply_batch(conn, events)``: the effect of the
+# events new to it in the batch's transaction, exactly what ``apply`` of each would do.
 
 
 def consumer_name() -> str:
@@ -312,8 +314,15 @@ class ConsumerRunner:
             for _mid, event in events:
                 if event.id in fresh:
                     fresh.discard(event.id)  # a second copy in this batch is not applied
-                    await self.handler.apply(conn, event)
                     applied.append(event)
+            batch = getattr(self.handler, "apply_batch", None)
+            if batch is not None:
+                # PERF: one statement for the batch instead of one round trip per event.
+                if applied:
+                    await batch(conn, applied)
+            else:
+                for event in applied:
+                    await self.handler.apply(conn, event)
         self._count(applied)
 
     def _count(self, events: list[Event]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -77,6 +77,22 @@ ON CONFLICT (user_id) DO UPDATE SET
     last_order_at = GREATEST(s.last_order_at, EXCLUDED.last_order_at),
     updated_at = now()
 """
+_SUMMARY_BATCH = """
+INSERT INTO order_summaries AS s (user_id, orders_count, open_orders, paid_orders,
+    shipped_orders, cancelled_orders, expired_orders, total_spent_cents, last_order_at)
+SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[],
+                     $7::int[], $8::bigint[], $9::timestamptz[])
+ON CONFLICT (user_id) DO UPDATE SET
+    orders_count = s.orders_count + EXCLUDED.orders_count,
+    open_orders = s.open_orders + EXCLUDED.open_orders,
+    paid_orders = s.paid_orders + EXCLUDED.paid_orders,
+    shipped_orders = s.shipped_orders + EXCLUDED.shipped_orders,
+    cancelled_orders = s.cancelled_orders + EXCLUDED.cancelled_orders,
+    expired_orders = s.expired_orders + EXCLUDED.expired_orders,
+    total_spent_cents = s.total_spent_cents + EXCLUDED.total_spent_cents,
+    last_order_at = GREATEST(s.last_order_at, EXCLUDED.last_order_at),
+    updated_at = now()
+"""
 # (orders, open, paid, shipped, cancelled, expired) per event type
 _DELTAS: dict[str, tuple[int, int, int, int, int, int]] = {
     "order.created": (1, 1, 0, 0, 0, 0),
@@ -107,11 +123,37 @@ class OrderSummaryHandler:
             spent, last,
         )  # fmt: skip
 
+    async def apply_batch(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """What :meth:`apply` of each event does, summed per user into one upsert (the effects
+        are additive deltas and a maximum, so the sum is the same)."""
+        per_user: dict[UUID, list[Any]] = {}
+        for event in events:
+            p = event.payload
+            row = per_user.setdefault(UUID(str(p["user_id"])), [0, 0, 0, 0, 0, 0, 0, None])
+            for n, delta in enumerate(_DELTAS[event.type]):
+                row[n] += delta
+            if event.type == "order.paid":
+                row[6] += int(p["amount_cents"])
+            if event.type == "order.created" and (row[7] is None or event.created_at > row[7]):
+                row[7] = event.created_at
+        # NOTE: rows upserted in user id order: two consumers' batches lock the same summaries
+        # in the same order, so they queue instead of deadlocking.
+        users = sorted(per_user)
+        columns = [[per_user[u][n] for u in users] for n in range(8)]
+        await conn.execute(_SUMMARY_BATCH, users, *columns)
+
 
 _COUNT = """
 INSERT INTO analytics_daily AS a (day, event_type, events, amount_cents) VALUES ($1, $2, 1, $3)
 ON CONFLICT (day, event_type) DO UPDATE SET
     events = a.events + 1, amount_cents = a.amount_cents + EXCLUDED.amount_cents
+"""
+
+_COUNT_BATCH = """
+INSERT INTO analytics_daily AS a (day, event_type, events, amount_cents)
+SELECT * FROM unnest($1::date[], $2::text[], $3::bigint[], $4::bigint[])
+ON CONFLICT (day, event_type) DO UPDATE SET
+    events = a.events + EXCLUDED.events, amount_cents = a.amount_cents + EXCLUDED.amount_cents
 """
 
 
@@ -126,10 +168,32 @@ class AnalyticsHandler:
 
     async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
         assert conn is not None
-        p = event.payload
-        amount = p.get("amount_cents", p.get("total_cents", 0))
         day = event.created_at.astimezone(dt.UTC).date()
-        await conn.execute(_COUNT, day, event.type, int(amount) if isinstance(amount, int) else 0)
+        await conn.execute(_COUNT, day, event.type, _amount(event))
+
+    async def apply_batch(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """What :meth:`apply` of each event does, summed per (day, type) into one upsert."""
+        per_key: dict[tuple[dt.date, str], list[int]] = {}
+        for event in events:
+            key = (event.created_at.astimezone(dt.UTC).date(), event.type)
+            row = per_key.setdefault(key, [0, 0])
+            row[0] += 1
+            row[1] += _amount(event)
+        keys = sorted(per_key)  # NOTE: one lock order for every consumer (see the summary)
+        await conn.execute(
+            _COUNT_BATCH,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [per_key[k][0] for k in keys],
+            [per_key[k][1] for k in keys],
+        )
+
+
+def _amount(event: Event) -> int:
+    """The money an event carries: ``amount_cents`` (payments, paid), else ``total_cents``."""
+    p = event.payload
+    amount = p.get("amount_cents", p.get("total_cents", 0))
+    return int(amount) if isinstance(amount, int) else 0
 
 
 HANDLERS = ("cache", "order_summary", "analytics")

@@ -24,6 +24,7 @@ from cygate.edge.context import Principal
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
 from cygate.services.idempotency import (
+    Claim,
     Idempotency,
     IdempotencyKeyHeader,
     IdempotentRequest,
@@ -166,23 +167,22 @@ class OrdersController(Controller):
             request_id=str(request.scope.get("cygate.request_id", "")),
         )
 
-        async def work(conn: asyncpg.Connection) -> StoredResponse:
-            order = await store.place(
+        async def work(conn: asyncpg.Connection, claim: Claim) -> StoredResponse:
+            order_id = uuid7()
+            headers = {"content-type": "application/json", "location": f"{path}/{order_id}"}
+            body = await store.place(
                 conn,
-                order_id=uuid7(),
+                order_id=order_id,
                 user_id=user_id,
                 items=data.items,
                 shipping_address=data.shipping_address,
                 ttl_seconds=settings.order_ttl_seconds,
+                record=store.Record(key, claim.token, headers),
             )
-            return StoredResponse(
-                201,
-                msgspec.json.encode(order),
-                {"content-type": "application/json", "location": f"{path}/{order.id}"},
-            )
+            return StoredResponse(201, body, headers)
 
         try:
-            outcome = await idem.run(req, work)
+            outcome = await idem.run_recorded(req, work)
         except asyncpg.ForeignKeyViolationError:
             raise Problem(403, "orders need a user account") from None
         if not outcome.replayed:

@@ -7,7 +7,8 @@ NOTE on concurrency (``docs/orders.md``):
 
 - stock is reserved under row locks taken in product-id order (``SELECT ... ORDER BY id FOR
   UPDATE``), then decremented; checking and decrementing under the lock means no oversell, and
-  every writer (place, cancel, expire) locks products in the same order, so they cannot deadlock;
+  every writer (place, cancel, expire) locks products in the same order, so they cannot deadlock
+  (placing is the server-side function ``cygate_place_order``, migration 0007: one round trip);
 - an order's transitions lock the order row first (then products): mark_paid, cancel, ship and
   the expiry sweep (``FOR UPDATE SKIP LOCKED``) never change an order twice;
 - a refusal (unknown product, insufficient stock) raises before anything is written: the caller's
@@ -20,21 +21,22 @@ import base64
 import binascii
 from collections import defaultdict
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from uuid import UUID
 
+import asyncpg
+import msgspec
 import orjson
 
 from cygate.edge.problem import Problem
 from cygate.infra.outbox import emit
+from cygate.services.idempotency import CLAIM_LOST_SQLSTATE, ClaimLost
 from cygate.services.orders.models import Order, OrderItem, OrderItemIn, OrderPage
 from cygate.services.orders.states import can
 
-if TYPE_CHECKING:
-    import asyncpg
-
 __all__ = [
     "CursorError",
+    "Record",
     "cancel",
     "expire_due",
     "get_order",
@@ -50,31 +52,15 @@ _ORDER_COLUMNS: Final = (
     "id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at, "
     "expires_at"
 )
-_LOCK_PRODUCTS: Final = """
-SELECT id, stock, price_cents, currency FROM products
- WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"""
 _GIVE_STOCK: Final = """
 UPDATE products p SET stock = p.stock + i.q
   FROM unnest($1::uuid[], $2::int[]) AS i(id, q) WHERE p.id = i.id"""
-# PERF: one round trip takes the stock (rows locked by _LOCK_PRODUCTS already), writes the order,
-# its lines and its ``order.created`` outbox row: the same effect as cygate.infra.outbox.emit
-# (same table, same transaction), without three more round trips per order.
-_INSERT_ORDER: Final = """
-WITH s AS (
-    UPDATE products p SET stock = p.stock - i.q
-      FROM unnest($7::uuid[], $8::int[]) AS i(id, q) WHERE p.id = i.id
-), e AS (
-    INSERT INTO outbox (aggregate, aggregate_id, event_type, payload)
-    VALUES ('order', $1::uuid::text, 'order.created', $10)
-), o AS (
-    INSERT INTO orders (id, user_id, status, total_cents, currency, shipping_address, expires_at)
-    VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6))
-    RETURNING created_at, updated_at, expires_at
-), i AS (
-    INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)
-    SELECT $1, * FROM unnest($7::uuid[], $8::int[], $9::bigint[])
-)
-SELECT created_at, updated_at, expires_at FROM o"""
+# PERF: one round trip locks the products (ascending id), checks them, takes the stock, writes
+# the order, its lines, its ``order.created`` outbox row (the effect of cygate.infra.outbox.emit)
+# and builds the 201 body; with a claim it also records that response (migration 0007).
+_PLACE: Final = """
+SELECT placed, body, found_ids, stocks, currencies
+  FROM cygate_place_order($1, $2, $3::uuid[], $4::int[], $5, $6, $7, $8, $9)"""
 _ITEMS_OF: Final = """
 SELECT order_id, product_id, quantity, unit_price_cents FROM order_items
  WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, product_id"""
@@ -123,6 +109,14 @@ def _event(order: asyncpg.Record, items: list[OrderItem] | None = None) -> dict[
     return payload
 
 
+class Record(msgspec.Struct, frozen=True):
+    """Record the 201 response under an ``Idempotency-Key`` claim, in the order's statement."""
+
+    key: str
+    claim: UUID
+    headers: dict[str, str]
+
+
 async def place(
     conn: asyncpg.Connection,
     *,
@@ -131,25 +125,57 @@ async def place(
     items: list[OrderItemIn],
     shipping_address: Any,
     ttl_seconds: float,
-) -> Order:
-    """Create a pending order, reserving its stock at catalog prices (one transaction: the
-    caller's). 422 unknown products or mixed currencies, 409 insufficient stock; nothing is
-    written before those checks pass. ``items`` must not repeat a product."""
+    record: Record | None = None,
+) -> bytes:
+    """Create a pending order, reserving its stock at catalog prices (one statement in the
+    caller's transaction); returns the order as JSON (the 201 body, the bytes
+    ``msgspec.json.encode(Order)`` gives). 422 unknown products or mixed currencies, 409
+    insufficient stock: nothing is written then. ``items`` must not repeat a product.
+
+    ``record``: the response is recorded under that claim (``Claim.token``) in the same
+    statement; a claim taken over raises :class:`~cygate.services.idempotency.ClaimLost`.
+    """
     wanted = sorted(items, key=lambda i: i.product_id)
     ids = [i.product_id for i in wanted]
-    qtys = [i.quantity for i in wanted]
-    products = {r["id"]: r for r in await conn.fetch(_LOCK_PRODUCTS, ids)}
+    try:
+        row = await conn.fetchrow(
+            _PLACE,
+            order_id,
+            user_id,
+            ids,
+            [i.quantity for i in wanted],
+            msgspec.json.encode(shipping_address).decode(),
+            float(ttl_seconds),
+            None if record is None else record.key,
+            None if record is None else record.claim,
+            None if record is None else record.headers,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == CLAIM_LOST_SQLSTATE:
+            raise ClaimLost(str(exc)) from None
+        raise
+    assert row is not None
+    if row["placed"]:
+        return bytes(row["body"])
+    raise _refusal(items, wanted, row)
+
+
+def _refusal(items: list[OrderItemIn], wanted: list[OrderItemIn], row: asyncpg.Record) -> Problem:
+    """The problem of an order the database refused (what its product locks read)."""
+    locked = zip(row["found_ids"] or [], row["stocks"] or [], row["currencies"] or [], strict=True)
+    products = {pid: (stock, currency) for pid, stock, currency in locked}
     position = {item.product_id: n for n, item in enumerate(items)}
     unknown = [
-        {"field": f"body.items[{position[pid]}].product_id", "message": f"no product {pid}"}
-        for pid in ids
-        if pid not in products
-    ]
+        {"field": f"body.items[{position[i.product_id]}].product_id",
+         "message": f"no product {i.product_id}"}
+        for i in wanted
+        if i.product_id not in products
+    ]  # fmt: skip
     if unknown:
-        raise Problem(422, "the order names products that do not exist", extra={"errors": unknown})
-    currencies = {products[pid]["currency"] for pid in ids}
+        return Problem(422, "the order names products that do not exist", extra={"errors": unknown})
+    currencies = {currency for _, currency in products.values()}
     if len(currencies) > 1:
-        raise Problem(
+        return Problem(
             422,
             "one order is paid in one currency",
             extra={
@@ -160,52 +186,13 @@ async def place(
         )
     short = [
         {"product_id": str(i.product_id), "requested": i.quantity,
-         "available": products[i.product_id]["stock"]}
+         "available": products[i.product_id][0]}
         for i in wanted
-        if products[i.product_id]["stock"] < i.quantity
+        if products[i.product_id][0] < i.quantity
     ]  # fmt: skip
     if short:
-        raise Problem(409, "insufficient stock; nothing was reserved", extra={"items": short})
-    prices = [products[pid]["price_cents"] for pid in ids]
-    total = sum(p * q for p, q in zip(prices, qtys, strict=True))
-    currency = currencies.pop()
-    lines = [OrderItem(pid, q, p) for pid, q, p in zip(ids, qtys, prices, strict=True)]
-    event = {
-        "order_id": str(order_id),
-        "user_id": str(user_id),
-        "total_cents": total,
-        "currency": currency,
-        "items": [
-            {"product_id": str(line.product_id), "quantity": line.quantity} for line in lines
-        ],
-    }
-    # PERF: the rows are locked already; one statement whatever the count (see _INSERT_ORDER).
-    row = await conn.fetchrow(
-        _INSERT_ORDER,
-        order_id,
-        user_id,
-        total,
-        currency,
-        shipping_address,
-        float(ttl_seconds),
-        ids,
-        qtys,
-        prices,
-        event,
-    )
-    order = Order(
-        id=order_id,
-        user_id=user_id,
-        status="pending",
-        items=lines,
-        total_cents=total,
-        currency=currency,
-        shipping_address=shipping_address,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-    )
-    return order
+        return Problem(409, "insufficient stock; nothing was reserved", extra={"items": short})
+    raise RuntimeError("cygate_place_order refused an order that passes every check")
 
 
 async def get_order(conn: Any, order_id: UUID) -> Order | None:
