@@ -206,6 +206,16 @@ cdef class GCRALimiterC(_Table):
             self._tat[slot] -= self.interval_ns * cost
 
 
+cdef int _check_answer(int64_t tokens, int64_t until_ns, int64_t remaining,
+                       int64_t reset_at_ns) except -1:
+    """Refuse an answer of Redis that ``grant`` cannot store (see the reference's)."""
+    if tokens < 0 or remaining < 0:
+        raise ValueError("tokens and remaining must not be negative")
+    if not (0 <= until_ns < _MAX_SPAN and 0 <= reset_at_ns < _MAX_SPAN):
+        raise ValueError("until_ns and reset_at_ns must be clock times")
+    return 0
+
+
 cdef class LeaseTableC(_Table):
     """Per key, Redis's last answer; see :class:`cygate.core._ratelimit_py.LeaseTablePy`."""
 
@@ -280,10 +290,7 @@ cdef class LeaseTableC(_Table):
         cdef Py_ssize_t slot
         if self._tokens == NULL:
             raise RuntimeError("LeaseTableC is not initialised")
-        if tokens < 0 or remaining < 0:
-            raise ValueError("tokens and remaining must not be negative")
-        if not (0 <= until_ns < _MAX_SPAN and 0 <= reset_at_ns < _MAX_SPAN):
-            raise ValueError("until_ns and reset_at_ns must be clock times")
+        _check_answer(tokens, until_ns, remaining, reset_at_ns)
         now = self._now()
         slot = self._find(key)
         if slot < 0:
@@ -308,10 +315,7 @@ cdef class LeaseTableC(_Table):
         if slot < 0 or self._denied[slot] or self._now() >= self._until[slot]:
             self.grant(key, tokens, until_ns, remaining, reset_at_ns)
             return
-        if not (0 <= until_ns < _MAX_SPAN and 0 <= reset_at_ns < _MAX_SPAN):
-            raise ValueError("until_ns and reset_at_ns must be clock times")
-        if remaining < 0:
-            raise ValueError("tokens and remaining must not be negative")
+        _check_answer(tokens, until_ns, remaining, reset_at_ns)
         self._tokens[slot] += tokens
         if until_ns > self._until[slot]:
             self._until[slot] = until_ns

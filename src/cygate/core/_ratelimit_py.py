@@ -184,6 +184,14 @@ class GCRALimiterPy:
         return slot
 
 
+def _check_answer(tokens: int, until_ns: int, remaining: int, reset_at_ns: int) -> None:
+    """Refuse an answer of Redis that :meth:`LeaseTablePy.grant` cannot store."""
+    if tokens < 0 or remaining < 0:
+        raise ValueError("tokens and remaining must not be negative")
+    if not (0 <= until_ns < MAX_SPAN_NS and 0 <= reset_at_ns < MAX_SPAN_NS):
+        raise ValueError("until_ns and reset_at_ns must be clock times")
+
+
 class LeaseTablePy:
     """Per key, the last answer of Redis: a lease of tokens, or a refusal, and until when."""
 
@@ -269,10 +277,7 @@ class LeaseTablePy:
         """Store Redis's answer for ``key``: ``tokens`` (0: refused) valid until ``until_ns``
         (the lease's expiry, or when the refusal ends), with the global ``remaining`` and the
         time ``reset_at_ns`` when the full burst is back (absolute, on this table's clock)."""
-        if tokens < 0 or remaining < 0:
-            raise ValueError("tokens and remaining must not be negative")
-        if not (0 <= until_ns < MAX_SPAN_NS and 0 <= reset_at_ns < MAX_SPAN_NS):
-            raise ValueError("until_ns and reset_at_ns must be clock times")
+        _check_answer(tokens, until_ns, remaining, reset_at_ns)
         now = self._clock()
         slot = self._index.get(key)
         if slot is None:
@@ -297,10 +302,7 @@ class LeaseTablePy:
         if slot is None or self._denied[slot] or self._clock() >= self._until[slot]:
             self.grant(key, tokens, until_ns, remaining, reset_at_ns)
             return
-        if not (0 <= until_ns < MAX_SPAN_NS and 0 <= reset_at_ns < MAX_SPAN_NS):
-            raise ValueError("until_ns and reset_at_ns must be clock times")
-        if remaining < 0:
-            raise ValueError("tokens and remaining must not be negative")
+        _check_answer(tokens, until_ns, remaining, reset_at_ns)
         self._tokens[slot] += tokens
         self._until[slot] = max(self._until[slot], until_ns)
         self._remaining[slot] = remaining

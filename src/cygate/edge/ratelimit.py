@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, NoReturn
 from cygate.core.ratelimit import DENIED, GRANTED, GCRALimiter, LeaseTable
 from cygate.edge.problem import Problem
 from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservation
+from cygate.infra.tasks import spawn, wake
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
@@ -224,16 +225,6 @@ class _Plan:
         self.policy_pair = (b"ratelimit-policy", self.policy_header)
         self.single = self.limits[0] if len(self.limits) == 1 else None
         """The one limit of a route that has one (the common case, decided inline)."""
-
-
-_background: set[asyncio.Task[None]] = set()
-"""Top-ups under way (the loop keeps only weak references to tasks)."""
-
-
-def _wake(waiting: list[asyncio.Future[None]]) -> None:
-    for future in waiting:
-        if not future.done():
-            future.set_result(None)
 
 
 # PERF: header values for small numbers, made once (b"%d" % n costs more than the lookup).
@@ -482,7 +473,7 @@ class RateLimitStage:
                 answer = await self._reserve(limit, key, limit.lease)
             finally:
                 # The waiters run after this coroutine has stored the answer (no await between).
-                _wake(limit.inflight.pop(key))
+                wake(limit.inflight.pop(key), None)
             if answer is None:
                 self._fallback(ctx, limit, key, verdict)
                 return
@@ -509,11 +500,7 @@ class RateLimitStage:
         if store is None or not store.usable:
             return  # a dry lease falls back as usual
         limit.inflight[key] = []
-        task = asyncio.get_running_loop().create_task(
-            self._topping_up(limit, key, limit.lease - left)
-        )
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        spawn(self._topping_up(limit, key, limit.lease - left))
 
     async def _topping_up(self, limit: Limit, key: str, want: int) -> None:
         try:
@@ -522,7 +509,7 @@ class RateLimitStage:
             log.exception("lease top-up failed limit=%s", limit.name)
             answer = None
         finally:
-            _wake(limit.inflight.pop(key))
+            wake(limit.inflight.pop(key), None)
         if answer is None:
             return  # Redis away: the tokens left are spent, then the limit falls back
         sent, res = answer

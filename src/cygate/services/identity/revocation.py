@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from cygate.infra.tasks import spawn, wake
+
 if TYPE_CHECKING:
     from cygate.core.jwt import JWTVerifierPy
     from cygate.infra.redis import RedisHandle
@@ -37,8 +39,6 @@ __all__ = ["Revocations"]
 log = logging.getLogger("cygate.identity")
 
 _LOCAL_MAX = 200_000
-_tasks: set[asyncio.Task[None]] = set()
-"""Checks under way (the loop keeps only weak references to tasks)."""
 
 
 class Revocations:
@@ -80,9 +80,7 @@ class Revocations:
             # One EXISTS per jti at a time, in a task of its own: a caller's cancellation
             # never leaves the others without an answer.
             waiting = self._asking[jti] = []
-            task = asyncio.get_running_loop().create_task(self._ask(jti, expires_at))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
+            spawn(self._ask(jti, expires_at))
         return self._wait(waiting, jti, expires_at)
 
     async def _wait(
@@ -105,9 +103,7 @@ class Revocations:
         self._answer(jti, revoked)
 
     def _answer(self, jti: str, revoked: bool | None) -> None:
-        for future in self._asking.pop(jti):
-            if not future.done():
-                future.set_result(revoked)
+        wake(self._asking.pop(jti), revoked)
 
     async def _exists(self, jti: str, expires_at: int) -> bool:
         assert self._redis is not None
