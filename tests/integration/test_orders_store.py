@@ -266,6 +266,22 @@ async def test_expiry_keeps_an_order_whose_payment_is_in_flight(
     assert await stock(pool, pid) == 10
 
 
+async def test_a_batch_of_stuck_payments_never_stops_expiry(pool: asyncpg.Pool, user: UUID) -> None:
+    """More orders with a payment in flight than a batch holds, and the oldest: the sweep still
+    reaches the unpaid orders behind them (a batch filled with them once ended every sweep)."""
+    (pid,) = await new_products(pool, 100)
+    stuck = [await place(pool, user, [(pid, 1)], ttl=0.001) for _ in range(6)]
+    for oid in stuck:
+        await _initiated_payment(pool, oid)
+    await asyncio.sleep(0.01)
+    idle = [await place(pool, user, [(pid, 1)], ttl=0.001) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert await OrderExpiry(pool, interval=0, batch=2).sweep() >= 3
+    statuses = dict(await pool.fetch("SELECT id, status FROM orders WHERE user_id = $1", user))
+    assert statuses == {**dict.fromkeys(stuck, "pending"), **dict.fromkeys(idle, "expired")}
+    assert await stock(pool, pid) == 94
+
+
 async def test_payment_in_flight_sees_attempts_committed_while_it_waited_for_the_lock(
     pool: asyncpg.Pool, user: UUID
 ) -> None:
