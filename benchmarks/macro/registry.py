@@ -57,6 +57,7 @@ _GRANIAN = _argv(
     "{bindir}/granian --interface asgi --loop uvloop --workers 1"
     " --host {host} --port {port} --no-access-log --log-level warning"
 )
+_GRANIAN_RSGI = tuple("rsgi" if part == "asgi" else part for part in _GRANIAN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,17 @@ CONTENDERS: tuple[Contender, ...] = (
         name="granian-same-bytes",
         summary="granian-bare sending cygate-full's headers too, to cygate-full's request",
         command=(*_GRANIAN, "benchmarks.macro.contenders.granian_bare:app"),
+        env={"BENCH_BARE_HEADERS": "cygate"},
+        ready_path="/",
+        check=check_same_bytes,
+        auth=True,
+        token="eddsa",
+    ),
+    Contender(
+        # Not a floor the issue names: how far Granian's own interface goes with the same work.
+        name="granian-rsgi-same-bytes",
+        summary="granian-same-bytes through RSGI (Granian's native interface) instead of ASGI",
+        command=(*_GRANIAN_RSGI, "benchmarks.macro.contenders.granian_bare:rsgi"),
         env={"BENCH_BARE_HEADERS": "cygate"},
         ready_path="/",
         check=check_same_bytes,

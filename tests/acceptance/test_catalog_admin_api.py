@@ -507,6 +507,45 @@ def test_category_rules(gateway: Gateway, callers: dict[str, Any], made: Created
         assert all(n["id"] != top["id"] for n in _walk(c.get("/api/v1/categories").json()["items"]))
 
 
+def test_category_etag_and_if_match(
+    gateway: Gateway, callers: dict[str, Any], made: Created
+) -> None:
+    """Every category write answers with the tag GET serves; If-Match, when sent, guards
+    PATCH and DELETE (412 stale, the current tag in the answer); without it they go ahead,
+    as the contract lists them."""
+    h = callers["manager"]
+    with gateway.client() as c:
+        body = {"name": "Tagged", "slug": f"tag-{uuid.uuid4().hex[:8]}"}
+        r = c.post("/api/v1/categories", json=body, headers=h)
+        assert r.status_code == 201, r.text
+        cat, tag = r.json(), r.headers["etag"]
+        made.categories.append(cat["id"])
+        path = f"/api/v1/categories/{cat['id']}"
+        assert r.headers["location"] == path
+        got = c.get(path)  # the Location is readable, with the write's tag
+        assert got.status_code == 200 and got.json() == cat and got.headers["etag"] == tag
+        assert c.get(path, headers={"If-None-Match": tag}).status_code == 304
+        r = c.patch(path, json={"name": "Tagged 2"}, headers={**h, "If-Match": tag})
+        assert r.status_code == 200, r.text
+        new_tag = r.headers["etag"]
+        assert new_tag != tag and c.get(path).headers["etag"] == new_tag  # purged at once
+        for write in (
+            lambda t: c.patch(path, json={"name": "Lost"}, headers={**h, "If-Match": t}),
+            lambda t: c.delete(path, headers={**h, "If-Match": t}),
+        ):
+            stale = write(tag)
+            assert_problem(stale, 412)
+            assert stale.headers["etag"] == new_tag
+            assert_problem(write("W/" + new_tag), 412)  # strong comparison
+        assert c.get(path).json()["name"] == "Tagged 2"  # nothing was written
+        r = c.patch(path, json={"name": "Tagged 3"}, headers=h)  # no If-Match: the contract's
+        assert r.status_code == 200 and r.json()["name"] == "Tagged 3"
+        assert c.delete(path, headers={**h, "If-Match": r.headers["etag"]}).status_code == 204
+        assert_problem(c.get(path), 404)
+        assert_problem(c.delete(path, headers={**h, "If-Match": "*"}), 404)
+        assert_problem(c.get("/api/v1/categories/not-a-uuid"), 422)
+
+
 def _walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for n in nodes:
         yield n

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["app"]
+__all__ = ["app", "rsgi"]
 
 BODY = os.environ.get("BENCH_FIXED_BODY", '{"hello":"world"}').encode()
 CYGATE_HEADERS = [
@@ -65,3 +65,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+RSGI_HEADERS = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in START["headers"]]
+
+
+async def rsgi(scope: Any, protocol: Any) -> None:
+    """The same answer through Granian's native interface (RSGI): one ``response_bytes`` call,
+    no message dicts and no ``send`` awaitables."""
+    protocol.response_bytes(200, RSGI_HEADERS, BODY)

@@ -5,7 +5,10 @@ token, 403 with another role) before a handler runs. Every write commits with it
 outbox event, then invalidates the cache on every instance (``docs/catalog.md``).
 
 Concurrency: ``PATCH`` and ``DELETE`` of a product require ``If-Match`` (428 without it; ``*``
-accepted) and answer 412 when the tag is stale; the tag is the ETag ``GET`` sent.
+accepted) and answer 412 when the tag is stale; the tag is the ETag ``GET`` sent. Those of a
+category honour ``If-Match`` when it is sent (412 when stale) and go ahead without it: the
+contract (``API.md``) lists them without a precondition, so clients written against it must keep
+working. Every write's answer carries the new ETag, and ``GET /api/v1/categories/{id}`` serves it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ from cygate.services.catalog.models import (
     ProductIn,
     ProductPatch,
 )
-from cygate.services.catalog.writes import Actor, CatalogWriter, encode_product, product_etag
+from cygate.services.catalog.writes import (
+    Actor,
+    CatalogWriter,
+    encode_category,
+    encode_product,
+    product_etag,
+)
 
 __all__ = ["CatalogAdminController", "invalidate"]
 
@@ -47,6 +56,14 @@ IfMatch = Annotated[
         name="if-match",
         max_length=1024,
         description="The product's ETag from GET (or `*`); required: 428 without it",
+    ),
+]
+CategoryIfMatch = Annotated[
+    str | None,
+    HeaderParameter(
+        name="if-match",
+        max_length=1024,
+        description="The category's ETag from GET or a write (or `*`); 412 when stale",
     ),
 ]
 
@@ -94,6 +111,11 @@ def _required(if_match: str | None) -> str:
     return if_match
 
 
+def _given(if_match: str | None) -> str | None:
+    """A category's optional ``If-Match`` (an empty header counts as none)."""
+    return if_match if if_match is not None and if_match.strip() else None
+
+
 async def invalidate(state: State, tags: Iterable[str]) -> None:
     """Drop cached answers with these tags on every instance; a Redis failure is logged (the
     write has committed; other instances then keep their entries until their TTL)."""
@@ -106,11 +128,18 @@ async def invalidate(state: State, tags: Iterable[str]) -> None:
         log.warning("cache invalidation not delivered to other instances: %r", exc)
 
 
-def _product_response(
+def _tagged_response(
     body: bytes, status: int, extra: dict[str, str] | None = None
 ) -> Response[bytes]:
+    """A write's answer: the resource's JSON and the ETag a ``GET`` of it sends now."""
     headers = {"etag": product_etag(body), **_NO_STORE, **(extra or {})}
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _category_response(
+    category: CategoryOut, status: int, extra: dict[str, str] | None = None
+) -> Response[bytes]:
+    return _tagged_response(encode_category(category), status, extra)
 
 
 class CatalogAdminController(Controller):
@@ -126,7 +155,7 @@ class CatalogAdminController(Controller):
         # NOTE: product:{id} too: a 404 remembered for this id (someone asked before it
         # existed) must go at once, not after its short life.
         await invalidate(state, [f"product:{product.id}", "products", "search"])
-        return _product_response(
+        return _tagged_response(
             encode_product(product), 201, {"location": f"/api/v1/products/{product.id}"}
         )
 
@@ -148,7 +177,7 @@ class CatalogAdminController(Controller):
             product_id, data, _required(if_match), _actor(request)
         )
         await invalidate(state, [f"product:{product_id}", "products", "search"])
-        return _product_response(encode_product(product), 200)
+        return _tagged_response(encode_product(product), 200)
 
     @delete(
         "/products/{product_id:uuid}",
@@ -169,15 +198,11 @@ class CatalogAdminController(Controller):
     @post("/categories", summary="Create a category (catalog_manager, admin)", opt=_WRITE)
     async def create_category(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[CategoryIn]
-    ) -> Response[CategoryOut]:
+    ) -> Response[bytes]:
         data = await strict(request, CategoryIn)
         category = await _writer(state).create_category(data, _actor(request))
         await invalidate(state, ["categories"])
-        return Response(
-            category,
-            status_code=201,
-            headers={"location": f"/api/v1/categories/{category.id}", **_NO_STORE},
-        )
+        return _category_response(category, 201, {"location": f"/api/v1/categories/{category.id}"})
 
     @patch("/categories/{category_id:uuid}", summary="Change a category", opt=_WRITE)
     async def update_category(
@@ -186,12 +211,15 @@ class CatalogAdminController(Controller):
         state: State,
         category_id: FromPath[UUID],
         data: JSONBody[CategoryPatch],
-    ) -> Response[CategoryOut]:
+        if_match: CategoryIfMatch = None,
+    ) -> Response[bytes]:
         data = await strict(request, CategoryPatch)
-        category = await _writer(state).update_category(category_id, data, _actor(request))
+        category = await _writer(state).update_category(
+            category_id, data, _given(if_match), _actor(request)
+        )
         # A move changes which products a ?category= list (subtree) or search filter holds.
         await invalidate(state, ["categories", "products", "search"])
-        return Response(category, headers=_NO_STORE)
+        return _category_response(category, 200)
 
     @delete(
         "/categories/{category_id:uuid}",
@@ -200,7 +228,11 @@ class CatalogAdminController(Controller):
         status_code=204,
     )
     async def delete_category(
-        self, request: Request[Any, Any, Any], state: State, category_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        category_id: FromPath[UUID],
+        if_match: CategoryIfMatch = None,
     ) -> None:
-        await _writer(state).delete_category(category_id, _actor(request))
+        await _writer(state).delete_category(category_id, _given(if_match), _actor(request))
         await invalidate(state, ["categories", "products", "search"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import get
+from litestar import Response, get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, QueryParameter
@@ -14,6 +14,7 @@ from cygate.edge.problem import Problem
 from cygate.services.catalog.admin import CatalogAdminController
 from cygate.services.catalog.models import CategoryTree, Product, ProductPage
 from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
+from cygate.services.catalog.writes import encode_category
 
 __all__ = ["CatalogController"]
 
@@ -36,6 +37,20 @@ class CatalogController(CatalogAdminController):
     @get("/categories", summary="The category tree", opt={"cache": "categories"})
     async def categories(self, state: State) -> CategoryTree:
         return CategoryTree(await _repo(state).category_tree())
+
+    @get(
+        "/categories/{category_id:uuid}",
+        summary="One category (its ETag is what PATCH and DELETE take in If-Match)",
+        opt={"cache": "categories"},
+        media_type="application/json",
+    )
+    async def category(self, state: State, category_id: FromPath[UUID]) -> Response[bytes]:
+        category = await _repo(state).category(category_id)
+        if category is None:
+            raise Problem(404, f"no category {category_id}")
+        # NOTE: the very bytes the writes encode, so the cache's ETag of this body is the tag
+        # their If-Match check computes.
+        return Response(encode_category(category), media_type="application/json")
 
     @get(
         "/products",

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import orjson
 
-from cygate.services.catalog.models import Category, Product, ProductPage
+from cygate.services.catalog.models import Category, CategoryOut, Product, ProductPage
 
 if TYPE_CHECKING:
     import asyncpg
@@ -167,6 +167,12 @@ class CatalogRepository:
         return bool(
             await self._pool().fetchval("SELECT 1 FROM categories WHERE id = $1", category_id)
         )
+
+    async def category(self, category_id: UUID) -> CategoryOut | None:
+        row = await self._pool().fetchrow(
+            "SELECT id, name, slug, parent_id FROM categories WHERE id = $1", category_id
+        )
+        return None if row is None else CategoryOut(*row)
 
     async def category_tree(self) -> list[Category]:
         rows = await self._pool().fetch(

@@ -33,7 +33,15 @@ from cygate.services.catalog.models import (
 )
 from cygate.services.identity.store import audit
 
-__all__ = ["Actor", "CatalogWriter", "encode_product", "if_match_ok", "product_etag"]
+__all__ = [
+    "Actor",
+    "CatalogWriter",
+    "category_etag",
+    "encode_category",
+    "encode_product",
+    "if_match_ok",
+    "product_etag",
+]
 
 _COLUMNS: Final = (
     "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
@@ -68,12 +76,34 @@ def product_etag(body: bytes) -> str:
     return etag_of(body).decode("ascii")
 
 
+def encode_category(category: CategoryOut) -> bytes:
+    """The JSON of one category, byte for byte what ``GET /api/v1/categories/{id}`` sends."""
+    return _encode(category)
+
+
+def category_etag(category: CategoryOut) -> str:
+    """The strong ETag of one category (the cache's tag of its ``GET`` body)."""
+    return product_etag(encode_category(category))
+
+
 def if_match_ok(header: str, current: str) -> bool:
     """RFC 9110 13.1.1: ``*`` or a list holding the current tag (strong comparison: a weak
     tag never matches)."""
     if header.strip() == "*":
         return True
     return any(tag.strip() == current for tag in header.split(","))
+
+
+def _precondition(if_match: str, etag: str, what: str) -> None:
+    """412 unless ``If-Match`` names ``etag`` (the locked row's current tag)."""
+    if not if_match_ok(if_match, etag):
+        # NOTE: the current tag is sent back so a client can show a diff and retry.
+        raise Problem(
+            412,
+            f"the {what} has changed since you read it (If-Match does not match); "
+            "GET it again and retry",
+            headers={"etag": etag},
+        )
 
 
 def _unprocessable(field: str, message: str) -> Problem:
@@ -214,15 +244,7 @@ class CatalogWriter:
         if row is None:
             raise Problem(404, f"no product {product_id}")
         current = _product(row)
-        etag = product_etag(encode_product(current))
-        if not if_match_ok(if_match, etag):
-            # NOTE: the current tag is sent back so a client can show a diff and retry.
-            raise Problem(
-                412,
-                "the product has changed since you read it (If-Match does not match); "
-                "GET it again and retry",
-                headers={"etag": etag},
-            )
+        _precondition(if_match, product_etag(encode_product(current)), "product")
         return current
 
     # -- categories ----------------------------------------------------------------------
@@ -255,7 +277,7 @@ class CatalogWriter:
         return CategoryOut(*row)
 
     async def update_category(
-        self, category_id: UUID, patch: CategoryPatch, actor: Actor
+        self, category_id: UUID, patch: CategoryPatch, if_match: str | None, actor: Actor
     ) -> CategoryOut:
         changes = _changes(patch)
         async with self._pool().acquire() as conn, conn.transaction():
@@ -263,11 +285,7 @@ class CatalogWriter:
                 # NOTE: two concurrent moves (A under B, B under A) would each pass a cycle
                 # check alone; one lock for every move makes the second see the first.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _CATEGORY_LOCK)
-            exists = await conn.fetchval(
-                "SELECT 1 FROM categories WHERE id = $1 FOR UPDATE", category_id
-            )
-            if not exists:
-                raise Problem(404, f"no category {category_id}")
+            await self._locked_category(conn, category_id, if_match)
             parent = changes.get("parent_id")
             if parent is not None:
                 await self._category_must_exist(conn, parent, field="parent_id")
@@ -296,13 +314,9 @@ class CatalogWriter:
             )
         return CategoryOut(*row)
 
-    async def delete_category(self, category_id: UUID, actor: Actor) -> None:
+    async def delete_category(self, category_id: UUID, if_match: str | None, actor: Actor) -> None:
         async with self._pool().acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT slug FROM categories WHERE id = $1 FOR UPDATE", category_id
-            )
-            if row is None:
-                raise Problem(404, f"no category {category_id}")
+            current = await self._locked_category(conn, category_id, if_match)
             if await conn.fetchval("SELECT 1 FROM categories WHERE parent_id = $1", category_id):
                 raise Problem(409, "the category has subcategories; move or delete them first")
             if await conn.fetchval(
@@ -320,8 +334,24 @@ class CatalogWriter:
                 "deleted",
                 actor,
                 {"category_id": str(category_id)},
-                {"slug": row["slug"]},
+                {"slug": current.slug},
             )
+
+    async def _locked_category(
+        self, conn: asyncpg.Connection, category_id: UUID, if_match: str | None
+    ) -> CategoryOut:
+        """The category, locked ``FOR UPDATE``; 404 when there is none, 412 when ``If-Match``
+        was sent and names another state (categories take it when given: see admin.py)."""
+        row = await conn.fetchrow(
+            "SELECT id, name, slug, parent_id FROM categories WHERE id = $1 FOR UPDATE",
+            category_id,
+        )
+        if row is None:
+            raise Problem(404, f"no category {category_id}")
+        current = CategoryOut(*row)
+        if if_match is not None:
+            _precondition(if_match, category_etag(current), "category")
+        return current
 
     # -- shared --------------------------------------------------------------------------
 
