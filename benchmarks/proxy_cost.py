@@ -34,6 +34,7 @@ from typing import Any
 
 import uvloop
 
+from benchmarks.macro.contenders.python_proxy import forward
 from cygate.edge.edge import Edge
 from cygate.infra.metrics import Metrics
 from cygate.upstream import client
@@ -43,7 +44,6 @@ from cygate.upstream.proxy import UpstreamProxy
 from cygate.upstream.table import build_table
 
 CONCURRENCY = 64
-_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 App = Callable[[Any, Any, Any], Awaitable[None]]
 
 
@@ -73,20 +73,7 @@ def plain(port: int) -> App:
     pool = TargetPool("127.0.0.1", port, max_idle=256)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        client_addr = scope.get("client") or ("", 0)
-        head = (
-            f"{scope['method']} {scope['path']} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-            f"x-forwarded-for: {client_addr[0]}\r\n\r\n"
-        ).encode()
-        conn = pool.take_idle() or await pool.connect()
-        conn.begin()
-        conn.write(head)
-        status, headers = await conn.read_head()
-        body, more = await conn.read_body()
-        out = [(n, v) for n, v in headers if n not in _HOP]
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": body, "more_body": more})
-        pool.release(conn)
+        await forward(pool, port, scope, send)
 
     return app
 

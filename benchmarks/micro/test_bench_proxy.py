@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks.macro.contenders.python_proxy import forward
 from benchmarks.nginx import SMALL_JSON
 from cygate.edge.edge import Edge
 from cygate.infra.metrics import Metrics
@@ -21,7 +22,6 @@ from .conftest import Micro
 from .upstream_fixtures import Runner, runner_fixture, upstream_fixture  # noqa: F401
 
 OPS = 200
-_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
 
 
 class _Sink:
@@ -98,20 +98,7 @@ def _plain(port: int, runner: Runner) -> tuple[Callable[[], Awaitable[None]], _S
     sink = _Sink()
 
     async def one() -> None:
-        scope = _scope()
-        head = (
-            f"GET {scope['path']} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-            f"x-forwarded-for: {scope['client'][0]}\r\n\r\n"
-        ).encode()
-        conn = pool.take_idle() or await pool.connect()
-        conn.begin()
-        conn.write(head)
-        status, headers = await conn.read_head()
-        body, more = await conn.read_body()
-        out = [(n, v) for n, v in headers if n not in _HOP]
-        await sink({"type": "http.response.start", "status": status, "headers": out})
-        await sink({"type": "http.response.body", "body": body, "more_body": more})
-        pool.release(conn)
+        await forward(pool, port, _scope(), sink)
 
     async def close() -> None:
         pool.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from cygate.upstream.client import TargetPool
 
-__all__ = ["app"]
+__all__ = ["app", "forward"]
 
 PORT = int(os.environ.get("BENCH_UPSTREAM_PORT", "0"))
 _HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
@@ -36,11 +36,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     if scope["type"] != "http":
         return
-    pool = _pool
-    assert pool is not None
+    assert _pool is not None
+    await forward(_pool, PORT, scope, send)
+
+
+async def forward(pool: TargetPool, port: int, scope: dict[str, Any], send: Any) -> None:
+    """One bodiless request to the upstream on ``port`` over ``pool``, its answer copied to
+    ``send`` (also what ``benchmarks/proxy_cost.py`` and the micro benchmark call plain)."""
     client = scope.get("client") or ("", 0)
     head = (
-        f"{scope['method']} {scope['path']} HTTP/1.1\r\nhost: 127.0.0.1:{PORT}\r\n"
+        f"{scope['method']} {scope['path']} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         f"x-forwarded-for: {client[0]}\r\n\r\n"
     ).encode()
     conn = pool.take_idle() or await pool.connect()
