@@ -131,6 +131,30 @@ def _constraint_problem(exc: asyncpg.IntegrityConstraintViolationError) -> Probl
     return Problem(409, f"the change conflicts with the catalog ({name or 'constraint'})")
 
 
+async def _update(
+    conn: asyncpg.Connection,
+    table: str,
+    row_id: UUID,
+    changes: dict[str, Any],
+    also: str,
+    returning: str,
+) -> asyncpg.Record:
+    """``UPDATE table`` row ``row_id``: the ``changes`` (field names from a PATCH model, never
+    from the client), ``also`` and ``updated_at``; a constraint a racing writer trips is 409."""
+    sets = ", ".join(f"{f} = ${i}" for i, f in enumerate(changes, start=2))
+    extra = f"{also}, " if also else ""
+    try:
+        row: asyncpg.Record = await conn.fetchrow(
+            f"UPDATE {table} SET {sets}, {extra}updated_at = now() WHERE id = $1"
+            f" RETURNING {returning}",
+            row_id,
+            *changes.values(),
+        )
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise _constraint_problem(exc) from None
+    return row
+
+
 def _changes(patch: ProductPatch | CategoryPatch) -> dict[str, Any]:
     """The fields a PATCH body sets (absent ones are UNSET); 422 when it sets none."""
     changes = {
@@ -196,16 +220,9 @@ class CatalogWriter:
             current = await self._locked_product(conn, product_id, if_match)
             if "category_id" in changes and changes["category_id"] != current.category_id:
                 await self._category_must_exist(conn, changes["category_id"])
-            sets = ", ".join(f"{f} = ${i}" for i, f in enumerate(changes, start=2))
-            try:
-                row = await conn.fetchrow(
-                    f"""UPDATE products SET {sets}, version = version + 1, updated_at = now()
-                        WHERE id = $1 RETURNING {_COLUMNS}""",
-                    product_id,
-                    *changes.values(),
-                )
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                raise _constraint_problem(exc) from None
+            row = await _update(
+                conn, "products", product_id, changes, "version = version + 1", _COLUMNS
+            )
             product = _product(row)
             await self._record(
                 conn,
@@ -293,16 +310,9 @@ class CatalogWriter:
                     raise _unprocessable(
                         "parent_id", "a category cannot move under itself or its descendants"
                     )
-            sets = ", ".join(f"{f} = ${i}" for i, f in enumerate(changes, start=2))
-            try:
-                row = await conn.fetchrow(
-                    f"""UPDATE categories SET {sets}, updated_at = now() WHERE id = $1
-                        RETURNING id, name, slug, parent_id""",
-                    category_id,
-                    *changes.values(),
-                )
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                raise _constraint_problem(exc) from None
+            row = await _update(
+                conn, "categories", category_id, changes, "", "id, name, slug, parent_id"
+            )
             await self._record(
                 conn,
                 "category",
