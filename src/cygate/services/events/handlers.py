@@ -62,21 +62,6 @@ class CacheHandler:
 # The order summary: each event adds deltas, so the result does not depend on the order in which
 # a reclaim delivers them (open_orders may be -1 for a moment when order.paid overtakes
 # order.created).
-_SUMMARY = """
-INSERT INTO order_summaries AS s (user_id, orders_count, open_orders, paid_orders,
-    shipped_orders, cancelled_orders, expired_orders, total_spent_cents, last_order_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (user_id) DO UPDATE SET
-    orders_count = s.orders_count + EXCLUDED.orders_count,
-    open_orders = s.open_orders + EXCLUDED.open_orders,
-    paid_orders = s.paid_orders + EXCLUDED.paid_orders,
-    shipped_orders = s.shipped_orders + EXCLUDED.shipped_orders,
-    cancelled_orders = s.cancelled_orders + EXCLUDED.cancelled_orders,
-    expired_orders = s.expired_orders + EXCLUDED.expired_orders,
-    total_spent_cents = s.total_spent_cents + EXCLUDED.total_spent_cents,
-    last_order_at = GREATEST(s.last_order_at, EXCLUDED.last_order_at),
-    updated_at = now()
-"""
 _SUMMARY_BATCH = """
 INSERT INTO order_summaries AS s (user_id, orders_count, open_orders, paid_orders,
     shipped_orders, cancelled_orders, expired_orders, total_spent_cents, last_order_at)
@@ -114,18 +99,11 @@ class OrderSummaryHandler:
 
     async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
         assert conn is not None
-        p = event.payload
-        orders, open_, paid, shipped, cancelled, expired = _DELTAS[event.type]
-        spent = int(p["amount_cents"]) if event.type == "order.paid" else 0
-        last = event.created_at if event.type == "order.created" else None
-        await conn.execute(
-            _SUMMARY, UUID(str(p["user_id"])), orders, open_, paid, shipped, cancelled, expired,
-            spent, last,
-        )  # fmt: skip
+        await self.apply_batch(conn, [event])
 
     async def apply_batch(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """What :meth:`apply` of each event does, summed per user into one upsert (the effects
-        are additive deltas and a maximum, so the sum is the same)."""
+        """The events' deltas summed per user, one upsert (the effects are additive deltas and
+        a maximum, so a batch has the effect of its events one by one)."""
         per_user: dict[UUID, list[Any]] = {}
         for event in events:
             p = event.payload
@@ -142,12 +120,6 @@ class OrderSummaryHandler:
         columns = [[per_user[u][n] for u in users] for n in range(8)]
         await conn.execute(_SUMMARY_BATCH, users, *columns)
 
-
-_COUNT = """
-INSERT INTO analytics_daily AS a (day, event_type, events, amount_cents) VALUES ($1, $2, 1, $3)
-ON CONFLICT (day, event_type) DO UPDATE SET
-    events = a.events + 1, amount_cents = a.amount_cents + EXCLUDED.amount_cents
-"""
 
 _COUNT_BATCH = """
 INSERT INTO analytics_daily AS a (day, event_type, events, amount_cents)
@@ -168,11 +140,10 @@ class AnalyticsHandler:
 
     async def apply(self, conn: asyncpg.Connection | None, event: Event) -> None:
         assert conn is not None
-        day = event.created_at.astimezone(dt.UTC).date()
-        await conn.execute(_COUNT, day, event.type, _amount(event))
+        await self.apply_batch(conn, [event])
 
     async def apply_batch(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """What :meth:`apply` of each event does, summed per (day, type) into one upsert."""
+        """The events counted per (day, type), one upsert."""
         per_key: dict[tuple[dt.date, str], list[int]] = {}
         for event in events:
             key = (event.created_at.astimezone(dt.UTC).date(), event.type)
