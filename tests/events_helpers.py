@@ -1,5 +1,10 @@
 """Helpers for the events tests: a private database per test (the session's gateways run relays
-on the shared one), settings pointing at it, event generators, and stream readers."""
+on the shared one), settings pointing at it, event generators, and stream readers.
+
+The fixtures ``dsn``, ``prefix`` and ``client`` serve only the modules that import them (the
+consumer and relay tests), not a conftest, so no other module gets these generic names. Their
+functions are called ``fixture_<name>`` (as pytest's docs advise), so that a test's ``dsn``
+argument shadows no import (ruff F811)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from cygate._compat import NO_EXTENSIONS
@@ -34,6 +40,9 @@ __all__ = [
     "EventLog",
     "connect",
     "expected_summaries",
+    "fixture_client",
+    "fixture_dsn",
+    "fixture_prefix",
     "private_database",
     "settings_for",
     "stream_ids",
@@ -69,6 +78,27 @@ async def private_database() -> AsyncIterator[str]:
         yield dsn
     finally:
         await drop_database(dsn)
+
+
+@pytest.fixture(name="dsn")
+async def fixture_dsn() -> AsyncIterator[str]:
+    """DSN of this test's own migrated database (``private_database``), dropped after it."""
+    async with private_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture(name="prefix")
+def fixture_prefix(redis_prefix: str) -> str:
+    """A Redis key prefix of this test's own, under the session's (so its keys are cleaned up)."""
+    return f"{redis_prefix}{secrets.token_hex(3)}:"
+
+
+@pytest.fixture(name="client")
+async def fixture_client() -> AsyncIterator[aioredis.Redis]:
+    """A Redis client on ``REDIS_URL`` for looking at streams and keys, closed after the test."""
+    c = aioredis.Redis.from_url(REDIS_URL)
+    yield c
+    await c.aclose()
 
 
 def settings_for(dsn: str, prefix: str, redis_url: str = REDIS_URL, **over: Any) -> Settings:

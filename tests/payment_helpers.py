@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "order_status",
     "payments_env",
     "payments_of",
+    "post_payment",
     "running_simulator",
     "wait_until",
 ]
@@ -127,11 +128,16 @@ class Customer:
     ) -> httpx.Response:  # fmt: skip
         """POST a payment for ``order_id``; ``extra`` fields go into the body (mass assignment)."""
         headers = {**self.headers, "idempotency-key": key or secrets.token_hex(16)}
-        return c.post(
-            f"/api/v1/orders/{order_id}/payments",
-            json={"payment_method_token": token, **extra},
-            headers=headers,
-        )
+        return post_payment(c, order_id, headers, json={"payment_method_token": token, **extra})
+
+
+def post_payment(
+    c: httpx.Client, order_id: str, headers: Mapping[str, Any], **body: Any
+) -> httpx.Response:
+    """POST to ``order_id``'s payments with exactly ``headers`` and the body given as ``json=`` or
+    ``content=``: no token, key or auth added (``Customer.pay`` adds them), for bad requests
+    (so a header value may be anything httpx sends, bytes too)."""
+    return c.post(f"/api/v1/orders/{order_id}/payments", headers=headers, **body)
 
 
 def new_customer(url: str) -> Customer:

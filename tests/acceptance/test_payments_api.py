@@ -26,11 +26,14 @@ from tests.payment_helpers import (
     order_status,
     payments_env,
     payments_of,
+    post_payment,
     running_simulator,
     wait_until,
 )
 
 pytestmark = pytest.mark.acceptance
+
+APPROVE = {"payment_method_token": "tok_approve"}  # a valid body, for the bad-request tests
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +210,7 @@ def test_another_users_order_is_404(
 def test_no_token_is_401(gw: Gateway, test_db_dsn: str, alice: Customer) -> None:
     order_id = new_order(test_db_dsn, alice.id)
     with gw.client() as c:
-        r = c.post(
-            f"/api/v1/orders/{order_id}/payments",
-            json={"payment_method_token": "tok_approve"},
-            headers={"idempotency-key": "k"},
-        )
+        r = post_payment(c, order_id, {"idempotency-key": "k"}, json=APPROVE)
     is_problem(r, 401)
 
 
@@ -236,11 +235,7 @@ def test_mass_assignment_is_422(
 def test_missing_idempotency_key_is_400(gw: Gateway, test_db_dsn: str, alice: Customer) -> None:
     order_id = new_order(test_db_dsn, alice.id)
     with gw.client() as c:
-        r = c.post(
-            f"/api/v1/orders/{order_id}/payments",
-            json={"payment_method_token": "tok_approve"},
-            headers=alice.headers,
-        )
+        r = post_payment(c, order_id, alice.headers, json=APPROVE)
     is_problem(r, 400)
     assert payments_of(test_db_dsn, order_id) == []
 
@@ -251,11 +246,8 @@ def test_bad_idempotency_keys_are_400(
 ) -> None:
     order_id = new_order(test_db_dsn, alice.id)
     with gw.client() as c:
-        r = c.post(
-            f"/api/v1/orders/{order_id}/payments",
-            json={"payment_method_token": "tok_approve"},
-            headers={**alice.headers, "idempotency-key": key.encode()},  # type: ignore[dict-item]
-        )
+        headers = {**alice.headers, "idempotency-key": key.encode()}
+        r = post_payment(c, order_id, headers, json=APPROVE)
     is_problem(r, 400)
     assert payments_of(test_db_dsn, order_id) == []
 
@@ -279,12 +271,9 @@ def test_bad_bodies_are_4xx(
 ) -> None:
     order_id = new_order(test_db_dsn, alice.id)
     with gw.client() as c:
-        r = c.post(
-            f"/api/v1/orders/{order_id}/payments",
-            content=content,
-            headers={**alice.headers, "idempotency-key": secrets.token_hex(8),
-                     "content-type": "application/json"},
-        )  # fmt: skip
+        headers = {**alice.headers, "idempotency-key": secrets.token_hex(8),
+                   "content-type": "application/json"}  # fmt: skip
+        r = post_payment(c, order_id, headers, content=content)
     is_problem(r, status)
     assert payments_of(test_db_dsn, order_id) == []
 

@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from tests.events_helpers import (
-    REDIS_URL,
     EventLog,
     connect,
     expected_summaries,
-    private_database,
+    fixture_client,  # noqa: F401 (the fixture `client`)
+    fixture_dsn,  # noqa: F401 (the fixture `dsn`)
+    fixture_prefix,  # noqa: F401 (the fixture `prefix`)
     settings_for,
     stream_ids,
     summaries,
@@ -42,24 +42,6 @@ from cygate.services.events.relay import Relay
 from cygate.services.events.service import EventsService
 from cygate.services.events.stream import Event, events_redis
 from cygate.settings import Settings
-
-
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    async with private_database() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def prefix(redis_prefix: str) -> str:
-    return f"{redis_prefix}{secrets.token_hex(3)}:"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(REDIS_URL)
-    yield c
-    await c.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from tests.store_helpers import app_pool
 
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
-from cygate.infra.db import create_pool
 from cygate.services.idempotency import (
     Claim,
     Idempotency,
@@ -19,19 +19,14 @@ from cygate.services.idempotency import (
     fingerprint,
     parse_key,
 )
-from cygate.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    settings = load_settings({}, database_url=test_db_dsn, db_pool_min=0, db_pool_max=60)
-    pool = await create_pool(settings)
-    try:
+    async with app_pool(test_db_dsn, max_size=60) as pool:  # room for 50 claims at once
         yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

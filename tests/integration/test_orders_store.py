@@ -16,28 +16,23 @@ import asyncpg
 import msgspec
 import orjson
 import pytest
+from tests.store_helpers import app_pool
 
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
-from cygate.infra.db import create_pool
 from cygate.services.idempotency import Claim, ClaimLost, Idempotency, IdempotentRequest
 from cygate.services.orders import lock_order, mark_paid, store
 from cygate.services.orders.expiry import OrderExpiry
 from cygate.services.orders.models import OrderItemIn
 from cygate.services.orders.states import STATUSES, IllegalTransition, can, check
-from cygate.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    settings = load_settings({}, database_url=test_db_dsn, db_pool_min=0, db_pool_max=30)
-    pool = await create_pool(settings)
-    try:
+    async with app_pool(test_db_dsn) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

@@ -9,23 +9,18 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from tests.store_helpers import app_pool
 
 from cygate.ids import uuid7
-from cygate.infra.db import create_pool
 from cygate.services.payments import store
-from cygate.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    settings = load_settings({}, database_url=test_db_dsn, db_pool_min=0, db_pool_max=30)
-    pool = await create_pool(settings)
-    try:
+    async with app_pool(test_db_dsn) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 async def new_attempt(pool: asyncpg.Pool, order_status: str = "pending") -> store.PaymentRow:
