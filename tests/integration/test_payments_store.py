@@ -13,6 +13,8 @@ from tests.store_helpers import app_pool
 
 from cygate.ids import uuid7
 from cygate.services.payments import store
+from cygate.services.payments.service import Payments
+from cygate.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,63 @@ async def test_stuck_payments_are_the_old_initiated_ones(pool: asyncpg.Pool) -> 
     await apply(pool, p.id, "failed")
     async with pool.acquire() as conn:
         assert p.id not in {s.id for s in await store.stuck_payments(conn, 60, limit=10_000)}
+
+
+async def _processor(unanswerable: set[str]) -> asyncio.Server:
+    """A real HTTP server playing the processor's look-up: 500 for the keys in
+    ``unanswerable`` (it cannot say), 404 (no such charge) for every other key."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                key = head.split(b" ", 2)[1].rsplit(b"/", 1)[-1].decode()
+                status = b"500 Internal Server Error" if key in unanswerable else b"404 Not Found"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+                    b"content-length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_recovery_reaches_every_stuck_payment(pool: asyncpg.Pool) -> None:
+    """Five old attempts the processor cannot answer for fill the first pages; the recovery
+    sweep still reaches the two after them (it once read one page only, oldest first)."""
+    stuck = [await new_attempt(pool) for _ in range(7)]
+    # Older than anything another test leaves behind, so only these count.
+    await pool.execute(
+        "UPDATE payments SET created_at = now() - interval '10 years' WHERE id = ANY($1)",
+        [p.id for p in stuck],
+    )
+    unanswerable, answerable = stuck[:5], stuck[5:]
+    server = await _processor({p.processor_key for p in unanswerable})
+    port = server.sockets[0].getsockname()[1]
+    settings = load_settings(
+        {},
+        database_url="postgresql://unused",
+        payment_processor_url=f"http://127.0.0.1:{port}",
+        payment_recovery_interval=0.0,
+        payment_breaker_failures=1000,
+    )
+    payments = Payments(settings)
+    await payments.start(pool)
+    try:
+        report = await payments.recover(9 * 365 * 86400, page_size=2)
+    finally:
+        await payments.stop()
+        server.close()
+    assert (report.checked, report.unreachable, report.outcomes) == (7, 5, {"failed": 2})
+    statuses = dict(
+        await pool.fetch(
+            "SELECT id, status FROM payments WHERE id = ANY($1)", [p.id for p in stuck]
+        )
+    )
+    assert statuses == {
+        **{p.id: "initiated" for p in unanswerable},
+        **{p.id: "failed" for p in answerable},
+    }

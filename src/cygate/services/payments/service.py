@@ -45,6 +45,8 @@ _OUTCOMES: dict[str, store.Outcome] = {
     "declined": "declined",
     "not_charged": "failed",
 }
+_RECOVERY_PAGE = 100
+"""Stuck payments read per query by the recovery sweep (it reads every page)."""
 _JSON_HEADERS = {"content-type": "application/json", "cache-control": "no-store"}
 _WEBHOOK_KINDS: dict[str, store.Outcome] = {
     "charge.captured": "captured",
@@ -305,25 +307,34 @@ class Payments:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    async def recover(self, older_than: float | None = None) -> RecoveryReport:
+    async def recover(
+        self, older_than: float | None = None, *, page_size: int = _RECOVERY_PAGE
+    ) -> RecoveryReport:
         """Settle every payment stuck ``initiated`` for longer than ``older_than`` seconds
         (default: the setting) by asking the processor about its key."""
         pool, processor = self._parts()
         age = self.settings.payment_recovery_after if older_than is None else older_than
         report = RecoveryReport()
-        async with pool.acquire() as conn:
-            stuck = await store.stuck_payments(conn, age)
-        for payment in stuck:
-            report.checked += 1
-            try:
-                charge = await processor.lookup(payment.processor_key)
-            except CallFailed as exc:
-                report.unreachable += 1
-                log.warning("recovery: cannot ask about payment %s: %s", payment.id, exc)
-                continue
-            final, _ = await self._apply(pool, payment.id, charge, "recovery")
-            status = final.status if final is not None else "missing"
-            report.outcomes[status] = report.outcomes.get(status, 0) + 1
+        after: UUID | None = None
+        while True:
+            # NOTE: page by id through every stuck payment: a first page of attempts the
+            # processor cannot answer for (they stay initiated) must not hide the others.
+            async with pool.acquire() as conn:
+                page = await store.stuck_payments(conn, age, page_size, after)
+            for payment in page:
+                report.checked += 1
+                try:
+                    charge = await processor.lookup(payment.processor_key)
+                except CallFailed as exc:
+                    report.unreachable += 1
+                    log.warning("recovery: cannot ask about payment %s: %s", payment.id, exc)
+                    continue
+                final, _ = await self._apply(pool, payment.id, charge, "recovery")
+                status = final.status if final is not None else "missing"
+                report.outcomes[status] = report.outcomes.get(status, 0) + 1
+            if len(page) < page_size:
+                break
+            after = page[-1].id
         if report.checked:
             log.info("payment recovery: %s", report)
         return report

@@ -208,14 +208,17 @@ async def apply_outcome(
 
 
 async def stuck_payments(
-    conn: asyncpg.Connection, older_than: float, limit: int = 100
+    conn: asyncpg.Connection, older_than: float, limit: int = 100, after: UUID | None = None
 ) -> list[PaymentRow]:
-    """Payments still ``initiated`` after ``older_than`` seconds, oldest first."""
+    """Payments still ``initiated`` after ``older_than`` seconds, oldest first (ids are uuid7:
+    their order is the order of creation); ``after``: the page after that payment's id."""
     records = await conn.fetch(
         f"SELECT {_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age "
         "FROM payments WHERE status = 'initiated' "
-        "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+        "AND created_at < now() - make_interval(secs => $1) AND ($3::uuid IS NULL OR id > $3)"
+        " ORDER BY id LIMIT $2",
         older_than,
         limit,
+        after,
     )
     return [_row(r) for r in records]
