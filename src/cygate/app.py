@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -60,7 +60,7 @@ from cygate.services.payments.service import Payments
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
-from cygate.upstream.table import LocalRoute, RouteTableManager
+from cygate.upstream.table import LocalRoute, RouteTable, RouteTableManager
 
 __all__ = ["build_router", "cache_routes", "create_app", "local_routes"]
 
@@ -399,8 +399,8 @@ def create_app(settings: Settings | None = None) -> Edge:
     manager.load_initial()  # a bad file at start-up is fatal (``cygate serve`` checks first)
     holder["routes"] = manager
     app.state.routes = manager
-    # Rate-limit plans cover every route of the table loaded at start-up (own and file routes).
-    # NOTE: a route that a later reload adds is not rate limited until the next restart.
+    # Rate-limit plans cover every route of the table (own and file routes); a reload plans
+    # its table's routes again before it goes live (an unknown class refuses the file).
     ratelimit = RateLimitStage.from_settings(
         settings, (policy for *_, policy in edge.router.routes()), metrics
     )
@@ -411,7 +411,19 @@ def create_app(settings: Settings | None = None) -> Edge:
         identity.revocations,
         identity.refresh_provider if settings.identity_providers else None,
     )
-    edge.stages = (token, ratelimit) if ratelimit.limits() else (token,)
+    limiter = ratelimit
+    edge.stages = (token, limiter) if limiter.limits() else (token,)
+
+    def replan(table: RouteTable) -> Callable[[], None]:
+        plans = limiter.plan(policy for *_, policy in table.router.routes())
+
+        def commit() -> None:
+            limiter.install(plans)
+            edge.stages = (token, limiter) if plans else (token,)
+
+        return commit
+
+    manager.prepare = replan
     return edge
 
 

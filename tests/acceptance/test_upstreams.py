@@ -240,6 +240,64 @@ def test_sighup_reloads_when_polling_is_off(
     assert "Traceback" not in output, output
 
 
+def test_a_reload_applies_the_routes_rate_limits(
+    gateway_env: dict[str, str], ups: list[Upstream], tmp_path: pathlib.Path
+) -> None:
+    """A rate-limit class that a reloaded file gives a route applies at once, and a reload that
+    keeps it keeps the quota used; a file naming an unknown class is refused (the old table,
+    and its limit, stay); taking the class away lifts the limit. (Plans were once made at
+    start-up only.)"""
+    path = tmp_path / "routes.toml"
+    route = '[[routes]]\npath = "/one/{rest:path}"\nupstream = "svc"\nstrip_prefix = "/one"\n'
+    head = f'[upstreams.svc]\ntargets = ["{ups[0].url}"]\n'
+    path.write_text(head + route)
+    gw = start_gateway(
+        gateway_env,
+        workers=1,
+        extra_env={
+            "CYGATE_ROUTES_FILE": str(path),
+            "CYGATE_ROUTES_RELOAD_INTERVAL": "0",
+            "CYGATE_RATE_LIMITS": json.dumps(
+                {"tight": {"rate": 5, "period": 600, "mode": "local"}}
+            ),
+        },
+    )
+
+    def reload(text: str) -> None:
+        path.write_text(text)
+        os.kill(gw.proc.pid, signal.SIGHUP)
+
+    try:
+        with gw.client() as c, gw.client(headers=admin_headers(gw)) as admin:
+            first = c.get("/one/echo")
+            assert first.status_code == 200 and "ratelimit-limit" not in first.headers
+            reload(head + route + 'rate_limit = "tight"\n')
+            wait_for(lambda: "ratelimit-limit" in c.get("/one/echo").headers)
+            codes = [c.get("/one/echo").status_code for _ in range(8)]
+            assert codes.count(429) >= 4 and codes[-1] == 429, codes  # 5 per 600 s, one key
+            refused = c.get("/one/echo")
+            assert refused.headers["content-type"].startswith("application/problem+json")
+
+            # a reload that keeps the class keeps the quota used so far (no reset)
+            two = route.replace("/one", "/two")
+            reload(head + route + 'rate_limit = "tight"\n' + two)
+            wait_for(lambda: c.get("/two/echo").status_code == 200)
+            assert c.get("/one/echo").status_code == 429
+
+            reload(head + route + 'rate_limit = "nope"\n')
+            wait_for(
+                lambda: "nope" in (admin.get("/admin/routes").json()["last_reload_error"] or "")
+            )
+            assert c.get("/one/echo").status_code == 429  # the old table and its limit stay
+
+            reload(head + route)
+            wait_for(lambda: c.get("/one/echo").status_code == 200)
+            assert "ratelimit-limit" not in c.get("/one/echo").headers
+    finally:
+        output = stop_gateway(gw)
+    assert "Traceback" not in output, output
+
+
 def test_bad_route_file_stops_the_start_with_a_clear_message(
     gateway_env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:

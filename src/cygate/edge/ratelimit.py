@@ -264,12 +264,18 @@ class _Verdict:
 
 
 def build_limits(
-    settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+    settings: Settings,
+    policies: Iterable[RoutePolicy],
+    metrics: Metrics,
+    existing: dict[tuple[str, str], Limit] | None = None,
 ) -> dict[str, _Plan]:
     """Route name -> its plan, for every route that a class applies to.
 
     Raises ValueError naming the route when a handler names an unknown class, or when
     ``rate_limit_routes`` names a route that does not exist (a typo must not go unnoticed).
+    ``existing`` (name, failure mode) -> Limit: limits found there are reused, with their
+    counters and leases (a route-table reload does not reset anyone's quota); new ones are
+    added to it.
     """
     classes_of: dict[str, str] = {}
     names = set()
@@ -296,17 +302,21 @@ def build_limits(
         for name in settings.rate_limit_class(cls) or ():
             users.setdefault(name, set()).add(cls)
     api_header = settings.rate_limit_api_key_header.lower().encode("latin-1")
-    limits = {
-        name: Limit(
-            name,
-            specs[name],
-            failure=specs[name].failure_for(frozenset(classes)),
-            metrics=metrics,
-            capacity=settings.rate_limit_max_keys,
-            api_header=api_header,
-        )
-        for name, classes in users.items()
-    }
+    known = {} if existing is None else existing
+    limits: dict[str, Limit] = {}
+    for name, classes in users.items():
+        failure = specs[name].failure_for(frozenset(classes))
+        limit = known.get((name, failure))
+        if limit is None:
+            limit = known[(name, failure)] = Limit(
+                name,
+                specs[name],
+                failure=failure,
+                metrics=metrics,
+                capacity=settings.rate_limit_max_keys,
+                api_header=api_header,
+            )
+        limits[name] = limit
     plans: dict[str, _Plan] = {}
     by_class: dict[str, _Plan] = {}
     for route, cls in classes_of.items():
@@ -322,10 +332,13 @@ def build_limits(
 class RateLimitStage:
     """The edge stage. ``stage(ctx)`` returns None (decided) or an awaitable (asking Redis)."""
 
-    __slots__ = ("_plans", "backoff", "store", "timeout")
+    __slots__ = ("_limits", "_metrics", "_plans", "_settings", "backoff", "store", "timeout")
 
     def __init__(self, plans: dict[str, _Plan], *, timeout: float, backoff: float) -> None:
         self._plans = plans
+        self._settings: Settings | None = None
+        self._metrics: Metrics | None = None
+        self._limits: dict[tuple[str, str], Limit] = {}
         self.timeout = timeout
         self.backoff = backoff
         self.store: QuotaStore | None = None
@@ -335,11 +348,25 @@ class RateLimitStage:
     def from_settings(
         cls, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
     ) -> RateLimitStage:
-        return cls(
-            build_limits(settings, policies, metrics),
+        limits: dict[tuple[str, str], Limit] = {}
+        stage = cls(
+            build_limits(settings, policies, metrics, limits),
             timeout=settings.rate_limit_redis_timeout,
             backoff=settings.rate_limit_redis_backoff,
         )
+        stage._settings, stage._metrics, stage._limits = settings, metrics, limits
+        return stage
+
+    def plan(self, policies: Iterable[RoutePolicy]) -> dict[str, _Plan]:
+        """The plans for a new route table, checked as at start-up (ValueError: the table
+        must not go live); limits that keep their name and failure mode keep their state."""
+        if self._settings is None or self._metrics is None:
+            raise RuntimeError("plan() needs a stage made by from_settings()")
+        return build_limits(self._settings, policies, self._metrics, self._limits)
+
+    def install(self, plans: dict[str, _Plan]) -> None:
+        """Use ``plans`` from now on (right after their route table is swapped in)."""
+        self._plans = plans
 
     @property
     def needs_redis(self) -> bool:

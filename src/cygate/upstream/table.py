@@ -329,6 +329,10 @@ class RouteTableManager:
         self._watch_file = True
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.prepare: Callable[[RouteTable], Callable[[], None]] | None = None
+        """Checks what a new table needs beside the router (the rate-limit plans of its
+        routes): raises ValueError to refuse the table, else returns what to run right
+        after the swap (no await between the two: no request sees one without the other)."""
 
     def load_initial(self) -> RouteTable:
         """Build the first table (blocking; raises :class:`RouteFileError` on a bad file)."""
@@ -360,7 +364,8 @@ class RouteTableManager:
                     previous=old,
                     on_breaker_change=self.on_breaker_change,
                 )
-            except (RouteFileError, RouteConflict) as exc:
+                commit = self.prepare(table) if self.prepare is not None else None
+            except (RouteFileError, RouteConflict, ValueError) as exc:
                 self.last_error = str(exc)
                 if self.metrics is not None:
                     self.metrics.inc("cygate_route_table_reloads_total", ("rejected",))
@@ -375,6 +380,8 @@ class RouteTableManager:
                 if old is None or old.upstreams.get(up.name) is not up:
                     up.start()
             self._install(table)
+            if commit is not None:
+                commit()
             self.last_error = None
             if self.metrics is not None:
                 self.metrics.inc("cygate_route_table_reloads_total", ("ok",))
