@@ -58,11 +58,17 @@ lint: install
 	$(BIN)/mypy
 	scripts/lint-dockerfile.sh
 
+# The micro benchmarks run once each as tests too (--benchmark-disable: a few seconds), so
+# their set-up and their own checks cannot rot between `make bench` runs.
+MICRO_SMOKE = -m pytest -q -p no:cacheprovider benchmarks/micro --benchmark-disable
+
 test-c: build services
 	$(WITH_ENV) $(BIN)/python -m pytest -q
+	$(WITH_ENV) $(BIN)/python $(MICRO_SMOKE)
 
 test-py: build services
 	$(WITH_ENV) CYGATE_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q
+	$(WITH_ENV) CYGATE_NO_EXTENSIONS=1 $(BIN)/python $(MICRO_SMOKE)
 
 # Both implementations on every run; with CYGATE_NO_EXTENSIONS=1 only the pure one exists.
 ifeq ($(CYGATE_NO_EXTENSIONS),)
