@@ -9,6 +9,7 @@ argument shadows no import (ruff F811)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import secrets
@@ -47,6 +48,7 @@ __all__ = [
     "settings_for",
     "stream_ids",
     "wait_for",
+    "within",
     "worker_process",
 ]
 
@@ -142,6 +144,21 @@ def worker_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+async def within(seconds: float, scenario: Awaitable[None], what: str) -> None:
+    """Run ``scenario``; past ``seconds`` fail with the stack of every task of the loop, so a
+    hang says where it is (instead of running into pytest's 300 s timeout with the loop's
+    idle ``select`` as the only trace)."""
+    task = asyncio.ensure_future(scenario)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        stacks = io.StringIO()
+        for other in asyncio.all_tasks():
+            other.print_stack(file=stacks)
+        task.cancel()
+        raise AssertionError(f"{what}: not done after {seconds} s; tasks:\n{stacks.getvalue()}")
+    task.result()
 
 
 async def wait_for(

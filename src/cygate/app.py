@@ -32,7 +32,7 @@ from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
-from cygate.infra.db import DB_UNAVAILABLE, create_pool
+from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
 from cygate.infra.lease import ReadLease
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
@@ -312,7 +312,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             await metrics.stop()
             await catalog.lease.close()
             await redis.close()
-            await pool.close()
+            await close_pool(pool)
 
     app = Litestar(
         route_handlers=[

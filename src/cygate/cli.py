@@ -238,7 +238,7 @@ async def _create_client(
 
 
 def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
-    from cygate.infra.db import create_pool
+    from cygate.infra.db import close_pool, create_pool
     from cygate.services.payments.service import Payments
 
     async def run() -> int:
@@ -250,7 +250,7 @@ def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
             report = await payments.recover(args.older_than)
         finally:
             await payments.stop()
-            await pool.close()
+            await close_pool(pool)
         print(
             f"checked {report.checked}, settled {report.outcomes}, "
             f"processor unreachable for {report.unreachable}"
@@ -347,7 +347,7 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     import signal
 
     from cygate.edge.cache import ResponseCache
-    from cygate.infra.db import create_pool
+    from cygate.infra.db import close_pool, create_pool
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import create_redis
     from cygate.services.events.service import EventsService
@@ -374,5 +374,5 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     finally:
         await events.stop()
         await redis.close()
-        await pool.close()
+        await close_pool(pool)
     return 0

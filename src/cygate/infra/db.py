@@ -9,6 +9,7 @@ instances starting together apply each file exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
 import logging
@@ -28,6 +29,7 @@ __all__ = [
     "Migration",
     "MigrationError",
     "apply_migrations",
+    "close_pool",
     "create_pool",
     "ensure_database",
     "load_migrations",
@@ -208,3 +210,19 @@ async def create_pool(settings: Settings, *, lazy: bool = False) -> asyncpg.Pool
         server_settings={"application_name": "cygate", "jit": "off"},
     )
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = 10.0) -> None:
+    """Close ``pool`` gracefully, but never wait past ``within`` seconds.
+
+    NOTE: ``Pool.close()`` waits for every acquired connection to come back, with no bound; a
+    connection that never does (a task killed mid-acquire: asyncpg issue #547 and kin) would
+    hang a worker's shutdown. Past the timeout the pool is terminated instead (its own
+    ``close()`` terminates it when cancelled) and the wait is logged.
+    """
+    try:
+        async with asyncio.timeout(within):
+            await pool.close()
+    except TimeoutError:
+        log.warning("database pool did not close within %g s; connections terminated", within)
+        pool.terminate()
