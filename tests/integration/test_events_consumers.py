@@ -11,11 +11,14 @@ import os
 import random
 import secrets
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from tests.events_helpers import (
     EventLog,
@@ -42,7 +45,7 @@ from cygate.services.events.handlers import AnalyticsHandler, OrderSummaryHandle
 from cygate.services.events.relay import Relay
 from cygate.services.events.service import EventsService
 from cygate.services.events.stream import Event, events_redis
-from cygate.settings import Settings
+from cygate.settings import Settings, load_settings
 
 
 @contextlib.asynccontextmanager
@@ -479,3 +482,29 @@ async def test_a_batch_has_the_effect_of_its_events_one_by_one(dsn: str) -> None
         assert one_by_one == batched and sum(v[0] for v in batched.values()) == len(events)
     finally:
         await conn.close()
+
+
+async def test_stop_is_bounded_by_a_task_that_outlives_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task stuck past its cancellation (a database call waiting for the server to confirm
+    a cancel, say) is left behind after ``within`` seconds: shutdown does not hang on it."""
+    no_pool: Any = None  # no consumer here needs the database
+    service = EventsService(load_settings({}), no_pool, None, relay=False, consumers=[])
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancellation, like a stuck cleanup
+
+    task = asyncio.get_running_loop().create_task(stubborn(), name="stubborn")
+    service._tasks.append(task)
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await service.stop(within=0.2)
+    assert time.monotonic() - started < 2
+    assert "stubborn still running" in caplog.text
+    release.set()
+    await task

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -90,13 +89,20 @@ class EventsService:
 
         self._tasks.append(asyncio.get_running_loop().create_task(supervise(), name=what))
 
-    async def stop(self) -> None:
-        """Cancel every task (unacknowledged messages are reclaimed by another consumer)."""
+    async def stop(self, within: float = 10.0) -> None:
+        """Cancel every task (unacknowledged messages are reclaimed by another consumer) and
+        wait for them, at most ``within`` seconds: a task stuck past its cancellation (say, in
+        a database call waiting for the server to confirm a cancel) must not hang shutdown."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=within)
+            if stuck:
+                log.warning(
+                    "events: %s still running %g s after cancellation; left behind",
+                    ", ".join(sorted(t.get_name() for t in stuck)),
+                    within,
+                )
         self._tasks.clear()
         if self.redis is not None:
             await self.redis.close()
