@@ -107,5 +107,10 @@ def gateway_env(test_db_dsn: str, redis_prefix: str) -> dict[str, str]:
         # Every test gateway has this admin (tests/acceptance/conftest.py::admin_headers).
         CYGATE_ADMIN_EMAIL=ADMIN_EMAIL,
         CYGATE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        # NOTE: no background expiry sweeps: the session's gateway lives through every module,
+        # integration tests included, and its sweeper raced their own sweepers over the same
+        # database (CI saw 24 of 30 orders expired by the test's sweepers). A test of expiry
+        # through a gateway turns it on for its own (tests/acceptance/test_orders_api.py).
+        CYGATE_ORDER_EXPIRY_INTERVAL="0",
     )
     return env
