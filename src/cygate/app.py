@@ -411,17 +411,21 @@ def create_app(settings: Settings | None = None) -> Edge:
         identity.revocations,
         identity.refresh_provider if settings.identity_providers else None,
     )
-    limiter = ratelimit
-    edge.stages = (token, limiter) if limiter.limits() else (token,)
+    limiter = ratelimit  # a name that is never None, for the functions below
+
+    def set_stages() -> None:
+        edge.stages = (token, limiter) if limiter.limits() else (token,)
 
     def replan(table: RouteTable) -> Callable[[], None]:
         plans = limiter.plan(policy for *_, policy in table.router.routes())
 
         def commit() -> None:
             limiter.install(plans)
-            edge.stages = (token, limiter) if plans else (token,)
+            set_stages()
 
         return commit
+
+    set_stages()
 
     manager.prepare = replan
     return edge

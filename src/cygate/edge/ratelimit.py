@@ -334,34 +334,27 @@ class RateLimitStage:
 
     __slots__ = ("_limits", "_metrics", "_plans", "_settings", "backoff", "store", "timeout")
 
-    def __init__(self, plans: dict[str, _Plan], *, timeout: float, backoff: float) -> None:
-        self._plans = plans
-        self._settings: Settings | None = None
-        self._metrics: Metrics | None = None
+    def __init__(
+        self, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
         self._limits: dict[tuple[str, str], Limit] = {}
-        self.timeout = timeout
-        self.backoff = backoff
+        """(name, failure mode) -> Limit: what a later :meth:`plan` reuses."""
+        self._plans = build_limits(settings, policies, metrics, self._limits)
+        self.timeout = settings.rate_limit_redis_timeout
+        self.backoff = settings.rate_limit_redis_backoff
         self.store: QuotaStore | None = None
-        """Set by :meth:`bind` in the app's lifespan; until then global limits fall back."""
 
     @classmethod
     def from_settings(
         cls, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
     ) -> RateLimitStage:
-        limits: dict[tuple[str, str], Limit] = {}
-        stage = cls(
-            build_limits(settings, policies, metrics, limits),
-            timeout=settings.rate_limit_redis_timeout,
-            backoff=settings.rate_limit_redis_backoff,
-        )
-        stage._settings, stage._metrics, stage._limits = settings, metrics, limits
-        return stage
+        return cls(settings, policies, metrics)
 
     def plan(self, policies: Iterable[RoutePolicy]) -> dict[str, _Plan]:
         """The plans for a new route table, checked as at start-up (ValueError: the table
         must not go live); limits that keep their name and failure mode keep their state."""
-        if self._settings is None or self._metrics is None:
-            raise RuntimeError("plan() needs a stage made by from_settings()")
         return build_limits(self._settings, policies, self._metrics, self._limits)
 
     def install(self, plans: dict[str, _Plan]) -> None:

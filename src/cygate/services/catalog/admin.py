@@ -38,9 +38,9 @@ from cygate.services.catalog.models import (
 from cygate.services.catalog.writes import (
     Actor,
     CatalogWriter,
+    body_etag,
     encode_category,
     encode_product,
-    product_etag,
 )
 
 __all__ = ["CatalogAdminController", "invalidate"]
@@ -132,7 +132,7 @@ def _tagged_response(
     body: bytes, status: int, extra: dict[str, str] | None = None
 ) -> Response[bytes]:
     """A write's answer: the resource's JSON and the ETag a ``GET`` of it sends now."""
-    headers = {"etag": product_etag(body), **_NO_STORE, **(extra or {})}
+    headers = {"etag": body_etag(body), **_NO_STORE, **(extra or {})}
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 

@@ -36,16 +36,16 @@ from cygate.services.identity.store import audit
 __all__ = [
     "Actor",
     "CatalogWriter",
-    "category_etag",
+    "body_etag",
     "encode_category",
     "encode_product",
     "if_match_ok",
-    "product_etag",
 ]
 
 _COLUMNS: Final = (
     "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
 )
+_CATEGORY_COLUMNS: Final = "id, name, slug, parent_id"
 _CATEGORY_LOCK: Final = 0x63617467  # "catg": serialises moves in the tree (cycle checks)
 _encode = msgspec.json.Encoder().encode
 
@@ -71,19 +71,15 @@ def encode_product(product: Product) -> bytes:
     return _encode(product)
 
 
-def product_etag(body: bytes) -> str:
-    """The strong ETag of a product body (the cache's, see the module docstring)."""
+def body_etag(body: bytes) -> str:
+    """The strong ETag of a JSON body: the cache's tag of the same bytes (see the module
+    docstring), so a tag from any tier or write is one the If-Match checks compute."""
     return etag_of(body).decode("ascii")
 
 
 def encode_category(category: CategoryOut) -> bytes:
     """The JSON of one category, byte for byte what ``GET /api/v1/categories/{id}`` sends."""
     return _encode(category)
-
-
-def category_etag(category: CategoryOut) -> str:
-    """The strong ETag of one category (the cache's tag of its ``GET`` body)."""
-    return product_etag(encode_category(category))
 
 
 def if_match_ok(header: str, current: str) -> bool:
@@ -261,7 +257,7 @@ class CatalogWriter:
         if row is None:
             raise Problem(404, f"no product {product_id}")
         current = _product(row)
-        _precondition(if_match, product_etag(encode_product(current)), "product")
+        _precondition(if_match, body_etag(encode_product(current)), "product")
         return current
 
     # -- categories ----------------------------------------------------------------------
@@ -274,7 +270,7 @@ class CatalogWriter:
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO categories (id, name, slug, parent_id) VALUES ($1, $2, $3, $4)"
-                    " RETURNING id, name, slug, parent_id",
+                    f" RETURNING {_CATEGORY_COLUMNS}",
                     category_id,
                     data.name,
                     data.slug,
@@ -310,9 +306,7 @@ class CatalogWriter:
                     raise _unprocessable(
                         "parent_id", "a category cannot move under itself or its descendants"
                     )
-            row = await _update(
-                conn, "categories", category_id, changes, "", "id, name, slug, parent_id"
-            )
+            row = await _update(conn, "categories", category_id, changes, "", _CATEGORY_COLUMNS)
             await self._record(
                 conn,
                 "category",
@@ -353,14 +347,14 @@ class CatalogWriter:
         """The category, locked ``FOR UPDATE``; 404 when there is none, 412 when ``If-Match``
         was sent and names another state (categories take it when given: see admin.py)."""
         row = await conn.fetchrow(
-            "SELECT id, name, slug, parent_id FROM categories WHERE id = $1 FOR UPDATE",
+            f"SELECT {_CATEGORY_COLUMNS} FROM categories WHERE id = $1 FOR UPDATE",
             category_id,
         )
         if row is None:
             raise Problem(404, f"no category {category_id}")
         current = CategoryOut(*row)
         if if_match is not None:
-            _precondition(if_match, category_etag(current), "category")
+            _precondition(if_match, body_etag(encode_category(current)), "category")
         return current
 
     # -- shared --------------------------------------------------------------------------
