@@ -537,6 +537,11 @@ def test_category_etag_and_if_match(
             assert_problem(stale, 412)
             assert stale.headers["etag"] == new_tag
             assert_problem(write("W/" + new_tag), 412)  # strong comparison
+        too_long = {**h, "If-Match": '"' + "x" * 2000 + '"'}  # over the header's 1024 limit
+        for write in (c.patch(path, json={"name": "Long"}, headers=too_long),
+                      c.delete(path, headers=too_long)):  # fmt: skip
+            doc = assert_problem(write, 422)
+            assert doc["errors"][0]["field"] == "header.if_match"  # type: ignore[index]
         assert c.get(path).json()["name"] == "Tagged 2"  # nothing was written
         r = c.patch(path, json={"name": "Tagged 3"}, headers=h)  # no If-Match: the contract's
         assert r.status_code == 200 and r.json()["name"] == "Tagged 3"
