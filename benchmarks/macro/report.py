@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .rounds import Rounds, paired
+
 __all__ = [
     "Failure",
     "Result",
@@ -54,6 +56,9 @@ class Result:
     open_loop: dict[str, Any] | None = None
     """Proxy contenders: the open-loop run at a fixed rate (``load.FixedRateResult`` fields
     plus ``cpu_us_per_req``), measured after the wrk run on the same server."""
+    rounds_rps: list[float] = field(default_factory=list)
+    """With ``--rounds N``: this contender's req/s in each round (this result is the median
+    one's); empty for a single round."""
 
 
 @dataclass(slots=True)
@@ -156,7 +161,14 @@ def markdown_table(results: list[Result], failures: list[Failure], baseline: str
         )
         for r in results
     ]
-    rows += [(f.name, "FAILED", *("-",) * 7) for f in failures]
+    if any(len(r.rounds_rps) > 1 for r in results):
+        # NOTE: the req/s column is the median round's; the range says how far rounds strayed.
+        header = (*header, "req/s range")
+        rows = [
+            (*row, f"{min(r.rounds_rps):,.0f} to {max(r.rounds_rps):,.0f}" if r.rounds_rps else "-")
+            for row, r in zip(rows, results, strict=True)
+        ]
+    rows += [(f.name, "FAILED", *("-",) * (len(header) - 2)) for f in failures]
     widths = [
         max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
         for i, h in enumerate(header)
@@ -188,30 +200,46 @@ CACHE_GOALS = (
 )
 """Issue 5's goals for cygate-full (granian-same-bytes is the floor the issue names: a bare
 Granian app returning the same bytes; granian-bare, the body with two headers, is shown too)."""
+FLOOR = "granian-same-bytes"
 
 
-def cache_goals(results: list[Result], subject: str = "cygate-full") -> str:
-    """cygate-full against the contenders issue 5 compares it with (same run), with p99."""
-    full = next((r for r in results if r.name == subject), None)
-    if full is None:
+def cache_goals(rounds: Rounds, subject: str = "cygate-full") -> str:
+    """cygate-full against the contenders issue 5 compares it with (ratios within a round),
+    with p99, and the ceiling: the floor's own ratio, which no gateway doing more can pass."""
+    full = rounds.representatives([subject])
+    if not full:
         return ""
+    p99 = paired(rounds.runs, subject, subject, lambda a, _: a.p99_ms)
+    assert p99 is not None
+    floor_p99 = paired(rounds.runs, FLOOR, FLOOR, lambda a, _: a.p99_ms)
     lines = [
         f"`{subject}` against issue 5's goals (same run; p99 goal < 5 ms: "
-        f"{full.p99_ms:.2f} ms, {'met' if full.p99_ms < 5 else 'not met'}):",
+        f"{p99.text('.2f', ' ms')}, {'met' if p99.median < 5 else 'not met'}"
+        + (f"; the floor's own p99: {floor_p99.text('.2f', ' ms')}" if floor_p99 else "")
+        + "):",
         "",
-        "| compared with | its req/s | cygate-full / it | goal | met |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"| compared with | its req/s | {subject} / it | goal | met | ceiling |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for name, goal in CACHE_GOALS:
-        other = next((r for r in results if r.name == name), None)
-        if other is None or not other.rps:
+        ratio = rounds.ratio(subject, name)
+        if ratio is None:
             continue
-        ratio = full.rps / other.rps
+        (other,) = rounds.representatives([name])
+        ceiling = rounds.ratio(FLOOR, name) if name != FLOOR else None
         lines.append(
-            f"| {name} | {other.rps:,.0f} | {ratio:.2f}x | >= {goal:g}x | "
-            f"{'yes' if ratio >= goal else 'no'} |"
+            f"| {name} | {other.rps:,.0f} | {ratio.text('.2f', 'x')} | >= {goal:g}x | "
+            f"{'yes' if ratio.median >= goal else 'no'} | "
+            f"{ceiling.text('.2f', 'x') if ceiling is not None else '-'} |"
         )
-    return "\n".join(lines) if len(lines) > 4 else ""
+    if len(lines) == 4:
+        return ""
+    lines += [
+        "",
+        f"Ceiling: `{FLOOR}`'s own ratio (a bare Granian app sending the same bytes; a gateway "
+        "that does anything more cannot pass it on this machine).",
+    ]
+    return "\n".join(lines)
 
 
 def readme_block(table: str, command: str, when: datetime, machine: dict[str, Any]) -> str:

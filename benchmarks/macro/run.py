@@ -12,7 +12,8 @@ HTTP load on this machine, one after another in one run. For each contender:
    ``fixedrate.c``): latency from each request's due time, and the CPU of that run;
 5. kill the process group (also on an exception, Ctrl-C or SIGTERM).
 
-Then it prints one table (req/s, p50, p99, server CPU µs/request, PostgreSQL CPU µs/request,
+With ``--rounds N`` the whole list runs N times in turn and ratios are taken within a round
+(:mod:`benchmarks.macro.rounds`). Then it prints one table (req/s, p50, p99, server CPU µs/request, PostgreSQL CPU µs/request,
 errors, RSS, ratio of req/s to the Litestar hello-world baseline), writes
 ``benchmarks/results/macro-<UTC>.json`` + ``macro-latest.json`` + ``macro-latest.png``, and with
 ``--update-readme`` puts the table between the README's ``macro`` markers.
@@ -75,6 +76,7 @@ from .report import (
     update_readme,
     write_json,
 )
+from .rounds import Rounds, paired
 
 __all__ = ["main"]
 
@@ -272,27 +274,49 @@ def run_self_timed(c: Contender, bench: Bench) -> Result:
     )
 
 
-def proxy_overhead(results: list[Result]) -> str:
-    """For the proxy contenders: latency added to the upstream alone (same run)."""
-    direct = next((r for r in results if r.name == PROXY_BASELINE), None)
-    proxies = [r for r in results if any(c.name == r.name and c.upstream for c in CONTENDERS)]
-    if direct is None or not proxies:
+def proxy_overhead(rounds: Rounds) -> str:
+    """For the proxy contenders: latency added to the upstream alone (within each round)."""
+    runs = rounds.runs
+    proxies = [
+        r for r in rounds.representatives([c.name for c in CONTENDERS if c.upstream]) if r.rps
+    ]
+    if not rounds.representatives([PROXY_BASELINE]) or not proxies:
         return ""
+
+    def added(name: str, field: str) -> str:
+        diff = paired(
+            runs, name, PROXY_BASELINE, lambda p, d: getattr(p, field) - getattr(d, field)
+        )
+        return diff.text("+.2f") if diff is not None else "-"
+
     lines = [
-        f"Proxying a small JSON response (added = proxy minus `{PROXY_BASELINE}`, same run):",
+        f"Proxying a small JSON response (added = proxy minus `{PROXY_BASELINE}`, same round):",
         "",
         "| proxy | req/s | p50 ms | added p50 ms | p99 ms | added p99 ms | CPU µs/req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines.extend(
-        f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p50_ms - direct.p50_ms:+.2f} | "
-        f"{r.p99_ms:.2f} | {r.p99_ms - direct.p99_ms:+.2f} | {r.cpu_us_per_req:.1f} |"
+        f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {added(r.name, 'p50_ms')} | "
+        f"{r.p99_ms:.2f} | {added(r.name, 'p99_ms')} | {r.cpu_us_per_req:.1f} |"
         for r in proxies
     )
+    (direct,) = rounds.representatives([PROXY_BASELINE])
     d = direct.open_loop
     opened = [r for r in proxies if r.open_loop is not None]
     if d is None or not opened:
         return "\n".join(lines)
+
+    def added_open(name: str, key: str) -> str:
+        diff = paired(
+            runs,
+            name,
+            PROXY_BASELINE,
+            lambda p, b: (
+                p.open_loop[key] - b.open_loop[key] if p.open_loop and b.open_loop else float("nan")
+            ),
+        )
+        return diff.text("+.3f") if diff is not None else "-"
+
     lines += [
         "",
         f"Open loop (`fixedrate`): the same {d['rate']:,.0f} req/s in total over the same "
@@ -307,8 +331,8 @@ def proxy_overhead(results: list[Result]) -> str:
         assert o is not None
         lines.append(
             f"| {r.name} | {o['achieved_rps']:,.0f} | {o['p50_ms']:.3f} | "
-            f"{o['p50_ms'] - d['p50_ms']:+.3f} | {o['p99_ms']:.3f} | "
-            f"{o['p99_ms'] - d['p99_ms']:+.3f} | {o['late']} | {o['cpu_us_per_req']:.1f} |"
+            f"{added_open(r.name, 'p50_ms')} | {o['p99_ms']:.3f} | "
+            f"{added_open(r.name, 'p99_ms')} | {o['late']} | {o['cpu_us_per_req']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -411,6 +435,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--only", metavar="NAME,NAME", help="run only these contenders")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every contender this many times, in turn; ratios are taken within a round "
+        "and reported as median and range (default 1)",
+    )
+    p.add_argument(
         "--update-readme",
         metavar="README.md",
         type=Path,
@@ -437,8 +468,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--list", action="store_true", help="list the contenders and exit")
     args = p.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or args.connections < 1:
-        p.error("--duration >= 1, --warmup >= 0 and --connections >= 1, please")
+    if args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.rounds < 1:
+        p.error("--duration >= 1, --warmup >= 0, --connections >= 1 and --rounds >= 1, please")
     try:
         args.contenders = by_name(args.only.split(",") if args.only else None)
     except KeyError as exc:
@@ -476,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(f"macro benchmark: {machine_line(machine)}")
     _say(f"database: {args.prepare} -> {db_name}")
-    results: list[Result] = []
+    rounds = Rounds()
     failures: list[Failure] = []
+    failed: set[str] = set()
     try:
         cli_env = {
             **base_env,
@@ -550,23 +582,30 @@ def main(argv: list[str] | None = None) -> int:
                 if args.open_rate > 0 and any(_is_proxy(c) for c in contenders)
                 else None,
             )
-            for c in contenders:
-                _say(f"\n▶ {c.name}: {c.summary}")
-                try:
-                    result = run_contender(c, bench)
-                except (CheckFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                    kind = "WRONG ANSWER" if isinstance(exc, CheckFailed) else "FAILED"
-                    _say(f"\n{'!' * 78}\n!! {c.name} {kind}: {exc}\n{'!' * 78}")
-                    if not isinstance(exc, CheckFailed | RuntimeError):  # those say it all
-                        traceback.print_exc()
-                    failures.append(Failure(c.name, f"{kind}: {exc}"))
-                    continue
-                results.append(result)
-                _say(
-                    f"  {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                    f"p99 {result.p99_ms:.2f} ms, {result.cpu_us_per_req:.1f} CPU µs/req, "
-                    f"{result.errors} errors"
-                )
+            for round_no in range(1, args.rounds + 1):
+                rounds.start()
+                if args.rounds > 1:
+                    _say(f"\n=== round {round_no} of {args.rounds}")
+                for c in contenders:
+                    if c.name in failed:
+                        continue  # failed once: its other rounds would say the same
+                    _say(f"\n▶ {c.name}: {c.summary}")
+                    try:
+                        result = run_contender(c, bench)
+                    except (CheckFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                        kind = "WRONG ANSWER" if isinstance(exc, CheckFailed) else "FAILED"
+                        _say(f"\n{'!' * 78}\n!! {c.name} {kind}: {exc}\n{'!' * 78}")
+                        if not isinstance(exc, CheckFailed | RuntimeError):  # those say it all
+                            traceback.print_exc()
+                        failures.append(Failure(c.name, f"{kind}: {exc}"))
+                        failed.add(c.name)
+                        continue
+                    rounds.add(result)
+                    _say(
+                        f"  {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                        f"p99 {result.p99_ms:.2f} ms, {result.cpu_us_per_req:.1f} CPU µs/req, "
+                        f"{result.errors} errors"
+                    )
     finally:
         kill_all()
         if args.prepare == "scratch" and not args.keep_db:
@@ -576,16 +615,18 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 _say(f"\nWARNING: could not drop {db_name}: {exc!r}")
 
+    results = rounds.representatives([c.name for c in contenders])
     base = next((r for r in results if r.name == BASELINE), None)
     for r in results:
-        r.ratio = r.rps / base.rps if base and base.rps else None
+        ratio = rounds.ratio(r.name, BASELINE)
+        r.ratio = ratio.median if ratio is not None else None
     table = markdown_table(results, failures, BASELINE)
     _say("\n" + table)
-    overhead = proxy_overhead(results)
+    overhead = proxy_overhead(rounds)
     if overhead:
         table += "\n\n" + overhead
         _say("\n" + overhead)
-    goals = cache_goals(results)
+    goals = cache_goals(rounds)
     if goals:
         table += "\n\n" + goals
         _say("\n" + goals)
@@ -608,8 +649,10 @@ def main(argv: list[str] | None = None) -> int:
             "id_mix": len(db.product_ids),
             "baseline": BASELINE,
             "open_rate": args.open_rate,
+            "rounds": args.rounds,
         },
         "results": results,
+        "rounds": rounds.runs if args.rounds > 1 else [],
         "failures": failures,
         "table_markdown": table,
     }
