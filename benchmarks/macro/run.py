@@ -13,10 +13,11 @@ HTTP load on this machine, one after another in one run. For each contender:
 5. kill the process group (also on an exception, Ctrl-C or SIGTERM).
 
 With ``--rounds N`` the whole list runs N times in turn and ratios are taken within a round
-(:mod:`benchmarks.macro.rounds`). Then it prints one table (req/s, p50, p99, server CPU µs/request, PostgreSQL CPU µs/request,
-errors, RSS, ratio of req/s to the Litestar hello-world baseline), writes
-``benchmarks/results/macro-<UTC>.json`` + ``macro-latest.json`` + ``macro-latest.png``, and with
-``--update-readme`` puts the table between the README's ``macro`` markers.
+(:mod:`benchmarks.macro.rounds`). Then it prints one table (req/s, p50, p99, server CPU
+µs/request, PostgreSQL CPU µs/request, errors, RSS, ratio of req/s to the Litestar hello-world
+baseline), writes ``benchmarks/results/macro-<UTC>.json`` + ``macro-latest.json`` +
+``macro-latest.png``, and with ``--update-readme`` puts the table between the README's
+``macro`` markers.
 
 Environment: ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``; the
 harness creates its own database on that server), ``REDIS_URL`` (default

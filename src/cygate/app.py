@@ -27,11 +27,13 @@ from cygate import __version__
 from cygate.core.router import Router
 from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
 from cygate.edge.cache import ResponseCache
+from cygate.edge.cache_rules import cache_rules
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
+from cygate.edge.validators import Validators
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
 from cygate.infra.lease import ReadLease
 from cygate.infra.metrics import Metrics
@@ -384,6 +386,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         trusted_proxies=trusted,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
+        # Without the cache, cacheable routes still carry their validators (API.md).
+        validators=None if cache is not None else Validators(cache_rules(settings)),
     )
     if cache is not None:
         cache.edge = edge  # background refreshes re-enter the edge

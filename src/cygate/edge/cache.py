@@ -34,9 +34,16 @@ from typing import TYPE_CHECKING, Any
 from cygate.edge.cache_entry import HIT_L1, HIT_L2, STALE, Entry, decode_entry, encode_entry
 from cygate.edge.cache_l2 import L2, Subscription, decode_message
 from cygate.edge.cache_miss import BYPASS, RETRY, CacheMiss
-from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, load_secret
+from cygate.edge.cache_rules import (
+    DEFAULT_RULES,
+    CacheRoute,
+    cache_rules,
+    check_inputs,
+    load_secret,
+)
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
+from cygate.edge.validators import Validators
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext, Principal
@@ -151,8 +158,12 @@ class ResponseCache:
         self.n_invalidations = metrics.counter("cygate_cache_invalidations_total")
         self.n_flushes = metrics.counter("cygate_cache_l1_flushes_total")
         self.n_subscriptions = metrics.counter("cygate_cache_subscriptions_total")
-        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.cache_rules)}
+        self.rules: dict[str, CacheRule] = (
+            {**DEFAULT_RULES, **rules} if rules else cache_rules(settings)
+        )
         self.secret = secret if secret is not None else load_secret(settings)
+        self.validators = Validators(self.rules)
+        """ETag and 304 for the answers of cacheable routes that are not stored."""
         self.l1 = L1(settings.cache_l1_max_bytes)
         self.l2: L2 | None = None
         self.subscription: Subscription | None = None
@@ -312,7 +323,9 @@ class ResponseCache:
         return the :class:`CacheMiss` whose ``send`` the edge must dispatch through."""
         pending: _Pending | None = ctx.scope.pop(_PENDING, None)
         if pending is None:
-            return CacheMiss(self, None, None, send)  # not cacheable: pass through
+            # Not stored (a rule switched off, a request's no-store, an anonymous caller of a
+            # private rule): passed through, still with its validators.
+            return CacheMiss(self, None, None, self.validators.wrap(ctx, send))
         key = pending.key
         for _ in range(3):
             flight = self._flights.get(key)

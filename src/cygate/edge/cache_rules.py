@@ -24,7 +24,7 @@ from cygate.settings import CacheRule
 if TYPE_CHECKING:
     from cygate.settings import Settings
 
-__all__ = ["DEFAULT_RULES", "CacheRoute", "check_inputs", "load_secret"]
+__all__ = ["DEFAULT_RULES", "CacheRoute", "cache_rules", "check_inputs", "load_secret"]
 
 DEFAULT_RULES: dict[str, CacheRule] = {
     # The seed's gateway tier: 5 minutes, invalidated by the catalog's writes (by tag).
@@ -58,6 +58,12 @@ DEFAULT_RULES: dict[str, CacheRule] = {
     ),
 }
 """Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
+
+
+def cache_rules(settings: Settings) -> dict[str, CacheRule]:
+    """The rules in force: the built-in ones, with the settings' added or replacing them."""
+    return {**DEFAULT_RULES, **settings.cache_rules}
+
 
 _UUID_HEX = frozenset("0123456789abcdefABCDEF-")
 CALLER = "caller"

@@ -35,6 +35,7 @@ from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 if TYPE_CHECKING:
     from cygate.edge.cache import CacheMiss, ResponseCache
     from cygate.edge.policy import RoutePolicy
+    from cygate.edge.validators import Validators
     from cygate.infra.metrics import Metrics
 
 __all__ = [
@@ -136,6 +137,7 @@ class Edge:
         "router",
         "stages",
         "trusted",
+        "validators",
     )
 
     def __init__(
@@ -152,10 +154,14 @@ class Edge:
         upstream: Dispatch | None = None,
         trusted_proxies: TrustedProxies | None = None,
         cache: ResponseCache | None = None,
+        validators: Validators | None = None,
     ) -> None:
         self.app = app
         self.cache = cache
         """Answers cacheable routes from L1/L2 after the stages (``cygate.edge.cache``)."""
+        self.validators = validators
+        """Without the cache: ETag, Cache-Control and 304s on cacheable routes
+        (``cygate.edge.validators``)."""
         self.trusted = trusted_proxies or TrustedProxies()
         self.stages = tuple(stages)
         """Run in order on every routed request (token check, rate limit, ...)."""
@@ -282,7 +288,7 @@ class Edge:
                 self._direct
                 and policy.target != "local"
                 and not head_only
-                and (self.cache is None or policy.cache is None)
+                and (policy.cache is None or (self.cache is None and self.validators is None))
             ):
                 # PERF: a dispatcher that adds the edge's headers itself gets the server's own
                 # ``send`` (no wrapper coroutine per message); it reports the status.
@@ -329,6 +335,8 @@ class Edge:
                 if miss is None:
                     return  # answered by another request's load, or from L2
                 send_wrapper = miss.send  # a miss: capture the response to store it
+            elif policy.cache is not None and self.validators is not None:
+                send_wrapper = self.validators.wrap(ctx, send_wrapper)
 
             if policy.target != "local":
                 upstream = self._upstream
