@@ -136,7 +136,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def markdown_table(results: list[Result], failures: list[Failure], baseline: str) -> str:
-    header = (
+    header: tuple[str, ...] = (
         "contender",
         "req/s",
         "p50 ms",
@@ -147,7 +147,7 @@ def markdown_table(results: list[Result], failures: list[Failure], baseline: str
         "RSS MiB",
         f"vs {baseline}",
     )
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             r.name,
             _num(r.rps, ",.0f"),

@@ -108,3 +108,17 @@ def test_the_table_shows_the_range_of_req_s_only_for_several_rounds() -> None:
     assert "req/s range" in table
     assert " 1,000 |" in table and "900 to 1,200" in table
     assert table.splitlines()[-1].count("|") == table.splitlines()[0].count("|")
+
+
+def test_an_open_loop_rate_past_a_proxys_saturation_is_flagged() -> None:
+    rounds = Rounds()
+    rounds.start()
+    for name, rps, p50 in (("upstream-direct", 60_000, 0.06), ("nginx-proxy", 24_000, 0.11),
+                           ("cygate-proxy", 8_000, 800.0)):  # fmt: skip
+        result = _result(name, rps)
+        result.open_loop = {"rate": 10_000, "achieved_rps": 10_000, "p50_ms": p50,
+                            "p99_ms": 2 * p50, "late": 0, "cpu_us_per_req": 50.0}  # fmt: skip
+        rounds.add(result)
+    text = proxy_overhead(rounds)
+    assert "| cygate-proxy (saturated) |" in text and "| nginx-proxy |" in text
+    assert "lower `--open-rate`" in text
