@@ -35,6 +35,7 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "etag_of",
+    "rule_headers",
     "storable_headers",
 ]
 
@@ -85,6 +86,15 @@ def cache_control_of(rule: CacheRule) -> bytes:
     if rule.stale_if_error:
         parts.append(f"stale-if-error={int(rule.stale_if_error)}")
     return ", ".join(parts).encode("ascii")
+
+
+def rule_headers(rule: CacheRule) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers a rule puts on its responses: ``Cache-Control``, and ``Vary`` when the key
+    varies on request headers."""
+    headers = [(b"cache-control", cache_control_of(rule))]
+    if rule.headers:
+        headers.append((b"vary", ", ".join(sorted({h.lower() for h in rule.headers})).encode()))
+    return tuple(headers)
 
 
 def storable_headers(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cygate.core.cachekey import CacheKey
 from cygate.edge.auth import provide_principal
-from cygate.edge.cache_entry import cache_control_of
+from cygate.edge.cache_entry import rule_headers
 from cygate.settings import CacheRule
 
 if TYPE_CHECKING:
@@ -105,10 +105,7 @@ class CacheRoute:
             secret, name, query=rule.query, headers=rule.headers, private=self.private
         )
         self.types = _param_types(name)
-        extra = [(b"cache-control", cache_control_of(rule))]
-        if rule.headers:
-            extra.append((b"vary", ", ".join(sorted({h.lower() for h in rule.headers})).encode()))
-        self.extra = tuple(extra)
+        self.extra = rule_headers(rule)
         if CALLER in self.types:
             raise ValueError(f"{name}: a path parameter may not be named {CALLER!r}")
         for template in rule.tags:

@@ -3,10 +3,11 @@
 API.md promises that cacheable GETs carry ``ETag`` and ``Cache-Control`` and that
 ``If-None-Match`` gives 304, and the catalog's ``If-Match`` names the same tag. The response
 cache (``cache.py``) keeps that promise on the routes it serves. With the cache switched off
-(``CYGATE_CACHE_ENABLED=false``) or a route's rule switched off (ttl 0), this step does: a 200
-with a single body gets the tag the cache would give it (:func:`etag_of` over the exact bytes,
-so the tag is the same whether or not the cache is on, on every instance) and the rule's
-``Cache-Control``, and a request whose ``If-None-Match`` names the tag gets a 304 without the
+(``CYGATE_CACHE_ENABLED=false``), a route's rule switched off (ttl 0) or a request's
+``no-store``, this step does: a 200 with a single body gets the tag the cache would give it
+(:func:`etag_of` over the exact bytes, so the tag is the same whether or not the cache is on,
+on every instance) and the rule's headers (``Cache-Control``; ``Vary`` when its key varies on
+request headers), and a request whose ``If-None-Match`` names the tag gets a 304 without the
 body. Responses streamed in several parts pass through untagged (the tag needs the whole body,
 and buffering a stream is not this step's call), as does anything but a 200.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cygate.edge.cache_entry import cache_control_of, etag_of
+from cygate.edge.cache_entry import etag_of, rule_headers
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
@@ -41,15 +42,15 @@ class Validated(Protocol):
 class Validators:
     """Tags the 200s of cacheable routes and answers ``If-None-Match`` with 304."""
 
-    __slots__ = ("_cache_control",)
+    __slots__ = ("_headers",)
 
     def __init__(self, rules: Mapping[str, CacheRule]) -> None:
-        self._cache_control = {name: cache_control_of(rule) for name, rule in rules.items()}
+        self._headers = {name: rule_headers(rule) for name, rule in rules.items()}
 
     def wrap(self, ctx: EdgeContext, send: Send) -> Validated:
         """``send`` with validators for the route's rule (``ctx.policy.cache``)."""
         rule = ctx.policy.cache
-        cache_control = self._cache_control.get(rule) if rule is not None else None
+        own = self._headers.get(rule, ()) if rule is not None else ()
         if_none_match = ctx.header(b"if-none-match")
         held: Message | None = None
 
@@ -76,8 +77,7 @@ class Validators:
             else:
                 etag = etag_of(message.get("body", b""))
                 headers.append((b"etag", etag))
-            if cache_control is not None and b"cache-control" not in names:
-                headers.append((b"cache-control", cache_control))
+            headers += [(k, v) for k, v in own if k not in names]  # the app's own win
             if if_none_match is not None and _matches(if_none_match, etag):
                 kept = [(k, v) for k, v in headers if k.lower() in _KEPT_ON_304]
                 await send({"type": "http.response.start", "status": 304, "headers": kept})

@@ -36,7 +36,7 @@ class Fixed(App):
 
 def cacheless_edge(app: App | None = None) -> Edge:
     router = Router()
-    for pattern, rule in (("/items/{id:int}", "items"), ("/gone", "plain"),
+    for pattern, rule in (("/items/{id:int}", "items"), ("/gone", "plain"), ("/lang", "lang"),
                           ("/stream", "plain"), ("/tagged", "plain")):  # fmt: skip
         router.add("GET", pattern, RoutePolicy(name=f"GET {pattern}", cache=rule))
     router.add("GET", "/nocache", RoutePolicy(name="GET /nocache"))
@@ -57,6 +57,9 @@ async def test_a_200_gets_the_caches_tag_and_cache_control() -> None:
     assert r.headers[b"etag"] == etag_of(r.body)
     assert r.headers[b"cache-control"] == cache_control_of(RULES["items"])
     assert r.headers[b"x-stage"]  # the stages' headers still come
+    assert b"vary" not in r.headers
+    # a rule keyed on a request header says so, as the cache's answers do
+    assert (await call(edge, "/lang")).headers[b"vary"] == b"accept-language"
 
 
 async def test_a_matching_if_none_match_is_a_304_without_the_body() -> None:
