@@ -248,8 +248,9 @@ def readme_block(table: str, command: str, when: datetime, machine: dict[str, An
         f"Command: `{command}`  \n"
         f"Date: {when:%Y-%m-%d %H:%M} UTC  \n"
         f"Machine: {machine_line(machine)}\n"
-        f"(wrk and the server share the machine; req/s moves ±20 % between runs, "
-        f"CPU µs/req and ratios much less.)"
+        "(wrk and the server share the machine; req/s moves ±20 % between runs, CPU µs/req and "
+        "ratios less; with `--rounds N` every ratio is the median of the rounds' own, with "
+        "the range.)"
     )
 
 
