@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from cygate.infra.db import create_pool
+from cygate.infra.db import close_pool, create_pool
 from cygate.settings import load_settings
 
 __all__ = ["app_pool"]
@@ -24,4 +24,4 @@ async def app_pool(dsn: str, *, max_size: int = 30) -> AsyncIterator[asyncpg.Poo
     try:
         yield pool
     finally:
-        await pool.close()
+        await close_pool(pool)  # bounded: Pool.close() waits without bound (asyncpg #547)

@@ -63,6 +63,10 @@ async def consuming(
     finally:
         for t in tasks:
             t.cancel()
+        # A runner that does not end when cancelled is a bug worth a failure that says where,
+        # not a hang into pytest's timeout.
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        assert not stuck, f"consumer runners still running 10 s after cancel: {stuck}"
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -129,7 +133,7 @@ async def test_a_duplicate_delivery_is_applied_once(
         assert await processed(conn, "order_summary") == every
         assert await processed(conn, "analytics") == every
     finally:
-        await pool.close()
+        await close_pool(pool)  # bounded (asyncpg #547)
         await handle.close()
         await conn.close()
 
@@ -182,7 +186,7 @@ async def test_a_killed_consumers_pending_messages_are_reclaimed(
             proc.kill()
             proc.wait()
         await blocker.close()
-        await pool.close()
+        await close_pool(pool)  # bounded (asyncpg #547)
         await handle.close()
         await conn.close()
 
@@ -203,51 +207,57 @@ async def test_a_relay_killed_between_xadd_and_update_is_absorbed(
     handle = events_redis(settings)
     pool = await create_pool(settings)
     try:
-        # Lock the last row of the batch: the relay reads and XADDs the batch, then its UPDATE
-        # waits on this lock, and is killed there.
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", every[-1])
-        relay = worker_process(settings, "--consumers", "")
-        procs.append(relay)
 
-        async def in_update() -> bool:
-            n: int = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox%'"
+        async def scenario() -> None:
+            # Lock the last row of the batch: the relay reads and XADDs the batch, then its
+            # UPDATE waits on this lock, and is killed there.
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", every[-1])
+            relay = worker_process(settings, "--consumers", "")
+            procs.append(relay)
+
+            async def in_update() -> bool:
+                n: int = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox%'"
+                )
+                return n > 0
+
+            await wait_for(in_update, what="the relay to wait in its UPDATE")
+            assert await stream_ids(client, prefix) == every  # published, not yet marked
+            relay.send_signal(signal.SIGKILL)
+            relay.wait()
+            # NOTE: the dead process's UPDATE, already sent, would still run once the lock is
+            # free (PostgreSQL notices the lost client only when it replies). Ending that
+            # session too makes this the crash before the UPDATE reached PostgreSQL.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND query LIKE 'UPDATE outbox%'"
             )
-            return n > 0
+            await tx.rollback()
+            unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert await conn.fetchval(unpublished) == len(every)
+            procs.append(worker_process(settings, "--consumers", ""))
+            twice = 2 * len(every)
+            await wait_for(lambda: _stream_len(client, prefix, twice), what="republication")
+            assert await stream_ids(client, prefix) == every + every
+            async with consuming(settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler()):
+                for group in ("order_summary", "analytics"):
+                    done = f"{group} drained"
+                    await wait_for(lambda g=group: drained(client, prefix, g), what=done)
+            assert await summaries(conn) == expected_summaries(log.events)
+            assert await analytics(conn) == log.type_counts()
 
-        await wait_for(in_update, what="the relay to wait in its UPDATE")
-        assert await stream_ids(client, prefix) == every  # published, not yet marked
-        relay.send_signal(signal.SIGKILL)
-        relay.wait()
-        # NOTE: the dead process's UPDATE, already sent, would still run once the lock is free
-        # (PostgreSQL notices the lost client only when it replies). Ending that session too
-        # makes this the crash before the UPDATE reached PostgreSQL.
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-            "datname = current_database() AND query LIKE 'UPDATE outbox%'"
-        )
-        await tx.rollback()
-        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == len(
-            every
-        )
-        procs.append(worker_process(settings, "--consumers", ""))
-        await wait_for(lambda: _stream_len(client, prefix, 2 * len(every)), what="republication")
-        assert await stream_ids(client, prefix) == every + every
-        async with consuming(settings, handle, pool, OrderSummaryHandler(), AnalyticsHandler()):
-            for group in ("order_summary", "analytics"):
-                await wait_for(lambda g=group: drained(client, prefix, g), what=f"{group} drained")
-        assert await summaries(conn) == expected_summaries(log.events)
-        assert await analytics(conn) == log.type_counts()
+        # Bounded: a hang fails with every task's stack instead of pytest's bare timeout.
+        await within(120, scenario(), "the relay-kill scenario")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
         await blocker.close()
-        await pool.close()
+        await close_pool(pool)  # bounded (asyncpg #547)
         await handle.close()
         await conn.close()
 
@@ -281,7 +291,7 @@ async def test_consumers_gone_idle_with_nothing_pending_are_forgotten(
         assert names == {"live"}  # holder (emptied by the reclaim) and ghost are gone
         assert await summaries(conn) == expected_summaries(log.events)
     finally:
-        await pool.close()
+        await close_pool(pool)  # bounded (asyncpg #547)
         await handle.close()
         await conn.close()
 
@@ -318,7 +328,7 @@ async def test_poison_messages_go_to_the_dead_letter_stream(
         assert await summaries(conn) == expected_summaries(good)
         assert bad not in await processed(conn, "order_summary")
     finally:
-        await pool.close()
+        await close_pool(pool)  # bounded (asyncpg #547)
         await handle.close()
         await conn.close()
 
