@@ -1,0 +1,185 @@
+"""The edge's hit path in process: what cygate-full does per request, without a server.
+
+One request is ``GET /api/v1/products/{id}`` with ``Host`` and an EdDSA ``Authorization``, as
+wrk sends it in the macro benchmark; the edge routes it, verifies the token (from the
+verifier's cache after the first time), takes one token of a per-caller rate limit (local
+GCRA here: the macro run's batched lease needs Redis, and decides locally the same way between
+top-ups) and answers from L1. Against it, in the same run: the edge with the cache step only
+(no stages), and the floor, an ASGI app sending the same two messages (the macro benchmark's
+``granian-same-bytes``). One round = 100 requests driven by one coroutine, so the event loop's
+own cost is spread thin.
+
+This measures the Python the edge adds per hit (the macro benchmark's server multiplies it
+about threefold, docs/caching.md); it is the yardstick for work on the hit path (a compiled
+front, typed stages): compare within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cygate.core.jwt import JWTVerifier, VerifyKey
+from cygate.core.router import Router
+from cygate.edge.auth import TokenStage
+from cygate.edge.cache import DEFAULT_RULES, ResponseCache
+from cygate.edge.context import EdgeContext
+from cygate.edge.edge import Edge, Message
+from cygate.edge.policy import RoutePolicy
+from cygate.edge.ratelimit import RateLimitStage
+from cygate.infra.metrics import Metrics
+from cygate.services.identity.revocation import Revocations
+from cygate.services.identity.service import own_principal
+from cygate.settings import load_settings
+
+GROUP = "edge hit path in process: route + token + rate limit + L1 (per request)"
+ROUTE = "GET /api/v1/products/{product_id:uuid}"
+PATH = "/api/v1/products/01a215cd-a2bf-7e06-a4b3-df04c97ad5d8"
+BODY = json.dumps({"id": PATH.rsplit("/", 1)[1], "name": "Compact Titanium Monitor",
+                   "price_cents": 175444, "currency": "EUR", "stock": 379}).encode()  # fmt: skip
+PER_ROUND = 100
+
+
+def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
+    now = int(time.time())
+    claims = {"iss": "cygate", "aud": "cygate", "sub": "bench-user", "exp": now + 3600,
+              "iat": now, "jti": "bench-jti", "roles": ["customer"]}  # fmt: skip
+    encoded = pyjwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "k1", "typ": "at+jwt"})
+    return encoded.encode()
+
+
+def make_edge(*, stages: bool) -> tuple[Edge, list[tuple[bytes, bytes]]]:
+    """The edge cygate-full runs for the product read, and the request headers wrk sends."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    verifier = JWTVerifier(leeway=0)
+    verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
+                        keys=[VerifyKey("k1", "EdDSA", key.public_key())])  # fmt: skip
+    token = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+    limits = {"bench": {"rate": 1_000_000_000, "period": 1, "mode": "local"}}
+    settings = load_settings(
+        {"CYGATE_RATE_LIMITS": json.dumps(limits)},
+        cache_key_secret="micro-benchmark-secret",
+        cache_l2=False,
+    )
+    metrics = Metrics()
+
+    async def product(ctx: EdgeContext) -> bytes:
+        return BODY
+
+    policy = RoutePolicy(name=ROUTE, cache="product", rate_limit="bench", fast=product)
+    router = Router()
+    router.add("GET", "/api/v1/products/{product_id:uuid}", policy)
+    cache = ResponseCache(settings, metrics, rules=DEFAULT_RULES)
+    cache.add_route(ROUTE, "product")
+    limiter = RateLimitStage.from_settings(settings, [policy], metrics)
+
+    async def not_litestar(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a hit never enters the app")
+
+    edge = Edge(
+        not_litestar,
+        router,
+        metrics=metrics,
+        max_body_bytes=1 << 20,
+        stages=(token, limiter) if stages else (),
+        cache=cache,
+    )
+    cache.edge = edge
+    headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]
+    return edge, headers
+
+
+def same_bytes_app(start: Message, body: Message) -> Any:
+    """The floor: an ASGI app that sends the hit's two messages and nothing else."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+
+    return app
+
+
+class Driver:
+    """Sends requests to an ASGI app in process and keeps the last answer."""
+
+    def __init__(self, app: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        self.app = app
+        self.headers = headers
+        self.sent: list[Message] = []
+        self.loop = asyncio.new_event_loop()
+
+    def scope(self) -> dict[str, Any]:
+        # What Granian hands over: a new dict per request.
+        return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+                "scheme": "http", "method": "GET", "root_path": "", "path": PATH,
+                "raw_path": PATH.encode(), "query_string": b"",
+                "headers": self.headers}  # fmt: skip
+
+    async def _receive(self) -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def _send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def _round(self, n: int) -> None:
+        app, scope, receive, send, sent = self.app, self.scope, self._receive, self._send, self.sent
+        for _ in range(n):
+            sent.clear()
+            await app(scope(), receive, send)
+
+    def run(self, n: int = PER_ROUND) -> None:
+        self.loop.run_until_complete(self._round(n))
+
+    def answer(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        self.run(1)
+        start = self.sent[0]
+        return start["status"], dict(start["headers"]), self.sent[1]["body"]
+
+
+@pytest.fixture(scope="module")
+def drivers() -> Iterator[dict[str, Driver]]:
+    full, headers = make_edge(stages=True)
+    bare, _ = make_edge(stages=False)
+    made = {"full": Driver(full, headers), "cache-only": Driver(bare, headers)}
+    for d in made.values():
+        d.run(2)  # the first request fills L1; the token is verified once
+    status, answer, body = made["full"].answer()
+    assert status == 200 and body == BODY, (status, body)
+    assert answer[b"x-cache"] == b"hit-l1" and answer[b"ratelimit-remaining"]
+    # The floor sends the same messages the full edge just sent (same headers, same body).
+    floor = same_bytes_app(dict(made["full"].sent[0]), made["full"].sent[1])
+    made["floor"] = Driver(floor, headers)
+    yield made
+    for d in made.values():
+        d.loop.close()
+
+
+def _case(drivers: dict[str, Driver], name: str, micro: Callable[..., Any]) -> None:
+    d = drivers[name]
+    status, answer, body = d.answer()
+    assert status == 200 and body == BODY and answer[b"x-cache"] == b"hit-l1"
+    micro(d.run, group=GROUP, ops=PER_ROUND)
+
+
+def test_edge_hit_token_limit_l1(drivers: dict[str, Driver], micro: Callable[..., Any]) -> None:
+    """cygate-full's request: route, token (verified before), one rate-limit token, L1 hit."""
+    _case(drivers, "full", micro)
+    assert drivers["full"].answer()[1][b"ratelimit-limit"] == b"1000000000"
+
+
+def test_edge_hit_cache_only(drivers: dict[str, Driver], micro: Callable[..., Any]) -> None:
+    """The same request through the edge with no stages: route and L1 hit only."""
+    _case(drivers, "cache-only", micro)
+
+
+def test_floor_same_bytes(drivers: dict[str, Driver], micro: Callable[..., Any]) -> None:
+    """An ASGI app sending the full hit's two messages: what any app pays per request."""
+    _case(drivers, "floor", micro)
