@@ -34,13 +34,7 @@ from typing import TYPE_CHECKING, Any
 from cygate.edge.cache_entry import HIT_L1, HIT_L2, STALE, Entry, decode_entry, encode_entry
 from cygate.edge.cache_l2 import L2, Subscription, decode_message
 from cygate.edge.cache_miss import BYPASS, RETRY, CacheMiss
-from cygate.edge.cache_rules import (
-    DEFAULT_RULES,
-    CacheRoute,
-    cache_rules,
-    check_inputs,
-    load_secret,
-)
+from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, load_secret
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
 from cygate.edge.validators import Validators
@@ -158,9 +152,7 @@ class ResponseCache:
         self.n_invalidations = metrics.counter("cygate_cache_invalidations_total")
         self.n_flushes = metrics.counter("cygate_cache_l1_flushes_total")
         self.n_subscriptions = metrics.counter("cygate_cache_subscriptions_total")
-        self.rules: dict[str, CacheRule] = (
-            {**DEFAULT_RULES, **rules} if rules else cache_rules(settings)
-        )
+        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.cache_rules)}
         self.secret = secret if secret is not None else load_secret(settings)
         self.validators = Validators(self.rules)
         """ETag and 304 for the answers of cacheable routes that are not stored."""

@@ -34,6 +34,7 @@ __all__ = [
     "Entry",
     "decode_entry",
     "encode_entry",
+    "etag_matches",
     "etag_of",
     "rule_headers",
     "storable_headers",
@@ -76,6 +77,15 @@ def etag_of(body: bytes) -> bytes:
     """A strong ETag: BLAKE2b-128 of the body, base64url (same bytes, same tag, any instance)."""
     digest = hashlib.blake2b(body, digest_size=16).digest()
     return b'"' + base64.urlsafe_b64encode(digest).rstrip(b"=") + b'"'
+
+
+def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
+    """``If-None-Match`` names ``etag``: ``*``, or a listed tag equal to it with or without
+    ``W/`` (weak comparison, RFC 9110 13.1.2). Used by the cache and by the validators step
+    alike, so a tag revalidates the same way whichever answered."""
+    if if_none_match.strip() == b"*":
+        return True
+    return any(tag.strip().removeprefix(b"W/") == etag for tag in if_none_match.split(b","))
 
 
 def cache_control_of(rule: CacheRule) -> bytes:
@@ -258,9 +268,8 @@ class Entry:
         return max(1, int((end - now_wall) * 1000))
 
     def matches(self, if_none_match: bytes) -> bool:
-        """``If-None-Match`` (weak comparison, RFC 9110 13.1.2) names this entry's tag."""
-        # NOTE: our tags are quoted base64url, so a substring hit is an exact member match.
-        return if_none_match.strip() == b"*" or self.etag in if_none_match
+        """``If-None-Match`` names this entry's tag (see :func:`etag_matches`)."""
+        return etag_matches(if_none_match, self.etag)
 
     def hit(self, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The messages of a fresh L1 hit (PERF: the hot path; see :meth:`messages`)."""

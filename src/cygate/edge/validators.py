@@ -14,19 +14,17 @@ and buffering a stream is not this step's call), as does anything but a 200.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cygate.edge.cache_entry import etag_of, rule_headers
+from cygate.edge.cache_entry import etag_matches, etag_of, rule_headers
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
+    from cygate.edge.edge import Message, Send
     from cygate.settings import CacheRule
 
 __all__ = ["Validated", "Validators"]
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 
 _KEPT_ON_304 = frozenset({b"etag", b"cache-control", b"vary", b"content-location", b"expires"})
 """What a 304 keeps of the 200's headers (RFC 9110 15.4.5: the validators and caching headers;
@@ -78,7 +76,7 @@ class Validators:
                 etag = etag_of(message.get("body", b""))
                 headers.append((b"etag", etag))
             headers += [(k, v) for k, v in own if k not in names]  # the app's own win
-            if if_none_match is not None and _matches(if_none_match, etag):
+            if if_none_match is not None and etag_matches(if_none_match, etag):
                 kept = [(k, v) for k, v in headers if k.lower() in _KEPT_ON_304]
                 await send({"type": "http.response.start", "status": 304, "headers": kept})
                 await send({"type": "http.response.body", "body": b""})
@@ -87,11 +85,3 @@ class Validators:
             await send(message)
 
         return validated
-
-
-def _matches(if_none_match: bytes, etag: bytes) -> bool:
-    """Weak comparison (RFC 9110 13.1.2), as the cache does: ``*`` or any listed tag whose
-    opaque part equals ours, with or without ``W/``."""
-    if if_none_match.strip() == b"*":
-        return True
-    return any(tag.strip().removeprefix(b"W/") == etag for tag in if_none_match.split(b","))
