@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .rounds import Rounds, paired
+from .rounds import Rounds
 
 __all__ = [
     "Failure",
@@ -206,12 +206,10 @@ FLOOR = "granian-same-bytes"
 def cache_goals(rounds: Rounds, subject: str = "cygate-full") -> str:
     """cygate-full against the contenders issue 5 compares it with (ratios within a round),
     with p99, and the ceiling: the floor's own ratio, which no gateway doing more can pass."""
-    full = rounds.representatives([subject])
-    if not full:
+    p99 = rounds.each(subject, lambda r: r.p99_ms)
+    if p99 is None:
         return ""
-    p99 = paired(rounds.runs, subject, subject, lambda a, _: a.p99_ms)
-    assert p99 is not None
-    floor_p99 = paired(rounds.runs, FLOOR, FLOOR, lambda a, _: a.p99_ms)
+    floor_p99 = rounds.each(FLOOR, lambda r: r.p99_ms)
     lines = [
         f"`{subject}` against issue 5's goals (same run; p99 goal < 5 ms: "
         f"{p99.text('.2f', ' ms')}, {'met' if p99.median < 5 else 'not met'}"

@@ -85,6 +85,10 @@ class Rounds:
             chosen.append(replace(middle, rounds_rps=[r.rps for r in runs]))
         return chosen
 
+    def each(self, name: str, measure: Callable[[Result], float]) -> Paired | None:
+        """``measure(result)`` of one contender in every round it finished (None: in none)."""
+        return paired(self.runs, name, name, lambda r, _: measure(r))
+
     def ratio(self, a: str, b: str) -> Paired | None:
         """req/s of ``a`` over req/s of ``b``, round by round."""
         return paired(self.runs, a, b, lambda x, y: x.rps / y.rps if y.rps else _NAN)

@@ -281,7 +281,8 @@ def proxy_overhead(rounds: Rounds) -> str:
     proxies = [
         r for r in rounds.representatives([c.name for c in CONTENDERS if c.upstream]) if r.rps
     ]
-    if not rounds.representatives([PROXY_BASELINE]) or not proxies:
+    baseline = rounds.representatives([PROXY_BASELINE])
+    if not baseline or not proxies:
         return ""
 
     def added(name: str, field: str) -> str:
@@ -301,8 +302,7 @@ def proxy_overhead(rounds: Rounds) -> str:
         f"{r.p99_ms:.2f} | {added(r.name, 'p99_ms')} | {r.cpu_us_per_req:.1f} |"
         for r in proxies
     )
-    (direct,) = rounds.representatives([PROXY_BASELINE])
-    d = direct.open_loop
+    d = baseline[0].open_loop
     opened = [r for r in proxies if r.open_loop is not None]
     if d is None or not opened:
         return "\n".join(lines)
