@@ -12,17 +12,20 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .rounds import Rounds
+from .rounds import Rounds, paired
 
 __all__ = [
+    "BASE_SUFFIX",
     "Failure",
     "Result",
+    "against_baseline",
     "machine_summary",
     "markdown_table",
     "plot",
@@ -33,6 +36,9 @@ __all__ = [
 
 README_START = "<!-- macro:start -->"
 README_END = "<!-- macro:end -->"
+BASE_SUFFIX = "@base"
+"""``--baseline-tree``: the name of a contender's twin running the other tree's code."""
+_NAN = float("nan")
 
 
 @dataclass(slots=True)
@@ -238,6 +244,34 @@ def cache_goals(rounds: Rounds, subject: str = "cygate-full") -> str:
         "that does anything more cannot pass it on this machine).",
     ]
     return "\n".join(lines)
+
+
+def against_baseline(rounds: Rounds, names: Sequence[str]) -> str:
+    """Each ``name`` against ``name@base`` (``--baseline-tree``: the same contender on another
+    tree's code), round by round: req/s and server CPU per request."""
+    lines = []
+    for name in names:
+        rps = rounds.ratio(name, name + BASE_SUFFIX)
+        cpu = paired(
+            rounds.runs,
+            name,
+            name + BASE_SUFFIX,
+            lambda a, b: a.cpu_us_per_req / b.cpu_us_per_req if b.cpu_us_per_req else _NAN,
+        )
+        if rps is None or cpu is None:
+            continue
+        lines.append(f"| {name} | {rps.text('.3f', 'x')} | {cpu.text('.3f', 'x')} |")
+    if not lines:
+        return ""
+    return "\n".join(
+        [
+            "This tree against the baseline tree (`--baseline-tree`; ratios within a round):",
+            "",
+            "| contender | req/s, this / base | CPU µs per request, this / base |",
+            "| --- | ---: | ---: |",
+            *lines,
+        ]
+    )
 
 
 def readme_block(table: str, command: str, when: datetime, machine: dict[str, Any]) -> str:

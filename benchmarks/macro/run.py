@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,10 @@ from .registry import (
     by_name,
 )
 from .report import (
+    BASE_SUFFIX,
     Failure,
     Result,
+    against_baseline,
     cache_goals,
     machine_line,
     machine_summary,
@@ -479,6 +481,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10_000,
         help="proxy contenders: also an open-loop run at this total req/s (0: skip)",
     )
+    p.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        type=Path,
+        help="also run each selected cygate contender on the code of another checkout (a git "
+        "worktree with its extensions built), as NAME@base right after it, and report this "
+        "tree against it within each round",
+    )
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--list", action="store_true", help="list the contenders and exit")
     args = p.parse_args(argv)
@@ -488,7 +498,45 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.contenders = by_name(args.only.split(",") if args.only else None)
     except KeyError as exc:
         p.error(str(exc.args[0]))
+    if args.baseline_tree is not None:
+        tree = args.baseline_tree.resolve()
+        if not (tree / "src" / "cygate").is_dir():
+            p.error(f"--baseline-tree: {tree} has no src/cygate (a checkout of this repository?)")
+        args.contenders = with_baseline(args.contenders, tree)
     return args
+
+
+def with_baseline(contenders: list[Contender], tree: Path) -> list[Contender]:
+    """``contenders`` with a ``NAME@base`` twin after each cygate one: the same command and
+    environment, with ``tree``'s ``src`` first on ``sys.path`` (ahead of this checkout's
+    editable install), so both trees' code runs in one run, round by round."""
+    path = os.pathsep.join([str(tree / "src"), _base_env()["PYTHONPATH"]])
+    out = []
+    for c in contenders:
+        out.append(c)
+        if c.name.startswith("cygate"):
+            out.append(
+                replace(
+                    c,
+                    name=c.name + BASE_SUFFIX,
+                    summary=f"{c.summary} (the code of {tree})",
+                    env={**c.env, "PYTHONPATH": path.replace("{", "{{").replace("}", "}}")},
+                )
+            )
+    return out
+
+
+def round_order(contenders: list[Contender], round_no: int) -> list[Contender]:
+    """The order of round ``round_no`` (from 1): the list as given, except that in even rounds
+    each ``NAME@base`` runs before ``NAME``, so neither tree always runs first (the machine
+    drifts within a round too)."""
+    if round_no % 2:
+        return contenders
+    out = list(contenders)
+    for i in range(len(out) - 1):
+        if out[i + 1].name == out[i].name + BASE_SUFFIX:
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -600,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.start()
                 if args.rounds > 1:
                     _say(f"\n=== round {round_no} of {args.rounds}")
-                for c in contenders:
+                for c in round_order(contenders, round_no):
                     if c.name in failed:
                         continue  # failed once: its other rounds would say the same
                     _say(f"\n▶ {c.name}: {c.summary}")
@@ -640,6 +688,12 @@ def main(argv: list[str] | None = None) -> int:
     if overhead:
         table += "\n\n" + overhead
         _say("\n" + overhead)
+    if args.baseline_tree is not None:
+        names = [c.name for c in contenders if not c.name.endswith(BASE_SUFFIX)]
+        versus = against_baseline(rounds, names)
+        if versus:
+            table += "\n\n" + versus
+            _say("\n" + versus)
     goals = cache_goals(rounds)
     if goals:
         table += "\n\n" + goals
@@ -664,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline": BASELINE,
             "open_rate": args.open_rate,
             "rounds": args.rounds,
+            "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
         },
         "results": results,
         "rounds": rounds.runs if args.rounds > 1 else [],
