@@ -166,7 +166,8 @@ class EdgeContext:
         self.direct_headers: tuple[tuple[bytes, bytes], ...] | None = None
         """Set by the edge when a dispatcher sends to the server directly (see ``Edge``)."""
         self.status = 0
-        """The response status, once a direct dispatcher started the response."""
+        """The response status, once the response started (0 before): set by whoever sends
+        its head (the edge, its wrapper, a direct dispatcher)."""
 
     @property
     def client_ip(self) -> str:

@@ -206,8 +206,7 @@ class Edge:
         started = time.perf_counter()
         method: str = scope["method"]
         route_name = _UNMATCHED
-        status = 500
-        response_started = False
+        status = 500  # the answer's, unless the response started (then ``ctx.status``)
 
         request_id = ""
         request_id_bytes = b""
@@ -293,50 +292,31 @@ class Edge:
                 # PERF: a dispatcher that adds the edge's headers itself gets the server's own
                 # ``send`` (no wrapper coroutine per message); it reports the status.
                 ctx.direct_headers = headers
-                try:
-                    await self._upstream(ctx, receive, send)  # type: ignore[misc]  # _direct
-                finally:
-                    if ctx.status:
-                        status = ctx.status
-                        response_started = True
+                await self._upstream(ctx, receive, send)  # type: ignore[misc]  # _direct
                 return
-
-            async def send_wrapper(message: Message) -> None:
-                nonlocal status, response_started
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    response_started = True
-                    message["headers"] = [*message.get("headers", ()), *headers]
-                    if ctx is not None and ctx.response_headers:
-                        message["headers"] += ctx.response_headers
-                elif head_only and message["type"] == "http.response.body":
-                    message = {
-                        "type": "http.response.body",
-                        "body": b"",
-                        "more_body": message.get("more_body", False),
-                    }
-                await send(message)
 
             if self.cache is not None and policy.cache is not None:
                 # The cache step (cache.py), after the stages: auth and limits apply to hits.
                 hit = self.cache.lookup(ctx)  # PERF: sync (key + L1), no coroutine on a hit
                 if hit is not None:
-                    # PERF: what send_wrapper would do, inline (no call, no coroutine each).
+                    # PERF: what the wrapper would do, inline (no call, no coroutine each).
                     start, body_message = hit
-                    status = start["status"]
-                    response_started = True
+                    ctx.status = start["status"]
                     start["headers"] = [*start["headers"], *headers, *ctx.response_headers]
                     await send(start)
                     if head_only:
                         body_message = {"type": "http.response.body", "body": b""}
                     await send(body_message)
                     return
+                send_wrapper = _wrap_send(ctx, send, headers, head_only)
                 miss = await self.cache.load(ctx, send_wrapper)
                 if miss is None:
                     return  # answered by another request's load, or from L2
                 send_wrapper = miss.send  # a miss: capture the response to store it
             elif policy.cache is not None and self.validators is not None:
-                send_wrapper = self.validators.wrap(ctx, send_wrapper)
+                send_wrapper = self.validators.wrap(ctx, _wrap_send(ctx, send, headers, head_only))
+            else:
+                send_wrapper = _wrap_send(ctx, send, headers, head_only)
 
             if policy.target != "local":
                 upstream = self._upstream
@@ -376,12 +356,12 @@ class Edge:
             except BodyTooLarge as exc:
                 raise Problem(413, str(exc)) from None
         except ResponseAborted:
-            status = status if response_started else 499
+            status = 499  # (or the status sent, when the response had started: see finally)
             raise
         except Problem as problem:
             if miss is not None and await miss.failed(problem):
                 return  # the cache answered instead (stale-if-error)
-            if response_started:
+            if ctx is not None and ctx.status:
                 raise
             status = problem.status
             if ctx is not None and ctx.response_headers:
@@ -390,7 +370,7 @@ class Edge:
             await _send_problem(send, problem, instance, request_id, headers)
         except Exception:
             log.exception("unhandled error request_id=%s route=%s", request_id, route_name)
-            if response_started:
+            if ctx is not None and ctx.status:
                 raise
             status = 500
             detail = "internal error; quote the request_id when reporting it"
@@ -399,7 +379,32 @@ class Edge:
         finally:
             if miss is not None:
                 miss.close()
+            if ctx is not None and ctx.status:
+                status = ctx.status  # the response started: the status it was sent with
             self.metrics.observe(route_name, method, status, time.perf_counter() - started)
+
+
+def _wrap_send(ctx: EdgeContext, send: Send, headers: Headers, head_only: bool) -> Send:
+    """``send`` with the edge's headers and the stages' added to the response head, the body
+    dropped for a HEAD served by a GET route, and the status noted in ``ctx.status`` (a
+    started response). Made only for answers that are not cache hits (PERF: a hit does this
+    inline, without the closure and its cells)."""
+
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            ctx.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), *headers]
+            if ctx.response_headers:
+                message["headers"] += ctx.response_headers
+        elif head_only and message["type"] == "http.response.body":
+            message = {
+                "type": "http.response.body",
+                "body": b"",
+                "more_body": message.get("more_body", False),
+            }
+        await send(message)
+
+    return send_wrapper
 
 
 async def _send_problem(
