@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -81,6 +81,11 @@ bench-micro: build
 	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
 	  --benchmark-json=benchmarks/results/micro-latest.json
 	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-readme README.md
+
+# The edge's hit path in instructions and new objects per request (callgrind: the same count
+# whatever the machine is doing; ~4 min). TREE=/path/to/other/checkout compares with it.
+bench-instructions: build
+	$(BIN)/python -m benchmarks.micro.instructions $(if $(TREE),--tree $(TREE))
 
 # Search latency on the 100k-product seed through a gateway (issue 7; docs/catalog.md).
 bench-search: build services

@@ -1,0 +1,150 @@
+"""Instructions and new objects per request of the edge's hit path, counted by callgrind.
+
+    python -m benchmarks.micro.instructions                      # this checkout
+    python -m benchmarks.micro.instructions --tree /tmp/base     # and another one, side by side
+
+Why: on the shared 2-core machines req/s moves +-10 % between two runs a minute apart, so a
+change worth 3 % cannot be seen in the server, even with ``--rounds``; timings in process move
+a few % too. ``valgrind --tool=callgrind`` counts executed instructions instead of time: the same
+count for the same code and inputs, whatever else the machine does (with ``PYTHONHASHSEED=0``;
+dict probing depends on the hash seed). Each case runs twice in a child process, once with one
+request and once with ``--requests`` more, and the difference divided by that number is the cost
+of one request, with start-up, imports and the warm-up cancelled out. ``objects`` counts
+``_Py_NewReference`` calls: Python objects created per request.
+
+The cases are those of ``test_bench_edge.py`` (the same drivers): ``full`` (route, token,
+rate limit, L1 hit: cygate-full's request), ``cache-only`` (route and L1 hit) and ``floor`` (an
+ASGI app sending the same two messages). What it does not show: memory and cache effects, which
+the server amplifies (docs/caching.md); a change must still show in the macro benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Count", "main", "parse_callgrind"]
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = ("full", "cache-only", "floor")
+NEW_OBJECT = "_Py_NewReference"
+_FN = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
+_CALLS = re.compile(r"calls=(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """What one callgrind run counted."""
+
+    instructions: int
+    objects: int
+    """Calls of :data:`NEW_OBJECT`."""
+
+
+def parse_callgrind(text: str) -> Count:
+    """The total instructions (``summary:``/``totals:``) and the calls of :data:`NEW_OBJECT`
+    of a callgrind output file (names are compressed: ``cfn=(12) name`` once, ``(12)`` after)."""
+    names: dict[str, str] = {}
+    callee = ""
+    objects = 0
+    total = 0
+    for line in text.splitlines():
+        m = _FN.match(line)
+        if m:
+            kind, ref, name = m.groups()
+            if name:
+                names[ref] = name.strip()
+            if kind == "cfn":
+                callee = names.get(ref, "")
+            continue
+        m = _CALLS.match(line)
+        if m:
+            if callee == NEW_OBJECT:
+                objects += int(m.group(1))
+            continue
+        if line.startswith(("summary:", "totals:")):
+            total = max(total, int(line.split()[1]))
+    return Count(total, objects)
+
+
+def _child(case: str, requests: int) -> None:
+    """Run ``requests`` requests of ``case`` after a warm-up (inside valgrind)."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "micro"))
+    from test_bench_edge import Driver, make_edge, same_bytes_app
+
+    edge, headers = make_edge(stages=case == "full")
+    driver = Driver(edge, headers)
+    driver.run(200)  # fills L1, verifies the token, warms every cache
+    if case == "floor":
+        driver.run(1)
+        driver = Driver(same_bytes_app(dict(driver.sent[0]), driver.sent[1]), headers)
+        driver.run(200)
+    driver.run(requests)
+    status = driver.sent[0]["status"] if driver.sent else 0
+    if status != 200:
+        raise SystemExit(f"{case}: the last answer was {status}, not 200")
+
+
+def _count(case: str, requests: int, tree: Path | None, workdir: Path) -> Count:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree / "src"), str(ROOT)]))
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    counts = []
+    for n in (1, 1 + requests):
+        out = workdir / f"{case}-{n}.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+        argv += ["-m", "benchmarks.micro.instructions", "--child", case, "--requests", str(n)]
+        subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True)
+        counts.append(parse_callgrind(out.read_text()))
+    return Count(
+        round((counts[1].instructions - counts[0].instructions) / requests),
+        round((counts[1].objects - counts[0].objects) / requests),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.micro.instructions", description=__doc__)
+    p.add_argument("--requests", type=int, default=2000, help="requests counted (default 2000)")
+    p.add_argument("--tree", type=Path, help="also count another checkout's code (its src)")
+    p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        _child(args.child, args.requests)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.tree is not None:
+        trees.append((str(args.tree), args.tree.resolve()))
+    print(f"per request, {args.requests} requests counted by callgrind (PYTHONHASHSEED=0)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cygate-callgrind-") as tmp:
+        for case in CASES:
+            counts = [_count(case, args.requests, tree, Path(tmp)) for _, tree in trees]
+            rows.append((case, counts))
+    header = "| case | " + " | ".join(f"{name}: instructions | objects" for name, _ in trees)
+    if len(trees) == 2:
+        header += " | this / other |"
+    print(header if header.endswith("|") else header + " |")
+    print("| --- " * (1 + 2 * len(trees) + (len(trees) == 2)) + "|")
+    for case, counts in rows:
+        cells = [f"{c.instructions:,} | {c.objects}" for c in counts]
+        if len(counts) == 2 and counts[1].instructions:
+            cells.append(f"{counts[0].instructions / counts[1].instructions:.3f}x")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
