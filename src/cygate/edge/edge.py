@@ -381,7 +381,7 @@ class Edge:
                 miss.close()
             if ctx is not None and ctx.status:
                 status = ctx.status  # the response started: the status it was sent with
-            self.metrics.observe(route_name, method, status, time.perf_counter() - started)
+            self.metrics.observe_since(route_name, method, status, started)
 
 
 def _wrap_send(ctx: EdgeContext, send: Send, headers: Headers, head_only: bool) -> Send:

@@ -23,14 +23,14 @@ from typing import Any
 
 import orjson
 
+from cygate.core.reqmetrics import BUCKETS, RequestRecorder
+
 __all__ = ["BUCKETS", "FAMILIES", "Counter", "Metrics"]
 
 log = logging.getLogger("cygate.metrics")
 
-# Seconds. Fine-grained at the low end: the gateway's own work is measured in microseconds.
-BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+# BUCKETS (seconds) are the request series' (cygate.core.reqmetrics); histograms of FAMILIES
+# use the same.
 _NB = len(BUCKETS)
 
 # Labelled series beside the request metrics: name -> (type, help, label names). Counters hold
@@ -134,28 +134,28 @@ class Counter:
         self.value = 0.0
 
 
-class Metrics:
-    """Per-worker request counters and latency histograms, keyed by (route, method, status)."""
+class Metrics(RequestRecorder):
+    """Per-worker request counters and latency histograms, keyed by (route, method, status).
+
+    The request series and their ``observe``/``observe_since`` are the base class's
+    (:mod:`cygate.core.reqmetrics`, compiled); the families and the sharing are here."""
 
     __slots__ = (
         "_bound",
-        "_dirty",
         "_families",
         "_flushed_bound",
         "_path",
-        "_series",
         "_task",
         "_upstream",
         "directory",
     )
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        super().__init__()
         self.directory = pathlib.Path(directory) if directory else None
         self._path = (
             self.directory / f"worker-{os.getpid()}.json" if self.directory is not None else None
         )
-        # key -> [count, sum_seconds, bucket_0, ..., bucket_n-1, +Inf bucket]
-        self._series: dict[tuple[str, str, int], list[float]] = {}
         # (family, labels) -> [value] for counters, the request layout for histograms
         self._families: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         # (family, labels) -> a Counter its owner bumps directly (see Counter)
@@ -163,19 +163,7 @@ class Metrics:
         self._flushed_bound = 0.0  # sum of the bound counters at the last flush
         # (upstream, route, outcome) -> (its requests counter, its route's duration histogram)
         self._upstream: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
-        self._dirty = False
         self._task: asyncio.Task[None] | None = None
-
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one request. PERF: one dict lookup, one bisect, no allocation once warm."""
-        key = (route, method, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = [0.0] * (_NB + 3)
-        series[0] += 1
-        series[1] += seconds
-        series[2 + bisect_left(BUCKETS, seconds)] += 1
-        self._dirty = True
 
     def inc(self, family: str, labels: tuple[str, ...], value: float = 1.0) -> None:
         """Add to a counter of one of :data:`FAMILIES`."""
@@ -242,7 +230,7 @@ class Metrics:
     # -- sharing between workers --------------------------------------------------------------
 
     def snapshot(self) -> dict[str, list[float]]:
-        out = {"\x1f".join((r, m, str(s))): v for (r, m, s), v in self._series.items()}
+        out = {"\x1f".join((r, m, str(s))): v.as_list() for (r, m, s), v in self._series.items()}
         for (family, labels), values in self._families.items():
             out[_FAMILY_MARK + "\x1f".join((family, *labels))] = values
         for (family, labels), counter in self._bound.items():
@@ -305,7 +293,7 @@ class Metrics:
                 _add(families, k, v)
             for k, counter in self._bound.items():
                 _add(families, k, [counter.value])
-            return {k: list(v) for k, v in self._series.items()}, families
+            return {k: v.as_list() for k, v in self._series.items()}, families
         self.flush()
         for path in self.directory.glob("worker-*.json"):
             try:

@@ -1,0 +1,40 @@
+"""Per-worker request series: the edge records each request here (``Metrics`` is built on it).
+
+Selects the compiled implementation (:mod:`cygate.core._reqmetrics_c`) when it is available and
+allowed, else the pure-Python twin (:mod:`cygate.core._reqmetrics_py`), which documents both.
+
+Usage::
+
+    started = time.perf_counter()
+    ...
+    recorder.observe_since(route_name, method, status, started)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cygate._compat import NO_EXTENSIONS
+from cygate.core._reqmetrics_py import BUCKETS
+from cygate.core._reqmetrics_py import RequestRecorder as RequestRecorderPy
+from cygate.core._reqmetrics_py import RequestSeries as RequestSeriesPy
+
+__all__ = ["BUCKETS", "RequestRecorder", "RequestRecorderPy", "RequestSeries", "RequestSeriesPy"]
+
+if TYPE_CHECKING:
+    # Type checkers read the pure twin: same API, and real Python.
+    RequestRecorder = RequestRecorderPy
+    RequestSeries = RequestSeriesPy
+else:
+    RequestRecorder = RequestRecorderPy
+    RequestSeries = RequestSeriesPy
+    if not NO_EXTENSIONS:
+        try:
+            from cygate.core._reqmetrics_c import RequestRecorder as RequestRecorderC
+            from cygate.core._reqmetrics_c import RequestSeries as RequestSeriesC
+        except ImportError:  # pragma: no cover - not compiled (e.g. an editable pure install)
+            pass
+        else:
+            RequestRecorder = RequestRecorderC
+            RequestSeries = RequestSeriesC
+            __all__ += ["RequestRecorderC", "RequestSeriesC"]
