@@ -12,7 +12,8 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec* tp)
     int CLOCK_MONOTONIC
 
-DEF MAX_BUCKETS = 32
+cdef enum:
+    MAX_BUCKETS = 32
 
 cdef int _NB = len(BUCKETS)
 cdef double _BOUNDS[MAX_BUCKETS]
