@@ -6,11 +6,12 @@ dict look-up, a few int64 operations and ``Py_True``/``Py_False``: no Python obj
 The default clock is ``clock_gettime(CLOCK_MONOTONIC)``, the clock behind ``time.monotonic_ns``.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -19,14 +20,41 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from cygate.core._ratelimit_py import (
     DENIED,
     GRANTED,
+    HEADER_NUMBERS,
     MAX_SPAN_NS,
     NEED_REDIS,
+    REMAINING,
+    RESET,
     _check_capacity,
 )
 
 __all__ = ["DENIED", "GRANTED", "NEED_REDIS", "GCRALimiterC", "LeaseTableC"]
 
 cdef int64_t _MAX_SPAN = MAX_SPAN_NS
+cdef tuple _HEADER_NUMBERS = HEADER_NUMBERS
+cdef bytes _REMAINING = REMAINING
+cdef bytes _RESET = RESET
+
+
+cdef object _header_number(int64_t n):
+    """``n`` in decimal ASCII (the twin's ``header_number``)."""
+    cdef char buf[24]
+    cdef Py_ssize_t i = 24
+    cdef bint negative = n < 0
+    cdef uint64_t u
+    if 0 <= n < 4096:
+        return _HEADER_NUMBERS[n]
+    u = <uint64_t>(-(n + 1)) + 1 if negative else <uint64_t>n
+    while True:
+        i -= 1
+        buf[i] = <char>(48 + u % 10)  # '0'
+        u //= 10
+        if u == 0:
+            break
+    if negative:
+        i -= 1
+        buf[i] = b'-'
+    return PyBytes_FromStringAndSize(buf + i, 24 - i)
 cdef object _GRANTED = GRANTED
 cdef object _DENIED = DENIED
 cdef object _NEED_REDIS = NEED_REDIS
@@ -83,6 +111,15 @@ cdef class _Table:
 
     def __len__(self):
         return len(self._index)
+
+    def append_headers(self, list out not None, object limit_pair, object policy_pair):
+        """Append the ``RateLimit-*`` headers of the last allowed decision (see the twin)."""
+        cdef int64_t reset = self.reset_ns
+        out.append(limit_pair)
+        out.append((_REMAINING, _header_number(self.remaining)))
+        # whole seconds, rounded up (reset > 0: no overflow below MAX_SPAN_NS)
+        out.append((_RESET, _header_number((reset + 999999999) // 1000000000 if reset > 0 else 0)))
+        out.append(policy_pair)
 
     cdef inline int64_t _now(self) except? -1:
         if self._clock is None:

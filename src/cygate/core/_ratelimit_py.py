@@ -42,6 +42,7 @@ __all__ = [
     "NEED_REDIS",
     "GCRALimiterPy",
     "LeaseTablePy",
+    "header_number",
 ]
 
 Clock = Callable[[], int]
@@ -57,12 +58,49 @@ MAX_SPAN_NS = 1 << 62
 """``interval_ns * burst`` (and every stored time) stays below this: int64 arithmetic in C."""
 
 
+_NS = 1_000_000_000
+REMAINING = b"ratelimit-remaining"
+RESET = b"ratelimit-reset"
+# PERF: header values for small numbers, made once (b"%d" % n costs more than the lookup).
+HEADER_NUMBERS = tuple(b"%d" % n for n in range(4096))
+
+
+def header_number(n: int) -> bytes:
+    """``n`` as a header value (decimal ASCII)."""
+    return HEADER_NUMBERS[n] if 0 <= n < 4096 else b"%d" % n
+
+
+class _Headers:
+    """The ``RateLimit-*`` headers of a table's last allowed decision."""
+
+    __slots__ = ()
+    remaining: int
+    reset_ns: int
+
+    def append_headers(
+        self,
+        out: list[tuple[bytes, bytes]],
+        limit_pair: tuple[bytes, bytes],
+        policy_pair: tuple[bytes, bytes],
+    ) -> None:
+        """Append to ``out``: ``limit_pair``, ``RateLimit-Remaining`` (:attr:`remaining`),
+        ``RateLimit-Reset`` (:attr:`reset_ns` in whole seconds, rounded up; 0 when not
+        positive) and ``policy_pair``. PERF: the edge's rate-limit stage, once per request."""
+        reset = self.reset_ns
+        out += (
+            limit_pair,
+            (REMAINING, header_number(self.remaining)),
+            (RESET, header_number(-(-reset // _NS) if reset > 0 else 0)),
+            policy_pair,
+        )
+
+
 def _check_capacity(capacity: int) -> None:
     if not 1 <= capacity <= 1 << 30:
         raise ValueError(f"capacity must be between 1 and 2**30, got {capacity}")
 
 
-class GCRALimiterPy:
+class GCRALimiterPy(_Headers):
     """One rate limit decided locally (GCRA), over at most ``capacity`` keys."""
 
     __slots__ = (
@@ -192,7 +230,7 @@ def _check_answer(tokens: int, until_ns: int, remaining: int, reset_at_ns: int) 
         raise ValueError("until_ns and reset_at_ns must be clock times")
 
 
-class LeaseTablePy:
+class LeaseTablePy(_Headers):
     """Per key, the last answer of Redis: a lease of tokens, or a refusal, and until when."""
 
     __slots__ = (

@@ -26,6 +26,7 @@ from cygate.core._ratelimit_py import (
     NEED_REDIS,
     GCRALimiterPy,
     LeaseTablePy,
+    header_number,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "GCRALimiterPy",
     "LeaseTable",
     "LeaseTablePy",
+    "header_number",
 ]
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, NoReturn
 
-from cygate.core.ratelimit import DENIED, GRANTED, GCRALimiter, LeaseTable
+from cygate.core.ratelimit import DENIED, GRANTED, GCRALimiter, LeaseTable, header_number
 from cygate.edge.problem import Problem
 from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservation
 from cygate.infra.tasks import spawn, wake
@@ -227,14 +227,6 @@ class _Plan:
         """The one limit of a route that has one (the common case, decided inline)."""
 
 
-# PERF: header values for small numbers, made once (b"%d" % n costs more than the lookup).
-_NUMBERS = tuple(b"%d" % n for n in range(4096))
-
-
-def _number(n: int) -> bytes:
-    return _NUMBERS[n] if 0 <= n < 4096 else b"%d" % n
-
-
 class _Verdict:
     """What one request passed so far: the most restrictive limit, and what to give back."""
 
@@ -400,12 +392,7 @@ class RateLimitStage:
                     self._top_up(single, key, table.tokens)
             if allowed:
                 single.n_allowed.value += 1
-                ctx.response_headers += (
-                    single.limit_pair,
-                    (b"ratelimit-remaining", _number(table.remaining)),
-                    (b"ratelimit-reset", _number(-(-table.reset_ns // _NS))),
-                    plan.policy_pair,
-                )
+                table.append_headers(ctx.response_headers, single.limit_pair, plan.policy_pair)
                 return None
             if single.mode == "local":
                 self._refuse(ctx, single, table.retry_ns, table.reset_ns, _Verdict())
@@ -594,8 +581,8 @@ class RateLimitStage:
         if best is not None:
             ctx.response_headers += (
                 best.limit_pair,
-                (b"ratelimit-remaining", _number(verdict.remaining)),
-                (b"ratelimit-reset", _number(_seconds(verdict.reset_ns))),
+                (b"ratelimit-remaining", header_number(verdict.remaining)),
+                (b"ratelimit-reset", header_number(_seconds(verdict.reset_ns))),
                 plan.policy_pair,
             )
 

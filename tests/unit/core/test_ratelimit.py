@@ -413,3 +413,56 @@ def _run_leases(cls: Any, capacity: int, ops: list[Any]) -> list[Any]:
 def test_leases_c_and_py_agree(capacity: int, ops: list[Any]) -> None:
     c = require_compiled("ratelimit")
     assert _run_leases(c.LeaseTableC, capacity, ops) == _run_leases(LeaseTablePy, capacity, ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# The RateLimit-* headers of a decision
+# ---------------------------------------------------------------------------------------------
+
+LIMIT_PAIR = (b"ratelimit-limit", b"5")
+POLICY_PAIR = (b"ratelimit-policy", b"5;w=60")
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset_in_ns", "reset_header"),
+    [
+        (3, 2 * S, b"2"),  # whole seconds stay
+        (3, 2 * S + 1, b"3"),  # a part of a second rounds up
+        (0, 1, b"1"),
+        (4095, 0, b"0"),  # the last number made in advance, and no reset
+        (4096, 5 * S - 1, b"5"),  # formatted per request
+        (123_456_789_012, 1, b"1"),
+    ],
+)
+def test_lease_headers_say_the_decision(
+    lease_cls: Any, remaining: int, reset_in_ns: int, reset_header: bytes
+) -> None:
+    clock = FakeClock()
+    table = lease_cls(capacity=8, clock=clock)
+    # A lease of one token: after it is spent, the table's remaining is Redis's.
+    table.grant("k", 1, clock.now + 60 * S, remaining, clock.now + reset_in_ns)
+    assert table.take("k") == GRANTED and table.remaining == remaining
+    out = [(b"x", b"y")]
+    table.append_headers(out, LIMIT_PAIR, POLICY_PAIR)
+    assert out == [
+        (b"x", b"y"),
+        LIMIT_PAIR,
+        (b"ratelimit-remaining", b"%d" % remaining),
+        (b"ratelimit-reset", reset_header),
+        POLICY_PAIR,
+    ]
+
+
+def test_gcra_headers_match_its_attributes(gcra_cls: Any) -> None:
+    clock = FakeClock()
+    limiter = gcra_cls(interval_ns=12 * S, burst=5, clock=clock)
+    for _ in range(3):
+        assert limiter.hit("k")
+    out: list[tuple[bytes, bytes]] = []
+    limiter.append_headers(out, LIMIT_PAIR, POLICY_PAIR)
+    seconds = -(-limiter.reset_ns // S)
+    assert out[1:3] == [
+        (b"ratelimit-remaining", b"%d" % limiter.remaining),
+        (b"ratelimit-reset", b"%d" % seconds),
+    ]
+    assert limiter.remaining == 2 and seconds == 36
