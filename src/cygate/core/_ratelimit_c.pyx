@@ -34,6 +34,9 @@ cdef int64_t _MAX_SPAN = MAX_SPAN_NS
 cdef tuple _HEADER_NUMBERS = HEADER_NUMBERS
 cdef bytes _REMAINING = REMAINING
 cdef bytes _RESET = RESET
+cdef object _GRANTED = GRANTED
+cdef object _DENIED = DENIED
+cdef object _NEED_REDIS = NEED_REDIS
 
 
 cdef object _header_number(int64_t n):
@@ -55,9 +58,6 @@ cdef object _header_number(int64_t n):
         i -= 1
         buf[i] = b'-'
     return PyBytes_FromStringAndSize(buf + i, 24 - i)
-cdef object _GRANTED = GRANTED
-cdef object _DENIED = DENIED
-cdef object _NEED_REDIS = NEED_REDIS
 
 
 cdef inline int64_t _monotonic_ns() noexcept nogil:

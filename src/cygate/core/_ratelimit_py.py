@@ -43,6 +43,7 @@ __all__ = [
     "GCRALimiterPy",
     "LeaseTablePy",
     "header_number",
+    "whole_seconds",
 ]
 
 Clock = Callable[[], int]
@@ -70,6 +71,12 @@ def header_number(n: int) -> bytes:
     return HEADER_NUMBERS[n] if 0 <= n < 4096 else b"%d" % n
 
 
+def whole_seconds(ns: int) -> int:
+    """Whole seconds, rounded up (0 when not positive): a client that waits this long has
+    waited long enough (``RateLimit-Reset``, ``Retry-After``)."""
+    return -(-ns // _NS) if ns > 0 else 0
+
+
 class _Headers:
     """The ``RateLimit-*`` headers of a table's last allowed decision."""
 
@@ -86,11 +93,10 @@ class _Headers:
         """Append to ``out``: ``limit_pair``, ``RateLimit-Remaining`` (:attr:`remaining`),
         ``RateLimit-Reset`` (:attr:`reset_ns` in whole seconds, rounded up; 0 when not
         positive) and ``policy_pair``. PERF: the edge's rate-limit stage, once per request."""
-        reset = self.reset_ns
         out += (
             limit_pair,
             (REMAINING, header_number(self.remaining)),
-            (RESET, header_number(-(-reset // _NS) if reset > 0 else 0)),
+            (RESET, header_number(whole_seconds(self.reset_ns))),
             policy_pair,
         )
 

@@ -27,6 +27,7 @@ from cygate.core._ratelimit_py import (
     GCRALimiterPy,
     LeaseTablePy,
     header_number,
+    whole_seconds,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LeaseTable",
     "LeaseTablePy",
     "header_number",
+    "whole_seconds",
 ]
 
 if TYPE_CHECKING:

@@ -41,7 +41,14 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, NoReturn
 
-from cygate.core.ratelimit import DENIED, GRANTED, GCRALimiter, LeaseTable, header_number
+from cygate.core.ratelimit import (
+    DENIED,
+    GRANTED,
+    GCRALimiter,
+    LeaseTable,
+    header_number,
+    whole_seconds,
+)
 from cygate.edge.problem import Problem
 from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservation
 from cygate.infra.tasks import spawn, wake
@@ -59,11 +66,6 @@ log = logging.getLogger("cygate.ratelimit")
 
 _NS = 1_000_000_000
 KeyFn = Callable[["EdgeContext"], str]
-
-
-def _seconds(ns: int) -> int:
-    """Whole seconds, rounded up: a client that waits this long has waited long enough."""
-    return -(-ns // _NS) if ns > 0 else 0
 
 
 def _key_fn(parts: tuple[str, ...], api_header: bytes) -> KeyFn:
@@ -582,7 +584,7 @@ class RateLimitStage:
             ctx.response_headers += (
                 best.limit_pair,
                 (b"ratelimit-remaining", header_number(verdict.remaining)),
-                (b"ratelimit-reset", header_number(_seconds(verdict.reset_ns))),
+                (b"ratelimit-reset", header_number(whole_seconds(verdict.reset_ns))),
                 plan.policy_pair,
             )
 
@@ -592,11 +594,11 @@ class RateLimitStage:
     ) -> NoReturn:
         verdict.undo()
         limit.n_limited.value += 1
-        retry = _seconds(retry_ns)
+        retry = whole_seconds(retry_ns)
         ctx.response_headers += (
             (b"ratelimit-limit", limit.limit_header),
             (b"ratelimit-remaining", b"0"),
-            (b"ratelimit-reset", b"%d" % max(_seconds(reset_ns), retry)),
+            (b"ratelimit-reset", b"%d" % max(whole_seconds(reset_ns), retry)),
             (b"ratelimit-policy", limit.policy.encode()),
         )
         if retry:
