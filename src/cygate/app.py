@@ -383,6 +383,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         hsts_max_age=settings.hsts_max_age,
         hsts_include_subdomains=settings.hsts_include_subdomains,
         fast_paths=settings.edge_fast_paths,
+        hit_path=settings.edge_hit_path,
         trusted_proxies=trusted,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,

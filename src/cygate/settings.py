@@ -236,6 +236,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     edge_fast_paths: Annotated[
         bool, _doc("Serve routes that have a fast handler in the edge, bypassing Litestar.")
     ] = True
+    edge_hit_path: Annotated[
+        bool,
+        _doc(
+            "Answer fresh L1 hits of plain GETs in one compiled call (core/hitpath); false: "
+            "every request takes the general edge path (same answers, for comparison)."
+        ),
+    ] = True
     trusted_proxies: Annotated[
         list[str], _doc("Peer addresses whose X-Forwarded-For is believed.")
     ] = msgspec.field(default_factory=list)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from cygate.core.hitpath import HitPath
 from cygate.core.ids import ITEM as ID_BYTES
 from cygate.core.ids import format_ids
 from cygate.core.router import (
@@ -127,15 +128,17 @@ class Edge:
 
     __slots__ = (
         "_direct",
+        "_hit_path",
+        "_hits",
+        "_router",
         "_security_headers",
+        "_stages",
         "_upstream",
         "app",
         "cache",
         "fast_paths",
         "max_body",
         "metrics",
-        "router",
-        "stages",
         "trusted",
         "validators",
     )
@@ -150,6 +153,7 @@ class Edge:
         hsts_max_age: int = 0,
         hsts_include_subdomains: bool = False,
         fast_paths: bool = True,
+        hit_path: bool = True,
         stages: Sequence[Stage] = (),
         upstream: Dispatch | None = None,
         trusted_proxies: TrustedProxies | None = None,
@@ -163,12 +167,11 @@ class Edge:
         """Without the cache: ETag, Cache-Control and 304s on cacheable routes
         (``cygate.edge.validators``)."""
         self.trusted = trusted_proxies or TrustedProxies()
-        self.stages = tuple(stages)
-        """Run in order on every routed request (token check, rate limit, ...)."""
+        self._stages = tuple(stages)
         self._upstream: Dispatch | None = None
         self._direct = False
         self.upstream = upstream
-        self.router = router
+        self._router = router
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.fast_paths = fast_paths
@@ -183,6 +186,70 @@ class Edge:
                 hsts += "; includeSubDomains"
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
+        self._hit_path = hit_path
+        self._hits: HitPath | None = None
+        self._rebuild_hit_path()
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """Run in order on every routed request (token check, rate limit, ...)."""
+        return self._stages
+
+    @stages.setter
+    def stages(self, stages: Sequence[Stage]) -> None:
+        self._stages = tuple(stages)
+        self._rebuild_hit_path()
+
+    @property
+    def router(self) -> Router:
+        """Resolves each request's route (swapped whole when the route table changes)."""
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        self._router = router
+        self._rebuild_hit_path()
+
+    @property
+    def hit_path(self) -> HitPath | None:
+        """The fused hit path (``cygate.core.hitpath``), or None: this edge's cache, stages and
+        settings leave it nothing to answer."""
+        return self._hits
+
+    def _rebuild_hit_path(self) -> None:
+        """Build the fused hit path for the current router and stages: only with the response
+        cache, and only when every stage is one it knows (the token stage, then the rate-limit
+        stage); any other stage could refuse or change a request it would answer."""
+        from cygate.edge.auth import TokenStage  # NOTE: here, as both import this module's
+        from cygate.edge.cache import caller_key  # neighbours (no cycle at import time)
+        from cygate.edge.ratelimit import RateLimitStage
+
+        self._hits = None
+        if not self._hit_path or self.cache is None:
+            return
+        token: TokenStage | None = None
+        rate: RateLimitStage | None = None
+        for stage in self._stages:
+            if isinstance(stage, TokenStage) and token is None and rate is None:
+                token = stage
+            elif isinstance(stage, RateLimitStage) and rate is None:
+                rate = stage
+            else:
+                return
+        self._hits = HitPath(
+            router=self._router,
+            cache=self.cache,
+            token=token,
+            rate=rate,
+            security=self._security_headers,
+            trusted=bool(self.trusted),
+            caller_key=caller_key,
+            recorder=self.metrics,
+            id_pool=_id_pool,
+            fresh_ids=_fresh_ids,
+            hosts=_hosts,
+            host_of=_host,
+        )
 
     @property
     def upstream(self) -> Dispatch | None:
@@ -200,6 +267,16 @@ class Edge:
         self._direct = bool(getattr(dispatch, "direct", False))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hits = self._hits
+        if hits is not None:
+            fused = hits.answer(scope)  # PERF: a fresh L1 hit in one call (core/hitpath)
+            if fused is not None:
+                try:
+                    await send(fused.start)
+                    await send(fused.body)
+                finally:
+                    fused.done()
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
             return
@@ -257,7 +334,7 @@ class Edge:
             if content_length == -2:
                 raise Problem(400, "invalid Content-Length header")
 
-            match = self.router.match(method, path, host or None)
+            match = self._router.match(method, path, host or None)
             if match.kind != FOUND:
                 raise _routing_problem(match, method, path)
             policy: RoutePolicy = match.value
@@ -278,7 +355,7 @@ class Edge:
                 self.trusted,
                 authorization,
             )
-            for stage in self.stages:
+            for stage in self._stages:
                 pending = stage(ctx)
                 if pending is not None:
                     await pending

@@ -164,6 +164,7 @@ class Limit:
         "n_limited",
         "n_redis",
         "name",
+        "parts",
         "policy",
     )
 
@@ -187,7 +188,10 @@ class Limit:
         self.low_water = self.lease // 4 if spec.mode == "batched" else 0
         """Fewer tokens left than this: top the lease up in the background (0: never)."""
         self.lease_ttl_ns = round(spec.effective_lease_ttl * _NS)
-        self.key = _key_fn(tuple(spec.key), api_header)
+        self.parts = tuple(spec.key)
+        """What the key is made of (``caller``, ``ip``, ...): the fused hit path makes the
+        simple ones itself (``cygate.core.hitpath``)."""
+        self.key = _key_fn(self.parts, api_header)
         # Local mode decides here; global modes fall back to it when Redis fails.
         self.gcra = GCRALimiter(self.interval_ns, self.burst, capacity)
         # Global modes: Redis's last answers per key (a local limit never asks: one slot).

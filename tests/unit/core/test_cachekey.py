@@ -11,10 +11,10 @@ import sys
 from typing import Any
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, require_compiled
 from cygate.core import cachekey as selector
 from cygate.core._cachekey_py import KEY_SIZE, CacheKeyPy, derive_key
 

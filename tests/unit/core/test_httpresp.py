@@ -9,10 +9,10 @@ from typing import Any
 
 import httptools
 import pytest
-from core_impls import CoreImplementation, compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, compiled
 from cygate.core import httpresp as selector
 from cygate.core._httpresp_py import parse_response as parse_py
 

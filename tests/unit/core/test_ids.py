@@ -8,11 +8,11 @@ import re
 from typing import Any
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cygate.core.ids as selector
+from core_impls import CoreImplementation, require_compiled
 from cygate.core._ids_py import format_ids as format_ids_py
 
 _TRACEPARENT = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01")

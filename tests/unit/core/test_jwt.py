@@ -7,13 +7,13 @@ import os
 from typing import Any
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, require_compiled
 from cygate.core import jwt as selector
 from cygate.core._jwt_py import (
     MAX_NUMERIC_DATE,

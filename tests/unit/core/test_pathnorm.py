@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, require_compiled
 from cygate.core._router_py import PathError
 from cygate.core._router_py import normalize_path as normalize_path_py
 

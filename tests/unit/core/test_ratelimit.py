@@ -9,10 +9,10 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, require_compiled
 from cygate.core import ratelimit as selector
 from cygate.core._ratelimit_py import (
     DENIED,

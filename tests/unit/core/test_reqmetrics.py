@@ -8,8 +8,8 @@ import time
 from bisect import bisect_left
 
 import pytest
-from core_impls import CoreImplementation
 
+from core_impls import CoreImplementation
 from cygate.core.reqmetrics import BUCKETS
 
 VALUES = [0.0, 0.0001, BUCKETS[0], 0.00051, 0.001, 0.2, 0.25, 9.99, 10.0, 10.01, 1e9, math.nan]

@@ -8,10 +8,10 @@ import re
 from typing import Any
 
 import pytest
-from core_impls import CoreImplementation, require_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_impls import CoreImplementation, require_compiled
 from cygate.core import router as selector
 from cygate.core._router_py import (
     BAD_PARAM,

@@ -83,6 +83,15 @@ class Revocations:
             spawn(self._ask(jti, expires_at))
         return self._wait(waiting, jti, expires_at)
 
+    def known_good(self, jti: str) -> bool:
+        """True when :meth:`check` would return None now (not revoked, nothing to ask); no side
+        effects, unlike ``check``: the fused hit path asks this, and leaves every other case to
+        the token stage."""
+        until = self._checked.get(jti)
+        if until is not None and time.monotonic() < until:
+            return True
+        return self._redis is None and not self.verifier.is_revoked(jti)
+
     async def _wait(
         self, waiting: list[asyncio.Future[bool | None]], jti: str, expires_at: int
     ) -> bool:

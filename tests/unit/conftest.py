@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests of the compiled core and its pure-Python twins.
+"""Fixtures shared by the unit tests of the compiled core and its pure-Python twins (and of the
+edge code built on them).
 
 ``core_impl`` runs a test once per implementation: ``c`` (marked ``c_extension``, which the root
 conftest skips when ``CYGATE_NO_EXTENSIONS`` is set; skipped too when the module was not compiled)
@@ -8,6 +9,7 @@ and ``py``.
 from __future__ import annotations
 
 import pytest
+
 from core_impls import CoreImplementation
 
 

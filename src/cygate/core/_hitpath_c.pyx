@@ -1,0 +1,353 @@
+# cython: language_level=3
+"""The edge's fused hit path, compiled; see :mod:`cygate.core._hitpath_py` (the reference: the
+same decisions in the same order, the same answer, and None before any side effect whenever
+the general edge must serve the request).
+
+What compiling buys is what the server amplifies (docs/caching.md): objects. The header scan,
+the id and trace checks, the bearer parse, the rate-limit key and the response head are built
+in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock of both
+``time.perf_counter`` and ``time.monotonic`` on Linux). The L1 node and the entry are read in
+place rather than through ``L1.get`` and ``Entry.hit`` (their field names are this module's
+contract with ``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the
+methods, and the tests hold both to the general path).
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.string cimport memchr, memcmp
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from cygate.core.ratelimit import GRANTED
+from cygate.core.router import FOUND, normalize_path
+
+cdef str _REFRESH = "cygate.cache.refresh"
+cdef str _GET = "GET"
+cdef str _LOCAL = "local"
+cdef str _START = "http.response.start"
+cdef bytes _X_REQUEST_ID = b"x-request-id"
+cdef bytes _TRACEPARENT = b"traceparent"
+cdef bytes _EMPTY = b""
+cdef object _FOUND = FOUND
+cdef object _GRANTED = GRANTED
+cdef object _normalize = normalize_path
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline bint _named(bytes name, const char* lit, Py_ssize_t n) noexcept:
+    return PyBytes_GET_SIZE(name) == n and memcmp(PyBytes_AS_STRING(name), lit, n) == 0
+
+
+cdef inline bint _hex(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (97 <= c <= 102)
+
+
+cdef bint _valid_request_id(bytes value) noexcept:
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
+    cdef unsigned char c
+    if n < 1 or n > 128:
+        return False
+    for i in range(n):
+        c = p[i]
+        if not ((48 <= c <= 58) or (65 <= c <= 90) or (97 <= c <= 122) or c == 46 or c == 95
+                or c == 45):
+            return False  # [A-Za-z0-9._:-] (58 is ':')
+    return True
+
+
+cdef bint _valid_traceparent(bytes value) noexcept:
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    cdef bint zero = True
+    if PyBytes_GET_SIZE(value) != 55 or p[0] != 48 or p[1] != 48 or p[2] != 45:
+        return False
+    if p[35] != 45 or p[52] != 45:
+        return False
+    for i in range(3, 35):
+        if not _hex(p[i]):
+            return False
+        if p[i] != 48:
+            zero = False
+    for i in range(36, 52):
+        if not _hex(p[i]):
+            return False
+    return _hex(p[53]) and _hex(p[54]) and not zero
+
+
+cdef object _bearer_token(bytes header):
+    """The token of ``Bearer <token>`` (scheme case-insensitive, spaces stripped), or None."""
+    cdef const char* p = PyBytes_AS_STRING(header)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(header), i, start, end
+    cdef const char* scheme = b"bearer"
+    cdef char c
+    if n < 7 or p[6] != 32:
+        return None
+    for i in range(6):
+        c = p[i]
+        if 65 <= c <= 90:
+            c = c + 32  # bytes.lower(): ASCII letters only
+        if c != scheme[i]:
+            return None
+    start = 7
+    end = n
+    while start < end and p[start] == 32:
+        start += 1
+    while end > start and p[end - 1] == 32:
+        end -= 1
+    return PyBytes_FromStringAndSize(p + start, end - start)
+
+
+@cython.freelist(32)
+@cython.final
+cdef class Hit:
+    """An answer: the two messages to send, then :meth:`done` (counts the request)."""
+
+    cdef readonly object start
+    cdef readonly object body
+    cdef HitPath path
+    cdef str route
+    cdef object status
+    cdef double started
+
+    def done(self):
+        """Record the request in the edge's metrics (its status, timed from ``started``)."""
+        self.path.recorder.observe_since(self.route, _GET, self.status, self.started)
+
+
+@cython.final
+cdef class HitPath:
+    """See :class:`cygate.core._hitpath_py.HitPath`."""
+
+    cdef readonly object router
+    cdef readonly object cache
+    cdef readonly object token
+    cdef readonly object rate
+    cdef readonly object recorder
+    cdef object verifier
+    cdef object revocations
+    cdef dict checked
+    cdef dict routes
+    cdef dict l1_map
+    cdef tuple security
+    cdef bint trusted
+    cdef object caller_key
+    cdef list id_pool
+    cdef object fresh_ids
+    cdef dict hosts
+    cdef object host_of
+
+    def __init__(self, *, router, cache, token, rate, tuple security not None, bint trusted,
+                 caller_key, recorder, list id_pool not None, fresh_ids, dict hosts not None,
+                 host_of):
+        self.router = router
+        self.cache = cache
+        self.routes = cache._routes
+        self.l1_map = cache.l1._map
+        self.token = token
+        self.verifier = token.verifier if token is not None else None
+        self.revocations = token.revocations if token is not None else None
+        self.checked = self.revocations._checked if token is not None else None
+        self.rate = rate
+        self.security = security
+        self.trusted = trusted
+        self.caller_key = caller_key
+        self.recorder = recorder
+        self.id_pool = id_pool
+        self.fresh_ids = fresh_ids
+        self.hosts = hosts
+        self.host_of = host_of
+
+    def answer(self, scope):
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
+        cdef double now = _now()
+        cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
+        cdef object name, value, raw_path, path, match, policy, route, principal = None
+        cdef object token, caller = None, spec, key, entry, limited = None, plan = None
+        cdef object hit_headers, table = None, single = None, ids, start
+        cdef long long age
+        cdef Hit hit
+        cdef PyObject* found
+        cdef Py_ssize_t i, n_hit, n_sec, n
+        cdef list out
+        if type(scope) is not dict:
+            return None
+        if scope["type"] != "http" or scope["method"] != _GET or _REFRESH in <dict>scope:
+            return None
+        headers = scope["headers"]
+        for name, value in headers:
+            if type(name) is not bytes or type(value) is not bytes:
+                return None
+            if _named(<bytes>name, b"authorization", 13):
+                if authorization is None:
+                    authorization = value
+            elif _named(<bytes>name, b"host", 4):
+                found = PyDict_GetItem(self.hosts, value)
+                host = <object>found if found != NULL else None
+                if not host:
+                    host = self.host_of(value)
+            elif _named(<bytes>name, b"x-request-id", 12):
+                if _valid_request_id(<bytes>value):
+                    request_id = value
+            elif _named(<bytes>name, b"traceparent", 11):
+                if _valid_traceparent(<bytes>value):
+                    traceparent = value
+            elif _named(<bytes>name, b"content-length", 14):
+                return None
+        raw_path = (<dict>scope).get("raw_path")
+        if not raw_path:
+            raw_path = scope["path"].encode("utf-8")
+        if type(raw_path) is not bytes:
+            return None
+        if memchr(PyBytes_AS_STRING(raw_path), 63, PyBytes_GET_SIZE(raw_path)) != NULL:
+            return None  # a "?" in the raw path: the general path splits it off
+        try:
+            path = _normalize(raw_path)
+        except Exception:
+            return None
+        match = self.router.match(_GET, path, host or None)
+        if match.kind != _FOUND:
+            return None
+        policy = match.value
+        if policy.target != _LOCAL or policy.cache is None:
+            return None
+        name = policy.name
+        route = self.routes.get(name)
+        if route is None:
+            return None
+
+        if self.token is not None:
+            token = _bearer_token(<bytes>authorization) if authorization is not None else None
+            if token is None:
+                if policy.auth or policy.roles:
+                    return None  # the 401
+            else:
+                try:
+                    principal = self.verifier.verify(token)
+                except Exception:
+                    return None
+                jti = principal.jti
+                found = PyDict_GetItem(self.checked, jti)
+                if found == NULL or not now < <double><object>found:
+                    if not self.revocations.known_good(jti):
+                        return None
+                roles = policy.roles
+                if roles and roles.isdisjoint(principal.roles):
+                    return None  # the 403
+
+        if route.private:
+            if principal is None:
+                return None
+            caller = self.caller_key(principal)
+        spec = route.spec
+        key = spec.key(_GET, path, (<dict>scope).get("query_string", _EMPTY), headers, caller)
+        if spec.cache_control is not None or spec.if_none_match is not None:
+            return None
+        found = PyDict_GetItem(self.l1_map, key)
+        if found == NULL:
+            return None
+        node = <object>found
+        if node.expires <= now:
+            return None  # expired: the general path's L1.get drops it
+        entry = node.value
+        if not now < entry.fresh_until or entry.detail is not None:
+            return None
+
+        if self.rate is not None:
+            plan = self.rate._plans.get(name)
+            if plan is not None:
+                single = plan.single
+                if single is None:
+                    return None
+                table = self._take(scope, single, name, principal)
+                if table is None:
+                    return None
+
+        # Committed: from here on the request is answered here.
+        node.visited = True  # L1.get's SIEVE mark
+        self.cache.l1_hits += 1
+        age = <long long>(now - <double>entry.born)  # int(): towards zero, as the reference
+        if age != <long long>entry._age:
+            entry.hit(now)  # rebuilds the entry's hit headers (once a second per entry)
+        hit_headers = entry._hit
+        if not request_id or not traceparent:
+            ids = self.id_pool.pop() if self.id_pool else self.fresh_ids()
+            if not request_id:
+                request_id = ids[1]
+            if not traceparent:
+                traceparent = ids[2]
+        n_hit = PyTuple_GET_SIZE(hit_headers)
+        n_sec = PyTuple_GET_SIZE(self.security)
+        out = PyList_New(n_hit + 2 + n_sec)
+        for i in range(n_hit):
+            item = <object>PyTuple_GET_ITEM(hit_headers, i)
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, i, item)
+        item = (_X_REQUEST_ID, request_id)
+        Py_INCREF(item)
+        PyList_SET_ITEM(out, n_hit, item)
+        item = (_TRACEPARENT, traceparent)
+        Py_INCREF(item)
+        PyList_SET_ITEM(out, n_hit + 1, item)
+        for i in range(n_sec):
+            item = <object>PyTuple_GET_ITEM(self.security, i)
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, n_hit + 2 + i, item)
+        if table is not None:
+            table.append_headers(out, single.limit_pair, plan.policy_pair)
+        status = entry.status
+        start = {"type": _START, "status": status, "headers": out}
+        hit = Hit.__new__(Hit)
+        hit.start = start
+        hit.body = entry.body_message
+        hit.path = self
+        hit.route = name
+        hit.status = status
+        hit.started = now
+        return hit
+
+    cdef object _take(self, scope, single, str name, principal):
+        """One token of the route's single limit: its table, or None (fall back)."""
+        cdef tuple parts = single.parts
+        cdef str kind
+        if PyTuple_GET_SIZE(parts) == 0:
+            key = "*"
+        elif PyTuple_GET_SIZE(parts) != 1:
+            return None
+        else:
+            kind = <str>PyTuple_GET_ITEM(parts, 0)
+            if kind == "route":
+                key = "r:" + name
+            elif kind == "caller" or kind == "sub" or kind == "ip":
+                if principal is not None and kind != "ip":
+                    key = "p:" + principal.sub
+                elif kind == "sub":
+                    key = "p"
+                else:
+                    if self.trusted:
+                        return None
+                    client = (<dict>scope).get("client")
+                    key = "i:" + (client[0] if client else "")
+            else:
+                return None
+        if single.mode == _LOCAL:
+            table = single.gcra
+            if not table.hit(key):
+                return None
+        else:
+            table = single.leases
+            if table.take(key) != _GRANTED:
+                return None
+            if table.tokens < single.low_water and key not in single.inflight:
+                self.rate._top_up(single, key, table.tokens)
+        single.n_allowed.value += 1
+        return table

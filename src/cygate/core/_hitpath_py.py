@@ -1,0 +1,288 @@
+"""The edge's fused hit path: the pure-Python twin of ``_hitpath_c``, and the reference for it.
+
+A fresh L1 hit of a plain ``GET`` is most of a busy gateway's traffic (cygate-full's request:
+route, token from the verifier's cache, one rate-limit token, L1). Through the general edge it
+makes ~48 objects and runs four Python frames (the context, two stages, the cache look-up);
+the server multiplies such allocation-heavy work about threefold (docs/caching.md).
+:meth:`HitPath.answer` does the same decisions in one call, with no context object, and answers
+only when the request is that common case; for anything else it returns None *before any side
+effect* and the general edge serves the request from the start, as if this path did not exist.
+
+What it answers, and what the general edge would answer for the same request:
+
+- ``GET`` with no ``Content-Length``, no ``?`` in the raw path, a path that normalises, a route
+  that resolves to a ``local`` target with a cache rule;
+- token: the route's ``auth``/``roles`` as the token stage decides them, for a token that the
+  verifier accepts (from its cache or not), whose ``jti`` the revocation cache trusts now
+  (:meth:`~cygate.services.identity.revocation.Revocations.known_good`) and whose roles
+  fit; a missing token on a public route (anonymous). Every refusal, a key refresh, a
+  revocation look-up: the general path;
+- rate limit: a route with one limit keyed by nothing, ``caller``, ``sub``, ``route`` or
+  ``ip`` (no trusted proxies) that its table decides here (local GCRA, or a lease with tokens
+  left); refusals and Redis questions go to the general path. Decided *after* the cache
+  look-up, the only side effect, so a fallback never spends a token twice;
+- cache: a fresh, non-404 L1 entry for the request's key, no ``Cache-Control``/``Pragma``/
+  ``If-None-Match`` on the request.
+
+The answer's headers are the general path's, in its order: the entry's (with ``x-cache`` and
+``age``), ``x-request-id``, ``traceparent``, the security headers, then ``RateLimit-*``.
+``tests/unit/edge/test_hitpath.py`` holds both paths to that, request by request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from cygate.core.ratelimit import GRANTED
+from cygate.core.router import FOUND, normalize_path
+
+__all__ = ["Hit", "HitPath", "bearer_token", "valid_request_id", "valid_traceparent"]
+
+_REFRESH = "cygate.cache.refresh"
+_BEARER = b"bearer "
+_ZERO_TRACE = b"00-" + b"0" * 32
+_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+_HEX = frozenset(b"0123456789abcdef")
+_KEY_PARTS = frozenset({(), ("caller",), ("sub",), ("route",), ("ip",)})
+
+
+def valid_request_id(value: bytes) -> bool:
+    """``X-Request-ID`` the edge keeps: 1-128 of ``[A-Za-z0-9._:-]``."""
+    return 0 < len(value) <= 128 and all(c in _ID_CHARS for c in value)
+
+
+def valid_traceparent(value: bytes) -> bool:
+    """A version-00 ``traceparent`` with lower-case hex ids, not the all-zero trace id."""
+    if len(value) != 55 or value[:3] != b"00-" or value[35] != 0x2D or value[52] != 0x2D:
+        return False
+    digits = value[3:35] + value[36:52] + value[53:55]
+    return all(c in _HEX for c in digits) and not value.startswith(_ZERO_TRACE)
+
+
+def bearer_token(header: bytes) -> bytes | None:
+    """The token of ``Authorization: Bearer <token>`` (scheme case-insensitive), else None."""
+    if header[:7].lower() != _BEARER:
+        return None
+    return header[7:].strip(b" ")
+
+
+class Hit:
+    """An answer: the two messages to send, then :meth:`done` (counts the request)."""
+
+    __slots__ = ("body", "path", "route", "start", "started", "status")
+
+    def __init__(
+        self,
+        path: HitPath,
+        route: str,
+        status: int,
+        started: float,
+        start: dict[str, Any],
+        body: Any,
+    ) -> None:
+        self.path = path
+        self.route = route
+        self.status = status
+        self.started = started
+        self.start = start
+        self.body = body
+
+    def done(self) -> None:
+        """Record the request in the edge's metrics (its status, timed from ``started``)."""
+        self.path.recorder.observe_since(self.route, "GET", self.status, self.started)
+
+
+class HitPath:
+    """See the module docstring. Built by the edge (``Edge._rebuild_hit_path``) from its
+    router, its stages and its cache; rebuilt when the router or the stages change."""
+
+    __slots__ = (
+        "cache",
+        "caller_key",
+        "fresh_ids",
+        "host_of",
+        "hosts",
+        "id_pool",
+        "l1",
+        "rate",
+        "recorder",
+        "revocations",
+        "router",
+        "routes",
+        "security",
+        "token",
+        "trusted",
+        "verifier",
+    )
+
+    def __init__(
+        self,
+        *,
+        router: Any,
+        cache: Any,
+        token: Any,
+        rate: Any,
+        security: tuple[tuple[bytes, bytes], ...],
+        trusted: bool,
+        caller_key: Callable[[Any], str],
+        recorder: Any,
+        id_pool: list[tuple[str, bytes, bytes]],
+        fresh_ids: Callable[[], tuple[str, bytes, bytes]],
+        hosts: dict[bytes, str],
+        host_of: Callable[[bytes], str],
+    ) -> None:
+        self.router = router
+        self.cache = cache
+        self.routes: dict[str, Any] = cache._routes
+        """The cache's routes (the same dict: routes added later are seen)."""
+        self.l1 = cache.l1
+        self.token = token
+        """The token stage, or None (then no principal: the rate limit sees anonymous)."""
+        self.verifier: Any = token.verifier if token is not None else None
+        self.revocations: Any = token.revocations if token is not None else None
+        self.rate = rate
+        """The rate-limit stage, or None. Its plans are read per request (``install``)."""
+        self.security = security
+        self.trusted = trusted
+        """Proxies are trusted: a client's address may come from X-Forwarded-For (then a
+        limit keyed by address is the general path's)."""
+        self.caller_key = caller_key
+        """What a private entry's key holds of its caller (``cygate.edge.cache.caller_key``)."""
+        self.recorder = recorder
+        self.id_pool = id_pool
+        self.fresh_ids = fresh_ids
+        self.hosts = hosts
+        self.host_of = host_of
+
+    def answer(self, scope: MutableMapping[str, Any]) -> Hit | None:
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
+        started = time.perf_counter()
+        if scope["type"] != "http" or scope["method"] != "GET" or _REFRESH in scope:
+            return None
+        headers = scope["headers"]
+        authorization: bytes | None = None
+        host = ""
+        request_id = b""
+        traceparent = b""
+        for name, value in headers:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif name == b"host":
+                host = self.hosts.get(value) or self.host_of(value)
+            elif name == b"x-request-id":
+                if valid_request_id(value):
+                    request_id = value
+            elif name == b"traceparent":
+                if valid_traceparent(value):
+                    traceparent = value
+            elif name == b"content-length":
+                return None
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if b"?" in raw_path:
+            return None
+        try:
+            path = normalize_path(raw_path)
+        except Exception:
+            return None
+        match = self.router.match("GET", path, host or None)
+        if match.kind != FOUND:
+            return None
+        policy = match.value
+        if policy.target != "local" or policy.cache is None:
+            return None
+        route_name: str = policy.name
+        route = self.routes.get(route_name)
+        if route is None:
+            return None
+
+        principal = None
+        if self.token is not None:
+            token = bearer_token(authorization) if authorization is not None else None
+            if token is None:
+                if policy.auth or policy.roles:
+                    return None  # the 401
+            else:
+                try:
+                    principal = self.verifier.verify(token)
+                except Exception:
+                    return None
+                if not self.revocations.known_good(principal.jti):
+                    return None
+                if policy.roles and policy.roles.isdisjoint(principal.roles):
+                    return None  # the 403
+
+        caller = None
+        if route.private:
+            if principal is None:
+                return None
+            caller = self.caller_key(principal)
+        spec = route.spec
+        key = spec.key("GET", path, scope.get("query_string", b""), headers, caller)
+        if spec.cache_control is not None or spec.if_none_match is not None:
+            return None
+        now = time.monotonic()
+        entry = self.l1.get(key, now)
+        if entry is None or now >= entry.fresh_until or entry.detail is not None:
+            return None
+
+        limited = None
+        rate = self.rate
+        if rate is not None:
+            plan = rate._plans.get(route_name)
+            if plan is not None:
+                limited = self._take(scope, rate, plan, route_name, principal)
+                if limited is None:
+                    return None
+
+        self.cache.l1_hits += 1
+        start, body = entry.hit(now)
+        out = list(start["headers"])
+        if not request_id or not traceparent:
+            _, new_id, new_trace = self.id_pool.pop() if self.id_pool else self.fresh_ids()
+            request_id = request_id or new_id
+            traceparent = traceparent or new_trace
+        out.append((b"x-request-id", request_id))
+        out.append((b"traceparent", traceparent))
+        out.extend(self.security)
+        if limited is not None:
+            table, single, plan = limited
+            table.append_headers(out, single.limit_pair, plan.policy_pair)
+        start["headers"] = out
+        return Hit(self, route_name, start["status"], started, start, body)
+
+    def _take(
+        self, scope: MutableMapping[str, Any], rate: Any, plan: Any, name: str, principal: Any
+    ) -> tuple[Any, Any, Any] | None:
+        """One token of the route's single limit: (table, limit, plan), or None (fall back)."""
+        single = plan.single
+        if single is None or single.parts not in _KEY_PARTS:
+            return None
+        parts = single.parts
+        if not parts:
+            key = "*"
+        elif parts[0] == "route":
+            key = "r:" + name
+        elif principal is not None and parts[0] != "ip":
+            key = "p:" + principal.sub
+        elif parts[0] == "sub":
+            key = "p"
+        else:  # caller (anonymous) or ip: the socket peer, unless proxies are trusted
+            if self.trusted:
+                return None
+            client = scope.get("client")
+            key = "i:" + (client[0] if client else "")
+        if single.mode == "local":
+            table = single.gcra
+            if not table.hit(key):
+                return None
+        else:
+            table = single.leases
+            if table.take(key) != GRANTED:
+                return None
+            if table.tokens < single.low_water and key not in single.inflight:
+                rate._top_up(single, key, table.tokens)
+        single.n_allowed.value += 1
+        return table, single, plan

@@ -1,0 +1,43 @@
+"""The edge's fused hit path: a fresh L1 hit of a plain GET answered in one call.
+
+Selects the compiled implementation (:mod:`cygate.core._hitpath_c`) when it is available and
+allowed, else the pure-Python twin (:mod:`cygate.core._hitpath_py`), which documents both.
+
+Usage (the edge builds it; see ``Edge._rebuild_hit_path``)::
+
+    hit = hit_path.answer(scope)      # None: serve the request the general way
+    if hit is not None:
+        try:
+            await send(hit.start)
+            await send(hit.body)
+        finally:
+            hit.done()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cygate._compat import NO_EXTENSIONS
+from cygate.core._hitpath_py import Hit as HitPy
+from cygate.core._hitpath_py import HitPath as HitPathPy
+
+__all__ = ["Hit", "HitPath", "HitPathPy", "HitPy"]
+
+if TYPE_CHECKING:
+    # Type checkers read the pure twin: same API, and real Python.
+    Hit = HitPy
+    HitPath = HitPathPy
+else:
+    Hit = HitPy
+    HitPath = HitPathPy
+    if not NO_EXTENSIONS:
+        try:
+            from cygate.core._hitpath_c import Hit as HitC
+            from cygate.core._hitpath_c import HitPath as HitPathC
+        except ImportError:  # pragma: no cover - not compiled (e.g. an editable pure install)
+            pass
+        else:
+            Hit = HitC
+            HitPath = HitPathC
+            __all__ += ["HitC", "HitPathC"]

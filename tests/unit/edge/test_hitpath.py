@@ -1,0 +1,449 @@
+"""The fused hit path (``cygate.core.hitpath``) against the general edge, request by request.
+
+Two edges are built alike (router, token stage, rate limits, cache, the same loaders); one
+answers with the fused hit path, the other never does (``hit_path=False``). Every scenario
+sends the same requests, in the same order, to both and compares the answers: status, header
+names in order, header values (the ids generated per request only for their form), body. A
+counter around ``HitPath.answer`` shows which requests the fused path answered, so a scenario
+fails if it stops exercising it. Both implementations (compiled and the pure twin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+import cygate.edge.edge as edge_module
+from core_impls import CoreImplementation
+from cygate.core.jwt import JWTVerifier, VerifyKey
+from cygate.core.router import Router
+from cygate.edge.auth import TokenStage
+from cygate.edge.cache import ResponseCache
+from cygate.edge.context import EdgeContext
+from cygate.edge.edge import Edge, Message
+from cygate.edge.policy import RoutePolicy
+from cygate.edge.problem import Problem
+from cygate.edge.ratelimit import RateLimitStage
+from cygate.infra.metrics import Metrics
+from cygate.services.identity.revocation import Revocations
+from cygate.services.identity.service import own_principal
+from cygate.settings import CacheRule, load_settings
+from jwt_cases import SigningKeys, token
+
+KEYS = SigningKeys()
+KID = KEYS.kids["EdDSA"]
+RULES = {
+    "pub": CacheRule(ttl=60, max_age=30, query=["q"], headers=["Accept-Language"]),
+    "mine": CacheRule(ttl=60, max_age=0, scope="private"),
+    "short": CacheRule(ttl=0.05, stale_while_revalidate=30, not_found_ttl=5),
+}
+LIMITS = {
+    "per-caller": {"rate": 5, "period": 60, "key": ["caller"]},
+    "per-sub": {"rate": 100, "period": 60, "key": ["sub"]},
+    "per-route": {"rate": 100, "period": 60, "key": ["route"]},
+    "per-ip": {"rate": 100, "period": 60, "key": ["ip"]},
+    "everyone": {"rate": 100, "period": 60, "key": []},
+    "per-key": {"rate": 100, "period": 60, "key": ["api_key"]},
+    "two": {"rate": 100, "period": 60, "key": ["caller", "route"]},
+}
+ROUTES: list[tuple[str, dict[str, Any]]] = [
+    ("/p/{id:int}", {"cache": "pub", "rate_limit": "per-caller"}),
+    ("/open/{id:int}", {"cache": "pub"}),
+    ("/auth/{id:int}", {"cache": "pub", "auth": True, "rate_limit": "per-route"}),
+    ("/admin/{id:int}", {"cache": "pub", "roles": frozenset({"admin"})}),
+    ("/me", {"cache": "mine", "auth": True, "rate_limit": "per-sub"}),
+    ("/ip/{id:int}", {"cache": "pub", "rate_limit": "per-ip"}),
+    ("/all/{id:int}", {"cache": "pub", "rate_limit": "everyone"}),
+    ("/key/{id:int}", {"cache": "pub", "rate_limit": "per-key"}),
+    ("/two/{id:int}", {"cache": "pub", "rate_limit": "two"}),
+    ("/short/{id:int}", {"cache": "short"}),
+    ("/plain/{id:int}", {}),
+]
+_RID = re.compile(rb"[0-9a-f]{24}")
+_TRACE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
+
+
+def _token(**claims: Any) -> bytes:
+    return token(KEYS.header("EdDSA"), KEYS.claims(**claims), "EdDSA", KEYS.ed)
+
+
+ALICE = _token(sub="alice", jti="jti-alice")
+BOB = _token(sub="bob", jti="jti-bob")
+ADMIN = _token(sub="root", jti="jti-root", roles=["admin"])
+REVOKED = _token(sub="mallory", jti="jti-revoked")
+EXPIRED = _token(sub="alice", jti="jti-old", exp=int(time.time()) - 100)
+
+
+class Pair:
+    """The two edges, and what the fused one answered itself."""
+
+    def __init__(self, impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = impl.module("hitpath").HitPath
+        counted: Counter[str] = Counter()
+
+        def build(**kwargs: Any) -> Any:
+            """The edge's HitPath, counting what it answers (a compiled class cannot be
+            patched or subclassed: its instance is wrapped)."""
+            inner = real(**kwargs)
+
+            class Spy:
+                def answer(self, scope: Any) -> Any:
+                    hit = inner.answer(scope)
+                    counted["fused" if hit is not None else "general"] += 1
+                    return hit
+
+            return Spy()
+
+        monkeypatch.setattr(edge_module, "HitPath", build)
+        self.counted = counted
+        self.loads: Counter[str] = Counter()
+        self.fused = self._edge(hit_path=True)
+        self.general = self._edge(hit_path=False)
+        assert self.fused.hit_path is not None and self.general.hit_path is None
+
+    def _edge(self, *, hit_path: bool) -> Edge:
+        verifier = JWTVerifier(leeway=0)
+        verifier.set_issuer(
+            "cygate",
+            audience="cygate",
+            keys=[VerifyKey(KID, "EdDSA", KEYS.ed.public_key())],
+            principal=own_principal("cygate"),
+        )
+        verifier.revoke_jti("jti-revoked", time.time() + 600)
+        token_stage = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+        settings = load_settings(
+            {"CYGATE_RATE_LIMITS": json.dumps(LIMITS)},
+            cache_key_secret="hit-path-test",
+            cache_l2=False,
+        )
+        metrics = Metrics()
+        router = Router()
+        policies = []
+        for pattern, extra in ROUTES:
+            policy = RoutePolicy(name=f"GET {pattern}", fast=self._loader, **extra)
+            router.add("GET", pattern, policy)
+            policies.append(policy)
+        router.add("GET", "/up/{id:int}", RoutePolicy(name="GET /up/{id:int}", target="svc"))
+        cache = ResponseCache(settings, metrics, rules=RULES)
+        for pattern, extra in ROUTES:
+            if "cache" in extra:
+                cache.add_route(f"GET {pattern}", extra["cache"])
+        limiter = RateLimitStage.from_settings(settings, policies, metrics)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            raise AssertionError("every route here has a fast handler")
+
+        edge = Edge(
+            app,
+            router,
+            metrics=metrics,
+            max_body_bytes=1000,
+            hit_path=hit_path,
+            stages=(token_stage, limiter),
+            cache=cache,
+        )
+        cache.edge = edge
+        return edge
+
+    async def _loader(self, ctx: EdgeContext) -> bytes:
+        self.loads[ctx.path] += 1
+        if (ctx.params or {}).get("id") == "0":
+            raise Problem(404, "no such thing")
+        who = ctx.principal.sub if ctx.principal is not None else None
+        return orjson.dumps({"path": ctx.path, "who": who})
+
+    async def both(self, path: str, **request: Any) -> tuple[Reply, Reply]:
+        general = await send(self.general, path, **request)
+        fused = await send(self.fused, path, **request)
+        return fused, general
+
+
+class Reply:
+    def __init__(self, start: Message, body: bytes) -> None:
+        self.status: int = start["status"]
+        self.headers: list[tuple[bytes, bytes]] = [tuple(h) for h in start["headers"]]
+        self.body = body
+
+    def get(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+async def send(
+    edge: Edge,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    query: bytes = b"",
+    raw_path: bytes | None = None,
+    client: str = "10.0.0.1",
+) -> Reply:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode() if raw_path is None else raw_path,
+        "query_string": query,
+        "headers": list(headers or []),
+        "client": (client, 5000),
+    }
+    await edge(scope, receive, record)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return Reply(sent[0], body)
+
+
+def assert_same(fused: Reply, general: Reply, request_headers: list[tuple[bytes, bytes]]) -> None:
+    """Same status, same header names in the same order, same values but for the ids made
+    per request (then: well formed, unless the request gave valid ones to keep) and ``age``
+    (within a second); same body (a problem's ``request_id`` is its own request's)."""
+    assert fused.status == general.status
+    assert [k for k, _ in fused.headers] == [k for k, _ in general.headers]
+    given = dict(request_headers)
+    for (name, mine), (_, theirs) in zip(fused.headers, general.headers, strict=True):
+        if name == b"x-request-id" and given.get(name) != theirs:
+            assert _RID.fullmatch(mine), mine
+        elif name == b"traceparent" and given.get(name) != theirs:
+            assert _TRACE.fullmatch(mine), mine
+        elif name == b"age":
+            assert abs(int(mine) - int(theirs)) <= 1
+        else:
+            assert mine == theirs, (name, mine, theirs)
+    if fused.get(b"content-type") == b"application/problem+json":
+        mine, theirs = orjson.loads(fused.body), orjson.loads(general.body)
+        assert mine.pop("request_id") == fused.get(b"x-request-id").decode()  # type: ignore[union-attr]
+        theirs.pop("request_id")
+        assert mine == theirs
+    else:
+        assert fused.body == general.body
+
+
+def bearer(tok: bytes, scheme: bytes = b"Bearer ") -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", scheme + tok)]
+
+
+@pytest.fixture
+def pair(core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+    yield Pair(core_impl, monkeypatch)
+
+
+async def check(pair: Pair, path: str, **request: Any) -> Reply:
+    fused, general = await pair.both(path, **request)
+    assert_same(fused, general, request.get("headers") or [])
+    return fused
+
+
+# -- what the fused path answers ----------------------------------------------------------------
+
+
+async def test_a_hit_is_answered_by_the_fused_path_with_the_general_paths_answer(
+    pair: Pair,
+) -> None:
+    headers = [(b"host", b"api.example:8000"), *bearer(ALICE)]
+    first = await check(pair, "/p/1", headers=headers)
+    assert first.get(b"x-cache") == b"miss" and pair.counted["fused"] == 0
+    hit = await check(pair, "/p/1", headers=headers)
+    assert hit.get(b"x-cache") == b"hit-l1" and pair.counted["fused"] == 1
+    assert hit.get(b"ratelimit-remaining") == b"3" and hit.get(b"ratelimit-policy") == b"5;w=60"
+    assert pair.loads["/p/1"] == 2  # once per edge
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"x-request-id", b"client-id_1.2:3")],
+        [(b"x-request-id", b"bad id")],
+        [(b"x-request-id", b"x" * 129)],
+        [(b"traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")],
+        [(b"traceparent", b"00-" + b"AB" * 16 + b"-" + b"cd" * 8 + b"-01")],
+        [(b"traceparent", b"00-" + b"0" * 32 + b"-" + b"cd" * 8 + b"-01")],
+        [(b"traceparent", b"01-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")],
+        [(b"x-request-id", b"one"), (b"x-request-id", b"two")],
+        [(b"accept-language", b"de")],
+        [(b"accept", b"text/html"), (b"x-forwarded-host", b"evil.example")],
+        [(b"host", b"API.example")],
+    ],
+)
+async def test_request_headers_the_hit_path_reads(pair: Pair, extra: list[Any]) -> None:
+    headers = [*bearer(ALICE), *extra]
+    await check(pair, "/p/2", headers=headers)
+    hit = await check(pair, "/p/2", headers=headers)
+    assert pair.counted["fused"] == 1 and hit.get(b"x-cache") == b"hit-l1"
+    if extra[0] == (b"x-request-id", b"client-id_1.2:3"):
+        assert hit.get(b"x-request-id") == b"client-id_1.2:3"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/open/1", []),  # anonymous, no limit
+        ("/ip/1", []),  # anonymous, limited per address
+        ("/ip/1", bearer(ALICE)),  # an address limit, whoever calls
+        ("/all/1", bearer(BOB)),  # one counter for everyone
+        ("/auth/1", bearer(ALICE)),  # auth, limited per route
+        ("/admin/1", bearer(ADMIN)),  # the right role
+        ("/p/1", []),  # per caller, anonymous: per address
+        ("/p/1", bearer(BOB, b"bEaReR  ")),  # scheme in any case, spaces
+        ("/me", bearer(ALICE)),  # private, per sub
+    ],
+)
+async def test_kinds_of_route_answered_by_the_fused_path(
+    pair: Pair, path: str, headers: list[Any]
+) -> None:
+    for _ in range(3):
+        await check(pair, path, headers=headers)
+    assert pair.counted["fused"] == 2
+
+
+async def test_private_entries_stay_with_their_caller(pair: Pair) -> None:
+    for tok, who in ((ALICE, "alice"), (BOB, "bob"), (ALICE, "alice"), (BOB, "bob")):
+        reply = await check(pair, "/me", headers=bearer(tok))
+        assert orjson.loads(reply.body)["who"] == who
+    assert pair.counted["fused"] == 2
+
+
+# -- what it leaves to the general path, answered the same --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "request_"),
+    [
+        ("/auth/1", {}),  # 401: no token
+        ("/auth/1", {"headers": bearer(b"not.a.token")}),  # 401: a bad one
+        ("/auth/1", {"headers": bearer(EXPIRED)}),  # 401: expired
+        ("/auth/1", {"headers": bearer(REVOKED)}),  # 401: revoked
+        ("/auth/1", {"headers": [(b"authorization", b"Basic dXNlcjpwYXNz")]}),
+        ("/admin/1", {"headers": bearer(ALICE)}),  # 403: not an admin
+        ("/admin/1", {}),  # 401: roles need a token
+        ("/p/1", {"headers": bearer(b"not.a.token")}),  # public: a bad token is ignored
+        ("/p/1", {"headers": bearer(REVOKED)}),  # public: a revoked one too
+        ("/me", {}),  # private rule, anonymous
+        ("/key/1", {"headers": [(b"x-api-key", b"k1")]}),  # api_key limit
+        ("/two/1", {"headers": bearer(ALICE)}),  # a key of two parts
+        ("/short/1", {}),  # goes stale between requests (below)
+        ("/p/0", {"headers": bearer(ALICE)}),  # a remembered 404
+        ("/plain/1", {}),  # no cache rule
+        ("/up/1", {}),  # an upstream target
+        ("/nowhere", {}),  # 404 route
+        ("/p/abc", {}),  # 422 parameter
+        ("/p/1", {"method": "HEAD"}),
+        ("/p/1", {"method": "POST"}),
+        ("/p/1", {"headers": [(b"cache-control", b"no-cache")]}),
+        ("/p/1", {"headers": [(b"pragma", b"no-cache")]}),
+        ("/p/1", {"headers": [(b"content-length", b"0")]}),
+        ("/p/1", {"headers": [(b"content-length", b"x")]}),  # 400
+        ("/p/1", {"raw_path": b"/p/1?q=1"}),
+        ("/p/1", {"raw_path": b"/p/%zz"}),  # 400: malformed path
+    ],
+)
+async def test_what_the_general_path_answers_is_answered_the_same(
+    pair: Pair, path: str, request_: dict[str, Any]
+) -> None:
+    for _ in range(3):
+        await check(pair, path, **request_)
+        if path.startswith("/short"):
+            await asyncio.sleep(0.06)  # stale within its while-revalidate window
+    assert pair.counted["fused"] == 0
+
+
+async def test_path_spellings_share_an_entry(pair: Pair) -> None:
+    await check(pair, "/open/7")
+    for raw in (b"//open/7", b"/open/7/", b"/open/./7", b"/open/%37"):
+        await check(pair, "/open/7", raw_path=raw)
+    assert pair.counted["fused"] == 4
+
+
+async def test_query_and_conditional_requests(pair: Pair) -> None:
+    first = await check(pair, "/open/3", query=b"q=x&other=1")
+    await check(pair, "/open/3", query=b"q=x")
+    assert pair.counted["fused"] == 1
+    etag = first.get(b"etag")
+    assert etag is not None
+    not_modified = await check(pair, "/open/3", headers=[(b"if-none-match", etag)])
+    assert not_modified.status == 304 and pair.counted["fused"] == 1
+
+
+async def test_the_rate_limit_refuses_the_same_and_counts_once(pair: Pair) -> None:
+    """Five per minute per caller: a hit served by the fused path spends one token, and a
+    request it leaves to the general path is not charged twice (the answers stay equal)."""
+    replies = [await check(pair, "/p/5", headers=bearer(BOB)) for _ in range(7)]
+    assert [r.status for r in replies] == [200] * 5 + [429] * 2
+    assert [r.get(b"ratelimit-remaining") for r in replies[:5]] == [b"4", b"3", b"2", b"1", b"0"]
+    assert replies[5].get(b"retry-after") is not None
+    assert pair.counted["fused"] == 4
+
+
+async def test_invalidation_is_seen_by_the_fused_path(pair: Pair) -> None:
+    await check(pair, "/open/9")
+    await check(pair, "/open/9")
+    for edge in (pair.fused, pair.general):
+        assert edge.cache is not None
+        edge.cache.l1.clear()
+    reply = await check(pair, "/open/9")
+    assert reply.get(b"x-cache") == b"miss" and pair.counted["fused"] == 1
+
+
+async def test_metrics_count_fused_hits_like_the_general_path(pair: Pair) -> None:
+    for _ in range(3):
+        await check(pair, "/open/4")
+    series = {k: v for k, v in pair.fused.metrics.collect().items() if k[0] == "GET /open/{id:int}"}
+    theirs = {
+        k: v for k, v in pair.general.metrics.collect().items() if k[0] == "GET /open/{id:int}"
+    }
+    assert {k: v[0] for k, v in series.items()} == {k: v[0] for k, v in theirs.items()}
+    assert series[("GET /open/{id:int}", "GET", 200)][0] == 3
+    for edge in (pair.fused, pair.general):
+        assert edge.cache is not None
+        edge.cache.sync_metrics()
+    assert pair.fused.cache.n_hit_l1.value == pair.general.cache.n_hit_l1.value == 2  # type: ignore[union-attr]
+
+
+async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
+    await check(pair, "/open/8")
+
+    class Gone(Exception):
+        pass
+
+    async def broken(message: Message) -> None:
+        raise Gone
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/open/8", "raw_path": b"/open/8",
+             "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+    with pytest.raises(Gone):
+        await pair.fused(scope, receive, broken)
+    assert pair.counted["fused"] == 1
+    assert pair.fused.metrics.collect()[("GET /open/{id:int}", "GET", 200)][0] == 2
+
+
+def test_the_edge_builds_it_only_for_stages_it_knows(core_impl: CoreImplementation) -> None:
+    pair_edge = Pair.__new__(Pair)
+    pair_edge.loads = Counter()
+    edge = pair_edge._edge(hit_path=True)
+    assert edge.hit_path is not None
+    token_stage, limiter = edge.stages
+    edge.stages = (limiter, token_stage)  # the limit would not see the caller: no fused path
+    assert edge.hit_path is None
+    edge.stages = (token_stage, lambda ctx: None)
+    assert edge.hit_path is None
+    edge.stages = (token_stage,)
+    assert edge.hit_path is not None
+    edge.router = Router()  # a new route table: rebuilt over it
+    assert edge.hit_path is not None and edge.hit_path.router is edge.router
