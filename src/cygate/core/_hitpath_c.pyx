@@ -22,6 +22,8 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.string cimport memchr, memcmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries
+
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 
@@ -35,6 +37,8 @@ cdef bytes _EMPTY = b""
 cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
+cdef Py_ssize_t _MEMO_SIZE = 4096
+cdef Py_ssize_t _MEMO_PATH = 256
 
 
 cdef inline double _now() noexcept nogil:
@@ -114,14 +118,14 @@ cdef class Hit:
 
     cdef readonly object start
     cdef readonly object body
-    cdef HitPath path
-    cdef str route
-    cdef object status
+    cdef RequestRecorder recorder
+    cdef RequestSeries series
     cdef double started
 
     def done(self):
         """Record the request in the edge's metrics (its status, timed from ``started``)."""
-        self.path.recorder.observe_since(self.route, _GET, self.status, self.started)
+        self.series._observe(_now() - self.started)
+        self.recorder._dirty = True
 
 
 @cython.final
@@ -132,7 +136,9 @@ cdef class HitPath:
     cdef readonly object cache
     cdef readonly object token
     cdef readonly object rate
-    cdef readonly object recorder
+    cdef readonly RequestRecorder recorder
+    cdef dict memo
+    cdef dict series
     cdef object verifier
     cdef object revocations
     cdef dict checked
@@ -162,6 +168,8 @@ cdef class HitPath:
         self.trusted = trusted
         self.caller_key = caller_key
         self.recorder = recorder
+        self.memo = {}
+        self.series = {}
         self.id_pool = id_pool
         self.fresh_ids = fresh_ids
         self.hosts = hosts
@@ -210,16 +218,28 @@ cdef class HitPath:
             return None
         if memchr(PyBytes_AS_STRING(raw_path), 63, PyBytes_GET_SIZE(raw_path)) != NULL:
             return None  # a "?" in the raw path: the general path splits it off
-        try:
-            path = _normalize(raw_path)
-        except Exception:
-            return None
-        match = self.router.match(_GET, path, host or None)
-        if match.kind != _FOUND:
-            return None
-        policy = match.value
-        if policy.target != _LOCAL or policy.cache is None:
-            return None
+        found = PyDict_GetItem(self.memo, raw_path)
+        if found != NULL and <object>PyTuple_GET_ITEM(<tuple>found, 0) is host:
+            path = <object>PyTuple_GET_ITEM(<tuple>found, 1)
+            policy = <object>PyTuple_GET_ITEM(<tuple>found, 2)
+        else:
+            try:
+                path = _normalize(raw_path)
+            except Exception:
+                return None
+            match = self.router.match(_GET, path, host or None)
+            if match.kind != _FOUND:
+                return None
+            policy = match.value
+            if policy.target != _LOCAL or policy.cache is None:
+                return None
+            if PyBytes_GET_SIZE(raw_path) <= _MEMO_PATH:
+                # PERF: this path's route, remembered: a pure function of the raw path and
+                # Host for this router (a new router builds a new HitPath). Bounded, and
+                # emptied whole when full (a scan of many paths just routes each one).
+                if len(self.memo) >= _MEMO_SIZE:
+                    self.memo.clear()
+                self.memo[raw_path] = (host, path, policy)
         name = policy.name
         route = self.routes.get(name)
         if route is None:
@@ -309,9 +329,14 @@ cdef class HitPath:
         hit = Hit.__new__(Hit)
         hit.start = start
         hit.body = entry.body_message
-        hit.path = self
-        hit.route = name
-        hit.status = status
+        hit.recorder = self.recorder
+        found = PyDict_GetItem(self.series, name) if status == 200 else NULL
+        if found != NULL:
+            hit.series = <RequestSeries>found
+        else:
+            hit.series = self.recorder._find(name, _GET, status)
+            if status == 200:
+                self.series[name] = hit.series  # PERF: no key tuple per hit
         hit.started = now
         return hit
 

@@ -37,6 +37,11 @@ cdef bytes _RESET = RESET
 cdef object _GRANTED = GRANTED
 cdef object _DENIED = DENIED
 cdef object _NEED_REDIS = NEED_REDIS
+# PERF: the remaining/reset headers of small numbers as whole pairs, made once (a hit then
+# appends four existing tuples); other numbers are formatted per request.
+cdef tuple _REMAINING_PAIRS = tuple([(_REMAINING, v) for v in HEADER_NUMBERS])
+cdef tuple _RESET_PAIRS = tuple([(_RESET, v) for v in HEADER_NUMBERS])
+cdef Py_ssize_t _PAIRS = len(HEADER_NUMBERS)
 
 
 cdef object _header_number(int64_t n):
@@ -115,10 +120,18 @@ cdef class _Table:
     def append_headers(self, list out not None, object limit_pair, object policy_pair):
         """Append the ``RateLimit-*`` headers of the last allowed decision (see the twin)."""
         cdef int64_t reset = self.reset_ns
+        cdef int64_t remaining = self.remaining
         out.append(limit_pair)
-        out.append((_REMAINING, _header_number(self.remaining)))
+        if 0 <= remaining < _PAIRS:
+            out.append(_REMAINING_PAIRS[remaining])
+        else:
+            out.append((_REMAINING, _header_number(remaining)))
         # whole seconds, rounded up (reset > 0: no overflow below MAX_SPAN_NS)
-        out.append((_RESET, _header_number((reset + 999999999) // 1000000000 if reset > 0 else 0)))
+        reset = (reset + 999999999) // 1000000000 if reset > 0 else 0
+        if reset < _PAIRS:
+            out.append(_RESET_PAIRS[reset])
+        else:
+            out.append((_RESET, _header_number(reset)))
         out.append(policy_pair)
 
     cdef inline int64_t _now(self) except? -1:

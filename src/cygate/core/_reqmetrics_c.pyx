@@ -12,9 +12,7 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec* tp)
     int CLOCK_MONOTONIC
 
-cdef enum:
-    MAX_BUCKETS = 32
-
+# MAX_BUCKETS and the classes' fields: _reqmetrics_c.pxd (other compiled modules cimport them).
 cdef int _NB = len(BUCKETS)
 cdef double _BOUNDS[MAX_BUCKETS]
 if _NB > MAX_BUCKETS:
@@ -32,14 +30,12 @@ cdef inline double _now() noexcept nogil:
 cdef class RequestSeries:
     """One (route, method, status) series."""
 
-    cdef double _data[MAX_BUCKETS + 3]
-
     def __cinit__(self):
         cdef int i
         for i in range(_NB + 3):
             self._data[i] = 0.0
 
-    cdef inline void _observe(self, double seconds) noexcept:
+    cdef void _observe(self, double seconds) noexcept:
         cdef int i = 0
         while i < _NB and _BOUNDS[i] < seconds:  # bisect_left over a handful of bounds
             i += 1
@@ -58,14 +54,11 @@ cdef class RequestSeries:
 cdef class RequestRecorder:
     """The request series of one worker, keyed by (route, method, status)."""
 
-    cdef public dict _series
-    cdef public bint _dirty
-
     def __init__(self):
         self._series = {}
         self._dirty = False
 
-    cdef inline RequestSeries _find(self, str route, str method, object status):
+    cdef RequestSeries _find(self, str route, str method, object status):
         key = (route, method, status)
         series = self._series.get(key)
         if series is None:

@@ -132,10 +132,17 @@ class Pair:
             router.add("GET", pattern, policy)
             policies.append(policy)
         router.add("GET", "/up/{id:int}", RoutePolicy(name="GET /up/{id:int}", target="svc"))
+        # One path, two routes: the one of Host b.example, and everybody else's.
+        for name, host in (("GET /h/{id:int}", None), ("GET /hb/{id:int}", "b.example")):
+            policy = RoutePolicy(name=name, cache="pub", fast=self._loader)
+            router.add("GET", "/h/{id:int}", policy, host=host)
+            policies.append(policy)
         cache = ResponseCache(settings, metrics, rules=RULES)
         for pattern, extra in ROUTES:
             if "cache" in extra:
                 cache.add_route(f"GET {pattern}", extra["cache"])
+        cache.add_route("GET /h/{id:int}", "pub")
+        cache.add_route("GET /hb/{id:int}", "pub")
         limiter = RateLimitStage.from_settings(settings, policies, metrics)
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -158,7 +165,7 @@ class Pair:
         if (ctx.params or {}).get("id") == "0":
             raise Problem(404, "no such thing")
         who = ctx.principal.sub if ctx.principal is not None else None
-        return orjson.dumps({"path": ctx.path, "who": who})
+        return orjson.dumps({"route": ctx.policy.name, "path": ctx.path, "who": who})
 
     async def both(self, path: str, **request: Any) -> tuple[Reply, Reply]:
         general = await send(self.general, path, **request)
@@ -366,6 +373,16 @@ async def test_path_spellings_share_an_entry(pair: Pair) -> None:
     for raw in (b"//open/7", b"/open/7/", b"/open/./7", b"/open/%37"):
         await check(pair, "/open/7", raw_path=raw)
     assert pair.counted["fused"] == 4
+
+
+async def test_one_path_routed_by_host(pair: Pair) -> None:
+    """The fused path remembers each raw path's route: with the Host it was routed for."""
+    routes = []
+    for host in (b"a.example", b"b.example:8000", b"a.example", b"B.EXAMPLE", b"c.example"):
+        reply = await check(pair, "/h/1", headers=[(b"host", host)])
+        routes.append(orjson.loads(reply.body)["route"])
+    assert routes == ["GET /h/{id:int}", "GET /hb/{id:int}"] * 2 + ["GET /h/{id:int}"]
+    assert pair.counted["fused"] == 3
 
 
 async def test_query_and_conditional_requests(pair: Pair) -> None:
