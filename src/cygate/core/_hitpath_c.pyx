@@ -139,6 +139,7 @@ cdef class HitPath:
     cdef readonly RequestRecorder recorder
     cdef dict memo
     cdef dict series
+    cdef dict caller_keys
     cdef object verifier
     cdef object revocations
     cdef dict checked
@@ -170,6 +171,7 @@ cdef class HitPath:
         self.recorder = recorder
         self.memo = {}
         self.series = {}
+        self.caller_keys = {}
         self.id_pool = id_pool
         self.fresh_ids = fresh_ids
         self.hosts = hosts
@@ -229,10 +231,10 @@ cdef class HitPath:
                 return None
             match = self.router.match(_GET, path, host or None)
             if match.kind != _FOUND:
-                return None
+                return None  # (not remembered: a scan of missing paths must not fill it)
             policy = match.value
             if policy.target != _LOCAL or policy.cache is None:
-                return None
+                policy = None  # never a hit here (a proxied route, one without a rule)
             if PyBytes_GET_SIZE(raw_path) <= _MEMO_PATH:
                 # PERF: this path's route, remembered: a pure function of the raw path and
                 # Host for this router (a new router builds a new HitPath). Bounded, and
@@ -240,6 +242,8 @@ cdef class HitPath:
                 if len(self.memo) >= _MEMO_SIZE:
                     self.memo.clear()
                 self.memo[raw_path] = (host, path, policy)
+        if policy is None:
+            return None
         name = policy.name
         route = self.routes.get(name)
         if route is None:
@@ -276,10 +280,10 @@ cdef class HitPath:
         if found == NULL:
             return None
         node = <object>found
-        if node.expires <= now:
+        if <double>node.expires <= now:
             return None  # expired: the general path's L1.get drops it
         entry = node.value
-        if not now < entry.fresh_until or entry.detail is not None:
+        if not now < <double>entry.fresh_until or entry.detail is not None:
             return None
 
         if self.rate is not None:
@@ -344,6 +348,7 @@ cdef class HitPath:
         """One token of the route's single limit: its table, or None (fall back)."""
         cdef tuple parts = single.parts
         cdef str kind
+        cdef PyObject* found
         if PyTuple_GET_SIZE(parts) == 0:
             key = "*"
         elif PyTuple_GET_SIZE(parts) != 1:
@@ -354,7 +359,15 @@ cdef class HitPath:
                 key = "r:" + name
             elif kind == "caller" or kind == "sub" or kind == "ip":
                 if principal is not None and kind != "ip":
-                    key = "p:" + principal.sub
+                    sub = principal.sub
+                    found = PyDict_GetItem(self.caller_keys, sub)
+                    if found != NULL:
+                        key = <object>found  # PERF: no new string (nor its hash) per request
+                    else:
+                        key = "p:" + sub
+                        if len(self.caller_keys) >= _MEMO_SIZE:
+                            self.caller_keys.clear()
+                        self.caller_keys[sub] = key
                 elif kind == "sub":
                     key = "p"
                 else:
