@@ -10,6 +10,12 @@ in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock o
 place rather than through ``L1.get`` and ``Entry.hit`` (their field names are this module's
 contract with ``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the
 methods, and the tests hold both to the general path).
+
+Beyond the reference, three memos that change no answer: each raw path's route with the
+``Host`` it was routed for (routes that are never hits too, so a proxied request pays one
+look-up before the general path; bounded, emptied whole when full, new with a new router),
+each subject's rate-limit key string, and each route's metrics series. Hits are recorded
+through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call, no float.
 """
 
 cimport cython

@@ -269,7 +269,12 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hits = self._hits
         if hits is not None:
-            fused = hits.answer(scope)  # PERF: a fresh L1 hit in one call (core/hitpath)
+            try:
+                fused = hits.answer(scope)  # PERF: a fresh L1 hit in one call (core/hitpath)
+            except Exception:
+                # NOTE: it changes nothing before it answers: the general path says what is
+                # wrong with this request (and logs it, if it is a fault of ours).
+                fused = None
             if fused is not None:
                 try:
                     await send(fused.start)
