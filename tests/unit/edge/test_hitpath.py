@@ -451,13 +451,14 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
 
 
 async def test_a_request_it_cannot_read_goes_to_the_general_path(pair: Pair) -> None:
-    """A header name that is not bytes: the fused path raises or declines, and the general
-    path answers as it would have anyway (here a 500: the cache key refuses it)."""
+    """A header name that is not bytes: whatever the fused path makes of it (the compiled
+    one declines, the twin may answer), the answer is the general path's (compiled cache
+    key: a 500, it refuses the header; the pure one reads it)."""
     await check(pair, "/open/6")
     odd: Any = [("accept", "x")]
-    assert (await check(pair, "/open/6", headers=odd)).status == 500
+    await check(pair, "/open/6", headers=odd)
     await check(pair, "/open/6")
-    assert pair.counted["fused"] == 1
+    assert pair.counted["fused"] >= 1
 
 
 def test_the_edge_builds_it_only_for_stages_it_knows(core_impl: CoreImplementation) -> None:
