@@ -190,6 +190,7 @@ cdef class HitPath:
         cdef object name, value, raw_path, path, match, policy, route, principal = None
         cdef object token, caller = None, spec, key, entry, limited = None, plan = None
         cdef object hit_headers, table = None, single = None, ids, start
+        cdef tuple remembered = None
         cdef long long age
         cdef Hit hit
         cdef PyObject* found
@@ -219,6 +220,9 @@ cdef class HitPath:
                     traceparent = value
             elif _named(<bytes>name, b"content-length", 14):
                 return None
+            elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
+                  or _named(<bytes>name, b"if-none-match", 13)):
+                return None  # revalidation, no-cache, a 304: the general path's
         raw_path = (<dict>scope).get("raw_path")
         if not raw_path:
             raw_path = scope["path"].encode("utf-8")
@@ -228,8 +232,9 @@ cdef class HitPath:
             return None  # a "?" in the raw path: the general path splits it off
         found = PyDict_GetItem(self.memo, raw_path)
         if found != NULL and <object>PyTuple_GET_ITEM(<tuple>found, 0) is host:
-            path = <object>PyTuple_GET_ITEM(<tuple>found, 1)
-            policy = <object>PyTuple_GET_ITEM(<tuple>found, 2)
+            remembered = <tuple>found
+            path = <object>PyTuple_GET_ITEM(remembered, 1)
+            policy = <object>PyTuple_GET_ITEM(remembered, 2)
         else:
             try:
                 path = _normalize(raw_path)
@@ -247,7 +252,7 @@ cdef class HitPath:
                 # emptied whole when full (a scan of many paths just routes each one).
                 if len(self.memo) >= _MEMO_SIZE:
                     self.memo.clear()
-                self.memo[raw_path] = (host, path, policy)
+                self.memo[raw_path] = (host, path, policy, None, None)
         if policy is None:
             return None
         name = policy.name
@@ -278,10 +283,19 @@ cdef class HitPath:
             if principal is None:
                 return None
             caller = self.caller_key(principal)
-        spec = route.spec
-        key = spec.key(_GET, path, (<dict>scope).get("query_string", _EMPTY), headers, caller)
-        if spec.cache_control is not None or spec.if_none_match is not None:
-            return None
+        if remembered is not None and <object>PyTuple_GET_ITEM(remembered, 3) is route:
+            key = <object>PyTuple_GET_ITEM(remembered, 4)  # PERF: a key of the path alone
+        else:
+            spec = route.spec
+            query = (<dict>scope).get("query_string", _EMPTY)
+            key = spec.key(_GET, path, query, headers, caller)
+            if spec.cache_control is not None or spec.if_none_match is not None:
+                return None  # (the scan above saw them: only for another spelling's sake)
+            if (remembered is not None and not spec.private and not spec.header_names
+                    and not spec.query_names):
+                # The key depends on the route and the path only: remembered with the
+                # route's entry in the cache (the same CacheRoute object: the same rule).
+                self.memo[raw_path] = (host, path, policy, route, key)
         found = PyDict_GetItem(self.l1_map, key)
         if found == NULL:
             return None

@@ -44,6 +44,7 @@ RULES = {
     "pub": CacheRule(ttl=60, max_age=30, query=["q"], headers=["Accept-Language"]),
     "mine": CacheRule(ttl=60, max_age=0, scope="private"),
     "short": CacheRule(ttl=0.05, stale_while_revalidate=30, not_found_ttl=5),
+    "bare": CacheRule(ttl=60),  # a key of the path alone (the compiled path remembers it)
 }
 LIMITS = {
     "per-caller": {"rate": 5, "period": 60, "key": ["caller"]},
@@ -65,6 +66,7 @@ ROUTES: list[tuple[str, dict[str, Any]]] = [
     ("/key/{id:int}", {"cache": "pub", "rate_limit": "per-key"}),
     ("/two/{id:int}", {"cache": "pub", "rate_limit": "two"}),
     ("/short/{id:int}", {"cache": "short"}),
+    ("/bare/{id:int}", {"cache": "bare", "rate_limit": "per-caller"}),
     ("/plain/{id:int}", {}),
 ]
 _RID = re.compile(rb"[0-9a-f]{24}")
@@ -307,6 +309,7 @@ async def test_request_headers_the_hit_path_reads(pair: Pair, extra: list[Any]) 
         ("/p/1", []),  # per caller, anonymous: per address
         ("/p/1", bearer(BOB, b"bEaReR  ")),  # scheme in any case, spaces
         ("/me", bearer(ALICE)),  # private, per sub
+        ("/bare/1", bearer(ALICE)),  # a key of the path alone
     ],
 )
 async def test_kinds_of_route_answered_by_the_fused_path(
@@ -383,6 +386,21 @@ async def test_one_path_routed_by_host(pair: Pair) -> None:
         routes.append(orjson.loads(reply.body)["route"])
     assert routes == ["GET /h/{id:int}", "GET /hb/{id:int}"] * 2 + ["GET /h/{id:int}"]
     assert pair.counted["fused"] == 3
+
+
+async def test_a_remembered_key_follows_the_routes_rule(pair: Pair) -> None:
+    """A route whose key is its path alone: then given a rule that varies on the query, the
+    old key is not used again (the new entry is a miss, then a hit of its own)."""
+    for _ in range(4):
+        await check(pair, "/bare/3", headers=bearer(BOB))
+    assert pair.counted["fused"] == 3
+    for edge in (pair.fused, pair.general):
+        assert edge.cache is not None and edge.cache.add_route("GET /bare/{id:int}", "pub")
+    # (another caller: Bob has one token of his five a minute left)
+    replies = [await check(pair, "/bare/3", query=b"q=1", headers=bearer(ALICE)) for _ in "ab"]
+    assert [r.get(b"x-cache") for r in replies] == [b"miss", b"hit-l1"]
+    await check(pair, "/bare/3", query=b"q=2", headers=bearer(ALICE))
+    assert pair.counted["fused"] == 4
 
 
 async def test_query_and_conditional_requests(pair: Pair) -> None:
