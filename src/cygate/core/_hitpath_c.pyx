@@ -19,15 +19,17 @@ through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call
 """
 
 cimport cython
+import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from cygate.core._ids_c cimport _hex as _format_hex, _zero
 from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries
 
 from cygate.core.ratelimit import GRANTED
@@ -44,6 +46,17 @@ cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
 cdef Py_ssize_t _MEMO_SIZE = 4096
+cdef Py_ssize_t _ID_ITEM = 36  # random bytes per request: request id 12, trace 16, span 8
+cdef Py_ssize_t _ID_BATCH = 256
+cdef long _forks = 0
+
+
+def _after_fork():
+    global _forks
+    _forks += 1  # every HitPath drops the random bytes it drew before the fork
+
+
+os.register_at_fork(after_in_child=_after_fork)
 cdef Py_ssize_t _MEMO_PATH = 256
 
 
@@ -57,7 +70,7 @@ cdef inline bint _named(bytes name, const char* lit, Py_ssize_t n) noexcept:
     return PyBytes_GET_SIZE(name) == n and memcmp(PyBytes_AS_STRING(name), lit, n) == 0
 
 
-cdef inline bint _hex(unsigned char c) noexcept:
+cdef inline bint _is_hex(unsigned char c) noexcept:
     return (48 <= c <= 57) or (97 <= c <= 102)
 
 
@@ -84,14 +97,14 @@ cdef bint _valid_traceparent(bytes value) noexcept:
     if p[35] != 45 or p[52] != 45:
         return False
     for i in range(3, 35):
-        if not _hex(p[i]):
+        if not _is_hex(p[i]):
             return False
         if p[i] != 48:
             zero = False
     for i in range(36, 52):
-        if not _hex(p[i]):
+        if not _is_hex(p[i]):
             return False
-    return _hex(p[53]) and _hex(p[54]) and not zero
+    return _is_hex(p[53]) and _is_hex(p[54]) and not zero
 
 
 cdef object _bearer_token(bytes header):
@@ -154,14 +167,15 @@ cdef class HitPath:
     cdef tuple security
     cdef bint trusted
     cdef object caller_key
-    cdef list id_pool
-    cdef object fresh_ids
+    cdef object randbytes
+    cdef bytes _random
+    cdef Py_ssize_t _drawn
+    cdef long _forks
     cdef dict hosts
     cdef object host_of
 
     def __init__(self, *, router, cache, token, rate, tuple security not None, bint trusted,
-                 caller_key, recorder, list id_pool not None, fresh_ids, dict hosts not None,
-                 host_of):
+                 caller_key, recorder, randbytes, dict hosts not None, host_of):
         self.router = router
         self.cache = cache
         self.routes = cache._routes
@@ -178,8 +192,10 @@ cdef class HitPath:
         self.memo = {}
         self.series = {}
         self.caller_keys = {}
-        self.id_pool = id_pool
-        self.fresh_ids = fresh_ids
+        self.randbytes = randbytes
+        self._random = b""
+        self._drawn = 0
+        self._forks = _forks
         self.hosts = hosts
         self.host_of = host_of
 
@@ -189,8 +205,11 @@ cdef class HitPath:
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None
         cdef object token, caller = None, spec, key, entry, limited = None, plan = None
-        cdef object hit_headers, table = None, single = None, ids, start
+        cdef object hit_headers, table = None, single = None, start
         cdef tuple remembered = None
+        cdef const unsigned char* q
+        cdef char rid[24]
+        cdef char tp[55]
         cdef long long age
         cdef Hit hit
         cdef PyObject* found
@@ -324,11 +343,19 @@ cdef class HitPath:
             entry.hit(now)  # rebuilds the entry's hit headers (once a second per entry)
         hit_headers = entry._hit
         if not request_id or not traceparent:
-            ids = self.id_pool.pop() if self.id_pool else self.fresh_ids()
+            # PERF: formatted here, as ``format_ids`` does (its C helpers), without the pool's
+            # string and tuple per request.
+            q = self._draw_ids()
             if not request_id:
-                request_id = ids[1]
+                _format_hex(q, 12, rid)
+                request_id = PyBytes_FromStringAndSize(rid, 24)
             if not traceparent:
-                traceparent = ids[2]
+                memcpy(tp, b"00-", 3)
+                _format_hex(q + 12, 16, tp + 3)
+                tp[35] = 45  # '-'
+                _format_hex(q + 28, 8, tp + 36)
+                memcpy(tp + 52, b"-01", 3)
+                traceparent = PyBytes_FromStringAndSize(tp, 55)
         n_hit = PyTuple_GET_SIZE(hit_headers)
         n_sec = PyTuple_GET_SIZE(self.security)
         out = PyList_New(n_hit + 2 + n_sec)
@@ -363,6 +390,21 @@ cdef class HitPath:
                 self.series[name] = hit.series  # PERF: no key tuple per hit
         hit.started = now
         return hit
+
+    cdef const unsigned char* _draw_ids(self) except NULL:
+        """36 random bytes for a request's ids (request id 12, trace id 16, span id 8), from
+        this process's supply (drawn 256 requests' worth at a time, dropped after a fork);
+        never all-zero trace or span ids (W3C), as ``format_ids``. Valid until the next call."""
+        cdef const unsigned char* q
+        while True:
+            if self._forks != _forks or self._drawn + _ID_ITEM > PyBytes_GET_SIZE(self._random):
+                self._random = self.randbytes(_ID_ITEM * _ID_BATCH)
+                self._drawn = 0
+                self._forks = _forks
+            q = <const unsigned char*>PyBytes_AS_STRING(self._random) + self._drawn
+            self._drawn += _ID_ITEM
+            if not (_zero(q + 12, 16) or _zero(q + 28, 8)):
+                return q
 
     cdef object _take(self, scope, single, str name, principal):
         """One token of the route's single limit: its table, or None (fall back)."""

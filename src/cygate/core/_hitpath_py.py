@@ -31,10 +31,12 @@ The answer's headers are the general path's, in its order: the entry's (with ``x
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from cygate.core.ids import ITEM, format_ids
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 
@@ -46,6 +48,16 @@ _ZERO_TRACE = b"00-" + b"0" * 32
 _ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _HEX = frozenset(b"0123456789abcdef")
 _KEY_PARTS = frozenset({(), ("caller",), ("sub",), ("route",), ("ip",)})
+_ID_BATCH = 256
+_forks = 0
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1  # every HitPath drops the ids it made before the fork
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -99,13 +111,14 @@ class HitPath:
     router, its stages and its cache; rebuilt when the router or the stages change."""
 
     __slots__ = (
+        "_forks",
+        "_ids",
         "cache",
         "caller_key",
-        "fresh_ids",
         "host_of",
         "hosts",
-        "id_pool",
         "l1",
+        "randbytes",
         "rate",
         "recorder",
         "revocations",
@@ -128,8 +141,7 @@ class HitPath:
         trusted: bool,
         caller_key: Callable[[Any], str],
         recorder: Any,
-        id_pool: list[tuple[str, bytes, bytes]],
-        fresh_ids: Callable[[], tuple[str, bytes, bytes]],
+        randbytes: Callable[[int], bytes],
         hosts: dict[bytes, str],
         host_of: Callable[[bytes], str],
     ) -> None:
@@ -151,8 +163,10 @@ class HitPath:
         self.caller_key = caller_key
         """What a private entry's key holds of its caller (``cygate.edge.cache.caller_key``)."""
         self.recorder = recorder
-        self.id_pool = id_pool
-        self.fresh_ids = fresh_ids
+        self.randbytes = randbytes
+        """Random bytes for the ids of requests that bring none (the edge's generator)."""
+        self._ids: list[tuple[str, bytes, bytes]] = []
+        self._forks = _forks
         self.hosts = hosts
         self.host_of = host_of
 
@@ -241,7 +255,7 @@ class HitPath:
         start, body = entry.hit(now)
         out = list(start["headers"])
         if not request_id or not traceparent:
-            _, new_id, new_trace = self.id_pool.pop() if self.id_pool else self.fresh_ids()
+            _, new_id, new_trace = self._new_ids()
             request_id = request_id or new_id
             traceparent = traceparent or new_trace
         out.append((b"x-request-id", request_id))
@@ -252,6 +266,15 @@ class HitPath:
             table.append_headers(out, single.limit_pair, plan.policy_pair)
         start["headers"] = out
         return Hit(self, route_name, start["status"], started, start, body)
+
+    def _new_ids(self) -> tuple[str, bytes, bytes]:
+        """A request id and a traceparent, made 256 at a time (dropped after a fork)."""
+        if self._forks != _forks:
+            self._ids.clear()
+            self._forks = _forks
+        while not self._ids:
+            self._ids.extend(format_ids(self.randbytes(ITEM * _ID_BATCH)))
+        return self._ids.pop()
 
     def _take(
         self, scope: MutableMapping[str, Any], rate: Any, plan: Any, name: str, principal: Any

@@ -11,22 +11,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 ITEM = 36
 
-cdef const char* _HEX = b"0123456789abcdef"
-
-
-cdef inline void _hex(const unsigned char* src, Py_ssize_t n, char* dst) noexcept:
-    cdef Py_ssize_t j
-    for j in range(n):
-        dst[2 * j] = _HEX[src[j] >> 4]
-        dst[2 * j + 1] = _HEX[src[j] & 15]
-
-
-cdef inline bint _zero(const unsigned char* src, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t j
-    for j in range(n):
-        if src[j]:
-            return False
-    return True
+# _hex and _zero: _ids_c.pxd (inline, shared with core/_hitpath_c).
 
 
 def format_ids(bytes raw not None):

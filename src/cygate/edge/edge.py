@@ -245,8 +245,7 @@ class Edge:
             trusted=bool(self.trusted),
             caller_key=caller_key,
             recorder=self.metrics,
-            id_pool=_id_pool,
-            fresh_ids=_fresh_ids,
+            randbytes=_ids.randbytes,
             hosts=_hosts,
             host_of=_host,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ import pytest
 
 import cygate.edge.edge as edge_module
 from core_impls import CoreImplementation
+from cygate.core.ids import format_ids
 from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
@@ -446,6 +448,34 @@ async def test_metrics_count_fused_hits_like_the_general_path(pair: Pair) -> Non
         assert edge.cache is not None
         edge.cache.sync_metrics()
     assert pair.fused.cache.n_hit_l1.value == pair.general.cache.n_hit_l1.value == 2  # type: ignore[union-attr]
+
+
+async def test_made_ids_are_new_for_every_hit_and_after_a_fork(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused path draws random bytes 256 requests' worth at a time, makes each hit's ids
+    from them (all distinct, well formed: ``assert_same``) and draws anew after a fork."""
+    draws: list[int] = []
+
+    class Counting(random.Random):
+        def randbytes(self, n: int) -> bytes:
+            draws.append(n)
+            return super().randbytes(n)
+
+    monkeypatch.setattr(edge_module, "_ids", Counting(7))
+    # The general edge's own pool, filled ahead: the draws counted are the fused path's.
+    monkeypatch.setattr(edge_module, "_id_pool", format_ids(random.randbytes(36 * 1000)))
+    pair = Pair(core_impl, monkeypatch)
+    replies = [await check(pair, "/open/11") for _ in range(300)]
+    assert pair.counted["fused"] == 299
+    for name in (b"x-request-id", b"traceparent"):
+        assert len({r.get(name) for r in replies}) == 300
+    fused_draws = len(draws)
+    await check(pair, "/open/11")
+    assert len(draws) == fused_draws  # from the supply drawn before
+    core_impl.module("hitpath")._after_fork()
+    await check(pair, "/open/11")
+    assert len(draws) == fused_draws + 1  # the supply of before the "fork" is not used
 
 
 async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
