@@ -142,8 +142,10 @@ def declined_payment(gw: Gateway, dsn: str, customer: Customer) -> tuple[str, An
         lambda body: f"t={int(time.time())},v1=" + "0" * 64,
         lambda body: signed(body, secret="not-the-secret"),
         lambda body: signed(body + b" "),
-        lambda body: signed(body, at=time.time() - 301),  # stale
-        lambda body: signed(body, at=time.time() + 301),  # from the future
+        # NOTE: 10 s past the 300 s tolerance, not 1: the header's timestamp is whole seconds
+        # (truncated) and the gateway reads its clock later, so "+301" could arrive as 300.
+        lambda body: signed(body, at=time.time() - 310),  # stale
+        lambda body: signed(body, at=time.time() + 310),  # from the future
     ],
     ids=["missing", "empty", "garbage", "no-mac", "wrong-mac", "wrong-secret", "other-body",
          "stale", "future"],
