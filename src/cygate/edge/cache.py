@@ -167,6 +167,7 @@ class ResponseCache:
         self.edge: Any = None
         """The ASGI edge, set by the app: background refreshes go through it as requests."""
         self._routes: dict[str, CacheRoute] = {}
+        # NOTE: the fused hit path (core/hitpath) holds this dict: never rebind it.
         self._flights: dict[bytes, _Flight] = {}
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -214,6 +214,8 @@ class Entry:
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
         self.born = self.fresh_until = self.swr_until = self.error_until = self.until = 0.0
+        # NOTE: ``_age``/``_hit`` (and ``born``, ``fresh_until``, ``detail``, ``status``,
+        # ``body_message``) are read in place by the compiled hit path (core/_hitpath_c).
         self._age = -1
         self._hit: tuple[tuple[bytes, bytes], ...] = ()
 

@@ -50,6 +50,8 @@ class L1:
         """Bytes held now."""
         self.evictions = 0
         self._map: dict[bytes, _Node] = {}
+        """NOTE: the compiled hit path (core/_hitpath_c) holds this dict and reads nodes'
+        ``expires``/``value``/``visited``: change it in place, never rebind it."""
         self._tags: dict[str, set[bytes]] = {}
         self._head: _Node | None = None
         self._tail: _Node | None = None

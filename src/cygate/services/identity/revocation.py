@@ -53,6 +53,7 @@ class Revocations:
         self.verifier = verifier
         self.cache_seconds = cache_seconds
         self._checked: dict[str, float] = {}  # jti -> trusted "not revoked" until (monotonic)
+        # NOTE: the compiled hit path (core/_hitpath_c) holds this dict: never rebind it.
         # jti -> the futures of requests waiting for the EXISTS under way (True/False: its
         # answer; None: the asker was cancelled, ask again)
         self._asking: dict[str, list[asyncio.Future[bool | None]]] = {}
