@@ -26,10 +26,10 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from cygate.core._ids_c cimport _hex as _format_hex, _zero
+from cygate.core._ids_c cimport _usable, _write_ids
 from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries
 
 from cygate.core.ratelimit import GRANTED
@@ -74,6 +74,8 @@ cdef inline bint _is_hex(unsigned char c) noexcept:
     return (48 <= c <= 57) or (97 <= c <= 102)
 
 
+# The edge's rules for the ids it keeps (``cygate.core.ids.valid_request_id`` and
+# ``valid_traceparent``, regular expressions there), compiled.
 cdef bint _valid_request_id(bytes value) noexcept:
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
@@ -204,16 +206,15 @@ cdef class HitPath:
         cdef double now = _now()
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None
-        cdef object token, caller = None, spec, key, entry, limited = None, plan = None
+        cdef object token, caller = None, spec, key, entry, plan = None
         cdef object hit_headers, table = None, single = None, start
         cdef tuple remembered = None
-        cdef const unsigned char* q
         cdef char rid[24]
         cdef char tp[55]
         cdef long long age
         cdef Hit hit
         cdef PyObject* found
-        cdef Py_ssize_t i, n_hit, n_sec, n
+        cdef Py_ssize_t i, n_hit, n_sec
         cdef list out
         if type(scope) is not dict:
             return None
@@ -307,9 +308,8 @@ cdef class HitPath:
         else:
             spec = route.spec
             query = (<dict>scope).get("query_string", _EMPTY)
+            # (no Cache-Control, Pragma or If-None-Match here: the scan above declined them)
             key = spec.key(_GET, path, query, headers, caller)
-            if spec.cache_control is not None or spec.if_none_match is not None:
-                return None  # (the scan above saw them: only for another spelling's sake)
             if (remembered is not None and not spec.private and not spec.header_names
                     and not spec.query_names):
                 # The key depends on the route and the path only: remembered with the
@@ -345,16 +345,10 @@ cdef class HitPath:
         if not request_id or not traceparent:
             # PERF: formatted here, as ``format_ids`` does (its C helpers), without the pool's
             # string and tuple per request.
-            q = self._draw_ids()
+            _write_ids(self._draw_ids(), rid, tp)
             if not request_id:
-                _format_hex(q, 12, rid)
                 request_id = PyBytes_FromStringAndSize(rid, 24)
             if not traceparent:
-                memcpy(tp, b"00-", 3)
-                _format_hex(q + 12, 16, tp + 3)
-                tp[35] = 45  # '-'
-                _format_hex(q + 28, 8, tp + 36)
-                memcpy(tp + 52, b"-01", 3)
                 traceparent = PyBytes_FromStringAndSize(tp, 55)
         n_hit = PyTuple_GET_SIZE(hit_headers)
         n_sec = PyTuple_GET_SIZE(self.security)
@@ -403,7 +397,7 @@ cdef class HitPath:
                 self._forks = _forks
             q = <const unsigned char*>PyBytes_AS_STRING(self._random) + self._drawn
             self._drawn += _ID_ITEM
-            if not (_zero(q + 12, 16) or _zero(q + 28, 8)):
+            if _usable(q):
                 return q
 
     cdef object _take(self, scope, single, str name, principal):

@@ -36,17 +36,14 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from cygate.core.ids import ITEM, format_ids
+from cygate.core.ids import ITEM, format_ids, valid_request_id, valid_traceparent
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 
-__all__ = ["Hit", "HitPath", "bearer_token", "valid_request_id", "valid_traceparent"]
+__all__ = ["Hit", "HitPath", "bearer_token"]
 
 _REFRESH = "cygate.cache.refresh"
 _BEARER = b"bearer "
-_ZERO_TRACE = b"00-" + b"0" * 32
-_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-_HEX = frozenset(b"0123456789abcdef")
 _KEY_PARTS = frozenset({(), ("caller",), ("sub",), ("route",), ("ip",)})
 _ID_BATCH = 256
 _forks = 0
@@ -58,19 +55,6 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-
-
-def valid_request_id(value: bytes) -> bool:
-    """``X-Request-ID`` the edge keeps: 1-128 of ``[A-Za-z0-9._:-]``."""
-    return 0 < len(value) <= 128 and all(c in _ID_CHARS for c in value)
-
-
-def valid_traceparent(value: bytes) -> bool:
-    """A version-00 ``traceparent`` with lower-case hex ids, not the all-zero trace id."""
-    if len(value) != 55 or value[:3] != b"00-" or value[35] != 0x2D or value[52] != 0x2D:
-        return False
-    digits = value[3:35] + value[36:52] + value[53:55]
-    return all(c in _HEX for c in digits) and not value.startswith(_ZERO_TRACE)
 
 
 def bearer_token(header: bytes) -> bytes | None:

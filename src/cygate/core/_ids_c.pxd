@@ -16,3 +16,24 @@ cdef inline bint _zero(const unsigned char* src, Py_ssize_t n) noexcept:
         if src[j]:
             return False
     return True
+
+
+cdef inline bint _usable(const unsigned char* q) noexcept:
+    """36 random bytes (request id 12, trace id 16, span id 8) whose trace and span ids are not
+    all zero (W3C Trace Context forbids both)."""
+    return not (_zero(q + 12, 16) or _zero(q + 28, 8))
+
+
+cdef inline void _write_ids(const unsigned char* q, char* rid, char* tp) noexcept:
+    """The request id (24 hex digits into ``rid``) and the ``traceparent``
+    (``00-<32 hex>-<16 hex>-01``, 55 bytes into ``tp``) of 36 random bytes."""
+    _hex(q, 12, rid)
+    tp[0] = 48  # '0'
+    tp[1] = 48
+    tp[2] = 45  # '-'
+    _hex(q + 12, 16, tp + 3)
+    tp[35] = 45
+    _hex(q + 28, 8, tp + 36)
+    tp[52] = 45
+    tp[53] = 48
+    tp[54] = 49  # '1'

@@ -11,7 +11,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 ITEM = 36
 
-# _hex and _zero: _ids_c.pxd (inline, shared with core/_hitpath_c).
+# _usable and _write_ids (and _hex, _zero): _ids_c.pxd (inline, shared with core/_hitpath_c).
 
 
 def format_ids(bytes raw not None):
@@ -23,20 +23,11 @@ def format_ids(bytes raw not None):
     cdef char rid[24]
     cdef char tp[55]
     cdef list out = []
-    tp[0] = b'0'
-    tp[1] = b'0'
-    tp[2] = b'-'
-    tp[35] = b'-'
-    tp[52] = b'-'
-    tp[53] = b'0'
-    tp[54] = b'1'
     for i in range(count):
         q = p + i * 36
-        if _zero(q + 12, 16) or _zero(q + 28, 8):
+        if not _usable(q):
             continue
-        _hex(q, 12, rid)
-        _hex(q + 12, 16, tp + 3)
-        _hex(q + 28, 8, tp + 36)
+        _write_ids(q, rid, tp)
         out.append(
             (
                 PyUnicode_DecodeASCII(rid, 24, NULL),

@@ -7,10 +7,27 @@ into one request's ids: a 96-bit request id (24 lower-case hex digits) and a new
 
 from __future__ import annotations
 
-__all__ = ["ITEM", "format_ids"]
+import re
+
+__all__ = ["ITEM", "format_ids", "valid_request_id", "valid_traceparent"]
 
 ITEM = 36
 """Random bytes per request: 12 request id, 16 trace id, 8 span id."""
+
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE = b"00-" + b"0" * 32
+
+
+def valid_request_id(value: bytes) -> bool:
+    """An ``X-Request-ID`` the edge keeps: 1-128 of ``[A-Za-z0-9._:-]``."""
+    return _REQUEST_ID_RE.fullmatch(value) is not None
+
+
+def valid_traceparent(value: bytes) -> bool:
+    """A ``traceparent`` the edge keeps: version 00, lower-case hex ids, not the all-zero trace
+    id (W3C Trace Context forbids it)."""
+    return _TRACEPARENT_RE.fullmatch(value) is not None and not value.startswith(_ZERO_TRACE)
 
 
 def format_ids(raw: bytes) -> list[tuple[str, bytes, bytes]]:

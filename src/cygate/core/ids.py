@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cygate._compat import NO_EXTENSIONS
-from cygate.core._ids_py import ITEM
+from cygate.core._ids_py import ITEM, valid_request_id, valid_traceparent
 from cygate.core._ids_py import format_ids as format_ids_py
 
-__all__ = ["ITEM", "format_ids", "format_ids_py"]
+__all__ = ["ITEM", "format_ids", "format_ids_py", "valid_request_id", "valid_traceparent"]
 
 if TYPE_CHECKING:
     format_ids = format_ids_py

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from urllib.parse import quote
 
 from cygate.core.hitpath import HitPath
 from cygate.core.ids import ITEM as ID_BYTES
-from cygate.core.ids import format_ids
+from cygate.core.ids import format_ids, valid_request_id, valid_traceparent
 from cygate.core.router import (
     BAD_PARAM,
     FOUND,
@@ -53,9 +52,6 @@ __all__ = [
 
 log = logging.getLogger("cygate.edge")
 
-_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-_TRACEPARENT_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_ZERO_TRACE = b"00-" + b"0" * 32
 _HOST_CACHE = 256
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _UNMATCHED = "<unmatched>"
@@ -304,11 +300,11 @@ class Edge:
                 # PERF: clients repeat a few Host values; each is lower-cased once.
                 host = _hosts.get(value) or _host(value)
             elif name == b"x-request-id":
-                if _REQUEST_ID_RE.fullmatch(value):
+                if valid_request_id(value):
                     request_id = value.decode()
                     request_id_bytes = value
             elif name == b"traceparent":
-                if _TRACEPARENT_RE.fullmatch(value) and not value.startswith(_ZERO_TRACE):
+                if valid_traceparent(value):
                     traceparent = value
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -2
