@@ -26,7 +26,8 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.string cimport memchr, memcmp
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from cygate.core._ids_c cimport _usable, _write_ids
@@ -46,8 +47,6 @@ cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
 cdef Py_ssize_t _MEMO_SIZE = 4096
-cdef Py_ssize_t _ID_ITEM = 36  # random bytes per request: request id 12, trace 16, span 8
-cdef Py_ssize_t _ID_BATCH = 256
 cdef long _forks = 0
 
 
@@ -58,6 +57,10 @@ def _after_fork():
 
 os.register_at_fork(after_in_child=_after_fork)
 cdef Py_ssize_t _MEMO_PATH = 256
+
+
+cdef inline uint64_t _rotl(uint64_t x, int k) noexcept:
+    return (x << k) | (x >> (64 - k))
 
 
 cdef inline double _now() noexcept nogil:
@@ -149,6 +152,33 @@ cdef class Hit:
         self.recorder._dirty = True
 
 
+cdef int _K_NONE = 0  # a limit the hit path leaves to the general path (two parts, api-key...)
+cdef int _K_ALL = 1
+cdef int _K_ROUTE = 2
+cdef int _K_CALLER = 3
+cdef int _K_SUB = 4
+cdef int _K_IP = 5
+cdef dict _PART_KINDS = {"route": _K_ROUTE, "caller": _K_CALLER, "sub": _K_SUB, "ip": _K_IP}
+
+
+@cython.final
+cdef class _Rated:
+    """A route's rate-limit plan as the hit path uses it: valid while the stage's plan for
+    the route is ``plan`` (plans and their limits are never changed, only replaced)."""
+
+    cdef object plan
+    cdef int kind
+    cdef str route_key
+    cdef bint local
+    cdef object table
+    cdef object single
+    cdef object low_water
+    cdef dict inflight
+    cdef object n_allowed
+    cdef object limit_pair
+    cdef object policy_pair
+
+
 @cython.final
 cdef class HitPath:
     """See :class:`cygate.core._hitpath_py.HitPath`."""
@@ -161,6 +191,7 @@ cdef class HitPath:
     cdef dict memo
     cdef dict series
     cdef dict caller_keys
+    cdef dict rated
     cdef object verifier
     cdef object revocations
     cdef dict checked
@@ -170,8 +201,8 @@ cdef class HitPath:
     cdef bint trusted
     cdef object caller_key
     cdef object randbytes
-    cdef bytes _random
-    cdef Py_ssize_t _drawn
+    cdef uint64_t _rng[4]
+    cdef unsigned char _ids_out[40]
     cdef long _forks
     cdef dict hosts
     cdef object host_of
@@ -194,10 +225,9 @@ cdef class HitPath:
         self.memo = {}
         self.series = {}
         self.caller_keys = {}
+        self.rated = {}
         self.randbytes = randbytes
-        self._random = b""
-        self._drawn = 0
-        self._forks = _forks
+        self._forks = _forks - 1  # seeded at the first id it makes
         self.hosts = hosts
         self.host_of = host_of
 
@@ -206,8 +236,10 @@ cdef class HitPath:
         cdef double now = _now()
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None
-        cdef object token, caller = None, spec, key, entry, plan = None
-        cdef object hit_headers, table = None, single = None, start
+        cdef object token, caller = None, spec, key, entry, plans
+        cdef object hit_headers, table = None, start
+        cdef _Rated rated = None
+        cdef PyObject* remembered_plan
         cdef tuple remembered = None
         cdef char rid[24]
         cdef char tp[55]
@@ -326,12 +358,19 @@ cdef class HitPath:
             return None
 
         if self.rate is not None:
-            plan = self.rate._plans.get(name)
-            if plan is not None:
-                single = plan.single
-                if single is None:
+            plans = self.rate._plans
+            found = PyDict_GetItem(plans, name) if type(plans) is dict else NULL
+            if found == NULL and type(plans) is not dict:
+                return None
+            if found != NULL:
+                remembered_plan = PyDict_GetItem(self.rated, name)
+                if remembered_plan != NULL and (<_Rated>remembered_plan).plan is <object>found:
+                    rated = <_Rated>remembered_plan
+                else:
+                    rated = self._rated(name, <object>found)
+                if rated.kind == _K_NONE:
                     return None
-                table = self._take(scope, single, name, principal)
+                table = self._take(scope, rated, principal)
                 if table is None:
                     return None
 
@@ -368,7 +407,7 @@ cdef class HitPath:
             Py_INCREF(item)
             PyList_SET_ITEM(out, n_hit + 2 + i, item)
         if table is not None:
-            table.append_headers(out, single.limit_pair, plan.policy_pair)
+            table.append_headers(out, rated.limit_pair, rated.policy_pair)
         status = entry.status
         start = {"type": _START, "status": status, "headers": out}
         hit = Hit.__new__(Hit)
@@ -387,61 +426,106 @@ cdef class HitPath:
 
     cdef const unsigned char* _draw_ids(self) except NULL:
         """36 random bytes for a request's ids (request id 12, trace id 16, span id 8), from
-        this process's supply (drawn 256 requests' worth at a time, dropped after a fork);
-        never all-zero trace or span ids (W3C), as ``format_ids``. Valid until the next call."""
-        cdef const unsigned char* q
-        while True:
-            if self._forks != _forks or self._drawn + _ID_ITEM > PyBytes_GET_SIZE(self._random):
-                self._random = self.randbytes(_ID_ITEM * _ID_BATCH)
-                self._drawn = 0
-                self._forks = _forks
-            q = <const unsigned char*>PyBytes_AS_STRING(self._random) + self._drawn
-            self._drawn += _ID_ITEM
-            if _usable(q):
-                return q
+        this process's generator (xoshiro256**, seeded with 32 bytes of ``randbytes``, and
+        seeded anew after a fork); never all-zero trace or span ids (W3C), as ``format_ids``.
+        Valid until the next call.
 
-    cdef object _take(self, scope, single, str name, principal):
+        PERF: ids need uniqueness, not secrecy (the general edge uses ``random.Random`` for
+        them too); five steps of a 256-bit generator cost ~40 instructions, where a batch of
+        ``Random.randbytes`` cost ~1,400 per request (its big-integer conversion)."""
+        cdef Py_ssize_t i
+        cdef uint64_t* out = <uint64_t*>self._ids_out
+        while True:
+            if self._forks != _forks:
+                self._seed()
+            for i in range(5):
+                out[i] = self._next()
+            if _usable(self._ids_out):
+                return self._ids_out
+
+    cdef int _seed(self) except -1:
+        cdef bytes seed = self.randbytes(32)
+        if PyBytes_GET_SIZE(seed) != 32:
+            raise ValueError("randbytes(32) must give 32 bytes")
+        memcpy(self._rng, PyBytes_AS_STRING(seed), 32)
+        if not (self._rng[0] | self._rng[1] | self._rng[2] | self._rng[3]):
+            self._rng[0] = 1  # the one state xoshiro must not start from
+        self._forks = _forks
+        return 0
+
+    cdef inline uint64_t _next(self) noexcept:
+        # xoshiro256** (Blackman and Vigna, 2018; public domain)
+        cdef uint64_t* s = self._rng
+        cdef uint64_t result = _rotl(s[1] * 5, 7) * 9
+        cdef uint64_t t = s[1] << 17
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = _rotl(s[3], 45)
+        return result
+
+    cdef _Rated _rated(self, str name, plan):
+        """What the hit path needs of ``plan`` (the route's limits), remembered by route."""
+        cdef _Rated rated = _Rated.__new__(_Rated)
+        cdef tuple parts
+        rated.plan = plan
+        rated.kind = _K_NONE
+        single = plan.single
+        if single is not None:
+            parts = single.parts
+            if len(parts) == 0:
+                rated.kind = _K_ALL
+            elif len(parts) == 1:
+                rated.kind = _PART_KINDS.get(parts[0], _K_NONE)
+            rated.route_key = "r:" + name
+            rated.local = single.mode == _LOCAL
+            rated.table = single.gcra if rated.local else single.leases
+            rated.single = single
+            rated.low_water = single.low_water
+            rated.inflight = single.inflight
+            rated.n_allowed = single.n_allowed
+            rated.limit_pair = single.limit_pair
+            rated.policy_pair = plan.policy_pair
+        if len(self.rated) >= _MEMO_SIZE:
+            self.rated.clear()
+        self.rated[name] = rated
+        return rated
+
+    cdef object _take(self, scope, _Rated rated, principal):
         """One token of the route's single limit: its table, or None (fall back)."""
-        cdef tuple parts = single.parts
-        cdef str kind
+        cdef int kind = rated.kind
         cdef PyObject* found
-        if PyTuple_GET_SIZE(parts) == 0:
+        cdef object table = rated.table
+        if kind == _K_ALL:
             key = "*"
-        elif PyTuple_GET_SIZE(parts) != 1:
-            return None
-        else:
-            kind = <str>PyTuple_GET_ITEM(parts, 0)
-            if kind == "route":
-                key = "r:" + name
-            elif kind == "caller" or kind == "sub" or kind == "ip":
-                if principal is not None and kind != "ip":
-                    sub = principal.sub
-                    found = PyDict_GetItem(self.caller_keys, sub)
-                    if found != NULL:
-                        key = <object>found  # PERF: no new string (nor its hash) per request
-                    else:
-                        key = "p:" + sub
-                        if len(self.caller_keys) >= _MEMO_SIZE:
-                            self.caller_keys.clear()
-                        self.caller_keys[sub] = key
-                elif kind == "sub":
-                    key = "p"
-                else:
-                    if self.trusted:
-                        return None
-                    client = (<dict>scope).get("client")
-                    key = "i:" + (client[0] if client else "")
+        elif kind == _K_ROUTE:
+            key = rated.route_key
+        elif principal is not None and kind != _K_IP:
+            sub = principal.sub
+            found = PyDict_GetItem(self.caller_keys, sub)
+            if found != NULL:
+                key = <object>found  # PERF: no new string (nor its hash) per request
             else:
+                key = "p:" + sub
+                if len(self.caller_keys) >= _MEMO_SIZE:
+                    self.caller_keys.clear()
+                self.caller_keys[sub] = key
+        elif kind == _K_SUB:
+            key = "p"
+        else:  # an address: "ip", or "caller" without one
+            if self.trusted:
                 return None
-        if single.mode == _LOCAL:
-            table = single.gcra
+            client = (<dict>scope).get("client")
+            key = "i:" + (client[0] if client else "")
+        if rated.local:
             if not table.hit(key):
                 return None
         else:
-            table = single.leases
             if table.take(key) != _GRANTED:
                 return None
-            if table.tokens < single.low_water and key not in single.inflight:
-                self.rate._top_up(single, key, table.tokens)
-        single.n_allowed.value += 1
+            if table.tokens < rated.low_water and key not in rated.inflight:
+                self.rate._top_up(rated.single, key, table.tokens)
+        rated.n_allowed.value += 1
         return table

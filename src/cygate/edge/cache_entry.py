@@ -37,6 +37,7 @@ __all__ = [
     "etag_matches",
     "etag_of",
     "rule_headers",
+    "shared_pair",
     "storable_headers",
 ]
 
@@ -47,6 +48,7 @@ HIT_L2 = b"hit-l2"
 MISS = b"miss"
 STALE = b"stale"
 _LABELS = (HIT_L1, HIT_L2, MISS, STALE)
+_HIT_L1_PAIR = (b"x-cache", HIT_L1)
 
 _WIRE_VERSION = 1
 _OVERHEAD = 512
@@ -71,6 +73,26 @@ _DROP = frozenset(
         b"x-request-id",
     }
 )
+
+
+# PERF: one object for equal header pairs across entries. A hit's answer lists its entry's header
+# pairs; with a thousand entries in turn, pairs of their own are as many cold cache lines per hit
+# (granian reads every pair), where shared ones (``content-type``, ``cache-control``, ``age: 7``)
+# stay in cache. Bounded: past the bound a pair is simply kept as it is. The ETag, one per body,
+# is never shared.
+_PAIRS: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_PAIRS_MAX = 4096
+
+
+def shared_pair(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """The header pair ``(name, value)``: the same object for equal pairs (up to a bound)."""
+    pair = (bytes(name), bytes(value))
+    found = _PAIRS.get(pair)
+    if found is not None:
+        return found
+    if len(_PAIRS) < _PAIRS_MAX:
+        _PAIRS[pair] = pair
+    return pair
 
 
 def etag_of(body: bytes) -> bytes:
@@ -206,10 +228,11 @@ class Entry:
         self.tags = tags
         self.detail = detail
         """Set for a remembered 404: the problem's detail."""
-        headers = [*base, (b"content-length", b"%d" % len(body))]
+        headers = [shared_pair(k, v) for k, v in base]
+        headers.append(shared_pair(b"content-length", b"%d" % len(body)))
         if detail is None:
             headers.append((b"etag", etag))
-        headers.extend(extra)
+        headers.extend(shared_pair(k, v) for k, v in extra)
         self.headers = tuple(headers)
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
@@ -278,7 +301,7 @@ class Entry:
         age = int(now - self.born)
         if age != self._age:
             self._age = age
-            self._hit = (*self.headers, (b"x-cache", HIT_L1), (b"age", b"%d" % age))
+            self._hit = (*self.headers, _HIT_L1_PAIR, shared_pair(b"age", b"%d" % age))
         return (
             {"type": "http.response.start", "status": self.status, "headers": self._hit},
             self.body_message,

@@ -17,8 +17,10 @@ from litestar import get
 from litestar.di import NamedDependency, Provide
 from litestar.params import CookieParameter, HeaderParameter, QueryParameter
 
+from cygate.edge import cache_entry
 from cygate.edge.auth import PRINCIPAL, provide_principal
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache, check_inputs, load_secret
+from cygate.edge.cache_entry import Entry, rule_headers
 from cygate.edge.context import Principal
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule
@@ -42,6 +44,40 @@ async def test_miss_then_hit_without_the_app() -> None:
     assert second.headers[b"content-type"] == b"application/json"
     assert second.headers[b"content-length"] == b"%d" % len(second.body)
     assert second.headers[b"age"] == b"0"
+
+
+def test_entries_share_equal_header_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal header pairs of different entries are one object (a hit lists its entry's
+    pairs: shared ones stay in the CPU's cache), the ETag excepted; past the bound a pair is
+    kept as it came. The headers themselves are unchanged either way."""
+    rule = RULES["items"]
+    extra = rule_headers(rule)
+
+    def entry(body: bytes) -> Entry:
+        base = [(b"content-type", b"application/" + b"json"), (b"x-app", bytes([49]))]
+        return Entry.response(200, base, body, rule, (), 1000.0, extra).place(5.0, 1000.0)
+
+    a, b = entry(b'{"id":1}'), entry(b'{"id":2}')
+    assert [n for n, _ in a.headers] == [
+        b"content-type",
+        b"x-app",
+        b"content-length",
+        b"etag",
+        b"cache-control",
+    ]
+    for pa, pb in zip(a.headers, b.headers, strict=True):
+        assert (pa is pb) == (pa[0] != b"etag"), pa
+    assert a.headers[2] == (b"content-length", b"8") and a.headers[3][1] == a.etag
+    hit_a, hit_b = a.hit(6.5)[0]["headers"], b.hit(6.5)[0]["headers"]
+    assert hit_a[-2:] == ((b"x-cache", b"hit-l1"), (b"age", b"1"))
+    assert hit_a[-1] is hit_b[-1] and hit_a[-2] is hit_b[-2]
+
+    monkeypatch.setattr(cache_entry, "_PAIRS", {})
+    monkeypatch.setattr(cache_entry, "_PAIRS_MAX", 1)
+    c, d = entry(b'{"id":3}'), entry(b'{"id":4}')
+    assert c.headers[0] is d.headers[0]  # the one pair the bound let in
+    assert c.headers[1] is not d.headers[1] and c.headers[1] == d.headers[1]
+    assert [p for p in c.headers if p[0] != b"etag"] == [p for p in a.headers if p[0] != b"etag"]
 
 
 async def test_cache_control_and_etag() -> None:

@@ -453,8 +453,9 @@ async def test_metrics_count_fused_hits_like_the_general_path(pair: Pair) -> Non
 async def test_made_ids_are_new_for_every_hit_and_after_a_fork(
     core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fused path draws random bytes 256 requests' worth at a time, makes each hit's ids
-    from them (all distinct, well formed: ``assert_same``) and draws anew after a fork."""
+    """The fused path makes each hit's ids from a supply of its own (the twin: random bytes
+    drawn 256 requests' worth at a time; the compiled one: a generator seeded with 32 of
+    them), all distinct and well formed (``assert_same``), and draws anew after a fork."""
     draws: list[int] = []
 
     class Counting(random.Random):
