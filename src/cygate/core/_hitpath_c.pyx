@@ -11,18 +11,21 @@ place rather than through ``L1.get`` and ``Entry.hit`` (their field names are th
 contract with ``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the
 methods, and the tests hold both to the general path).
 
-Beyond the reference, three memos that change no answer: each raw path's route with the
-``Host`` it was routed for (routes that are never hits too, so a proxied request pays one
-look-up before the general path; bounded, emptied whole when full, new with a new router),
-each subject's rate-limit key string, and each route's metrics series. Hits are recorded
-through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call, no float.
+Beyond the reference, memos that change no answer: each raw path's route with the ``Host``
+it was routed for (routes that are never hits too, so a proxied request pays one look-up
+before the general path; bounded, emptied whole when full, new with a new router), each
+subject's rate-limit key string, each route's metrics series and rate-limit plan (``_Rated``,
+while the stage keeps that plan), and the last tokens seen (64 slots: an equal token is
+passed to the verifier as the object it has seen, whose hash is remembered). Hits are
+recorded through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call,
+no float. Ids come from a xoshiro256** generator of this module (``_draw_ids``).
 """
 
 cimport cython
 import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -112,27 +115,30 @@ cdef bint _valid_traceparent(bytes value) noexcept:
     return _is_hex(p[53]) and _is_hex(p[54]) and not zero
 
 
-cdef object _bearer_token(bytes header):
-    """The token of ``Bearer <token>`` (scheme case-insensitive, spaces stripped), or None."""
+cdef bint _bearer_span(bytes header, Py_ssize_t* start, Py_ssize_t* end) noexcept:
+    """Where the token of ``Bearer <token>`` lies in ``header`` (scheme case-insensitive,
+    spaces stripped); False when it is not a bearer header."""
     cdef const char* p = PyBytes_AS_STRING(header)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(header), i, start, end
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(header), i, a, b
     cdef const char* scheme = b"bearer"
     cdef char c
     if n < 7 or p[6] != 32:
-        return None
+        return False
     for i in range(6):
         c = p[i]
         if 65 <= c <= 90:
             c = c + 32  # bytes.lower(): ASCII letters only
         if c != scheme[i]:
-            return None
-    start = 7
-    end = n
-    while start < end and p[start] == 32:
-        start += 1
-    while end > start and p[end - 1] == 32:
-        end -= 1
-    return PyBytes_FromStringAndSize(p + start, end - start)
+            return False
+    a = 7
+    b = n
+    while a < b and p[a] == 32:
+        a += 1
+    while b > a and p[b - 1] == 32:
+        b -= 1
+    start[0] = a
+    end[0] = b
+    return True
 
 
 @cython.freelist(32)
@@ -192,6 +198,7 @@ cdef class HitPath:
     cdef dict series
     cdef dict caller_keys
     cdef dict rated
+    cdef list _tokens
     cdef object verifier
     cdef object revocations
     cdef dict checked
@@ -226,6 +233,7 @@ cdef class HitPath:
         self.series = {}
         self.caller_keys = {}
         self.rated = {}
+        self._tokens = [None] * 64  # (64: ``_token_of``'s slot is the top 6 bits of a hash)
         self.randbytes = randbytes
         self._forks = _forks - 1  # seeded at the first id it makes
         self.hosts = hosts
@@ -235,7 +243,7 @@ cdef class HitPath:
         """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
         cdef double now = _now()
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
-        cdef object name, value, raw_path, path, match, policy, route, principal = None
+        cdef object name, value, raw_path, path, match, policy, route, principal = None, roles
         cdef object token, caller = None, spec, key, entry, plans
         cdef object hit_headers, table = None, start
         cdef _Rated rated = None
@@ -287,6 +295,8 @@ cdef class HitPath:
             remembered = <tuple>found
             path = <object>PyTuple_GET_ITEM(remembered, 1)
             policy = <object>PyTuple_GET_ITEM(remembered, 2)
+            name = <object>PyTuple_GET_ITEM(remembered, 5)
+            roles = <object>PyTuple_GET_ITEM(remembered, 6)
         else:
             try:
                 path = _normalize(raw_path)
@@ -298,24 +308,27 @@ cdef class HitPath:
             policy = match.value
             if policy.target != _LOCAL or policy.cache is None:
                 policy = None  # never a hit here (a proxied route, one without a rule)
+                name = roles = None
+            else:
+                name = policy.name
+                roles = policy.roles
             if PyBytes_GET_SIZE(raw_path) <= _MEMO_PATH:
                 # PERF: this path's route, remembered: a pure function of the raw path and
                 # Host for this router (a new router builds a new HitPath). Bounded, and
                 # emptied whole when full (a scan of many paths just routes each one).
                 if len(self.memo) >= _MEMO_SIZE:
                     self.memo.clear()
-                self.memo[raw_path] = (host, path, policy, None, None)
+                self.memo[raw_path] = (host, path, policy, None, None, name, roles)
         if policy is None:
             return None
-        name = policy.name
         route = self.routes.get(name)
         if route is None:
             return None
 
         if self.token is not None:
-            token = _bearer_token(<bytes>authorization) if authorization is not None else None
+            token = self._token_of(<bytes>authorization) if authorization is not None else None
             if token is None:
-                if policy.auth or policy.roles:
+                if policy.auth or roles:
                     return None  # the 401
             else:
                 try:
@@ -327,7 +340,6 @@ cdef class HitPath:
                 if found == NULL or not now < <double><object>found:
                     if not self.revocations.known_good(jti):
                         return None
-                roles = policy.roles
                 if roles and roles.isdisjoint(principal.roles):
                     return None  # the 403
 
@@ -346,7 +358,7 @@ cdef class HitPath:
                     and not spec.query_names):
                 # The key depends on the route and the path only: remembered with the
                 # route's entry in the cache (the same CacheRoute object: the same rule).
-                self.memo[raw_path] = (host, path, policy, route, key)
+                self.memo[raw_path] = (host, path, policy, route, key, name, roles)
         found = PyDict_GetItem(self.l1_map, key)
         if found == NULL:
             return None
@@ -423,6 +435,31 @@ cdef class HitPath:
                 self.series[name] = hit.series  # PERF: no key tuple per hit
         hit.started = now
         return hit
+
+    cdef object _token_of(self, bytes header):
+        """The token of a ``Bearer`` header (None: not one), as ``bearer_token`` gives it; a
+        token equal to one seen lately is that same object. PERF: the verifier's cache then
+        finds it by the hash the object remembers (no ~300-byte copy, no hashing of it per
+        request); the answer is the verifier's own either way."""
+        cdef Py_ssize_t start, end, size
+        cdef uint64_t tail = 0
+        cdef const char* p = PyBytes_AS_STRING(header)
+        cdef list seen = self._tokens
+        cdef object known
+        cdef bytes token
+        if not _bearer_span(header, &start, &end):
+            return None
+        size = end - start
+        if size >= 8:
+            memcpy(&tail, p + end - 8, 8)  # the signature's end: as varied as tokens are
+        cdef Py_ssize_t slot = <Py_ssize_t>((tail * <uint64_t>0x9E3779B97F4A7C15) >> 58)
+        known = <object>PyList_GET_ITEM(seen, slot)
+        if (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == size
+                and memcmp(PyBytes_AS_STRING(<bytes>known), p + start, size) == 0):
+            return known
+        token = PyBytes_FromStringAndSize(p + start, size)
+        seen[slot] = token
+        return token
 
     cdef const unsigned char* _draw_ids(self) except NULL:
         """36 random bytes for a request's ids (request id 12, trace id 16, span id 8), from

@@ -329,6 +329,19 @@ async def test_private_entries_stay_with_their_caller(pair: Pair) -> None:
     assert pair.counted["fused"] == 2
 
 
+async def test_more_callers_than_remembered_tokens_each_get_their_own(pair: Pair) -> None:
+    """The compiled path remembers recent tokens in 64 slots (by their last bytes): with 100
+    callers in turn slots are shared, and each caller still gets their own entry, each time."""
+    callers = [(_token(sub=f"user{i}", jti=f"jti-{i}"), f"user{i}") for i in range(100)]
+    for _ in range(2):
+        for tok, who in callers:
+            reply = await check(pair, "/me", headers=bearer(tok))
+            assert orjson.loads(reply.body)["who"] == who
+    assert pair.counted["fused"] == 100
+    reply = await check(pair, "/me", headers=bearer(callers[7][0], b"bearer   "))
+    assert orjson.loads(reply.body)["who"] == "user7"
+
+
 # -- what it leaves to the general path, answered the same --------------------------------------
 
 
