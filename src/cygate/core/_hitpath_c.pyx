@@ -27,7 +27,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -39,6 +39,14 @@ from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 
+cdef extern from "Python.h":
+    enum:
+        PYGEN_RETURN
+        PYGEN_NEXT
+    int PyIter_Send(object iterator, object arg, PyObject** presult) except? -1
+    bint PyCoro_CheckExact(object o)
+
+cdef object _SENT = object()
 cdef str _REFRESH = "cygate.cache.refresh"
 cdef str _GET = "GET"
 cdef str _LOCAL = "local"
@@ -144,18 +152,113 @@ cdef bint _bearer_span(bytes header, Py_ssize_t* start, Py_ssize_t* end) noexcep
 @cython.freelist(32)
 @cython.final
 cdef class Hit:
-    """An answer: the two messages to send, then :meth:`done` (counts the request)."""
+    """An answer: the two messages to send, then :meth:`done` (counts the request).
+
+    With a ``send`` (:meth:`HitPath.serve`) it is also the awaitable that sends them: awaiting
+    it sends the start message, then the body, each through ``send`` and its awaitable, and
+    counts the request once, when both are sent or when either fails (a coroutine's
+    ``try``/``finally``, written as the iterator protocol: Granian's awaitables complete at
+    once, another server's may suspend, and both work)."""
 
     cdef readonly object start
     cdef readonly object body
     cdef RequestRecorder recorder
     cdef RequestSeries series
     cdef double started
+    cdef object _send
+    cdef object _inner  # the iterator of the send being awaited
+    cdef int _stage  # messages sent so far (0, 1, 2)
+    cdef bint _counted
+    cdef object _yielded  # what the send in flight yielded last
 
     def done(self):
         """Record the request in the edge's metrics (its status, timed from ``started``)."""
-        self.series._observe(_now() - self.started)
-        self.recorder._dirty = True
+        self._finish()
+
+    cdef void _finish(self) noexcept:
+        if not self._counted:
+            self._counted = True
+            self.series._observe(_now() - self.started)
+            self.recorder._dirty = True
+
+    def __await__(self):
+        if self._send is None:
+            raise TypeError("this Hit has no send to await")
+        return self
+
+    def __next__(self):
+        if self._run(None) is _SENT:
+            raise StopIteration
+        return self._yielded
+
+    def send(self, value):
+        if self._run(value) is _SENT:
+            raise StopIteration
+        return self._yielded
+
+    def throw(self, typ, val=None, tb=None):
+        """An exception from the awaiting task (a cancellation): into the send in flight, if
+        it takes one; else (or when that ends it) the request is counted and it is raised."""
+        inner = self._inner
+        thrower = getattr(inner, "throw", None) if inner is not None else None
+        if thrower is not None:
+            try:
+                result = thrower(typ) if val is None and tb is None else thrower(typ, val, tb)
+            except StopIteration:
+                self._inner = None
+                return self.send(None)
+            except BaseException:
+                self._inner = None
+                self._finish()
+                raise
+            return result
+        self._inner = None
+        self._finish()
+        if isinstance(typ, BaseException):
+            raise typ
+        raise (typ() if val is None else val if isinstance(val, BaseException) else typ(val))
+
+    def close(self):
+        inner = self._inner
+        self._inner = None
+        closer = getattr(inner, "close", None) if inner is not None else None
+        try:
+            if closer is not None:
+                closer()
+        finally:
+            self._finish()
+
+    cdef object _run(self, object value):
+        """Advance the sends: ``_SENT`` when both are done, else ``self`` with ``_yielded``
+        set to what the send in flight yields (to be yielded to the server's loop)."""
+        cdef PyObject* result = NULL
+        cdef int r
+        try:
+            while True:
+                if self._inner is None:
+                    if self._stage == 0:
+                        message = self.start
+                    elif self._stage == 1:
+                        message = self.body
+                    else:
+                        break
+                    self._stage += 1
+                    awaitable = self._send(message)
+                    self._inner = awaitable if PyCoro_CheckExact(awaitable) else awaitable.__await__()
+                    value = None
+                r = PyIter_Send(self._inner, value, &result)
+                if r == PYGEN_NEXT:
+                    self._yielded = <object>result
+                    Py_XDECREF(result)  # (a new reference; ``_yielded`` holds its own)
+                    return self
+                Py_XDECREF(result)  # what the awaitable returned: nothing an ASGI send gives
+                self._inner = None
+        except BaseException:
+            self._inner = None
+            self._finish()
+            raise
+        self._finish()
+        return _SENT
 
 
 cdef int _K_NONE = 0  # a limit the hit path leaves to the general path (two parts, api-key...)
@@ -239,8 +342,21 @@ cdef class HitPath:
         self.hosts = hosts
         self.host_of = host_of
 
+    def serve(self, scope, send):
+        """See :meth:`cygate.core._hitpath_py.HitPath.serve`: here the awaitable is the
+        :class:`Hit` itself. PERF: the edge returns it to the server as it is, so a hit has no
+        coroutine and no Python frame: the server's own await drives the two sends."""
+        cdef Hit hit = self._answer(scope)
+        if hit is None:
+            return None
+        hit._send = send
+        return hit
+
     def answer(self, scope):
         """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
+        return self._answer(scope)
+
+    cdef Hit _answer(self, scope):
         cdef double now = _now()
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None, roles

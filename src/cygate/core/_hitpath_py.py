@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from cygate.core.ids import ITEM, format_ids, valid_request_id, valid_traceparent
@@ -88,6 +88,14 @@ class Hit:
     def done(self) -> None:
         """Record the request in the edge's metrics (its status, timed from ``started``)."""
         self.path.recorder.observe_since(self.route, "GET", self.status, self.started)
+
+
+async def _send(hit: Hit, send: Any) -> None:
+    try:
+        await send(hit.start)
+        await send(hit.body)
+    finally:
+        hit.done()
 
 
 class HitPath:
@@ -153,6 +161,12 @@ class HitPath:
         self._forks = _forks
         self.hosts = hosts
         self.host_of = host_of
+
+    def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
+        """What the edge awaits for a hit (its two messages sent through ``send``, then the
+        request counted, even when a send fails), or None: as :meth:`answer`."""
+        hit = self.answer(scope)
+        return None if hit is None else _send(hit, send)
 
     def answer(self, scope: MutableMapping[str, Any]) -> Hit | None:
         """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""

@@ -4,7 +4,7 @@ Two edges are built alike (router, token stage, rate limits, cache, the same loa
 answers with the fused hit path, the other never does (``hit_path=False``). Every scenario
 sends the same requests, in the same order, to both and compares the answers: status, header
 names in order, header values (the ids generated per request only for their form), body. A
-counter around ``HitPath.answer`` shows which requests the fused path answered, so a scenario
+counter around ``HitPath.serve`` shows which requests the fused path answered, so a scenario
 fails if it stops exercising it. Both implementations (compiled and the pure twin).
 """
 
@@ -99,10 +99,10 @@ class Pair:
             inner = real(**kwargs)
 
             class Spy:
-                def answer(self, scope: Any) -> Any:
-                    hit = inner.answer(scope)
-                    counted["fused" if hit is not None else "general"] += 1
-                    return hit
+                def serve(self, scope: Any, send: Any) -> Any:
+                    sending = inner.serve(scope, send)
+                    counted["fused" if sending is not None else "general"] += 1
+                    return sending
 
             return Spy()
 
@@ -510,6 +510,69 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
         await pair.fused(scope, receive, broken)
     assert pair.counted["fused"] == 1
     assert pair.fused.metrics.collect()[("GET /open/{id:int}", "GET", 200)][0] == 2
+
+
+def _open_scope(path: str) -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b""}
+
+
+def _count_of(pair: Pair, route: str = "GET /open/{id:int}") -> int:
+    return int(pair.fused.metrics.collect()[(route, "GET", 200)][0])
+
+
+async def test_sends_that_suspend_or_complete_at_once_are_awaited_through(pair: Pair) -> None:
+    """The hit is awaited by the server: a ``send`` whose awaitable suspends (a coroutine
+    that yields to the loop) and one whose awaitable is no coroutine and completes at once
+    (Granian's kind) both get the two messages, in order, and the request is counted once."""
+    await check(pair, "/open/9")
+    sent: list[Message] = []
+
+    async def slow(message: Message) -> None:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        sent.append(message)
+
+    class Ready:
+        def __await__(self) -> Any:
+            return iter(())
+
+    def at_once(message: Message) -> Ready:
+        sent.append(message)
+        return Ready()
+
+    for send in (slow, at_once):
+        sent.clear()
+        before = pair.counted["fused"], _count_of(pair)
+        await pair.fused(_open_scope("/open/9"), _receive, send)
+        assert pair.counted["fused"] == before[0] + 1
+        assert _count_of(pair) == before[1] + 1
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        assert sent[0]["status"] == 200 and sent[1]["body"]
+
+
+async def test_a_hit_cancelled_in_its_send_is_counted_once(pair: Pair) -> None:
+    await check(pair, "/open/10")
+    started = asyncio.Event()
+    sent: list[Message] = []
+
+    async def stuck(message: Message) -> None:
+        sent.append(message)
+        started.set()
+        await asyncio.Event().wait()
+
+    before = _count_of(pair)
+    task = asyncio.ensure_future(pair.fused(_open_scope("/open/10"), _receive, stuck))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert _count_of(pair) == before + 1
 
 
 async def test_a_request_it_cannot_read_goes_to_the_general_path(pair: Pair) -> None:
