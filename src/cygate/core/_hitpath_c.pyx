@@ -261,6 +261,28 @@ cdef class Hit:
         return _SENT
 
 
+@cython.final
+cdef class EntryHot:
+    """See :class:`cygate.core._hitpath_py.EntryHot`: here C fields, read in place."""
+
+    cdef public double born
+    cdef public double fresh_until
+    cdef public long long age
+    cdef public object hit
+    cdef public int status
+    cdef public bint servable
+    cdef public object body_message
+
+    def __init__(self, int status, bint servable, body_message):
+        self.status = status
+        self.servable = servable
+        self.body_message = body_message
+        self.born = 0.0
+        self.fresh_until = 0.0
+        self.age = -1
+        self.hit = ()
+
+
 cdef int _K_NONE = 0  # a limit the hit path leaves to the general path (two parts, api-key...)
 cdef int _K_ALL = 1
 cdef int _K_ROUTE = 2
@@ -363,6 +385,7 @@ cdef class HitPath:
         cdef object token, caller = None, spec, key, entry, plans
         cdef object hit_headers, table = None, start
         cdef _Rated rated = None
+        cdef EntryHot hot
         cdef PyObject* remembered_plan
         cdef tuple remembered = None
         cdef char rid[24]
@@ -482,7 +505,11 @@ cdef class HitPath:
         if <double>node.expires <= now:
             return None  # expired: the general path's L1.get drops it
         entry = node.value
-        if not now < <double>entry.fresh_until or entry.detail is not None:
+        hot_record = entry._hot  # PERF: one read of the entry, then C fields
+        if type(hot_record) is not EntryHot:
+            return None
+        hot = <EntryHot>hot_record
+        if not now < hot.fresh_until or not hot.servable:
             return None
 
         if self.rate is not None:
@@ -505,10 +532,10 @@ cdef class HitPath:
         # Committed: from here on the request is answered here.
         node.visited = True  # L1.get's SIEVE mark
         self.cache.l1_hits += 1
-        age = <long long>(now - <double>entry.born)  # int(): towards zero, as the reference
-        if age != <long long>entry._age:
+        age = <long long>(now - hot.born)  # int(): towards zero, as the reference
+        if age != hot.age:
             entry.hit(now)  # rebuilds the entry's hit headers (once a second per entry)
-        hit_headers = entry._hit
+        hit_headers = hot.hit
         if not request_id or not traceparent:
             # PERF: formatted here, as ``format_ids`` does (its C helpers), without the pool's
             # string and tuple per request.
@@ -536,11 +563,11 @@ cdef class HitPath:
             PyList_SET_ITEM(out, n_hit + 2 + i, item)
         if table is not None:
             table.append_headers(out, rated.limit_pair, rated.policy_pair)
-        status = entry.status
+        status = hot.status
         start = {"type": _START, "status": status, "headers": out}
         hit = Hit.__new__(Hit)
         hit.start = start
-        hit.body = entry.body_message
+        hit.body = hot.body_message
         hit.recorder = self.recorder
         found = PyDict_GetItem(self.series, name) if status == 200 else NULL
         if found != NULL:

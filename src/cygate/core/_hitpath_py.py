@@ -90,6 +90,29 @@ class Hit:
         self.path.recorder.observe_since(self.route, "GET", self.status, self.started)
 
 
+class EntryHot:
+    """What the compiled hit path reads of a cache entry (``cygate.edge.cache_entry.Entry``
+    keeps it as ``_hot`` and updates it where it changes its own fields: ``place`` and ``hit``):
+    the deadlines, the whole-second age its hit headers were built for, those headers, the
+    status, whether it may be served (not a remembered 404) and the body message.
+
+    PERF: compiled, these are C fields of one small object, read in place: a hit of one of a
+    thousand entries in turn reads one cold object instead of seven attributes and the
+    number objects behind them. This twin is the same record in Python (the pure hit path
+    calls the entry's own methods)."""
+
+    __slots__ = ("age", "body_message", "born", "fresh_until", "hit", "servable", "status")
+
+    def __init__(self, status: int, servable: bool, body_message: Any) -> None:
+        self.status = status
+        self.servable = servable
+        self.body_message = body_message
+        self.born = 0.0
+        self.fresh_until = 0.0
+        self.age = -1
+        self.hit: tuple[tuple[bytes, bytes], ...] = ()
+
+
 async def _send(hit: Hit, send: Any) -> None:
     try:
         await send(hit.start)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from cygate.core.hitpath import EntryHot
+
 if TYPE_CHECKING:
     from cygate.settings import CacheRule
 
@@ -182,6 +184,7 @@ class Entry:
     __slots__ = (
         "_age",
         "_hit",
+        "_hot",
         "base",
         "body",
         "body_message",
@@ -237,10 +240,11 @@ class Entry:
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
         self.born = self.fresh_until = self.swr_until = self.error_until = self.until = 0.0
-        # NOTE: ``_age``/``_hit`` (and ``born``, ``fresh_until``, ``detail``, ``status``,
-        # ``body_message``) are read in place by the compiled hit path (core/_hitpath_c).
         self._age = -1
         self._hit: tuple[tuple[bytes, bytes], ...] = ()
+        # NOTE: what the compiled hit path reads of this entry, kept with the fields it
+        # mirrors wherever they change (here, ``place`` and ``hit``; none changes elsewhere).
+        self._hot = EntryHot(status, detail is None, self.body_message)
 
     @classmethod
     def response(
@@ -285,6 +289,9 @@ class Entry:
         self.swr_until = self.fresh_until + self.swr
         self.error_until = self.fresh_until + self.sie
         self.until = max(self.swr_until, self.error_until)
+        hot = self._hot
+        hot.born = self.born
+        hot.fresh_until = self.fresh_until
         return self
 
     def lifetime_ms(self, now_wall: float) -> int:
@@ -302,6 +309,9 @@ class Entry:
         if age != self._age:
             self._age = age
             self._hit = (*self.headers, _HIT_L1_PAIR, shared_pair(b"age", b"%d" % age))
+            hot = self._hot
+            hot.age = age
+            hot.hit = self._hit
         return (
             {"type": "http.response.start", "status": self.status, "headers": self._hit},
             self.body_message,

@@ -17,6 +17,7 @@ from litestar import get
 from litestar.di import NamedDependency, Provide
 from litestar.params import CookieParameter, HeaderParameter, QueryParameter
 
+from core_impls import CoreImplementation
 from cygate.edge import cache_entry
 from cygate.edge.auth import PRINCIPAL, provide_principal
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache, check_inputs, load_secret
@@ -78,6 +79,32 @@ def test_entries_share_equal_header_pairs(monkeypatch: pytest.MonkeyPatch) -> No
     assert c.headers[0] is d.headers[0]  # the one pair the bound let in
     assert c.headers[1] is not d.headers[1] and c.headers[1] == d.headers[1]
     assert [p for p in c.headers if p[0] != b"etag"] == [p for p in a.headers if p[0] != b"etag"]
+
+
+def test_the_hit_paths_record_follows_its_entry(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Entry._hot`` (what the compiled hit path reads in place) says what the entry's own
+    fields say after each change: creation, ``place`` (with and without a freshness cap) and
+    a rebuild of the hit headers; a remembered 404 is never servable."""
+    monkeypatch.setattr(cache_entry, "EntryHot", core_impl.module("hitpath").EntryHot)
+    rule = RULES["items"]
+    entry = Entry.response(
+        200, [(b"content-type", b"application/json")], b"{}", rule, (), 1000.0, ()
+    )
+    hot = entry._hot
+    assert type(hot) is core_impl.module("hitpath").EntryHot
+    assert (hot.status, hot.servable, hot.body_message) == (200, True, entry.body_message)
+    entry.place(50.0, 1003.0)  # stored 3 s ago
+    assert (hot.born, hot.fresh_until) == (entry.born, entry.fresh_until) == (47.0, 107.0)
+    entry.place(50.0, 1003.0, fresh_cap=1.0)
+    assert hot.fresh_until == entry.fresh_until == 51.0
+    for now, age in ((52.5, 5), (52.9, 5), (53.0, 6)):
+        entry.hit(now)
+        assert (hot.age, hot.hit) == (entry._age, entry._hit)
+        assert hot.age == age and dict(hot.hit)[b"age"] == b"%d" % age
+    gone = Entry.not_found("no such item", rule, (), 1000.0)
+    assert (gone._hot.status, gone._hot.servable) == (404, False)
 
 
 async def test_cache_control_and_etag() -> None:
