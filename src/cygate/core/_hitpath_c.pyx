@@ -34,7 +34,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from cygate.core._ids_c cimport _usable, _write_ids
-from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries
+from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
@@ -69,6 +69,22 @@ def _after_fork():
 
 os.register_at_fork(after_in_child=_after_fork)
 cdef Py_ssize_t _MEMO_PATH = 256
+
+
+cdef inline Py_ssize_t _slot_of(bytes raw, int bits) noexcept:
+    """A slot of ``2**bits`` for ``raw``, from its length and last 8 bytes (a path's id, a
+    token's signature: where such values differ). PERF: no hashing of the whole value."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef uint64_t tail = 0
+    memcpy(&tail, PyBytes_AS_STRING(raw) + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
+    tail ^= <uint64_t>n << 56
+    return <Py_ssize_t>((tail * <uint64_t>0x9E3779B97F4A7C15) >> (64 - bits))
+
+
+cdef inline bint _same(object known, bytes raw) noexcept:
+    return (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == PyBytes_GET_SIZE(raw)
+            and memcmp(PyBytes_AS_STRING(<bytes>known), PyBytes_AS_STRING(raw),
+                       PyBytes_GET_SIZE(raw)) == 0)
 
 
 cdef inline uint64_t _rotl(uint64_t x, int k) noexcept:
@@ -307,6 +323,7 @@ cdef class _Rated:
     cdef object low_water
     cdef dict inflight
     cdef object n_allowed
+    cdef Tally tally  # n_allowed, when it is the compiled counter
     cdef object limit_pair
     cdef object policy_pair
 
@@ -325,6 +342,10 @@ cdef class HitPath:
     cdef dict caller_keys
     cdef dict rated
     cdef list _tokens
+    cdef list _path_raw
+    cdef list _path_memo
+    cdef list _host_raw
+    cdef list _host_str
     cdef object verifier
     cdef object revocations
     cdef dict checked
@@ -360,6 +381,10 @@ cdef class HitPath:
         self.caller_keys = {}
         self.rated = {}
         self._tokens = [None] * 64  # (64: ``_token_of``'s slot is the top 6 bits of a hash)
+        self._path_raw = [None] * 256  # the last raw path seen in each slot (``_slot_of``)
+        self._path_memo = [None] * 256  # ... and its memo tuple
+        self._host_raw = [None] * 8
+        self._host_str = [None] * 8
         self.randbytes = randbytes
         self._forks = _forks - 1  # seeded at the first id it makes
         self.hosts = hosts
@@ -394,7 +419,7 @@ cdef class HitPath:
         cdef long long age
         cdef Hit hit
         cdef PyObject* found
-        cdef Py_ssize_t i, n_hit, n_sec
+        cdef Py_ssize_t i, n_hit, n_sec, slot
         cdef list out
         if type(scope) is not dict:
             return None
@@ -408,10 +433,16 @@ cdef class HitPath:
                 if authorization is None:
                     authorization = value
             elif _named(<bytes>name, b"host", 4):
-                found = PyDict_GetItem(self.hosts, value)
-                host = <object>found if found != NULL else None
-                if not host:
-                    host = self.host_of(value)
+                slot = _slot_of(<bytes>value, 3)
+                if _same(<object>PyList_GET_ITEM(self._host_raw, slot), <bytes>value):
+                    host = <object>PyList_GET_ITEM(self._host_str, slot)  # PERF: no hashing
+                else:
+                    found = PyDict_GetItem(self.hosts, value)
+                    host = <object>found if found != NULL else None
+                    if not host:
+                        host = self.host_of(value)
+                    self._host_raw[slot] = value
+                    self._host_str[slot] = host
             elif _named(<bytes>name, b"x-request-id", 12):
                 if _valid_request_id(<bytes>value):
                     request_id = value
@@ -430,7 +461,16 @@ cdef class HitPath:
             return None
         if memchr(PyBytes_AS_STRING(raw_path), 63, PyBytes_GET_SIZE(raw_path)) != NULL:
             return None  # a "?" in the raw path: the general path splits it off
-        found = PyDict_GetItem(self.memo, raw_path)
+        # PERF: the last path seen in its slot first (a byte compare), then the memo (a hash
+        # of the new bytes object); both hold the same tuples (``_remember``).
+        slot = _slot_of(<bytes>raw_path, 8)
+        if _same(<object>PyList_GET_ITEM(self._path_raw, slot), <bytes>raw_path):
+            found = PyList_GET_ITEM(self._path_memo, slot)
+        else:
+            found = PyDict_GetItem(self.memo, raw_path)
+            if found != NULL:
+                self._path_raw[slot] = raw_path
+                self._path_memo[slot] = <object>found
         if found != NULL and <object>PyTuple_GET_ITEM(<tuple>found, 0) is host:
             remembered = <tuple>found
             path = <object>PyTuple_GET_ITEM(remembered, 1)
@@ -458,7 +498,7 @@ cdef class HitPath:
                 # emptied whole when full (a scan of many paths just routes each one).
                 if len(self.memo) >= _MEMO_SIZE:
                     self.memo.clear()
-                self.memo[raw_path] = (host, path, policy, None, None, name, roles)
+                self._remember(raw_path, slot, (host, path, policy, None, None, name, roles))
         if policy is None:
             return None
         route = self.routes.get(name)
@@ -498,7 +538,7 @@ cdef class HitPath:
                     and not spec.query_names):
                 # The key depends on the route and the path only: remembered with the
                 # route's entry in the cache (the same CacheRoute object: the same rule).
-                self.memo[raw_path] = (host, path, policy, route, key, name, roles)
+                self._remember(raw_path, slot, (host, path, policy, route, key, name, roles))
         found = PyDict_GetItem(self.l1_map, key)
         if found == NULL:
             return None
@@ -584,6 +624,12 @@ cdef class HitPath:
                 self.series[name] = hit.series  # PERF: no key tuple per hit
         hit.started = now
         return hit
+
+    cdef int _remember(self, bytes raw_path, Py_ssize_t slot, tuple memo) except -1:
+        self.memo[raw_path] = memo
+        self._path_raw[slot] = raw_path
+        self._path_memo[slot] = memo
+        return 0
 
     cdef object _token_of(self, bytes header):
         """The token of a ``Bearer`` header (None: not one), as ``bearer_token`` gives it; a
@@ -672,6 +718,8 @@ cdef class HitPath:
             rated.low_water = single.low_water
             rated.inflight = single.inflight
             rated.n_allowed = single.n_allowed
+            if type(rated.n_allowed) is Tally:
+                rated.tally = <Tally>rated.n_allowed
             rated.limit_pair = single.limit_pair
             rated.policy_pair = plan.policy_pair
         if len(self.rated) >= _MEMO_SIZE:
@@ -713,5 +761,8 @@ cdef class HitPath:
                 return None
             if table.tokens < rated.low_water and key not in rated.inflight:
                 self.rate._top_up(rated.single, key, table.tokens)
-        rated.n_allowed.value += 1
+        if rated.tally is not None:
+            rated.tally.value += 1  # PERF: a C double, no number object per request
+        else:
+            rated.n_allowed.value += 1
         return table

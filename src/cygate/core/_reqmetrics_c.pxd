@@ -5,6 +5,10 @@ cdef enum:
     MAX_BUCKETS = 32
 
 
+cdef class Tally:
+    cdef public double value
+
+
 cdef class RequestSeries:
     cdef double _data[MAX_BUCKETS + 3]
     cdef void _observe(self, double seconds) noexcept

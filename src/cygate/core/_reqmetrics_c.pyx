@@ -27,6 +27,13 @@ cdef inline double _now() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+cdef class Tally:
+    """See :class:`cygate.core._reqmetrics_py.Tally`."""
+
+    def __init__(self):
+        self.value = 0.0
+
+
 cdef class RequestSeries:
     """One (route, method, status) series."""
 

@@ -17,13 +17,26 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 
-__all__ = ["BUCKETS", "RequestRecorder", "RequestSeries"]
+__all__ = ["BUCKETS", "RequestRecorder", "RequestSeries", "Tally"]
 
 # Seconds. Fine-grained at the low end: the gateway's own work is measured in microseconds.
 BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _NB = len(BUCKETS)
+
+
+class Tally:
+    """A counter for hot paths: its owner bumps ``tally.value += 1`` (no call, no dict look-up);
+    the metrics snapshot reads ``value``. (``cygate.infra.metrics.Counter`` is this class.)
+
+    Compiled, ``value`` is a C double: a compiled caller adds to it in place, with no number
+    object made per bump (the fused hit path counts its rate-limit decisions so)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
 
 
 class RequestSeries:

@@ -63,3 +63,12 @@ def test_observe_since_reads_the_perf_counter_clock(core_impl: CoreImplementatio
     seconds = series.as_list()[1]
     # The same clock: never less than the sleep, never more than what perf_counter saw after.
     assert 0.02 <= seconds <= elapsed
+
+
+def test_tally_counts_in_place(core_impl: CoreImplementation) -> None:
+    tally = core_impl.module("reqmetrics").Tally()
+    assert tally.value == 0.0 and type(tally.value) is float
+    for _ in range(3):
+        tally.value += 1
+    tally.value += 0.5
+    assert tally.value == 3.5

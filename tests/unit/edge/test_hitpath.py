@@ -403,6 +403,22 @@ async def test_one_path_routed_by_host(pair: Pair) -> None:
     assert pair.counted["fused"] == 3
 
 
+async def test_paths_and_hosts_alike_in_their_last_bytes_stay_apart(pair: Pair) -> None:
+    """The compiled path looks recent raw paths and Host values up by their length and last
+    8 bytes first: values alike there share a slot and must still be told apart."""
+    seen = []
+    for path in ("/open/100000001", "/bare/100000001") * 3:  # 15 bytes, same last 8
+        reply = await check(pair, path, headers=bearer(ALICE))
+        seen.append(orjson.loads(reply.body)["route"])
+    assert seen == ["GET /open/{id:int}", "GET /bare/{id:int}"] * 3
+    routes = []
+    for host in (b"a.example", b"b.example") * 3:  # 9 bytes, same last 8
+        reply = await check(pair, "/h/2", headers=[(b"host", host)])
+        routes.append(orjson.loads(reply.body)["route"])
+    assert routes == ["GET /h/{id:int}", "GET /hb/{id:int}"] * 3
+    assert pair.counted["fused"] == 8
+
+
 async def test_a_remembered_key_follows_the_routes_rule(pair: Pair) -> None:
     """A route whose key is its path alone: then given a rule that varies on the query, the
     old key is not used again (the new entry is a miss, then a hit of its own)."""
@@ -436,6 +452,19 @@ async def test_the_rate_limit_refuses_the_same_and_counts_once(pair: Pair) -> No
     assert [r.get(b"ratelimit-remaining") for r in replies[:5]] == [b"4", b"3", b"2", b"1", b"0"]
     assert replies[5].get(b"retry-after") is not None
     assert pair.counted["fused"] == 4
+
+
+async def test_rate_limit_decisions_are_counted_as_the_general_path_counts_them(
+    pair: Pair,
+) -> None:
+    for _ in range(4):
+        await check(pair, "/ip/1")
+    allowed = [
+        edge.stages[1]._plans["GET /ip/{id:int}"].single.n_allowed.value  # type: ignore[attr-defined]
+        for edge in (pair.fused, pair.general)
+    ]
+    assert allowed == [4.0, 4.0]
+    assert pair.counted["fused"] == 3
 
 
 async def test_invalidation_is_seen_by_the_fused_path(pair: Pair) -> None:
