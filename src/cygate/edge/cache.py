@@ -140,6 +140,7 @@ class ResponseCache:
         # PERF: counters bound once; a hit bumps ``.value`` (no call, no lookup).
         requests = "cygate_cache_requests_total"
         self.n_hit_l1 = metrics.counter(requests, result="hit-l1")
+        """NOTE: the compiled hit path adds its hits to this counter itself: never rebind it."""
         self.n_hit_l2 = metrics.counter(requests, result="hit-l2")
         self.n_miss = metrics.counter(requests, result="miss")
         self.n_stale = metrics.counter(requests, result="stale")
@@ -174,7 +175,8 @@ class ResponseCache:
         self._lease_ms = int(settings.cache_lease_ttl * 1000)
         self.l1_hits = 0
         """PERF: fresh L1 hits counted here and moved into the metrics by :meth:`sync_metrics`
-        (each second, and on a scrape): a plain integer add on the hottest path."""
+        (each second, and on a scrape): a plain integer add on the hottest path. (The compiled
+        hit path adds its hits to ``n_hit_l1`` itself, in C.)"""
         self._counted_hits = 0
         self._sync_task: asyncio.Task[None] | None = None
 
