@@ -6,10 +6,12 @@ the general edge must serve the request).
 What compiling buys is what the server amplifies (docs/caching.md): objects. The header scan,
 the id and trace checks, the bearer parse, the rate-limit key and the response head are built
 in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock of both
-``time.perf_counter`` and ``time.monotonic`` on Linux). The L1 node and the entry are read in
-place rather than through ``L1.get`` and ``Entry.hit`` (their field names are this module's
-contract with ``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the
-methods, and the tests hold both to the general path).
+``time.perf_counter`` and ``time.monotonic`` on Linux). The L1 node is read in place rather
+than through ``L1.get``, and the entry through its :class:`EntryHot` record (C fields kept by
+``Entry.place`` and ``Entry.hit``): their field names are this module's contract with
+``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the methods, and the
+tests hold both to the general path. A hit is its own awaitable (:meth:`HitPath.serve`): the
+server's await drives its two sends, with no coroutine and no Python frame per hit.
 
 Beyond the reference, memos that change no answer: each raw path's route with the ``Host``
 it was routed for (routes that are never hits too, so a proxied request pays one look-up

@@ -7,6 +7,7 @@ the server multiplies such allocation-heavy work about threefold (docs/caching.m
 :meth:`HitPath.answer` does the same decisions in one call, with no context object, and answers
 only when the request is that common case; for anything else it returns None *before any side
 effect* and the general edge serves the request from the start, as if this path did not exist.
+:meth:`HitPath.serve` is what the edge calls: the awaitable that sends the answer, or None.
 
 What it answers, and what the general edge would answer for the same request:
 
