@@ -36,6 +36,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from cygate.core._ids_c cimport _usable, _write_ids
+from cygate.core._ratelimit_c cimport GCRALimiterC, LeaseTableC, _Table
 from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
 from cygate.core.ratelimit import GRANTED
@@ -321,6 +322,8 @@ cdef class _Rated:
     cdef str route_key
     cdef bint local
     cdef object table
+    cdef GCRALimiterC gcra  # the table, when it is the compiled one (C calls)
+    cdef LeaseTableC leases  # (likewise)
     cdef object single
     cdef object low_water
     cdef dict inflight
@@ -616,7 +619,10 @@ cdef class HitPath:
             Py_INCREF(item)
             PyList_SET_ITEM(out, n_hit + 2 + i, item)
         if table is not None:
-            table.append_headers(out, rated.limit_pair, rated.policy_pair)
+            if rated.gcra is not None or rated.leases is not None:
+                (<_Table>table)._append_headers(out, rated.limit_pair, rated.policy_pair)
+            else:
+                table.append_headers(out, rated.limit_pair, rated.policy_pair)
         status = hot.status
         # PERF: a copy of a ready three-key dict (its key table is shared, not rebuilt), then
         # this answer's headers (and status, when not 200) in place.
@@ -727,6 +733,10 @@ cdef class HitPath:
             rated.route_key = "r:" + name
             rated.local = single.mode == _LOCAL
             rated.table = single.gcra if rated.local else single.leases
+            if type(rated.table) is GCRALimiterC:
+                rated.gcra = <GCRALimiterC>rated.table
+            elif type(rated.table) is LeaseTableC:
+                rated.leases = <LeaseTableC>rated.table
             rated.single = single
             rated.low_water = single.low_water
             rated.inflight = single.inflight
@@ -770,8 +780,16 @@ cdef class HitPath:
             client = (<dict>scope).get("client")
             key = "i:" + (client[0] if client else "")
         if rated.local:
-            if not table.hit(key):
+            if rated.gcra is not None:
+                if rated.gcra._hit(key, 1) != 1:
+                    return None
+            elif not table.hit(key):
                 return None
+        elif rated.leases is not None:
+            if rated.leases._take(key) is not _GRANTED:
+                return None
+            if rated.leases.tokens < rated.low_water and key not in rated.inflight:
+                self.rate._top_up(rated.single, key, rated.leases.tokens)
         else:
             if table.take(key) != _GRANTED:
                 return None

@@ -87,18 +87,6 @@ cdef class _Table:
     use (once the table filled up, all of them); ``_ref[slot]`` is the CLOCK reference bit.
     """
 
-    cdef dict _index
-    cdef list _keys
-    cdef uint8_t* _ref
-    cdef Py_ssize_t _used
-    cdef Py_ssize_t _hand
-    cdef object _clock
-    cdef readonly Py_ssize_t capacity
-    cdef readonly Py_ssize_t evicted
-    cdef readonly int64_t remaining
-    cdef readonly int64_t reset_ns
-    cdef readonly int64_t retry_ns
-
     def __cinit__(self, *args, **kwargs):
         self._ref = NULL
 
@@ -119,6 +107,9 @@ cdef class _Table:
 
     def append_headers(self, list out not None, object limit_pair, object policy_pair):
         """Append the ``RateLimit-*`` headers of the last allowed decision (see the twin)."""
+        self._append_headers(out, limit_pair, policy_pair)
+
+    cdef int _append_headers(self, list out, object limit_pair, object policy_pair) except -1:
         cdef int64_t reset = self.reset_ns
         cdef int64_t remaining = self.remaining
         out.append(limit_pair)
@@ -133,13 +124,14 @@ cdef class _Table:
         else:
             out.append((_RESET, _header_number(reset)))
         out.append(policy_pair)
+        return 0
 
-    cdef inline int64_t _now(self) except? -1:
+    cdef int64_t _now(self) except? -1:
         if self._clock is None:
             return _monotonic_ns()
         return self._clock()
 
-    cdef inline Py_ssize_t _find(self, str key) noexcept:
+    cdef Py_ssize_t _find(self, str key) noexcept:
         # -1 when absent. PERF: a borrowed look-up, no exception machinery, no new object.
         cdef PyObject* found = PyDict_GetItem(self._index, key)
         if found == NULL:
@@ -180,11 +172,6 @@ cdef class _Table:
 cdef class GCRALimiterC(_Table):
     """One rate limit decided locally (GCRA); see :class:`cygate.core._ratelimit_py.GCRALimiterPy`."""
 
-    cdef int64_t* _tat
-    cdef readonly int64_t interval_ns
-    cdef readonly int64_t burst
-    cdef readonly int64_t tolerance_ns
-
     def __cinit__(self, *args, **kwargs):
         self._tat = NULL
 
@@ -211,6 +198,10 @@ cdef class GCRALimiterC(_Table):
 
     def hit(self, str key not None, int64_t cost=1):
         """Decide one request (``cost`` tokens) for ``key``; True when allowed."""
+        return self._hit(key, cost) == 1
+
+    cdef int _hit(self, str key, int64_t cost) except -1:
+        """:meth:`hit`: 1 allowed, 0 refused."""
         cdef int64_t now, tat, new_tat, left
         cdef Py_ssize_t slot
         if cost < 1:
@@ -231,20 +222,20 @@ cdef class GCRALimiterC(_Table):
             self.remaining = left if left > 0 else 0
             self.reset_ns = tat - now
             self.retry_ns = 0
-            return False
+            return 0
         new_tat = tat + self.interval_ns * cost
         if new_tat - now > self.tolerance_ns:
             self.remaining = 0
             self.reset_ns = tat - now
             self.retry_ns = new_tat - self.tolerance_ns - now
-            return False
+            return 0
         if slot < 0:
             slot = self._insert(key, now)
         self._tat[slot] = new_tat
         self.remaining = (self.tolerance_ns - (new_tat - now)) // self.interval_ns
         self.reset_ns = new_tat - now
         self.retry_ns = 0
-        return True
+        return 1
 
     def refund(self, str key not None, int64_t cost=1):
         """Give back ``cost`` tokens taken by an allowed :meth:`hit` (a later limit refused)."""
@@ -268,13 +259,6 @@ cdef int _check_answer(int64_t tokens, int64_t until_ns, int64_t remaining,
 
 cdef class LeaseTableC(_Table):
     """Per key, Redis's last answer; see :class:`cygate.core._ratelimit_py.LeaseTablePy`."""
-
-    cdef int64_t* _tokens
-    cdef int64_t* _until
-    cdef int64_t* _left
-    cdef int64_t* _reset_at
-    cdef uint8_t* _denied
-    cdef readonly int64_t tokens
 
     def __cinit__(self, *args, **kwargs):
         self._tokens = self._until = self._left = self._reset_at = NULL
@@ -307,6 +291,9 @@ cdef class LeaseTableC(_Table):
 
     def take(self, str key not None):
         """Spend one token of ``key``'s lease: GRANTED, DENIED or NEED_REDIS."""
+        return self._take(key)
+
+    cdef object _take(self, str key):
         cdef int64_t now, tokens
         cdef Py_ssize_t slot
         if self._tokens == NULL:

@@ -56,6 +56,7 @@ LIMITS = {
     "everyone": {"rate": 100, "period": 60, "key": []},
     "per-key": {"rate": 100, "period": 60, "key": ["api_key"]},
     "two": {"rate": 100, "period": 60, "key": ["caller", "route"]},
+    "leased": {"rate": 100000, "period": 60, "key": ["caller"], "mode": "batched"},
 }
 ROUTES: list[tuple[str, dict[str, Any]]] = [
     ("/p/{id:int}", {"cache": "pub", "rate_limit": "per-caller"}),
@@ -70,6 +71,7 @@ ROUTES: list[tuple[str, dict[str, Any]]] = [
     ("/short/{id:int}", {"cache": "short"}),
     ("/bare/{id:int}", {"cache": "bare", "rate_limit": "per-caller"}),
     ("/plain/{id:int}", {}),
+    ("/lease/{id:int}", {"cache": "pub", "rate_limit": "leased"}),
 ]
 _RID = re.compile(rb"[0-9a-f]{24}")
 _TRACE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
@@ -464,6 +466,21 @@ async def test_rate_limit_decisions_are_counted_as_the_general_path_counts_them(
         for edge in (pair.fused, pair.general)
     ]
     assert allowed == [4.0, 4.0]
+    assert pair.counted["fused"] == 3
+
+
+async def test_a_batched_limit_with_tokens_in_hand_is_decided_here(pair: Pair) -> None:
+    """A Redis lease already granted (Redis itself is not needed for that): the fused path
+    spends its tokens, with the same RateLimit headers as the general path's; a dry lease
+    goes to the general path (which would ask Redis: here, with none, it fails open)."""
+    for edge in (pair.fused, pair.general):
+        limit = edge.stages[1]._plans["GET /lease/{id:int}"].single  # type: ignore[attr-defined]
+        now = limit.leases.now()
+        limit.leases.grant("p:alice", 5000, now + 60 * 10**9, 90000, now + 60 * 10**9)
+    for _ in range(4):
+        await check(pair, "/lease/1", headers=bearer(ALICE))
+    assert pair.counted["fused"] == 3
+    await check(pair, "/lease/1", headers=bearer(BOB))  # no lease for bob: general path
     assert pair.counted["fused"] == 3
 
 
