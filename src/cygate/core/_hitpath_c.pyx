@@ -355,6 +355,8 @@ cdef class HitPath:
     cdef list _host_str
     cdef object verifier
     cdef object revocations
+    cdef object _verify
+    cdef object _known_good
     cdef dict checked
     cdef dict routes
     cdef dict l1_map
@@ -380,6 +382,9 @@ cdef class HitPath:
         self.verifier = token.verifier if token is not None else None
         self.revocations = token.revocations if token is not None else None
         self.checked = self.revocations._checked if token is not None else None
+        # PERF: bound once (the verifier and the revocations are fixed for this HitPath)
+        self._verify = self.verifier.verify if token is not None else None
+        self._known_good = self.revocations.known_good if token is not None else None
         self.rate = rate
         self.security = security
         self.trusted = trusted
@@ -521,7 +526,7 @@ cdef class HitPath:
                     return None  # the 401
             else:
                 try:
-                    principal = self.verifier.verify(token)
+                    principal = self._verify(token)
                 except Exception:
                     return None
                 if principal is not self._jti_of:  # PERF: the verifier's cached principal
@@ -530,7 +535,7 @@ cdef class HitPath:
                 jti = self._jti
                 found = PyDict_GetItem(self.checked, jti)
                 if found == NULL or not now < <double><object>found:
-                    if not self.revocations.known_good(jti):
+                    if not self._known_good(jti):
                         return None
                 if roles and roles.isdisjoint(principal.roles):
                     return None  # the 403
