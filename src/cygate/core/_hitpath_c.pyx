@@ -62,32 +62,32 @@ cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
 cdef Py_ssize_t _MEMO_SIZE = 4096
+cdef Py_ssize_t _MEMO_PATH = 256
 cdef long _forks = 0
 
 
 def _after_fork():
     global _forks
-    _forks += 1  # every HitPath drops the random bytes it drew before the fork
+    _forks += 1  # every HitPath seeds its id generator anew
 
 
 os.register_at_fork(after_in_child=_after_fork)
-cdef Py_ssize_t _MEMO_PATH = 256
 
 
-cdef inline Py_ssize_t _slot_of(bytes raw, int bits) noexcept:
-    """A slot of ``2**bits`` for ``raw``, from its length and last 8 bytes (a path's id, a
-    token's signature: where such values differ). PERF: no hashing of the whole value."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+cdef inline Py_ssize_t _slot_of(const char* p, Py_ssize_t n, int bits) noexcept:
+    """A slot of ``2**bits`` for the ``n`` bytes at ``p``, from their length and last 8 bytes (a
+    path's id, a token's signature: where such values differ). PERF: no hashing of the whole
+    value; the slot's holder is compared whole (:func:`_same`)."""
     cdef uint64_t tail = 0
-    memcpy(&tail, PyBytes_AS_STRING(raw) + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
+    memcpy(&tail, p + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
     tail ^= <uint64_t>n << 56
     return <Py_ssize_t>((tail * <uint64_t>0x9E3779B97F4A7C15) >> (64 - bits))
 
 
-cdef inline bint _same(object known, bytes raw) noexcept:
-    return (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == PyBytes_GET_SIZE(raw)
-            and memcmp(PyBytes_AS_STRING(<bytes>known), PyBytes_AS_STRING(raw),
-                       PyBytes_GET_SIZE(raw)) == 0)
+cdef inline bint _same(object known, const char* p, Py_ssize_t n) noexcept:
+    """``known`` is bytes equal to the ``n`` bytes at ``p``."""
+    return (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == n
+            and memcmp(PyBytes_AS_STRING(<bytes>known), p, n) == 0)
 
 
 cdef inline uint64_t _rotl(uint64_t x, int k) noexcept:
@@ -320,15 +320,12 @@ cdef class _Rated:
     cdef object plan
     cdef int kind
     cdef str route_key
-    cdef bint local
-    cdef object table
-    cdef GCRALimiterC gcra  # the table, when it is the compiled one (C calls)
-    cdef LeaseTableC leases  # (likewise)
+    cdef GCRALimiterC gcra  # the limit's table: the GCRA one (local mode), or
+    cdef LeaseTableC leases  # its leases (the global modes)
     cdef object single
     cdef object low_water
     cdef dict inflight
-    cdef object n_allowed
-    cdef Tally tally  # n_allowed, when it is the compiled counter
+    cdef Tally tally  # the limit's ``allowed`` counter
     cdef object limit_pair
     cdef object policy_pair
 
@@ -394,7 +391,7 @@ cdef class HitPath:
         self.series = {}
         self.caller_keys = {}
         self.rated = {}
-        self._tokens = [None] * 64  # (64: ``_token_of``'s slot is the top 6 bits of a hash)
+        self._tokens = [None] * 64  # (``_slot_of(..., 6)``)
         self._path_raw = [None] * 256  # the last raw path seen in each slot (``_slot_of``)
         self._path_memo = [None] * 256  # ... and its memo tuple
         self._host_raw = [None] * 8
@@ -423,7 +420,8 @@ cdef class HitPath:
         cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None, roles
         cdef object token, caller = None, spec, key, entry, plans
-        cdef object hit_headers, table = None, start
+        cdef object hit_headers, start
+        cdef _Table table = None
         cdef _Rated rated = None
         cdef EntryHot hot
         cdef PyObject* remembered_plan
@@ -447,8 +445,9 @@ cdef class HitPath:
                 if authorization is None:
                     authorization = value
             elif _named(<bytes>name, b"host", 4):
-                slot = _slot_of(<bytes>value, 3)
-                if _same(<object>PyList_GET_ITEM(self._host_raw, slot), <bytes>value):
+                slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
+                if _same(<object>PyList_GET_ITEM(self._host_raw, slot), PyBytes_AS_STRING(value),
+                         PyBytes_GET_SIZE(value)):
                     host = <object>PyList_GET_ITEM(self._host_str, slot)  # PERF: no hashing
                 else:
                     found = PyDict_GetItem(self.hosts, value)
@@ -477,8 +476,9 @@ cdef class HitPath:
             return None  # a "?" in the raw path: the general path splits it off
         # PERF: the last path seen in its slot first (a byte compare), then the memo (a hash
         # of the new bytes object); both hold the same tuples (``_remember``).
-        slot = _slot_of(<bytes>raw_path, 8)
-        if _same(<object>PyList_GET_ITEM(self._path_raw, slot), <bytes>raw_path):
+        slot = _slot_of(PyBytes_AS_STRING(raw_path), PyBytes_GET_SIZE(raw_path), 8)
+        if _same(<object>PyList_GET_ITEM(self._path_raw, slot), PyBytes_AS_STRING(raw_path),
+                 PyBytes_GET_SIZE(raw_path)):
             found = PyList_GET_ITEM(self._path_memo, slot)
         else:
             found = PyDict_GetItem(self.memo, raw_path)
@@ -572,9 +572,9 @@ cdef class HitPath:
 
         if self.rate is not None:
             plans = self.rate._plans
-            found = PyDict_GetItem(plans, name) if type(plans) is dict else NULL
-            if found == NULL and type(plans) is not dict:
+            if type(plans) is not dict:
                 return None
+            found = PyDict_GetItem(plans, name)
             if found != NULL:
                 remembered_plan = PyDict_GetItem(self.rated, name)
                 if remembered_plan != NULL and (<_Rated>remembered_plan).plan is <object>found:
@@ -624,10 +624,7 @@ cdef class HitPath:
             Py_INCREF(item)
             PyList_SET_ITEM(out, n_hit + 2 + i, item)
         if table is not None:
-            if rated.gcra is not None or rated.leases is not None:
-                (<_Table>table)._append_headers(out, rated.limit_pair, rated.policy_pair)
-            else:
-                table.append_headers(out, rated.limit_pair, rated.policy_pair)
+            table._append_headers(out, rated.limit_pair, rated.policy_pair)
         status = hot.status
         # PERF: a copy of a ready three-key dict (its key table is shared, not rebuilt), then
         # this answer's headers (and status, when not 200) in place.
@@ -660,24 +657,19 @@ cdef class HitPath:
         token equal to one seen lately is that same object. PERF: the verifier's cache then
         finds it by the hash the object remembers (no ~300-byte copy, no hashing of it per
         request); the answer is the verifier's own either way."""
-        cdef Py_ssize_t start, end, size
-        cdef uint64_t tail = 0
-        cdef const char* p = PyBytes_AS_STRING(header)
-        cdef list seen = self._tokens
+        cdef Py_ssize_t start, end, slot
+        cdef const char* p
         cdef object known
         cdef bytes token
         if not _bearer_span(header, &start, &end):
             return None
-        size = end - start
-        if size >= 8:
-            memcpy(&tail, p + end - 8, 8)  # the signature's end: as varied as tokens are
-        cdef Py_ssize_t slot = <Py_ssize_t>((tail * <uint64_t>0x9E3779B97F4A7C15) >> 58)
-        known = <object>PyList_GET_ITEM(seen, slot)
-        if (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == size
-                and memcmp(PyBytes_AS_STRING(<bytes>known), p + start, size) == 0):
+        p = PyBytes_AS_STRING(header) + start
+        slot = _slot_of(p, end - start, 6)
+        known = <object>PyList_GET_ITEM(self._tokens, slot)
+        if _same(known, p, end - start):
             return known
-        token = PyBytes_FromStringAndSize(p + start, size)
-        seen[slot] = token
+        token = PyBytes_FromStringAndSize(p, end - start)
+        self._tokens[slot] = token
         return token
 
     cdef const unsigned char* _draw_ids(self) except NULL:
@@ -729,25 +721,25 @@ cdef class HitPath:
         rated.plan = plan
         rated.kind = _K_NONE
         single = plan.single
-        if single is not None:
+        table = None if single is None else single.gcra if single.mode == _LOCAL else single.leases
+        # (the compiled tables and counter only: called and bumped in C here; any other
+        # kind, which no build mixes with this module, is left to the general path)
+        if (single is not None and type(single.n_allowed) is Tally
+                and type(table) in (GCRALimiterC, LeaseTableC)):
             parts = single.parts
             if len(parts) == 0:
                 rated.kind = _K_ALL
             elif len(parts) == 1:
                 rated.kind = _PART_KINDS.get(parts[0], _K_NONE)
             rated.route_key = "r:" + name
-            rated.local = single.mode == _LOCAL
-            rated.table = single.gcra if rated.local else single.leases
-            if type(rated.table) is GCRALimiterC:
-                rated.gcra = <GCRALimiterC>rated.table
-            elif type(rated.table) is LeaseTableC:
-                rated.leases = <LeaseTableC>rated.table
+            if type(table) is GCRALimiterC:
+                rated.gcra = <GCRALimiterC>table
+            else:
+                rated.leases = <LeaseTableC>table
             rated.single = single
             rated.low_water = single.low_water
             rated.inflight = single.inflight
-            rated.n_allowed = single.n_allowed
-            if type(rated.n_allowed) is Tally:
-                rated.tally = <Tally>rated.n_allowed
+            rated.tally = <Tally>single.n_allowed
             rated.limit_pair = single.limit_pair
             rated.policy_pair = plan.policy_pair
         if len(self.rated) >= _MEMO_SIZE:
@@ -755,11 +747,10 @@ cdef class HitPath:
         self.rated[name] = rated
         return rated
 
-    cdef object _take(self, scope, _Rated rated, principal):
+    cdef _Table _take(self, scope, _Rated rated, principal):
         """One token of the route's single limit: its table, or None (fall back)."""
         cdef int kind = rated.kind
         cdef PyObject* found
-        cdef object table = rated.table
         if kind == _K_ALL:
             key = "*"
         elif kind == _K_ROUTE:
@@ -784,24 +775,16 @@ cdef class HitPath:
                 return None
             client = (<dict>scope).get("client")
             key = "i:" + (client[0] if client else "")
-        if rated.local:
-            if rated.gcra is not None:
-                if rated.gcra._hit(key, 1) != 1:
-                    return None
-            elif not table.hit(key):
+        cdef _Table table
+        if rated.gcra is not None:
+            if rated.gcra._hit(key, 1) != 1:
                 return None
-        elif rated.leases is not None:
+            table = rated.gcra
+        else:
             if rated.leases._take(key) is not _GRANTED:
                 return None
             if rated.leases.tokens < rated.low_water and key not in rated.inflight:
                 self.rate._top_up(rated.single, key, rated.leases.tokens)
-        else:
-            if table.take(key) != _GRANTED:
-                return None
-            if table.tokens < rated.low_water and key not in rated.inflight:
-                self.rate._top_up(rated.single, key, table.tokens)
-        if rated.tally is not None:
-            rated.tally.value += 1  # PERF: a C double, no number object per request
-        else:
-            rated.n_allowed.value += 1
+            table = rated.leases
+        rated.tally.value += 1  # PERF: a C double, no number object per request
         return table

@@ -93,9 +93,9 @@ class Hit:
 
 class EntryHot:
     """What the compiled hit path reads of a cache entry (``cygate.edge.cache_entry.Entry``
-    keeps it as ``_hot`` and updates it where it changes its own fields: ``place`` and ``hit``):
-    the deadlines, the whole-second age its hit headers were built for, those headers, the
-    status, whether it may be served (not a remembered 404) and the body message.
+    keeps it as ``_hot``): the deadlines (mirrored by ``place``), the hit headers and the
+    whole-second age they were built for (kept here only, by ``Entry.hit``), the status,
+    whether it may be served (not a remembered 404) and the body message.
 
     PERF: compiled, these are C fields of one small object, read in place: a hit of one of a
     thousand entries in turn reads one cold object instead of seven attributes and the

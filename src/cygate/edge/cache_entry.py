@@ -182,8 +182,6 @@ class Entry:
     """A stored response (or a remembered 404), ready to send."""
 
     __slots__ = (
-        "_age",
-        "_hit",
         "_hot",
         "base",
         "body",
@@ -240,10 +238,9 @@ class Entry:
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
         self.born = self.fresh_until = self.swr_until = self.error_until = self.until = 0.0
-        self._age = -1
-        self._hit: tuple[tuple[bytes, bytes], ...] = ()
-        # NOTE: what the compiled hit path reads of this entry, kept with the fields it
-        # mirrors wherever they change (here, ``place`` and ``hit``; none changes elsewhere).
+        # NOTE: what the compiled hit path reads of this entry: the deadlines, kept with the
+        # fields they mirror where those change (here and ``place``; nowhere else), and the
+        # hit headers with the whole-second age they were built for (``hit``).
         self._hot = EntryHot(status, detail is None, self.body_message)
 
     @classmethod
@@ -306,14 +303,12 @@ class Entry:
     def hit(self, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The messages of a fresh L1 hit (PERF: the hot path; see :meth:`messages`)."""
         age = int(now - self.born)
-        if age != self._age:
-            self._age = age
-            self._hit = (*self.headers, _HIT_L1_PAIR, shared_pair(b"age", b"%d" % age))
-            hot = self._hot
+        hot = self._hot
+        if age != hot.age:
             hot.age = age
-            hot.hit = self._hit
+            hot.hit = (*self.headers, _HIT_L1_PAIR, shared_pair(b"age", b"%d" % age))
         return (
-            {"type": "http.response.start", "status": self.status, "headers": self._hit},
+            {"type": "http.response.start", "status": self.status, "headers": hot.hit},
             self.body_message,
         )
 

@@ -263,11 +263,12 @@ class Edge:
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The ASGI entry point: what it returns is awaited by the server (an ASGI app is an
-        async callable; this one is a plain function returning a coroutine)."""
+        async callable; this one is a plain function returning an awaitable: a fused hit, or
+        the general path's coroutine)."""
         hits = self._hits
         if hits is not None:
             try:
-                # PERF: a fresh L1 hit in one call (core/hitpath), and the coroutine that
+                # PERF: a fresh L1 hit in one call (core/hitpath), and the awaitable that
                 # sends it returned as it is: no frame of the edge's own per hit.
                 sending = hits.serve(scope, send)
             except Exception:

@@ -100,8 +100,8 @@ def test_the_hit_paths_record_follows_its_entry(
     entry.place(50.0, 1003.0, fresh_cap=1.0)
     assert hot.fresh_until == entry.fresh_until == 51.0
     for now, age in ((52.5, 5), (52.9, 5), (53.0, 6)):
-        entry.hit(now)
-        assert (hot.age, hot.hit) == (entry._age, entry._hit)
+        start, _ = entry.hit(now)
+        assert hot.hit is start["headers"]
         assert hot.age == age and dict(hot.hit)[b"age"] == b"%d" % age
     gone = Entry.not_found("no such item", rule, (), 1000.0)
     assert (gone._hot.status, gone._hot.servable) == (404, False)
