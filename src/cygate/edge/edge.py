@@ -9,12 +9,14 @@ check, rate limit, L1 cache) plug in between the route lookup and the hand-over.
 
 from __future__ import annotations
 
+import asyncio.coroutines
+import inspect
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from cygate.core.hitpath import HitPath
@@ -117,6 +119,23 @@ class ResponseAborted(Exception):
     """Raised by a dispatcher that cannot finish a response (the upstream failed mid-body, the
     client went away): the server drops the connection. Whoever raises it has logged why, so
     the edge re-raises it without a traceback."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _async_callable(func: _F) -> _F:
+    """``func``, which returns an awaitable, marked so that ``inspect.iscoroutinefunction``
+    (Python 3.12+) and ``asyncio.iscoroutinefunction`` (3.11) call it a coroutine function:
+    uvicorn's ``--interface auto`` decides ASGI 3 or ASGI 2 by that test, and would call a plain
+    ``__call__`` with the scope alone. Nothing changes for a server that just awaits the result
+    (Granian)."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        return mark(func)  # type: ignore[no-any-return]
+    marker = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]  # (3.11's marker)
+    setattr(func, "_is_coroutine", marker)  # noqa: B010
+    return func
 
 
 class Edge:
@@ -261,10 +280,12 @@ class Edge:
         self._upstream = dispatch
         self._direct = bool(getattr(dispatch, "direct", False))
 
+    @_async_callable
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The ASGI entry point: what it returns is awaited by the server (an ASGI app is an
         async callable; this one is a plain function returning an awaitable: a fused hit, or
-        the general path's coroutine)."""
+        the general path's coroutine, marked as a coroutine function for servers that inspect
+        the app to tell ASGI 3 from ASGI 2)."""
         hits = self._hits
         if hits is not None:
             try:
