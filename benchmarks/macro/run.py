@@ -476,6 +476,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pool-size", type=int, default=10, help="asyncpg pool size of the peers")
     p.add_argument(
+        "--id-mix",
+        type=int,
+        default=prepare.MIX_SIZE,
+        metavar="N",
+        help=f"product ids the load cycles through (default {prepare.MIX_SIZE}); 1 is the "
+        "hot-memory control: every hit finds its entry in the CPU's caches",
+    )
+    p.add_argument(
         "--open-rate",
         type=float,
         default=10_000,
@@ -494,6 +502,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.rounds < 1:
         p.error("--duration >= 1, --warmup >= 0, --connections >= 1 and --rounds >= 1, please")
+    if args.id_mix < 1:
+        p.error("--id-mix >= 1, please")
     try:
         args.contenders = by_name(args.only.split(",") if args.only else None)
     except KeyError as exc:
@@ -594,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 cli_env=cli_env,
                 python=sys.executable,
                 cwd=ROOT,
+                mix_size=args.id_mix,
             )
         except prepare.PrepareError as exc:
             _say(f"\nERROR preparing the database: {exc}")
