@@ -47,7 +47,7 @@ async def instances(
     handles = []
     for _ in range(n):
         settings = cache_settings(
-            redis_url=redis_url, redis_prefix=prefix, redis_timeout=0.5, **overrides
+            redis_url=redis_url, redis_prefix=prefix, **{"redis_timeout": 0.5, **overrides}
         )
         metrics = Metrics()
         edge, cache, _ = make_edge(app, settings=settings, metrics=metrics)
@@ -134,11 +134,15 @@ async def test_unreadable_l2_entry_is_a_miss(prefix: str) -> None:
 
 
 async def test_500_cold_misses_across_two_instances_load_at_most_twice(prefix: str) -> None:
-    # NOTE: a lease wait longer than any stall of a loaded CI machine (as the two-gateway
-    # acceptance test's): with the default 0.5 s, a stall between the loader's answer and its L2
-    # store let B's wait run out once in CI (a second load: "at most twice", not "once"). That
-    # path has a test of its own (test_a_stuck_lease_costs_at_most_the_wait).
-    async with instances(REDIS_URL, prefix, cache_lease_wait=5.0) as (app, (a, b)):
+    # NOTE: a lease wait and a Redis timeout longer than any stall of a loaded CI machine (as
+    # the two-gateway acceptance test's wait): with 0.5 s for both, the second instance loaded a
+    # second time once in CI (its wait ran out, or a Redis call passed the timeout and it loaded
+    # without L2: "at most twice", not "once"). Those paths have tests of their own
+    # (test_a_stuck_lease_costs_at_most_the_wait, the Redis-down tests).
+    async with instances(REDIS_URL, prefix, cache_lease_wait=5.0, redis_timeout=5.0) as (
+        app,
+        (a, b),
+    ):
         app.gate = asyncio.Event()
         tasks = [asyncio.create_task(i.get("/slow")) for _ in range(250) for i in (a, b)]
         await asyncio.sleep(0.1)
