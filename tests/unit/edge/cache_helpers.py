@@ -129,6 +129,21 @@ def who_stage(ctx: EdgeContext) -> None:
     ctx.response_headers.append((b"x-stage", ctx.request_id.encode()))
 
 
+class CountedHitPath:
+    """An edge's fused hit path, counting the requests it answered (``"fused"``) and those it
+    left to the general path (``"general"``). A compiled HitPath cannot be patched or
+    subclassed: its instance is wrapped (``edge._hits``, or the edge module's ``HitPath``)."""
+
+    def __init__(self, inner: Any, counted: Counter[str]) -> None:
+        self.inner = inner
+        self.counted = counted
+
+    def serve(self, scope: Any, send: Any) -> Any:
+        sending = self.inner.serve(scope, send)
+        self.counted["fused" if sending is not None else "general"] += 1
+        return sending
+
+
 def make_edge(
     app: App | None = None,
     *,

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from cache_helpers import CountedHitPath
 
 import cygate.edge.edge as edge_module
 from core_impls import CoreImplementation
@@ -96,17 +97,8 @@ class Pair:
         counted: Counter[str] = Counter()
 
         def build(**kwargs: Any) -> Any:
-            """The edge's HitPath, counting what it answers (a compiled class cannot be
-            patched or subclassed: its instance is wrapped)."""
-            inner = real(**kwargs)
-
-            class Spy:
-                def serve(self, scope: Any, send: Any) -> Any:
-                    sending = inner.serve(scope, send)
-                    counted["fused" if sending is not None else "general"] += 1
-                    return sending
-
-            return Spy()
+            """The edge's HitPath, counting what it answers."""
+            return CountedHitPath(real(**kwargs), counted)
 
         monkeypatch.setattr(edge_module, "HitPath", build)
         self.counted = counted
