@@ -6,11 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYX := $(wildcard src/cygate/core/_*_c.pyx) $(wildcard src/cygate/core/_*_c.pxd)
 STAMP := $(VENV)/.installed
+# Exact versions, with hashes, of everything installed (scripts/lock.py; `make lock` rewrites it).
+LOCK := requirements/dev.txt
 SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -19,14 +21,28 @@ help:
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
 
-$(STAMP): pyproject.toml setup.py
+# The lock is complete (every transitive dependency), so pip installs it as it is (--no-deps) and
+# checks every download against its hashes; the project goes in last, editable, without build
+# isolation: its build requirements (the lock's `build` group) are already in the venv.
+$(STAMP): $(LOCK) pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel "Cython==3.3.1"
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(STAMP)
+
+# After an edit of pyproject.toml's requirements: re-resolve, keeping every pin that still fits.
+lock: install
+	$(BIN)/python scripts/lock.py compile
+	$(MAKE) test
+
+# Deliberately, in a commit of its own: every package to its newest allowed release, then the suite.
+lock-refresh: install
+	$(BIN)/python scripts/lock.py compile --upgrade
+	$(MAKE) test
 
 # Compiles the Cython core in place (fails loudly on a compile error). A pure build skips it.
 build: install
@@ -53,8 +69,9 @@ run: seed
 	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} scripts/run.sh
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks loadtests
-	$(BIN)/ruff format --check src tests benchmarks loadtests
+	$(BIN)/python scripts/lock.py check
+	$(BIN)/ruff check src tests benchmarks loadtests scripts
+	$(BIN)/ruff format --check src tests benchmarks loadtests scripts
 	$(BIN)/mypy
 	scripts/lint-dockerfile.sh
 

@@ -376,7 +376,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         cache_routes(app, cache)
         app.state.cache = cache
     edge = Edge(
-        app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
+        app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,

@@ -316,7 +316,8 @@ class Subscription:
                     self.connected = False
                     self._on_lost()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # redis-py types aclose() from 8.x on; older releases in our range do not.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 

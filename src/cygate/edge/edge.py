@@ -132,8 +132,8 @@ def _async_callable(func: _F) -> _F:
     (Granian)."""
     mark = getattr(inspect, "markcoroutinefunction", None)
     if mark is not None:
-        return mark(func)  # type: ignore[no-any-return]
-    marker = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]  # (3.11's marker)
+        return mark(func)  # type: ignore[no-any-return, unused-ignore]  # typeshed-dependent
+    marker = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined, unused-ignore]  # (3.11's marker)
     setattr(func, "_is_coroutine", marker)  # noqa: B010
     return func
 
