@@ -56,7 +56,9 @@ def test_a_copy_of_the_checkout_passes(checkout: Path) -> None:
 
 
 def test_a_dependency_added_to_pyproject_is_one_line(checkout: Path) -> None:
-    edit(checkout / "pyproject.toml", '"orjson>=3.10",', '"orjson>=3.10",\n    "Some_Package>=1.2",')
+    edit(
+        checkout / "pyproject.toml", '"orjson>=3.10",', '"orjson>=3.10",\n    "Some_Package>=1.2",'
+    )
     line = refused(checkout)
     assert line == (
         "lock: requirements/dev.txt is out of date with pyproject.toml "
@@ -83,7 +85,9 @@ def test_spacing_and_name_case_do_not_count_as_a_change(checkout: Path) -> None:
 
 
 def test_build_system_and_build_group_must_agree(checkout: Path) -> None:
-    edit(checkout / "pyproject.toml", 'requires = ["setuptools>=77"', 'requires = ["setuptools>=80"')
+    edit(
+        checkout / "pyproject.toml", 'requires = ["setuptools>=77"', 'requires = ["setuptools>=80"'
+    )
     line = refused(checkout)
     assert "[build-system].requires" in line and "[dependency-groups].build" in line
 
