@@ -97,21 +97,24 @@ endif
 bench-micro: build
 	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
 	  --benchmark-json=benchmarks/results/micro-latest.json
-	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-readme README.md
+	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-doc docs/benchmarks.md
 
 # The edge's hit path in instructions and new objects per request (callgrind: the same count
 # whatever the machine is doing; ~4 min). TREE=/path/to/other/checkout compares with it.
 bench-instructions: build
 	$(BIN)/python -m benchmarks.micro.instructions $(if $(TREE),--tree $(TREE))
 
-# Search latency on the 100k-product seed through a gateway (issue 7; docs/catalog.md).
+# Search latency on the 100k-product seed through a gateway (docs/catalog.md).
 bench-search: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.search
 
+# Every contender under wrk, three rounds (docs/benchmarks.md); the full tables go to
+# docs/benchmarks.md, the headline table (cygate-full and its three peers) to README.md.
 bench-macro: build services
-	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --rounds 3 --duration 8 --open-rate 5000 \
+	  --update-doc docs/benchmarks.md
 
-# Orders (issue 7): order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
+# Orders: order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
 bench-orders: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.orders
 
