@@ -217,7 +217,8 @@ def assert_same(fused: Reply, general: Reply, request_headers: list[tuple[bytes,
     """Same status, same header names in the same order, same values but for the ids made
     per request (then: well formed, unless the request gave valid ones to keep), ``age`` and
     ``ratelimit-reset`` (whole seconds counted from each answer's own clock: within one, as the
-    two answers can fall either side of a second's edge on a loaded machine); same body (a problem's ``request_id`` is its own request's)."""
+    two answers can fall either side of a second's edge on a loaded machine); same body (a
+    problem's ``request_id`` is its own request's)."""
     assert fused.status == general.status
     assert [k for k, _ in fused.headers] == [k for k, _ in general.headers]
     given = dict(request_headers)
