@@ -285,7 +285,7 @@ class Subscription:
     So every (re)subscription, confirmed by the server, calls ``on_subscribed`` (the cache
     flushes its L1), and ``connected`` is False from the moment a failure is seen until then;
     after a failure ``before_subscribe`` is awaited first (an error there is a failed attempt).
-    Attempts follow each other 10 ms apart, doubling up to 0.25 s. A silent connection is
+    Attempts follow each other 10 ms apart, doubling up to 0.1 s. A silent connection is
     probed with PING after ``idle`` seconds; no answer within ``idle`` more seconds counts as
     a failure. ``name`` is its CLIENT SETNAME (operators see which process a subscription
     belongs to).
@@ -359,7 +359,7 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.25)
+            pause = min(pause * 2, 0.1)
 
     async def _listen(self, pubsub: Any) -> None:
         last = time.monotonic()
