@@ -48,8 +48,7 @@ def trio(
             CYGATE_REDIS_URL=server.url,
             CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE=str(BOUND),
         )
-        for _ in range(3):
-            gws.append(start_gateway(env, workers=1))
+        gws.extend(start_gateway(env, workers=1) for _ in range(3))
         wait_for(lambda: all(metric(g, "cygate_cache_subscribed") == 1 for g in gws))
         yield server, gws
     finally:

@@ -318,7 +318,9 @@ async def test_while_unsubscribed_l1_serves_entries_only_within_the_bound(
             assert all(x in ("hit-l1", "miss") for _, _, x in seen)
             if fused:
                 assert counted["fused"] > 0  # within the bound the fused path answered
-            print(f"\nwrite seen on B {min(new) - (written - loaded):.3f} s after it (bound {bound})")
+            print(
+                f"\nwrite seen on B {min(new) - (written - loaded):.3f} s after it (bound {bound})"
+            )
             # stale-if-error: the loader fails once the entry is past the bound
             app.fail = 503
             await asyncio.sleep(bound + 0.1)

@@ -85,8 +85,8 @@ def test_the_hit_paths_record_follows_its_entry(
     core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``Entry._hot`` (what the compiled hit path reads in place) says what the entry's own
-    fields say after each change: creation, ``place`` (with and without a cap of its age), ``cap`` and
-    a rebuild of the hit headers; a remembered 404 is never servable."""
+    fields say after each change: creation, ``place`` (with and without a cap of its age),
+    ``cap`` and a rebuild of the hit headers; a remembered 404 is never servable."""
     monkeypatch.setattr(cache_entry, "EntryHot", core_impl.module("hitpath").EntryHot)
     rule = RULES["items"]
     entry = Entry.response(
