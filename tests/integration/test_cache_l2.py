@@ -16,6 +16,7 @@ import pytest
 from tests.private_redis import PrivateRedis
 from tests.unit.edge.cache_helpers import App, CountedHitPath, cache_settings, call, make_edge
 
+from cygate.edge import cache as cache_module
 from cygate.edge.cache import CacheUnavailable, ResponseCache
 from cygate.edge.edge import Edge
 from cygate.infra.metrics import Metrics
@@ -377,3 +378,28 @@ async def test_a_missed_invalidation_is_sent_once_redis_takes_it(prefix: str) ->
             await wait_until(lambda: key not in b.cache.l1, 5.0)
             assert b.cache.subscription.connected  # type: ignore[union-attr]  # (no flush)
             assert (await b.get("/items/2")).json()["v"] == 2
+
+
+async def test_too_many_missed_invalidations_drop_everything(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the missed invalidations kept one by one, A's resend starts a new generation of L2
+    and flushes every L1 instead."""
+    monkeypatch.setattr(cache_module, "_MISSED_MAX", 2)
+    with PrivateRedis() as server:
+        overrides = {"cache_unsubscribed_max_age": 30.0}  # (subscriptions probe after 5 s)
+        async with instances(server.url, prefix, **overrides) as (_, (a, b)):
+            await b.get("/items/5")
+            await wait_until(lambda: b.metrics.counter("cygate_cache_stores_total").value == 1)
+            assert b.cache.l2 is not None
+            generation = await b.cache.l2.client.get(b.cache.l2.gen_key)
+            server.pause()
+            try:
+                with pytest.raises(CacheUnavailable):
+                    await a.cache.invalidate_tags(["item:6", "item:7", "item:8"])
+            finally:
+                server.resume()
+            await wait_until(lambda: len(b.cache.l1) == 0, 5.0)
+            assert b.cache.subscription.connected  # type: ignore[union-attr]  # (no flush)
+            assert await b.cache.l2.client.get(b.cache.l2.gen_key) != generation
+            assert (await a.get("/items/5")).x_cache == "miss"  # L2's entry is not read

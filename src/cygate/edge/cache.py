@@ -184,6 +184,8 @@ class ResponseCache:
         self._missed_tags: set[str] = set()
         self._missed_keys: set[bytes] = set()
         """Invalidations Redis did not take: sent again by :meth:`_resend` until it does."""
+        self._missed_all = False
+        """More were missed than are kept one by one: :meth:`_resend` drops everything."""
         self._resending: asyncio.Task[None] | None = None
 
     # -- set-up ------------------------------------------------------------------------------
@@ -544,6 +546,10 @@ class ResponseCache:
         except Exception as exc:
             self._missed_tags.update(tags)
             self._missed_keys.update(keys)
+            if len(self._missed_tags) + len(self._missed_keys) > _MISSED_MAX:
+                self._missed_all = True
+                self._missed_tags.clear()
+                self._missed_keys.clear()
             if self._resending is None:
                 self._resending = asyncio.get_running_loop().create_task(self._resend())
             raise CacheUnavailable(f"Redis did not take the invalidation: {exc!r}") from None
@@ -557,21 +563,23 @@ class ResponseCache:
         l2 = self.l2
         assert l2 is not None
         try:
-            while self._missed_tags or self._missed_keys:
+            while self._missed_tags or self._missed_keys or self._missed_all:
                 await asyncio.sleep(l2.retry_after)
                 tags, keys = sorted(self._missed_tags), list(self._missed_keys)
+                everything = self._missed_all
                 try:
-                    if len(tags) + len(keys) > _MISSED_MAX:
+                    if everything:
                         await l2.new_generation()
                         await l2.flush_all(self.origin)
-                    else:
-                        if tags:
-                            await l2.invalidate(self.origin, tags, [])
-                        if keys:
-                            await l2.invalidate(self.origin, [], keys)
+                    if tags:
+                        await l2.invalidate(self.origin, tags, [])
+                    if keys:
+                        await l2.invalidate(self.origin, [], keys)
                 except Exception as exc:  # still down: try again later
                     log.debug("missed cache invalidations not sent yet: %r", exc)
                     continue
+                if everything:
+                    self._missed_all = False
                 self._missed_tags.difference_update(tags)
                 self._missed_keys.difference_update(keys)
                 log.info("sent %d missed cache invalidations", len(tags) + len(keys))
