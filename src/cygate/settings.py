@@ -328,9 +328,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cache_l2_retry_after: Annotated[
         _Seconds, _doc("After a Redis error the cache skips Redis for this long, seconds.")
     ] = 1.0
-    cache_degraded_ttl: Annotated[
-        _Seconds, _doc("Fresh life of L1 entries filled while invalidations cannot arrive.")
-    ] = 5.0
+    cache_unsubscribed_max_age: Annotated[
+        float,
+        _doc(
+            "While the invalidation subscription is down, L1 serves entries at most this old"
+            " and reloads older ones, seconds (0: every such request loads).",
+            ge=0,
+            le=300,
+        ),
+    ] = 3.0
     cache_purge_loopback_only: Annotated[
         bool, _doc("POST /admin/cache/purge answers loopback peers only (besides its roles).")
     ] = True
