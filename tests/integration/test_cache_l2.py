@@ -225,8 +225,10 @@ async def test_an_invalidation_during_a_load_is_not_undone(prefix: str) -> None:
 
 
 async def test_dropped_subscription_flushes_l1_on_reconnect(prefix: str) -> None:
+    # A 5 s Redis timeout: with the default 0.5 s, the pure run on a loaded machine had A's
+    # invalidation time out (CacheUnavailable); the dropped subscription is what is tested here.
     with PrivateRedis() as server:
-        async with instances(server.url, prefix) as (app, (a, b)):
+        async with instances(server.url, prefix, redis_timeout=5.0) as (app, (a, b)):
             await b.get("/items/3")
             key = b.cache.key_for(ITEM_KEY_ROUTE, "/items/3")
             # a purge whose message B never hears (as when its connection is down):
