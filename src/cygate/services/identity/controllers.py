@@ -37,7 +37,13 @@ from cygate.services.identity.service import (
     RequestInfo,
     Throttled,
 )
-from cygate.services.identity.store import EmailTaken, get_user, list_users, rename_user
+from cygate.services.identity.store import (
+    EmailTaken,
+    LastAdmin,
+    get_user,
+    list_users,
+    rename_user,
+)
 
 __all__ = ["AuthController", "JWKSController", "UsersController"]
 
@@ -305,9 +311,15 @@ class UsersController(Controller):
         user_id: FromPath[UUID],
         data: JSONBody[RolesIn],
     ) -> Response[User]:
-        user = await _identity(state).set_roles(
-            principal_of(request), user_id, list(data.roles), _info(request)
-        )
+        try:
+            user = await _identity(state).set_roles(
+                principal_of(request), user_id, list(data.roles), _info(request)
+            )
+        except LastAdmin:
+            raise Problem(
+                409,
+                "this change would leave no other admin; make another account admin first",
+            ) from None
         if user is None:
             raise Problem(404, f"no user {user_id}")
         await _forget_profile(state, user_id)

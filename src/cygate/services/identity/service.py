@@ -386,10 +386,11 @@ class Identity:
         self, admin: Principal, user_id: UUID, roles: list[str], info: RequestInfo
     ) -> User | None:
         """Replace a user's roles (admin); their live access tokens are revoked so the change
-        takes effect at once (the next refresh carries the new roles)."""
+        takes effect at once (the next refresh carries the new roles). Raises
+        :class:`store.LastAdmin` rather than leave no admin."""
         roles = sorted(set(roles))
         async with self.pool.acquire() as conn, conn.transaction():
-            result = await store.set_roles(conn, user_id, roles)
+            result = await store.set_roles(conn, user_id, roles, actor_id=_uuid_or_none(admin.sub))
             if result is None:
                 return None
             before, user = result

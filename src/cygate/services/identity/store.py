@@ -29,6 +29,7 @@ Conn: TypeAlias = Any
 __all__ = [
     "Consumed",
     "EmailTaken",
+    "LastAdmin",
     "LoginRow",
     "audit",
     "consume_refresh",
@@ -53,6 +54,15 @@ _USER_COLUMNS: Final = "id, email, name, roles, created_at"
 
 class EmailTaken(Exception):
     """An account with this email exists (409)."""
+
+
+class LastAdmin(Exception):
+    """A role change that would leave no admin, or an admin's change of its own roles while
+    no other admin exists (409)."""
+
+
+_ADMIN_LOCK: Final = 0x6379_6761_7465_0001
+"""Transaction advisory lock held while a role change counts the admins left."""
 
 
 def _user(row: Any) -> User:
@@ -189,20 +199,39 @@ async def list_users(conn: Conn, *, limit: int, cursor: str | None) -> UserPage:
 
 
 async def set_roles(
-    conn: asyncpg.Connection, user_id: UUID, roles: list[str]
+    conn: asyncpg.Connection, user_id: UUID, roles: list[str], *, actor_id: UUID | None = None
 ) -> tuple[list[str], User] | None:
-    """Replace the user's roles; returns (the roles before, the user after), or None."""
+    """Replace the user's roles; returns (the roles before, the user after), or None.
+
+    Raises :class:`LastAdmin` when the change takes ``admin`` from the last admin, or when
+    ``actor_id`` changes its own roles and no other admin exists. Call it in a transaction.
+    """
     before = await conn.fetchval(
         "SELECT roles FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
     )
     if before is None:
         return None
+    before = list(before)
+    demoted = "admin" in before and "admin" not in roles
+    if before != roles and (demoted or user_id == actor_id):
+        # NOTE: the lock makes concurrent role changes count the admins one after the other:
+        # two admins demoting each other at once each lock only the row they change, so
+        # without it both would still see the other as an admin and leave none. Under READ
+        # COMMITTED the count below sees every change committed before the lock was granted.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK)
+        others = await conn.fetchval(
+            "SELECT count(*) FROM users"
+            " WHERE 'admin' = ANY(roles) AND erased_at IS NULL AND id <> $1",
+            user_id,
+        )
+        if not others:
+            raise LastAdmin
     row = await conn.fetchrow(
         f"UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
         user_id,
         roles,
     )
-    return list(before), _user(row)
+    return before, _user(row)
 
 
 async def upsert_admin(conn: Conn, email: str, password_hash: str) -> UUID:
