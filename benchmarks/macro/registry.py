@@ -93,6 +93,9 @@ class Contender:
     counted as the contender's): the upstream a proxy contender forwards to."""
 
 
+BENCH_ISSUER = "https://bench.cygate.test"
+"""``iss`` of the tokens the harness signs, and the gateways' ``jwt_issuer``."""
+
 _CYGATE_ENV = {
     "CYGATE_DATABASE_URL": "{bench_dsn}",
     "CYGATE_REDIS_URL": "{redis_url}",
@@ -100,6 +103,7 @@ _CYGATE_ENV = {
     "CYGATE_LOG_LEVEL": "warning",
     # The key the harness signs its RFC 9068 tokens with (auth=True, token="eddsa").
     "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
+    "CYGATE_JWT_ISSUER": BENCH_ISSUER,
 }
 # Every cygate contender: one Granian worker.
 _CYGATE_SERVE = _argv("{python} -m cygate serve --host {host} --port {port} --workers 1")

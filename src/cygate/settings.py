@@ -340,9 +340,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = msgspec.field(default_factory=dict)
 
     # --- Identity and access (issue 3) -------------------------------------------------------
-    jwt_issuer: Annotated[str, _doc("`iss` of the access tokens cygate signs.", min_length=1)] = (
-        "cygate"
-    )
+    public_base_url: Annotated[
+        str,
+        _doc(
+            "The URL clients reach this gateway at (scheme, host, optional port and path); "
+            "the default token issuer is derived from it.",
+            pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        ),
+    ] = "http://localhost:8000"
+    jwt_issuer: Annotated[
+        str,
+        _doc(
+            "`iss` of the access tokens cygate signs (RFC 9068: a URL); empty: public_base_url "
+            "without a trailing slash.",
+            max_length=512,
+        ),
+    ] = ""
     jwt_audience: Annotated[
         str, _doc("`aud` of (and required in) cygate's tokens.", min_length=1)
     ] = "cygate"
@@ -358,8 +371,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         _doc("Development/test: where a signing key is generated when no key file is listed."),
     ] = ".data/keys"
     jwt_key_algorithm: Annotated[
-        Literal["EdDSA", "ES256"], _doc("Algorithm of a generated signing key.")
+        Literal["EdDSA", "ES256", "RS256"], _doc("Algorithm of a generated signing key.")
     ] = "EdDSA"
+    jwt_client_id: Annotated[
+        str,
+        _doc(
+            "`client_id` (RFC 9068) of the tokens people get by login and refresh (the "
+            "first-party client); a service client's tokens carry its own id.",
+            min_length=1,
+            max_length=255,
+        ),
+    ] = "cygate"
     jwt_leeway: Annotated[int, _doc("Clock leeway for exp/nbf/iat, seconds.", ge=0, le=300)] = 30
     jwt_max_token_bytes: Annotated[
         int, _doc("Longest accepted access token, bytes.", ge=256, le=65536)
@@ -648,6 +670,9 @@ def _check_payments(s: Settings) -> None:
 
 def _check_identity(s: Settings) -> None:
     """Cross-field rules of the identity block (issue 3)."""
+    if not s.jwt_issuer:
+        # NOTE: derived once here, so every reader of ``jwt_issuer`` sees the same URL.
+        msgspec.structs.force_setattr(s, "jwt_issuer", s.public_base_url.rstrip("/"))
     if s.refresh_token_ttl > s.refresh_family_ttl:
         raise msgspec.ValidationError(
             "refresh_token_ttl must not exceed refresh_family_ttl - at `$.refresh_token_ttl`"

@@ -129,6 +129,7 @@ class Identity:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl=settings.access_token_ttl,
+            client_id=settings.jwt_client_id,
         )
         self.passwords = Passwords(
             time_cost=settings.argon2_time_cost,
