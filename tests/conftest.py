@@ -8,6 +8,7 @@ deleted at the end. Other data on those servers is never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,12 @@ import redis.asyncio as aioredis
 from tests.admin import ADMIN_EMAIL, ADMIN_PASSWORD
 
 from cygate._compat import NO_EXTENSIONS
+
+SUITE_RATE_LIMITS: dict[str, dict[str, object]] = {
+    "api": {"rate": 1_000_000, "period": 1, "key": ["caller"], "mode": "local"},
+    "register": {"rate": 1_000_000, "period": 1, "key": ["ip"], "mode": "local"},
+}
+"""The test gateways' replacements for the built-in ``api`` and ``register`` limits."""
 
 SERVER_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -112,5 +119,10 @@ def gateway_env(test_db_dsn: str, redis_prefix: str) -> dict[str, str]:
         # database (CI saw 24 of 30 orders expired by the test's sweepers). A test of expiry
         # through a gateway turns it on for its own (tests/acceptance/test_orders_api.py).
         CYGATE_ORDER_EXPIRY_INTERVAL="0",
+        # NOTE: the suite's gateways serve many tests from one address (127.0.0.1): the built-in
+        # default limit and the registration limit are raised here, explicitly (a module that
+        # sets CYGATE_RATE_LIMITS adds to SUITE_RATE_LIMITS). test_default_limits.py runs a
+        # gateway with the built-in ones.
+        CYGATE_RATE_LIMITS=json.dumps(SUITE_RATE_LIMITS),
     )
     return env

@@ -119,7 +119,13 @@ class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["identity"]
 
-    @post("/register", summary="Create a customer account", opt=_SMALL_BODY)
+    @post(
+        "/register",
+        summary="Create a customer account",
+        # NOTE: per client address, in Redis (the built-in ``register`` limit): mass sign-ups
+        # from one address are refused whichever instance they reach.
+        opt=_SMALL_BODY | {"rate_limit": "register"},
+    )
     async def register(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[RegisterIn]
     ) -> Response[User]:
@@ -131,7 +137,14 @@ class AuthController(Controller):
             raise Problem(409, "an account with this email already exists") from None
         return Response(user, status_code=201, headers=_PRIVATE)
 
-    @post("/login", summary="Email and password for a token pair", status_code=200, opt=_SMALL_BODY)
+    @post(
+        "/login",
+        summary="Email and password for a token pair",
+        status_code=200,
+        # NOTE: no edge limit: the login limiter counts failures per account and per address
+        # and sends the RateLimit headers itself (two sets would contradict each other).
+        opt=_SMALL_BODY | {"rate_limit": ""},
+    )
     async def login(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[LoginIn]
     ) -> Response[TokenOut]:
