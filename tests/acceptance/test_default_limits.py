@@ -8,7 +8,6 @@ runs with the built-in values.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -69,8 +68,8 @@ def test_every_api_route_is_limited_per_caller(gw: Gateway) -> None:
     for r in answers:
         assert r.status_code in (200, 404, 422), r.text
         limited(r, *api)
-    remaining = [int(r.headers["ratelimit-remaining"]) for r in answers[:4]]
-    assert remaining == sorted(remaining, reverse=True) and remaining[0] >= 195
+    # a token back every 10 ms: the count goes down by one per request, up with time
+    assert all(190 <= int(r.headers["ratelimit-remaining"]) < 200 for r in answers)
     # login counts its own limit (failures per account and address): its headers, one set
     with gw.client(headers=address()) as c:
         r = c.post("/api/v1/auth/login", json={"email": "x@example.com", "password": "nope"})
@@ -79,29 +78,34 @@ def test_every_api_route_is_limited_per_caller(gw: Gateway) -> None:
     assert "ratelimit-policy" not in r.headers  # the edge added no second set
 
 
-def test_a_flood_from_one_caller_is_refused_others_are_served(gw: Gateway) -> None:
-    """1000 requests at once from one address: the burst (200) and the refill (100/s) pass,
-    the rest is 429; every answer carries the headers; another address is served."""
-    flooder, bystander = address(), address()
-    with gw.client() as c:
-        product = c.get("/api/v1/products", params={"limit": 1}).json()["items"][0]["id"]
-
-    async def flood() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits) as c:
-            path = f"/api/v1/products/{product}"
-            return await asyncio.gather(*(c.get(path, headers=flooder) for _ in range(1000)))
-
-    answers = asyncio.run(flood())
-    statuses = [r.status_code for r in answers]
-    assert set(statuses) <= {200, 429}, set(statuses)
-    assert statuses.count(200) >= 200 and statuses.count(429) > 0, statuses.count(429)
-    for r in answers:
-        limited(r, "200", "100;w=1;burst=200")
-    refused = next(r for r in answers if r.status_code == 429)
-    assert refused.json()["limit"] == "api"
-    with gw.client(headers=bystander) as c:
-        assert c.get(f"/api/v1/products/{product}").status_code == 200
+def test_the_default_is_configurable_a_flood_is_refused_others_are_served(
+    gateway_env: dict[str, str],
+) -> None:
+    """``api`` replaced by configuration (20 a minute, so the count does not depend on how
+    fast this machine is): a caller past it gets 429 with the headers, on cache hits too;
+    another caller is served; a route exempted by configuration has no limit at all."""
+    env = {k: v for k, v in gateway_env.items() if not k.startswith("CYGATE_RATE_LIMIT")}
+    env["CYGATE_RATE_LIMITS"] = '{"api": {"rate": 20, "period": 60}}'
+    env["CYGATE_RATE_LIMIT_ROUTES"] = '{"GET /api/v1/categories": ""}'
+    gw = start_gateway(env, workers=1)
+    try:
+        with gw.client() as c:
+            product = c.get("/api/v1/products", params={"limit": 1}).json()["items"][0]["id"]
+            answers = [c.get(f"/api/v1/products/{product}") for _ in range(25)]
+            statuses = [r.status_code for r in answers]
+            # one token went on the list above; a token comes back every 3 s
+            assert statuses[:18] == [200] * 18 and statuses[-1] == 429, statuses
+            for r in answers:
+                limited(r, "20", "20;w=60")
+            assert answers[-1].json()["limit"] == "api"
+            exempt = c.get("/api/v1/categories")
+            assert exempt.status_code == 200 and "ratelimit-limit" not in exempt.headers
+        with gw.client(headers=admin_headers(gw)) as c:  # another caller: its own budget
+            r = c.get(f"/api/v1/products/{product}")
+            assert r.status_code == 200 and int(r.headers["ratelimit-remaining"]) >= 18
+    finally:
+        output = stop_gateway(gw)
+        assert "Traceback" not in output, output
 
 
 def test_registration_is_limited_per_address(gw: Gateway) -> None:
