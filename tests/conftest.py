@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -46,14 +47,15 @@ def _with_db(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
-def test_db_dsn() -> Iterator[str]:
-    """DSN of a freshly created and migrated database, dropped after the session."""
+@contextmanager
+def migrated_database(prefix: str) -> Iterator[str]:
+    """DSN of a freshly created and migrated database named ``<prefix><random>``, dropped
+    afterwards (kept when ``CYGATE_TEST_KEEP`` is set)."""
     import asyncio
 
     from cygate.infra.db import apply_migrations, drop_database, ensure_database
 
-    dsn = _with_db(SERVER_DSN, f"cygate_test_{secrets.token_hex(4)}")
+    dsn = _with_db(SERVER_DSN, f"{prefix}{secrets.token_hex(4)}")
 
     async def setup() -> None:
         await ensure_database(dsn)
@@ -69,6 +71,13 @@ def test_db_dsn() -> Iterator[str]:
     finally:
         if not os.environ.get("CYGATE_TEST_KEEP"):
             asyncio.run(drop_database(dsn))
+
+
+@pytest.fixture(scope="session")
+def test_db_dsn() -> Iterator[str]:
+    """DSN of a freshly created and migrated database, dropped after the session."""
+    with migrated_database("cygate_test_") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,7 @@ import asyncpg
 import httpx
 import pytest
 from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
-from tests.conftest import SERVER_DSN, _with_db
-
-from cygate.infra.db import apply_migrations, drop_database, ensure_database
+from tests.conftest import migrated_database
 
 pytestmark = pytest.mark.acceptance
 
@@ -29,21 +27,8 @@ ROOT_PASSWORD = secrets.token_urlsafe(12)
 @pytest.fixture(scope="module")
 def private_dsn() -> Iterator[str]:
     """A migrated database of this module's own, dropped after it."""
-    dsn = _with_db(SERVER_DSN, f"cygate_admins_{secrets.token_hex(4)}")
-
-    async def setup() -> None:
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(setup())
-    try:
+    with migrated_database("cygate_admins_") as dsn:
         yield dsn
-    finally:
-        asyncio.run(drop_database(dsn))
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import jwt as pyjwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
 from tests.admin import ADMIN_EMAIL
 
 from identity_helpers import pem_private
+from jwt_cases import SigningKeys
 
 pytestmark = pytest.mark.acceptance
 
@@ -24,11 +24,8 @@ ISSUER = "https://api.shop.example.test"  # the base URL without its trailing sl
 
 
 def _key(alg: str) -> Any:
-    if alg == "ES256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if alg == "RS256":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ed25519.Ed25519PrivateKey.generate()
+    """A new private key for ``alg``."""
+    return SigningKeys().private(alg)
 
 
 @pytest.fixture(
