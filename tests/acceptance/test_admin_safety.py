@@ -111,6 +111,8 @@ def test_last_admin_keeps_the_role(gw: Gateway, private_dsn: str) -> None:
     is_conflict(set_roles(gw, root, root_id, ["customer"]))
     is_conflict(set_roles(gw, root, root_id, []))
     is_conflict(set_roles(gw, root, root_id, ["admin", "catalog_manager"]))  # own change
+    # erasure takes the role too: the last admin cannot erase itself either
+    is_conflict(httpx.delete(gw.url + "/api/v1/users/me", headers=root))
     assert admins(private_dsn) == [ROOT_EMAIL]
     assert me(gw, root)["roles"] == ["admin"]  # nothing changed, the token still works
 

@@ -300,7 +300,13 @@ class UsersController(Controller):
     @delete("/me", summary="Erase my account (GDPR Art. 17)", opt=_AUTH, status_code=204)
     async def erase(self, request: Request[Any, Any, Any], state: State) -> None:
         user_id = _my_id(request)
-        if not await _identity(state).erase(user_id, _info(request)):
+        try:
+            erased = await _identity(state).erase(user_id, _info(request))
+        except LastAdmin:
+            raise Problem(
+                409, "the last admin cannot erase its account; make another account admin first"
+            ) from None
+        if not erased:
             raise Problem(404, "no user account for this caller")
         await _forget_profile(state, user_id)
 

@@ -409,7 +409,8 @@ class Identity:
         return user
 
     async def erase(self, user_id: UUID, info: RequestInfo) -> bool:
-        """GDPR erasure of the caller (one transaction), then every token of theirs revoked."""
+        """GDPR erasure of the caller (one transaction), then every token of theirs revoked.
+        Raises :class:`store.LastAdmin` for the last admin."""
         async with self.pool.acquire() as conn, conn.transaction():
             live = await store.erase_user(conn, user_id)
         if live is None:

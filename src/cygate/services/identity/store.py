@@ -198,6 +198,24 @@ async def list_users(conn: Conn, *, limit: int, cursor: str | None) -> UserPage:
     return UserPage([_user(r) for r in rows], next_cursor)
 
 
+async def _another_admin(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Raise :class:`LastAdmin` unless an admin other than ``user_id`` exists; in the caller's
+    transaction, which then holds the admin lock until it ends.
+
+    NOTE: the lock makes concurrent changes count the admins one after the other: two admins
+    demoting each other at once each lock only the row they change, so without it both would
+    still see the other as an admin and leave none. Under READ COMMITTED the count sees every
+    change committed before the lock was granted.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK)
+    others = await conn.fetchval(
+        "SELECT count(*) FROM users WHERE 'admin' = ANY(roles) AND erased_at IS NULL AND id <> $1",
+        user_id,
+    )
+    if not others:
+        raise LastAdmin
+
+
 async def set_roles(
     conn: asyncpg.Connection, user_id: UUID, roles: list[str], *, actor_id: UUID | None = None
 ) -> tuple[list[str], User] | None:
@@ -214,18 +232,7 @@ async def set_roles(
     before = list(before)
     demoted = "admin" in before and "admin" not in roles
     if before != roles and (demoted or user_id == actor_id):
-        # NOTE: the lock makes concurrent role changes count the admins one after the other:
-        # two admins demoting each other at once each lock only the row they change, so
-        # without it both would still see the other as an admin and leave none. Under READ
-        # COMMITTED the count below sees every change committed before the lock was granted.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK)
-        others = await conn.fetchval(
-            "SELECT count(*) FROM users"
-            " WHERE 'admin' = ANY(roles) AND erased_at IS NULL AND id <> $1",
-            user_id,
-        )
-        if not others:
-            raise LastAdmin
+        await _another_admin(conn, user_id)
     row = await conn.fetchrow(
         f"UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
         user_id,
@@ -413,8 +420,16 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
 
     The row stays as a tombstone without PII (its id keeps audit entries meaningful and can
     never be reused); the profile, refresh tokens and idempotency records go; orders stay for
-    the books, without the shipping address and without the link to the person.
+    the books, without the shipping address and without the link to the person. Raises
+    :class:`LastAdmin` for the last admin (erasure takes its role too).
     """
+    roles = await conn.fetchval(
+        "SELECT roles FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
+    )
+    if roles is None:
+        return None
+    if "admin" in roles:
+        await _another_admin(conn, user_id)
     erased = await conn.fetchval(
         """UPDATE users SET email = NULL, password_hash = NULL, name = '',
                   roles = ARRAY['customer'], erased_at = now(), updated_at = now()
