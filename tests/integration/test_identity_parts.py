@@ -465,11 +465,14 @@ def test_development_key_race(tmp_path: pathlib.Path) -> None:
         ({"CYGATE_IDENTITY_PROVIDERS": "[{"}, "IDENTITY_PROVIDERS"),
         (
             {
-                "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "cygate", "jwks_url": "http://x/j",'
-                ' "audience": "a"}]'
+                # the gateway's own issuer, derived from the default public_base_url
+                "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "http://localhost:8000",'
+                ' "jwks_url": "http://x/j", "audience": "a"}]'
             },
             "identity_providers",
         ),
+        ({"CYGATE_PUBLIC_BASE_URL": "localhost:8000"}, "public_base_url"),
+        ({"CYGATE_PUBLIC_BASE_URL": "https://x.test/?a=1"}, "public_base_url"),
         (
             {
                 "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "i", "jwks_url": "file:///etc/passwd",'
@@ -509,3 +512,13 @@ def test_identity_settings_from_environment() -> None:
     assert s.jwt_key_files == ["a.pem", "b.pem"]
     assert s.identity_providers[0].algorithms == ["RS256"]
     assert s.redacted()["admin_password"] == "***"
+
+
+def test_token_issuer_is_a_url_derived_from_the_public_base_url() -> None:
+    """RFC 9068: ``iss`` is the public base URL (no trailing slash) unless set on its own."""
+    assert load_settings({}).jwt_issuer == "http://localhost:8000"
+    derived = load_settings({"CYGATE_PUBLIC_BASE_URL": "https://api.example.test/v/"})
+    assert derived.jwt_issuer == "https://api.example.test/v"
+    given = {"CYGATE_PUBLIC_BASE_URL": "https://a.test", "CYGATE_JWT_ISSUER": "https://b.test"}
+    assert load_settings(given).jwt_issuer == "https://b.test"
+    assert load_settings({"CYGATE_JWT_KEY_ALGORITHM": "RS256"}).jwt_key_algorithm == "RS256"
