@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -19,6 +19,8 @@ help:
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make fuzz   atheris: each compiled parser against its pure twin (FUZZ_SECONDS per target)"
+	@echo "make soak   mixed load for SOAK_SECONDS (600) sampling the gateway's RSS, fds, connections"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -106,6 +108,20 @@ bench-events: build services
 
 load: build services
 	$(WITH_ENV) scripts/load.sh
+
+# Coverage-guided fuzzing (atheris) of the compiled parsers against their pure twins, FUZZ_SECONDS
+# per target (FUZZ_TARGETS=jwt,path,... picks some). The corpus grows under .fuzz/corpus, findings
+# go to .fuzz/findings (tests/fuzz/fuzz_run.py says how to replay one).
+FUZZ_SECONDS ?= 60
+fuzz: build
+	$(BIN)/python tests/fuzz/fuzz_run.py --seconds "$(FUZZ_SECONDS)" --artifacts .fuzz/findings \
+	  $(if $(FUZZ_TARGETS),--targets "$(FUZZ_TARGETS)")
+
+# Soak: a gateway of its own under the mixed load for SOAK_SECONDS, its processes' RSS, open
+# descriptors and connections sampled (CSV, PNG chart, summary; loadtests/soak.py --help).
+SOAK_SECONDS ?= 600
+soak: build services
+	$(WITH_ENV) $(BIN)/python loadtests/soak.py --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache
