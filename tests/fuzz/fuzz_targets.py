@@ -34,6 +34,7 @@ import base64
 import functools
 import importlib
 import json
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -83,15 +84,20 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
         return "raised", (type(exc),)
 
 
+_repr = reprlib.Repr()  # bounded: a disagreement may be about a value nested 1000 deep
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 4, 300, 300
+_short = _repr.repr
+
+
 def _same(what: str, py: tuple[str, Any], c: tuple[str, Any]) -> None:
     if py != c:
-        raise Disagreement(f"{what}: pure {py!r} != compiled {c!r}")
+        raise Disagreement(f"{what}: pure {_short(py)} != compiled {_short(c)}")
 
 
 def _both(what: str, fn_py: Callable[..., Any], fn_c: Callable[..., Any], *args: Any) -> Any:
     py = _outcome(fn_py, *args)
     c = _outcome(fn_c, *args)
-    _same(f"{what}{args!r}", py, c)
+    _same(f"{what}{_short(args)}", py, c)
     return py[1] if py[0] == "value" else None
 
 
@@ -196,7 +202,11 @@ def _jwt_json(fdp: Any, obj: dict[str, Any]) -> bytes:
     elif mode == 2:
         text = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
     elif mode == 3:
-        text = text[:-1] + b',"n":' + b"[" * fdp.ConsumeIntInRange(0, 3000) + b"}"
+        # Nested arrays and objects, balanced or not, up to past any depth limit.
+        depth = fdp.ConsumeIntInRange(0, 1500)
+        opening, closing = (b"[", b"]") if fdp.ConsumeBool() else (b'{"a":', b"}")
+        shut = depth if fdp.ConsumeIntInRange(0, 3) else fdp.ConsumeIntInRange(0, depth)
+        text = text[:-1] + b',"n":' + opening * depth + b"0" + closing * shut + b"}"
     elif mode == 4:
         text = json.dumps(obj, indent=1, ensure_ascii=True).encode()
     return text
@@ -259,7 +269,7 @@ def fuzz_jwt(data: bytes) -> None:
         for _ in range(2):  # the second answer may come from the cache
             _both("verify", py.verify, c.verify, token, NOW)
         if py.cache_len() != c.cache_len():
-            raise Disagreement(f"cache_len {py.cache_len()} != {c.cache_len()} for {token!r}")
+            raise Disagreement(f"cache_len {py.cache_len()} != {c.cache_len()}: {_short(token)}")
 
 
 # ---------------------------------------------------------------------------------------------
