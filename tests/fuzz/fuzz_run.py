@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def child(target: str, args: Sequence[str]) -> None:
         import fuzz_targets
     if not fuzz_targets.compiled_available():
         sys.exit("fuzz_run: the compiled core is not built (make build), nothing to compare")
-    atheris.Setup([sys.argv[0], *args], fuzz_targets.TARGETS[target])
+    # libFuzzer runs argv[0] through the shell for -merge=1 and the like: the whole command.
+    again = shlex.join([sys.executable, str(Path(__file__).resolve()), "--child", target])
+    atheris.Setup([again, *args], fuzz_targets.TARGETS[target])
     atheris.Fuzz()
 
 

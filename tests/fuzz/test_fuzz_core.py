@@ -76,7 +76,7 @@ def test_bounded_fuzz_of_every_target(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--targets", "jwt,nope"], "unknown target nope"),
+        (["--targets", "jwt,nope"], "unknown target 'nope'"),
         (["--seconds", "ten"], "'ten' is not a whole number of seconds"),
         (["--seconds", "0"], "at least 1 second"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
