@@ -295,8 +295,26 @@ _SEGMENTS = [
     "..",
     "%2F",
     "café",
+    "ŝ",
+    "😀",
     "{",
     "",
+]
+_WORDS = [
+    "api",
+    "v1",
+    "products",
+    "a",
+    "42",
+    "-7",
+    "1234567890123456789",
+    "0193a2b4-0000-7000-8000-00000000000A",
+    "0193a2b4-0000-7000-8000-00000000000g",
+    "café",
+    "ŝ",
+    "😀",
+    "x y",
+    "{id}",
 ]
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*", "get", ""]
 _HOSTS = [None, "a.example", "b.example", "A.example"]
@@ -328,7 +346,16 @@ def fuzz_router(data: bytes) -> None:
         host = fdp.PickValueInList(_HOSTS)
         if host is not None:
             host = host.lower()
-        raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
+        if fdp.ConsumeBool():  # a path of words the routes may know
+            words = []
+            for _ in range(fdp.ConsumeIntInRange(0, 5)):
+                if fdp.ConsumeIntInRange(0, 5):
+                    words.append(fdp.PickValueInList(_WORDS))
+                else:
+                    words.append(fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 4)))
+            raw = "/".join(words).encode("utf-8", "surrogatepass")
+        else:
+            raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
         if fdp.ConsumeIntInRange(0, 3):
             try:
                 path = normalize(b"/" + raw)
