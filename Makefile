@@ -118,10 +118,10 @@ fuzz: build
 	  $(if $(FUZZ_TARGETS),--targets "$(FUZZ_TARGETS)")
 
 # Soak: a gateway of its own under the mixed load for SOAK_SECONDS, its processes' RSS, open
-# descriptors and connections sampled (CSV, PNG chart, summary; loadtests/soak.py --help).
+# descriptors and connections sampled (CSV, PNG chart, summary; python -m loadtests.soak --help).
 SOAK_SECONDS ?= 600
 soak: build services
-	$(WITH_ENV) $(BIN)/python loadtests/soak.py --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
+	$(WITH_ENV) $(BIN)/python -m loadtests.soak --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache

@@ -1,7 +1,7 @@
 """Soak: the mixed load against a gateway of its own for a long while, sampling its processes.
 
-    loadtests/soak.py [--seconds 600] [--interval 5] [--users 20] [--workers 2]
-                      [--scenario mixed] [--out DIR]
+    python -m loadtests.soak [--seconds 600] [--interval 5] [--users 20] [--workers 2]
+                             [--scenario mixed] [--out DIR]
 
 (``make soak``; ``SOAK_SECONDS`` and the other ``SOAK_*`` variables give the defaults.) Starts
 ``scripts/load.sh`` against a free port on 127.0.0.1, so it brings up a gateway (migrated and
@@ -28,18 +28,15 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from benchmarks.macro.procs import ServerProcess, free_port, http_get
 
 REPO = Path(__file__).resolve().parent.parent
 SERIES = ("rss_mib", "fds", "connections")
@@ -128,17 +125,9 @@ class Sample:
     established: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
+def _answers(port: int, path: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return 200 <= int(resp.status) < 300
+        return http_get("127.0.0.1", port, path, timeout=2).status == 200
     except OSError:
         return False
 
@@ -307,21 +296,12 @@ def chart(samples: Sequence[Sample], path: Path, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def run(options: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = options.out or REPO / "loadtests" / "reports" / f"soak-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{_free_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     database = env.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     env.setdefault("CYGATE_DATABASE_URL", database.rsplit("/", 1)[0] + "/cygate_soak")
@@ -341,25 +321,21 @@ def run(options: argparse.Namespace) -> int:
         f"{options.interval:g} s; results in {out}",
         flush=True,
     )
-    with open(out / "load.log", "wb") as log:
-        load = subprocess.Popen(
-            [str(REPO / "scripts" / "load.sh")],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # scripts/load.sh in a session of its own: killed as a group (and at exit) by ServerProcess;
+    # the gateway it starts in another session, it stops itself when the load ends.
+    load = ServerProcess(
+        [str(REPO / "scripts" / "load.sh")], env=env, cwd=REPO, log_path=out / "load.log"
+    )
     samples: list[Sample] = []
+    load_rc = 1
     try:
         root = psutil.Process(load.pid)
         # Migrations and the seed (first run only) come before the gateway: wait for it.
         deadline = time.monotonic() + 600
         main = None
-        while time.monotonic() < deadline and load.poll() is None:
+        while time.monotonic() < deadline and load.alive():
             main = main or find_gateway(root)
-            if main is not None and _answers(url + "/readyz"):
+            if main is not None and _answers(port, "/readyz"):
                 break
             time.sleep(0.5)
         else:
@@ -371,7 +347,7 @@ def run(options: argparse.Namespace) -> int:
             writer = csv.writer(fh)
             writer.writerow(FIELDS)
             next_at = started
-            while load.poll() is None and main.is_running():
+            while load.alive() and main.is_running():
                 now = time.monotonic()
                 rows = sample(main, now - started)
                 if not rows:
@@ -382,15 +358,18 @@ def run(options: argparse.Namespace) -> int:
                     fh.flush()
                 next_at += options.interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
-        load_rc = load.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        print("soak: scripts/load.sh did not end after the load; stopped", file=sys.stderr)
-        load_rc = 1
+        deadline = time.monotonic() + 120
+        while load.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if load.alive():
+            print("soak: scripts/load.sh did not end after the load; stopped", file=sys.stderr)
+        else:
+            load_rc = load.proc.returncode
     except KeyboardInterrupt:
         print("soak: interrupted; the summary covers what was sampled", file=sys.stderr)
         load_rc = 130
     finally:
-        _stop(load)
+        load.kill(grace=20)
     if not samples:
         print(f"soak: no sample taken; see {out / 'load.log'}", file=sys.stderr)
         return 1

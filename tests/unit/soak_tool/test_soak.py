@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from loadtests.soak import Sample, chart, format_summary, parse_args, slope, summarize
 
-SOAK = Path(__file__).resolve().parents[3] / "loadtests" / "soak.py"
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,8 @@ def test_bad_options_are_one_line_and_status_2(
     args: list[str], env: dict[str, str], says: str
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SOAK), *args],
+        [sys.executable, "-m", "loadtests.soak", *args],
+        cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
