@@ -262,6 +262,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
         await payments.start(pool)
         # -- end payments -------------------------------------------------------------------
+        metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)

@@ -309,6 +309,10 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=LogLevels(settings.log_level),
         log_access=settings.access_log,
         workers_kill_timeout=int(settings.shutdown_timeout),
+        # NOTE: Granian replaces a dead worker at once and counts it in the logs ("Unexpected
+        # exit from worker-N", "Respawning worker-N"); a worker that dies again within 5.5 s of
+        # its respawn is a crash loop: Granian logs it and exits (status 1) instead of spinning.
+        respawn_failed_workers=settings.respawn_failed_workers,
     )
     server.on_startup(lambda: _forward_sighup(stamp))
     server.serve()

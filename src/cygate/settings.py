@@ -215,6 +215,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = "info"
     access_log: Annotated[bool, _doc("Granian access log (costs throughput).")] = False
     shutdown_timeout: Annotated[_Seconds, _doc("Seconds to drain in-flight requests.")] = 30.0
+    respawn_failed_workers: Annotated[
+        bool,
+        _doc(
+            "Replace a Granian worker that dies (SIGKILL, OOM) while the others keep serving; a "
+            "worker that dies again within 5.5 s of its respawn is a crash loop: the server logs "
+            "it and exits, for the service manager to restart. false: any worker death stops "
+            "the server."
+        ),
+    ] = True
 
     database_url: Annotated[
         str,

@@ -62,6 +62,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Circuit breaker state changes (per worker breakers, summed).",
         ("upstream", "from_state", "to_state"),
     ),
+    "cygate_worker_starts_total": (
+        "counter",
+        "Worker processes started in this server run; above the configured workers: respawns of "
+        "workers that died (Granian's respawn_failed_workers).",
+        (),
+    ),
     "cygate_route_table_reloads_total": (
         "counter",
         "Route table reloads by result (ok, rejected).",
