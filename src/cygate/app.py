@@ -386,6 +386,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_paths=settings.edge_fast_paths,
         hit_path=settings.edge_hit_path,
         trusted_proxies=trusted,
+        body_timeout=settings.http_body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).

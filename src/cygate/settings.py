@@ -245,6 +245,25 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[_Positive, _doc("Largest accepted request body; larger is 413.")] = (
         1024 * 1024
     )
+    http_header_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a connection may take to send a request's headers, counted from its "
+            "opening or, on a kept-alive connection, from the previous response (the idle "
+            "timeout too); then it is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
+    http_body_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a request body may take to arrive once its headers are in; then 408 "
+            "problem+json and the connection is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
     hsts_max_age: Annotated[
         _NonNegative, _doc("Strict-Transport-Security max-age; 0 sends no HSTS header.")
     ] = 0
