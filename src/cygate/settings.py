@@ -443,6 +443,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     jwt_revocation_cache_seconds: Annotated[
         float, _doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
     ] = 1.0
+    jwt_revocation_redis_backoff: Annotated[
+        float,
+        _doc(
+            "After a Redis failure, seconds the revocation check accepts tokens without asking "
+            "Redis before one check tries again.",
+            gt=0,
+            le=300,
+        ),
+    ] = 1.0
     access_token_ttl: Annotated[int, _doc("Access token lifetime, seconds.", ge=30, le=86400)] = 900
     refresh_token_ttl: Annotated[
         int, _doc("Lifetime of one refresh token, seconds.", ge=60, le=31_536_000)
