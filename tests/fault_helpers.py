@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from tests.payment_helpers import Customer, db, new_customer
 
-__all__ = ["Load", "OrderBook", "Shot", "process_state", "worker_pids"]
+__all__ = ["Load", "OrderBook", "Shot", "access_tokens", "process_state", "worker_pids"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,23 @@ class Load:
     def statuses(shots: list[Shot]) -> dict[int, int]:
         """Status -> count (0: no answer), for the test's report."""
         return dict(sorted(collections.Counter(s.status for s in shots).items()))
+
+
+def access_tokens(url: str, n: int) -> list[dict[str, str]]:
+    """``n`` Authorization headers of one new customer, each from a login of its own (so each
+    token has its own ``jti``: the revocation check asks Redis about each)."""
+    email = f"drill-{uuid.uuid4().hex[:12]}@example.com"
+    password = secrets.token_urlsafe(12)
+    address = f"198.51.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
+    headers: list[dict[str, str]] = []
+    with httpx.Client(base_url=url, timeout=10, headers={"x-forwarded-for": address}) as c:
+        r = c.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        for _ in range(n):
+            r = c.post("/api/v1/auth/login", json={"email": email, "password": password})
+            assert r.status_code == 200, r.text
+            headers.append({"authorization": f"Bearer {r.json()['access_token']}"})
+    return headers
 
 
 def worker_pids(main_pid: int) -> list[int]:
