@@ -16,8 +16,8 @@ import socket
 import subprocess
 import tempfile
 
-import asyncpg
 import pytest
+from tests.store_helpers import create_migrated
 
 __all__ = ["PrivatePostgres"]
 
@@ -92,19 +92,8 @@ class PrivatePostgres:
 
     def create_database(self, name: str) -> str:
         """A migrated database of that name; its DSN."""
-        from cygate.infra.db import apply_migrations, ensure_database
-
         dsn = self.url(name)
-
-        async def run() -> None:
-            await ensure_database(dsn)
-            conn = await asyncpg.connect(dsn)
-            try:
-                await apply_migrations(conn)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
+        asyncio.run(create_migrated(dsn))
         return dsn
 
     def close(self) -> None:
