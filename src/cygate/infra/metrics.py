@@ -265,6 +265,10 @@ class Metrics(RequestRecorder):
     def start(self, interval: float = 1.0) -> None:
         if self.directory is not None and self._task is None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.flush()  # at once: a worker that dies in its first second still counts
+            except OSError as exc:
+                log.warning("metrics snapshot not written: %s", exc)
             self._task = asyncio.get_running_loop().create_task(self._flush_loop(interval))
 
     async def stop(self) -> None:
