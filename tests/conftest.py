@@ -53,19 +53,12 @@ def migrated_database(prefix: str) -> Iterator[str]:
     afterwards (kept when ``CYGATE_TEST_KEEP`` is set)."""
     import asyncio
 
-    from cygate.infra.db import apply_migrations, drop_database, ensure_database
+    from tests.store_helpers import create_migrated
+
+    from cygate.infra.db import drop_database
 
     dsn = _with_db(SERVER_DSN, f"{prefix}{secrets.token_hex(4)}")
-
-    async def setup() -> None:
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(setup())
+    asyncio.run(create_migrated(dsn))
     try:
         yield dsn
     finally:

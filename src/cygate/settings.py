@@ -215,6 +215,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = "info"
     access_log: Annotated[bool, _doc("Granian access log (costs throughput).")] = False
     shutdown_timeout: Annotated[_Seconds, _doc("Seconds to drain in-flight requests.")] = 30.0
+    respawn_failed_workers: Annotated[
+        bool,
+        _doc(
+            "Replace a Granian worker that dies (SIGKILL, OOM) while the others keep serving; a "
+            "worker that dies again within 5.5 s of its respawn is a crash loop: the server logs "
+            "it and exits, for the service manager to restart. false: any worker death stops "
+            "the server."
+        ),
+    ] = True
 
     database_url: Annotated[
         str,
@@ -236,6 +245,25 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[_Positive, _doc("Largest accepted request body; larger is 413.")] = (
         1024 * 1024
     )
+    http_header_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a connection may take to send a request's headers, counted from its "
+            "opening or, on a kept-alive connection, from the previous response (the idle "
+            "timeout too); then it is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
+    http_body_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a request body may take to arrive once its headers are in; then 408 "
+            "problem+json and the connection is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
     hsts_max_age: Annotated[
         _NonNegative, _doc("Strict-Transport-Security max-age; 0 sends no HSTS header.")
     ] = 0
@@ -414,6 +442,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 20_000
     jwt_revocation_cache_seconds: Annotated[
         float, _doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
+    ] = 1.0
+    jwt_revocation_redis_backoff: Annotated[
+        float,
+        _doc(
+            "After a Redis failure, seconds the revocation check accepts tokens without asking "
+            "Redis before one check tries again.",
+            gt=0,
+            le=300,
+        ),
     ] = 1.0
     access_token_ttl: Annotated[int, _doc("Access token lifetime, seconds.", ge=30, le=86400)] = 900
     refresh_token_ttl: Annotated[

@@ -138,7 +138,11 @@ class Identity:
             threads=settings.argon2_threads,
         )
         self.revocations = Revocations(
-            None, self.verifier, cache_seconds=settings.jwt_revocation_cache_seconds
+            None,
+            self.verifier,
+            cache_seconds=settings.jwt_revocation_cache_seconds,
+            timeout=settings.redis_timeout,
+            backoff=settings.jwt_revocation_redis_backoff,
         )
         self.providers = ProviderKeys(list(settings.identity_providers), self.verifier)
         self.limiter = LoginLimiter(
