@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load capacity clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -20,7 +20,9 @@ help:
 	@echo "           (CYGATE_ADMIN_EMAIL + CYGATE_ADMIN_PASSWORD: that admin exists at start-up)"
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
-	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make load   locust, headless, against the gateway (started if none answers);"
+	@echo "           SHAPE=steady|step|spike|soak RATE=req/s RUN_TIME=2m (docs/load.md)"
+	@echo "make capacity  step the offered rate until the SLO breaks: the highest sustainable rate"
 	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
 
 # The lock is complete (every transitive dependency), so pip installs it as it is (--no-deps) and
@@ -124,8 +126,15 @@ bench: bench-micro bench-macro
 bench-events: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.events
 
+# `make load SHAPE=step RATE=800 RUN_TIME=2m`, `make capacity`: loadtests/tool.py (docs/load.md).
+LOAD_VARS = $(if $(SHAPE),LOAD_SHAPE='$(SHAPE)') $(if $(RATE),LOAD_RATE='$(RATE)') \
+	$(if $(RUN_TIME),LOAD_RUN_TIME='$(RUN_TIME)') $(if $(SCENARIO),LOAD_SCENARIO='$(SCENARIO)')
+
 load: build services
-	$(WITH_ENV) scripts/load.sh
+	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh run
+
+capacity: build services
+	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh capacity
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make load`: locust, headless, against the gateway at CYGATE_URL (default :8000). When nothing
-# answers there, start one (migrate, seed demo data if empty, serve), run, and stop it again.
-# LOAD_SCENARIO picks the users (browse, the default; shop; mixed: see loadtests/run.sh), e.g.
-# `make load LOAD_SCENARIO=shop`; other LOAD_* variables are loadtests/run.sh's.
+# `make load` / `make capacity`: locust, headless, against the gateway at CYGATE_URL (default
+# :8000): `scripts/load.sh run|capacity` runs `loadtests/tool.py run|capacity` (its LOAD_*
+# variables: docs/load.md). When nothing answers there, start one (migrate, seed demo data if
+# empty: LOAD_SEED_PRODUCTS, default 20000, LOAD_SEED_CATEGORIES, default 40), run, and stop
+# it again. A gateway started here also gets an admin account (CYGATE_ADMIN_EMAIL/PASSWORD,
+# a fresh password unless both are set) that the mix's catalog manager signs in as
+# (LOAD_MANAGER_EMAIL/PASSWORD).
 #
 # A gateway started here gets the payment processor simulator through scripts/run.sh (on a free
 # port, webhooks signed with the secret file both read, .cygate/payment-webhook-secret); after
@@ -50,7 +53,7 @@ fi
 rc=0
 loadtests/run.sh "$@" || rc=$?
 
-if [[ -n $processor && ${LOAD_SCENARIO:-browse} != browse ]]; then
+if [[ -n $processor && ${LOAD_SCENARIO:-mix} != browse ]]; then
     sleep 1.5  # webhooks go out --webhook-delay (0.5 s) after each charge
     "$BIN/python" - "$processor/v1/ledger" <<'PY' || true
 import json
