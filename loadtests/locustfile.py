@@ -15,11 +15,12 @@ lists, and now and then hits ``/healthz``. Requests are named by route template 
 statistics group per endpoint, not per URL.
 
 SLO gate (``slo.py``): when locust quits, the master (or the standalone runner) merges the
-endpoints into groups (browse, search, account, auth, orders, payments, catalog_admin) and sets
-the exit code: 1 when a group breaks its p95, p99 or error-ratio limit (``--slo-p95-ms``,
-``--slo-p99-ms``, ``--slo-error-ratio``, per group ``--slo``) or no request was made; 2 when the
-locustfile raised. This replaces locust's default (exit 1 on any single failed request).
-``--slo-report`` writes the figures per endpoint and group and the verdict as JSON.
+endpoints into groups (browse, search, account, sign_in, auth, orders, payments,
+catalog_admin) and sets the exit code: 1 when a group breaks its p95, p99 or error-ratio limit
+(``--slo-p95-ms``, ``--slo-p99-ms``, ``--slo-error-ratio``, per group ``--slo``) or no request
+was made; 2 when the locustfile raised. This replaces locust's default (exit 1 on any single
+failed request). ``--slo-report`` writes the figures per endpoint and group and the verdict as
+JSON.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
 
 THINK_S = float(os.environ.get("LOAD_THINK_S", "") or 0.2)
+MANAGER_THINK_S = float(os.environ.get("LOAD_MANAGER_THINK_S", "") or 2.0)
 ZIPF_S = float(os.environ.get("LOAD_ZIPF_S", "") or 1.0)
 ZIPF_SEED = 20_231  # the popularity order every load process shares
 CATALOG_MAX = int(os.environ.get("LOAD_CATALOG_MAX", "") or 20_000)
@@ -473,6 +474,7 @@ class CatalogManager(_Reader):
 
     fixed_count = 1
     weight = 1
+    wait_time = paced(MANAGER_THINK_S)
 
     def on_start(self) -> None:
         super().on_start()
@@ -569,7 +571,11 @@ def requests_per_user_second(think_s: float = THINK_S) -> float:
 
 
 def _check_positive() -> None:
-    for name, value in (("LOAD_THINK_S", THINK_S), ("LOAD_ZIPF_S", ZIPF_S)):
+    for name, value in (
+        ("LOAD_THINK_S", THINK_S),
+        ("LOAD_MANAGER_THINK_S", MANAGER_THINK_S),
+        ("LOAD_ZIPF_S", ZIPF_S),
+    ):
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name}={value}: must be above 0")
 

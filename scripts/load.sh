@@ -26,7 +26,15 @@ if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
     export CYGATE_DATABASE_URL=${CYGATE_DATABASE_URL:-${DATABASE_URL%/*}/cygate}
     export CYGATE_REDIS_URL=${CYGATE_REDIS_URL:-$REDIS_URL}
     "$BIN/cygate" migrate
-    "$BIN/cygate" seed --if-empty --categories 40 --products 20000 --users 50
+    "$BIN/cygate" seed --if-empty --categories "${LOAD_SEED_CATEGORIES:-40}" \
+        --products "${LOAD_SEED_PRODUCTS:-20000}" --users 50
+    if [[ -z ${CYGATE_ADMIN_EMAIL:-} || -z ${CYGATE_ADMIN_PASSWORD:-} ]]; then
+        export CYGATE_ADMIN_EMAIL=load-admin@load.example.com
+        CYGATE_ADMIN_PASSWORD=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(18))')
+        export CYGATE_ADMIN_PASSWORD
+    fi
+    export LOAD_MANAGER_EMAIL=${LOAD_MANAGER_EMAIL:-$CYGATE_ADMIN_EMAIL}
+    export LOAD_MANAGER_PASSWORD=${LOAD_MANAGER_PASSWORD:-$CYGATE_ADMIN_PASSWORD}
     hostport=${CYGATE_URL#http://}
     if [[ -z ${CYGATE_PAYMENT_PROCESSOR_URL:-} ]]; then
         # Chosen here (scripts/run.sh takes SIM_PORT) so the ledger can be read after the run.
@@ -51,7 +59,7 @@ if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
 fi
 
 rc=0
-loadtests/run.sh "$@" || rc=$?
+"$BIN/python" loadtests/tool.py "${@:-run}" || rc=$?
 
 if [[ -n $processor && ${LOAD_SCENARIO:-mix} != browse ]]; then
     sleep 1.5  # webhooks go out --webhook-delay (0.5 s) after each charge
