@@ -29,7 +29,6 @@ shortfall, as the capacity finder expects.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -39,14 +38,15 @@ import secrets
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from gevent.lock import Semaphore
 from locust import task
 from locust.exception import StopUser
+from popularity import Zipf, queries_from_names
 from shoppers import OUTCOMES, ApiUser, Reply, check_order, has_items
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "CatalogManager",
     "Customer",
     "Visitor",
-    "Zipf",
     "catalog",
     "paced",
     "requests_per_user_second",
@@ -121,31 +120,6 @@ def paced(think_s: float) -> Callable[[Any], float]:
     return wait
 
 
-class Zipf(Generic[T]):
-    """Items drawn with probability proportional to ``1 / rank**s``; the ranks are a shuffle
-    of the sorted items with a fixed seed (the same on every load process)."""
-
-    def __init__(self, items: Sequence[T], s: float = ZIPF_S, seed: int = ZIPF_SEED) -> None:
-        if not items:
-            raise ValueError("Zipf needs at least one item")
-        ranked = sorted(items)  # type: ignore[type-var]
-        random.Random(seed).shuffle(ranked)
-        self.items: list[T] = ranked
-        total = 0.0
-        self.cum: list[float] = []
-        for rank in range(1, len(ranked) + 1):
-            total += rank**-s
-            self.cum.append(total)
-
-    def draw(self, rng: random.Random | None = None) -> T:
-        x = (rng or random).random() * self.cum[-1]
-        return self.items[min(bisect.bisect_right(self.cum, x), len(self.items) - 1)]
-
-    def share_of_top(self, n: int) -> float:
-        """The probability that a draw is one of the ``n`` most popular items."""
-        return self.cum[min(n, len(self.cum)) - 1] / self.cum[-1]
-
-
 @dataclass(frozen=True, slots=True)
 class Catalog:
     """What the load draws from: product ids, search queries and category ids."""
@@ -163,17 +137,6 @@ def _get(url: str) -> Any:
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.load(resp)
-
-
-def queries_from_names(names: Sequence[str]) -> list[str]:
-    """Search queries from product names: each word, and each word with the last one (the
-    noun): ``Compact Steel Kettle`` gives kettle, compact, steel, compact kettle, steel kettle."""
-    found: set[str] = set()
-    for name in names:
-        words = name.lower().split()
-        found.update(words)
-        found.update(f"{w} {words[-1]}" for w in words[:-1])
-    return sorted(found)
 
 
 def catalog(host: str) -> Catalog:
@@ -203,7 +166,11 @@ def catalog(host: str) -> Catalog:
             if not ids:
                 raise RuntimeError(f"{base}: the catalog is empty (run `cygate seed` first)")
             words = queries_from_names([n for n in names if n])
-            _catalog = Catalog(Zipf(ids), Zipf(words or ["product"]), tuple(sorted(categories)))
+            _catalog = Catalog(
+                Zipf(ids, ZIPF_S, ZIPF_SEED),
+                Zipf(words or ["product"], ZIPF_S, ZIPF_SEED),
+                tuple(sorted(categories)),
+            )
             log.info(
                 "catalog: %d products, %d queries, %d categories; top 1%% of products draw %.0f%%",
                 len(ids),

@@ -26,8 +26,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from locust import LoadTestShape
+from typing import Any
 
 __all__ = [
     "SHAPES",
@@ -101,8 +100,10 @@ def load_params(env: Mapping[str, str] | None = None) -> LoadParams:
     return LoadParams(shape, rate, run_time, ramp, steps)
 
 
-class RateShape(LoadTestShape):
-    """A shape written as offered requests per second over time (:meth:`rate_at`)."""
+class RateShape:
+    """A shape written as offered requests per second over time (:meth:`rate_at`); mixed with
+    locust's ``LoadTestShape`` by :func:`select_shape` (so this module imports without locust,
+    which patches the standard library when imported)."""
 
     abstract = True
     params: LoadParams
@@ -113,15 +114,19 @@ class RateShape(LoadTestShape):
         """Offered requests per second at ``t`` seconds into the run; None: the run is over."""
         raise NotImplementedError
 
-    def tick(self) -> tuple[int, float] | None:
-        rate = self.rate_at(self.get_run_time())
+    def level(self, t: float, current_users: int) -> tuple[int, float] | None:
+        """(users, spawn rate) at ``t`` seconds with ``current_users`` running; None: over.
+        A new level is reached in ``LOAD_RAMP`` seconds (at least 1 user a second)."""
+        rate = self.rate_at(t)
         if rate is None:
             return None
         users = max(1, math.ceil(rate / self.per_user))
-        # Reach a new level in LOAD_RAMP seconds (at least 1 user a second).
-        current = self.get_current_user_count() if self.runner is not None else 0
-        spawn_rate = max(1.0, abs(users - current) / self.params.ramp)
-        return users, spawn_rate
+        return users, max(1.0, abs(users - current_users) / self.params.ramp)
+
+    def tick(self) -> tuple[int, float] | None:
+        """locust's hook (``get_run_time``, ``runner``: ``LoadTestShape``'s)."""
+        runner = getattr(self, "runner", None)
+        return self.level(self.get_run_time(), runner.user_count if runner else 0)  # type: ignore[attr-defined]
 
 
 class SteadyShape(RateShape):
@@ -172,11 +177,13 @@ _CLASSES: dict[str, type[RateShape]] = {
 }
 
 
-def select_shape(params: LoadParams, per_user: float) -> type[RateShape]:
-    """A concrete shape class for ``params`` (locust instantiates it)."""
+def select_shape(params: LoadParams, per_user: float) -> type[Any]:
+    """The locust ``LoadTestShape`` class for ``params`` (locust instantiates it)."""
+    from locust import LoadTestShape
+
     base = _CLASSES[params.shape]
     return type(
         base.__name__,
-        (base,),
+        (base, LoadTestShape),
         {"abstract": False, "params": params, "per_user": per_user, "__module__": __name__},
     )

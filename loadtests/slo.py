@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from locust.stats import RequestStats, StatsEntry
+if TYPE_CHECKING:  # locust patches the standard library when imported: only where it runs
+    from locust.stats import RequestStats, StatsEntry
 
 __all__ = [
     "GROUPS",
@@ -109,6 +110,8 @@ def parse_overrides(text: str, defaults: Limits) -> dict[str, Limits]:
 
 def group_stats(stats: RequestStats, entries: Iterable[StatsEntry]) -> dict[str, StatsEntry]:
     """The entries merged per group (only groups that have requests)."""
+    from locust.stats import StatsEntry
+
     merged: dict[str, StatsEntry] = {}
     for entry in entries:
         group = group_of(entry.method or "", entry.name)

@@ -2,6 +2,7 @@
 
     python loadtests/tool.py run        # `make load`: one run (shape, reports, SLO gate)
     python loadtests/tool.py capacity   # `make capacity`: step the rate until the SLO breaks
+    python loadtests/tool.py check run  # only check the settings (no gateway, no load)
 
 Settings come from the environment (``make load SHAPE=step RATE=800`` sets ``LOAD_SHAPE`` and
 ``LOAD_RATE``); docs/load.md lists them. Every value is checked before any load starts, and the
@@ -221,9 +222,8 @@ def one_run(setup: Setup, env: dict[str, str], out: Path, *, reset_stats: bool =
 
 
 def cmd_run(env: dict[str, str]) -> int:
+    cmd_check(env, "run")
     setup = check_common(env)
-    if setup.scenario == "mix":
-        load_params({**env, "LOAD_SHAPE": env.get("LOAD_SHAPE") or "steady"})
     why = reachable(setup.url)
     if why is not None:
         return _fail(f"the gateway at {setup.url} does not answer /healthz ({why}); "
@@ -265,11 +265,9 @@ def step_verdict(report: dict[str, Any], offered: float, min_achieved: float) ->
 
 
 def cmd_capacity(env: dict[str, str]) -> int:
+    cmd_check(env, "capacity")
     setup = check_common(env)
-    if setup.scenario != "mix":
-        raise ParamError("LOAD_SCENARIO: the capacity finder steps the mix scenario")
     cap = capacity_params(env)
-    load_params({**env, "LOAD_SHAPE": "steady", "LOAD_RATE": str(cap.start)})
     why = reachable(setup.url)
     if why is not None:
         return _fail(f"the gateway at {setup.url} does not answer /healthz ({why}); "
@@ -356,17 +354,35 @@ def capacity_chart(steps: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def cmd_check(env: dict[str, str], command: str) -> int:
+    """Check the settings of ``command`` without a gateway or any load (scripts/load.sh does it
+    before it starts a gateway)."""
+    setup = check_common(env)
+    if command == "capacity":
+        if setup.scenario != "mix":
+            raise ParamError("LOAD_SCENARIO: the capacity finder steps the mix scenario")
+        load_params({**env, "LOAD_SHAPE": "steady",
+                     "LOAD_RATE": str(capacity_params(env).start)})  # fmt: skip
+    elif setup.scenario == "mix":
+        load_params({**env, "LOAD_SHAPE": env.get("LOAD_SHAPE") or "steady"})
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": cmd_run, "capacity": cmd_capacity}
-    if len(args) != 1 or args[0] not in commands:
-        return _fail("usage: tool.py run|capacity (settings from LOAD_* variables, docs/load.md)")
+    env = dict(os.environ)
     try:
-        return commands[args[0]](dict(os.environ))
+        if args[:1] == ["check"] and len(args) == 2 and args[1] in ("run", "capacity"):
+            return cmd_check(env, args[1])
+        if args == ["run"]:
+            return cmd_run(env)
+        if args == ["capacity"]:
+            return cmd_capacity(env)
     except ParamError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted")
+    return _fail("usage: tool.py [check] run|capacity (settings: LOAD_* variables, docs/load.md)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ CYGATE_URL=${CYGATE_URL%/}
 BIN=$REPO/.venv/bin
 started=""
 processor=""
+# The settings first: a bad one is one line and exit 2 before any gateway is started.
+"$BIN/python" loadtests/tool.py check "${@:-run}" || exit 2
 cleanup() { [[ -n $started ]] && kill -TERM -- "-$started" 2>/dev/null || true; }
 trap cleanup EXIT
 
