@@ -114,19 +114,23 @@ class RateShape:
         """Offered requests per second at ``t`` seconds into the run; None: the run is over."""
         raise NotImplementedError
 
-    def level(self, t: float, current_users: int) -> tuple[int, float] | None:
-        """(users, spawn rate) at ``t`` seconds with ``current_users`` running; None: over.
-        A new level is reached in ``LOAD_RAMP`` seconds (at least 1 user a second)."""
+    def level(self, t: float) -> tuple[int, float] | None:
+        """(users, spawn rate) at ``t`` seconds; None: the run is over. A new level is reached
+        in ``LOAD_RAMP`` seconds (at least 1 user a second); the spawn rate stays the same
+        while the level does, so locust does not restart the ramp every tick."""
         rate = self.rate_at(t)
         if rate is None:
             return None
         users = max(1, math.ceil(rate / self.per_user))
-        return users, max(1.0, abs(users - current_users) / self.params.ramp)
+        previous, spawn_rate = getattr(self, "_level", (0, 1.0))
+        if users != previous:
+            spawn_rate = max(1.0, abs(users - previous) / self.params.ramp)
+            self._level = (users, spawn_rate)
+        return users, spawn_rate
 
     def tick(self) -> tuple[int, float] | None:
-        """locust's hook (``get_run_time``, ``runner``: ``LoadTestShape``'s)."""
-        runner = getattr(self, "runner", None)
-        return self.level(self.get_run_time(), runner.user_count if runner else 0)  # type: ignore[attr-defined]
+        """locust's hook (``get_run_time``: ``LoadTestShape``'s)."""
+        return self.level(self.get_run_time())  # type: ignore[attr-defined]
 
 
 class SteadyShape(RateShape):

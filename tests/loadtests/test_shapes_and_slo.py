@@ -44,9 +44,17 @@ def _shape(name: str, **env: str):  # type: ignore[no-untyped-def]
 
 def test_steady_holds_the_rate_after_the_ramp_then_ends() -> None:
     shape = _shape("steady", LOAD_RATE="1000", LOAD_RUN_TIME="60", LOAD_RAMP="10")
-    assert shape.level(0, 0) == (200, 20.0)  # 1000 req/s / 5 per user, reached in 10 s
-    assert shape.level(65, 200) == (200, 1.0)
-    assert shape.level(70, 200) is None
+    assert shape.level(0) == (200, 20.0)  # 1000 req/s / 5 per user, reached in 10 s
+    assert shape.level(65) == (200, 20.0)  # the same level: the same spawn rate
+    assert shape.level(70) is None
+
+
+def test_a_new_step_is_ramped_from_the_previous_level() -> None:
+    shape = _shape("step", LOAD_RATE="1000", LOAD_RUN_TIME="100", LOAD_STEPS="4", LOAD_RAMP="5")
+    assert shape.level(0) == (50, 10.0)
+    assert shape.level(25) == (100, 10.0)
+    assert shape.level(50) == (150, 10.0)
+    assert shape.level(99) == (200, 10.0)
 
 
 def test_step_climbs_in_equal_steps() -> None:
