@@ -127,8 +127,11 @@ bench-events: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.events
 
 # `make load SHAPE=step RATE=800 RUN_TIME=2m`, `make capacity`: loadtests/tool.py (docs/load.md).
+# `make capacity START=500 STEP=250 MAX=5000 STEP_TIME=45s` sets LOAD_CAPACITY_*.
 LOAD_VARS = $(if $(SHAPE),LOAD_SHAPE='$(SHAPE)') $(if $(RATE),LOAD_RATE='$(RATE)') \
-	$(if $(RUN_TIME),LOAD_RUN_TIME='$(RUN_TIME)') $(if $(SCENARIO),LOAD_SCENARIO='$(SCENARIO)')
+	$(if $(RUN_TIME),LOAD_RUN_TIME='$(RUN_TIME)') $(if $(SCENARIO),LOAD_SCENARIO='$(SCENARIO)') \
+	$(if $(START),LOAD_CAPACITY_START='$(START)') $(if $(STEP),LOAD_CAPACITY_STEP='$(STEP)') \
+	$(if $(MAX),LOAD_CAPACITY_MAX='$(MAX)') $(if $(STEP_TIME),LOAD_CAPACITY_STEP_TIME='$(STEP_TIME)')
 
 load: build services
 	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh run

@@ -361,8 +361,8 @@ def cmd_check(env: dict[str, str], command: str) -> int:
     if command == "capacity":
         if setup.scenario != "mix":
             raise ParamError("LOAD_SCENARIO: the capacity finder steps the mix scenario")
-        load_params({**env, "LOAD_SHAPE": "steady",
-                     "LOAD_RATE": str(capacity_params(env).start)})  # fmt: skip
+        load_params({**env, "LOAD_SHAPE": "steady"})  # LOAD_RATE, LOAD_RAMP if set
+        capacity_params(env)
     elif setup.scenario == "mix":
         load_params({**env, "LOAD_SHAPE": env.get("LOAD_SHAPE") or "steady"})
     return 0

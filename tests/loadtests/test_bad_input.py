@@ -60,6 +60,7 @@ BAD_CAPACITY = [
     ({"LOAD_CAPACITY_MIN_ACHIEVED": "1.5"}, ("LOAD_CAPACITY_MIN_ACHIEVED", "at most 1")),
     ({"LOAD_SCENARIO": "shop"}, ("capacity finder steps the mix",)),
     ({"LOAD_RAMP": "abc"}, ("LOAD_RAMP='abc'",)),
+    ({"LOAD_RATE": "-5"}, ("LOAD_RATE='-5'", "above 0")),
 ]
 
 
