@@ -22,9 +22,10 @@ The capacity finder runs the steady shape at ``LOAD_CAPACITY_START`` requests pe
 ``LOAD_CAPACITY_STEP`` more each time (at most ``LOAD_CAPACITY_MAX``), each step
 ``LOAD_CAPACITY_STEP_TIME`` long after a ``LOAD_RAMP`` ramp (statistics reset once the users
 are up). A step is sustainable when every group holds its SLO and the achieved rate is at least
-``LOAD_CAPACITY_MIN_ACHIEVED`` (0.9) of the offered one. It stops at the first step that is not
-and reports the highest sustainable rate (``capacity.json``, ``capacity.md``,
-``capacity.png`` beside each step's own reports).
+``LOAD_CAPACITY_MIN_ACHIEVED`` (0.9) of the offered one. A step that is not is run again
+(``LOAD_CAPACITY_CONFIRM`` times, default 1) before it counts; the finder stops at the first
+rate that stays unsustainable and reports the highest sustainable rate (``capacity.json``,
+``capacity.md``, ``capacity.png`` beside each step's own reports).
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ class CapacityParams:
     maximum: float
     step_time: float
     min_achieved: float
+    confirm: int  # times a broken step is run again before it counts
 
 
 def capacity_params(env: Mapping[str, str]) -> CapacityParams:
@@ -252,7 +254,8 @@ def capacity_params(env: Mapping[str, str]) -> CapacityParams:
     min_achieved = _number(env, "LOAD_CAPACITY_MIN_ACHIEVED", "0.9")
     if min_achieved > 1:
         raise ParamError(f"LOAD_CAPACITY_MIN_ACHIEVED={min_achieved:g}: at most 1")
-    return CapacityParams(start, step, maximum, step_time, min_achieved)
+    confirm = int(_number(env, "LOAD_CAPACITY_CONFIRM", "1", above=False, kind=int))
+    return CapacityParams(start, step, maximum, step_time, min_achieved, confirm)
 
 
 def step_verdict(report: dict[str, Any], offered: float, min_achieved: float) -> list[str]:
@@ -276,6 +279,7 @@ def cmd_capacity(env: dict[str, str]) -> int:
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     rate = cap.start
+    retries = cap.confirm
     while rate <= cap.maximum:
         step_dir = out / f"step-{len(steps) + 1:02d}-{rate:g}"
         step_dir.mkdir()
@@ -296,10 +300,14 @@ def cmd_capacity(env: dict[str, str]) -> int:
         print(f"load: capacity step {rate:g} req/s: "
               + ("sustainable" if not problems else "NOT sustainable: " + "; ".join(problems)),
               flush=True)  # fmt: skip
+        if problems and retries > 0:
+            retries -= 1  # a noisy machine: the same rate once more before it counts
+            continue
         if problems:
             break
         best = steps[-1]
         rate += cap.step
+        retries = cap.confirm
     result = {"highest_sustainable": best, "steps": steps, "step_time_s": cap.step_time,
               "min_achieved": cap.min_achieved, "url": setup.url}  # fmt: skip
     (out / "capacity.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

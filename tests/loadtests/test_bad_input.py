@@ -61,6 +61,7 @@ BAD_CAPACITY = [
     ({"LOAD_SCENARIO": "shop"}, ("capacity finder steps the mix",)),
     ({"LOAD_RAMP": "abc"}, ("LOAD_RAMP='abc'",)),
     ({"LOAD_RATE": "-5"}, ("LOAD_RATE='-5'", "above 0")),
+    ({"LOAD_CAPACITY_CONFIRM": "-1"}, ("LOAD_CAPACITY_CONFIRM='-1'", "at least 0")),
 ]
 
 
