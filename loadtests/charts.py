@@ -1,6 +1,7 @@
 """PNG charts and a summary table of one locust run, from its CSV history and SLO report.
 
-``rate.png`` (requests and failures per second, users), ``latency.png`` (p50, p95, p99 over
+``rate.png`` (requests and failures per second as locust's history reports them, a moving
+average of a few seconds; users), ``latency.png`` (p50, p95, p99 over
 time: locust's percentiles of the last few seconds) and ``errors.png`` (the failure ratio over
 time) from ``locust_stats_history.csv``; ``summary.md``, a table per endpoint group with the
 exact final figures and the SLO verdict, from ``slo.json``.
@@ -71,7 +72,9 @@ def write_charts(rows: list[dict[str, float | None]], out: Path, title: str) -> 
     users = ax.twinx()
     users.plot(t, series("User Count"), label="users", color="tab:gray", linestyle="--")
     users.set_ylabel("users")
-    ax.legend(loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = users.get_legend_handles_labels()
+    ax.legend(handles + more_handles, labels + more_labels, loc="upper left")
     save(fig, "rate.png")
 
     fig, ax = plt.subplots(figsize=(9, 4))
