@@ -64,7 +64,7 @@ log = logging.getLogger("cygate.loadtest.mix")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
 
-THINK_S = float(os.environ.get("LOAD_THINK_S", "") or 0.2)
+THINK_S = float(os.environ.get("LOAD_THINK_S", "") or 0.5)
 MANAGER_THINK_S = float(os.environ.get("LOAD_MANAGER_THINK_S", "") or 2.0)
 ZIPF_S = float(os.environ.get("LOAD_ZIPF_S", "") or 1.0)
 ZIPF_SEED = 20_231  # the popularity order every load process shares

@@ -96,7 +96,7 @@ def check_common(env: Mapping[str, str]) -> Setup:
     url = (env.get("CYGATE_URL", "") or "http://127.0.0.1:8000").rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ParamError(f"CYGATE_URL={url!r}: expected an http:// or https:// URL")
-    _number(env, "LOAD_THINK_S", "0.2")
+    _number(env, "LOAD_THINK_S", "0.5")
     _number(env, "LOAD_MANAGER_THINK_S", "2.0")
     _number(env, "LOAD_ZIPF_S", "1.0")
     _number(env, "LOAD_ACCOUNTS", "100", kind=int)

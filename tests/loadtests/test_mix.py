@@ -43,7 +43,7 @@ def test_the_mix_offers_the_documented_rate_per_user() -> None:
     got = _probe()
     assert got["per_task"] == {"Visitor": 1.0, "Customer": 1.132, "CatalogManager": 2.0}
     assert got["weights"] == {"Visitor": 70, "Customer": 29, "CatalogManager": 1}
-    assert got["per_user_second"] == 5.19  # docs/load.md: 1.04 / 0.2 s
+    assert got["per_user_second"] == 2.08  # docs/load.md: 1.04 / 0.5 s
     assert got["shapes"] == []  # no LOAD_SHAPE: locust's --users drive the run
     assert {"Visitor", "Customer", "CatalogManager", "CatalogBrowser", "Shopper"} <= set(
         got["users"]  # type: ignore[arg-type]
@@ -52,4 +52,4 @@ def test_the_mix_offers_the_documented_rate_per_user() -> None:
 
 def test_the_named_shape_is_the_only_one_locust_sees() -> None:
     assert _probe(LOAD_SHAPE="step")["shapes"] == ["StepShape"]
-    assert _probe(LOAD_SHAPE="soak", LOAD_THINK_S="0.5")["per_user_second"] == 2.08
+    assert _probe(LOAD_SHAPE="soak", LOAD_THINK_S="0.2")["per_user_second"] == 5.19
