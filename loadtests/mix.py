@@ -61,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("cygate.loadtest.mix")
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., None])
 
 THINK_S = float(os.environ.get("LOAD_THINK_S", "") or 0.5)
