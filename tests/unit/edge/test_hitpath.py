@@ -205,12 +205,21 @@ async def send(
         "path": path,
         "raw_path": path.encode() if raw_path is None else raw_path,
         "query_string": query,
-        "headers": list(headers or []),
+        "headers": with_host(headers),
         "client": (client, 5000),
     }
     await edge(scope, receive, record)
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return Reply(sent[0], body)
+
+
+def with_host(headers: list[tuple[bytes, bytes]] | None) -> list[tuple[bytes, bytes]]:
+    """``headers`` with a ``Host`` first when they have none (every HTTP/1.1 request has one;
+    the fused path leaves a request without it to the general path)."""
+    headers = list(headers or [])
+    if not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", b"gateway.test"))
+    return headers
 
 
 def assert_same(fused: Reply, general: Reply, request_headers: list[tuple[bytes, bytes]]) -> None:
@@ -543,7 +552,7 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
         return {"type": "http.request", "body": b""}
 
     scope = {"type": "http", "method": "GET", "path": "/open/8", "raw_path": b"/open/8",
-             "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+             "query_string": b"", "headers": with_host([]), "client": ("10.0.0.1", 1)}  # fmt: skip
     with pytest.raises(Gone):
         await pair.fused(scope, receive, broken)
     assert pair.counted["fused"] == 1
@@ -552,7 +561,7 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
 
 def _open_scope(path: str) -> dict[str, Any]:
     return {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
-            "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+            "query_string": b"", "headers": with_host([]), "client": ("10.0.0.1", 1)}  # fmt: skip
 
 
 async def _receive() -> Message:
