@@ -10,7 +10,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
+.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz-api clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -19,6 +19,7 @@ help:
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make fuzz-api  schemathesis over the whole API (customer + admin), no 5xx allowed"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -106,6 +107,16 @@ bench-events: build services
 
 load: build services
 	$(WITH_ENV) scripts/load.sh
+
+# API fuzzing: schemathesis over the whole OpenAPI document of a private gateway, as a customer
+# and as an admin, FUZZ_API_SECONDS each (the suite runs the same test for 45 s each); any 5xx
+# fails it. Reports (schemathesis JSON/NDJSON, figures.json) in FUZZ_API_REPORTS.
+FUZZ_API_SECONDS ?= 600
+FUZZ_API_REPORTS ?= loadtests/reports/fuzz-api
+fuzz-api: build services
+	$(WITH_ENV) CYGATE_FUZZ_API_SECONDS=$(FUZZ_API_SECONDS) \
+	  CYGATE_FUZZ_API_REPORT_DIR=$(abspath $(FUZZ_API_REPORTS)) \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/acceptance/test_api_fuzz.py
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache
