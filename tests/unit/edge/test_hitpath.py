@@ -647,3 +647,28 @@ def test_the_edge_builds_it_only_for_stages_it_knows(core_impl: CoreImplementati
     assert edge.hit_path is not None
     edge.router = Router()  # a new route table: rebuilt over it
     assert edge.hit_path is not None and edge.hit_path.router is edge.router
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [[], [b""], [b"api.example", b"api.example"], [b"api.example", b"other.example"]],
+    ids=["none", "empty", "twice", "two"],
+)
+async def test_a_request_without_exactly_one_host_is_left_to_the_general_path(
+    pair: Pair, hosts: list[bytes]
+) -> None:
+    await check(pair, "/open/12")  # cached: the fused path answers it
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    good = {**_open_scope("/open/12"), "http_version": "1.1"}
+    fused = pair.counted["fused"]
+    await pair.fused(good, _receive, record)
+    assert pair.counted["fused"] == fused + 1 and sent[0]["status"] == 200
+    sent.clear()
+    bad = {**good, "headers": [(b"host", host) for host in hosts]}
+    await pair.fused(bad, _receive, record)
+    assert pair.counted["fused"] == fused + 1  # left to the general path: its 400
+    assert sent[0]["status"] == 400
