@@ -97,7 +97,7 @@ def _fuzz(
     report = out / f"{name}.json"
     command = [
         str(SCHEMATHESIS), "run", f"{gw.url}/schema/openapi.json",
-        "--checks", "not_a_server_error",
+        "--checks", "not_a_server_error,problem_details",
         "--max-time", str(SECONDS),
         "--workers", "2",
         "--request-timeout", "10",
