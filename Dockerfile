@@ -23,14 +23,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential=12.9 \
     && rm -rf /var/lib/apt/lists/*
 
-# Cython is pinned as in pyproject.toml's [build-system]; setuptools and wheel satisfy its other
-# requires (the wheel is built without isolation, with exactly these); build is there for
-# `python -m build` (sdist) when debugging the packaging inside this stage.
-RUN pip install --no-cache-dir \
-        "build==1.6.1" \
-        "Cython==3.3.1" \
-        "setuptools==84.2.1" \
-        "wheel==0.48.0"
+# The build tools come from the project's lock (requirements/build.txt: Cython, setuptools, wheel,
+# each with its hashes), the same versions `make install` puts in a development venv.
+COPY requirements/build.txt /tmp/build.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build.txt
 
 WORKDIR /src
 COPY . .
@@ -42,14 +38,17 @@ RUN env -u CYGATE_NO_EXTENSIONS \
         pip wheel . --no-deps --no-build-isolation --no-cache-dir -w /wheels \
     && ls /wheels/cygate-*-cp3*-linux_*.whl
 
-# Wheels for the dependencies (built from source here when PyPI has no wheel for them).
-RUN pip wheel --no-cache-dir -w /wheels /wheels/cygate-*.whl
+# Wheels for the dependencies: exactly the lock's runtime set (requirements/runtime.txt), every
+# download checked against its hashes.
+RUN pip wheel --no-cache-dir --require-hashes --no-deps -w /wheels -r requirements/runtime.txt
 
 # Smoke check: install the wheel as the runtime will and make sure the compiled router is the
 # one in use, not its pure-Python twin.
 WORKDIR /
 RUN python -m venv /tmp/check \
-    && /tmp/check/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/cygate-*.whl \
+    && /tmp/check/bin/pip install --no-cache-dir --no-index --find-links /wheels \
+        --require-hashes --no-deps -r /src/requirements/runtime.txt \
+    && /tmp/check/bin/pip install --no-cache-dir --no-index --no-deps /wheels/cygate-*.whl \
     && env -u CYGATE_NO_EXTENSIONS /tmp/check/bin/python -c \
         "import cygate.core.router as r; assert r.Router is r.RouterC, 'compiled router not in use'" \
     && env -u CYGATE_NO_EXTENSIONS /tmp/check/bin/python -c \
@@ -75,10 +74,14 @@ RUN groupadd --system --gid 10001 cygate \
     && useradd --system --uid 10001 --gid cygate --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin cygate
 
-# Only the wheels, bind-mounted from the builder (they never land in a layer of this image).
+# Only the wheels and the lock, bind-mounted from the builder (they never land in a layer of this
+# image): the locked dependencies, hashes checked again, then the project wheel without resolving.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    --mount=type=bind,from=builder,source=/src/requirements,target=/requirements \
     python -m venv "$VIRTUAL_ENV" \
-    && pip install --no-cache-dir --no-index --find-links /wheels /wheels/cygate-*.whl
+    && pip install --no-cache-dir --no-index --find-links /wheels \
+        --require-hashes --no-deps -r /requirements/runtime.txt \
+    && pip install --no-cache-dir --no-index --no-deps /wheels/cygate-*.whl
 
 WORKDIR /app
 USER 10001:10001

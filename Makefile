@@ -6,11 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYX := $(wildcard src/cygate/core/_*_c.pyx) $(wildcard src/cygate/core/_*_c.pxd)
 STAMP := $(VENV)/.installed
+# Exact versions, with hashes, of everything installed (scripts/lock.py; `make lock` rewrites it).
+LOCK := requirements/dev.txt
 SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz-api clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz fuzz-api soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -19,15 +21,31 @@ help:
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
+	@echo "make fuzz   atheris: each compiled parser against its pure twin (FUZZ_SECONDS per target)"
+	@echo "make soak   mixed load for SOAK_SECONDS (600) sampling the gateway's RSS, fds, connections"
 	@echo "make fuzz-api  schemathesis over the whole API (customer + admin), no 5xx allowed"
 
-$(STAMP): pyproject.toml setup.py
+# The lock is complete (every transitive dependency), so pip installs it as it is (--no-deps) and
+# checks every download against its hashes; the project goes in last, editable, without build
+# isolation: its build requirements (the lock's `build` group) are already in the venv.
+$(STAMP): $(LOCK) pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel "Cython==3.3.1"
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(STAMP)
+
+# After an edit of pyproject.toml's requirements: re-resolve, keeping every pin that still fits.
+lock: install
+	$(BIN)/python scripts/lock.py compile
+	$(MAKE) test
+
+# Deliberately, in a commit of its own: every package to its newest allowed release, then the suite.
+lock-refresh: install
+	$(BIN)/python scripts/lock.py compile --upgrade
+	$(MAKE) test
 
 # Compiles the Cython core in place (fails loudly on a compile error). A pure build skips it.
 build: install
@@ -54,8 +72,9 @@ run: seed
 	  CYGATE_REDIS_URL=$${CYGATE_REDIS_URL:-$$REDIS_URL} scripts/run.sh
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks loadtests
-	$(BIN)/ruff format --check src tests benchmarks loadtests
+	$(BIN)/python scripts/lock.py check
+	$(BIN)/ruff check src tests benchmarks loadtests scripts
+	$(BIN)/ruff format --check src tests benchmarks loadtests scripts
 	$(BIN)/mypy
 	scripts/lint-dockerfile.sh
 
@@ -81,21 +100,24 @@ endif
 bench-micro: build
 	$(BIN)/python -m pytest benchmarks/micro -q -p no:cacheprovider \
 	  --benchmark-json=benchmarks/results/micro-latest.json
-	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-readme README.md
+	$(BIN)/python -m benchmarks.report_micro benchmarks/results/micro-latest.json --update-doc docs/benchmarks.md
 
 # The edge's hit path in instructions and new objects per request (callgrind: the same count
 # whatever the machine is doing; ~4 min). TREE=/path/to/other/checkout compares with it.
 bench-instructions: build
 	$(BIN)/python -m benchmarks.micro.instructions $(if $(TREE),--tree $(TREE))
 
-# Search latency on the 100k-product seed through a gateway (issue 7; docs/catalog.md).
+# Search latency on the 100k-product seed through a gateway (docs/catalog.md).
 bench-search: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.search
 
+# Every contender under wrk, three rounds (docs/benchmarks.md); the full tables go to
+# docs/benchmarks.md, the headline table (cygate-full and its three peers) to README.md.
 bench-macro: build services
-	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --update-readme README.md
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.run --rounds 3 --duration 8 --open-rate 5000 \
+	  --update-doc docs/benchmarks.md
 
-# Orders (issue 7): order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
+# Orders: order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
 bench-orders: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.orders
 
@@ -117,6 +139,20 @@ fuzz-api: build services
 	$(WITH_ENV) CYGATE_FUZZ_API_SECONDS=$(FUZZ_API_SECONDS) \
 	  CYGATE_FUZZ_API_REPORT_DIR=$(abspath $(FUZZ_API_REPORTS)) \
 	  $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/acceptance/test_api_fuzz.py
+
+# Coverage-guided fuzzing (atheris) of the compiled parsers against their pure twins, FUZZ_SECONDS
+# per target (FUZZ_TARGETS=jwt,path,... picks some). The corpus grows under .fuzz/corpus, findings
+# go to .fuzz/findings (tests/fuzz/fuzz_run.py says how to replay one).
+FUZZ_SECONDS ?= 60
+fuzz: build
+	$(BIN)/python tests/fuzz/fuzz_run.py --seconds "$(FUZZ_SECONDS)" --artifacts .fuzz/findings \
+	  $(if $(FUZZ_TARGETS),--targets "$(FUZZ_TARGETS)")
+
+# Soak: a gateway of its own under the mixed load for SOAK_SECONDS, its processes' RSS, open
+# descriptors and connections sampled (CSV, PNG chart, summary; python -m loadtests.soak --help).
+SOAK_SECONDS ?= 600
+soak: build services
+	$(WITH_ENV) $(BIN)/python -m loadtests.soak --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache

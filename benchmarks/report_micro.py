@@ -1,7 +1,9 @@
 """Print the micro-benchmark results per group: mean time per operation and ratio to the fastest.
 
-Usage: ``python benchmarks/report_micro.py [RESULTS.json]`` (default: the newest ``*.json`` in
-``benchmarks/results/`` written by ``pytest --benchmark-json``). Each case stores the number of
+Usage: ``python -m benchmarks.report_micro [RESULTS.json] [--update-doc [FILE]]`` (default: the
+newest ``*.json`` in ``benchmarks/results/`` written by ``pytest --benchmark-json``; with
+``--update-doc`` the report also goes between the ``micro`` markers of FILE, by default
+``docs/benchmarks.md``). Each case stores the number of
 operations in one round as ``extra_info["ops"]`` (1 when absent), so a round's mean divided by it
 is the time of one operation. A case named ``*_baseline`` (e.g. the bare loop of a workload) is
 shown but not ranked, and the others also show their time less the baseline's ("net").
@@ -15,9 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "rows", "table"]
+__all__ = ["doc_block", "main", "rows", "table"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+MICRO_START = "<!-- micro:start -->"
+MICRO_END = "<!-- micro:end -->"
 
 
 def _is_pytest_benchmark(path: Path) -> bool:
@@ -89,14 +94,27 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def doc_block(report: str) -> str:
+    """The report as ``docs/benchmarks.md`` keeps it, with the command that makes it (the
+    date is in the results file and in git)."""
+    return (
+        "Made by `make bench-micro` (`pytest benchmarks/micro --benchmark-json=...`, then "
+        "`python -m benchmarks.report_micro ... --update-doc`); us/op = one operation "
+        "(one route match, one path normalised):\n\n```\n" + report + "\n```"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", type=Path, help="pytest-benchmark JSON file")
     parser.add_argument(
-        "--update-readme",
+        "--update-doc",
         type=Path,
+        nargs="?",
+        const=DOC,
         metavar="FILE",
-        help="replace the text between <!-- micro:start --> and <!-- micro:end --> in FILE",
+        help=f"replace the text between {MICRO_START} and {MICRO_END} in FILE "
+        "(default docs/benchmarks.md)",
     )
     args = parser.parse_args(argv)
     path: Path = args.results or newest_json()
@@ -109,17 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     report = table(data)
     print(f"{path}:")
     print(report)
-    if args.update_readme:
-        from benchmarks.macro.report import update_readme
+    if args.update_doc:
+        from benchmarks.macro.report import update_doc
 
-        when = data.get("datetime", "")[:19].replace("T", " ")
-        block = (
-            f"Measured {when} UTC by `make bench-micro` "
-            "(`pytest benchmarks/micro --benchmark-json=...` then "
-            "`python benchmarks/report_micro.py`); us/op = one operation "
-            "(one route match, one path normalised):\n\n```\n" + report + "\n```"
-        )
-        update_readme(args.update_readme, block, "<!-- micro:start -->", "<!-- micro:end -->")
+        update_doc(args.update_doc, doc_block(report), MICRO_START, MICRO_END)
+        print(f"{args.update_doc} updated")
     return 0
 
 

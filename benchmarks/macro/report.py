@@ -1,6 +1,8 @@
-"""What a run leaves behind: the table (printed, and optionally written into a README between
-``<!-- macro:start -->`` and ``<!-- macro:end -->``), ``benchmarks/results/macro-<UTC>.json`` and
-``macro-latest.json``, and a bar chart ``macro-latest.png`` (req/s and server CPU µs/request).
+"""What a run leaves behind: the tables (printed, and optionally written into
+``docs/benchmarks.md`` between ``<!-- macro:start -->`` and ``<!-- macro:end -->``, with the
+headline table into the README between ``<!-- headline:start -->`` and ``<!-- headline:end -->``),
+``benchmarks/results/macro-<UTC>.json`` and ``macro-latest.json``, and a bar chart
+``macro-latest.png`` (req/s and server CPU µs/request).
 """
 
 from __future__ import annotations
@@ -23,19 +25,28 @@ from .rounds import Rounds, paired
 
 __all__ = [
     "BASE_SUFFIX",
+    "DOC_END",
+    "DOC_START",
+    "HEADLINE_END",
+    "HEADLINE_START",
     "Failure",
     "Result",
     "against_baseline",
+    "doc_block",
+    "headline",
     "machine_summary",
     "markdown_table",
     "plot",
-    "readme_block",
-    "update_readme",
+    "update_doc",
     "write_json",
 ]
 
-README_START = "<!-- macro:start -->"
-README_END = "<!-- macro:end -->"
+DOC_START = "<!-- macro:start -->"
+DOC_END = "<!-- macro:end -->"
+"""Around the full tables in ``docs/benchmarks.md``."""
+HEADLINE_START = "<!-- headline:start -->"
+HEADLINE_END = "<!-- headline:end -->"
+"""Around the headline table in the README."""
 BASE_SUFFIX = "@base"
 """``--baseline-tree``: the name of a contender's twin running the other tree's code."""
 _NAN = float("nan")
@@ -204,20 +215,20 @@ CACHE_GOALS = (
     ("litestar-hello", 2.0),
     ("litestar-stock", 15.0),
 )
-"""Issue 5's goals for cygate-full (granian-same-bytes is the floor the issue names: a bare
-Granian app returning the same bytes; granian-bare, the body with two headers, is shown too)."""
+"""cygate-full's goals (granian-same-bytes is the floor: a bare Granian app returning the same
+bytes; granian-bare, the body with two headers, is shown too)."""
 FLOOR = "granian-same-bytes"
 
 
 def cache_goals(rounds: Rounds, subject: str = "cygate-full") -> str:
-    """cygate-full against the contenders issue 5 compares it with (ratios within a round),
-    with p99, and the ceiling: the floor's own ratio, which no gateway doing more can pass."""
+    """cygate-full against the contenders its goals name (ratios within a round), with p99,
+    and the ceiling: the floor's own ratio, which no gateway doing more can pass."""
     p99 = rounds.each(subject, lambda r: r.p99_ms)
     if p99 is None:
         return ""
     floor_p99 = rounds.each(FLOOR, lambda r: r.p99_ms)
     lines = [
-        f"`{subject}` against issue 5's goals (same run; p99 goal < 5 ms: "
+        f"`{subject}` against its goals (same run; p99 goal < 5 ms: "
         f"{p99.text('.2f', ' ms')}, {'met' if p99.median < 5 else 'not met'}"
         + (f"; the floor's own p99: {floor_p99.text('.2f', ' ms')}" if floor_p99 else "")
         + "):",
@@ -274,11 +285,50 @@ def against_baseline(rounds: Rounds, names: Sequence[str]) -> str:
     )
 
 
-def readme_block(table: str, command: str, when: datetime, machine: dict[str, Any]) -> str:
+HEADLINE = (
+    ("cygate-full", "cygate: cached, authenticated (EdDSA token), rate-limited product read"),
+    (FLOOR, "the floor: a bare Granian ASGI app sending the same bytes"),
+    ("litestar-hello", "Litestar's hello-world on Granian"),
+    ("litestar-stock", "stock Litestar: JWT auth, rate-limit middleware, response cache, asyncpg"),
+)
+"""The README's one table: cygate-full beside the floor and the two Litestar peers."""
+
+
+def headline(rounds: Rounds, command: str, machine: dict[str, Any]) -> str:
+    """The README's headline table (cygate-full against each of the others, median of the
+    per-round ratios), or "" unless all four of :data:`HEADLINE` finished."""
+    names = [name for name, _ in HEADLINE]
+    results = rounds.representatives(names)
+    if len(results) != len(names):
+        return ""
+    subject = names[0]
+    lines = [
+        f"| contender | req/s | p99 ms | CPU µs/req | {subject} / it |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (name, role), result in zip(HEADLINE, results, strict=True):
+        ratio = rounds.ratio(subject, name) if name != subject else None
+        lines.append(
+            f"| `{name}`: {role} | {result.rps:,.0f} | {_num(result.p99_ms, '.2f')} | "
+            f"{_num(result.cpu_us_per_req, '.1f')} | "
+            f"{'-' if ratio is None else format(ratio.median, '.2f') + 'x'} |"
+        )
+    n = len(rounds.runs)
+    lines += [
+        "",
+        f"{machine_line(machine)}; "
+        + (f"median of {n} rounds" if n > 1 else "one round")
+        + f". Command: `{command}`",
+    ]
+    return "\n".join(lines)
+
+
+def doc_block(table: str, command: str, machine: dict[str, Any]) -> str:
+    """The full tables as ``docs/benchmarks.md`` keeps them: with the command and the machine
+    (the date is in the run's JSON file and in git)."""
     return (
         f"{table}\n\n"
         f"Command: `{command}`  \n"
-        f"Date: {when:%Y-%m-%d %H:%M} UTC  \n"
         f"Machine: {machine_line(machine)}\n"
         "(wrk and the server share the machine; req/s moves ±20 % between runs, CPU µs/req and "
         "ratios less; with `--rounds N` every ratio is the median of the rounds' own, with "
@@ -286,7 +336,7 @@ def readme_block(table: str, command: str, when: datetime, machine: dict[str, An
     )
 
 
-def update_readme(path: Path, block: str, start: str = README_START, end: str = README_END) -> None:
+def update_doc(path: Path, block: str, start: str = DOC_START, end: str = DOC_END) -> None:
     """Replace the text between the markers; the markers must be there, once each."""
     text = path.read_text()
     if text.count(start) != 1 or text.count(end) != 1:

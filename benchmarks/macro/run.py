@@ -16,8 +16,9 @@ With ``--rounds N`` the whole list runs N times in turn and ratios are taken wit
 (:mod:`benchmarks.macro.rounds`). Then it prints one table (req/s, p50, p99, server CPU
 µs/request, PostgreSQL CPU µs/request, errors, RSS, ratio of req/s to the Litestar hello-world
 baseline), writes ``benchmarks/results/macro-<UTC>.json`` + ``macro-latest.json`` +
-``macro-latest.png``, and with ``--update-readme`` puts the table between the README's
-``macro`` markers.
+``macro-latest.png``, and with ``--update-doc`` puts the tables between the ``macro`` markers of
+``docs/benchmarks.md`` and the headline table (cygate-full, the floor, Litestar's hello-world
+and stock Litestar) between the README's ``headline`` markers.
 
 Environment: ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``; the
 harness creates its own database on that server), ``REDIS_URL`` (default
@@ -58,6 +59,7 @@ from .procs import (
 )
 from .registry import (
     BASELINE,
+    BENCH_ISSUER,
     CONTENDERS,
     ME_PATH,
     PRODUCT_PATH,
@@ -67,16 +69,19 @@ from .registry import (
 )
 from .report import (
     BASE_SUFFIX,
+    HEADLINE_END,
+    HEADLINE_START,
     Failure,
     Result,
     against_baseline,
     cache_goals,
+    doc_block,
+    headline,
     machine_line,
     machine_summary,
     markdown_table,
     plot,
-    readme_block,
-    update_readme,
+    update_doc,
     write_json,
 )
 from .rounds import Rounds, paired
@@ -88,6 +93,8 @@ HOST = "127.0.0.1"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_PREFIX = "cygate-bench:"
+DOC = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,9 +418,10 @@ def _mint_access_token(key: Any, user: dict[str, Any] | None) -> str:
 
     now = int(time.time())
     claims = {
-        "iss": "cygate",
+        "iss": BENCH_ISSUER,
         "aud": "cygate",
         "sub": user["id"] if user else "00000000-0000-7000-8000-000000000000",
+        "client_id": "cygate",
         "exp": now + 6 * 3600,
         "iat": now,
         "jti": secrets.token_urlsafe(16),
@@ -458,10 +466,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and reported as median and range (default 1)",
     )
     p.add_argument(
-        "--update-readme",
-        metavar="README.md",
+        "--update-doc",
+        metavar="FILE",
         type=Path,
-        help="write the table between <!-- macro:start --> and <!-- macro:end -->",
+        nargs="?",
+        const=DOC,
+        help="write the tables between <!-- macro:start --> and <!-- macro:end --> of FILE "
+        "(default docs/benchmarks.md) and, when cygate-full, granian-same-bytes, "
+        "litestar-hello and litestar-stock all finished, the headline table between "
+        "<!-- headline:start --> and <!-- headline:end --> of --readme",
+    )
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        type=Path,
+        default=README,
+        help="where --update-doc writes the headline table (default README.md)",
     )
     p.add_argument(
         "--prepare",
@@ -745,15 +765,35 @@ def main(argv: list[str] | None = None) -> int:
             f"cygate macro benchmark, {started:%Y-%m-%d %H:%M} UTC: {machine_line(machine)}",
         )
         _say(f"chart:   {_rel(png)}")
-        if args.update_readme:
-            update_readme(args.update_readme, readme_block(table, command, started, machine))
-            _say(f"readme:  {args.update_readme} updated")
-    elif args.update_readme:
-        _say(f"readme:  {args.update_readme} left alone (no contender finished)")
+        if args.update_doc:
+            for line in write_docs(
+                args.update_doc,
+                args.readme,
+                doc_block(table, command, machine),
+                headline(rounds, command, machine),
+            ):
+                _say(line)
+    elif args.update_doc:
+        _say(f"docs:    {args.update_doc} left alone (no contender finished)")
     if failures:
         _say(f"\n{len(failures)} contender(s) failed: {', '.join(f.name for f in failures)}")
         return 1
     return 0
+
+
+def write_docs(doc: Path, readme: Path, block: str, headline_block: str) -> list[str]:
+    """The full tables into ``doc``; the headline into ``readme`` when there is one (a run
+    without all four of its contenders leaves the README's as it was). What was done, said."""
+    update_doc(doc, block)
+    said = [f"docs:    {_rel(doc)} updated"]
+    if headline_block:
+        update_doc(readme, headline_block, HEADLINE_START, HEADLINE_END)
+        said.append(f"readme:  {_rel(readme)} headline updated")
+    else:
+        said.append(
+            f"readme:  {_rel(readme)} left alone (the headline's contenders did not all run)"
+        )
+    return said
 
 
 if __name__ == "__main__":

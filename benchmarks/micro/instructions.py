@@ -15,7 +15,7 @@ of one request, with start-up, imports and the warm-up cancelled out. ``objects`
 The cases are those of ``test_bench_edge.py`` (the same drivers): ``full`` (route, token,
 rate limit, L1 hit: cygate-full's request), ``cache-only`` (route and L1 hit) and ``floor`` (an
 ASGI app sending the same two messages). What it does not show: memory and cache effects, which
-the server amplifies (docs/caching.md); a change must still show in the macro benchmark.
+the server amplifies (docs/benchmarks.md); a change must still show in the macro benchmark.
 """
 
 from __future__ import annotations

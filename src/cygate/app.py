@@ -266,6 +266,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
         await payments.start(pool)
         # -- end payments -------------------------------------------------------------------
+        metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -382,7 +383,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         cache_routes(app, cache)
         app.state.cache = cache
     edge = Edge(
-        app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
+        app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
@@ -391,6 +392,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_paths=settings.edge_fast_paths,
         hit_path=settings.edge_hit_path,
         trusted_proxies=trusted,
+        body_timeout=settings.http_body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).

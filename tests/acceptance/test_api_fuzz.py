@@ -58,10 +58,18 @@ def fuzz_gateway(gateway_env: dict[str, str]) -> Iterator[Gateway]:
         "CYGATE_REDIS_PREFIX": gateway_env["CYGATE_REDIS_PREFIX"] + "fuzz:",
         # tokens outlive the longest run (make fuzz-api)
         "CYGATE_ACCESS_TOKEN_TTL": str(max(900, 4 * SECONDS)),
-        # Limits generous enough that generated logins reach the handler and its SQL instead
-        # of a 429 after the tenth (what a 429 protects is tested elsewhere).
+        # Limits generous enough that generated logins and registrations reach the handlers and
+        # their SQL instead of a 429 after the tenth (what a 429 protects is tested elsewhere).
         "CYGATE_RATE_LIMITS": json.dumps(
-            {name: {"rate": 1_000_000, "period": 60, "key": ["ip"]} for name in ("login", "token")}
+            {
+                name: {"rate": 1_000_000, "period": 60, "key": [key]}
+                for name, key in (
+                    ("api", "caller"),
+                    ("login", "ip"),
+                    ("token", "ip"),
+                    ("register", "ip"),
+                )
+            }
         ),
         "CYGATE_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000",
         "CYGATE_LOGIN_MAX_FAILURES_PER_ACCOUNT": "10000",

@@ -47,6 +47,16 @@ def test_list_from_environment() -> None:
         ({"CYGATE_MAX_BODY_BYTES": "-1"}, "max_body_bytes"),
         ({"CYGATE_TRUSTED_PROXIES": "[not json"}, "TRUSTED_PROXIES"),
         ({"CYGATE_PROT": "8000"}, "CYGATE_PROT"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "-1"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "301"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "1e9"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "inf"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "nan"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "3s"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_HTTP_HEADER_TIMEOUT": "0"}, "http_header_timeout"),
+        ({"CYGATE_HTTP_BODY_TIMEOUT": "0.5"}, "http_body_timeout"),
+        ({"CYGATE_HTTP_BODY_TIMEOUT": "never"}, "http_body_timeout"),
+        ({"CYGATE_RESPAWN_FAILED_WORKERS": "maybe"}, "respawn_failed_workers"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], names: str) -> None:
@@ -90,6 +100,27 @@ def test_cli_stops_with_one_line_not_a_traceback(command: str) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "port" in lines[0]
+
+
+@pytest.mark.parametrize("bound", ["-0.5", "86400"])
+def test_a_negative_or_absurd_unsubscribed_bound_stops_the_gateway(bound: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", "serve"],
+        env={"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": bound, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cache_unsubscribed_max_age" in lines[0], proc.stderr
+
+
+def test_the_unsubscribed_bound_accepts_zero_and_fractions() -> None:
+    assert load_settings({}).cache_unsubscribed_max_age == 3.0
+    for value, expected in (("0", 0.0), ("0.25", 0.25), ("300", 300.0)):
+        env = {"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": value}
+        assert load_settings(env).cache_unsubscribed_max_age == expected
 
 
 def test_cli_check_config_prints_redacted() -> None:

@@ -59,6 +59,8 @@ log = logging.getLogger("cygate.cache")
 
 Message = MutableMapping[str, Any]
 
+_MISSED_MAX = 10_000
+"""Missed invalidations kept one by one; past that many, L2's generation and every L1 go."""
 _PENDING = "cygate.cache"
 _REFRESH = "cygate.cache.refresh"
 
@@ -179,6 +181,12 @@ class ResponseCache:
         hit path adds its hits to ``n_hit_l1`` itself, in C.)"""
         self._counted_hits = 0
         self._sync_task: asyncio.Task[None] | None = None
+        self._missed_tags: set[str] = set()
+        self._missed_keys: set[bytes] = set()
+        """Invalidations Redis did not take: sent again by :meth:`_resend` until it does."""
+        self._missed_all = False
+        """More were missed than are kept one by one: :meth:`_resend` drops everything."""
+        self._resending: asyncio.Task[None] | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -210,7 +218,8 @@ class ResponseCache:
         settings = self.settings
         if not settings.cache_l2:
             return
-        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after)
+        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after, settings.redis_timeout)
+        max_age = settings.cache_unsubscribed_max_age
         self.subscription = Subscription(
             settings.redis_url,
             self.l2.channel,
@@ -219,6 +228,9 @@ class ResponseCache:
             on_lost=self._on_lost,
             connect_timeout=settings.redis_timeout,
             name=f"cygate-cache-sub:{self.origin}",
+            # A silent Redis is noticed within 2 * idle: about the bound itself.
+            idle=min(5.0, max(0.5, max_age / 2)),
+            before_subscribe=self.l2.new_generation,
         )
 
     def start(self) -> None:
@@ -247,6 +259,8 @@ class ResponseCache:
                 await self._sync_task
             self._sync_task = None
         self.sync_metrics()
+        if self._resending is not None:
+            self._resending.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -350,9 +364,12 @@ class ResponseCache:
 
     async def _fill_from_l2(self, pending: _Pending, flight: _Flight, send: Any) -> str | bool:
         """L2 read and lease. True: answered from L2; a str: the lease token; False: load
-        without storing in L2 (Redis down, or another loader held the lease too long)."""
+        without storing in L2 (Redis down, not subscribed, or another loader held the lease
+        too long)."""
         l2 = self.l2
-        if l2 is None or not l2.up:
+        if l2 is None or not l2.up or self._max_age() is not None:
+            # NOTE: not subscribed, L2 is not read: it may hold entries an invalidation that
+            # failed meanwhile did not delete (until the generation moves on resubscribing).
             return False
         key = pending.key
         rule = pending.route.rule
@@ -382,7 +399,7 @@ class ResponseCache:
         if entry is None:
             return False
         now, wall = time.monotonic(), time.time()
-        entry.place(now, wall, self._fresh_cap())
+        entry.place(now, wall, self._max_age())
         if now >= entry.fresh_until:
             if now < entry.error_until and entry.detail is None:
                 pending.stale = entry
@@ -423,12 +440,13 @@ class ResponseCache:
             del self._flights[key]
         flight.resolve(outcome)
 
-    def _fresh_cap(self) -> float | None:
-        # While invalidations cannot arrive, new L1 entries live shortly (availability first,
-        # staleness bounded); the flush on resubscription removes them anyway.
+    def _max_age(self) -> float | None:
+        """While invalidations cannot arrive: the age past which an entry is not served
+        (``cache_unsubscribed_max_age``; the entries of L1 are capped when the subscription is
+        lost, new ones when placed). None while subscribed, or without L2 (one instance)."""
         sub = self.subscription
         if sub is not None and not sub.connected:
-            return self.settings.cache_degraded_ttl
+            return self.settings.cache_unsubscribed_max_age
         return None
 
     def _spawn(self, coro: Any) -> None:
@@ -471,7 +489,7 @@ class ResponseCache:
         if epoch != self.epoch:
             return False
         now = time.monotonic()
-        entry.place(now, entry.stored_at, self._fresh_cap())
+        entry.place(now, entry.stored_at, self._max_age())
         return self.l1.put(key, entry, entry.size, entry.until, now, entry.tags)
 
     async def _store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
@@ -506,8 +524,10 @@ class ResponseCache:
         """Drop every entry carrying one of ``tags``, here at once and on every instance.
 
         Returns (L2 entries deleted, other instances that heard it). Raises
-        :class:`CacheUnavailable` when Redis could not be told (this process is purged anyway;
-        the others keep their entries until their TTL)."""
+        :class:`CacheUnavailable` when Redis could not be told: this process is purged anyway,
+        the invalidation is sent again until Redis takes it, and meanwhile the others serve
+        their entries at most ``cache_unsubscribed_max_age`` old once they notice the outage
+        (docs/caching.md, "Staleness")."""
         tags = sorted(set(tags))
         self._apply_tags(tags)
         return await self._broadcast(tags, [])
@@ -524,9 +544,47 @@ class ResponseCache:
         try:
             deleted, heard = await self.l2.invalidate(self.origin, tags, keys)
         except Exception as exc:
+            self._missed_tags.update(tags)
+            self._missed_keys.update(keys)
+            if len(self._missed_tags) + len(self._missed_keys) > _MISSED_MAX:
+                self._missed_all = True
+                self._missed_tags.clear()
+                self._missed_keys.clear()
+            if self._resending is None:
+                self._resending = asyncio.get_running_loop().create_task(self._resend())
             raise CacheUnavailable(f"Redis did not take the invalidation: {exc!r}") from None
         own = 1 if self.subscription is not None and self.subscription.connected else 0
         return deleted, max(0, heard - own)
+
+    async def _resend(self) -> None:
+        """Send the invalidations Redis did not take, once it takes them (L2's entries, and
+        instances whose subscription outlived the failure). Past ``_MISSED_MAX`` of them: a
+        new generation of L2 and a flush of every L1 instead."""
+        l2 = self.l2
+        assert l2 is not None
+        try:
+            while self._missed_tags or self._missed_keys or self._missed_all:
+                await asyncio.sleep(l2.retry_after)
+                tags, keys = sorted(self._missed_tags), list(self._missed_keys)
+                everything = self._missed_all
+                try:
+                    if everything:
+                        await l2.new_generation()
+                        await l2.flush_all(self.origin)
+                    if tags:
+                        await l2.invalidate(self.origin, tags, [])
+                    if keys:
+                        await l2.invalidate(self.origin, [], keys)
+                except Exception as exc:  # still down: try again later
+                    log.debug("missed cache invalidations not sent yet: %r", exc)
+                    continue
+                if everything:
+                    self._missed_all = False
+                self._missed_tags.difference_update(tags)
+                self._missed_keys.difference_update(keys)
+                log.info("sent %d missed cache invalidations", len(tags) + len(keys))
+        finally:
+            self._resending = None
 
     def _apply_tags(self, tags: Iterable[str]) -> None:
         self.epoch += 1
@@ -567,7 +625,13 @@ class ResponseCache:
         self.flush()
 
     def _on_lost(self) -> None:
+        # Invalidations cannot arrive from now on: what L1 holds is served only until it is
+        # cache_unsubscribed_max_age old (new fills are capped as they are placed), and a
+        # load that began before now does not enter L1 (the epoch).
         self.epoch += 1
+        max_age = self.settings.cache_unsubscribed_max_age
+        for entry in self.l1.values():
+            entry.cap(max_age)
 
     def gauges(self) -> dict[str, float]:
         """Per-worker gauges for /metrics (and the hit count brought up to date)."""

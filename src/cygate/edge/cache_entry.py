@@ -276,20 +276,29 @@ class Entry:
         """A remembered 404 (no stale windows: a 404 is never served past its short life)."""
         return cls(404, [], b"", b"", now_wall, rule.not_found_ttl, 0.0, 0.0, tags, detail, ())
 
-    def place(self, now: float, now_wall: float, fresh_cap: float | None = None) -> Entry:
-        """Set the monotonic deadlines from ``stored_at`` (``fresh_cap``: at most this many
-        seconds of freshness from now, used while invalidations cannot arrive)."""
+    def place(self, now: float, now_wall: float, max_age: float | None = None) -> Entry:
+        """Set the monotonic deadlines from ``stored_at``; with ``max_age`` (while
+        invalidations cannot arrive) see :meth:`cap`."""
         self.born = now - max(0.0, now_wall - self.stored_at)
         self.fresh_until = self.born + self.ttl
-        if fresh_cap is not None:
-            self.fresh_until = min(self.fresh_until, now + fresh_cap)
         self.swr_until = self.fresh_until + self.swr
         self.error_until = self.fresh_until + self.sie
         self.until = max(self.swr_until, self.error_until)
-        hot = self._hot
-        hot.born = self.born
-        hot.fresh_until = self.fresh_until
+        self._hot.born = self.born
+        self._hot.fresh_until = self.fresh_until
+        if max_age is not None:
+            self.cap(max_age)
         return self
+
+    def cap(self, max_age: float) -> None:
+        """Serve it (fresh, or stale while revalidating) only until it is ``max_age`` seconds
+        old; the stale-if-error window stays (a failing loader may still fall back on it)."""
+        limit = self.born + max_age
+        if self.fresh_until > limit:
+            self.fresh_until = limit
+            self._hot.fresh_until = limit
+        if self.swr_until > limit:
+            self.swr_until = limit
 
     def lifetime_ms(self, now_wall: float) -> int:
         """Milliseconds L2 should keep it (until its last stale window ends)."""

@@ -5,7 +5,9 @@ Keys (all under one hash tag, ``{cache}``, so the scripts below touch one Redis 
 - ``<prefix>{cache}:e:<key hex>`` an entry (msgpack, :mod:`cygate.edge.cache_entry`), with a
   ``PX`` until its last stale window ends;
 - ``<prefix>{cache}:l:<key hex>`` the lease of the one loader of that key (``SET NX PX``);
-- ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag.
+- ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag;
+- ``<prefix>{cache}:gen`` the generation of L2: every entry is stored as ``<generation>:`` and
+  its bytes, and is read only while that is still the generation.
 
 NOTE: one slot means one shard holds the whole L2 in a cluster. That is the price of atomic
 scripts over an entry, its lease and its tags; API responses are small, and sharding L2 later
@@ -17,9 +19,17 @@ invalidation deletes the entries *and the leases* of its keys, then publishes, i
 A loader whose lease is gone by the time it stores (invalidated, or expired because the load was
 slow) stores nothing.
 
-Every Redis error opens a breaker: for ``cache_l2_retry_after`` seconds L2 is skipped and the
-cache runs on L1 and the loaders (PostgreSQL) alone; then requests try Redis again (a refused
-connection fails at once; a hung Redis costs at most ``redis_timeout`` before the next pause).
+Why the generation: pub/sub delivers nothing while Redis is away, and an invalidation that
+failed then (the write committed, Redis was down) never deleted its entries in L2. So an
+instance that lost its subscription increments the generation before it subscribes again
+(:class:`Subscription`'s ``before_subscribe``): every entry stored before the outage is then
+no longer read anywhere, and one stored under a lease taken before it is refused.
+
+Every Redis error opens a circuit (:class:`cygate.infra.circuit.Circuit`, the rate limiter's):
+for ``cache_l2_retry_after`` seconds L2 is skipped and the cache runs on L1 and the loaders
+(PostgreSQL) alone; then one request probes Redis again (a refused connection fails at once; a
+hung Redis costs that request at most ``redis_timeout`` before the next pause), and a success
+closes the circuit.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from cygate.infra.circuit import Circuit
+
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
@@ -48,10 +60,12 @@ log = logging.getLogger("cygate.cache")
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
-# KEYS[1] lease, KEYS[2..] tag sets; ARGV: token, lease ms, key hex, tag-set ms
+# The lease holds ``<token>|<generation>``: a lease of an older generation stores nothing.
+# KEYS[1] lease, KEYS[2] generation, KEYS[3..] tag sets; ARGV: token, lease ms, key hex, tag-set ms
 _ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-for i = 2, #KEYS do
+local held = ARGV[1] .. '|' .. (redis.call('GET', KEYS[2]) or '0')
+if not redis.call('SET', KEYS[1], held, 'NX', 'PX', ARGV[2]) then return 0 end
+for i = 3, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[3])
   if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[4]) then
     redis.call('PEXPIRE', KEYS[i], ARGV[4])
@@ -59,16 +73,20 @@ for i = 2, #KEYS do
 end
 return 1
 """
-# KEYS[1] entry, KEYS[2] lease; ARGV: token, payload, px
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] generation; ARGV: token, payload, px
 _STORE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local gen = redis.call('GET', KEYS[3]) or '0'
+if redis.call('GET', KEYS[2]) ~= ARGV[1] .. '|' .. gen then return 0 end
+redis.call('SET', KEYS[1], gen .. ':' .. ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 return 1
 """
 # KEYS[1] lease; ARGV: token
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 # KEYS: tag sets; ARGV: channel, message, entry prefix, lease prefix, key hexes...
@@ -113,36 +131,46 @@ def decode_message(data: bytes) -> _Message | None:
         return None
 
 
+def _current(value: Any, generation: Any) -> bytes | None:
+    """The entry bytes of a stored ``<generation>:<entry>`` while that is the generation."""
+    if not isinstance(value, bytes):
+        return None
+    stamp, sep, payload = value.partition(b":")
+    return payload if sep and stamp == (generation or b"0") else None
+
+
 class L2:
     """Entries, leases and invalidation in Redis, behind a breaker."""
 
     __slots__ = (
         "_acquire",
-        "_down_until",
         "_invalidate",
         "_release",
         "_store",
         "channel",
+        "circuit",
         "client",
         "entry_prefix",
+        "gen_key",
         "lease_prefix",
         "metrics",
         "n_errors",
-        "retry_after",
         "tag_prefix",
     )
 
-    def __init__(self, redis: RedisHandle, metrics: Metrics, retry_after: float) -> None:
+    def __init__(
+        self, redis: RedisHandle, metrics: Metrics, retry_after: float, timeout: float = 0.5
+    ) -> None:
         self.client = redis.client
         base = redis.key("{cache}", "")
         self.entry_prefix = base + "e:"
         self.lease_prefix = base + "l:"
         self.tag_prefix = base + "t:"
+        self.gen_key = base + "gen"
         self.channel = redis.key("cache", "invalidate")
         self.metrics = metrics
         self.n_errors = metrics.counter("cygate_cache_l2_errors_total")
-        self.retry_after = retry_after
-        self._down_until = 0.0
+        self.circuit = Circuit("cache L2 (Redis)", timeout=timeout, backoff=retry_after, log=log)
         # NOTE: redis-py's Script sends EVALSHA and loads the script on NOSCRIPT, once.
         self._acquire = self.client.register_script(_ACQUIRE)
         self._store = self.client.register_script(_STORE)
@@ -151,28 +179,35 @@ class L2:
 
     @property
     def up(self) -> bool:
-        """False while the breaker is open (a Redis error happened less than retry_after ago)."""
-        return time.monotonic() >= self._down_until
+        """False while the circuit is open (a Redis error happened less than retry_after ago)."""
+        return self.circuit.usable
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds Redis is skipped after an error (``cache_l2_retry_after``)."""
+        return self.circuit.backoff
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        if self.up:
-            log.warning("cache L2 unavailable (%s: %r); serving from L1 and the loaders", what, exc)
-        self._down_until = time.monotonic() + self.retry_after
+        self.circuit.failed(exc, f"serving from L1 and the loaders ({what} failed)")
         self.n_errors.value += 1
 
     async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one Redis call unless the breaker is open; None on any error."""
-        if not self.up:
+        """Run one Redis call unless the circuit is open; None on any error."""
+        if not self.circuit.admit():
             return None
         try:
-            return await make()
+            result = await make()
         except _ERRORS as exc:
             self._failed(what, exc)
             return None
+        self.circuit.succeeded()
+        return result
 
     async def get(self, key: bytes) -> bytes | None:
-        value = await self._call("GET", lambda: self.client.get(self.entry_prefix + key.hex()))
-        return value if isinstance(value, bytes) else None
+        """The entry's bytes, or None (absent, of an older generation, or Redis failed)."""
+        names = [self.entry_prefix + key.hex(), self.gen_key]
+        got = await self._call("GET", lambda: self.client.mget(names))
+        return None if got is None else _current(got[0], got[1])
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
@@ -180,7 +215,7 @@ class L2:
         """Take the loader lease: its token, False when another loader holds it, None on error."""
         token = secrets.token_hex(8)
         hexkey = key.hex()
-        keys = [self.lease_prefix + hexkey, *(self.tag_prefix + t for t in tags)]
+        keys = [self.lease_prefix + hexkey, self.gen_key, *(self.tag_prefix + t for t in tags)]
         got = await self._call(
             "lease", lambda: self._acquire(keys=keys, args=[token, lease_ms, hexkey, tag_ms])
         )
@@ -189,9 +224,10 @@ class L2:
         return token if got == 1 else False
 
     async def store(self, key: bytes, token: str, payload: bytes, px: int) -> bool:
-        """Store under the lease; False when the lease is gone (invalidated or expired)."""
+        """Store under the lease; False when the lease is gone (invalidated, expired, or taken
+        in an older generation)."""
         hexkey = key.hex()
-        keys = [self.entry_prefix + hexkey, self.lease_prefix + hexkey]
+        keys = [self.entry_prefix + hexkey, self.lease_prefix + hexkey, self.gen_key]
         got = await self._call("store", lambda: self._store(keys=keys, args=[token, payload, px]))
         return bool(got == 1)
 
@@ -203,7 +239,7 @@ class L2:
         """Poll for the entry another instance is loading, until it appears, its lease goes
         away, or ``patience`` seconds pass (2, 4, 8, 16, 16, ... ms apart)."""
         hexkey = key.hex()
-        names = [self.entry_prefix + hexkey, self.lease_prefix + hexkey]
+        names = [self.entry_prefix + hexkey, self.lease_prefix + hexkey, self.gen_key]
         deadline = time.monotonic() + patience
         pause = 0.002
         while True:
@@ -215,9 +251,10 @@ class L2:
             got = await self._call("wait", lambda: self.client.mget(names))
             if got is None:
                 return None
-            entry, lease = got
+            value, lease, generation = got
+            entry = _current(value, generation)
             if entry is not None:
-                return bytes(entry)
+                return entry
             if lease is None:
                 return None  # the loader finished without storing (or failed)
 
@@ -236,8 +273,13 @@ class L2:
         except _ERRORS as exc:
             self._failed("invalidate", exc)
             raise
+        self.circuit.succeeded()
         deleted, heard = got
         return int(deleted), int(heard)
+
+    async def new_generation(self) -> int:
+        """Stop every entry stored so far from being read (see the module's docstring)."""
+        return int(await self.client.incr(self.gen_key))
 
     async def flush_all(self, origin: str) -> int:
         """Tell every instance to drop its whole L1 (entries in L2 stay; used by tests/ops)."""
@@ -251,10 +293,12 @@ class Subscription:
 
     Pub/sub delivers at most once: a message published while this connection is down is lost.
     So every (re)subscription, confirmed by the server, calls ``on_subscribed`` (the cache
-    flushes its L1), and ``connected`` is False from the moment a failure is seen until then.
-    A silent connection is probed with PING after ``idle`` seconds; no answer within
-    ``idle`` more seconds counts as a failure. ``name`` is its CLIENT SETNAME (operators see
-    which process a subscription belongs to).
+    flushes its L1), and ``connected`` is False from the moment a failure is seen until then;
+    after a failure ``before_subscribe`` is awaited first (an error there is a failed attempt).
+    Attempts follow each other 10 ms apart, doubling up to 0.1 s. A silent connection is
+    probed with PING after ``idle`` seconds; no answer within ``idle`` more seconds counts as
+    a failure. ``name`` is its CLIENT SETNAME (operators see which process a subscription
+    belongs to).
     """
 
     def __init__(
@@ -268,12 +312,16 @@ class Subscription:
         connect_timeout: float,
         name: str,
         idle: float = 5.0,
+        before_subscribe: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.channel = channel
         self.connected = False
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._on_lost = on_lost
+        self._before = before_subscribe
+        self._lost = False
+        """A subscription was lost since the last one was confirmed."""
         self._idle = idle
         self._task: asyncio.Task[None] | None = None
         # NOTE: no automatic retries: a dropped connection must surface here, so that the
@@ -303,6 +351,8 @@ class Subscription:
         while True:
             pubsub = self._client.pubsub()
             try:
+                if self._lost and self._before is not None:
+                    await self._before()
                 await pubsub.subscribe(self.channel)
                 pause = 0.01
                 await self._listen(pubsub)
@@ -314,11 +364,13 @@ class Subscription:
             finally:
                 if self.connected:
                     self.connected = False
+                    self._lost = True
                     self._on_lost()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # redis-py types aclose() from 8.x on; older releases in our range do not.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            pause = min(pause * 2, 0.1)
 
     async def _listen(self, pubsub: Any) -> None:
         last = time.monotonic()
@@ -339,4 +391,5 @@ class Subscription:
                 self._on_message(message["data"])
             elif kind == "subscribe":
                 self.connected = True
+                self._lost = False
                 self._on_subscribed()

@@ -14,7 +14,7 @@ tags (for invalidation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 __all__ = ["L1"]
@@ -131,6 +131,10 @@ class L1:
         self._head = self._tail = self._hand = None
         self.size = 0
         return count
+
+    def values(self) -> Iterator[Any]:
+        """The values held (do not add or remove entries while iterating)."""
+        return (node.value for node in self._map.values())
 
     def tags_of(self, key: bytes) -> tuple[str, ...]:
         node = self._map.get(key)

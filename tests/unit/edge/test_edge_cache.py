@@ -85,8 +85,8 @@ def test_the_hit_paths_record_follows_its_entry(
     core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``Entry._hot`` (what the compiled hit path reads in place) says what the entry's own
-    fields say after each change: creation, ``place`` (with and without a freshness cap) and
-    a rebuild of the hit headers; a remembered 404 is never servable."""
+    fields say after each change: creation, ``place`` (with and without a cap of its age),
+    ``cap`` and a rebuild of the hit headers; a remembered 404 is never servable."""
     monkeypatch.setattr(cache_entry, "EntryHot", core_impl.module("hitpath").EntryHot)
     rule = RULES["items"]
     entry = Entry.response(
@@ -97,8 +97,14 @@ def test_the_hit_paths_record_follows_its_entry(
     assert (hot.status, hot.servable, hot.body_message) == (200, True, entry.body_message)
     entry.place(50.0, 1003.0)  # stored 3 s ago
     assert (hot.born, hot.fresh_until) == (entry.born, entry.fresh_until) == (47.0, 107.0)
-    entry.place(50.0, 1003.0, fresh_cap=1.0)
-    assert hot.fresh_until == entry.fresh_until == 51.0
+    entry.place(50.0, 1003.0, max_age=4.0)  # born at 47: served until it is 4 s old
+    assert hot.fresh_until == entry.fresh_until == entry.swr_until == 51.0
+    assert entry.error_until == 107.0 + rule.stale_if_error  # stale-if-error stays
+    entry.place(50.0, 1003.0)
+    entry.cap(5.0)  # as when the subscription is lost: capped in place
+    assert hot.fresh_until == entry.fresh_until == entry.swr_until == 52.0
+    entry.cap(500.0)  # a cap never lengthens
+    assert hot.fresh_until == entry.fresh_until == 52.0
     for now, age in ((52.5, 5), (52.9, 5), (53.0, 6)):
         start, _ = entry.hit(now)
         assert hot.hit is start["headers"]
