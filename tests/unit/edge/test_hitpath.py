@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from cache_helpers import CountedHitPath
+from cache_helpers import CountedHitPath, with_host
 
 import cygate.edge.edge as edge_module
 from core_impls import CoreImplementation
@@ -229,15 +229,6 @@ async def send(
     await edge(scope, receive, record)
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return Reply(sent[0], body)
-
-
-def with_host(headers: list[tuple[bytes, bytes]] | None) -> list[tuple[bytes, bytes]]:
-    """``headers`` with a ``Host`` first when they have none (every HTTP/1.1 request has one;
-    the fused path leaves a request without it to the general path)."""
-    headers = list(headers or [])
-    if not any(name == b"host" for name, _ in headers):
-        headers.insert(0, (b"host", b"gateway.test"))
-    return headers
 
 
 def assert_same(fused: Reply, general: Reply, request_headers: list[tuple[bytes, bytes]]) -> None:
