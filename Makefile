@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load capacity fuzz soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load capacity fuzz fuzz-api soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -26,6 +26,7 @@ help:
 	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
 	@echo "make fuzz   atheris: each compiled parser against its pure twin (FUZZ_SECONDS per target)"
 	@echo "make soak   mixed load for SOAK_SECONDS (600) sampling the gateway's RSS, fds, connections"
+	@echo "make fuzz-api  schemathesis over the whole API (customer + admin), no 5xx allowed"
 
 # The lock is complete (every transitive dependency), so pip installs it as it is (--no-deps) and
 # checks every download against its hashes; the project goes in last, editable, without build
@@ -140,6 +141,16 @@ load: build services
 
 capacity: build services
 	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh capacity
+
+# API fuzzing: schemathesis over the whole OpenAPI document of a private gateway, as a customer
+# and as an admin, FUZZ_API_SECONDS each (the suite runs the same test for 45 s each); any 5xx
+# fails it. Reports (schemathesis JSON/NDJSON, figures.json) in FUZZ_API_REPORTS.
+FUZZ_API_SECONDS ?= 600
+FUZZ_API_REPORTS ?= loadtests/reports/fuzz-api
+fuzz-api: build services
+	$(WITH_ENV) CYGATE_FUZZ_API_SECONDS=$(FUZZ_API_SECONDS) \
+	  CYGATE_FUZZ_API_REPORT_DIR=$(abspath $(FUZZ_API_REPORTS)) \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/acceptance/test_api_fuzz.py
 
 # Coverage-guided fuzzing (atheris) of the compiled parsers against their pure twins, FUZZ_SECONDS
 # per target (FUZZ_TARGETS=jwt,path,... picks some). The corpus grows under .fuzz/corpus, findings

@@ -26,6 +26,7 @@ from litestar.routes import HTTPRoute
 from cygate import __version__
 from cygate.core.router import Router
 from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
+from cygate.edge.body import BODY_JSON, JSONRequest
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
 from cygate.edge.context import TrustedProxies
@@ -173,7 +174,9 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
             continue
         pattern = _pattern_of(route)
         for method in sorted(route.methods):
-            if method not in route.route_handler_map:
+            if method not in route.route_handler_map or method == "OPTIONS":
+                # NOTE: the edge answers OPTIONS itself, with the router's methods for the
+                # path (Litestar's automatic OPTIONS handlers never see a request).
                 continue
             handler = route.route_handler_map[method][0]
             opt = dict(handler.opt)
@@ -184,6 +187,7 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
                 rate_limit=opt.get("rate_limit"),
                 cache=opt.get("cache"),
                 max_body_bytes=opt.get("max_body_bytes"),
+                body=opt.get("body", BODY_JSON),
                 fast=fast.get(f"{method} {route.path}"),
             )
             routes.append((None, method, pattern, policy))
@@ -362,6 +366,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             render_plugins=[ScalarRenderPlugin()],
         ),
         request_max_body_size=settings.max_body_bytes,
+        # Bodies decoded strictly into the handler's type; NUL and deep nesting refused.
+        request_class=JSONRequest,
         debug=False,
         logging_config=None,
     )

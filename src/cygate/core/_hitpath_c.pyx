@@ -417,7 +417,7 @@ cdef class HitPath:
 
     cdef Hit _answer(self, scope):
         cdef double now = _now()
-        cdef object authorization = None, host = "", request_id = _EMPTY, traceparent = _EMPTY
+        cdef object authorization = None, host = None, request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None, roles
         cdef object token, caller = None, spec, key, entry, plans
         cdef object hit_headers, start
@@ -445,6 +445,8 @@ cdef class HitPath:
                 if authorization is None:
                     authorization = value
             elif _named(<bytes>name, b"host", 4):
+                if host is not None or PyBytes_GET_SIZE(value) == 0:
+                    return None  # a second Host, or an empty one: the general path's 400
                 slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
                 if _same(<object>PyList_GET_ITEM(self._host_raw, slot), PyBytes_AS_STRING(value),
                          PyBytes_GET_SIZE(value)):
@@ -467,6 +469,8 @@ cdef class HitPath:
             elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
                   or _named(<bytes>name, b"if-none-match", 13)):
                 return None  # revalidation, no-cache, a 304: the general path's
+        if host is None:
+            return None  # no Host: the general path's (a 400 for HTTP/1.1)
         raw_path = (<dict>scope).get("raw_path")
         if not raw_path:
             raw_path = scope["path"].encode("utf-8")

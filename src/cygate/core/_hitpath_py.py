@@ -11,8 +11,9 @@ effect* and the general edge serves the request from the start, as if this path 
 
 What it answers, and what the general edge would answer for the same request:
 
-- ``GET`` with no ``Content-Length``, no ``?`` in the raw path, a path that normalises, a route
-  that resolves to a ``local`` target with a cache rule;
+- ``GET`` with exactly one, non-empty ``Host`` (RFC 9112: else the general path's 400), no
+  ``Content-Length``, no ``?`` in the raw path, a path that normalises, a route that resolves
+  to a ``local`` target with a cache rule;
 - token: the route's ``auth``/``roles`` as the token stage decides them, for a token that the
   verifier accepts (from its cache or not), whose ``jti`` the revocation cache trusts now
   (:meth:`~cygate.services.identity.revocation.Revocations.known_good`) and whose roles
@@ -199,7 +200,7 @@ class HitPath:
             return None
         headers = scope["headers"]
         authorization: bytes | None = None
-        host = ""
+        host: str | None = None
         request_id = b""
         traceparent = b""
         for name, value in headers:
@@ -207,6 +208,8 @@ class HitPath:
                 if authorization is None:
                     authorization = value
             elif name == b"host":
+                if host is not None or not value:
+                    return None  # a second Host, or an empty one: the general path's 400
                 host = self.hosts.get(value) or self.host_of(value)
             elif name == b"x-request-id":
                 if valid_request_id(value):
@@ -216,6 +219,8 @@ class HitPath:
                     traceparent = value
             elif name == b"content-length":
                 return None
+        if host is None:
+            return None  # no Host: the general path's (a 400 for HTTP/1.1)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         if b"?" in raw_path:
             return None

@@ -31,6 +31,7 @@ from cygate.core.router import (
     Router,
     normalize_path,
 )
+from cygate.edge.body import BODY_JSON, json_media, query_nul_errors
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
@@ -57,6 +58,9 @@ log = logging.getLogger("cygate.edge")
 _HOST_CACHE = 256
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _UNMATCHED = "<unmatched>"
+_OPTIONS = "<options>"
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_NO_HOST = "an HTTP/1.1 request needs exactly one, non-empty Host header (RFC 9112, section 3.2)"
 
 # Plain ASGI types: the edge speaks ASGI, not Litestar's narrower TypedDicts.
 Scope = MutableMapping[str, Any]
@@ -320,7 +324,10 @@ class Edge:
         traceparent = b""
         authorization: bytes | None = None
         content_length = -1
+        content_type: bytes | None = None
+        chunked = False
         host = ""
+        hosts = 0
         for name, value in scope["headers"]:
             # PERF: one pass over the headers; names arrive lower-cased (ASGI).
             if name == b"authorization":
@@ -329,6 +336,7 @@ class Edge:
             elif name == b"host":
                 # PERF: clients repeat a few Host values; each is lower-cased once.
                 host = _hosts.get(value) or _host(value)
+                hosts += 1
             elif name == b"x-request-id":
                 if valid_request_id(value):
                     request_id = value.decode()
@@ -338,6 +346,10 @@ class Edge:
                     traceparent = value
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -2
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if not request_id or not traceparent:
             new_id, new_id_bytes, new_trace = _id_pool.pop() if _id_pool else _fresh_ids()
             if not request_id:
@@ -355,7 +367,16 @@ class Edge:
 
         head_only = False
         try:
+            if (hosts != 1 or not host) and (hosts > 1 or scope.get("http_version") == "1.1"):
+                # NOTE: Granian passes a request without Host on with an empty one.
+                raise Problem(400, _NO_HOST)
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+            if method == "OPTIONS" and raw_path == b"*":
+                # RFC 9110, section 9.3.7: the server in general; a "ping" that answers 200
+                # with no content (and says so: Content-Length 0).
+                route_name, status = _OPTIONS, 200
+                await _send_empty(send, 200, headers)
+                return
             try:
                 path = normalize_path(raw_path.split(b"?", 1)[0])
             except PathError as exc:
@@ -366,6 +387,11 @@ class Edge:
 
             match = self._router.match(method, path, host or None)
             if match.kind != FOUND:
+                if method == "OPTIONS" and match.kind == METHOD_NOT_ALLOWED:
+                    # The route's methods, from the router: the same list a 405 sends.
+                    route_name, status = _OPTIONS, 200
+                    await _send_empty(send, 200, (*headers, (b"allow", _allow(match))))
+                    return
                 raise _routing_problem(match, method, path)
             policy: RoutePolicy = match.value
             route_name = policy.name
@@ -389,6 +415,15 @@ class Edge:
                 pending = stage(ctx)
                 if pending is not None:
                     await pending
+            if policy.target == "local":
+                query: bytes = scope.get("query_string", b"")
+                if query and b"%00" in query:
+                    errors = query_nul_errors(query)
+                    raise Problem(
+                        422, "query parameters must not contain NUL", extra={"errors": errors}
+                    )
+                if method in _WRITES and policy.body == BODY_JSON:
+                    _check_json_media(content_type, content_length > 0 or chunked)
             if content_length > 0 or (content_length < 0 and method not in ("GET", "HEAD")):
                 receive = _timed_receive(receive, self.body_timeout)
 
@@ -543,10 +578,37 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
+async def _send_empty(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """A response without content (the answer to ``OPTIONS``)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", b"0"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _allow(match: RouteMatch) -> bytes:
+    """``Allow`` for a path: its routes' methods (the router adds HEAD where GET is) and
+    OPTIONS, which the edge answers on every path. A 405 and an ``OPTIONS`` send this one."""
+    return ", ".join(sorted({*match.allowed, "OPTIONS"})).encode("latin-1")
+
+
+def _check_json_media(content_type: bytes | None, has_body: bool) -> None:
+    """A write to a JSON route: a 415 unless its body (if any) is declared JSON."""
+    if content_type is None:
+        if has_body:
+            raise Problem(415, "a request body needs Content-Type: application/json")
+    elif not json_media(content_type):
+        raise Problem(415, "this endpoint takes application/json (or a +json type)")
+
+
 def _routing_problem(match: RouteMatch, method: str, path: str) -> Problem:
     """The problem for a request that did not route: 405, 422 (bad typed parameter) or 404."""
     if match.kind == METHOD_NOT_ALLOWED:
-        allowed = ", ".join(match.allowed)
+        allowed = _allow(match).decode("latin-1")
         return Problem(
             405,
             f"{method} is not allowed on {path}; allowed: {allowed}",

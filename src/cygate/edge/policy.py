@@ -35,6 +35,9 @@ class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Name of the cache rule that applies (caching issue)."""
     target: str = "local"
     """``local`` (the Litestar app) or the name of an upstream (routing issue)."""
+    body: str = "json"
+    """What a write's body must be: ``json`` (the edge answers another media type with 415) or
+    ``form`` (the handler parses its own form body: the OAuth endpoints, RFC 6749)."""
     max_body_bytes: int | None = None
     """Per-route body limit; ``None`` uses the global setting."""
     fast: FastHandler | None = None

@@ -25,7 +25,7 @@ from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule, Settings, load_settings
 
-__all__ = ["App", "Reply", "cache_settings", "call", "make_edge"]
+__all__ = ["App", "Reply", "cache_settings", "call", "make_edge", "with_host"]
 
 RULES = {
     "items": CacheRule(ttl=60, max_age=30, tags=["item:{id}", "items"], query=["q"]),
@@ -211,6 +211,15 @@ class Reply(msgspec.Struct):
         return self.headers.get(b"x-cache", b"").decode()
 
 
+def with_host(headers: list[tuple[bytes, bytes]] | None) -> list[tuple[bytes, bytes]]:
+    """``headers`` with a ``Host`` first when they have none, as every HTTP/1.1 request has
+    (the fused hit path leaves a request without one to the general path: RFC 9112's 400)."""
+    headers = list(headers or [])
+    if not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", b"gateway.test"))
+    return headers
+
+
 async def call(
     edge: Edge,
     path: str,
@@ -223,7 +232,7 @@ async def call(
 ) -> Reply:
     """One request through the edge; the reply's headers as a dict (last value wins)."""
     sent: list[Message] = []
-    hdrs = list(headers or [])
+    hdrs = with_host(headers)
     if user is not None:
         hdrs.append((b"x-test-user", user.encode()))
     if issuer is not None:

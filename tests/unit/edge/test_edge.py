@@ -63,6 +63,7 @@ async def call(
     *,
     chunks: list[bytes] | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    **scope_extra: Any,
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     pending = list(chunks or [b""])
     sent: list[Message] = []
@@ -81,6 +82,7 @@ async def call(
         "raw_path": path,
         "query_string": b"",
         "headers": headers or [],
+        **scope_extra,
     }
     await edge(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -161,7 +163,7 @@ async def test_routing_errors(method: str, path: bytes, status: int) -> None:
     doc = orjson.loads(body)
     assert doc["status"] == status and doc["request_id"]
     if status == 405:
-        assert headers[b"allow"] == b"GET, HEAD"
+        assert headers[b"allow"] == b"GET, HEAD, OPTIONS"
     if status == 422:
         assert doc["errors"] == [
             {"field": "path.id", "message": "invalid value for this parameter"}
@@ -297,3 +299,83 @@ def _with_client(edge: Edge, client: tuple[str, int]) -> Any:
         await edge(scope, receive, send)
 
     return app
+
+
+# -- HTTP: Host (RFC 9112, section 3.2), OPTIONS and Allow, media types, NUL in queries -------
+
+HOST = (b"host", b"api.example")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"host", b"")], [HOST, HOST], [HOST, (b"host", b"other.example")]],
+    ids=["none", "empty", "twice", "two"],
+)
+async def test_http11_needs_exactly_one_host(headers: list[tuple[bytes, bytes]]) -> None:
+    status, got, body = await call(
+        make_edge(), "GET", b"/items/1", headers=headers, http_version="1.1"
+    )
+    assert status == 400 and got[b"content-type"] == b"application/problem+json"
+    doc = orjson.loads(body)
+    assert "Host" in doc["detail"] and doc["request_id"] == got[b"x-request-id"].decode()
+
+
+async def test_http10_may_omit_host_but_never_send_two() -> None:
+    for version in ("1.0", "1"):  # (Granian says "1" and passes an empty Host)
+        assert (await call(make_edge(), "GET", b"/items/1", http_version=version))[0] == 200
+        one = [(b"host", b"")]
+        assert (await call(make_edge(), "GET", b"/items/1", headers=one, http_version=version))[
+            0
+        ] == 200
+        two = [HOST, HOST]
+        assert (await call(make_edge(), "GET", b"/items/1", headers=two, http_version=version))[
+            0
+        ] == 400
+
+
+async def test_options_lists_the_same_methods_as_a_405() -> None:
+    edge = make_edge()
+    status, headers, body = await call(edge, "OPTIONS", b"/items/7", headers=[HOST])
+    assert (status, body, headers[b"content-length"]) == (200, b"", b"0")
+    refused, refused_headers, _ = await call(edge, "DELETE", b"/items/7", headers=[HOST])
+    assert refused == 405
+    assert headers[b"allow"] == refused_headers[b"allow"] == b"GET, HEAD, OPTIONS"
+    status, headers, _ = await call(edge, "OPTIONS", b"/upload", headers=[HOST])
+    assert headers[b"allow"] == b"OPTIONS, POST"
+    assert (await call(edge, "OPTIONS", b"/nowhere", headers=[HOST]))[0] == 404
+
+
+async def test_options_asterisk_is_the_server_wide_ping() -> None:
+    status, headers, body = await call(
+        make_edge(), "OPTIONS", b"*", headers=[HOST], http_version="1.1"
+    )
+    assert (status, body, headers[b"content-length"]) == (200, b"", b"0")
+    assert b"allow" not in headers  # the server in general, no resource's methods
+    assert (await call(make_edge(), "GET", b"*", headers=[HOST]))[0] == 400
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([(b"content-type", b"text/plain"), (b"content-length", b"2")], 415),
+        ([(b"content-type", b"application/x-www-form-urlencoded")], 415),
+        ([(b"content-length", b"2")], 415),  # a body without a type
+        ([(b"transfer-encoding", b"chunked")], 415),
+        ([(b"content-type", b"application/json"), (b"content-length", b"2")], 200),
+        ([(b"content-type", b"application/merge-patch+json")], 200),
+        ([], 200),  # no body, no type
+    ],
+)
+async def test_a_write_takes_json(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    got, response_headers, _ = await call(
+        make_edge(), "POST", b"/upload", chunks=[b"{}"], headers=headers
+    )
+    assert got == status
+    if status == 415:
+        assert response_headers[b"content-type"] == b"application/problem+json"
+
+
+async def test_nul_in_a_query_parameter_is_422() -> None:
+    status, _, body = await call(make_edge(), "GET", b"/items/1", query_string=b"a=1&b=x%00")
+    assert status == 422
+    assert orjson.loads(body)["errors"] == [{"field": "query.b", "message": "must not contain NUL"}]

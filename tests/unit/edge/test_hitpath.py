@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from cache_helpers import CountedHitPath
+from cache_helpers import CountedHitPath, with_host
 
 import cygate.edge.edge as edge_module
 from core_impls import CoreImplementation
@@ -223,7 +223,7 @@ async def send(
         "path": path,
         "raw_path": path.encode() if raw_path is None else raw_path,
         "query_string": query,
-        "headers": list(headers or []),
+        "headers": with_host(headers),
         "client": (client, 5000),
     }
     await edge(scope, receive, record)
@@ -580,7 +580,7 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
         return {"type": "http.request", "body": b""}
 
     scope = {"type": "http", "method": "GET", "path": "/open/8", "raw_path": b"/open/8",
-             "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+             "query_string": b"", "headers": with_host([]), "client": ("10.0.0.1", 1)}  # fmt: skip
     with pytest.raises(Gone):
         await pair.fused(scope, receive, broken)
     assert pair.counted["fused"] == 1
@@ -589,7 +589,7 @@ async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
 
 def _open_scope(path: str) -> dict[str, Any]:
     return {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
-            "query_string": b"", "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
+            "query_string": b"", "headers": with_host([]), "client": ("10.0.0.1", 1)}  # fmt: skip
 
 
 async def _receive() -> Message:
@@ -675,3 +675,28 @@ def test_the_edge_builds_it_only_for_stages_it_knows(core_impl: CoreImplementati
     assert edge.hit_path is not None
     edge.router = Router()  # a new route table: rebuilt over it
     assert edge.hit_path is not None and edge.hit_path.router is edge.router
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [[], [b""], [b"api.example", b"api.example"], [b"api.example", b"other.example"]],
+    ids=["none", "empty", "twice", "two"],
+)
+async def test_a_request_without_exactly_one_host_is_left_to_the_general_path(
+    pair: Pair, hosts: list[bytes]
+) -> None:
+    await check(pair, "/open/12")  # cached: the fused path answers it
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    good = {**_open_scope("/open/12"), "http_version": "1.1"}
+    fused = pair.counted["fused"]
+    await pair.fused(good, _receive, record)
+    assert pair.counted["fused"] == fused + 1 and sent[0]["status"] == 200
+    sent.clear()
+    bad = {**good, "headers": [(b"host", host) for host in hosts]}
+    await pair.fused(bad, _receive, record)
+    assert pair.counted["fused"] == fused + 1  # left to the general path: its 400
+    assert sent[0]["status"] == 400

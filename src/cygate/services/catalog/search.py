@@ -238,8 +238,7 @@ class SearchController(Controller):
         problems = []
         if not q.strip():
             problems.append({"key": "q", "message": "must contain more than spaces"})
-        if "\x00" in q:
-            problems.append({"key": "q", "message": "must not contain NUL characters"})
+        # (NUL in any query parameter: the edge's 422, cygate.edge.body.query_nul_errors)
         if (
             min_price_cents is not None
             and max_price_cents is not None

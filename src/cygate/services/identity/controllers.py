@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
+from cygate.edge.body import BODY_FORM
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.context import Principal  # NOTE: at run time: Litestar resolves the hints
 from cygate.edge.problem import Problem
@@ -53,6 +54,7 @@ _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _PRIVATE = {"cache-control": "private, no-store"}
 _FORM = "application/x-www-form-urlencoded"
 _SMALL_BODY = {"max_body_bytes": 16 * 1024}
+_FORM_BODY = _SMALL_BODY | {"body": BODY_FORM}  # RFC 6749: parsed by _form, not the edge
 
 
 def _identity(state: State) -> Identity:
@@ -94,6 +96,8 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
         raise _FormError("the body is not valid form data") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:  # (PostgreSQL text cannot hold NUL)
+            raise _FormError("form data must not contain NUL (%00)")
         if name in form:
             raise _FormError(f"parameter {name!r} is given more than once")
         form[name] = value
@@ -163,7 +167,7 @@ class AuthController(Controller):
         "/token",
         summary="OAuth 2.0 token endpoint (refresh_token, client_credentials)",
         status_code=200,
-        opt=_SMALL_BODY,
+        opt=_FORM_BODY,
     )
     async def token(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         identity = _identity(state)
@@ -202,7 +206,7 @@ class AuthController(Controller):
         return Response(tokens, status_code=200, headers=_NO_STORE)
 
     @post(
-        "/revoke", summary="OAuth 2.0 token revocation (RFC 7009)", status_code=200, opt=_SMALL_BODY
+        "/revoke", summary="OAuth 2.0 token revocation (RFC 7009)", status_code=200, opt=_FORM_BODY
     )
     async def revoke(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         try:

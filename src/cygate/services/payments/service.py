@@ -22,6 +22,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from cygate.edge.body import decode_json
 from cygate.edge.problem import Problem
 from cygate.infra.metrics import Metrics
 from cygate.services.idempotency import Claim, ClaimLost, StoredResponse
@@ -303,11 +304,11 @@ class Payments:
                    tolerance=self.settings.payment_webhook_tolerance)  # fmt: skip
         except SignatureError as exc:
             raise Problem(401, f"webhook refused: {exc}") from None
+        event = decode_json(body)  # the one JSON rule (NUL, nesting): cygate.edge.body
         try:
-            event = orjson.loads(body)
             event_id, kind, data = event["id"], event["type"], event["data"]
             key = data["idempotency_key"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise Problem(400, f"malformed webhook event: {exc!s}") from None
         if not (isinstance(event_id, str) and 0 < len(event_id) <= 255 and isinstance(key, str)):
             raise Problem(400, "malformed webhook event: id and data.idempotency_key are strings")
