@@ -282,6 +282,7 @@ class _Payment:
     status: int = 0
     answer: dict[str, Any] = field(default_factory=dict)
     not_before: float = 0.0
+    sends: int = 0
 
 
 @dataclass
@@ -323,6 +324,7 @@ class PaymentBook:
     def _send(self, client: httpx.Client, p: _Payment) -> httpx.Response:
         """Send ``p`` once; queue what the client does next (the same request again, or after a
         decline a new payment under a new key), or nothing when it is settled."""
+        p.sends += 1
         try:
             response = self._post(client, p)
         except httpx.TransportError:
@@ -375,7 +377,7 @@ class PaymentBook:
     def check(self) -> dict[str, int]:
         """Assert, after :meth:`settle` (run :meth:`OrderBook.check` too):
 
-        * every request the client sent was answered 201, and its Idempotency-Key record is
+        * every payment request the client made was answered 201 in the end, and its Idempotency-Key record is
           ``done`` with that 201; the payment the client was told of is in the database, as told;
         * no payment is half-written: none is left ``initiated``; each has the order's amount and
           currency, the client's Idempotency-Key (``request_key``), a ``processor_ref`` (the
@@ -466,6 +468,7 @@ class PaymentBook:
         statuses = collections.Counter(r["status"] for r in rows)
         return {
             "requests": len(self.sent),
+            "sent more than once": sum(1 for p in self.sent if p.sends > 1),
             **{f"payments {s}": n for s, n in sorted(statuses.items())},
             "paid orders": len(paid),
             "processor charges": len(ledger["charges"]),
