@@ -377,8 +377,9 @@ class PaymentBook:
     def check(self) -> dict[str, int]:
         """Assert, after :meth:`settle` (run :meth:`OrderBook.check` too):
 
-        * every payment request the client made was answered 201 in the end, and its Idempotency-Key record is
-          ``done`` with that 201; the payment the client was told of is in the database, as told;
+        * every payment request the client made was answered 201 in the end, and its
+          Idempotency-Key record is ``done`` with that 201; the payment the client was told of
+          is in the database, as told;
         * no payment is half-written: none is left ``initiated``; each has the order's amount and
           currency, the client's Idempotency-Key (``request_key``), a ``processor_ref`` (the
           processor's charge id) exactly when the processor charged or declined it (``captured``,
