@@ -430,7 +430,8 @@ class PaymentBook:
             assert r["amount_cents"] == r["total_cents"], where
             assert r["currency"] == r["order_currency"], where
             assert r["processor_key"], where
-            assert (r["processor_ref"] is not None) == (r["status"] in ("captured", "declined"))
+            charged = r["status"] in ("captured", "declined")
+            assert (r["processor_ref"] is not None) == charged, where
             assert r["events"] == r["own_events"] == 1, where
             per_key[r["request_key"]].append(r)
             if r["status"] == "captured":
