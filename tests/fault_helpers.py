@@ -406,6 +406,7 @@ class PaymentBook:
             "SELECT p.id, p.order_id, p.attempt, p.status, p.amount_cents, p.currency, "
             "       p.processor_key, p.processor_ref, p.request_key, o.status AS order_status, "
             "       o.total_cents, o.currency AS order_currency, "
+            "       extract(epoch FROM p.updated_at - p.created_at)::float8 AS settling, "
             "       (SELECT count(*) FROM outbox e WHERE e.aggregate = 'payment' "
             "          AND e.aggregate_id = p.id::text) AS events, "
             "       (SELECT count(*) FROM outbox e WHERE e.aggregate = 'payment' "
@@ -471,6 +472,9 @@ class PaymentBook:
         return {
             "requests": len(self.sent),
             "sent more than once": sum(1 for p in self.sent if p.sends > 1),
+            # a charge takes 50 ms: later, a fault interrupted it and a retry's look-up at the
+            # processor or the recovery sweep settled it
+            "settled > 1 s after it began": sum(1 for r in rows if r["settling"] > 1.0),
             **{f"payments {s}": n for s, n in sorted(statuses.items())},
             "paid orders": len(paid),
             "processor charges": len(ledger["charges"]),

@@ -96,7 +96,7 @@ def test_sigkill_of_one_of_two_workers_under_load(
         with (
             Load(gw.url, read, threads=4) as reads,
             Load(gw.url, book.place, threads=2) as orders,
-            Load(gw.url, payer.pay, threads=2) as pays,
+            Load(gw.url, payer.pay, threads=3) as pays,  # most likely one is on the victim
         ):
             deadline = time.monotonic() + 15
             while {s.info for s in reads.shots if s.status == 200} < set(before):
@@ -150,11 +150,11 @@ def test_sigkill_of_one_of_two_workers_under_load(
             f"{[(round(s.started - killed_at, 3), round(s.ended - killed_at, 3)) for s in failed]}"
         )
         # Nothing but the requests in the dead worker's hands failed (sent before it was gone),
-        # and none of them with a 5xx: a reset connection is all they saw. Each of the 8 client
+        # and none of them with a 5xx: a reset connection is all they saw. Each of the 9 client
         # threads has one request in flight at a time (and may land on the dying worker's
-        # socket once more while its threads end): 16 at most.
+        # socket once more while its threads end): 18 at most.
         assert all(s.status == 0 and s.started <= dead_at + 0.05 for s in failed), failed[:5]
-        assert len(failed) <= 16, f"{len(failed)} requests failed"
+        assert len(failed) <= 18, f"{len(failed)} requests failed"
         assert len(survivor_ok) >= 10
         assert gap < 2.0, f"the surviving worker stopped answering for {gap:.2f} s"
         assert back_at - killed_at < 15
