@@ -77,6 +77,55 @@ redis.call('SET', KEYS[1], gen .. ':' .. ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 return 1
 """
+# The miss's one round trip, for every miss of a loop turn at once: each key's entry if it is
+# of the current generation, else its lease (entering the key in its tag sets), else 0.
+# KEYS[1] generation, then per key: entry, lease, its tag sets.
+# ARGV[1] lease ms, then per key: token, read ('1': read the entry first), key hex, tag-set ms,
+# the number of its tag sets. Returns per key: the entry's bytes, 1 (leased) or 0 (held).
+_LOOKUP = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+local stamp = gen .. ':'
+local out = {}
+local k, a = 2, 2
+while a <= #ARGV do
+  local ntags = tonumber(ARGV[a + 4])
+  local result = 0
+  if ARGV[a + 1] == '1' then
+    local value = redis.call('GET', KEYS[k])
+    if value and string.sub(value, 1, #stamp) == stamp then
+      result = string.sub(value, #stamp + 1)
+    end
+  end
+  if result == 0 and redis.call('SET', KEYS[k + 1], ARGV[a] .. '|' .. gen, 'NX', 'PX', ARGV[1]) then
+    for i = k + 2, k + 1 + ntags do
+      redis.call('SADD', KEYS[i], ARGV[a + 2])
+      if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[a + 3]) then
+        redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
+      end
+    end
+    result = 1
+  end
+  out[#out + 1] = result
+  k = k + 2 + ntags
+  a = a + 5
+end
+return out
+"""
+# _STORE for many entries at once. KEYS[1] generation, then per entry: entry, lease;
+# ARGV per entry: token, payload, px. Returns the number stored.
+_STORE_MANY = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+local n, a = 0, 1
+for k = 2, #KEYS, 2 do
+  if redis.call('GET', KEYS[k + 1]) == ARGV[a] .. '|' .. gen then
+    redis.call('SET', KEYS[k], gen .. ':' .. ARGV[a + 1], 'PX', ARGV[a + 2])
+    redis.call('DEL', KEYS[k + 1])
+    n = n + 1
+  end
+  a = a + 3
+end
+return n
+"""
 # KEYS[1] lease; ARGV: token
 _RELEASE = """
 local held = redis.call('GET', KEYS[1])
@@ -135,6 +184,28 @@ def _current(value: Any, generation: Any) -> bytes | None:
     return payload if sep and stamp == (generation or b"0") else None
 
 
+_BATCH = 256
+"""Keys per lookup or store script call at most (a longer queue goes in several)."""
+
+
+class _Lookup:
+    __slots__ = ("future", "key", "read", "tag_ms", "tags")
+
+    def __init__(
+        self,
+        key: bytes,
+        tags: tuple[str, ...],
+        read: bool,
+        tag_ms: int,
+        future: asyncio.Future[bytes | str | bool | None],
+    ) -> None:
+        self.key = key
+        self.tags = tags
+        self.read = read
+        self.tag_ms = tag_ms
+        self.future = future
+
+
 class L2:
     """Entries, leases and invalidation in Redis, behind a breaker."""
 
@@ -142,8 +213,13 @@ class L2:
         "_acquire",
         "_down_until",
         "_invalidate",
+        "_lookup",
+        "_lookups",
         "_release",
         "_store",
+        "_store_many",
+        "_stores",
+        "_tasks",
         "channel",
         "client",
         "entry_prefix",
@@ -151,6 +227,7 @@ class L2:
         "lease_prefix",
         "metrics",
         "n_errors",
+        "n_stored",
         "retry_after",
         "tag_prefix",
     )
@@ -165,6 +242,7 @@ class L2:
         self.channel = redis.key("cache", "invalidate")
         self.metrics = metrics
         self.n_errors = metrics.counter("cygate_cache_l2_errors_total")
+        self.n_stored = metrics.counter("cygate_cache_stores_total")
         self.retry_after = retry_after
         self._down_until = 0.0
         # NOTE: redis-py's Script sends EVALSHA and loads the script on NOSCRIPT, once.
@@ -172,6 +250,13 @@ class L2:
         self._store = self.client.register_script(_STORE)
         self._release = self.client.register_script(_RELEASE)
         self._invalidate = self.client.register_script(_INVALIDATE)
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._store_many = self.client.register_script(_STORE_MANY)
+        self._lookups: list[_Lookup] = []
+        """Misses of this loop turn, sent together by :meth:`_send_lookups`."""
+        self._stores: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]] = []
+        """Entries waiting for :meth:`_send_stores`: key, lease token, their payload and px."""
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def up(self) -> bool:
@@ -199,6 +284,90 @@ class L2:
         names = [self.entry_prefix + key.hex(), self.gen_key]
         got = await self._call("GET", lambda: self.client.mget(names))
         return None if got is None else _current(got[0], got[1])
+
+    def lookup(
+        self, key: bytes, tags: Iterable[str], read: bool, lease_ms: int, tag_ms: int
+    ) -> asyncio.Future[bytes | str | bool | None]:
+        """A miss's one round trip: the entry's bytes (``read``: when it is there, of the
+        current generation), else the loader's lease (its token, the key entered in its tag
+        sets), False when another loader holds it, None on a Redis error.
+
+        PERF: the misses of one event-loop turn share one ``EVALSHA`` (one script runs them
+        all): the Python a Redis call costs (redis-py's connection, packing, parsing) is paid
+        once for all of them."""
+        future: asyncio.Future[bytes | str | bool | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if not self.up:
+            future.set_result(None)
+            return future
+        self._lookups.append(_Lookup(key, tuple(tags), read, tag_ms, future))
+        if len(self._lookups) == 1:
+            self._spawn(self._send_lookups(lease_ms))
+        return future
+
+    async def _send_lookups(self, lease_ms: int) -> None:
+        batch, self._lookups = self._lookups[:_BATCH], self._lookups[_BATCH:]
+        if self._lookups:
+            self._spawn(self._send_lookups(lease_ms))
+        keys = [self.gen_key]
+        args: list[Any] = [lease_ms]
+        tokens = []
+        for item in batch:
+            hexkey = item.key.hex()
+            token = secrets.token_hex(8)
+            tokens.append(token)
+            keys += (self.entry_prefix + hexkey, self.lease_prefix + hexkey)
+            keys += (self.tag_prefix + t for t in item.tags)
+            args += (token, "1" if item.read else "0", hexkey, item.tag_ms, len(item.tags))
+        got = None
+        try:
+            got = await self._call("lookup", lambda: self._lookup(keys=keys, args=args))
+        finally:  # NOTE: whatever happened, every waiting miss gets an answer
+            self._answer_lookups(batch, tokens, got)
+
+    def _answer_lookups(self, batch: list[_Lookup], tokens: list[str], got: Any) -> None:
+        for i, item in enumerate(batch):
+            result: bytes | str | bool | None = None
+            if got is not None:
+                value = got[i]
+                result = value if isinstance(value, bytes) else tokens[i] if value == 1 else False
+            if not item.future.done():
+                item.future.set_result(result)
+            elif isinstance(result, str):  # its request went away: give the lease back
+                self._spawn(self.release(item.key, result))
+
+    def store_later(self, key: bytes, token: str, payload: Callable[[], tuple[bytes, int]]) -> None:
+        """Store under the lease, off the request's path: the stores of one loop turn go in
+        one ``EVALSHA``. ``payload`` gives the entry's bytes and ``PX`` when they are sent."""
+        self._stores.append((key, token, payload))
+        if len(self._stores) == 1:
+            self._spawn(self._send_stores())
+
+    async def _send_stores(self) -> None:
+        batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
+        if self._stores:
+            self._spawn(self._send_stores())
+        keys = [self.gen_key]
+        args: list[Any] = []
+        for key, token, payload in batch:
+            hexkey = key.hex()
+            data, px = payload()
+            keys += (self.entry_prefix + hexkey, self.lease_prefix + hexkey)
+            args += (token, data, px)
+        got = await self._call("store", lambda: self._store_many(keys=keys, args=args))
+        if got:
+            self.n_stored.value += int(got)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the lookups and stores sent so far (stopping; tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
