@@ -37,8 +37,8 @@ from cygate.edge.edge import Edge, Message
 from cygate.edge.policy import RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
-from cygate.infra.redis import create_redis
 from cygate.infra.metrics import Metrics
+from cygate.infra.redis import create_redis
 from cygate.services.identity.revocation import Revocations
 from cygate.services.identity.service import own_principal
 from cygate.settings import load_settings
