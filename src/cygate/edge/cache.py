@@ -7,10 +7,11 @@ The edge calls it after the stages (so the token check and rate limits apply to 
    ``stale_while_revalidate`` is returned as ``X-Cache: stale`` and one background request
    refreshes it.
 2. On a miss, :meth:`ResponseCache.load`: concurrent misses for a key wait for one loader in
-   this process (single-flight); the loader reads L2, and on an L2 miss takes the key's Redis
-   lease so that one instance loads while it is held (the others poll L2 briefly, then load).
-   It returns a :class:`CacheMiss`, whose ``send`` the edge dispatches through: it captures the
-   response, stores it when cacheable (L1 now, L2 after the client has its answer) and hands it
+   this process (single-flight); the loader's one Redis round trip (a script shared by the
+   misses of the loop turn) returns the L2 entry, or else takes the key's lease so that one
+   instance loads while it is held (the others poll L2 briefly, then load). It returns a
+   :class:`CacheMiss`, whose ``send`` the edge dispatches through: it captures the response,
+   stores it when cacheable (L1 now, L2 after the client has its answer, batched) and hands it
    to the waiting requests.
 
 Invalidation (:meth:`ResponseCache.invalidate_tags`, :meth:`~ResponseCache.invalidate_keys`)
@@ -192,9 +193,9 @@ class ResponseCache:
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_ms = int(settings.cache_lease_ttl * 1000)
-        per_minute = settings.cache_forced_reloads_per_minute
-        self._reloads = GCRALimiter(60 * 10**9 // per_minute, max(1, per_minute // 10), 65536)
-        """Reloads each caller forces with a request's Cache-Control (rules that honour it)."""
+        self._reloads: GCRALimiter | None = None
+        """Reloads each caller forces with a request's Cache-Control (rules that honour it);
+        made at the first such request."""
         self.l1_hits = 0
         """PERF: fresh L1 hits counted here and moved into the metrics by :meth:`sync_metrics`
         (each second, and on a scrape): a plain integer add on the hottest path. (The compiled
@@ -324,7 +325,7 @@ class ResponseCache:
         no_cache = refresh = False
         if spec.cache_control is not None and route.honours_no_cache:
             no_cache, no_store = _directives(spec.cache_control)
-            if no_cache and not self._reloads.hit(self._caller(ctx)):
+            if no_cache and not self._may_reload(ctx):
                 no_cache = no_store = False  # past this caller's forced reloads: ignored
             if no_store:
                 self.n_bypass.value += 1
@@ -354,10 +355,17 @@ class ResponseCache:
         scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, tags, current)
         return None
 
-    def _caller(self, ctx: EdgeContext) -> str:
-        """Who forces a reload, for its limit: the token's caller, else the client address."""
+    def _may_reload(self, ctx: EdgeContext) -> bool:
+        """A forced reload within its caller's limit (the token's caller, else the client
+        address: ``cache_forced_reloads_per_minute``)."""
+        limiter = self._reloads
+        if limiter is None:
+            per_minute = self.settings.cache_forced_reloads_per_minute
+            burst = max(1, per_minute // 10)
+            limiter = self._reloads = GCRALimiter(60 * 10**9 // per_minute, burst, 65536)
         principal = ctx.principal
-        return caller_key(principal) if principal is not None else "ip:" + ctx.client_ip
+        caller = caller_key(principal) if principal is not None else "ip:" + ctx.client_ip
+        return bool(limiter.hit(caller))
 
     async def load(self, ctx: EdgeContext, send: Any) -> CacheMiss | None:
         """After a look-up that missed: answer from another load or from L2 (returns None), or
