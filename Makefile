@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -22,6 +22,8 @@ help:
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
 	@echo "make load   locust, headless, against the gateway (started if none answers)"
 	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
+	@echo "make fuzz   atheris: each compiled parser against its pure twin (FUZZ_SECONDS per target)"
+	@echo "make soak   mixed load for SOAK_SECONDS (600) sampling the gateway's RSS, fds, connections"
 
 # The lock is complete (every transitive dependency), so pip installs it as it is (--no-deps) and
 # checks every download against its hashes; the project goes in last, editable, without build
@@ -126,6 +128,20 @@ bench-events: build services
 
 load: build services
 	$(WITH_ENV) scripts/load.sh
+
+# Coverage-guided fuzzing (atheris) of the compiled parsers against their pure twins, FUZZ_SECONDS
+# per target (FUZZ_TARGETS=jwt,path,... picks some). The corpus grows under .fuzz/corpus, findings
+# go to .fuzz/findings (tests/fuzz/fuzz_run.py says how to replay one).
+FUZZ_SECONDS ?= 60
+fuzz: build
+	$(BIN)/python tests/fuzz/fuzz_run.py --seconds "$(FUZZ_SECONDS)" --artifacts .fuzz/findings \
+	  $(if $(FUZZ_TARGETS),--targets "$(FUZZ_TARGETS)")
+
+# Soak: a gateway of its own under the mixed load for SOAK_SECONDS, its processes' RSS, open
+# descriptors and connections sampled (CSV, PNG chart, summary; python -m loadtests.soak --help).
+SOAK_SECONDS ?= 600
+soak: build services
+	$(WITH_ENV) $(BIN)/python -m loadtests.soak --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
 
 clean:
 	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache

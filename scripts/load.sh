@@ -22,6 +22,10 @@ trap cleanup EXIT
 if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
     export CYGATE_DATABASE_URL=${CYGATE_DATABASE_URL:-${DATABASE_URL%/*}/cygate}
     export CYGATE_REDIS_URL=${CYGATE_REDIS_URL:-$REDIS_URL}
+    # Every locust user comes from this one address: unless told otherwise, no default
+    # per-caller limit and no registration limit on the gateway started here (explicitly).
+    export CYGATE_RATE_LIMIT_DEFAULT_CLASS=${CYGATE_RATE_LIMIT_DEFAULT_CLASS-}
+    export CYGATE_RATE_LIMIT_ROUTES=${CYGATE_RATE_LIMIT_ROUTES-'{"POST /api/v1/auth/register": ""}'}
     "$BIN/cygate" migrate
     "$BIN/cygate" seed --if-empty --categories 40 --products 20000 --users 50
     hostport=${CYGATE_URL#http://}

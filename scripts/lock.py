@@ -2,7 +2,9 @@
 
 ``pyproject.toml`` keeps ranges: they are the package's contract with its users. What the Makefile,
 CI and the Dockerfile install comes from three lock files compiled from it by ``uv pip compile``
-(universal: one lock for every platform and Python that pyproject.toml admits):
+for the platform cygate is built, tested and shipped on: CPython 3.11 on x86-64 Linux (glibc
+2.28 or newer: the CI machine and the image's base). A universal lock cannot promise that: it
+may pick a release whose wheels are all for newer Pythons (atheris did).
 
 - ``requirements/dev.txt``: the runtime dependencies, the ``dev`` extra and the ``build`` group
   (``make install``, ``make test``, ``.ci/run``);
@@ -32,6 +34,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_MARK = "# input: "
+PLATFORM = "x86_64-manylinux_2_28"
+PYTHON = "3.11"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
@@ -129,9 +133,10 @@ def _compile(name: str, reqs: list[str], upgrade: bool, constraints: Path | None
         "pip",
         "compile",
         str(source.relative_to(REPO)),
-        "--universal",
+        "--python-platform",
+        PLATFORM,
         "--python-version",
-        "3.11",
+        PYTHON,
         "--generate-hashes",
         "--no-annotate",
         "--quiet",

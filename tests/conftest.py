@@ -8,9 +8,11 @@ deleted at the end. Other data on those servers is never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,6 +21,12 @@ import redis.asyncio as aioredis
 from tests.admin import ADMIN_EMAIL, ADMIN_PASSWORD
 
 from cygate._compat import NO_EXTENSIONS
+
+SUITE_RATE_LIMITS: dict[str, dict[str, object]] = {
+    "api": {"rate": 1_000_000, "period": 1, "key": ["caller"], "mode": "local"},
+    "register": {"rate": 1_000_000, "period": 1, "key": ["ip"], "mode": "local"},
+}
+"""The test gateways' replacements for the built-in ``api`` and ``register`` limits."""
 
 SERVER_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -39,29 +47,30 @@ def _with_db(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
-def test_db_dsn() -> Iterator[str]:
-    """DSN of a freshly created and migrated database, dropped after the session."""
+@contextmanager
+def migrated_database(prefix: str) -> Iterator[str]:
+    """DSN of a freshly created and migrated database named ``<prefix><random>``, dropped
+    afterwards (kept when ``CYGATE_TEST_KEEP`` is set)."""
     import asyncio
 
-    from cygate.infra.db import apply_migrations, drop_database, ensure_database
+    from tests.store_helpers import create_migrated
 
-    dsn = _with_db(SERVER_DSN, f"cygate_test_{secrets.token_hex(4)}")
+    from cygate.infra.db import drop_database
 
-    async def setup() -> None:
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(setup())
+    dsn = _with_db(SERVER_DSN, f"{prefix}{secrets.token_hex(4)}")
+    asyncio.run(create_migrated(dsn))
     try:
         yield dsn
     finally:
         if not os.environ.get("CYGATE_TEST_KEEP"):
             asyncio.run(drop_database(dsn))
+
+
+@pytest.fixture(scope="session")
+def test_db_dsn() -> Iterator[str]:
+    """DSN of a freshly created and migrated database, dropped after the session."""
+    with migrated_database("cygate_test_") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
@@ -112,5 +121,10 @@ def gateway_env(test_db_dsn: str, redis_prefix: str) -> dict[str, str]:
         # database (CI saw 24 of 30 orders expired by the test's sweepers). A test of expiry
         # through a gateway turns it on for its own (tests/acceptance/test_orders_api.py).
         CYGATE_ORDER_EXPIRY_INTERVAL="0",
+        # NOTE: the suite's gateways serve many tests from one address (127.0.0.1): the built-in
+        # default limit and the registration limit are raised here, explicitly (a module that
+        # sets CYGATE_RATE_LIMITS adds to SUITE_RATE_LIMITS). test_default_limits.py runs a
+        # gateway with the built-in ones.
+        CYGATE_RATE_LIMITS=json.dumps(SUITE_RATE_LIMITS),
     )
     return env

@@ -27,9 +27,10 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from tests.store_helpers import create_migrated
 
 from cygate._compat import NO_EXTENSIONS
-from cygate.infra.db import apply_migrations, drop_database, ensure_database
+from cygate.infra.db import drop_database
 from cygate.infra.outbox import emit
 from cygate.settings import Settings, load_settings
 
@@ -70,12 +71,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
 async def private_database() -> AsyncIterator[str]:
     """A migrated database of this test's own (advisory locks are per database too)."""
     dsn = urlunsplit(urlsplit(SERVER_DSN)._replace(path=f"/cygate_ev_{secrets.token_hex(4)}"))
-    await ensure_database(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
+    await create_migrated(dsn)
     try:
         yield dsn
     finally:

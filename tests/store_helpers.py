@@ -7,10 +7,20 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from cygate.infra.db import close_pool, create_pool
+from cygate.infra.db import apply_migrations, close_pool, create_pool, ensure_database
 from cygate.settings import load_settings
 
-__all__ = ["app_pool"]
+__all__ = ["app_pool", "create_migrated"]
+
+
+async def create_migrated(dsn: str) -> None:
+    """Create the database ``dsn`` names (if it does not exist) and apply the migrations."""
+    await ensure_database(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

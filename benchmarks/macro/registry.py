@@ -93,6 +93,9 @@ class Contender:
     counted as the contender's): the upstream a proxy contender forwards to."""
 
 
+BENCH_ISSUER = "https://bench.cygate.test"
+"""``iss`` of the tokens the harness signs, and the gateways' ``jwt_issuer``."""
+
 _CYGATE_ENV = {
     "CYGATE_DATABASE_URL": "{bench_dsn}",
     "CYGATE_REDIS_URL": "{redis_url}",
@@ -100,6 +103,11 @@ _CYGATE_ENV = {
     "CYGATE_LOG_LEVEL": "warning",
     # The key the harness signs its RFC 9068 tokens with (auth=True, token="eddsa").
     "CYGATE_JWT_KEY_FILES": "{jwt_key_file}",
+    "CYGATE_JWT_ISSUER": BENCH_ISSUER,
+    # NOTE: wrk drives tens of thousands of requests a second from one address: the built-in
+    # default limit (100/s per caller) would refuse nearly all of them. Off here, explicitly;
+    # the rate-limited contenders name their limit by route.
+    "CYGATE_RATE_LIMIT_DEFAULT_CLASS": "",
 }
 # Every cygate contender: one Granian worker.
 _CYGATE_SERVE = _argv("{python} -m cygate serve --host {host} --port {port} --workers 1")
@@ -377,6 +385,7 @@ PROXY_CONTENDERS: tuple[Contender, ...] = (
             "CYGATE_REDIS_URL": "{redis_url}",
             "CYGATE_REDIS_PREFIX": "{redis_prefix}",
             "CYGATE_LOG_LEVEL": "warning",
+            "CYGATE_RATE_LIMIT_DEFAULT_CLASS": "",  # as _CYGATE_ENV: wrk is one caller
         },
         upstream=_SMALL_UPSTREAM,
         target="root",

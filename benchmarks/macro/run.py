@@ -59,6 +59,7 @@ from .procs import (
 )
 from .registry import (
     BASELINE,
+    BENCH_ISSUER,
     CONTENDERS,
     ME_PATH,
     PRODUCT_PATH,
@@ -417,9 +418,10 @@ def _mint_access_token(key: Any, user: dict[str, Any] | None) -> str:
 
     now = int(time.time())
     claims = {
-        "iss": "cygate",
+        "iss": BENCH_ISSUER,
         "aud": "cygate",
         "sub": user["id"] if user else "00000000-0000-7000-8000-000000000000",
+        "client_id": "cygate",
         "exp": now + 6 * 3600,
         "iat": now,
         "jti": secrets.token_urlsafe(16),

@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         CYGATE_REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         CYGATE_REDIS_PREFIX=f"cygate-bench-search-{os.getpid()}:",
         CYGATE_LOG_LEVEL="warning",
+        # the query mix comes from one address: no default per-caller limit (explicitly)
+        CYGATE_RATE_LIMIT_DEFAULT_CLASS="",
     )
     log = Path("/tmp") / f"cygate-bench-search-{os.getpid()}.log"
     argv_ = [

@@ -60,19 +60,27 @@ def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def make_edge(
-    *, stages: bool, cache: bool = True, l2: bool = False
+    *, stages: bool, default: bool = False, cache: bool = True, l2: bool = False
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
+
+    ``default``: the route names no limit and gets the default class instead (the built-in
+    ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
-    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
-    key = ed25519.Ed25519PrivateKey.generate()
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""    key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
                         keys=[VerifyKey("k1", "EdDSA", key.public_key())])  # fmt: skip
     token = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
-    limits = {"bench": {"rate": 1_000_000_000, "period": 1, "mode": "local"}}
+    limits = {
+        "bench": {"rate": 1_000_000_000, "period": 1, "mode": "local"},
+        "api": {"rate": 1_000_000_000, "period": 1, "key": ["caller"], "mode": "local"},
+    }
     settings = load_settings(
-        {"CYGATE_RATE_LIMITS": json.dumps(limits)},
+        {
+            "CYGATE_RATE_LIMITS": json.dumps(limits),
+            "CYGATE_RATE_LIMIT_DEFAULT_CLASS": "api" if default else "",
+        },
         cache_key_secret="micro-benchmark-secret",
         cache_l2=l2,
     )
@@ -81,7 +89,9 @@ def make_edge(
     async def product(ctx: EdgeContext) -> bytes:
         return BODY
 
-    policy = RoutePolicy(name=ROUTE, cache="product", rate_limit="bench", fast=product)
+    policy = RoutePolicy(
+        name=ROUTE, cache="product", rate_limit=None if default else "bench", fast=product
+    )
     router = Router()
     router.add("GET", "/api/v1/products/{product_id:uuid}", policy)
     response_cache = ResponseCache(settings, metrics, rules=DEFAULT_RULES)
@@ -162,7 +172,12 @@ class Driver:
 def drivers() -> Iterator[dict[str, Driver]]:
     full, headers = make_edge(stages=True)
     bare, _ = make_edge(stages=False)
-    made = {"full": Driver(full, headers), "cache-only": Driver(bare, headers)}
+    defaulted, its_headers = make_edge(stages=True, default=True)  # its own key signs
+    made = {
+        "full": Driver(full, headers),
+        "cache-only": Driver(bare, headers),
+        "default-limit": Driver(defaulted, its_headers),
+    }
     for d in made.values():
         d.run(2)  # the first request fills L1; the token is verified once
     status, answer, body = made["full"].answer()
@@ -187,6 +202,14 @@ def test_edge_hit_token_limit_l1(drivers: dict[str, Driver], micro: Callable[...
     """cygate-full's request: route, token (verified before), one rate-limit token, L1 hit."""
     _case(drivers, "full", micro)
     assert drivers["full"].answer()[1][b"ratelimit-limit"] == b"1000000000"
+
+
+def test_edge_hit_token_default_limit_l1(
+    drivers: dict[str, Driver], micro: Callable[..., Any]
+) -> None:
+    """The same, the route's limit being the default class's (no class of its own)."""
+    _case(drivers, "default-limit", micro)
+    assert drivers["default-limit"].answer()[1][b"ratelimit-limit"] == b"1000000000"
 
 
 def test_edge_hit_cache_only(drivers: dict[str, Driver], micro: Callable[..., Any]) -> None:

@@ -262,6 +262,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
         await payments.start(pool)
         # -- end payments -------------------------------------------------------------------
+        metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
         routes = holder["routes"]
         routes.start(settings.routes_reload_interval)
@@ -385,6 +386,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_paths=settings.edge_fast_paths,
         hit_path=settings.edge_hit_path,
         trusted_proxies=trusted,
+        body_timeout=settings.http_body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).

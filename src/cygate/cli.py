@@ -262,7 +262,8 @@ def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     error = _check_routes(settings)  # one line and status 2, not a traceback in each worker
@@ -309,6 +310,16 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=LogLevels(settings.log_level),
         log_access=settings.access_log,
         workers_kill_timeout=int(settings.shutdown_timeout),
+        # NOTE: Granian replaces a dead worker at once and counts it in the logs ("Unexpected
+        # exit from worker-N", "Respawning worker-N"); a worker that dies again within 5.5 s of
+        # its respawn is a crash loop: Granian logs it and exits (status 1) instead of spinning.
+        respawn_failed_workers=settings.respawn_failed_workers,
+        # NOTE: HTTP/1.1 only: with Granian's default ``auto`` mode the server first waits to
+        # tell HTTP/1 from HTTP/2 (h2c), untimed, so a connection that never sends a byte was
+        # held open for good. In HTTP/1 mode hyper's header read timeout runs from the moment
+        # a connection opens and again from each response (the idle timeout).
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.http_header_timeout * 1000)),
     )
     server.on_startup(lambda: _forward_sighup(stamp))
     server.serve()

@@ -13,7 +13,7 @@ import os
 import pathlib
 import tomllib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -94,7 +94,7 @@ def _doc(text: str, **constraints: Any) -> msgspec.Meta:
 RateLimitKeyPart = Literal["caller", "sub", "ip", "api_key", "route", "path"]
 RateLimitMode = Literal["local", "exact", "batched"]
 RateLimitFailure = Literal["open", "closed", "local"]
-_AUTH_CLASSES = frozenset({"login", "token"})
+_AUTH_CLASSES = frozenset({"login", "token", "register"})
 
 
 class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -167,13 +167,20 @@ class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return "local" if classes & _AUTH_CLASSES else "open"
 
 
+DEFAULT_RATE_LIMIT_CLASS: Final = "api"
+"""The built-in limit every route without a class of its own gets (``rate_limit_default_class``)."""
+
+
 def _default_rate_limits() -> dict[str, RateLimitSpec]:
-    # NOTE: login and token endpoints are limited per client address, in Redis, and stay
+    # NOTE: login, token and registration are limited per client address, in Redis, and stay
     # limited (per process) when Redis is down; a configured limit of the same name replaces
-    # each.
+    # each. ``api`` is the default of every other route: generous, per caller, in the process
+    # (no Redis call; the fused hit path decides it in line), a flood guard rather than a quota.
     return {
+        "api": RateLimitSpec(rate=100, period=1, burst=200, key=["caller"], mode="local"),
         "login": RateLimitSpec(rate=10, period=60, key=["ip"], mode="exact", failure="local"),
         "token": RateLimitSpec(rate=30, period=60, key=["ip"], mode="exact", failure="local"),
+        "register": RateLimitSpec(rate=10, period=3600, key=["ip"], mode="exact", failure="local"),
     }
 
 
@@ -221,6 +228,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = "info"
     access_log: Annotated[bool, _doc("Granian access log (costs throughput).")] = False
     shutdown_timeout: Annotated[_Seconds, _doc("Seconds to drain in-flight requests.")] = 30.0
+    respawn_failed_workers: Annotated[
+        bool,
+        _doc(
+            "Replace a Granian worker that dies (SIGKILL, OOM) while the others keep serving; a "
+            "worker that dies again within 5.5 s of its respawn is a crash loop: the server logs "
+            "it and exits, for the service manager to restart. false: any worker death stops "
+            "the server."
+        ),
+    ] = True
 
     database_url: Annotated[
         str,
@@ -242,6 +258,25 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[_Positive, _doc("Largest accepted request body; larger is 413.")] = (
         1024 * 1024
     )
+    http_header_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a connection may take to send a request's headers, counted from its "
+            "opening or, on a kept-alive connection, from the previous response (the idle "
+            "timeout too); then it is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
+    http_body_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a request body may take to arrive once its headers are in; then 408 "
+            "problem+json and the connection is closed.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
     hsts_max_age: Annotated[
         _NonNegative, _doc("Strict-Transport-Security max-age; 0 sends no HSTS header.")
     ] = 0
@@ -288,7 +323,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # -- Rate limiting (issue 4; docs/ratelimit.md) ------------------------------------------
     rate_limits: Annotated[
         dict[str, RateLimitSpec],
-        _doc("Named limits (added to the built-in login and token limits, or replacing them)."),
+        _doc(
+            "Named limits (added to the built-in api, login, token and register limits, or "
+            "replacing them by name)."
+        ),
     ] = msgspec.field(default_factory=dict)
     rate_limit_classes: Annotated[
         dict[str, list[str]],
@@ -296,11 +334,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = msgspec.field(default_factory=dict)
     rate_limit_routes: Annotated[
         dict[str, str],
-        _doc("Route name ('GET /api/v1/categories') -> class; overrides the handler's opt."),
+        _doc(
+            "Route name ('GET /api/v1/categories') -> class; overrides the handler's opt; an "
+            "empty class exempts the route (from the default class too)."
+        ),
     ] = msgspec.field(default_factory=dict)
     rate_limit_default_class: Annotated[
-        str, _doc("Class of routes that name none; empty: such routes are not limited.")
-    ] = ""
+        str,
+        _doc(
+            "Class of routes that name none (default: the built-in `api` limit, 100 per second "
+            "with bursts of 200 per caller and process); empty: such routes are not limited."
+        ),
+    ] = DEFAULT_RATE_LIMIT_CLASS
     rate_limit_redis_timeout: Annotated[
         float, _doc("Most a Redis decision may add to a request, seconds.", gt=0, le=10)
     ] = 0.2
@@ -369,9 +414,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = msgspec.field(default_factory=dict)
 
     # --- Identity and access (issue 3) -------------------------------------------------------
-    jwt_issuer: Annotated[str, _doc("`iss` of the access tokens cygate signs.", min_length=1)] = (
-        "cygate"
-    )
+    public_base_url: Annotated[
+        str,
+        _doc(
+            "The URL clients reach this gateway at (scheme, host, optional port and path); "
+            "the default token issuer is derived from it.",
+            pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        ),
+    ] = "http://localhost:8000"
+    jwt_issuer: Annotated[
+        str,
+        _doc(
+            "`iss` of the access tokens cygate signs (RFC 9068: a URL); empty: public_base_url "
+            "without a trailing slash.",
+            max_length=512,
+        ),
+    ] = ""
     jwt_audience: Annotated[
         str, _doc("`aud` of (and required in) cygate's tokens.", min_length=1)
     ] = "cygate"
@@ -387,8 +445,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         _doc("Development/test: where a signing key is generated when no key file is listed."),
     ] = ".data/keys"
     jwt_key_algorithm: Annotated[
-        Literal["EdDSA", "ES256"], _doc("Algorithm of a generated signing key.")
+        Literal["EdDSA", "ES256", "RS256"], _doc("Algorithm of a generated signing key.")
     ] = "EdDSA"
+    jwt_client_id: Annotated[
+        str,
+        _doc(
+            "`client_id` (RFC 9068) of the tokens people get by login and refresh (the "
+            "first-party client); a service client's tokens carry its own id.",
+            min_length=1,
+            max_length=255,
+        ),
+    ] = "cygate"
     jwt_leeway: Annotated[int, _doc("Clock leeway for exp/nbf/iat, seconds.", ge=0, le=300)] = 30
     jwt_max_token_bytes: Annotated[
         int, _doc("Longest accepted access token, bytes.", ge=256, le=65536)
@@ -398,6 +465,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 20_000
     jwt_revocation_cache_seconds: Annotated[
         float, _doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
+    ] = 1.0
+    jwt_revocation_redis_backoff: Annotated[
+        float,
+        _doc(
+            "After a Redis failure, seconds the revocation check accepts tokens without asking "
+            "Redis before one check tries again.",
+            gt=0,
+            le=300,
+        ),
     ] = 1.0
     access_token_ttl: Annotated[int, _doc("Access token lifetime, seconds.", ge=30, le=86400)] = 900
     refresh_token_ttl: Annotated[
@@ -590,7 +666,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                     f"class {cls!r} names unknown limits {unknown} - at `$.rate_limit_classes`"
                 )
         for route, cls in self.rate_limit_routes.items():
-            if self.rate_limit_class(cls) is None:
+            if cls and self.rate_limit_class(cls) is None:
                 raise msgspec.ValidationError(
                     f"route {route!r} names unknown class {cls!r} - at `$.rate_limit_routes`"
                 )
@@ -677,6 +753,9 @@ def _check_payments(s: Settings) -> None:
 
 def _check_identity(s: Settings) -> None:
     """Cross-field rules of the identity block (issue 3)."""
+    if not s.jwt_issuer:
+        # NOTE: derived once here, so every reader of ``jwt_issuer`` sees the same URL.
+        msgspec.structs.force_setattr(s, "jwt_issuer", s.public_base_url.rstrip("/"))
     if s.refresh_token_ttl > s.refresh_family_ttl:
         raise msgspec.ValidationError(
             "refresh_token_ttl must not exceed refresh_family_ttl - at `$.refresh_token_ttl`"

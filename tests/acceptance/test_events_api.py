@@ -5,6 +5,7 @@ consumers the gateway workers run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 import uuid
@@ -14,11 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
+from tests.conftest import SUITE_RATE_LIMITS
 from tests.events_helpers import connect
 
 from cygate.infra.outbox import emit
 
-_LOGIN = '{"login": {"rate": 1000, "period": 60, "key": ["ip"], "mode": "exact"}}'
+_LOGIN = json.dumps(
+    {**SUITE_RATE_LIMITS, "login": {"rate": 1000, "period": 60, "key": ["ip"], "mode": "exact"}}
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
 
 from identity_helpers import JWKSServer, jwk, pem_private, pem_public, thumbprint
-from jwt_cases import SigningKeys, malicious_cases, token
+from jwt_cases import ISSUER, SigningKeys, malicious_cases, token
 
 pytestmark = pytest.mark.acceptance
 
@@ -71,6 +71,8 @@ def identity_env(key_files: list[str], idp_url: str, **extra: str) -> dict[str, 
     }
     return {
         "CYGATE_JWT_KEY_FILES": ",".join(key_files),
+        # the issuer the test's own tokens (jwt_cases) name: an explicit, non-derived one
+        "CYGATE_JWT_ISSUER": ISSUER,
         "CYGATE_JWT_LEEWAY": "0",
         "CYGATE_JWT_REVOCATION_CACHE_SECONDS": "0",
         "CYGATE_ARGON2_TIME_COST": "1",
@@ -361,9 +363,10 @@ def test_issued_access_token_is_rfc9068(gw: Gateway, keys: SigningKeys) -> None:
         signing_key,
         algorithms=[header["alg"]],
         audience="cygate",
-        issuer="cygate",
+        issuer=ISSUER,
     )
-    assert {"iss", "aud", "sub", "exp", "iat", "jti", "roles"} <= set(claims)
+    assert {"iss", "aud", "sub", "exp", "iat", "jti", "client_id", "roles"} <= set(claims)
+    assert claims["client_id"] == "cygate"
     assert claims["sub"] == user["id"] and claims["roles"] == ["customer"]
 
 

@@ -60,9 +60,11 @@ def env(
     }
 
 
-def crash_during_payment(env: dict[str, str], fault: str, dsn: str) -> tuple[Customer, str, str]:
-    """Start a gateway with ``fault``, pay one order, watch the gateway die; returns the
-    customer, the order id and the Idempotency-Key used."""
+def crash_during_payment(
+    env: dict[str, str], fault: str, dsn: str, token: str = "tok_approve"
+) -> tuple[Customer, str, str]:
+    """Start a gateway with ``fault``, pay one order with ``token``, watch the gateway die;
+    returns the customer, the order id and the Idempotency-Key used."""
     gw = start_gateway(env, workers=1, extra_env={"CYGATE_FAULT": fault})
     try:
         customer = new_customer(gw.url)
@@ -70,7 +72,7 @@ def crash_during_payment(env: dict[str, str], fault: str, dsn: str) -> tuple[Cus
         ORDERS.append(order_id)
         key = secrets.token_hex(16)
         with gw.client() as c, pytest.raises(httpx.TransportError):
-            customer.pay(c, order_id, key=key)
+            customer.pay(c, order_id, token=token, key=key)
         assert gw.proc.wait(timeout=15) == -signal.SIGKILL  # the whole gateway died
     finally:
         stop_gateway(gw)
@@ -125,7 +127,7 @@ def test_crash_after_the_charge_before_the_payment_row_is_updated(
         assert wait_until(lambda: order_status(test_db_dsn, order_id) == "paid")
         assert [p["status"] for p in payments_of(test_db_dsn, order_id)] == ["captured"]
         # Retries cannot charge again: the same key (once the dead claim may be taken over)
-        # and a new one both find the order paid.
+        # gets its attempt's answer, the 201 it never received; a new key finds the order paid.
         with gw.client() as c:
             answers: list[httpx.Response] = []
 
@@ -135,9 +137,11 @@ def test_crash_after_the_charge_before_the_payment_row_is_updated(
 
             assert wait_until(settled, timeout=15)
             fresh = customer.pay(c, order_id, key=secrets.token_hex(16))
-        for r in (answers[-1], fresh):
-            assert r.status_code == 409, r.text
-            assert "order is paid" in r.json()["detail"]
+        assert answers[-1].status_code == 201, answers[-1].text
+        assert answers[-1].json()["status"] == "captured"
+        assert answers[-1].json()["attempt"] == 1
+        assert fresh.status_code == 409, fresh.text
+        assert "order is paid" in fresh.json()["detail"]
     finally:
         output = stop_gateway(gw)
         assert "Traceback" not in output, output
@@ -145,6 +149,47 @@ def test_crash_after_the_charge_before_the_payment_row_is_updated(
     events = events_of(test_db_dsn, order_id)
     assert events.count("order.paid") == 1
     assert events.count("payment.captured") == 1
+
+
+def test_retry_of_a_declined_attempt_lost_in_a_crash_calls_the_processor_once(
+    env: dict[str, str], sim: SimProcess, test_db_dsn: str
+) -> None:
+    """The processor declined, the gateway died before it wrote that down: the client's retry
+    under the same Idempotency-Key gets that decline (attempt 1), not a second processor call.
+    A retry under a new key is a new attempt (another card, say), as before."""
+    customer, order_id, key = crash_during_payment(
+        env, "payment:after_charge", test_db_dsn, token="tok_decline"
+    )
+    assert [c["status"] for c in sim.charges_for(order_id)] == ["declined"]
+    assert [p["status"] for p in payments_of(test_db_dsn, order_id)] == ["initiated"]
+
+    gw = start_gateway(env, workers=2)
+    try:
+        with gw.client() as c:
+            answers: list[httpx.Response] = []
+
+            def settled() -> bool:
+                answers.append(customer.pay(c, order_id, token="tok_decline", key=key))
+                return answers[-1].status_code != 409
+
+            assert wait_until(settled, timeout=15), answers[-1].text
+            again = customer.pay(c, order_id, token="tok_decline", key=key)
+            r = answers[-1]
+            assert r.status_code == 201, r.text
+            assert r.json()["status"] == "declined" and r.json()["attempt"] == 1, r.text
+            assert again.status_code == 201 and again.json() == r.json(), again.text
+            assert again.headers["idempotent-replayed"] == "true"
+            # the same key never reached the processor again
+            assert [ch["status"] for ch in sim.charges_for(order_id)] == ["declined"]
+            fresh = customer.pay(c, order_id, key=secrets.token_hex(16))
+        assert fresh.status_code == 201, fresh.text
+        assert fresh.json()["status"] == "captured" and fresh.json()["attempt"] == 2
+    finally:
+        output = stop_gateway(gw)
+        assert "Traceback" not in output, output
+    assert [c["status"] for c in sim.charges_for(order_id)] == ["declined", "captured"]
+    assert [p["status"] for p in payments_of(test_db_dsn, order_id)] == ["declined", "captured"]
+    assert order_status(test_db_dsn, order_id) == "paid"
 
 
 def test_recovery_by_hand_with_the_cli(

@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from tests.acceptance.conftest import Gateway, start_gateway, stop_gateway
+from tests.conftest import SUITE_RATE_LIMITS
 from tests.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.acceptance
@@ -40,7 +41,7 @@ def limits_env(
     """``base`` plus a fresh Redis prefix and the limits, applied to routes by configuration."""
     env = dict(base)
     env["CYGATE_REDIS_PREFIX"] = f"{base['CYGATE_REDIS_PREFIX']}{secrets.token_hex(3)}:"
-    env["CYGATE_RATE_LIMITS"] = orjson.dumps(limits).decode()
+    env["CYGATE_RATE_LIMITS"] = orjson.dumps({**SUITE_RATE_LIMITS, **limits}).decode()
     env["CYGATE_RATE_LIMIT_ROUTES"] = orjson.dumps(routes).decode()
     env.update({f"CYGATE_{k.upper()}": v for k, v in extra.items()})
     return env

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
+from tests.conftest import SUITE_RATE_LIMITS
 from tests.upstream_servers import Upstream, running_upstreams
 
 pytestmark = pytest.mark.acceptance
@@ -258,8 +259,10 @@ def test_a_reload_applies_the_routes_rate_limits(
             "CYGATE_ROUTES_FILE": str(path),
             "CYGATE_ROUTES_RELOAD_INTERVAL": "0",
             "CYGATE_RATE_LIMITS": json.dumps(
-                {"tight": {"rate": 5, "period": 600, "mode": "local"}}
+                {**SUITE_RATE_LIMITS, "tight": {"rate": 5, "period": 600, "mode": "local"}}
             ),
+            # the route starts with no limit at all: not even the default one
+            "CYGATE_RATE_LIMIT_DEFAULT_CLASS": "",
         },
     )
 

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from tests.conftest import REDIS_URL
+from tests.private_redis import PrivateRedis
 
 from cygate.core.jwt import JWTError, JWTVerifier, VerifyKey
 from cygate.infra.redis import RedisHandle
@@ -231,6 +232,50 @@ async def test_revocation_check_fails_open_without_redis(caplog: pytest.LogCaptu
     assert revocations.verifier.is_revoked("jti-y")
     assert "accepting tokens" in caplog.text
     await handle.close()
+
+
+async def test_revocation_check_behind_a_circuit_when_redis_hangs() -> None:
+    """Redis paused (SIGSTOP: it accepts connections, never answers): the first check waits its
+    timeout and opens the circuit; for the backoff, checks of other tokens answer at once
+    (accepted: availability first); then one check probes. After SIGCONT a probe closes the
+    circuit and a revocation recorded in Redis is seen again."""
+    with PrivateRedis() as server:
+        client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        handle = RedisHandle(client, "circuit:")
+        revocations = Revocations(handle, verifier(), cache_seconds=0, timeout=0.3, backoff=0.6)
+        expires = int(time.time()) + 60
+        pending = revocations.check("warm", expires)  # a connection in the pool, Redis known
+        assert pending is not None and await pending is False
+        server.pause()
+        waited: list[float] = []
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 2.0:  # distinct tokens, none cached
+            t0 = time.monotonic()
+            pending = revocations.check(f"jti-{n}", expires)
+            if pending is not None:
+                assert await pending is False
+            waited.append(time.monotonic() - t0)
+            n += 1
+            await asyncio.sleep(0.01)
+        slow = [w for w in waited if w >= 0.25]
+        # 2 s / (0.6 s backoff + 0.3 s probe) → the first failure and about two probes; without
+        # the circuit every one of the ~100 checks waits the 0.3 s timeout.
+        assert 1 <= len(slow) <= 4, (len(slow), len(waited))
+        assert len(waited) > 30
+        assert revocations.known_good("never-asked")  # the fused hit path skips Redis too
+        server.resume()
+        # Another worker revokes a token: only Redis tells this one.
+        await Revocations(handle, verifier(), cache_seconds=0).revoke([("revoked-later", expires)])
+        deadline = time.monotonic() + 5
+        while True:  # the next probe (within a backoff) closes the circuit
+            pending = revocations.check("revoked-later", expires)
+            if pending is not None and await pending:
+                break
+            assert time.monotonic() < deadline, "the circuit did not close after SIGCONT"
+            await asyncio.sleep(0.05)
+        assert revocations.circuit.usable
+        await handle.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,11 +510,14 @@ def test_development_key_race(tmp_path: pathlib.Path) -> None:
         ({"CYGATE_IDENTITY_PROVIDERS": "[{"}, "IDENTITY_PROVIDERS"),
         (
             {
-                "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "cygate", "jwks_url": "http://x/j",'
-                ' "audience": "a"}]'
+                # the gateway's own issuer, derived from the default public_base_url
+                "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "http://localhost:8000",'
+                ' "jwks_url": "http://x/j", "audience": "a"}]'
             },
             "identity_providers",
         ),
+        ({"CYGATE_PUBLIC_BASE_URL": "localhost:8000"}, "public_base_url"),
+        ({"CYGATE_PUBLIC_BASE_URL": "https://x.test/?a=1"}, "public_base_url"),
         (
             {
                 "CYGATE_IDENTITY_PROVIDERS": '[{"issuer": "i", "jwks_url": "file:///etc/passwd",'
@@ -509,3 +557,13 @@ def test_identity_settings_from_environment() -> None:
     assert s.jwt_key_files == ["a.pem", "b.pem"]
     assert s.identity_providers[0].algorithms == ["RS256"]
     assert s.redacted()["admin_password"] == "***"
+
+
+def test_token_issuer_is_a_url_derived_from_the_public_base_url() -> None:
+    """RFC 9068: ``iss`` is the public base URL (no trailing slash) unless set on its own."""
+    assert load_settings({}).jwt_issuer == "http://localhost:8000"
+    derived = load_settings({"CYGATE_PUBLIC_BASE_URL": "https://api.example.test/v/"})
+    assert derived.jwt_issuer == "https://api.example.test/v"
+    given = {"CYGATE_PUBLIC_BASE_URL": "https://a.test", "CYGATE_JWT_ISSUER": "https://b.test"}
+    assert load_settings(given).jwt_issuer == "https://b.test"
+    assert load_settings({"CYGATE_JWT_KEY_ALGORITHM": "RS256"}).jwt_key_algorithm == "RS256"

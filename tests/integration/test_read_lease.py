@@ -79,3 +79,47 @@ async def test_a_database_that_is_down_is_a_quick_error() -> None:
             await asyncio.wait_for(lease.fetchrow("SELECT 1"), 5)
     await lease.close()
     await dead.close()
+
+
+async def test_held_connections_killed_by_the_server_cost_no_reader_an_error(
+    pool: asyncpg.Pool, test_db_dsn: str
+) -> None:
+    """What a PostgreSQL restart does to the held connections, done to their backends alone
+    (pg_terminate_backend): each is found dead when next used, and the read goes to a fresh
+    connection instead of failing (the PostgreSQL restart drill does it with a real restart)."""
+    lease = ReadLease(pool, 3)
+    held = await _backend_pids(lease, 30)
+    assert len(held) == 3
+    admin = await asyncpg.connect(test_db_dsn)
+    try:
+        for pid in held:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the client sees the connections close
+    rows = [await lease.fetchrow("SELECT pg_backend_pid()") for _ in range(6)]  # one at a time
+    fresh = {r[0] for r in rows if r is not None}
+    assert len(fresh) == 1 and not fresh & held
+    assert len(await _backend_pids(lease, 30)) <= 3
+    await lease.close()
+    assert pool.get_size() == pool.get_idle_size()
+
+
+async def test_a_held_connection_that_dies_mid_query_is_read_again(
+    pool: asyncpg.Pool, test_db_dsn: str
+) -> None:
+    lease = ReadLease(pool, 1)
+    (pid,) = await _backend_pids(lease, 1)
+    reading = asyncio.create_task(lease.fetchrow("SELECT pg_backend_pid(), pg_sleep(0.5)"))
+    await asyncio.sleep(0.2)
+    admin = await asyncpg.connect(test_db_dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    row = await asyncio.wait_for(reading, 5)
+    assert row is not None and row[0] != pid
+    # A statement's own error is still the caller's (not read again).
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await lease.fetchrow("SELEC 1")
+    await lease.close()

@@ -53,6 +53,10 @@ def test_list_from_environment() -> None:
         ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "inf"}, "cache_unsubscribed_max_age"),
         ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "nan"}, "cache_unsubscribed_max_age"),
         ({"CYGATE_CACHE_UNSUBSCRIBED_MAX_AGE": "3s"}, "cache_unsubscribed_max_age"),
+        ({"CYGATE_HTTP_HEADER_TIMEOUT": "0"}, "http_header_timeout"),
+        ({"CYGATE_HTTP_BODY_TIMEOUT": "0.5"}, "http_body_timeout"),
+        ({"CYGATE_HTTP_BODY_TIMEOUT": "never"}, "http_body_timeout"),
+        ({"CYGATE_RESPAWN_FAILED_WORKERS": "maybe"}, "respawn_failed_workers"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], names: str) -> None:

@@ -41,6 +41,7 @@ from cygate.core._jwt_py import (
     KIND_RSA,
     MALFORMED,
     MAX_HEADER_SEGMENT,
+    MAX_JSON_DEPTH,
     MAX_KID,
     MAX_NUMERIC_DATE,
     NOT_YET_VALID,
@@ -74,6 +75,7 @@ if (KIND_ED25519, KIND_EC, KIND_RSA) != (C_ED25519, C_EC, C_RSA) or (
     raise RuntimeError("cygate.core._jwt_c is out of step with _jwt_py")
 
 cdef long long C_MAX_DATE = MAX_NUMERIC_DATE
+cdef Py_ssize_t C_MAX_DEPTH = MAX_JSON_DEPTH
 cdef object _decode_json = msgspec.json.Decoder().decode
 cdef tuple _JSON_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)
 cdef object _InvalidSignature = InvalidSignature
@@ -178,6 +180,27 @@ cdef Py_ssize_t _count_raw_keys(const unsigned char* p, Py_ssize_t n) noexcept n
     return count
 
 
+cdef bint _too_deep(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    # Same rule as _jwt_py.too_deep: arrays and objects nested deeper than MAX_JSON_DEPTH,
+    # brackets inside strings not counted (exact on valid JSON; invalid JSON is refused anyway).
+    cdef Py_ssize_t i = 0, depth = 0
+    cdef unsigned char c
+    while i < n:
+        c = p[i]
+        if c == 0x22:  # '"': skip the string, escapes included
+            i += 1
+            while i < n and p[i] != 0x22:
+                i += 2 if p[i] == 0x5C else 1
+        elif c == 0x5B or c == 0x7B:  # '[' '{'
+            depth += 1
+            if depth > C_MAX_DEPTH:
+                return True
+        elif c == 0x5D or c == 0x7D:  # ']' '}'
+            depth -= 1
+        i += 1
+    return False
+
+
 cdef Py_ssize_t _count_keys(object value) except -1:
     # Keys held by decoded objects at every depth (msgspec bounds the depth it decodes).
     cdef Py_ssize_t total = 0
@@ -196,6 +219,8 @@ cdef Py_ssize_t _count_keys(object value) except -1:
 
 cdef dict _json_object(bytes raw):
     cdef object obj
+    if _too_deep(<const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw)):
+        raise _JWTError(MALFORMED)
     try:
         obj = _decode_json(raw)
     except _JSON_ERRORS:

@@ -11,7 +11,10 @@ The rules, in the order they are applied (the first failure decides the reason):
    :data:`MAX_HEADER_SEGMENT` in the header segment (``too_large``).
 2. Exactly three segments; each strictly canonical base64url: alphabet ``A-Z a-z 0-9 - _``,
    no padding, no length of the form 4n+1, unused trailing bits zero (``malformed``).
-3. Header and payload are JSON objects (msgspec); a key repeated in any object of either
+3. Header and payload are JSON objects (msgspec) nested at most :data:`MAX_JSON_DEPTH` deep
+   (``malformed``: msgspec counts its nesting against Python's recursion limit, so without a
+   bound of its own a deep document's fate would hang on the caller's stack depth, and differ
+   between the twins); a key repeated in any object of either
    is ``duplicate_keys`` (JSON parsers disagree on which copy wins: RFC 8725 §3.11).
 4. Header: ``alg`` one of :data:`SUPPORTED_ALGORITHMS` exactly (so ``none`` in any casing and
    every HMAC algorithm are ``unsupported_alg``); any ``crit`` is ``crit`` (no extension is
@@ -64,6 +67,7 @@ __all__ = [
     "KIND_RSA",
     "MALFORMED",
     "MAX_HEADER_SEGMENT",
+    "MAX_JSON_DEPTH",
     "MAX_KID",
     "MAX_NUMERIC_DATE",
     "NOT_YET_VALID",
@@ -82,6 +86,7 @@ __all__ = [
     "b64url_encode",
     "count_json_keys",
     "count_raw_keys",
+    "too_deep",
 ]
 
 # Reasons (JWTError.reason). Short, stable strings: logged, counted, never secret.
@@ -109,6 +114,8 @@ MAX_KID: Final = 256
 MIN_RSA_BITS: Final = 2048
 MAX_NUMERIC_DATE: Final = 2**53 - 1
 """Largest accepted ``exp``/``iat``/``nbf``: exact as a double, so both twins compare alike."""
+MAX_JSON_DEPTH: Final = 32
+"""Deepest nesting of arrays and objects in the header or the claims (the object itself is 1)."""
 
 # Key kinds: how the signature is checked (the compiled twin switches on these).
 KIND_ED25519: Final = 0
@@ -269,7 +276,31 @@ def count_json_keys(value: Any) -> int:
     return total
 
 
+# Every complete JSON string, and the bytes that are not brackets (what is left once strings
+# are gone is the nesting).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_NESTING = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def too_deep(raw: bytes) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than :data:`MAX_JSON_DEPTH`
+    (brackets inside strings do not count; exact on valid JSON, a refusal either way else)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False  # PERF: too few brackets to nest that deep (every real token)
+    depth = 0
+    for c in _JSON_STRING.sub(b"", raw).translate(None, _NOT_NESTING):
+        if c == 0x5B or c == 0x7B:  # [ {
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
+    if too_deep(raw):
+        raise JWTError(MALFORMED)
     try:
         obj = _decode_json(raw)
     except _JSON_ERRORS:

@@ -239,7 +239,7 @@ class ResponseCache:
         settings = self.settings
         if not settings.cache_l2:
             return
-        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after)
+        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after, settings.redis_timeout)
         max_age = settings.cache_unsubscribed_max_age
         self.subscription = Subscription(
             settings.redis_url,

@@ -25,9 +25,11 @@ instance that lost its subscription increments the generation before it subscrib
 (:class:`Subscription`'s ``before_subscribe``): every entry stored before the outage is then
 no longer read anywhere, and one stored under a lease taken before it is refused.
 
-Every Redis error opens a breaker: for ``cache_l2_retry_after`` seconds L2 is skipped and the
-cache runs on L1 and the loaders (PostgreSQL) alone; then requests try Redis again (a refused
-connection fails at once; a hung Redis costs at most ``redis_timeout`` before the next pause).
+Every Redis error opens a circuit (:class:`cygate.infra.circuit.Circuit`, the rate limiter's):
+for ``cache_l2_retry_after`` seconds L2 is skipped and the cache runs on L1 and the loaders
+(PostgreSQL) alone; then one request probes Redis again (a refused connection fails at once; a
+hung Redis costs that request at most ``redis_timeout`` before the next pause), and a success
+closes the circuit.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from cygate.infra.circuit import Circuit
 
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
@@ -212,7 +216,6 @@ class L2:
 
     __slots__ = (
         "_acquire",
-        "_down_until",
         "_invalidate",
         "_lookup",
         "_lookups",
@@ -224,6 +227,7 @@ class L2:
         "_token_base",
         "_tokens",
         "channel",
+        "circuit",
         "client",
         "entry_prefix",
         "gen_key",
@@ -231,11 +235,12 @@ class L2:
         "metrics",
         "n_errors",
         "n_stored",
-        "retry_after",
         "tag_prefix",
     )
 
-    def __init__(self, redis: RedisHandle, metrics: Metrics, retry_after: float) -> None:
+    def __init__(
+        self, redis: RedisHandle, metrics: Metrics, retry_after: float, timeout: float = 0.5
+    ) -> None:
         self.client = redis.client
         base = redis.key("{cache}", "")
         self.entry_prefix = base + "e:"
@@ -246,8 +251,7 @@ class L2:
         self.metrics = metrics
         self.n_errors = metrics.counter("cygate_cache_l2_errors_total")
         self.n_stored = metrics.counter("cygate_cache_stores_total")
-        self.retry_after = retry_after
-        self._down_until = 0.0
+        self.circuit = Circuit("cache L2 (Redis)", timeout=timeout, backoff=retry_after, log=log)
         # NOTE: redis-py's Script sends EVALSHA and loads the script on NOSCRIPT, once.
         self._acquire = self.client.register_script(_ACQUIRE)
         self._store = self.client.register_script(_STORE)
@@ -265,24 +269,29 @@ class L2:
 
     @property
     def up(self) -> bool:
-        """False while the breaker is open (a Redis error happened less than retry_after ago)."""
-        return time.monotonic() >= self._down_until
+        """False while the circuit is open (a Redis error happened less than retry_after ago)."""
+        return self.circuit.usable
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds Redis is skipped after an error (``cache_l2_retry_after``)."""
+        return self.circuit.backoff
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        if self.up:
-            log.warning("cache L2 unavailable (%s: %r); serving from L1 and the loaders", what, exc)
-        self._down_until = time.monotonic() + self.retry_after
+        self.circuit.failed(exc, f"serving from L1 and the loaders ({what} failed)")
         self.n_errors.value += 1
 
     async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one Redis call unless the breaker is open; None on any error."""
-        if not self.up:
+        """Run one Redis call unless the circuit is open; None on any error."""
+        if not self.circuit.admit():
             return None
         try:
-            return await make()
+            result = await make()
         except _ERRORS as exc:
             self._failed(what, exc)
             return None
+        self.circuit.succeeded()
+        return result
 
     async def get(self, key: bytes) -> bytes | None:
         """The entry's bytes, or None (absent, of an older generation, or Redis failed)."""
@@ -443,6 +452,7 @@ class L2:
         except _ERRORS as exc:
             self._failed("invalidate", exc)
             raise
+        self.circuit.succeeded()
         deleted, heard = got
         return int(deleted), int(heard)
 

@@ -150,6 +150,7 @@ class Edge:
         "_stages",
         "_upstream",
         "app",
+        "body_timeout",
         "cache",
         "fast_paths",
         "max_body",
@@ -174,8 +175,12 @@ class Edge:
         trusted_proxies: TrustedProxies | None = None,
         cache: ResponseCache | None = None,
         validators: Validators | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
+        """Seconds a request body may take to arrive (slow clients): then 408, connection
+        closed."""
         self.cache = cache
         """Answers cacheable routes from L1/L2 after the stages (``cygate.edge.cache``)."""
         self.validators = validators
@@ -384,6 +389,8 @@ class Edge:
                 pending = stage(ctx)
                 if pending is not None:
                     await pending
+            if content_length > 0 or (content_length < 0 and method not in ("GET", "HEAD")):
+                receive = _timed_receive(receive, self.body_timeout)
 
             if (
                 self._direct
@@ -550,6 +557,33 @@ def _routing_problem(match: RouteMatch, method: str, path: str) -> Problem:
         errors = [{"field": f"path.{name}", "message": "invalid value for this parameter"}]
         return Problem(422, f"path parameter {name!r} is not valid", extra={"errors": errors})
     return Problem(404, f"no route for {path}")
+
+
+def _timed_receive(receive: Receive, seconds: float) -> Receive:
+    """``receive`` until the body is complete, within ``seconds`` from now for the whole body:
+    a body that trickles (or never comes) is a 408 and the connection is closed. Messages
+    after the body (a disconnect) are not timed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    complete = False
+
+    async def timed() -> Message:
+        nonlocal complete
+        if complete:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise Problem(
+                408,
+                f"the request body did not arrive within {seconds:g} s",
+                headers={"connection": "close"},
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            complete = True
+        return message
+
+    return timed
 
 
 def _limited_receive(receive: Receive, limit: int) -> Receive:

@@ -1,8 +1,10 @@
 """The rate-limit stage: named limits from the settings, applied by route class at the edge.
 
 A route's class comes from ``CYGATE_RATE_LIMIT_ROUTES`` (route name -> class), else from its
-handler's ``opt={"rate_limit": "<class>"}``, else from ``CYGATE_RATE_LIMIT_DEFAULT_CLASS``; a
-class is a list of limit names (a limit's own name is also a class of one). Each limit is
+handler's ``opt={"rate_limit": "<class>"}``, else from ``CYGATE_RATE_LIMIT_DEFAULT_CLASS`` (the
+built-in ``api`` limit unless configured otherwise); an empty class in either of the first two
+exempts the route. A class is a list of limit names (a limit's own name is also a class of
+one). Each limit is
 decided in one of three modes:
 
 ``local``
@@ -279,11 +281,14 @@ def build_limits(
     names = set()
     for policy in policies:
         names.add(policy.name)
-        cls = (
-            settings.rate_limit_routes.get(policy.name)
-            or policy.rate_limit
-            or settings.rate_limit_default_class
-        )
+        # NOTE: an empty class ("" in rate_limit_routes or the handler's opt) is a decision:
+        # not limited by the edge, the default class included (a handler that counts a limit
+        # of its own and sends its own RateLimit headers, like login's, says so).
+        cls = settings.rate_limit_routes.get(policy.name)
+        if cls is None:
+            cls = policy.rate_limit
+        if cls is None:
+            cls = settings.rate_limit_default_class
         if cls:
             if settings.rate_limit_class(cls) is None:
                 raise ValueError(f"route {policy.name!r} names unknown rate-limit class {cls!r}")

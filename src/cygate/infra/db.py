@@ -52,6 +52,10 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
+    # NOTE: a connection the server dropped while its error was still being read ("cannot
+    # switch to state 12; another operation (2) is in progress"), seen in the PostgreSQL
+    # restart drill on a connection taken from the pool as the server shut down.
+    asyncpg.InternalClientError,
 )
 
 

@@ -7,7 +7,10 @@ CPU on the uncached product read, py-spy). A read lease hands a held connection 
 pop and takes it back with an append; it waits (a plain future) only when all are busy.
 
 Safety: a connection that saw any error or cancellation is given back to the pool (which resets
-or replaces it) instead of being reused, so one broken query never poisons the next request. The
+or replaces it) instead of being reused, so one broken query never poisons the next request.
+A held connection found dead (PostgreSQL restarted, or dropped it) costs no client an error:
+every dead one held idle goes back to the pool, and the read (one statement, safe to repeat) is
+sent once more on a fresh connection; only if that one fails too does the caller see it. The
 lease takes connections from the pool lazily (so a database that is down at start-up only costs
 the first requests a quick error) and never more than ``size``, leaving the rest of the pool to
 everything else.
@@ -17,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import asyncpg
+import asyncpg
 
 __all__ = ["ReadLease"]
 
@@ -42,13 +44,37 @@ class ReadLease:
         conn = self._idle.pop() if self._idle else await self._get()
         try:
             row = await conn.fetchrow(query, *args)
-        except BaseException:
+        except BaseException as exc:
+            dead = isinstance(exc, Exception) and _dead(conn)
             # NOTE: a failed or cancelled query may leave the connection mid-protocol: the
             # pool knows how to reset or replace it; this lease does not try.
+            await self._discard(conn)
+            if not dead:
+                raise  # the query's own error (or a cancellation): the caller's
+            await self._drop_dead()
+            return await self._fetchrow_fresh(query, args)
+        self._put(conn)
+        return row
+
+    async def _fetchrow_fresh(self, query: str, args: tuple[Any, ...]) -> asyncpg.Record | None:
+        """The read again, after a held connection was found dead, on a connection taken from
+        the pool now (which connects anew if it has none alive)."""
+        conn = await self._get()
+        try:
+            row = await conn.fetchrow(query, *args)
+        except BaseException:
             await self._discard(conn)
             raise
         self._put(conn)
         return row
+
+    async def _drop_dead(self) -> None:
+        """Give back every idle connection that is closed: they died together (a restart)."""
+        dead = [conn for conn in self._idle if _dead(conn)]
+        if dead:
+            self._idle[:] = [conn for conn in self._idle if conn not in dead]
+            for conn in dead:
+                await self._discard(conn)
 
     async def _get(self) -> Any:
         if self._held < self._size or self._closed:
@@ -106,3 +132,12 @@ class ReadLease:
         for conn in idle:
             await self._pool.release(conn)
         self._wake_one()
+
+
+def _dead(conn: Any) -> bool:
+    """The connection is closed; or the pool took it back when it closed (a pool connection
+    whose server went away is released by asyncpg itself, and refuses every call)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True

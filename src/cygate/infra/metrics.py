@@ -62,6 +62,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Circuit breaker state changes (per worker breakers, summed).",
         ("upstream", "from_state", "to_state"),
     ),
+    "cygate_worker_starts_total": (
+        "counter",
+        "Worker processes started in this server run; above the configured workers: respawns of "
+        "workers that died (Granian's respawn_failed_workers).",
+        (),
+    ),
     "cygate_route_table_reloads_total": (
         "counter",
         "Route table reloads by result (ok, rejected).",
@@ -259,6 +265,10 @@ class Metrics(RequestRecorder):
     def start(self, interval: float = 1.0) -> None:
         if self.directory is not None and self._task is None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.flush()  # at once: a worker that dies in its first second still counts
+            except OSError as exc:
+                log.warning("metrics snapshot not written: %s", exc)
             self._task = asyncio.get_running_loop().create_task(self._flush_loop(interval))
 
     async def stop(self) -> None:

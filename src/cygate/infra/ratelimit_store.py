@@ -11,19 +11,20 @@ restart the server answers ``NOSCRIPT`` and the script is loaded again, then cal
 
 Failure: every call runs under :func:`asyncio.timeout` (a hung Redis, e.g. SIGSTOP, accepts
 the connection and never answers: socket timeouts alone do not bound the whole call). A failure
-opens the circuit for ``backoff`` seconds, during which callers get :class:`QuotaUnavailable` at
-once (no wait); then one request probes Redis again, and a success closes the circuit: global
-limiting resumes by itself.
+opens the circuit (:class:`cygate.infra.circuit.Circuit`) for ``backoff`` seconds, during which
+callers get :class:`QuotaUnavailable` at once (no wait); then one request probes Redis again,
+and a success closes the circuit: global limiting resumes by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
+
+from cygate.infra.circuit import Circuit
 
 if TYPE_CHECKING:
     from cygate.infra.redis import RedisHandle
@@ -84,15 +85,13 @@ class QuotaStore:
     """
 
     __slots__ = (
-        "_down_until",
         "_flushing",
         "_queue",
         "_sha",
         "_task",
-        "backoff",
         "batches",
         "calls",
-        "failures",
+        "circuit",
         "redis",
         "timeout",
     )
@@ -104,10 +103,8 @@ class QuotaStore:
         self.redis = redis
         self.timeout = timeout
         """Most one decision may wait, seconds (queue, round-trip, NOSCRIPT reload included)."""
-        self.backoff = backoff
-        """Seconds the circuit stays open after a failure."""
+        self.circuit = Circuit("rate-limit store", timeout=timeout, backoff=backoff, log=log)
         self._sha: str | None = None
-        self._down_until = 0.0
         self._queue: list[tuple[str, int, int, int, asyncio.Future[list[int]]]] = []
         self._flushing = False
         self._task: asyncio.Task[None] | None = None  # the running flush (a strong reference)
@@ -115,17 +112,16 @@ class QuotaStore:
         """Script calls made (one EVALSHA each; a reload after NOSCRIPT adds a SCRIPT LOAD)."""
         self.batches = 0
         """Round-trips made for them."""
-        self.failures = 0
 
     @property
     def usable(self) -> bool:
         """False while the circuit is open: decide locally without waiting."""
-        return not self._down_until or self._down_until <= time.monotonic()
+        return self.circuit.usable
 
     @property
     def retry_after(self) -> float:
         """Seconds until Redis is tried again (for a fail-closed 503's Retry-After)."""
-        return max(self._down_until - time.monotonic(), 0.0) or self.backoff
+        return self.circuit.retry_after
 
     async def load(self) -> bool:
         """Load the script (at start-up); False when Redis is not reachable now."""
@@ -143,13 +139,10 @@ class QuotaStore:
 
     async def reserve(self, redis_key: str, interval_us: int, burst: int, want: int) -> Reservation:
         """Ask for up to ``want`` tokens of ``redis_key``; raises :class:`QuotaUnavailable`."""
-        if self._down_until:
-            now = time.monotonic()
-            if self._down_until > now:
-                raise QuotaUnavailable("circuit open")
-            # NOTE: the one request that finds the circuit half-open probes; the others keep
-            # deciding locally until it answers (or fails within the timeout).
-            self._down_until = now + self.timeout + self.backoff
+        # NOTE: the one request that finds the circuit half-open probes; the others keep
+        # deciding locally until it answers (or fails within the timeout).
+        if not self.circuit.admit():
+            raise QuotaUnavailable("circuit open")
         if not self._flushing:
             # PERF: nothing under way: this request sends its own decision at once (no task,
             # no extra turn of the event loop); those that arrive meanwhile are queued and go
@@ -166,7 +159,7 @@ class QuotaStore:
                 if self._queue:
                     self._flushing = True
                     self._task = asyncio.get_running_loop().create_task(self._flush())
-            self._down_until = 0.0
+            self.circuit.succeeded()
             return Reservation(*raw)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append((redis_key, interval_us, burst, want, future))
@@ -179,10 +172,7 @@ class QuotaStore:
         return Reservation(*raw)
 
     def _trip(self, exc: BaseException) -> None:
-        self.failures += 1
-        self._down_until = time.monotonic() + self.backoff
-        if self.failures == 1 or self.failures % 1000 == 0:
-            log.warning("rate-limit store failed (%r); local fallback for %ss", exc, self.backoff)
+        self.circuit.failed(exc, "deciding locally")
 
     async def _flush(self) -> None:
         try:
@@ -201,7 +191,7 @@ class QuotaStore:
                         if not future.done():
                             future.set_exception(QuotaUnavailable(repr(exc)))
                     continue
-                self._down_until = 0.0
+                self.circuit.succeeded()
                 for (*_, future), answer in zip(batch, answers, strict=True):
                     if not future.done():
                         future.set_result(answer)

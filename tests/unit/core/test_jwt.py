@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from core_impls import CoreImplementation, require_compiled
 from cygate.core import jwt as selector
 from cygate.core._jwt_py import (
+    MAX_JSON_DEPTH,
     MAX_NUMERIC_DATE,
     JWTError,
     JWTVerifierPy,
@@ -24,6 +26,7 @@ from cygate.core._jwt_py import (
     b64url_encode,
     count_json_keys,
     count_raw_keys,
+    too_deep,
 )
 from jwt_cases import DROP, SigningKeys, b64, malicious_cases, token
 
@@ -538,6 +541,61 @@ def test_mutated_token_bytes_agree(data: Any) -> None:
     if mutated != good and results == {"accepted"}:
         # only a change in unused trailing bits could keep a token valid, and those are refused
         pytest.fail(f"mutation at {index} accepted")
+
+
+def _nested(depth: int, kind: str) -> bytes:
+    """JSON text of ``0`` inside ``depth`` arrays or objects (json.dumps stops near 1000)."""
+    opening, closing = (b"[", b"]") if kind == "list" else (b'{"a":', b"}")
+    return opening * depth + b"0" + closing * depth
+
+
+def _with(member: dict[str, Any], nested: bytes) -> bytes:
+    """``member`` as JSON with ``"n": nested`` added."""
+    return json.dumps(member).encode()[:-1] + b',"n":' + nested + b"}"
+
+
+def _at_stack_depth(frames: int, call: Any) -> Any:
+    """``call()`` with ``frames`` more Python frames under it (msgspec's nesting budget is what
+    Python's recursion limit leaves)."""
+    return call() if frames == 0 else _at_stack_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("kind", ["list", "object"])
+def test_claims_nested_past_the_limit_are_malformed_at_any_stack_depth(
+    verifier_cls: type[JWTVerifierPy], kind: str
+) -> None:
+    """Found by fuzzing (tests/fuzz): a signed token whose claims nested ~1000 deep was
+    malformed for the pure twin (msgspec's RecursionError) and valid for the compiled one, which
+    runs a few Python frames shallower; which twin failed depended on the caller's stack. Now
+    nesting past MAX_JSON_DEPTH is malformed, and the answer never depends on the stack."""
+    verifier = make(verifier_cls)
+    claims = KEYS.claims(NOW)
+    # The claims object is level 1, so "n" may nest MAX_JSON_DEPTH - 1 levels.
+    fits = token(KEYS.header(), _with(claims, _nested(MAX_JSON_DEPTH - 1, kind)), "EdDSA", KEYS.ed)
+    assert verifier.verify(fits, NOW)["sub"] == claims["sub"]
+    for nested in (MAX_JSON_DEPTH, 990 if kind == "list" else 400):
+        deep = token(KEYS.header(), _with(claims, _nested(nested, kind)), "EdDSA", KEYS.ed)
+        assert len(deep) <= 4096
+        for frames in (0, 3, 10, 50):
+            assert _at_stack_depth(frames, lambda tok=deep: reason(verifier, tok)) == "malformed"
+    # Deep in the header too (checked before the claims).
+    header = _with(KEYS.header(), _nested(MAX_JSON_DEPTH, kind))
+    assert reason(verifier, token(header, claims, "EdDSA", KEYS.ed)) == "malformed"
+
+
+@pytest.mark.parametrize(
+    ("raw", "deep"),
+    [
+        (b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH, False),
+        (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), True),
+        (b'{"a":"' + b"[" * 100 + b'"}', False),  # inside a string: not nesting
+        (b'{"a":"\\"' + b"[" * 100 + b'"}', False),  # escaped quote, still inside
+        (b'{"a":"\\"' + b",[" * 40 + b"]" * 40 + b"}", True),  # the string ended
+        (b"[]" * 100, False),  # many brackets, shallow
+    ],
+)
+def test_too_deep_counts_nesting_outside_strings(raw: bytes, deep: bool) -> None:
+    assert too_deep(raw) is deep
 
 
 def test_b64_helper_matches() -> None:

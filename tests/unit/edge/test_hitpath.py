@@ -92,7 +92,18 @@ EXPIRED = _token(sub="alice", jti="jti-old", exp=int(time.time()) - 100)
 class Pair:
     """The two edges, and what the fused one answered itself."""
 
-    def __init__(self, impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> None:
+    limits: dict[str, Any] = LIMITS
+    default_class = ""
+
+    def __init__(
+        self,
+        impl: CoreImplementation,
+        monkeypatch: pytest.MonkeyPatch,
+        limits: dict[str, Any] | None = None,
+        default_class: str = "",
+    ) -> None:
+        self.limits = LIMITS if limits is None else limits
+        self.default_class = default_class
         real = impl.module("hitpath").HitPath
         counted: Counter[str] = Counter()
 
@@ -117,8 +128,15 @@ class Pair:
         )
         verifier.revoke_jti("jti-revoked", time.time() + 600)
         token_stage = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+        # NOTE: by default no default limit: routes without a class stay unlimited here (the
+        # built-in default is a local per-caller limit, the kind /p/ has; at its 100/s the
+        # remaining count depends on timing). test_the_default_limit_keeps_hits_on_the_fused_path
+        # turns it on.
         settings = load_settings(
-            {"CYGATE_RATE_LIMITS": json.dumps(LIMITS)},
+            {
+                "CYGATE_RATE_LIMITS": json.dumps(self.limits),
+                "CYGATE_RATE_LIMIT_DEFAULT_CLASS": self.default_class,
+            },
             cache_key_secret="hit-path-test",
             cache_l2=False,
         )
@@ -316,6 +334,23 @@ async def test_kinds_of_route_answered_by_the_fused_path(
     for _ in range(3):
         await check(pair, path, headers=headers)
     assert pair.counted["fused"] == 2
+
+
+async def test_the_default_limit_keeps_hits_on_the_fused_path(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routes without a class get the default limit (``rate_limit_default_class``: the built-in
+    ``api``, per caller, local): the fused path still answers their hits, with the general
+    path's RateLimit headers (the limit slowed down here so the countdown is exact)."""
+    slow_api = {"api": {"rate": 100, "period": 3600, "burst": 200, "key": ["caller"]}}
+    pair = Pair(core_impl, monkeypatch, {**LIMITS, **slow_api}, default_class="api")
+    for headers in ([], bearer(ALICE)):
+        for i in range(3):
+            reply = await check(pair, "/open/1", headers=headers)
+            assert reply.get(b"ratelimit-limit") == b"200"
+            assert reply.get(b"ratelimit-remaining") == b"%d" % (199 - i)
+            assert reply.get(b"ratelimit-policy") == b"100;w=3600;burst=200"
+    assert pair.counted["fused"] == 5  # all but the first (the miss)
 
 
 async def test_private_entries_stay_with_their_caller(pair: Pair) -> None:

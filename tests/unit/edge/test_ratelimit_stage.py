@@ -85,8 +85,59 @@ def decide(stage: RateLimitStage, ctx: EdgeContext) -> tuple[int, dict[bytes, by
 
 def test_unlimited_route_is_untouched() -> None:
     ctx = ctx_for("GET /b")
-    assert make_stage()(ctx) is None
+    assert make_stage(make_settings(rate_limit_default_class=""))(ctx) is None
     assert ctx.response_headers == []
+
+
+def test_the_default_limit_applies_to_every_route_without_a_class() -> None:
+    """Out of the box (no default class or ``api`` limit configured) a route that names no
+    class gets the built-in ``api`` limit: per caller, 100/s with bursts of 200, headers on
+    every answer, a 429 with the headers and Retry-After on a flood; other callers untouched."""
+    stage = make_stage(make_settings())
+    assert stage.limits()["GET /b"] == ("api",)
+    assert stage.limits()["POST /login"] == ("login",)  # its own class, not the default
+    statuses = []
+    for _ in range(400):  # microseconds apart: the refill adds a handful at most
+        status, headers = decide(stage, ctx_for("GET /b", peer="198.51.100.7"))
+        assert headers[b"ratelimit-limit"] == b"200"
+        assert headers[b"ratelimit-policy"] == b"100;w=1;burst=200"
+        assert b"ratelimit-remaining" in headers and b"ratelimit-reset" in headers
+        statuses.append(status)
+        if status == 429:
+            assert int(headers[b"retry-after"]) >= 1
+            assert headers[b"ratelimit-remaining"] == b"0"
+    assert statuses[:200] == [200] * 200 and statuses[-1] == 429
+    assert decide(stage, ctx_for("GET /b", peer="198.51.100.8"))[0] == 200
+    assert decide(stage, ctx_for("GET /b", principal=Principal(sub="u1")))[0] == 200
+
+
+def test_the_default_limit_is_configurable_and_removable() -> None:
+    tighter = make_settings(extra={"api": {"rate": 2, "period": 60}})
+    stage = make_stage(tighter)
+    assert [decide(stage, ctx_for("GET /b"))[0] for _ in range(3)] == [200, 200, 429]
+    assert make_stage(make_settings(rate_limit_default_class="")).limits().get("GET /b") is None
+    other = make_stage(make_settings(rate_limit_default_class="tight")).limits()["GET /b"]
+    assert other == ("tight",)
+
+
+def test_registration_is_limited_per_address() -> None:
+    """The built-in ``register`` limit: 10 an hour per client address, decided in Redis (here
+    no store: the per-process fallback, as when Redis is down), whoever the caller claims to be."""
+    route = RoutePolicy(name="POST /register", rate_limit="register")
+    stage = RateLimitStage.from_settings(load_settings({}), [route], Metrics())
+    limit = build_limits(load_settings({}), [route], Metrics())["POST /register"].limits[0]
+    assert (limit.mode, limit.failure, limit.burst, limit.parts) == ("exact", "local", 10, ("ip",))
+
+    def register(peer: str, principal: Principal | None = None) -> int:
+        scope = {"headers": [], "client": (peer, 40000)}
+        ctx = EdgeContext(scope, "POST", "/register", "", "rid", b"", route, None, None)
+        ctx.principal = principal
+        return decide(stage, ctx)[0]
+
+    assert [register("192.0.2.1") for _ in range(10)] == [200] * 10
+    assert register("192.0.2.1") == 429
+    assert register("192.0.2.1", Principal(sub="someone")) == 429  # per address, not caller
+    assert register("192.0.2.2") == 200
 
 
 def test_local_limit_counts_down_then_refuses_honestly() -> None:

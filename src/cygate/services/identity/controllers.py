@@ -37,7 +37,13 @@ from cygate.services.identity.service import (
     RequestInfo,
     Throttled,
 )
-from cygate.services.identity.store import EmailTaken, get_user, list_users, rename_user
+from cygate.services.identity.store import (
+    EmailTaken,
+    LastAdmin,
+    get_user,
+    list_users,
+    rename_user,
+)
 
 __all__ = ["AuthController", "JWKSController", "UsersController"]
 
@@ -113,7 +119,13 @@ class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["identity"]
 
-    @post("/register", summary="Create a customer account", opt=_SMALL_BODY)
+    @post(
+        "/register",
+        summary="Create a customer account",
+        # NOTE: per client address, in Redis (the built-in ``register`` limit): mass sign-ups
+        # from one address are refused whichever instance they reach.
+        opt=_SMALL_BODY | {"rate_limit": "register"},
+    )
     async def register(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[RegisterIn]
     ) -> Response[User]:
@@ -125,7 +137,14 @@ class AuthController(Controller):
             raise Problem(409, "an account with this email already exists") from None
         return Response(user, status_code=201, headers=_PRIVATE)
 
-    @post("/login", summary="Email and password for a token pair", status_code=200, opt=_SMALL_BODY)
+    @post(
+        "/login",
+        summary="Email and password for a token pair",
+        status_code=200,
+        # NOTE: no edge limit: the login limiter counts failures per account and per address
+        # and sends the RateLimit headers itself (two sets would contradict each other).
+        opt=_SMALL_BODY | {"rate_limit": ""},
+    )
     async def login(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[LoginIn]
     ) -> Response[TokenOut]:
@@ -281,7 +300,13 @@ class UsersController(Controller):
     @delete("/me", summary="Erase my account (GDPR Art. 17)", opt=_AUTH, status_code=204)
     async def erase(self, request: Request[Any, Any, Any], state: State) -> None:
         user_id = _my_id(request)
-        if not await _identity(state).erase(user_id, _info(request)):
+        try:
+            erased = await _identity(state).erase(user_id, _info(request))
+        except LastAdmin:
+            raise Problem(
+                409, "the last admin cannot erase its account; make another account admin first"
+            ) from None
+        if not erased:
             raise Problem(404, "no user account for this caller")
         await _forget_profile(state, user_id)
 
@@ -305,9 +330,15 @@ class UsersController(Controller):
         user_id: FromPath[UUID],
         data: JSONBody[RolesIn],
     ) -> Response[User]:
-        user = await _identity(state).set_roles(
-            principal_of(request), user_id, list(data.roles), _info(request)
-        )
+        try:
+            user = await _identity(state).set_roles(
+                principal_of(request), user_id, list(data.roles), _info(request)
+            )
+        except LastAdmin:
+            raise Problem(
+                409,
+                "this change would leave no other admin; make another account admin first",
+            ) from None
         if user is None:
             raise Problem(404, f"no user {user_id}")
         await _forget_profile(state, user_id)

@@ -179,6 +179,8 @@ def _load_pem(path: pathlib.Path) -> TokenKey:
 def _generate(alg: str) -> Any:
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
     return ed25519.Ed25519PrivateKey.generate()
 
 

@@ -14,8 +14,12 @@ request of a busy caller in flight when the cache ran out asked at once: 64 conn
 64 ``EXISTS``, more than the Redis pool allows, and the refused ones were accepted unchecked).
 
 Redis down: tokens are accepted (they are short-lived and signed; availability first, as the
-design says for Redis), the outage is logged once per ``cache_seconds``, and the answer is
-cached as briefly as any other.
+design says for Redis) and the answer is cached as briefly as any other. Each ``EXISTS`` runs
+within ``timeout``, behind the circuit the rate limiter uses (:class:`cygate.infra.circuit.
+Circuit`): after a failure, tokens are accepted without asking for ``backoff`` seconds, then one
+check probes Redis; so a hung Redis (SIGSTOP) costs one request per worker a wait of at most
+``timeout`` per ``backoff`` seconds, not every request whose ``jti`` is due. The outage is
+logged when the circuit opens and when Redis answers again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from cygate.infra.circuit import Circuit
 from cygate.infra.tasks import spawn, wake
 
 if TYPE_CHECKING:
@@ -44,20 +49,27 @@ _LOCAL_MAX = 200_000
 class Revocations:
     """See the module docstring."""
 
-    __slots__ = ("_asking", "_checked", "_last_warning", "_redis", "cache_seconds", "verifier")
+    __slots__ = ("_asking", "_checked", "_redis", "cache_seconds", "circuit", "verifier")
 
     def __init__(
-        self, redis: RedisHandle | None, verifier: JWTVerifierPy, *, cache_seconds: float
+        self,
+        redis: RedisHandle | None,
+        verifier: JWTVerifierPy,
+        *,
+        cache_seconds: float,
+        timeout: float = 0.5,
+        backoff: float = 1.0,
     ) -> None:
         self._redis = redis
         self.verifier = verifier
         self.cache_seconds = cache_seconds
+        self.circuit = Circuit("revocation check (Redis)", timeout=timeout, backoff=backoff,
+                               log=log)  # fmt: skip
         self._checked: dict[str, float] = {}  # jti -> trusted "not revoked" until (monotonic)
         # NOTE: the compiled hit path (core/_hitpath_c) holds this dict: never rebind it.
         # jti -> the futures of requests waiting for the EXISTS under way (True/False: its
         # answer; None: the asker was cancelled, ask again)
         self._asking: dict[str, list[asyncio.Future[bool | None]]] = {}
-        self._last_warning = 0.0
 
     def attach(self, redis: RedisHandle) -> None:
         self._redis = redis
@@ -78,6 +90,8 @@ class Revocations:
             return None
         waiting = self._asking.get(jti)
         if waiting is None:
+            if not self.circuit.admit():
+                return None  # Redis failed moments ago: accepted without asking (see above)
             # One EXISTS per jti at a time, in a task of its own: a caller's cancellation
             # never leaves the others without an answer.
             waiting = self._asking[jti] = []
@@ -91,7 +105,9 @@ class Revocations:
         until = self._checked.get(jti)
         if until is not None and time.monotonic() < until:
             return True
-        return self._redis is None and not self.verifier.is_revoked(jti)
+        return (self._redis is None or not self.circuit.usable) and not self.verifier.is_revoked(
+            jti
+        )
 
     async def _wait(
         self, waiting: list[asyncio.Future[bool | None]], jti: str, expires_at: int
@@ -119,12 +135,15 @@ class Revocations:
         assert self._redis is not None
         now = time.monotonic()
         try:
-            revoked = bool(await self._redis.client.exists(self._key(jti)))
-        except (RedisError, OSError) as exc:
-            if now - self._last_warning > max(self.cache_seconds, 1.0):
-                self._last_warning = now
-                log.warning("revocation check: Redis unavailable, accepting tokens (%r)", exc)
+            # NOTE: a hung Redis accepts the connection and never answers: the socket timeout
+            # alone does not bound the whole call.
+            async with asyncio.timeout(self.circuit.timeout):
+                revoked = bool(await self._redis.client.exists(self._key(jti)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.circuit.failed(exc, "accepting tokens")
             revoked = False
+        else:
+            self.circuit.succeeded()
         if revoked:
             self.verifier.revoke_jti(jti, float(expires_at))
             self._checked.pop(jti, None)

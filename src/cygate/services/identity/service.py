@@ -129,6 +129,7 @@ class Identity:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl=settings.access_token_ttl,
+            client_id=settings.jwt_client_id,
         )
         self.passwords = Passwords(
             time_cost=settings.argon2_time_cost,
@@ -137,7 +138,11 @@ class Identity:
             threads=settings.argon2_threads,
         )
         self.revocations = Revocations(
-            None, self.verifier, cache_seconds=settings.jwt_revocation_cache_seconds
+            None,
+            self.verifier,
+            cache_seconds=settings.jwt_revocation_cache_seconds,
+            timeout=settings.redis_timeout,
+            backoff=settings.jwt_revocation_redis_backoff,
         )
         self.providers = ProviderKeys(list(settings.identity_providers), self.verifier)
         self.limiter = LoginLimiter(
@@ -386,10 +391,11 @@ class Identity:
         self, admin: Principal, user_id: UUID, roles: list[str], info: RequestInfo
     ) -> User | None:
         """Replace a user's roles (admin); their live access tokens are revoked so the change
-        takes effect at once (the next refresh carries the new roles)."""
+        takes effect at once (the next refresh carries the new roles). Raises
+        :class:`store.LastAdmin` rather than leave no admin."""
         roles = sorted(set(roles))
         async with self.pool.acquire() as conn, conn.transaction():
-            result = await store.set_roles(conn, user_id, roles)
+            result = await store.set_roles(conn, user_id, roles, actor_id=_uuid_or_none(admin.sub))
             if result is None:
                 return None
             before, user = result
@@ -407,7 +413,8 @@ class Identity:
         return user
 
     async def erase(self, user_id: UUID, info: RequestInfo) -> bool:
-        """GDPR erasure of the caller (one transaction), then every token of theirs revoked."""
+        """GDPR erasure of the caller (one transaction), then every token of theirs revoked.
+        Raises :class:`store.LastAdmin` for the last admin."""
         async with self.pool.acquire() as conn, conn.transaction():
             live = await store.erase_user(conn, user_id)
         if live is None:

@@ -29,6 +29,7 @@ Conn: TypeAlias = Any
 __all__ = [
     "Consumed",
     "EmailTaken",
+    "LastAdmin",
     "LoginRow",
     "audit",
     "consume_refresh",
@@ -53,6 +54,15 @@ _USER_COLUMNS: Final = "id, email, name, roles, created_at"
 
 class EmailTaken(Exception):
     """An account with this email exists (409)."""
+
+
+class LastAdmin(Exception):
+    """A role change that would leave no admin, or an admin's change of its own roles while
+    no other admin exists (409)."""
+
+
+_ADMIN_LOCK: Final = 0x6379_6761_7465_0001
+"""Transaction advisory lock held while a role change counts the admins left."""
 
 
 def _user(row: Any) -> User:
@@ -188,21 +198,47 @@ async def list_users(conn: Conn, *, limit: int, cursor: str | None) -> UserPage:
     return UserPage([_user(r) for r in rows], next_cursor)
 
 
+async def _another_admin(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Raise :class:`LastAdmin` unless an admin other than ``user_id`` exists; in the caller's
+    transaction, which then holds the admin lock until it ends.
+
+    NOTE: the lock makes concurrent changes count the admins one after the other: two admins
+    demoting each other at once each lock only the row they change, so without it both would
+    still see the other as an admin and leave none. Under READ COMMITTED the count sees every
+    change committed before the lock was granted.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK)
+    others = await conn.fetchval(
+        "SELECT count(*) FROM users WHERE 'admin' = ANY(roles) AND erased_at IS NULL AND id <> $1",
+        user_id,
+    )
+    if not others:
+        raise LastAdmin
+
+
 async def set_roles(
-    conn: asyncpg.Connection, user_id: UUID, roles: list[str]
+    conn: asyncpg.Connection, user_id: UUID, roles: list[str], *, actor_id: UUID | None = None
 ) -> tuple[list[str], User] | None:
-    """Replace the user's roles; returns (the roles before, the user after), or None."""
+    """Replace the user's roles; returns (the roles before, the user after), or None.
+
+    Raises :class:`LastAdmin` when the change takes ``admin`` from the last admin, or when
+    ``actor_id`` changes its own roles and no other admin exists. Call it in a transaction.
+    """
     before = await conn.fetchval(
         "SELECT roles FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
     )
     if before is None:
         return None
+    before = list(before)
+    demoted = "admin" in before and "admin" not in roles
+    if before != roles and (demoted or user_id == actor_id):
+        await _another_admin(conn, user_id)
     row = await conn.fetchrow(
         f"UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
         user_id,
         roles,
     )
-    return list(before), _user(row)
+    return before, _user(row)
 
 
 async def upsert_admin(conn: Conn, email: str, password_hash: str) -> UUID:
@@ -384,8 +420,16 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
 
     The row stays as a tombstone without PII (its id keeps audit entries meaningful and can
     never be reused); the profile, refresh tokens and idempotency records go; orders stay for
-    the books, without the shipping address and without the link to the person.
+    the books, without the shipping address and without the link to the person. Raises
+    :class:`LastAdmin` for the last admin (erasure takes its role too).
     """
+    roles = await conn.fetchval(
+        "SELECT roles FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
+    )
+    if roles is None:
+        return None
+    if "admin" in roles:
+        await _another_admin(conn, user_id)
     erased = await conn.fetchval(
         """UPDATE users SET email = NULL, password_hash = NULL, name = '',
                   roles = ARRAY['customer'], erased_at = now(), updated_at = now()

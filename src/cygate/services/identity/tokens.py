@@ -1,7 +1,9 @@
 """Minting tokens: RFC 9068 access tokens (JWS, ``typ: at+jwt``) and opaque refresh tokens.
 
-Access token claims: ``iss``, ``sub``, ``aud``, ``exp``, ``iat``, ``jti``, ``roles``, and for a
-service client's token (``client_credentials``) ``client_id`` (equal to ``sub``).
+Access token claims (RFC 9068 §2.2): ``iss`` (a URL), ``sub``, ``aud``, ``exp``, ``iat``,
+``jti``, ``client_id`` and ``roles``. ``client_id`` is the first-party client's
+(``jwt_client_id``) on the tokens people get by login and refresh, and the service client's own
+id (equal to ``sub``) on a ``client_credentials`` token.
 
 Refresh tokens and client secrets are 256 random bits, base64url; only their SHA-256 is stored
 (a random 256-bit value needs no slow hash: nothing to guess, nothing to precompute).
@@ -48,13 +50,17 @@ def hash_opaque(value: str) -> bytes:
 class TokenMinter:
     """Signs access tokens with the key ring's signing key."""
 
-    __slots__ = ("_header", "audience", "issuer", "keyring", "ttl")
+    __slots__ = ("_header", "audience", "client_id", "issuer", "keyring", "ttl")
 
-    def __init__(self, keyring: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+    def __init__(
+        self, keyring: KeyRing, *, issuer: str, audience: str, ttl: int, client_id: str
+    ) -> None:
         self.keyring = keyring
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
+        self.client_id = client_id
+        """``client_id`` of tokens minted without one of their own (the first-party client)."""
         signer = keyring.signer
         header = {"alg": signer.alg, "typ": "at+jwt", "kid": signer.kid}
         self._header = b64url_encode(_encode(header))
@@ -67,7 +73,8 @@ class TokenMinter:
         client_id: str | None = None,
         now: int | None = None,
     ) -> AccessToken:
-        """A signed access token for ``sub`` with ``roles``, valid for ``ttl`` seconds."""
+        """A signed access token for ``sub`` with ``roles``, valid for ``ttl`` seconds, issued
+        to ``client_id`` (default: the first-party client)."""
         iat = int(time.time()) if now is None else now
         exp = iat + self.ttl
         jti = secrets.token_urlsafe(16)
@@ -78,10 +85,9 @@ class TokenMinter:
             "exp": exp,
             "iat": iat,
             "jti": jti,
+            "client_id": self.client_id if client_id is None else client_id,
             "roles": sorted(set(roles)),
         }
-        if client_id is not None:
-            claims["client_id"] = client_id
         signing_input = self._header + b"." + b64url_encode(_encode(claims))
         signature = self.keyring.signer.sign(signing_input)
         token = (signing_input + b"." + b64url_encode(signature)).decode("ascii")

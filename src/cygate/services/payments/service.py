@@ -148,7 +148,9 @@ class Payments:
         """POST /api/v1/orders/{id}/payments: the 201 response, or a :class:`Problem`.
 
         ``claim`` (the request's Idempotency-Key) records the response in the transaction that
-        settles the payment, so the key's answer and the payment's state commit together.
+        settles the payment, so the key's answer and the payment's state commit together. The
+        key is also written on the attempt before the processor is called: a retry under it
+        after a crash answers with that attempt's outcome and never calls the processor again.
         """
         pool, processor = self._parts()
         try:
@@ -156,8 +158,12 @@ class Payments:
         except ProcessorUnavailable as exc:
             raise _unavailable(str(exc), exc.retry_after) from None
         admitted = True
+        request_key = None if claim is None else claim.request.key
         try:
-            payment = await self._new_attempt(pool, processor, user_id, order_id)
+            payment = await self._new_attempt(pool, processor, user_id, order_id, request_key)
+            if payment.status != "initiated":
+                # This key's attempt was settled before (its answer lost in a crash): no call.
+                return await self._respond(pool, payment, claim)
             # The attempt is committed: from here a crash leaves a row the sweep will settle.
             crash_point(self.settings, "payment:after_commit")
             admitted = False  # charge() records the outcome with the breaker
@@ -175,21 +181,34 @@ class Payments:
         return await self._settle(pool, processor, payment, charge, claim)
 
     async def _new_attempt(
-        self, pool: asyncpg.Pool, processor: ProcessorClient, user_id: UUID, order_id: UUID
+        self,
+        pool: asyncpg.Pool,
+        processor: ProcessorClient,
+        user_id: UUID,
+        order_id: UUID,
+        request_key: str | None,
     ) -> store.PaymentRow:
-        """Lock the order, check it may be paid, and commit a new ``initiated`` attempt."""
+        """Lock the order, check it may be paid, and commit a new ``initiated`` attempt; or
+        the settled (captured or declined) attempt an earlier request under ``request_key``
+        started: the processor's answer to that key stands."""
         for _ in range(2):
             async with pool.acquire() as conn, conn.transaction():
                 order = await store.lock_order(conn, order_id)
                 # NOTE: another user's order and a missing one look the same (BOLA: 404).
                 if order is None or order["user_id"] != user_id:
                     raise Problem(404, "no such order")
+                if request_key is not None:
+                    mine = await store.attempt_for_request(conn, order_id, request_key)
+                    if mine is not None and mine.status in ("captured", "declined"):
+                        return mine
+                    # ``initiated``: it is the order's open attempt, settled below; ``failed``:
+                    # the processor never charged it, so a new attempt is safe.
                 if order["status"] != "pending":
                     raise Problem(409, f"order is {order['status']}, not pending")
                 last = await store.latest_attempt(conn, order_id)
                 if last is None or last.status != "initiated":
                     return await store.create_attempt(
-                        conn, order, 1 if last is None else last.attempt + 1
+                        conn, order, 1 if last is None else last.attempt + 1, request_key
                     )
             # The last attempt is still open: settle it before a new one may be charged.
             await self._settle_open_attempt(pool, processor, last)
@@ -246,16 +265,31 @@ class Payments:
                 )
             if final is None or final.status not in ("captured", "declined"):
                 return final, None
-            response = StoredResponse(201, orjson.dumps(final.public()), dict(_JSON_HEADERS))
-            if claim is not None:
-                try:
-                    async with conn.transaction():  # a savepoint: the money state commits anyway
-                        await claim.complete(conn, response)
-                except ClaimLost:
-                    claim.finished = True  # a retry took the key over; it will find the order
-                    log.warning("payment %s settled but its Idempotency-Key was taken over",
-                                payment_id)  # fmt: skip
-            return final, response
+            return final, await self._record(conn, final, claim)
+
+    async def _respond(
+        self, pool: asyncpg.Pool, payment: store.PaymentRow, claim: Claim | None
+    ) -> StoredResponse:
+        """The 201 of a payment settled earlier, recorded under ``claim``."""
+        async with pool.acquire() as conn, conn.transaction():
+            return await self._record(conn, payment, claim)
+
+    @staticmethod
+    async def _record(
+        conn: asyncpg.Connection, payment: store.PaymentRow, claim: Claim | None
+    ) -> StoredResponse:
+        """The 201 response of a settled ``payment``, recorded under ``claim`` in the open
+        transaction."""
+        response = StoredResponse(201, orjson.dumps(payment.public()), dict(_JSON_HEADERS))
+        if claim is not None:
+            try:
+                async with conn.transaction():  # a savepoint: the money state commits anyway
+                    await claim.complete(conn, response)
+            except ClaimLost:
+                claim.finished = True  # a retry took the key over; it will find the order
+                log.warning("payment %s settled but its Idempotency-Key was taken over",
+                            payment.id)  # fmt: skip
+        return response
 
     # -- webhooks -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ __all__ = [
     "Outcome",
     "PaymentRow",
     "apply_outcome",
+    "attempt_for_request",
     "create_attempt",
     "get_payment",
     "latest_attempt",
@@ -107,11 +108,26 @@ async def latest_attempt(conn: asyncpg.Connection, order_id: UUID) -> PaymentRow
     return None if record is None else _row(record)
 
 
+async def attempt_for_request(
+    conn: asyncpg.Connection, order_id: UUID, request_key: str
+) -> PaymentRow | None:
+    """The order's most recent attempt started by a request with Idempotency-Key
+    ``request_key``, with its age."""
+    record = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age "
+        "FROM payments WHERE order_id = $1 AND request_key = $2 ORDER BY attempt DESC LIMIT 1",
+        order_id,
+        request_key,
+    )
+    return None if record is None else _row(record)
+
+
 async def create_attempt(
-    conn: asyncpg.Connection, order: asyncpg.Record, attempt: int
+    conn: asyncpg.Connection, order: asyncpg.Record, attempt: int, request_key: str | None = None
 ) -> PaymentRow:
     """Insert attempt ``attempt`` of ``order`` as ``initiated`` (the caller commits it *before*
     the processor is called, so a crash can never leave a charge the database has no trace of).
+    ``request_key``: the client's Idempotency-Key, so a retry under it finds this attempt.
 
     NOTE: the processor's idempotency key is derived from the attempt's id: a retry of the same
     attempt (recovery, a resent request) can never charge twice, and a new attempt (after a
@@ -120,7 +136,7 @@ async def create_attempt(
     payment_id = uuid7()
     record = await conn.fetchrow(
         "INSERT INTO payments (id, order_id, attempt, status, amount_cents, currency, "
-        "processor_key) VALUES ($1, $2, $3, 'initiated', $4, $5, $6) "
+        "processor_key, request_key) VALUES ($1, $2, $3, 'initiated', $4, $5, $6, $7) "
         f"RETURNING {_COLUMNS}",
         payment_id,
         order["id"],
@@ -128,6 +144,7 @@ async def create_attempt(
         order["total_cents"],
         order["currency"],
         f"cygate-pay-{payment_id}",
+        request_key,
     )
     return _row(record)
 
