@@ -67,7 +67,8 @@ def make_edge(
     ``default``: the route names no limit and gets the default class instead (the built-in
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
-    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""    key = ed25519.Ed25519PrivateKey.generate()
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
+    key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
                         keys=[VerifyKey("k1", "EdDSA", key.public_key())])  # fmt: skip
