@@ -206,6 +206,9 @@ CONTENDERS: tuple[Contender, ...] = (
         command=_CYGATE_SERVE,
         env={
             **_CACHED,
+            # NOTE: a Redis prefix of its own: an entry carries the TTL it was stored with, so
+            # cygate-cached's 300 s entries in the shared L2 would all be hits here.
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}miss:",
             "CYGATE_CACHE_RULES": json.dumps(
                 {
                     "product": {
