@@ -197,6 +197,8 @@ def _current(value: Any, generation: Any) -> bytes | None:
 
 _BATCH = 256
 """Keys per lookup or store script call at most (a longer queue goes in several)."""
+_STORE_LINGER = 0.005
+"""Seconds a store waits for others to go with it."""
 
 
 class _Lookup:
@@ -231,6 +233,7 @@ class L2:
         "_store_many",
         "_stores",
         "_tasks",
+        "_timer",
         "_token_base",
         "_tokens",
         "channel",
@@ -276,6 +279,7 @@ class L2:
         self._stores: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]] = []
         """Entries waiting for :meth:`_send_stores`: key, lease token, their payload and px."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
         self._token_base = secrets.token_hex(8)
         self._tokens = itertools.count()
 
@@ -375,10 +379,23 @@ class L2:
         return f"{self._token_base}{next(self._tokens):x}"
 
     def store_later(self, key: bytes, token: str, payload: Callable[[], tuple[bytes, int]]) -> None:
-        """Store under the lease, off the request's path: the stores of one loop turn go in
-        one ``EVALSHA``. ``payload`` gives the entry's bytes and ``PX`` when they are sent."""
-        self._stores.append((key, token, payload))
-        if len(self._stores) == 1:
+        """Store under the lease, off the request's path: the stores of ``_STORE_LINGER``
+        seconds (or ``_BATCH`` of them) go in one ``EVALSHA`` (PERF: a Redis call costs the
+        worker tens of microseconds of Python whatever it carries; the lease keeps other
+        instances waiting meanwhile). ``payload`` gives the entry's bytes and ``PX`` when they
+        are sent."""
+        stores = self._stores
+        stores.append((key, token, payload))
+        if len(stores) == 1:
+            self._timer = asyncio.get_running_loop().call_later(_STORE_LINGER, self._flush_stores)
+        elif len(stores) >= _BATCH:
+            self._flush_stores()
+
+    def _flush_stores(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._stores:
             self._spawn(self._send_stores())
 
     async def _send_stores(self) -> None:
@@ -399,7 +416,8 @@ class L2:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
-        """Wait for the lookups and stores sent so far (stopping; tests)."""
+        """Send the stores waiting and wait for every lookup and store (stopping; tests)."""
+        self._flush_stores()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
