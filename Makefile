@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load fuzz soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load capacity fuzz soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -20,7 +20,9 @@ help:
 	@echo "           (CYGATE_ADMIN_EMAIL + CYGATE_ADMIN_PASSWORD: that admin exists at start-up)"
 	@echo "make test   install, build, start services, lint, run every test (compiled and pure)"
 	@echo "make bench  micro (compiled vs pure vs peers) and macro (server vs peers) benchmarks"
-	@echo "make load   locust, headless, against the gateway (started if none answers)"
+	@echo "make load   locust, headless, against the gateway (started if none answers);"
+	@echo "           SHAPE=steady|step|spike|soak RATE=req/s RUN_TIME=2m (docs/load.md)"
+	@echo "make capacity  step the offered rate until the SLO breaks: the highest sustainable rate"
 	@echo "make lock   re-resolve requirements/*.txt after a pyproject.toml edit (lock-refresh: all)"
 	@echo "make fuzz   atheris: each compiled parser against its pure twin (FUZZ_SECONDS per target)"
 	@echo "make soak   mixed load for SOAK_SECONDS (600) sampling the gateway's RSS, fds, connections"
@@ -126,8 +128,18 @@ bench: bench-micro bench-macro
 bench-events: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.events
 
+# `make load SHAPE=step RATE=800 RUN_TIME=2m`, `make capacity`: loadtests/tool.py (docs/load.md).
+# `make capacity START=500 STEP=250 MAX=5000 STEP_TIME=45s` sets LOAD_CAPACITY_*.
+LOAD_VARS = $(if $(SHAPE),LOAD_SHAPE='$(SHAPE)') $(if $(RATE),LOAD_RATE='$(RATE)') \
+	$(if $(RUN_TIME),LOAD_RUN_TIME='$(RUN_TIME)') $(if $(SCENARIO),LOAD_SCENARIO='$(SCENARIO)') \
+	$(if $(START),LOAD_CAPACITY_START='$(START)') $(if $(STEP),LOAD_CAPACITY_STEP='$(STEP)') \
+	$(if $(MAX),LOAD_CAPACITY_MAX='$(MAX)') $(if $(STEP_TIME),LOAD_CAPACITY_STEP_TIME='$(STEP_TIME)')
+
 load: build services
-	$(WITH_ENV) scripts/load.sh
+	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh run
+
+capacity: build services
+	$(WITH_ENV) $(LOAD_VARS) scripts/load.sh capacity
 
 # Coverage-guided fuzzing (atheris) of the compiled parsers against their pure twins, FUZZ_SECONDS
 # per target (FUZZ_TARGETS=jwt,path,... picks some). The corpus grows under .fuzz/corpus, findings

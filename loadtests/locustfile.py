@@ -1,25 +1,26 @@
-"""Load for cygate's REST API (locust, ``FastHttpUser``): catalog browsers and shoppers.
+"""Load for cygate's REST API (locust, ``FastHttpUser``).
 
-Two user classes; pick them by name (``locust -f loadtests/locustfile.py CatalogBrowser``), or with
-``LOAD_SCENARIO`` through ``loadtests/run.sh``: ``browse`` (default, ``CatalogBrowser``), ``shop``
-(``Shopper``) or ``mixed`` (both, 3 browsers to 1 shopper by their ``weight``). Without a class
-name locust runs both.
+User classes, picked by name (``locust -f loadtests/locustfile.py Visitor Customer``) or with
+``LOAD_SCENARIO`` through ``loadtests/tool.py``:
 
-``CatalogBrowser`` (here) loads the category tree, lists products (sometimes filtered by a
-category taken from the tree), follows ``next_cursor`` a few pages deep, opens products it saw
-in those lists, and now and then hits ``/healthz``. ``Shopper`` (``shoppers.py``) registers,
-searches, orders, pays or cancels and reads its orders back: see that module. Requests are named
-by route template so the statistics group per endpoint, not per URL.
+* ``mix`` (the default): the seed's traffic, ``Visitor``, ``Customer`` and ``CatalogManager``
+  (``mix.py``; weights and think times in docs/load.md), driven by a load shape in offered
+  requests per second (``LOAD_SHAPE``: steady, step, spike, soak; ``shapes.py``);
+* ``browse`` (``CatalogBrowser``, here), ``shop`` (``Shopper``, ``shoppers.py``) and ``mixed``
+  (both, 3 to 1): closed-loop users (``--users``), no shape.
 
-Run it through ``loadtests/run.sh`` (headless, CSV + HTML reports, SLO gate), or directly::
+``CatalogBrowser`` loads the category tree, lists products (sometimes filtered by a category
+taken from the tree), follows ``next_cursor`` a few pages deep, opens products it saw in those
+lists, and now and then hits ``/healthz``. Requests are named by route template so the
+statistics group per endpoint, not per URL.
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 CatalogBrowser
-
-SLO gate: when locust quits, the process exit code is 1 if the failure ratio of all requests
-exceeds ``--max-fail-ratio`` (env ``LOAD_MAX_FAIL_RATIO``, default 0.01), if no request was made
-at all, or if ``--max-p95-ms`` (env ``LOAD_MAX_P95_MS``, default 0 = off) is set and the
-aggregated 95th percentile is above it; 2 if the locustfile itself raised. This replaces
-locust's default (exit 1 on any single failure, ``--exit-code-on-error``).
+SLO gate (``slo.py``): when locust quits, the master (or the standalone runner) merges the
+endpoints into groups (browse, search, account, sign_in, auth, orders, payments,
+catalog_admin) and sets the exit code: 1 when a group breaks its p95, p99 or error-ratio limit
+(``--slo-p95-ms``, ``--slo-p99-ms``, ``--slo-error-ratio``, per group ``--slo``) or no request
+was made; 2 when the locustfile raised. This replaces locust's default (exit 1 on any single
+failed request). ``--slo-report`` writes the figures per endpoint and group and the verdict as
+JSON.
 """
 
 from __future__ import annotations
@@ -28,17 +29,22 @@ import json
 import logging
 import os
 import random
+import sys
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlencode
 
+import slo
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
-from locust.stats import StatsEntry
+from locust.runners import WorkerRunner
+from mix import CatalogManager, Customer, Visitor, requests_per_user_second
+from shapes import ParamError, load_params, select_shape
 from shoppers import OUTCOMES, Shopper  # locust puts this file's folder on sys.path
 
-__all__ = ["CatalogBrowser", "Shopper"]
+__all__ = ["CatalogBrowser", "CatalogManager", "Customer", "Shopper", "Visitor"]
 
 log = logging.getLogger("cygate.loadtest")
 
@@ -54,45 +60,68 @@ ROUTE_PRODUCTS_NEXT = "/api/v1/products?cursor={cursor}"
 ROUTE_PRODUCT = "/api/v1/products/{id}"
 ROUTE_HEALTHZ = "/healthz"
 
+# The load shape named by LOAD_SHAPE (shapes.py), as the only shape class here so that locust
+# runs it; none without LOAD_SHAPE (then --users/--run-time drive the run).
+_SHAPE_INFO: dict[str, Any] | None = None
+if os.environ.get("LOAD_SHAPE"):
+    try:
+        _params = load_params()
+    except ParamError as exc:
+        sys.exit(f"locustfile: {exc}")
+    _per_user = requests_per_user_second()
+    LoadShape = select_shape(_params, _per_user)
+    _SHAPE_INFO = {**asdict(_params), "requests_per_user_second": round(_per_user, 3)}
+
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
+    defaults = slo.Limits()
     parser.add_argument(
-        "--max-fail-ratio",
+        "--slo-p95-ms",
         type=float,
-        env_var="LOAD_MAX_FAIL_RATIO",
-        default=0.01,
-        help="SLO gate: exit 1 when failed/total requests is above this (default 0.01)",
+        env_var="LOAD_SLO_P95_MS",
+        default=defaults.p95,
+        help=f"SLO gate: each endpoint group's p95 in ms (default {defaults.p95:g}; 0 = off)",
     )
     parser.add_argument(
-        "--max-p95-ms",
+        "--slo-p99-ms",
         type=float,
-        env_var="LOAD_MAX_P95_MS",
-        default=0.0,
-        help="SLO gate: exit 1 when the aggregated p95 response time is above this (0 = off)",
+        env_var="LOAD_SLO_P99_MS",
+        default=defaults.p99,
+        help=f"SLO gate: each endpoint group's p99 in ms (default {defaults.p99:g}; 0 = off)",
+    )
+    parser.add_argument(
+        "--slo-error-ratio",
+        type=float,
+        env_var="LOAD_SLO_ERROR_RATIO",
+        default=defaults.errors,
+        help=f"SLO gate: each group's failed/total requests (default {defaults.errors:g})",
+    )
+    parser.add_argument(
+        "--slo",
+        env_var="LOAD_SLO",
+        default="",
+        help="SLO gate per group, e.g. auth.p95=400,orders.p99=off (groups: "
+        + ", ".join(slo.GROUPS)
+        + ")",
     )
     parser.add_argument(
         "--slo-report",
         default="",
-        help="write the final totals and the SLO verdict to this JSON file",
+        help="write the final totals, the groups and the SLO verdict to this JSON file",
     )
 
 
-def _entry(entry: StatsEntry) -> dict[str, Any]:
-    has = entry.num_requests > 0
-    return {
-        "method": entry.method or "",
-        "name": entry.name,
-        "requests": entry.num_requests,
-        "failures": entry.num_failures,
-        "fail_ratio": round(entry.fail_ratio, 6),
-        "rps": round(entry.total_rps, 2),
-        "avg_ms": round(entry.avg_response_time, 2),
-        "p50_ms": entry.get_response_time_percentile(0.50) if has else None,
-        "p95_ms": entry.get_response_time_percentile(0.95) if has else None,
-        "p99_ms": entry.get_response_time_percentile(0.99) if has else None,
-        "max_ms": entry.max_response_time if has else None,
-    }
+def _limits(options: Any) -> dict[str, slo.Limits]:
+    def off_if_zero(value: float) -> float | None:
+        return float(value) if value and value > 0 else None
+
+    defaults = slo.Limits(
+        p95=off_if_zero(options.slo_p95_ms),
+        p99=off_if_zero(options.slo_p99_ms),
+        errors=float(options.slo_error_ratio) if options.slo_error_ratio >= 0 else None,
+    )
+    return slo.parse_overrides(options.slo, defaults)
 
 
 @events.quitting.add_listener
@@ -100,56 +129,56 @@ def _slo_gate(environment: Environment, **_kwargs: Any) -> None:
     """Set the process exit code from the final totals (on the master/standalone runner).
 
     locust's own ``--exit-code-on-error`` fails a run on any single failed request; a load test
-    against a real server wants a ratio, so the documented hook is used instead: a ``quitting``
-    listener that sets ``environment.process_exit_code``.
+    against a real server wants limits per endpoint group, so the documented hook is used
+    instead: a ``quitting`` listener that sets ``environment.process_exit_code``.
     """
     options = environment.parsed_options
-    if environment.runner is None or options is None or not hasattr(options, "max_fail_ratio"):
+    runner = environment.runner
+    if runner is None or options is None or not hasattr(options, "slo_p95_ms"):
         return
-    total = environment.stats.total
-    max_ratio = float(options.max_fail_ratio)
-    max_p95 = float(options.max_p95_ms)
+    if isinstance(runner, WorkerRunner):
+        return  # the master judges the merged statistics
+    try:
+        limits = _limits(options)
+    except ValueError as exc:
+        log.error("SLO gate: %s", exc)
+        environment.process_exit_code = 2
+        return
+    stats = environment.stats
+    entries = sorted(stats.entries.values(), key=lambda e: (e.name, e.method or ""))
+    groups = {g: slo.summarize(e) for g, e in slo.group_stats(stats, entries).items()}
+    total = stats.total
     problems: list[str] = []
     code = 0
-    if environment.runner.exceptions:
-        problems.append(f"the locustfile raised {len(environment.runner.exceptions)} exception(s)")
+    if runner.exceptions:
+        problems.append(f"the locustfile raised {len(runner.exceptions)} exception(s)")
         code = 2
     if total.num_requests == 0:
         problems.append("no request was made")
-    elif total.fail_ratio > max_ratio:
-        problems.append(f"failure ratio {total.fail_ratio:.4f} > {max_ratio}")
-    if max_p95 > 0 and total.num_requests:
-        p95 = total.get_response_time_percentile(0.95)
-        if p95 > max_p95:
-            problems.append(f"p95 {p95:.0f} ms > {max_p95:.0f} ms")
+    problems.extend(slo.judge(groups, limits))
     if problems and not code:
         code = 1
     environment.process_exit_code = code
     if OUTCOMES:
-        log.info("shopper outcomes: %s", ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items())))
+        log.info("outcomes: %s", ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items())))
     if problems:
         log.error("SLO gate: FAILED: %s", "; ".join(problems))
     else:
-        log.info(
-            "SLO gate: passed (%d requests, failure ratio %.4f <= %s)",
-            total.num_requests,
-            total.fail_ratio,
-            max_ratio,
-        )
+        log.info("SLO gate: passed (%d requests, %d groups)", total.num_requests, len(groups))
     if options.slo_report:
         report = {
             "passed": not problems,
             "problems": problems,
             "exit_code": code,
-            "max_fail_ratio": max_ratio,
-            "max_p95_ms": max_p95 or None,
+            "limits": slo.limits_report(limits),
             "host": environment.host,
-            "total": _entry(total),
-            "outcomes": dict(sorted(OUTCOMES.items())),  # Shopper's business outcomes
-            "endpoints": [
-                _entry(e) for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)
-            ],
-        }
+            "shape": _SHAPE_INFO,
+            "total": slo.summarize(total),
+            "groups": groups,
+            "outcomes": dict(sorted(OUTCOMES.items())),  # business outcomes (standalone runs)
+            "endpoints": [{**slo.summarize(e), "group": slo.group_of(e.method or "", e.name)}
+                          for e in entries],
+        }  # fmt: skip
         with open(options.slo_report, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
 

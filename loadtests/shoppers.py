@@ -44,7 +44,7 @@ from urllib.parse import urlencode
 
 from locust import FastHttpUser, between, events, task
 
-__all__ = ["OUTCOMES", "Shopper"]
+__all__ = ["OUTCOMES", "ApiUser", "Reply", "Shopper", "check_order", "has_items", "status_is"]
 
 OUTCOMES: Counter[str] = Counter()
 """Business outcomes of this process's shoppers (reset at each test start)."""
@@ -92,6 +92,7 @@ class Reply:
     status: int
     body: dict[str, Any]  # {} when the body was not a JSON object
     replayed: bool  # Idempotent-Replayed: true
+    etag: str | None = None  # the ETag header, when there is one
 
 
 Check = Callable[[Reply], str | None]
@@ -106,27 +107,16 @@ def _search_query() -> str:
     return " ".join(words)
 
 
-class Shopper(FastHttpUser):
-    """A customer who searches, orders, pays (or cancels) and looks at its orders."""
+class ApiUser(FastHttpUser):
+    """Plumbing shared by the users that sign in and order (no tasks of its own): checked
+    requests (:meth:`_request`), paying, cancelling and reading an order back."""
 
+    abstract = True
     host = os.environ.get("CYGATE_URL", "http://127.0.0.1:8000")
-    weight = 1  # with CatalogBrowser's 3: a quarter of the users of a mixed run
-    wait_time = between(0.01, 0.1)
     network_timeout = 10.0
     connection_timeout = 5.0
     default_headers = {"Accept": "application/json", "User-Agent": "cygate-loadtest"}
-
-    def on_start(self) -> None:
-        self.email = f"shopper-{secrets.token_hex(8)}@load.example.com"
-        self.password = secrets.token_urlsafe(18)
-        self.user_id: str | None = None
-        self.token: str | None = None
-        self.token_expires = 0.0
-        self.placed = 0  # orders answered 201 (first placements)
-        self.unsure = 0  # placements without a usable answer: they may exist
-        self._session()
-
-    # -- plumbing --------------------------------------------------------------------------
+    token: str | None = None  # the access token sent as Bearer when auth=True
 
     def _request(
         self,
@@ -140,17 +130,24 @@ class Shopper(FastHttpUser):
         expected: tuple[int, ...] = (),
         check: Check | None = None,
         auth: bool = True,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply | None:
         """One request. Success: a status in ``ok`` (or ``expected``: a refusal the scenario
         provokes) with a JSON body that passes ``check`` (which returns an error message or
-        None). Anything else is marked failed and gives None."""
-        headers: dict[str, str] = {}
+        None). Anything else is marked failed and gives None. ``form``: a form-encoded body
+        instead of ``body``'s JSON; ``headers``: more request headers."""
+        headers = dict(headers or {})
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if key is not None:
             headers["Idempotency-Key"] = key
+        data = None
+        if form is not None:
+            data = urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
         with self.client.request(
-            method, path, name=name, json=body, headers=headers, catch_response=True
+            method, path, name=name, json=body, data=data, headers=headers, catch_response=True
         ) as resp:
             status = resp.status_code or 0  # 0: no HTTP answer (connection error, timeout)
             if status not in ok and status not in expected:
@@ -166,14 +163,74 @@ class Shopper(FastHttpUser):
             except ValueError as exc:
                 resp.failure(f"body is not JSON: {exc}")
                 return None
-            replayed = (resp.headers or {}).get("Idempotent-Replayed", "") == "true"
-            reply = Reply(status, doc if isinstance(doc, dict) else {}, replayed)
+            got = resp.headers or {}
+            replayed = got.get("Idempotent-Replayed", "") == "true"
+            reply = Reply(status, doc if isinstance(doc, dict) else {}, replayed, got.get("ETag"))
             problem = check(reply) if check else None
             if problem:
                 resp.failure(problem)
                 return None
             resp.success()
             return reply
+
+    def _pay(self, order: dict[str, Any], token: str) -> str | None:
+        """One payment attempt under a fresh key: its status, or None on a failure."""
+        want = "declined" if token == "tok_decline" else "captured"
+
+        def settled(reply: Reply) -> str | None:
+            doc = reply.body
+            if doc.get("status") != want:
+                return f"{token}: status {doc.get('status')!r}"
+            if (
+                doc.get("order_id") != order["id"]
+                or doc.get("amount_cents") != order["total_cents"]
+            ):
+                return "another order id or amount than the order's"
+            return None
+
+        got = self._request(
+            "POST",
+            f"/api/v1/orders/{order['id']}/payments",
+            ROUTE_PAYMENTS,
+            body={"payment_method_token": token},
+            key=f"load-{uuid.uuid4()}",
+            ok=(201,),
+            check=settled,
+        )
+        if got is None:
+            return None
+        OUTCOMES[want] += 1
+        return want
+
+    def _cancel(self, order: dict[str, Any]) -> None:
+        if self._request(
+            "POST",
+            f"/api/v1/orders/{order['id']}/cancel",
+            ROUTE_CANCEL,
+            check=lambda r: status_is(r, "cancelled"),
+        ):
+            OUTCOMES["cancelled"] += 1
+
+    def _read_order(self, order_id: str, status: str) -> None:
+        self._request(
+            "GET", f"/api/v1/orders/{order_id}", ROUTE_ORDER, check=lambda r: status_is(r, status)
+        )
+
+
+class Shopper(ApiUser):
+    """A customer who searches, orders, pays (or cancels) and looks at its orders."""
+
+    weight = 1  # with CatalogBrowser's 3: a quarter of the users of a mixed run
+    wait_time = between(0.01, 0.1)
+
+    def on_start(self) -> None:
+        self.email = f"shopper-{secrets.token_hex(8)}@load.example.com"
+        self.password = secrets.token_urlsafe(18)
+        self.user_id: str | None = None
+        self.token_expires = 0.0
+        self.placed = 0  # orders answered 201 (first placements)
+        self.unsure = 0  # placements without a usable answer: they may exist
+        self._session()
 
     def _session(self) -> bool:
         """Registered and holding a fresh access token (register/log in when needed)."""
@@ -216,7 +273,7 @@ class Shopper(FastHttpUser):
             return
         query = urlencode({"q": _search_query(), "limit": "20"})
         found = self._request(
-            "GET", f"/api/v1/search?{query}", ROUTE_SEARCH, check=_has_items, auth=False
+            "GET", f"/api/v1/search?{query}", ROUTE_SEARCH, check=has_items, auth=False
         )
         if found is None:
             return
@@ -264,7 +321,7 @@ class Shopper(FastHttpUser):
         low, high = min(self.placed, LIST_LIMIT), min(self.placed + self.unsure, LIST_LIMIT)
 
         def mine(reply: Reply) -> str | None:
-            problem = _has_items(reply)
+            problem = has_items(reply)
             if problem:
                 return problem
             items = reply.body["items"]
@@ -303,7 +360,7 @@ class Shopper(FastHttpUser):
                 if isinstance(reply.body.get("items"), list):
                     return None
                 return "409 without the insufficient-stock items"
-            return _check_order(reply.body, lines)
+            return check_order(reply.body, lines)
 
         got = self._request("POST", ROUTE_ORDERS, ROUTE_ORDERS, body=body, key=key,
                             ok=(201,), expected=(409,), check=placed)  # fmt: skip
@@ -328,63 +385,20 @@ class Shopper(FastHttpUser):
                 OUTCOMES["replays_ok"] += 1
         return order
 
-    def _pay(self, order: dict[str, Any], token: str) -> str | None:
-        """One payment attempt under a fresh key: its status, or None on a failure."""
-        want = "declined" if token == "tok_decline" else "captured"
 
-        def settled(reply: Reply) -> str | None:
-            doc = reply.body
-            if doc.get("status") != want:
-                return f"{token}: status {doc.get('status')!r}"
-            if (
-                doc.get("order_id") != order["id"]
-                or doc.get("amount_cents") != order["total_cents"]
-            ):
-                return "another order id or amount than the order's"
-            return None
-
-        got = self._request(
-            "POST",
-            f"/api/v1/orders/{order['id']}/payments",
-            ROUTE_PAYMENTS,
-            body={"payment_method_token": token},
-            key=f"load-{uuid.uuid4()}",
-            ok=(201,),
-            check=settled,
-        )
-        if got is None:
-            return None
-        OUTCOMES[want] += 1
-        return want
-
-    def _cancel(self, order: dict[str, Any]) -> None:
-        if self._request(
-            "POST",
-            f"/api/v1/orders/{order['id']}/cancel",
-            ROUTE_CANCEL,
-            check=lambda r: _status_is(r, "cancelled"),
-        ):
-            OUTCOMES["cancelled"] += 1
-
-    def _read_order(self, order_id: str, status: str) -> None:
-        self._request(
-            "GET", f"/api/v1/orders/{order_id}", ROUTE_ORDER, check=lambda r: _status_is(r, status)
-        )
-
-
-def _has_items(reply: Reply) -> str | None:
+def has_items(reply: Reply) -> str | None:
     items = reply.body.get("items")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         return "no items list in the body"
     return None
 
 
-def _status_is(reply: Reply, status: str) -> str | None:
+def status_is(reply: Reply, status: str) -> str | None:
     got = reply.body.get("status")
     return None if got == status else f"the order is {got!r}, not {status!r}"
 
 
-def _check_order(doc: dict[str, Any], lines: list[dict[str, Any]]) -> str | None:
+def check_order(doc: dict[str, Any], lines: list[dict[str, Any]]) -> str | None:
     """A new order: pending, the lines asked for, a total that adds up."""
     if not doc.get("id") or doc.get("status") != "pending":
         return f"a new order with id {doc.get('id')!r}, status {doc.get('status')!r}"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make load`: locust, headless, against the gateway at CYGATE_URL (default :8000). When nothing
-# answers there, start one (migrate, seed demo data if empty, serve), run, and stop it again.
-# LOAD_SCENARIO picks the users (browse, the default; shop; mixed: see loadtests/run.sh), e.g.
-# `make load LOAD_SCENARIO=shop`; other LOAD_* variables are loadtests/run.sh's.
+# `make load` / `make capacity`: locust, headless, against the gateway at CYGATE_URL (default
+# :8000): `scripts/load.sh run|capacity` runs `loadtests/tool.py run|capacity` (its LOAD_*
+# variables: docs/load.md). When nothing answers there, start one (migrate, seed demo data if
+# empty: LOAD_SEED_PRODUCTS, default 20000, LOAD_SEED_CATEGORIES, default 40), run, and stop
+# it again. A gateway started here also gets an admin account (CYGATE_ADMIN_EMAIL/PASSWORD,
+# a fresh password unless both are set) that the mix's catalog manager signs in as
+# (LOAD_MANAGER_EMAIL/PASSWORD).
 #
 # A gateway started here gets the payment processor simulator through scripts/run.sh (on a free
 # port, webhooks signed with the secret file both read, .cygate/payment-webhook-secret); after
@@ -16,6 +19,8 @@ CYGATE_URL=${CYGATE_URL%/}
 BIN=$REPO/.venv/bin
 started=""
 processor=""
+# The settings first: a bad one is one line and exit 2 before any gateway is started.
+"$BIN/python" loadtests/tool.py check "${@:-run}" || exit 2
 cleanup() { [[ -n $started ]] && kill -TERM -- "-$started" 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -27,7 +32,15 @@ if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
     export CYGATE_RATE_LIMIT_DEFAULT_CLASS=${CYGATE_RATE_LIMIT_DEFAULT_CLASS-}
     export CYGATE_RATE_LIMIT_ROUTES=${CYGATE_RATE_LIMIT_ROUTES-'{"POST /api/v1/auth/register": ""}'}
     "$BIN/cygate" migrate
-    "$BIN/cygate" seed --if-empty --categories 40 --products 20000 --users 50
+    "$BIN/cygate" seed --if-empty --categories "${LOAD_SEED_CATEGORIES:-40}" \
+        --products "${LOAD_SEED_PRODUCTS:-20000}" --users 50
+    if [[ -z ${CYGATE_ADMIN_EMAIL:-} || -z ${CYGATE_ADMIN_PASSWORD:-} ]]; then
+        export CYGATE_ADMIN_EMAIL=load-admin@load.example.com
+        CYGATE_ADMIN_PASSWORD=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(18))')
+        export CYGATE_ADMIN_PASSWORD
+    fi
+    export LOAD_MANAGER_EMAIL=${LOAD_MANAGER_EMAIL:-$CYGATE_ADMIN_EMAIL}
+    export LOAD_MANAGER_PASSWORD=${LOAD_MANAGER_PASSWORD:-$CYGATE_ADMIN_PASSWORD}
     hostport=${CYGATE_URL#http://}
     if [[ -z ${CYGATE_PAYMENT_PROCESSOR_URL:-} ]]; then
         # Chosen here (scripts/run.sh takes SIM_PORT) so the ledger can be read after the run.
@@ -52,9 +65,9 @@ if ! curl -fsS -o /dev/null "$CYGATE_URL/healthz" 2>/dev/null; then
 fi
 
 rc=0
-loadtests/run.sh "$@" || rc=$?
+"$BIN/python" loadtests/tool.py "${@:-run}" || rc=$?
 
-if [[ -n $processor && ${LOAD_SCENARIO:-browse} != browse ]]; then
+if [[ -n $processor && ${LOAD_SCENARIO:-mix} != browse ]]; then
     sleep 1.5  # webhooks go out --webhook-delay (0.5 s) after each charge
     "$BIN/python" - "$processor/v1/ledger" <<'PY' || true
 import json

@@ -231,7 +231,8 @@ def test_after_redis_returns_with_its_data_no_reader_sees_an_older_name(
             wait_for(lambda: cb.get(path).headers["x-cache"] == "hit-l2")  # stored in L2
             assert cc.get(path).json()["name"] == original
             with server.client() as r:
-                r.save()  # the restart below loads this dump: L2 as it is now
+                r.save()  # the restart below loads this dump: L2 as it is now,
+                assert r.keys("*{cache}:e:*")  # the old name's entry in it
             server.stop()
             wait_for(lambda: all(metric(g, "cygate_cache_subscribed") == 0 for g in trio[1]))
             name = f"restarted-{tag}"
@@ -242,9 +243,10 @@ def test_after_redis_returns_with_its_data_no_reader_sees_an_older_name(
             seen = time.monotonic() - written
             with Readers({"A": a, "B": b, "C": c}, path) as readers:
                 time.sleep(0.2)
+                # The old entry is back in L2, until A's resend of its missed invalidation
+                # deletes it (not asserted here: on a loaded machine that resend can come
+                # before a look from this thread; the dump above was checked instead).
                 server.start()
-                with server.client() as r:  # (the old entry is back in L2)
-                    assert r.keys("*{cache}:e:*")
                 wait_for(lambda: all(metric(g, "cygate_cache_subscribed") == 1 for g in trio[1]))
                 time.sleep(1.5)  # (past A's resend of its missed invalidation)
             records = readers.records
