@@ -287,7 +287,7 @@ class ResponseCache:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.l2 is not None:
-            await self.l2.close()
+            await self.l2.drain()
         if self.subscription is not None:
             await self.subscription.stop()
 

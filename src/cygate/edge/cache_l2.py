@@ -45,10 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
-from hiredis import pack_command
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from cygate.infra.circuit import Circuit
 
@@ -196,51 +195,6 @@ def _current(value: Any, generation: Any) -> bytes | None:
     return payload if sep and stamp == (generation or b"0") else None
 
 
-class _Line:
-    """A Redis connection of its own for one of the miss path's scripts, one call at a time.
-
-    PERF: a call through redis-py's client costs the worker 60-90 µs of CPU on the 2-core
-    machines (command packing argument by argument, the pool, response callbacks), the same
-    ``EVALSHA`` written and read on a held connection about 20 µs: the miss path makes one
-    per lookup batch, so it keeps a connection checked out of nothing, like the catalog's read
-    lease (``infra/lease.py``). It is made from the client's own settings (address, auth,
-    TLS, timeouts, hiredis); a connection that saw any error or cancellation is dropped and
-    the next call connects again. ``NOSCRIPT`` loads the script and calls once more."""
-
-    __slots__ = ("_client", "_conn")
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._conn: Any = None
-
-    async def evalsha(self, script: Any, keys: list[bytes], args: list[bytes]) -> Any:
-        conn = self._conn
-        if conn is None:
-            pool = self._client.connection_pool
-            conn = self._conn = pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]
-        command = (b"EVALSHA", script.sha.encode(), b"%d" % len(keys), *keys, *args)
-        packed = pack_command(command)
-        try:
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                return await conn.read_response()
-            except NoScriptError:
-                await self._client.script_load(script.script)
-                await conn.send_packed_command(packed, check_health=False)
-                return await conn.read_response()
-        except BaseException:
-            self._conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            raise
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-
-
 _BATCH = 256
 """Keys per lookup or store script call at most (a longer queue goes in several)."""
 _STORE_LINGER = 0.005
@@ -270,19 +224,15 @@ class L2:
 
     __slots__ = (
         "_acquire",
-        "_gen",
         "_invalidate",
         "_looking",
         "_lookup",
-        "_lookup_line",
         "_lookups",
         "_prefixes",
         "_release",
         "_store",
-        "_store_line",
         "_store_many",
         "_stores",
-        "_storing",
         "_tasks",
         "_timer",
         "_token_base",
@@ -327,11 +277,6 @@ class L2:
         )
         self._looking = False
         """A lookup call is in flight: new misses queue for the next one."""
-        self._storing = False
-        """A store call is in flight: new stores queue for the next one."""
-        self._lookup_line = _Line(self.client)
-        self._store_line = _Line(self.client)
-        self._gen = [self.gen_key.encode()]
         self._lookups: list[_Lookup] = []
         """Misses of this loop turn, sent together by :meth:`_send_lookups`."""
         self._stores: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]] = []
@@ -423,9 +368,7 @@ class L2:
             args.append(packed)
         got = None
         try:
-            got = await self._call(
-                "lookup", lambda: self._lookup_line.evalsha(self._lookup, self._gen, args)
-            )
+            got = await self._call("lookup", lambda: self._lookup(keys=[self.gen_key], args=args))
         finally:  # NOTE: whatever happened, every waiting miss gets an answer
             self._answer_lookups(batch, tokens, got)
 
@@ -462,28 +405,18 @@ class L2:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._stores and not self._storing:
-            self._storing = True
+        if self._stores:
             self._spawn(self._send_stores())
 
     async def _send_stores(self) -> None:
-        try:
-            while self._stores:
-                batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
-                await self._send_store_batch(batch)
-        finally:
-            self._storing = False
-
-    async def _send_store_batch(
-        self, batch: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]]
-    ) -> None:
+        batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
+        if self._stores:
+            self._spawn(self._send_stores())
         args: list[bytes] = [*self._prefixes[:2]]
         for key, token, payload in batch:
             data, px = payload()
             args += (b"%s %s %d" % (key.hex().encode(), token.encode(), px), data)
-        got = await self._call(
-            "store", lambda: self._store_line.evalsha(self._store_many, self._gen, args)
-        )
+        got = await self._call("store", lambda: self._store_many(keys=[self.gen_key], args=args))
         if got:
             self.n_stored.value += int(got)
 
@@ -497,12 +430,6 @@ class L2:
         self._flush_stores()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def close(self) -> None:
-        """Send what waits, then close the connections of the miss path's scripts."""
-        await self.drain()
-        await self._lookup_line.close()
-        await self._store_line.close()
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
