@@ -200,6 +200,40 @@ async def test_a_miss_costs_one_redis_round_trip_and_misses_share_them(prefix: s
         assert len(server.client().keys(prefix + "{cache}:e:*")) == 71
 
 
+class Fixed(App):
+    """Answers every path with ``body`` (the same bytes until a test changes it)."""
+
+    body = b"[2]"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls[scope["path"]] += 1
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def test_a_forced_reload_with_the_same_body_leaves_l2_alone(prefix: str) -> None:
+    """A client's no-cache on a rule that honours it reloads; when the body has the ETag of
+    the entry held, that revalidates it: no L2 write. A changed body is stored."""
+    app = Fixed()
+    async with instances(REDIS_URL, prefix, n=1, app=app) as (_, (a,)):
+        stores = a.metrics.counter("cygate_cache_stores_total")
+        first = await a.get("/forced/1")
+        await wait_until(lambda: stores.value == 1)
+        no_cache = [(b"cache-control", b"no-cache")]
+        again = await a.get("/forced/1", headers=no_cache)
+        assert again.x_cache == "miss" and again.headers[b"etag"] == first.headers[b"etag"]
+        assert app.calls["/forced/1"] == 2
+        assert a.cache.l2 is not None
+        await a.cache.l2.drain()
+        assert stores.value == 1  # revalidated: L2 untouched
+        assert (await a.get("/forced/1")).x_cache == "hit-l1"
+        app.body = b"[3]"
+        changed = await a.get("/forced/1", headers=no_cache)
+        assert changed.body == b"[3]"
+        await wait_until(lambda: stores.value == 2)
+
+
 async def test_a_stuck_lease_costs_at_most_the_wait(prefix: str) -> None:
     async with instances(REDIS_URL, prefix, n=1, cache_lease_wait=0.2) as (app, (a,)):
         key = a.cache.key_for(ITEM_KEY_ROUTE, "/items/5")
