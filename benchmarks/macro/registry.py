@@ -195,6 +195,37 @@ CONTENDERS: tuple[Contender, ...] = (
         check=check_product,
     ),
     Contender(
+        # The miss path beside the hit (cygate-cached) and the uncached read (cygate): the
+        # product rule's entries live 1 ms and have no stale windows, so with the id mix
+        # cycled (a cycle of 1,000 ids takes far longer than 1 ms at any rate one worker
+        # serves; 64 connections ask for 64 different ids at a time) every
+        # request finds its key cold in L1 and in L2: the lookup script, the fast handler's
+        # database read, the entry, L1, and the batched L2 store.
+        name="cygate-miss",
+        summary="the gateway: the product read with the cache on, every request a cold miss",
+        command=_CYGATE_SERVE,
+        env={
+            **_CACHED,
+            # NOTE: a Redis prefix of its own: an entry carries the TTL it was stored with, so
+            # cygate-cached's 300 s entries in the shared L2 would all be hits here.
+            "CYGATE_REDIS_PREFIX": "{redis_prefix}miss:",
+            "CYGATE_CACHE_RULES": json.dumps(
+                {
+                    "product": {
+                        "ttl": 0.001,
+                        "stale_while_revalidate": 0,
+                        "stale_if_error": 0,
+                        "tags": ["product:{product_id}"],
+                    }
+                }
+            )
+            .replace("{", "{{")
+            .replace("}", "}}"),
+        },
+        ready_path="/readyz",
+        check=check_product,
+    ),
+    Contender(
         # The job of litestar-stock, done by the edge: token verified (cached after the first
         # request), a global per-caller limit (batched, the default lease: burst // 10), the
         # response from L1.

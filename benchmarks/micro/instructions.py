@@ -14,7 +14,13 @@ of one request, with start-up, imports and the warm-up cancelled out. ``objects`
 
 The cases are those of ``test_bench_edge.py`` (the same drivers): ``full`` (route, token,
 rate limit, L1 hit: cygate-full's request), ``cache-only`` (route and L1 hit) and ``floor`` (an
-ASGI app sending the same two messages). What it does not show: memory and cache effects, which
+ASGI app sending the same two messages); and the miss path (``--misses``): ``uncached`` (the
+edge with the cache off: the fast handler and the validators, as ``CYGATE_CACHE_ENABLED=false``),
+``miss`` (every request a product id never seen: key, L1 miss, load through the fast handler,
+entry, L1 fill; no L2) and ``miss-l2`` (the same with L2 in Redis, ``CYGATE_REDIS_URL``: the
+lookup script and the batched store, one request at a time, so nothing is shared by a batch).
+The fast handler returns a fixed body: the database read is the same on both paths and is left
+out. What it does not show: memory and cache effects, which
 the server amplifies (docs/benchmarks.md); a change must still show in the macro benchmark.
 """
 
@@ -35,6 +41,7 @@ __all__ = ["Count", "main", "parse_callgrind"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ("full", "cache-only", "floor")
+MISS_CASES = ("uncached", "miss", "miss-l2")
 NEW_OBJECT = "_Py_NewReference"
 _FN = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
 _CALLS = re.compile(r"calls=(\d+)")
@@ -80,6 +87,9 @@ def _child(case: str, requests: int) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks" / "micro"))
     from test_bench_edge import Driver, make_edge, same_bytes_app
 
+    if case in MISS_CASES:
+        _miss_child(case, requests)
+        return
     edge, headers = make_edge(stages=case == "full")
     driver = Driver(edge, headers)
     driver.run(200)  # fills L1, verifies the token, warms every cache
@@ -91,6 +101,47 @@ def _child(case: str, requests: int) -> None:
     status = driver.sent[0]["status"] if driver.sent else 0
     if status != 200:
         raise SystemExit(f"{case}: the last answer was {status}, not 200")
+
+
+def _miss_child(case: str, requests: int) -> None:
+    """``uncached``, ``miss``, ``miss-l2``: each request a product id not asked before."""
+    import uuid
+
+    from test_bench_edge import Driver, make_edge
+
+    edge, headers = make_edge(stages=False, cache=case != "uncached", l2=case == "miss-l2")
+    seen = iter(range(1 << 62))
+
+    class Cold(Driver):
+        def scope(self) -> dict[str, object]:
+            scope = super().scope()
+            path = f"/api/v1/products/{uuid.UUID(int=next(seen) + 1)}"
+            scope["path"], scope["raw_path"] = path, path.encode()
+            return scope
+
+    driver = Cold(edge, headers)
+    if edge.cache is not None and edge.cache.l2 is not None:
+        driver.loop.run_until_complete(_subscribed(edge.cache))
+    driver.run(200)
+    driver.run(requests)
+    drain = getattr(edge.cache.l2, "drain", None) if edge.cache is not None else None
+    if drain is not None:  # (a tree whose L2 writes are not batched has none)
+        driver.loop.run_until_complete(drain())
+    label = dict(driver.sent[0]["headers"]).get(b"x-cache") if driver.sent else None
+    status = driver.sent[0]["status"] if driver.sent else 0
+    if status != 200 or label != (None if case == "uncached" else b"miss"):
+        raise SystemExit(f"{case}: the last answer was {status} {label!r}, not a 200 miss")
+
+
+async def _subscribed(cache: object) -> None:
+    import asyncio
+
+    cache.start()  # type: ignore[attr-defined]
+    for _ in range(500):
+        if cache.subscription.connected:  # type: ignore[attr-defined]
+            return
+        await asyncio.sleep(0.01)
+    raise SystemExit("miss-l2: no subscription to Redis")
 
 
 def _count(case: str, requests: int, tree: Path | None, workdir: Path) -> Count:
@@ -116,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.micro.instructions", description=__doc__)
     p.add_argument("--requests", type=int, default=2000, help="requests counted (default 2000)")
     p.add_argument("--tree", type=Path, help="also count another checkout's code (its src)")
-    p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--misses", action="store_true", help="the miss path's cases instead (miss-l2: Redis)"
+    )
+    p.add_argument("--child", choices=CASES + MISS_CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.requests)
@@ -129,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         trees.append((str(args.tree), args.tree.resolve()))
     print(f"per request, {args.requests} requests counted by callgrind (PYTHONHASHSEED=0)")
     rows = []
+    cases: tuple[str, ...] = CASES
+    if args.misses:
+        cases = MISS_CASES if os.environ.get("CYGATE_REDIS_URL") else MISS_CASES[:2]
     with tempfile.TemporaryDirectory(prefix="cygate-callgrind-") as tmp:
-        for case in CASES:
+        for case in cases:
             counts = [_count(case, args.requests, tree, Path(tmp)) for _, tree in trees]
             rows.append((case, counts))
     header = "| case | " + " | ".join(f"{name}: instructions | objects" for name, _ in trees)

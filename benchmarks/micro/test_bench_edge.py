@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt as pyjwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -34,7 +36,9 @@ from cygate.edge.context import EdgeContext
 from cygate.edge.edge import Edge, Message
 from cygate.edge.policy import RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
+from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics
+from cygate.infra.redis import create_redis
 from cygate.services.identity.revocation import Revocations
 from cygate.services.identity.service import own_principal
 from cygate.settings import load_settings
@@ -55,11 +59,15 @@ def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
     return encoded.encode()
 
 
-def make_edge(*, stages: bool, default: bool = False) -> tuple[Edge, list[tuple[bytes, bytes]]]:
+def make_edge(
+    *, stages: bool, default: bool = False, cache: bool = True, l2: bool = False
+) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
     ``default``: the route names no limit and gets the default class instead (the built-in
-    ``api`` limit's kind: local, per caller; raised so the benchmark is never refused)."""
+    ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
+    ``cache=False``: the edge with the cache off (its validators instead, as the app does);
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -75,7 +83,7 @@ def make_edge(*, stages: bool, default: bool = False) -> tuple[Edge, list[tuple[
             "CYGATE_RATE_LIMIT_DEFAULT_CLASS": "api" if default else "",
         },
         cache_key_secret="micro-benchmark-secret",
-        cache_l2=False,
+        cache_l2=l2,
     )
     metrics = Metrics()
 
@@ -87,8 +95,13 @@ def make_edge(*, stages: bool, default: bool = False) -> tuple[Edge, list[tuple[
     )
     router = Router()
     router.add("GET", "/api/v1/products/{product_id:uuid}", policy)
-    cache = ResponseCache(settings, metrics, rules=DEFAULT_RULES)
-    cache.add_route(ROUTE, "product")
+    response_cache = ResponseCache(settings, metrics, rules=DEFAULT_RULES)
+    response_cache.add_route(ROUTE, "product")
+    if l2:
+        url, prefix = os.environ["CYGATE_REDIS_URL"], f"cygate-micro-{os.getpid()}:"
+        settings = msgspec.structs.replace(settings, redis_url=url, redis_prefix=prefix)
+        response_cache.settings = settings
+        response_cache.attach(create_redis(settings))
     limiter = RateLimitStage.from_settings(settings, [policy], metrics)
 
     async def not_litestar(scope: Any, receive: Any, send: Any) -> None:
@@ -100,9 +113,10 @@ def make_edge(*, stages: bool, default: bool = False) -> tuple[Edge, list[tuple[
         metrics=metrics,
         max_body_bytes=1 << 20,
         stages=(token, limiter) if stages else (),
-        cache=cache,
+        cache=response_cache if cache else None,
+        validators=None if cache else Validators(DEFAULT_RULES),
     )
-    cache.edge = edge
+    response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]
     return edge, headers
 

@@ -66,6 +66,19 @@ class CacheRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """Invalidation tags; ``{name}`` is replaced by the path parameter ``name``."""
     not_found_ttl: _Window = 5.0
     """Seconds a 404 is remembered (0: never); a tag purge removes it sooner."""
+    honour_client_no_cache: bool | None = None
+    """Whether a request's ``Cache-Control: no-cache``/``no-store``/``max-age=0`` (or
+    ``Pragma: no-cache``) makes the gateway reload (or bypass) the entry. None (default): off
+    for public rules (any client could force a database read per request), on for private
+    ones. When on, forced reloads are limited per caller (``cache_forced_reloads_per_minute``);
+    past the limit the directive is ignored."""
+
+    @property
+    def honours_client_no_cache(self) -> bool:
+        """:attr:`honour_client_no_cache` with its default resolved by the scope."""
+        if self.honour_client_no_cache is None:
+            return self.scope == "private"
+        return self.honour_client_no_cache
 
 
 class SettingsError(Exception):
@@ -373,6 +386,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cache_l2_retry_after: Annotated[
         _Seconds, _doc("After a Redis error the cache skips Redis for this long, seconds.")
     ] = 1.0
+    cache_forced_reloads_per_minute: Annotated[
+        int,
+        _doc(
+            "Reloads one caller (token subject, else client address) may force with a request"
+            " Cache-Control on a rule that honours it, per minute per worker (a burst of a"
+            " tenth of it, at least 1); past it the directive is ignored.",
+            ge=1,
+            le=60_000,
+        ),
+    ] = 30
     cache_unsubscribed_max_age: Annotated[
         float,
         _doc(

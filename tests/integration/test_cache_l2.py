@@ -157,6 +157,83 @@ async def test_500_cold_misses_across_two_instances_load_at_most_twice(prefix: s
         assert app.calls["/slow"] == 1  # with the lease: once
 
 
+async def _commands(server: PrivateRedis) -> dict[str, int]:
+    stats = server.client().info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    spent = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    spent.pop("info", None)
+    return spent
+
+
+async def test_a_miss_costs_one_redis_round_trip_and_misses_share_them(prefix: str) -> None:
+    """Redis's own count (INFO commandstats, a private server): a cold miss sends one script
+    before its answer (the entry, else the lease); the stores follow the answers, several in
+    one script; the misses of one moment share both."""
+    with PrivateRedis() as server:
+        async with instances(server.url, prefix, n=1) as (app, (a,)):
+            assert a.cache.l2 is not None
+            await a.get("/items/99")  # loads the scripts (SCRIPT LOAD after a NOSCRIPT)
+            await a.cache.l2.drain()
+            before = await _commands(server)
+            for i in range(20):  # one at a time: nothing to share
+                assert (await a.get(f"/items/{100 + i}")).x_cache == "miss"
+            await a.cache.l2.drain()
+            one_by_one = _spent(before, await _commands(server))
+            before = await _commands(server)
+            replies = await asyncio.gather(*(a.get(f"/items/{200 + i}") for i in range(50)))
+            await a.cache.l2.drain()
+            together = _spent(before, await _commands(server))
+            print(f"\nRedis commands for 20 misses one at a time: {one_by_one}")
+            print(f"Redis commands for 50 concurrent misses: {together}")
+            assert {r.x_cache for r in replies} == {"miss"} and app.calls["/items/249"] == 1
+            # NOTE: commandstats also counts the commands the scripts run (get, set, sadd...);
+            # the round trips are the scripts themselves (and MGET, the old L2 read). A store
+            # carries the entries of 5 ms.
+            for spent in (one_by_one, together):
+                assert not {"mget", "eval", "multi", "exec"} & set(spent), spent
+            assert 20 < one_by_one["evalsha"] <= 40
+            assert together["evalsha"] <= 6
+            assert a.metrics.counter("cygate_cache_stores_total").value == 71
+        assert len(server.client().keys(prefix + "{cache}:e:*")) == 71
+
+
+class Fixed(App):
+    """Answers every path with ``body`` (the same bytes until a test changes it)."""
+
+    body = b"[2]"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls[scope["path"]] += 1
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def test_a_forced_reload_with_the_same_body_leaves_l2_alone(prefix: str) -> None:
+    """A client's no-cache on a rule that honours it reloads; when the body has the ETag of
+    the entry held, that revalidates it: no L2 write. A changed body is stored."""
+    app = Fixed()
+    async with instances(REDIS_URL, prefix, n=1, app=app) as (_, (a,)):
+        stores = a.metrics.counter("cygate_cache_stores_total")
+        first = await a.get("/forced/1")
+        await wait_until(lambda: stores.value == 1)
+        no_cache = [(b"cache-control", b"no-cache")]
+        again = await a.get("/forced/1", headers=no_cache)
+        assert again.x_cache == "miss" and again.headers[b"etag"] == first.headers[b"etag"]
+        assert app.calls["/forced/1"] == 2
+        assert a.cache.l2 is not None
+        await a.cache.l2.drain()
+        assert stores.value == 1  # revalidated: L2 untouched
+        assert (await a.get("/forced/1")).x_cache == "hit-l1"
+        app.body = b"[3]"
+        changed = await a.get("/forced/1", headers=no_cache)
+        assert changed.body == b"[3]"
+        await wait_until(lambda: stores.value == 2)
+
+
 async def test_a_stuck_lease_costs_at_most_the_wait(prefix: str) -> None:
     async with instances(REDIS_URL, prefix, n=1, cache_lease_wait=0.2) as (app, (a,)):
         key = a.cache.key_for(ITEM_KEY_ROUTE, "/items/5")
@@ -180,6 +257,8 @@ async def test_invalidation_reaches_the_other_instance_within_100_ms(prefix: str
     async with instances(REDIS_URL, prefix) as (app, (a, b)):
         await b.get("/items/1")
         assert (await b.get("/items/1")).x_cache == "hit-l1"
+        # (the L2 write follows the answer, batched: wait for it, so there is one to delete)
+        await wait_until(lambda: b.metrics.counter("cygate_cache_stores_total").value == 1)
         key = b.cache.key_for(ITEM_KEY_ROUTE, "/items/1")
         start = time.perf_counter()
         deleted, heard = await a.cache.invalidate_tags(["item:1"])

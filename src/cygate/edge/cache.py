@@ -7,10 +7,11 @@ The edge calls it after the stages (so the token check and rate limits apply to 
    ``stale_while_revalidate`` is returned as ``X-Cache: stale`` and one background request
    refreshes it.
 2. On a miss, :meth:`ResponseCache.load`: concurrent misses for a key wait for one loader in
-   this process (single-flight); the loader reads L2, and on an L2 miss takes the key's Redis
-   lease so that one instance loads while it is held (the others poll L2 briefly, then load).
-   It returns a :class:`CacheMiss`, whose ``send`` the edge dispatches through: it captures the
-   response, stores it when cacheable (L1 now, L2 after the client has its answer) and hands it
+   this process (single-flight); the loader's one Redis round trip (a script shared by the
+   misses of the loop turn) returns the L2 entry, or else takes the key's lease so that one
+   instance loads while it is held (the others poll L2 briefly, then load). It returns a
+   :class:`CacheMiss`, whose ``send`` the edge dispatches through: it captures the response,
+   stores it when cacheable (L1 now, L2 after the client has its answer, batched) and hands it
    to the waiting requests.
 
 Invalidation (:meth:`ResponseCache.invalidate_tags`, :meth:`~ResponseCache.invalidate_keys`)
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
+from cygate.core.ratelimit import GCRALimiter
 from cygate.edge.cache_entry import HIT_L1, HIT_L2, STALE, Entry, decode_entry, encode_entry
 from cygate.edge.cache_l2 import L2, Subscription, decode_message
 from cygate.edge.cache_miss import BYPASS, RETRY, CacheMiss
@@ -72,7 +74,7 @@ class CacheUnavailable(Exception):
 class _Pending:
     """What the look-up learned about a request that missed, for :meth:`ResponseCache.load`."""
 
-    __slots__ = ("inm", "key", "no_cache", "route", "stale", "tags")
+    __slots__ = ("current", "inm", "key", "no_cache", "route", "stale", "tags")
 
     def __init__(
         self,
@@ -82,7 +84,10 @@ class _Pending:
         no_cache: bool,
         stale: Entry | None,
         tags: tuple[str, ...],
+        current: Entry | None = None,
     ) -> None:
+        self.current = current
+        """A forced reload's entry in L1: a reload with its ETag changes nothing in L2."""
         self.route = route
         self.key = key
         self.inm = inm
@@ -114,11 +119,24 @@ def caller_key(principal: Principal) -> str:
 
 
 def _directives(value: bytes) -> tuple[bool, bool]:
-    """(no-cache, no-store) of a request's Cache-Control (or Pragma)."""
-    lowered = value.lower().replace(b" ", b"")
-    no_store = b"no-store" in lowered
-    no_cache = no_store or b"no-cache" in lowered or b"max-age=0" in lowered.split(b",")
-    return no_cache, no_store
+    """(no-cache, no-store) of a request's ``Cache-Control`` (or ``Pragma``), RFC 9111 5.2.1.
+
+    Strict: a directive counts only well formed (``no-cache`` and ``no-store`` without an
+    argument, ``max-age`` of zero as delta-seconds); anything else (``no-cache="x"``,
+    ``max-age=-1``, a huge or quoted number, garbage) is ignored, never an error."""
+    no_cache = no_store = False
+    for part in value.split(b","):
+        name, eq, arg = part.partition(b"=")
+        name = name.strip().lower()
+        if name == b"no-store":
+            no_store = no_store or not eq
+        elif name == b"no-cache":
+            no_cache = no_cache or not eq
+        elif name == b"max-age" and eq:
+            arg = arg.strip()
+            # NOTE: no int(): a 5,000-digit value would raise (Python's conversion limit).
+            no_cache = no_cache or (arg.isdigit() and not arg.strip(b"0"))
+    return no_cache or no_store, no_store
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +193,9 @@ class ResponseCache:
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_ms = int(settings.cache_lease_ttl * 1000)
+        self._reloads: GCRALimiter | None = None
+        """Reloads each caller forces with a request's Cache-Control (rules that honour it);
+        made at the first such request."""
         self.l1_hits = 0
         """PERF: fresh L1 hits counted here and moved into the metrics by :meth:`sync_metrics`
         (each second, and on a scrape): a plain integer add on the hottest path. (The compiled
@@ -265,6 +286,8 @@ class ResponseCache:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.l2 is not None:
+            await self.l2.drain()
         if self.subscription is not None:
             await self.subscription.stop()
 
@@ -300,16 +323,21 @@ class ResponseCache:
         spec = route.spec
         inm = spec.if_none_match
         no_cache = refresh = False
-        if spec.cache_control is not None:
+        if spec.cache_control is not None and route.honours_no_cache:
             no_cache, no_store = _directives(spec.cache_control)
+            if no_cache and not self._may_reload(ctx):
+                no_cache = no_store = False  # past this caller's forced reloads: ignored
             if no_store:
                 self.n_bypass.value += 1
                 return None
         scope = ctx.scope
         if _REFRESH in scope:
             refresh = True  # a background refresh: skip L1 (stale, we know), still read L2
-        stale = None
-        if not no_cache and not refresh:
+        stale = current = None
+        if no_cache:
+            # A forced reload revalidates the entry held: same body (ETag), no L2 write.
+            current = self.l1.get(key, _monotonic())
+        elif not refresh:
             now = _monotonic()
             entry: Entry | None = self.l1.get(key, now)
             if entry is not None:
@@ -324,8 +352,20 @@ class ResponseCache:
                     stale = entry  # stale-if-error: the fallback if the load fails
         caller = ctx.principal.sub if route.private and ctx.principal is not None else ""
         tags = route.tags(ctx.params, caller)
-        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, tags)
+        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, tags, current)
         return None
+
+    def _may_reload(self, ctx: EdgeContext) -> bool:
+        """A forced reload within its caller's limit (the token's caller, else the client
+        address: ``cache_forced_reloads_per_minute``)."""
+        limiter = self._reloads
+        if limiter is None:
+            per_minute = self.settings.cache_forced_reloads_per_minute
+            burst = max(1, per_minute // 10)
+            limiter = self._reloads = GCRALimiter(60 * 10**9 // per_minute, burst, 65536)
+        principal = ctx.principal
+        caller = caller_key(principal) if principal is not None else "ip:" + ctx.client_ip
+        return bool(limiter.hit(caller))
 
     async def load(self, ctx: EdgeContext, send: Any) -> CacheMiss | None:
         """After a look-up that missed: answer from another load or from L2 (returns None), or
@@ -373,16 +413,22 @@ class ResponseCache:
             return False
         key = pending.key
         rule = pending.route.rule
-        if not pending.no_cache:
-            epoch = self.epoch
-            data = await l2.get(key)
-            if data is not None and await self._answer_l2(data, pending, flight, send, epoch):
-                return True
         tag_ms = int((rule.ttl + max(rule.stale_while_revalidate, rule.stale_if_error)) * 1000)
         tag_ms += self._lease_ms
-        token = await l2.acquire(key, pending.tags, self._lease_ms, tag_ms)
-        if token is not False:
-            return token or False
+        # PERF: one round trip: the entry, else the lease (shared with this loop turn's misses).
+        epoch = self.epoch
+        got = await l2.lookup(key, pending.tags, not pending.no_cache, self._lease_ms, tag_ms)
+        if got is None:
+            return False  # Redis failed: load without L2
+        if isinstance(got, str):
+            return got  # leased: this instance loads
+        if isinstance(got, bytes):
+            if await self._answer_l2(got, pending, flight, send, epoch):
+                return True
+            # Too old to serve (or unreadable): load, under the lease (a second trip, rare).
+            token = await l2.acquire(key, pending.tags, self._lease_ms, tag_ms)
+            if token is not False:
+                return token or False
         # Another instance is loading this key: wait for its entry, briefly.
         self.n_lease_waits.value += 1
         epoch = self.epoch
@@ -492,13 +538,13 @@ class ResponseCache:
         entry.place(now, entry.stored_at, self._max_age())
         return self.l1.put(key, entry, entry.size, entry.until, now, entry.tags)
 
-    async def _store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
+    def _store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
+        """Write ``entry`` to L2 under the lease, off the request's path (batched, see
+        :meth:`L2.store_later`; encoded when sent)."""
         l2 = self.l2
         if l2 is None or token is None:
             return
-        payload = encode_entry(entry)
-        if await l2.store(key, token, payload, entry.lifetime_ms(time.time())):
-            self.n_stored.value += 1
+        l2.store_later(key, token, lambda: (encode_entry(entry), entry.lifetime_ms(time.time())))
 
     def _release(self, key: bytes, token: str | None) -> None:
         if token is not None and self.l2 is not None:

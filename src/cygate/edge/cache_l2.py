@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -80,6 +81,61 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] .. '|' .. gen then return 0 end
 redis.call('SET', KEYS[1], gen .. ':' .. ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 return 1
+"""
+# The miss's one round trip, for every miss of a loop turn at once: each key's entry if it is
+# of the current generation, else its lease (entering the key in its tag sets), else 0.
+# PERF: one argument per key (redis-py spends about a microsecond of Python on each argument):
+# ``<key hex> <token> <read: 1|0> <tag-set ms> `` then each tag as ``<length>:<tag>``. Every
+# name is the key hex under a prefix of the one hash tag (as _INVALIDATE's): one cluster slot.
+# KEYS[1] generation; ARGV: lease ms, entry prefix, lease prefix, tag prefix, one per key.
+# Returns per key: the entry's bytes, 1 (leased) or 0 (another loader holds the lease).
+_LOOKUP = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+local stamp = gen .. ':'
+local out = {}
+for a = 5, #ARGV do
+  local item = ARGV[a]
+  local hex, token, read, tag_ms, pos = string.match(item, '^(%x+) (%x+) ([01]) (%d+) ()')
+  local result = 0
+  if read == '1' then
+    local value = redis.call('GET', ARGV[2] .. hex)
+    if value and string.sub(value, 1, #stamp) == stamp then
+      result = string.sub(value, #stamp + 1)
+    end
+  end
+  local lease = ARGV[3] .. hex
+  if result == 0 and redis.call('SET', lease, token .. '|' .. gen, 'NX', 'PX', ARGV[1]) then
+    tag_ms = tonumber(tag_ms)
+    while pos <= #item do
+      local n, start = string.match(item, '^(%d+):()', pos)
+      local tag = ARGV[4] .. string.sub(item, start, start + n - 1)
+      pos = start + n
+      redis.call('SADD', tag, hex)
+      if redis.call('PTTL', tag) < tag_ms then
+        redis.call('PEXPIRE', tag, tag_ms)
+      end
+    end
+    result = 1
+  end
+  out[#out + 1] = result
+end
+return out
+"""
+# _STORE for many entries at once. KEYS[1] generation; ARGV: entry prefix, lease prefix, then
+# two per entry: ``<key hex> <token> <px>`` and the payload. Returns the number stored.
+_STORE_MANY = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+local n = 0
+for a = 3, #ARGV, 2 do
+  local hex, token, px = string.match(ARGV[a], '^(%x+) (%x+) (%d+)$')
+  local lease = ARGV[2] .. hex
+  if redis.call('GET', lease) == token .. '|' .. gen then
+    redis.call('SET', ARGV[1] .. hex, gen .. ':' .. ARGV[a + 1], 'PX', px)
+    redis.call('DEL', lease)
+    n = n + 1
+  end
+end
+return n
 """
 # KEYS[1] lease; ARGV: token
 _RELEASE = """
@@ -139,14 +195,48 @@ def _current(value: Any, generation: Any) -> bytes | None:
     return payload if sep and stamp == (generation or b"0") else None
 
 
+_BATCH = 256
+"""Keys per lookup or store script call at most (a longer queue goes in several)."""
+_STORE_LINGER = 0.005
+"""Seconds a store waits for others to go with it."""
+
+
+class _Lookup:
+    __slots__ = ("future", "key", "read", "tag_ms", "tags")
+
+    def __init__(
+        self,
+        key: bytes,
+        tags: tuple[str, ...],
+        read: bool,
+        tag_ms: int,
+        future: asyncio.Future[bytes | str | bool | None],
+    ) -> None:
+        self.key = key
+        self.tags = tags
+        self.read = read
+        self.tag_ms = tag_ms
+        self.future = future
+
+
 class L2:
     """Entries, leases and invalidation in Redis, behind a breaker."""
 
     __slots__ = (
         "_acquire",
         "_invalidate",
+        "_looking",
+        "_lookup",
+        "_lookups",
+        "_prefixes",
         "_release",
         "_store",
+        "_store_many",
+        "_stores",
+        "_tasks",
+        "_timer",
+        "_token_base",
+        "_tokens",
         "channel",
         "circuit",
         "client",
@@ -155,6 +245,7 @@ class L2:
         "lease_prefix",
         "metrics",
         "n_errors",
+        "n_stored",
         "tag_prefix",
     )
 
@@ -170,12 +261,30 @@ class L2:
         self.channel = redis.key("cache", "invalidate")
         self.metrics = metrics
         self.n_errors = metrics.counter("cygate_cache_l2_errors_total")
+        self.n_stored = metrics.counter("cygate_cache_stores_total")
         self.circuit = Circuit("cache L2 (Redis)", timeout=timeout, backoff=retry_after, log=log)
         # NOTE: redis-py's Script sends EVALSHA and loads the script on NOSCRIPT, once.
         self._acquire = self.client.register_script(_ACQUIRE)
         self._store = self.client.register_script(_STORE)
         self._release = self.client.register_script(_RELEASE)
         self._invalidate = self.client.register_script(_INVALIDATE)
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._store_many = self.client.register_script(_STORE_MANY)
+        self._prefixes = (
+            self.entry_prefix.encode(),
+            self.lease_prefix.encode(),
+            self.tag_prefix.encode(),
+        )
+        self._looking = False
+        """A lookup call is in flight: new misses queue for the next one."""
+        self._lookups: list[_Lookup] = []
+        """Misses of this loop turn, sent together by :meth:`_send_lookups`."""
+        self._stores: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]] = []
+        """Entries waiting for :meth:`_send_stores`: key, lease token, their payload and px."""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._token_base = secrets.token_hex(8)
+        self._tokens = itertools.count()
 
     @property
     def up(self) -> bool:
@@ -208,6 +317,119 @@ class L2:
         names = [self.entry_prefix + key.hex(), self.gen_key]
         got = await self._call("GET", lambda: self.client.mget(names))
         return None if got is None else _current(got[0], got[1])
+
+    def lookup(
+        self, key: bytes, tags: Iterable[str], read: bool, lease_ms: int, tag_ms: int
+    ) -> asyncio.Future[bytes | str | bool | None]:
+        """A miss's one round trip: the entry's bytes (``read``: when it is there, of the
+        current generation), else the loader's lease (its token, the key entered in its tag
+        sets), False when another loader holds it, None on a Redis error.
+
+        PERF: one lookup call is in flight at a time, and the misses that arrive meanwhile
+        go together in the next (one ``EVALSHA``, one script runs them all): a Redis call
+        costs the worker tens of microseconds (redis-py, the system calls) whatever it
+        carries. Nothing waits when nothing is in flight, so a lone miss is sent at once."""
+        future: asyncio.Future[bytes | str | bool | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if not self.up:
+            future.set_result(None)
+            return future
+        self._lookups.append(_Lookup(key, tuple(tags), read, tag_ms, future))
+        if not self._looking:
+            self._looking = True
+            self._spawn(self._send_lookups(lease_ms))
+        return future
+
+    async def _send_lookups(self, lease_ms: int) -> None:
+        try:
+            while self._lookups:
+                batch, self._lookups = self._lookups[:_BATCH], self._lookups[_BATCH:]
+                await self._send_lookup_batch(batch, lease_ms)
+        finally:
+            self._looking = False
+
+    async def _send_lookup_batch(self, batch: list[_Lookup], lease_ms: int) -> None:
+        prefixes = self._prefixes
+        args: list[bytes] = [b"%d" % lease_ms, *prefixes]
+        tokens = []
+        for item in batch:
+            token = self._new_token()
+            tokens.append(token)
+            packed = b"%s %s %s %d " % (
+                item.key.hex().encode(),
+                token.encode(),
+                b"1" if item.read else b"0",
+                item.tag_ms,
+            )
+            for tag in item.tags:
+                encoded = tag.encode()
+                packed += b"%d:%s" % (len(encoded), encoded)
+            args.append(packed)
+        got = None
+        try:
+            got = await self._call("lookup", lambda: self._lookup(keys=[self.gen_key], args=args))
+        finally:  # NOTE: whatever happened, every waiting miss gets an answer
+            self._answer_lookups(batch, tokens, got)
+
+    def _answer_lookups(self, batch: list[_Lookup], tokens: list[str], got: Any) -> None:
+        for i, item in enumerate(batch):
+            result: bytes | str | bool | None = None
+            if got is not None:
+                value = got[i]
+                result = value if isinstance(value, bytes) else tokens[i] if value == 1 else False
+            if not item.future.done():
+                item.future.set_result(result)
+            elif isinstance(result, str):  # its request went away: give the lease back
+                self._spawn(self.release(item.key, result))
+
+    def _new_token(self) -> str:
+        """A lease token no other loader holds: this client's random part and a count (PERF:
+        no ``getrandom`` system call per miss)."""
+        return f"{self._token_base}{next(self._tokens):x}"
+
+    def store_later(self, key: bytes, token: str, payload: Callable[[], tuple[bytes, int]]) -> None:
+        """Store under the lease, off the request's path: the stores of ``_STORE_LINGER``
+        seconds (or ``_BATCH`` of them) go in one ``EVALSHA`` (PERF: a Redis call costs the
+        worker tens of microseconds of Python whatever it carries; the lease keeps other
+        instances waiting meanwhile). ``payload`` gives the entry's bytes and ``PX`` when they
+        are sent."""
+        stores = self._stores
+        stores.append((key, token, payload))
+        if len(stores) == 1:
+            self._timer = asyncio.get_running_loop().call_later(_STORE_LINGER, self._flush_stores)
+        elif len(stores) >= _BATCH:
+            self._flush_stores()
+
+    def _flush_stores(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._stores:
+            self._spawn(self._send_stores())
+
+    async def _send_stores(self) -> None:
+        batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
+        if self._stores:
+            self._spawn(self._send_stores())
+        args: list[bytes] = [*self._prefixes[:2]]
+        for key, token, payload in batch:
+            data, px = payload()
+            args += (b"%s %s %d" % (key.hex().encode(), token.encode(), px), data)
+        got = await self._call("store", lambda: self._store_many(keys=[self.gen_key], args=args))
+        if got:
+            self.n_stored.value += int(got)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Send the stores waiting and wait for every lookup and store (stopping; tests)."""
+        self._flush_stores()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int

@@ -198,9 +198,14 @@ class CacheMiss:
         start, body_message = cache._answer(entry, MISS, pending.inm, time.monotonic())
         await self._out(start)
         await self._out(body_message)
-        # PERF: L2 after the client has its answer; the lease keeps others waiting meanwhile.
+        # PERF: L2 after the client has its answer, batched with this loop turn's other
+        # stores; the lease keeps other instances waiting meanwhile.
         token, self._token = self._token, None
-        await cache._store_shared(pending.key, entry, token)
+        current = pending.current
+        if current is not None and current.etag == entry.etag and current.detail is None:
+            cache._release(pending.key, token)  # revalidated: the same body, L2 unchanged
+        else:
+            cache._store_shared(pending.key, entry, token)
 
     def _remember_404(self, detail: str) -> None:
         pending = self._pending
@@ -214,8 +219,7 @@ class CacheMiss:
         cache._store_local(pending.key, entry, self._epoch)
         token, self._token = self._token, None
         self._finish((entry, MISS))
-        if token is not None:
-            cache._spawn(cache._store_shared(pending.key, entry, token))
+        cache._store_shared(pending.key, entry, token)
 
 
 def _problem_detail(body: bytes) -> str | None:

@@ -95,12 +95,23 @@ def load_secret(settings: Settings) -> bytes:
 class CacheRoute:
     """One cached route: its rule, its key function, its tag templates, its headers."""
 
-    __slots__ = ("extra", "name", "private", "rule", "spec", "tag_templates", "types")
+    __slots__ = (
+        "extra",
+        "honours_no_cache",
+        "name",
+        "private",
+        "rule",
+        "spec",
+        "tag_templates",
+        "types",
+    )
 
     def __init__(self, name: str, rule: CacheRule, secret: bytes) -> None:
         self.name = name
         self.rule = rule
         self.private = rule.scope == "private"
+        self.honours_no_cache = rule.honours_client_no_cache
+        """A request's no-cache/no-store reloads or bypasses (limited per caller)."""
         self.spec = CacheKey(
             secret, name, query=rule.query, headers=rule.headers, private=self.private
         )

@@ -34,6 +34,7 @@ RULES = {
     "short": CacheRule(ttl=0.2, stale_while_revalidate=0.5, stale_if_error=0, not_found_ttl=0.2),
     "fallback": CacheRule(ttl=0.1, stale_while_revalidate=0, stale_if_error=60),
     "plain": CacheRule(ttl=60),
+    "forced": CacheRule(ttl=60, tags=["item:{id}"], honour_client_no_cache=True),
     "me": CacheRule(
         ttl=60,
         max_age=0,
@@ -46,6 +47,7 @@ RULES = {
 
 ROUTES = [
     ("/items/{id:int}", "items"),
+    ("/forced/{id:int}", "forced"),
     ("/mine", "mine"),
     ("/lang", "lang"),
     ("/short/{id:int}", "short"),

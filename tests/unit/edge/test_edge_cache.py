@@ -305,21 +305,25 @@ async def test_too_big_to_store_is_streamed_whole() -> None:
 
 
 async def test_client_no_cache_revalidates_and_no_store_bypasses() -> None:
-    edge, _, app = make_edge()
-    await call(edge, "/items/1")
+    # (a rule that honours the client's directives, a limit above the 4 reloads: see
+    # test_cache_directives.py)
+    edge, _, app = make_edge(
+        settings=cache_settings(cache_l2=False, cache_forced_reloads_per_minute=600)
+    )
+    await call(edge, "/forced/1")
     app.version = 2
-    assert (await call(edge, "/items/1")).json()["v"] == 1
+    assert (await call(edge, "/forced/1")).json()["v"] == 1
     for directive in (b"no-cache", b"max-age=0"):
-        r = await call(edge, "/items/1", headers=[(b"cache-control", directive)])
+        r = await call(edge, "/forced/1", headers=[(b"cache-control", directive)])
         assert r.x_cache == "miss" and r.json()["v"] == 2
     app.version = 3
-    r = await call(edge, "/items/1", headers=[(b"pragma", b"no-cache")])
+    r = await call(edge, "/forced/1", headers=[(b"pragma", b"no-cache")])
     assert r.json()["v"] == 3
-    assert (await call(edge, "/items/1")).json()["v"] == 3  # the revalidated answer was stored
+    assert (await call(edge, "/forced/1")).json()["v"] == 3  # the revalidated answer was stored
     app.version = 4
-    r = await call(edge, "/items/1", headers=[(b"cache-control", b"no-store")])
+    r = await call(edge, "/forced/1", headers=[(b"cache-control", b"no-store")])
     assert r.json()["v"] == 4 and b"x-cache" not in r.headers
-    assert (await call(edge, "/items/1")).json()["v"] == 3  # no-store stored nothing
+    assert (await call(edge, "/forced/1")).json()["v"] == 3  # no-store stored nothing
 
 
 async def test_routes_without_a_rule_are_untouched() -> None:

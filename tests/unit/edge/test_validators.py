@@ -100,7 +100,8 @@ async def test_with_the_cache_what_is_not_stored_still_has_validators() -> None:
     cache.validators = Validators(rules)
     edge.router.add("GET", "/off", RoutePolicy(name="GET /off", cache="off"))
     assert not cache.add_route("GET /off", "off")
-    for path, headers in (("/off", []), ("/items/7", [(b"cache-control", b"no-store")])):
+    # (/forced: a rule that honours the client's directives)
+    for path, headers in (("/off", []), ("/forced/7", [(b"cache-control", b"no-store")])):
         r = await call(edge, path, headers=headers)
         assert r.status == 200 and r.headers[b"etag"] == etag_of(r.body), path
         assert b"x-cache" not in r.headers
