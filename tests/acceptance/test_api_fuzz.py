@@ -25,6 +25,7 @@ import asyncpg
 import httpx
 import pytest
 from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
+from tests.payment_helpers import running_simulator
 
 from cygate.infra import seed as seeding
 from cygate.infra.db import apply_migrations, drop_database, ensure_database
@@ -52,36 +53,40 @@ def fuzz_gateway(gateway_env: dict[str, str]) -> Iterator[Gateway]:
             await conn.close()
 
     asyncio.run(setup())
-    env = {
-        **gateway_env,
-        "CYGATE_DATABASE_URL": dsn,
-        "CYGATE_REDIS_PREFIX": gateway_env["CYGATE_REDIS_PREFIX"] + "fuzz:",
-        # tokens outlive the longest run (make fuzz-api)
-        "CYGATE_ACCESS_TOKEN_TTL": str(max(900, 4 * SECONDS)),
-        # Limits generous enough that generated logins and registrations reach the handlers and
-        # their SQL instead of a 429 after the tenth (what a 429 protects is tested elsewhere).
-        "CYGATE_RATE_LIMITS": json.dumps(
-            {
-                name: {"rate": 1_000_000, "period": 60, "key": [key]}
-                for name, key in (
-                    ("api", "caller"),
-                    ("login", "ip"),
-                    ("token", "ip"),
-                    ("register", "ip"),
-                )
-            }
-        ),
-        "CYGATE_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000",
-        "CYGATE_LOGIN_MAX_FAILURES_PER_ACCOUNT": "10000",
-    }
-    gw = start_gateway(env)
-    try:
-        yield gw
-    finally:
-        output = stop_gateway(gw)
-        asyncio.run(drop_database(dsn))
-        if "Traceback" in output:
-            print(output)
+    # A processor simulator of its own: the stateful phase can pay for an order it placed, and a
+    # gateway pointed at no processor answers that with an honest 503 (a server error to the run).
+    with running_simulator() as sim:
+        env = {
+            **gateway_env,
+            "CYGATE_PAYMENT_PROCESSOR_URL": sim.url,
+            "CYGATE_DATABASE_URL": dsn,
+            "CYGATE_REDIS_PREFIX": gateway_env["CYGATE_REDIS_PREFIX"] + "fuzz:",
+            # tokens outlive the longest run (make fuzz-api)
+            "CYGATE_ACCESS_TOKEN_TTL": str(max(900, 4 * SECONDS)),
+            # Limits generous enough that generated logins and registrations reach the handlers and
+            # their SQL instead of a 429 after the tenth (what a 429 protects is tested elsewhere).
+            "CYGATE_RATE_LIMITS": json.dumps(
+                {
+                    name: {"rate": 1_000_000, "period": 60, "key": [key]}
+                    for name, key in (
+                        ("api", "caller"),
+                        ("login", "ip"),
+                        ("token", "ip"),
+                        ("register", "ip"),
+                    )
+                }
+            ),
+            "CYGATE_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000",
+            "CYGATE_LOGIN_MAX_FAILURES_PER_ACCOUNT": "10000",
+        }
+        gw = start_gateway(env)
+        try:
+            yield gw
+        finally:
+            output = stop_gateway(gw)
+            asyncio.run(drop_database(dsn))
+            if "Traceback" in output:
+                print(output)
 
 
 def _customer(gw: Gateway) -> tuple[dict[str, str], str]:
