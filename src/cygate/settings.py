@@ -505,6 +505,34 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = ""
     admin_password: Annotated[str, _doc("Password of admin_email (set or reset at start-up).")] = ""
 
+    # --- Multi-factor sign-in (docs/identity.md, "Multi-factor sign-in") --------------------
+    mfa_key_file: Annotated[
+        str,
+        _doc(
+            "File holding the key (base64 of 32 bytes) that encrypts TOTP secrets and keys the "
+            "recovery-code hashes; empty: generated as mfa.key in jwt_key_dir (development and "
+            "test only)."
+        ),
+    ] = ""
+    mfa_required_roles: Annotated[
+        list[Literal["customer", "catalog_manager", "admin"]],
+        _doc("Roles whose accounts must have MFA active to sign in (JSON list)."),
+    ] = msgspec.field(default_factory=list)
+    mfa_token_ttl: Annotated[
+        int,
+        _doc("Lifetime of the mfa_token a password login answers with, seconds.", ge=30, le=900),
+    ] = 300
+    mfa_totp_issuer: Annotated[
+        str,
+        _doc(
+            "Issuer named in the otpauth URI (what authenticator apps show).",
+            min_length=1,
+            max_length=100,
+            pattern=r"^[^:]+$",
+        ),
+    ] = "cygate"
+    # --- end multi-factor sign-in ----------------------------------------------------------
+
     # --- Outbox and events (issue 7, part 5; docs/events.md) --------------------------------
     events_relay: Annotated[
         bool, _doc("Run the outbox relay in each gateway worker (one leads, others stand by).")
@@ -695,6 +723,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 "production needs a cache_key_secret (it is generated only in development and "
                 "test) - at `$.cache_key_secret`"
             )
+        _check_mfa(self)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for ``cygate check-config``."""
@@ -780,11 +809,22 @@ def _check_identity(s: Settings) -> None:
         )
 
 
+def _check_mfa(s: Settings) -> None:
+    """Cross-field rules of multi-factor sign-in."""
+    if s.environment == "production" and not s.mfa_key_file:
+        raise msgspec.ValidationError(
+            "production needs an mfa_key_file (a key is generated only in development and test)"
+            " - at `$.mfa_key_file`"
+        )
+
+
 # Settings given in the environment as JSON, or (lists of strings) as comma-separated text.
 _JSON_ONLY = frozenset(
     {"identity_providers", "rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"}
 )
-_STRING_LISTS = frozenset({"trusted_proxies", "jwt_key_files", "events_consumers"})
+_STRING_LISTS = frozenset(
+    {"trusted_proxies", "jwt_key_files", "events_consumers", "mfa_required_roles"}
+)
 
 
 def _env_value(name: str, raw: str) -> Any:

@@ -162,7 +162,11 @@ def test_bad_cache_rules_name_the_setting(value: str) -> None:
 
 
 def test_production_needs_a_cache_secret_and_hides_it() -> None:
-    prod = {"CYGATE_ENVIRONMENT": "production", "CYGATE_JWT_KEY_FILES": "/keys/a.pem"}
+    prod = {
+        "CYGATE_ENVIRONMENT": "production",
+        "CYGATE_JWT_KEY_FILES": "/keys/a.pem",
+        "CYGATE_MFA_KEY_FILE": "/keys/mfa.key",
+    }
     with pytest.raises(SettingsError, match="cache_key_secret"):
         load_settings(prod)
     s = load_settings({**prod, "CYGATE_CACHE_KEY_SECRET": "k3y"})

@@ -20,13 +20,19 @@ from cygate.edge.body import BODY_FORM
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.context import Principal  # NOTE: at run time: Litestar resolves the hints
 from cygate.edge.problem import Problem
+from cygate.services.identity.mfa import is_totp_code, normalise_recovery_code
 from cygate.services.identity.models import (
     PROFILE_CACHE_CONTROL,
+    CodeIn,
     LoginIn,
+    MfaChallengeOut,
+    MfaLoginIn,
     ProfilePatch,
+    RecoveryCodesOut,
     RegisterIn,
     RolesIn,
     TokenOut,
+    TotpEnrolmentOut,
     User,
     UserPage,
 )
@@ -35,8 +41,12 @@ from cygate.services.identity.service import (
     Identity,
     InvalidClient,
     InvalidGrant,
+    MfaConflict,
+    MfaEnrolmentRequired,
+    MfaUnavailable,
     RequestInfo,
     Throttled,
+    WrongCode,
 )
 from cygate.services.identity.store import (
     EmailTaken,
@@ -151,7 +161,7 @@ class AuthController(Controller):
     )
     async def login(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[LoginIn]
-    ) -> Response[TokenOut]:
+    ) -> Response[TokenOut | MfaChallengeOut]:
         try:
             tokens, verdict = await _identity(state).login(
                 data.email, data.password, _info(request)
@@ -161,7 +171,41 @@ class AuthController(Controller):
         except BadCredentials as exc:
             headers = {**exc.verdict.headers(), "www-authenticate": 'Bearer realm="cygate"'}
             raise Problem(401, "invalid email or password", headers=headers) from None
+        except MfaEnrolmentRequired:
+            raise Problem(
+                403,
+                "multi-factor authentication is required for this account's role and is not "
+                "set up; an administrator must remove the role (or the requirement) so the "
+                "account can sign in and enrol, or the account enrols before it gets the role",
+                extra={"mfa_enrolment_required": True},
+            ) from None
         return Response(tokens, status_code=200, headers={**_NO_STORE, **verdict.headers()})
+
+    @post(
+        "/login/mfa",
+        summary="The second step of a login: the mfa_token and a TOTP or recovery code",
+        status_code=200,
+        # NOTE: no edge limit, as for /login: wrong codes are counted per user and per address.
+        opt=_SMALL_BODY | {"rate_limit": ""},
+    )
+    async def login_mfa(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[MfaLoginIn]
+    ) -> Response[TokenOut]:
+        _check_code_form(data.code, recovery=True)
+        try:
+            tokens = await _identity(state).login_mfa(data.mfa_token, data.code, _info(request))
+        except Throttled as exc:
+            raise Problem(429, str(exc), headers=exc.verdict.headers()) from None
+        except WrongCode as exc:
+            headers = {**exc.verdict.headers(), "www-authenticate": 'Bearer realm="cygate"'}
+            raise Problem(
+                401,
+                "the code is wrong or was used already, or the mfa_token is not valid",
+                headers=headers,
+            ) from None
+        except MfaUnavailable:
+            raise _mfa_unavailable() from None
+        return Response(tokens, status_code=200, headers=_NO_STORE)
 
     @post(
         "/token",
@@ -218,6 +262,33 @@ class AuthController(Controller):
             return _oauth_error(400, "invalid_request", "token is required")
         await _identity(state).revoke(token, _info(request))
         return Response(b"", status_code=200, media_type="application/json", headers=_NO_STORE)
+
+
+def _check_code_form(code: str, *, recovery: bool) -> None:
+    """422 for a code that is neither six digits nor (where accepted) a recovery code."""
+    if is_totp_code(code) or (recovery and normalise_recovery_code(code) is not None):
+        return
+    message = (
+        "must be the 6-digit code of the authenticator app, or a recovery code"
+        if recovery
+        else "must be the 6-digit code of the authenticator app"
+    )
+    raise Problem(
+        422, "invalid request body", extra={"errors": [{"field": "body.code", "message": message}]}
+    )
+
+
+def _wrong_code(exc: WrongCode) -> Problem:
+    return Problem(
+        422,
+        "the code is wrong or was used already",
+        headers=exc.verdict.headers(),
+        extra={"errors": [{"field": "body.code", "message": "wrong or used already"}]},
+    )
+
+
+def _mfa_unavailable() -> Problem:
+    return Problem(503, "multi-factor verification is unavailable; quote the request_id")
 
 
 class JWKSController(Controller):
@@ -347,3 +418,68 @@ class UsersController(Controller):
             raise Problem(404, f"no user {user_id}")
         await _forget_profile(state, user_id)
         return Response(user, headers=_PRIVATE)
+
+    # -- multi-factor sign-in -------------------------------------------------------------------
+
+    @post(
+        "/me/mfa/totp",
+        summary="Start a TOTP enrolment (inactive until verified)",
+        status_code=201,
+        opt=_AUTH | _SMALL_BODY,
+    )
+    async def enrol_totp(
+        self, request: Request[Any, Any, Any], state: State
+    ) -> Response[TotpEnrolmentOut]:
+        try:
+            enrolment = await _identity(state).enrol_totp(_my_id(request), _info(request))
+        except MfaConflict as exc:
+            raise Problem(409, str(exc)) from None
+        if enrolment is None:
+            raise Problem(404, "no user account for this caller")
+        secret, uri = enrolment
+        return Response(
+            TotpEnrolmentOut(secret=secret, otpauth_uri=uri), status_code=201, headers=_NO_STORE
+        )
+
+    @post(
+        "/me/mfa/totp/verify",
+        summary="Activate the TOTP enrolment with a current code; the recovery codes",
+        status_code=200,
+        opt=_AUTH | _SMALL_BODY,
+    )
+    async def verify_totp(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[CodeIn]
+    ) -> Response[RecoveryCodesOut]:
+        _check_code_form(data.code, recovery=False)
+        try:
+            codes = await _identity(state).verify_totp(_my_id(request), data.code, _info(request))
+        except Throttled as exc:
+            raise Problem(429, str(exc), headers=exc.verdict.headers()) from None
+        except WrongCode as exc:
+            raise _wrong_code(exc) from None
+        except MfaConflict as exc:
+            raise Problem(409, str(exc)) from None
+        except MfaUnavailable:
+            raise _mfa_unavailable() from None
+        return Response(RecoveryCodesOut(recovery_codes=codes), headers=_NO_STORE)
+
+    @delete(
+        "/me/mfa/totp",
+        summary="Turn MFA off (a current code or a recovery code)",
+        status_code=204,
+        opt=_AUTH | _SMALL_BODY,
+    )
+    async def disable_totp(
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[CodeIn]
+    ) -> None:
+        _check_code_form(data.code, recovery=True)
+        try:
+            await _identity(state).disable_totp(_my_id(request), data.code, _info(request))
+        except Throttled as exc:
+            raise Problem(429, str(exc), headers=exc.verdict.headers()) from None
+        except WrongCode as exc:
+            raise _wrong_code(exc) from None
+        except MfaConflict as exc:
+            raise Problem(409, str(exc)) from None
+        except MfaUnavailable:
+            raise _mfa_unavailable() from None

@@ -34,6 +34,7 @@ __all__ = [
     "KeyConfigError",
     "KeyRing",
     "TokenKey",
+    "create_once",
     "jwk_to_verify_key",
     "keyring_from_settings",
     "load_keyring",
@@ -205,24 +206,33 @@ def development_key(directory: pathlib.Path, alg: str) -> pathlib.Path:
 
 
 def _write_new_key(directory: pathlib.Path, path: pathlib.Path, alg: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = _generate(alg).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".signing-", suffix=".tmp")
+    if create_once(directory, path, pem):
+        log.warning("generated a development signing key: %s (never use it in production)", path)
+
+
+def create_once(directory: pathlib.Path, path: pathlib.Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` (mode 0600) unless the file exists; True when this call made it.
+
+    NOTE: written to a private temporary file and then hard-linked to its final name, which
+    fails when another process got there first: every process ends up reading the same bytes,
+    and no one ever reads a half-written file. Raises OSError when ``directory`` is not writable.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".new-", suffix=".tmp")
     try:
-        os.write(fd, pem)
+        os.write(fd, data)
         os.fsync(fd)
         os.close(fd)
         try:
             os.link(tmp, path)
-            log.warning(
-                "generated a development signing key: %s (never use it in production)", path
-            )
         except FileExistsError:
-            pass
+            return False
+        return True
     finally:
         os.unlink(tmp)
 

@@ -9,6 +9,9 @@ be swapped for that limiter later without touching the login handler.
 - ``failed`` after a failed login: both counters go up; the window starts at the first failure.
 - ``succeeded`` after a good login: the account's counter is cleared (the address's is not).
 
+Multi-factor sign-in counts its failed codes with a limiter of its own (``namespace="mfa"``,
+keyed by user rather than email): a good password must not clear the budget of code guesses.
+
 When Redis cannot be reached, the counts are kept in this process instead (a per-worker
 fallback: still a limit, just not a shared one), and Redis is tried again on the next call.
 """
@@ -58,12 +61,19 @@ class Verdict:
 class LoginLimiter:
     """Counts failed logins; see the module docstring."""
 
-    __slots__ = ("_local", "_redis", "per_account", "per_address", "window")
+    __slots__ = ("_local", "_redis", "namespace", "per_account", "per_address", "window")
 
     def __init__(
-        self, redis: RedisHandle | None, *, window: int, per_account: int, per_address: int
+        self,
+        redis: RedisHandle | None,
+        *,
+        window: int,
+        per_account: int,
+        per_address: int,
+        namespace: str = "login",
     ) -> None:
         self._redis = redis
+        self.namespace = namespace
         self.window = window
         self.per_account = per_account
         self.per_address = per_address
@@ -73,7 +83,8 @@ class LoginLimiter:
         digest = hashlib.sha256(email.encode()).hexdigest()[:32]
         prefix = self._redis.prefix if self._redis is not None else ""
         # NOTE: one hash tag per counter: each is a single-key command, any slot will do.
-        return f"{prefix}login:{{acct:{digest}}}", f"{prefix}login:{{addr:{address}}}"
+        ns = f"{prefix}{self.namespace}"
+        return f"{ns}:{{acct:{digest}}}", f"{ns}:{{addr:{address}}}"
 
     def _verdict(self, counts: list[tuple[int, int]]) -> Verdict:
         (acct, acct_ttl), (addr, addr_ttl) = counts

@@ -13,12 +13,17 @@ __all__ = [
     "MIN_PASSWORD",
     "PROFILE_CACHE_CONTROL",
     "ROLES",
+    "CodeIn",
     "LoginIn",
+    "MfaChallengeOut",
+    "MfaLoginIn",
     "ProfilePatch",
+    "RecoveryCodesOut",
     "RegisterIn",
     "Role",
     "RolesIn",
     "TokenOut",
+    "TotpEnrolmentOut",
     "User",
     "UserPage",
 ]
@@ -88,3 +93,40 @@ class TokenOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Always ``Bearer`` (no default: ``omit_defaults`` would drop it)."""
     expires_in: int
     refresh_token: str | None = None
+
+
+# -- multi-factor sign-in ---------------------------------------------------------------------
+
+Code = Annotated[str, msgspec.Meta(max_length=64)]
+"""A TOTP code or a recovery code; its form is checked by the handler (a 422 naming the field
+with a plain message, rather than a regular expression)."""
+
+
+class CodeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/users/me/mfa/totp/verify`` and ``DELETE /api/v1/users/me/mfa/totp``."""
+
+    code: Code
+
+
+class MfaLoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/auth/login/mfa``."""
+
+    mfa_token: Annotated[str, msgspec.Meta(max_length=256)]
+    code: Code
+
+
+class MfaChallengeOut(msgspec.Struct, frozen=True, kw_only=True):
+    """A password login of an account with MFA active: no tokens yet, a second step to take."""
+
+    mfa_required: bool
+    mfa_token: str
+    expires_in: int
+
+
+class TotpEnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):
+    secret: str
+    otpauth_uri: str
+
+
+class RecoveryCodesOut(msgspec.Struct, frozen=True, kw_only=True):
+    recovery_codes: list[str]

@@ -1,4 +1,5 @@
-"""The identity service: accounts, sessions (token pairs), rotation, revocation, erasure.
+"""The identity service: accounts, sessions (token pairs), rotation, revocation, erasure, and
+multi-factor sign-in (TOTP and recovery codes; see :mod:`cygate.services.identity.mfa`).
 
 One :class:`Identity` per worker, built by the app factory. It owns the verifier (shared with
 the edge's token stage), the key ring, the password hasher, the login limiter, the revocation
@@ -11,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,10 +20,10 @@ from uuid import UUID
 
 from cygate.core.jwt import JWTError, JWTVerifier
 from cygate.edge.context import Principal
-from cygate.services.identity import store
+from cygate.services.identity import mfa, store
 from cygate.services.identity.keys import keyring_from_settings
 from cygate.services.identity.limiter import LoginLimiter, Verdict
-from cygate.services.identity.models import ROLES, TokenOut, User
+from cygate.services.identity.models import ROLES, MfaChallengeOut, TokenOut, User
 from cygate.services.identity.passwords import Passwords
 from cygate.services.identity.providers import ProviderKeys
 from cygate.services.identity.revocation import Revocations
@@ -38,8 +40,12 @@ __all__ = [
     "Identity",
     "InvalidClient",
     "InvalidGrant",
+    "MfaConflict",
+    "MfaEnrolmentRequired",
+    "MfaUnavailable",
     "RequestInfo",
     "Throttled",
+    "WrongCode",
     "client_secret_hash",
     "normalise_email",
 ]
@@ -59,11 +65,40 @@ class BadCredentials(Exception):
 
 
 class Throttled(Exception):
-    """Too many failed logins for this account or address (429)."""
+    """Too many failed logins (or codes) for this account or address (429)."""
+
+    def __init__(
+        self, verdict: Verdict, message: str = "too many failed logins; try again later"
+    ) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+class WrongCode(Exception):
+    """An MFA code that is wrong, malformed for the step, used already, or of an unknown or
+    expired mfa_token (401 at sign-in, 422 when enrolling or disabling)."""
 
     def __init__(self, verdict: Verdict) -> None:
-        super().__init__("too many failed logins; try again later")
+        super().__init__("the code is wrong, expired or was used already")
         self.verdict = verdict
+
+
+class MfaConflict(Exception):
+    """The request does not fit the MFA state (409): enrol while active, verify without a
+    pending enrolment, disable while not active. The message says which."""
+
+
+class MfaEnrolmentRequired(Exception):
+    """A password login of an account whose role requires MFA, which has none active (403)."""
+
+
+class MfaUnavailable(Exception):
+    """A stored TOTP secret does not open under the configured MFA key (503; logged)."""
+
+
+_AMR_PASSWORD = ["pwd"]
+_AMR_SECOND_FACTOR = ["pwd", "otp"]
+_THROTTLED_CODES = "too many wrong codes; try again later"
 
 
 class InvalidGrant(Exception):
@@ -151,6 +186,7 @@ class Identity:
             per_account=settings.login_max_failures_per_account,
             per_address=settings.login_max_failures_per_address,
         )
+        self._mfa_init(settings)
         self._pool: asyncpg.Pool | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -165,6 +201,13 @@ class Identity:
             window=self.limiter.window,
             per_account=self.limiter.per_account,
             per_address=self.limiter.per_address,
+        )
+        self.mfa_limiter = LoginLimiter(
+            redis,
+            window=self.mfa_limiter.window,
+            per_account=self.mfa_limiter.per_account,
+            per_address=self.mfa_limiter.per_address,
+            namespace=self.mfa_limiter.namespace,
         )
         await self.providers.start()
         await self.passwords.warm_up()
@@ -205,8 +248,12 @@ class Identity:
         )
         return user
 
-    async def login(self, email: str, password: str, info: RequestInfo) -> tuple[TokenOut, Verdict]:
-        """A new session (token pair), or :class:`BadCredentials` / :class:`Throttled`.
+    async def login(
+        self, email: str, password: str, info: RequestInfo
+    ) -> tuple[TokenOut | MfaChallengeOut, Verdict]:
+        """A new session (token pair); for an account with MFA active, an mfa_token for
+        :meth:`login_mfa` instead; or :class:`BadCredentials` / :class:`Throttled`, or
+        :class:`MfaEnrolmentRequired` (right password, a role that requires MFA, none active).
 
         NOTE: the two failure paths do the same work in the same order (limit check, one
         account look-up, one Argon2 verify, the counters, one audit row), so neither the answer
@@ -241,7 +288,19 @@ class Identity:
         assert row.password_hash is not None
         if self.passwords.needs_rehash(row.password_hash):
             await store.set_password_hash(self.pool, row.id, await self.passwords.hash(password))
-        tokens = await self._start_session(row.id, row.roles)
+        verdict = await self.limiter.check(key, address)
+        if row.mfa:
+            return await self._challenge(row.id, info), verdict
+        if self._mfa_required_roles.intersection(row.roles):
+            await store.audit(
+                self.pool,
+                "login_mfa_enrolment_required",
+                actor_id=row.id,
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+            )
+            raise MfaEnrolmentRequired
+        tokens = await self._start_session(row.id, row.roles, _AMR_PASSWORD)
         await store.audit(
             self.pool,
             "login",
@@ -249,10 +308,10 @@ class Identity:
             client_ip=info.client_ip,
             request_id=info.request_id,
         )
-        return tokens, await self.limiter.check(key, address)
+        return tokens, verdict
 
-    async def _start_session(self, user_id: UUID, roles: list[str]) -> TokenOut:
-        access = self.minter.access_token(str(user_id), roles)
+    async def _start_session(self, user_id: UUID, roles: list[str], amr: list[str]) -> TokenOut:
+        access = self.minter.access_token(str(user_id), roles, amr=amr)
         refresh, refresh_hash = new_opaque()
         await store.insert_refresh(
             self.pool,
@@ -262,6 +321,7 @@ class Identity:
             access_expires_at=access.expires_at,
             ttl=self.settings.refresh_token_ttl,
             family_ttl=self.settings.refresh_family_ttl,
+            amr=amr,
         )
         return TokenOut(
             access_token=access.token,
@@ -281,8 +341,14 @@ class Identity:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 consumed = await store.consume_refresh(conn, token_hash)
+                if consumed is not None and self._needs_second_factor(consumed):
+                    # NOTE: a password-only session of a user who has since been given a role
+                    # that requires MFA: refused like such a login (the token stays unused).
+                    raise InvalidGrant
                 if consumed is not None:
-                    access = self.minter.access_token(str(consumed.user_id), consumed.roles)
+                    access = self.minter.access_token(
+                        str(consumed.user_id), consumed.roles, amr=consumed.amr
+                    )
                     refresh, refresh_hash = new_opaque()
                     await store.insert_refresh(
                         conn,
@@ -294,6 +360,7 @@ class Identity:
                         family_id=consumed.family_id,
                         parent_id=consumed.id,
                         family_expires_at=consumed.family_expires_at,
+                        amr=consumed.amr,
                     )
                     return TokenOut(
                         access_token=access.token,
@@ -425,6 +492,216 @@ class Identity:
     async def export(self, user_id: UUID) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
             return await store.export_user(conn, user_id)
+
+    # -- multi-factor sign-in -------------------------------------------------------------------
+
+    def _mfa_init(self, settings: Settings) -> None:
+        """The MFA key, the required roles and the code limiter (the settings' MFA block)."""
+        self.mfa_box = mfa.mfa_key_from_settings(settings)
+        self._mfa_required_roles = frozenset(settings.mfa_required_roles)
+        self._mfa_token_ttl = settings.mfa_token_ttl
+        self._mfa_issuer = settings.mfa_totp_issuer
+        # NOTE: the login budgets, counted apart (per user and per address): a right password
+        # clears the login counter, and must not clear the count of wrong codes.
+        self.mfa_limiter = LoginLimiter(
+            None,
+            window=settings.login_failure_window,
+            per_account=settings.login_max_failures_per_account,
+            per_address=settings.login_max_failures_per_address,
+            namespace="mfa",
+        )
+
+    def _needs_second_factor(self, consumed: store.Consumed) -> bool:
+        return "otp" not in consumed.amr and bool(
+            self._mfa_required_roles.intersection(consumed.roles)
+        )
+
+    async def _challenge(self, user_id: UUID, info: RequestInfo) -> MfaChallengeOut:
+        token, token_hash = new_opaque()
+        await store.insert_challenge(self.pool, user_id, token_hash, self._mfa_token_ttl)
+        await store.audit(
+            self.pool,
+            "login_mfa_challenge",
+            actor_id=user_id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
+        return MfaChallengeOut(mfa_required=True, mfa_token=token, expires_in=self._mfa_token_ttl)
+
+    async def _mfa_limited(self, key: str, info: RequestInfo) -> Verdict:
+        """The code budget of ``key`` (a user) and the caller's address; :class:`Throttled`
+        when either is spent."""
+        verdict = await self.mfa_limiter.check(key, info.client_ip or "unknown")
+        if not verdict.allowed:
+            await store.audit(
+                self.pool,
+                "mfa_throttled",
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+                details={"key_sha256": _digest(key)},
+            )
+            raise Throttled(verdict, _THROTTLED_CODES)
+        return verdict
+
+    async def _mfa_failed(self, key: str, user_id: UUID | None, info: RequestInfo) -> WrongCode:
+        verdict = await self.mfa_limiter.failed(key, info.client_ip or "unknown")
+        await store.audit(
+            self.pool,
+            "mfa_failed",
+            actor_id=user_id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
+        return WrongCode(verdict)
+
+    def _open(self, user_id: UUID, row: store.TotpRow) -> str:
+        try:
+            return self.mfa_box.open(user_id, row.secret_sealed, row.key_id)
+        except mfa.SealedSecretError as exc:
+            log.error("TOTP secret of %s cannot be opened: %s", user_id, exc)
+            raise MfaUnavailable from None
+
+    async def _spend_code(self, conn: Any, user_id: UUID, code: str) -> str | None:
+        """Check ``code`` against the user's active MFA and spend it: ``"totp"`` (its step is
+        recorded) or ``"recovery"`` (the code is used up); None when it is not good now."""
+        if mfa.is_totp_code(code):
+            row = await store.totp_row(conn, user_id)
+            if row is None or not row.active:
+                return None
+            steps = mfa.matching_steps(self._open(user_id, row), code, time.time())
+            fresh = [s for s in steps if row.last_step is None or s > row.last_step]
+            if fresh and await store.claim_totp_step(conn, user_id, fresh[0]):
+                return "totp"
+            return None
+        recovery = mfa.normalise_recovery_code(code)
+        if recovery is not None:
+            code_hash = self.mfa_box.recovery_hash(user_id, recovery)
+            if await store.use_recovery_code(conn, user_id, code_hash):
+                return "recovery"
+        return None
+
+    async def enrol_totp(self, user_id: UUID, info: RequestInfo) -> tuple[str, str] | None:
+        """A new pending TOTP enrolment: (secret, otpauth URI); None when there is no such
+        user; :class:`MfaConflict` when MFA is active already. A pending one is replaced."""
+        user = await store.get_user(self.pool, user_id)
+        if user is None:
+            return None
+        secret = mfa.new_totp_secret()
+        sealed = self.mfa_box.seal(user_id, secret)
+        if not await store.start_totp(self.pool, user_id, sealed, self.mfa_box.key_id):
+            raise MfaConflict("multi-factor authentication is active already; disable it first")
+        await store.audit(
+            self.pool,
+            "mfa_enrolment_started",
+            actor_id=user_id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+        )
+        return secret, mfa.provisioning_uri(secret, user.email, self._mfa_issuer)
+
+    async def verify_totp(self, user_id: UUID, code: str, info: RequestInfo) -> list[str]:
+        """Activate the pending enrolment with a current code: the new recovery codes (the
+        only time they exist in clear). :class:`WrongCode`, :class:`MfaConflict`,
+        :class:`Throttled`."""
+        key = f"user:{user_id}"
+        await self._mfa_limited(key, info)
+        row = await store.totp_row(self.pool, user_id)
+        if row is None:
+            raise MfaConflict("no TOTP enrolment to verify; start one with POST /mfa/totp")
+        if row.active:
+            raise MfaConflict("multi-factor authentication is active already")
+        steps = (
+            mfa.matching_steps(self._open(user_id, row), code, time.time())
+            if mfa.is_totp_code(code)
+            else []
+        )
+        if not steps:
+            raise await self._mfa_failed(key, user_id, info)
+        codes = mfa.new_recovery_codes()
+        hashes = [self.mfa_box.recovery_hash(user_id, c.replace("-", "")) for c in codes]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await store.activate_totp(conn, user_id, row.secret_sealed, steps[-1], hashes):
+                raise MfaConflict("the enrolment changed meanwhile; start again")
+            await store.audit(
+                conn,
+                "mfa_activated",
+                actor_id=user_id,
+                client_ip=info.client_ip,
+                request_id=info.request_id,
+            )
+        await self.mfa_limiter.succeeded(key, info.client_ip or "unknown")
+        return codes
+
+    async def disable_totp(self, user_id: UUID, code: str, info: RequestInfo) -> None:
+        """MFA off, given a current code or an unused recovery code. :class:`WrongCode`,
+        :class:`MfaConflict` (not active), :class:`Throttled`."""
+        key = f"user:{user_id}"
+        await self._mfa_limited(key, info)
+        async with self.pool.acquire() as conn:
+            row = await store.totp_row(conn, user_id)
+            if row is None or not row.active:
+                raise MfaConflict("multi-factor authentication is not active")
+            async with conn.transaction():
+                method = await self._spend_code(conn, user_id, code)
+                if method is not None:
+                    await store.remove_totp(conn, user_id)
+                    await store.audit(
+                        conn,
+                        "mfa_disabled",
+                        actor_id=user_id,
+                        client_ip=info.client_ip,
+                        request_id=info.request_id,
+                        details={"with": method},
+                    )
+        if method is None:
+            raise await self._mfa_failed(key, user_id, info)
+        await self.mfa_limiter.succeeded(key, info.client_ip or "unknown")
+
+    async def login_mfa(self, mfa_token: str, code: str, info: RequestInfo) -> TokenOut:
+        """The second step of a login: the mfa_token and a current code (or a recovery code)
+        for a session whose ``amr`` is ``["pwd", "otp"]``. :class:`WrongCode` (also for an
+        unknown, expired or spent mfa_token), :class:`Throttled`.
+
+        NOTE: the mfa_token is spent and the code checked in one transaction: a wrong code
+        rolls back and leaves the mfa_token live for another try (within the code budget); of
+        two concurrent attempts with one mfa_token, one at most succeeds.
+        """
+        token_hash = hash_opaque(mfa_token) if 0 < len(mfa_token) <= MAX_OPAQUE else None
+        user_id = await store.challenge_user(self.pool, token_hash) if token_hash else None
+        # An unknown token is counted against the address (and a key no user has).
+        key = f"user:{user_id}" if user_id else f"token:{_digest(mfa_token)}"
+        await self._mfa_limited(key, info)
+        method: str | None = None
+        roles: list[str] = []
+        if token_hash is not None and user_id is not None:
+            async with self.pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    consumed = await store.consume_challenge(conn, token_hash)
+                    if consumed is not None and consumed[0] == user_id:
+                        roles = consumed[1]
+                        method = await self._spend_code(conn, user_id, code)
+                except BaseException:
+                    await tx.rollback()
+                    raise
+                if method is None:
+                    await tx.rollback()
+                else:
+                    await tx.commit()
+        if method is None or user_id is None:
+            raise await self._mfa_failed(key, user_id, info)
+        await self.mfa_limiter.succeeded(key, info.client_ip or "unknown")
+        tokens = await self._start_session(user_id, roles, _AMR_SECOND_FACTOR)
+        await store.audit(
+            self.pool,
+            "login",
+            actor_id=user_id,
+            client_ip=info.client_ip,
+            request_id=info.request_id,
+            details={"amr": _AMR_SECOND_FACTOR, "with": method},
+        )
+        return tokens
 
     # -- the edge's needs -----------------------------------------------------------------------
 

@@ -31,22 +31,32 @@ __all__ = [
     "EmailTaken",
     "LastAdmin",
     "LoginRow",
+    "TotpRow",
+    "activate_totp",
     "audit",
+    "challenge_user",
+    "claim_totp_step",
+    "consume_challenge",
     "consume_refresh",
     "create_user",
     "erase_user",
     "export_user",
     "get_user",
+    "insert_challenge",
     "insert_refresh",
     "list_users",
     "live_access_tokens",
     "login_row",
     "refresh_state",
+    "remove_totp",
     "rename_user",
     "revoke_family",
     "set_password_hash",
     "set_roles",
+    "start_totp",
+    "totp_row",
     "upsert_admin",
+    "use_recovery_code",
 ]
 
 _USER_COLUMNS: Final = "id, email, name, roles, created_at"
@@ -134,14 +144,21 @@ class LoginRow:
     id: UUID
     password_hash: str | None
     roles: list[str]
+    mfa: bool
+    """A TOTP enrolment is active: the password alone gives no tokens."""
 
 
 async def login_row(conn: Conn, email: str) -> LoginRow | None:
     row = await conn.fetchrow(
-        "SELECT id, password_hash, roles FROM users WHERE lower(email) = $1 AND erased_at IS NULL",
+        """SELECT u.id, u.password_hash, u.roles,
+                  EXISTS (SELECT 1 FROM mfa_totp m
+                          WHERE m.user_id = u.id AND m.activated_at IS NOT NULL) AS mfa
+           FROM users u WHERE lower(u.email) = $1 AND u.erased_at IS NULL""",
         email,
     )
-    return None if row is None else LoginRow(row["id"], row["password_hash"], list(row["roles"]))
+    if row is None:
+        return None
+    return LoginRow(row["id"], row["password_hash"], list(row["roles"]), row["mfa"])
 
 
 async def set_password_hash(conn: Conn, user_id: UUID, password_hash: str) -> None:
@@ -276,15 +293,17 @@ async def insert_refresh(
     family_id: UUID | None = None,
     parent_id: UUID | None = None,
     family_expires_at: Any = None,
+    amr: list[str] | None = None,
 ) -> None:
     """A new refresh token: the first of a family (``family_ttl``), or the child of a rotated
-    one (same ``family_id`` and ``family_expires_at``: rotation never extends the family)."""
+    one (same ``family_id`` and ``family_expires_at``: rotation never extends the family).
+    ``amr``: how the session's user authenticated (default ``["pwd"]``), kept for refresh."""
     await conn.execute(
         """INSERT INTO refresh_tokens
                (id, user_id, family_id, parent_id, token_hash, expires_at, family_expires_at,
-                access_jti, access_expires_at)
+                access_jti, access_expires_at, amr)
            SELECT $1, $2, $3, $4, $5, LEAST(now() + make_interval(secs => $6), f.exp), f.exp,
-                  $8, to_timestamp($9)
+                  $8, to_timestamp($9), $11
            FROM (SELECT COALESCE($7::timestamptz, now() + make_interval(secs => $10)) AS exp) f""",
         uuid7(),
         user_id,
@@ -296,6 +315,7 @@ async def insert_refresh(
         access_jti,
         float(access_expires_at),
         float(family_ttl or ttl),
+        amr or ["pwd"],
     )
 
 
@@ -306,6 +326,7 @@ class Consumed:
     family_id: UUID
     family_expires_at: Any
     roles: list[str]
+    amr: list[str]
 
 
 async def consume_refresh(conn: Conn, token_hash: bytes) -> Consumed | None:
@@ -316,15 +337,20 @@ async def consume_refresh(conn: Conn, token_hash: bytes) -> Consumed | None:
                UPDATE refresh_tokens SET used_at = now()
                WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
                  AND expires_at > now()
-               RETURNING id, user_id, family_id, family_expires_at)
-           SELECT c.id, c.user_id, c.family_id, c.family_expires_at, u.roles
+               RETURNING id, user_id, family_id, family_expires_at, amr)
+           SELECT c.id, c.user_id, c.family_id, c.family_expires_at, c.amr, u.roles
            FROM consumed c JOIN users u ON u.id = c.user_id AND u.erased_at IS NULL""",
         token_hash,
     )
     if row is None:
         return None
     return Consumed(
-        row["id"], row["user_id"], row["family_id"], row["family_expires_at"], list(row["roles"])
+        row["id"],
+        row["user_id"],
+        row["family_id"],
+        row["family_expires_at"],
+        list(row["roles"]),
+        list(row["amr"]),
     )
 
 
@@ -397,6 +423,13 @@ async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any]
                FROM refresh_tokens WHERE user_id = $1 GROUP BY family_id ORDER BY 2""",
             user_id,
         )
+        mfa = await conn.fetchrow(
+            """SELECT m.activated_at,
+                      (SELECT count(*) FROM mfa_recovery_codes r
+                       WHERE r.user_id = m.user_id AND r.used_at IS NULL) AS recovery_codes_left
+               FROM mfa_totp m WHERE m.user_id = $1 AND m.activated_at IS NOT NULL""",
+            user_id,
+        )
         events = await conn.fetch(
             """SELECT at, action, host(client_ip) AS client_ip, details FROM audit_log
                WHERE actor_id = $1 ORDER BY at, id""",
@@ -410,6 +443,7 @@ async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any]
             for o in orders
         ],
         "sessions": [dict(s) for s in sessions],
+        "mfa": {"totp": dict(mfa) if mfa is not None else None},
         "security_events": [dict(e) for e in events],
     }
 
@@ -440,6 +474,8 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
         return None
     await conn.execute("DELETE FROM profiles WHERE user_id = $1", user_id)
     await conn.execute("DELETE FROM idempotency_keys WHERE user_id = $1", user_id)
+    await remove_totp(conn, user_id)
+    await conn.execute("DELETE FROM mfa_challenges WHERE user_id = $1", user_id)
     orders = await conn.fetchval(
         """WITH o AS (UPDATE orders SET shipping_address = NULL, user_id = NULL,
                                         updated_at = now()
@@ -485,3 +521,154 @@ async def create_service_client(
         secret_hash,
         roles,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-factor sign-in
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRow:
+    secret_sealed: bytes
+    key_id: str
+    active: bool
+    last_step: int | None
+
+
+async def totp_row(conn: Conn, user_id: UUID) -> TotpRow | None:
+    """The user's TOTP enrolment (pending or active), or None."""
+    row = await conn.fetchrow(
+        """SELECT m.secret_sealed, m.key_id, m.activated_at IS NOT NULL AS active, m.last_step
+           FROM mfa_totp m JOIN users u ON u.id = m.user_id AND u.erased_at IS NULL
+           WHERE m.user_id = $1""",
+        user_id,
+    )
+    if row is None:
+        return None
+    return TotpRow(bytes(row["secret_sealed"]), row["key_id"], row["active"], row["last_step"])
+
+
+async def start_totp(conn: Conn, user_id: UUID, secret_sealed: bytes, key_id: str) -> bool:
+    """A new pending enrolment, replacing a pending one; False (nothing changed) when the user
+    already has an active one."""
+    row = await conn.fetchval(
+        """INSERT INTO mfa_totp (user_id, secret_sealed, key_id) VALUES ($1, $2, $3)
+           ON CONFLICT (user_id) DO UPDATE
+              SET secret_sealed = EXCLUDED.secret_sealed, key_id = EXCLUDED.key_id,
+                  last_step = NULL, created_at = now()
+              WHERE mfa_totp.activated_at IS NULL
+           RETURNING 1""",
+        user_id,
+        secret_sealed,
+        key_id,
+    )
+    return row is not None
+
+
+async def activate_totp(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    secret_sealed: bytes,
+    step: int,
+    recovery_hashes: list[bytes],
+) -> bool:
+    """Activate the pending enrolment whose sealed secret is ``secret_sealed`` (the one whose
+    code was checked), record ``step`` as used, and replace the recovery codes; False when that
+    enrolment is no longer pending (activated or replaced meanwhile). Call it in a transaction."""
+    done = await conn.fetchval(
+        """UPDATE mfa_totp SET activated_at = now(), last_step = $3
+           WHERE user_id = $1 AND activated_at IS NULL AND secret_sealed = $2 RETURNING 1""",
+        user_id,
+        secret_sealed,
+        step,
+    )
+    if done is None:
+        return False
+    await conn.execute("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user_id)
+    await conn.executemany(
+        "INSERT INTO mfa_recovery_codes (user_id, code_hash) VALUES ($1, $2)",
+        [(user_id, h) for h in recovery_hashes],
+    )
+    return True
+
+
+async def claim_totp_step(conn: Conn, user_id: UUID, step: int) -> bool:
+    """Record ``step`` as the last one used by an active enrolment, if it is later than the one
+    recorded; False otherwise (the code was used already, or an earlier one).
+
+    NOTE: one conditional UPDATE: of concurrent callers with the same step, the first takes the
+    row lock and the others, re-checking the condition after it commits, find the step used.
+    """
+    row = await conn.fetchval(
+        """UPDATE mfa_totp SET last_step = $2
+           WHERE user_id = $1 AND activated_at IS NOT NULL
+             AND (last_step IS NULL OR last_step < $2)
+           RETURNING 1""",
+        user_id,
+        step,
+    )
+    return row is not None
+
+
+async def use_recovery_code(conn: Conn, user_id: UUID, code_hash: bytes) -> bool:
+    """Spend one unused recovery code of a user whose MFA is active; False when there is none
+    with this hash (wrong, or used already). Atomic like :func:`claim_totp_step`."""
+    row = await conn.fetchval(
+        """UPDATE mfa_recovery_codes r SET used_at = now()
+           WHERE r.user_id = $1 AND r.code_hash = $2 AND r.used_at IS NULL
+             AND EXISTS (SELECT 1 FROM mfa_totp m
+                         WHERE m.user_id = $1 AND m.activated_at IS NOT NULL)
+           RETURNING 1""",
+        user_id,
+        code_hash,
+    )
+    return row is not None
+
+
+async def remove_totp(conn: Conn, user_id: UUID) -> None:
+    """MFA off: the enrolment and the recovery codes go."""
+    await conn.execute("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user_id)
+    await conn.execute("DELETE FROM mfa_totp WHERE user_id = $1", user_id)
+
+
+async def insert_challenge(conn: Conn, user_id: UUID, token_hash: bytes, ttl: int) -> None:
+    """A new mfa_token (its hash) for ``user_id``; the user's spent and expired ones go."""
+    await conn.execute(
+        "DELETE FROM mfa_challenges WHERE user_id = $1 AND (used_at IS NOT NULL"
+        " OR expires_at < now())",
+        user_id,
+    )
+    await conn.execute(
+        "INSERT INTO mfa_challenges (token_hash, user_id, expires_at)"
+        " VALUES ($1, $2, now() + make_interval(secs => $3))",
+        token_hash,
+        user_id,
+        float(ttl),
+    )
+
+
+async def challenge_user(conn: Conn, token_hash: bytes) -> UUID | None:
+    """The user of a live (unused, unexpired) mfa_token, or None."""
+    user_id: UUID | None = await conn.fetchval(
+        """SELECT c.user_id FROM mfa_challenges c
+           JOIN users u ON u.id = c.user_id AND u.erased_at IS NULL
+           WHERE c.token_hash = $1 AND c.used_at IS NULL AND c.expires_at > now()""",
+        token_hash,
+    )
+    return user_id
+
+
+async def consume_challenge(conn: Conn, token_hash: bytes) -> tuple[UUID, list[str]] | None:
+    """Spend a live mfa_token: its user and their roles, or None. In the caller's transaction:
+    a concurrent caller with the same token waits for it, and finds the token spent if it
+    commits (or live again if it rolls back)."""
+    row = await conn.fetchrow(
+        """WITH c AS (
+               UPDATE mfa_challenges SET used_at = now()
+               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+               RETURNING user_id)
+           SELECT u.id, u.roles FROM c JOIN users u ON u.id = c.user_id AND u.erased_at IS NULL""",
+        token_hash,
+    )
+    return None if row is None else (row["id"], list(row["roles"]))

@@ -3,7 +3,8 @@
 Access token claims (RFC 9068 §2.2): ``iss`` (a URL), ``sub``, ``aud``, ``exp``, ``iat``,
 ``jti``, ``client_id`` and ``roles``. ``client_id`` is the first-party client's
 (``jwt_client_id``) on the tokens people get by login and refresh, and the service client's own
-id (equal to ``sub``) on a ``client_credentials`` token.
+id (equal to ``sub``) on a ``client_credentials`` token. The tokens people get also carry
+``amr`` (RFC 8176): ``["pwd"]``, or ``["pwd", "otp"]`` after a second factor; refresh keeps it.
 
 Refresh tokens and client secrets are 256 random bits, base64url; only their SHA-256 is stored
 (a random 256-bit value needs no slow hash: nothing to guess, nothing to precompute).
@@ -71,10 +72,12 @@ class TokenMinter:
         roles: Iterable[str],
         *,
         client_id: str | None = None,
+        amr: Iterable[str] | None = None,
         now: int | None = None,
     ) -> AccessToken:
         """A signed access token for ``sub`` with ``roles``, valid for ``ttl`` seconds, issued
-        to ``client_id`` (default: the first-party client)."""
+        to ``client_id`` (default: the first-party client), naming the methods that
+        authenticated its subject (``amr``) when given."""
         iat = int(time.time()) if now is None else now
         exp = iat + self.ttl
         jti = secrets.token_urlsafe(16)
@@ -88,6 +91,8 @@ class TokenMinter:
             "client_id": self.client_id if client_id is None else client_id,
             "roles": sorted(set(roles)),
         }
+        if amr is not None:
+            claims["amr"] = list(amr)
         signing_input = self._header + b"." + b64url_encode(_encode(claims))
         signature = self.keyring.signer.sign(signing_input)
         token = (signing_input + b"." + b64url_encode(signature)).decode("ascii")
