@@ -202,13 +202,7 @@ class Identity:
             per_account=self.limiter.per_account,
             per_address=self.limiter.per_address,
         )
-        self.mfa_limiter = LoginLimiter(
-            redis,
-            window=self.mfa_limiter.window,
-            per_account=self.mfa_limiter.per_account,
-            per_address=self.mfa_limiter.per_address,
-            namespace=self.mfa_limiter.namespace,
-        )
+        self.mfa_limiter = self._mfa_limiter(redis)
         await self.providers.start()
         await self.passwords.warm_up()
         if self.settings.admin_email:
@@ -497,17 +491,20 @@ class Identity:
 
     def _mfa_init(self, settings: Settings) -> None:
         """The MFA key, the required roles and the code limiter (the settings' MFA block)."""
-        self.mfa_box = mfa.mfa_key_from_settings(settings)
+        self.mfa_box: mfa.SecretBox = mfa.mfa_key_from_settings(settings)
         self._mfa_required_roles = frozenset(settings.mfa_required_roles)
         self._mfa_token_ttl = settings.mfa_token_ttl
         self._mfa_issuer = settings.mfa_totp_issuer
+        self.mfa_limiter = self._mfa_limiter(None)
+
+    def _mfa_limiter(self, redis: RedisHandle | None) -> LoginLimiter:
         # NOTE: the login budgets, counted apart (per user and per address): a right password
         # clears the login counter, and must not clear the count of wrong codes.
-        self.mfa_limiter = LoginLimiter(
-            None,
-            window=settings.login_failure_window,
-            per_account=settings.login_max_failures_per_account,
-            per_address=settings.login_max_failures_per_address,
+        return LoginLimiter(
+            redis,
+            window=self.settings.login_failure_window,
+            per_account=self.settings.login_max_failures_per_account,
+            per_address=self.settings.login_max_failures_per_address,
             namespace="mfa",
         )
 
