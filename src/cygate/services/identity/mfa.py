@@ -110,7 +110,7 @@ def matching_steps(secret: str, code: str, now: float) -> list[int]:
     """
     current = int(now // STEP_SECONDS)
     totp = _totp(secret)
-    steps = range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1)
+    steps = range(max(0, current - DRIFT_STEPS), current + DRIFT_STEPS + 1)
     return [s for s in steps if hmac.compare_digest(totp.generate_otp(s), code)]
 
 
