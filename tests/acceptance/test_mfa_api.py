@@ -335,6 +335,9 @@ def test_unknown_tampered_spent_and_expired_mfa_tokens(gw: Gateway, test_db_dsn:
     is_problem(a.second_step(now, tampered), 401)
     is_problem(a.second_step(now, ""), 401)
     is_problem(a.second_step(now, "x" * 257), 422)
+    lone_surrogate = b'{"mfa_token": "\\ud800abc", "code": "123456"}'
+    r = a.c.post(LOGIN_MFA, content=lone_surrogate, headers={"content-type": "application/json"})
+    is_problem(r, 400)  # the strict decoder refuses a lone surrogate
     # not a Bearer token
     r = a.c.get("/api/v1/users/me", headers=bearer(token))
     assert r.status_code == 401

@@ -666,7 +666,7 @@ class Identity:
         token_hash = hash_opaque(mfa_token) if 0 < len(mfa_token) <= MAX_OPAQUE else None
         user_id = await store.challenge_user(self.pool, token_hash) if token_hash else None
         # An unknown token is counted against the address (and a key no user has).
-        key = f"user:{user_id}" if user_id else f"token:{_digest(mfa_token)}"
+        key = f"user:{user_id}" if user_id else f"token:{(token_hash or b'').hex()[:32]}"
         await self._mfa_limited(key, info)
         method: str | None = None
         roles: list[str] = []
