@@ -75,8 +75,8 @@ class Throttled(Exception):
 
 
 class WrongCode(Exception):
-    """An MFA code that is wrong, malformed for the step, used already, or of an unknown or
-    expired mfa_token (401 at sign-in, 422 when enrolling or disabling)."""
+    """An MFA code that is wrong or used already, or given with an unknown, expired or spent
+    mfa_token (401 at sign-in, 422 when verifying an enrolment or disabling)."""
 
     def __init__(self, verdict: Verdict) -> None:
         super().__init__("the code is wrong, expired or was used already")
