@@ -16,6 +16,8 @@ import hashlib
 import json
 import secrets
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -543,3 +545,19 @@ def test_export_names_the_enrolment(gw: Gateway) -> None:
     doc = a.c.get("/api/v1/users/me/export", headers=a.auth).json()
     assert doc["mfa"]["totp"]["recovery_codes_left"] == 10
     assert "secret" not in json.dumps(doc["mfa"])
+
+
+def test_a_bad_mfa_key_file_stops_the_start(gateway_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "mfa.key"
+    bad.write_text("not a key\n")
+    env = {**gateway_env, "CYGATE_MFA_KEY_FILE": str(bad)}
+    run = subprocess.run(
+        [sys.executable, "-m", "cygate", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert str(bad) in run.stderr and "Traceback" not in run.stderr
