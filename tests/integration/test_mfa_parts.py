@@ -248,6 +248,7 @@ async def test_concurrent_uses_of_one_mfa_token_let_one_through(identity: Identi
 async def test_concurrent_uses_of_one_recovery_code_let_one_through(
     identity: Identity, test_db_dsn: str
 ) -> None:
+    settle()
     email, password, _, recovery = await enrolled(identity)
     tokens = [await challenge(identity, email, password) for _ in range(5)]
     results = await asyncio.gather(*(attempt(identity, t, recovery[4]) for t in tokens))
@@ -285,6 +286,7 @@ async def test_a_sealed_secret_under_another_key_is_reported(
 
 
 async def test_claim_of_a_step_is_atomic(identity: Identity) -> None:
+    settle()
     email, _, _, _ = await enrolled(identity)
     row = await store.login_row(identity.pool, email)
     assert row is not None and row.mfa
