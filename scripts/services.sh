@@ -5,6 +5,8 @@
 #   scripts/services.sh [up]   find or start both, write .services/env, print one line each
 #   scripts/services.sh env    print .services/env (use: eval "$(scripts/services.sh env)")
 #   scripts/services.sh down   stop the private instances this script started (never a system one)
+#   scripts/services.sh haproxy   print the path of haproxy (installed when missing; the load
+#                              balancer test starts its own instance, nothing runs as a service)
 #
 # Targets (the effective URLs are the same; a private instance listens where the URL points):
 #   DATABASE_URL  default postgresql://postgres@127.0.0.1:5432/postgres
@@ -636,6 +638,28 @@ redis_down() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# HAProxy (the binary only: tests start private instances with a configuration of their own)
+# ---------------------------------------------------------------------------------------------
+
+haproxy_bin() {
+    local p
+    for p in "$(command -v haproxy 2>/dev/null || true)" /usr/sbin/haproxy; do
+        [[ -n $p && -x $p ]] && { printf '%s\n' "$p"; return 0; }
+    done
+    return 1
+}
+
+cmd_haproxy() {
+    local bin
+    if ! bin=$(haproxy_bin); then
+        lock
+        bin=$(haproxy_bin) || { log "installing haproxy"; apt_install haproxy; }
+        bin=$(haproxy_bin) || die "haproxy is not on PATH after installing it"
+    fi
+    printf '%s\n' "$bin"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
 
@@ -683,6 +707,7 @@ case ${1:-up} in
     up) cmd_up ;;
     down) cmd_down ;;
     env) cmd_env ;;
+    haproxy) cmd_haproxy ;;
     -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" ;;
-    *) die "unknown command: $1 (use: up | down | env)" ;;
+    *) die "unknown command: $1 (use: up | down | env | haproxy)" ;;
 esac
