@@ -411,3 +411,22 @@ def test_the_migration_runs_before_the_rollout() -> None:
     assert order.index(job_file) < order.index(first_deployment)
     # The same image as the gateway (its migrations are the ones the gateway expects).
     assert container(job)["image"] == container(one("Deployment", "cygate-gateway"))["image"]
+
+
+def test_generated_secrets_never_reach_the_image() -> None:
+    """Development writes its generated secrets and keys under .cygate and .data (the default
+    cache_key_file, payment_webhook_secret_file, jwt_key_dir): the build context leaves them out,
+    so no image carries one; pods get theirs from Secrets."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (DEPLOY.parent / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    defaults = Settings()
+    for path in (
+        defaults.cache_key_file,
+        defaults.payment_webhook_secret_file,
+        defaults.jwt_key_dir,
+    ):
+        top = Path(path).parts[0]
+        assert top in ignored, f"{path}: {top} is not in .dockerignore"
