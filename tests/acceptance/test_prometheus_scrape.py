@@ -119,3 +119,22 @@ def test_gateway_exposes_the_families_the_alerts_read(gateway: Gateway) -> None:
         'cygate_event_loop_lag_seconds_bucket{le="+Inf"}',
     ):
         assert name in text, name
+
+
+def test_gateway_exposition_parses_into_declared_families(gateway: Gateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cygate.infra.metrics import FAMILIES, REQUEST_FAMILIES, SCRAPE_GAUGES
+
+    declared = {
+        (name.removesuffix("_total") if kind == "counter" else name): kind
+        for name, (kind, _help, _labels) in {**FAMILIES, **REQUEST_FAMILIES}.items()
+    } | dict.fromkeys(SCRAPE_GAUGES, "gauge")
+    with gateway.client() as c:
+        text = c.get("/metrics").text
+    families = list(text_string_to_metric_families(text))
+    assert families
+    for family in families:
+        assert declared.get(family.name) == family.type, (family.name, family.type)
+    names = {f.name for f in families}
+    assert {"cygate_http_requests", "cygate_process_cpu_seconds", "cygate_postgres_up"} <= names
