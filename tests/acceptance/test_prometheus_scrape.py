@@ -15,7 +15,6 @@ import httpx
 import pytest
 import yaml
 from tests.acceptance.conftest import Gateway, free_port
-from tests.metrics_text import value
 
 RULES = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 
@@ -108,8 +107,9 @@ def test_prometheus_scrapes_the_gateway_and_answers_a_query(
 def test_gateway_exposes_the_families_the_alerts_read(gateway: Gateway) -> None:
     with gateway.client() as c:
         text = c.get("/metrics").text
-    assert value(text, "cygate_postgres_up") == value(text, "cygate_redis_up") == 1
     for name in (
+        "cygate_postgres_up 1\n",
+        "cygate_redis_up 1\n",
         "# TYPE cygate_events_outbox_lag_seconds gauge",
         "# TYPE cygate_events_outbox_pending gauge",
         "# TYPE cygate_process_cpu_seconds_total counter",

@@ -11,9 +11,6 @@ taken (from :meth:`Metrics.add_gauge_source`) and summed over the workers still 
 worker's file keeps its counters but no longer adds to a gauge. :data:`SCRAPE_GAUGES` are read by
 the worker answering the scrape (pools, PostgreSQL and Redis reachability, the outbox backlog).
 
-The text is written by ``prometheus_client`` from a :class:`SnapshotCollector` over the summed
-snapshots; the counting itself stays in the compiled recorder (:mod:`cygate.core.reqmetrics`).
-
 NOTE: what another worker counted in the last second may be missing from a scrape; Prometheus
 scrapes every 15 s or so, and the next scrape includes it.
 """
@@ -28,30 +25,14 @@ import pathlib
 import tempfile
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from cygate.core.reqmetrics import BUCKETS, RequestRecorder, Tally
 
-__all__ = [
-    "BUCKETS",
-    "FAMILIES",
-    "REQUEST_FAMILIES",
-    "SCRAPE_GAUGES",
-    "Counter",
-    "Metrics",
-    "SnapshotCollector",
-]
+__all__ = ["BUCKETS", "FAMILIES", "REQUEST_FAMILIES", "SCRAPE_GAUGES", "Counter", "Metrics"]
 
 log = logging.getLogger("cygate.metrics")
 
@@ -414,82 +395,45 @@ class Metrics(RequestRecorder):
                 _add(total, (route, method, int(status)), values)
         return total, families
 
-    def collect_all(
-        self,
-    ) -> tuple[
-        dict[tuple[str, str, int], list[float]], dict[tuple[str, tuple[str, ...]], list[float]]
-    ]:
-        """Every worker's request series and family series, summed (see :meth:`collect`)."""
-        return self._collect()
-
-    def render(self, extra: Mapping[str, float] | None = None) -> str:
-        """Prometheus text exposition format 0.0.4, written by ``prometheus_client`` from a
-        :class:`SnapshotCollector`; ``extra`` are :data:`SCRAPE_GAUGES` values."""
-        return generate_latest(SnapshotCollector(self, extra)).decode()
-
-
-class SnapshotCollector(Collector):
-    """A ``prometheus_client`` collector over the workers' snapshots: each :meth:`collect`
-    sums them (:meth:`Metrics.collect_all`), so the counters stay the compiled ones of the hot
-    path and ``prometheus_client`` only writes the exposition."""
-
-    def __init__(self, metrics: Metrics, extra: Mapping[str, float] | None = None) -> None:
-        self.metrics = metrics
-        self.extra = dict(extra or {})
-
-    def collect(self) -> Iterator[Metric]:
-        series, families = self.metrics.collect_all()
-        ordered = sorted(series.items())
-        names = list(REQUEST_FAMILIES["cygate_http_requests_total"][2])
-        requests = CounterMetricFamily(
-            "cygate_http_requests_total",
-            REQUEST_FAMILIES["cygate_http_requests_total"][1],
-            labels=names,
-        )
-        durations = HistogramMetricFamily(
-            "cygate_http_request_duration_seconds",
-            REQUEST_FAMILIES["cygate_http_request_duration_seconds"][1],
-            labels=names,
-        )
-        for (route, method, status), v in ordered:
-            labels = [route, method, str(status)]
-            requests.add_metric(labels, v[0])
-            durations.add_metric(labels, _buckets(v), v[1])
-        yield requests
-        yield durations
-        yield from _family_metrics(families)
-        for name, value in self.extra.items():
-            yield GaugeMetricFamily(name, SCRAPE_GAUGES.get(name, name), value=value)
-
-
-def _buckets(v: list[float]) -> list[tuple[str, float]]:
-    """Cumulative ``(le, count)`` pairs of a histogram series ([count, sum, per-bucket...])."""
-    out: list[tuple[str, float]] = []
-    cumulative = 0.0
-    for i, bound in enumerate(BUCKETS):
-        cumulative += v[2 + i]
-        out.append((str(bound), cumulative))
-    out.append(("+Inf", v[0]))
-    return out
-
-
-def _family_metrics(families: dict[tuple[str, tuple[str, ...]], list[float]]) -> Iterator[Metric]:
-    by_family: dict[str, list[tuple[tuple[str, ...], list[float]]]] = {}
-    for (family, labels), values in sorted(families.items()):
-        by_family.setdefault(family, []).append((labels, values))
-    for family, items in by_family.items():
-        kind, text, names = FAMILIES.get(family, ("gauge", family, ()))
-        metric: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
-        if kind == "histogram":
-            metric = HistogramMetricFamily(family, text, labels=list(names))
-            for labels, v in items:
-                metric.add_metric(list(labels[: len(names)]), _buckets(v), v[1])
-        else:
-            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            metric = cls(family, text, labels=list(names))
-            for labels, v in items:
-                metric.add_metric(list(labels[: len(names)]), v[0])
-        yield metric
+    def render(self, extra: dict[str, Any] | None = None) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        series, families = self._collect()
+        lines = [
+            "# HELP cygate_http_requests_total "
+            + REQUEST_FAMILIES["cygate_http_requests_total"][1],
+            "# TYPE cygate_http_requests_total counter",
+        ]
+        for (route, method, status), v in sorted(series.items()):
+            lines.append(
+                f'cygate_http_requests_total{{route="{_esc(route)}",method="{method}",'
+                f'status="{status}"}} {int(v[0])}'
+            )
+        lines += [
+            "# HELP cygate_http_request_duration_seconds "
+            + REQUEST_FAMILIES["cygate_http_request_duration_seconds"][1],
+            "# TYPE cygate_http_request_duration_seconds histogram",
+        ]
+        for (route, method, status), v in sorted(series.items()):
+            labels = f'route="{_esc(route)}",method="{method}",status="{status}"'
+            cumulative = 0.0
+            for i, bound in enumerate(BUCKETS):
+                cumulative += v[2 + i]
+                lines.append(
+                    f'cygate_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} '
+                    f"{int(cumulative)}"
+                )
+            lines.append(
+                f'cygate_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(v[0])}'
+            )
+            lines.append(f"cygate_http_request_duration_seconds_sum{{{labels}}} {v[1]:.6f}")
+            lines.append(f"cygate_http_request_duration_seconds_count{{{labels}}} {int(v[0])}")
+        lines += _render_families(families)
+        for name, value in (extra or {}).items():
+            if name in SCRAPE_GAUGES:
+                lines.append(f"# HELP {name} {SCRAPE_GAUGES[name]}")
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {_num(value)}")
+        return "\n".join(lines) + "\n"
 
 
 def _alive(path: pathlib.Path) -> bool:
@@ -506,6 +450,12 @@ def _alive(path: pathlib.Path) -> bool:
     return True
 
 
+def _num(value: float) -> str:
+    """A sample value: integers without a fraction (as the counters always were)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def _add(acc: dict[Any, list[float]], key: Any, values: list[float]) -> None:
     have = acc.get(key)
     if have is None:
@@ -513,3 +463,37 @@ def _add(acc: dict[Any, list[float]], key: Any, values: list[float]) -> None:
     else:
         for i, v in enumerate(values):
             have[i] += v
+
+
+def _render_families(families: dict[tuple[str, tuple[str, ...]], list[float]]) -> list[str]:
+    lines: list[str] = []
+    by_family: dict[str, list[tuple[tuple[str, ...], list[float]]]] = {}
+    for (family, labels), values in sorted(families.items()):
+        by_family.setdefault(family, []).append((labels, values))
+    for family, items in by_family.items():
+        kind, text, names = FAMILIES.get(family, ("counter", family, ()))
+        lines.append(f"# HELP {family} {text}")
+        lines.append(f"# TYPE {family} {kind}")
+        for labels, v in items:
+            label_text = ",".join(
+                f'{n}="{_esc(value)}"' for n, value in zip(names, labels, strict=False)
+            )
+            if kind != "histogram":
+                sample = f"{family}{{{label_text}}}" if label_text else family
+                lines.append(f"{sample} {_num(v[0])}")
+                continue
+            base = family
+            le_prefix = label_text + "," if label_text else ""
+            plain = f"{{{label_text}}}" if label_text else ""
+            cumulative = 0.0
+            for i, bound in enumerate(BUCKETS):
+                cumulative += v[2 + i]
+                lines.append(f'{base}_bucket{{{le_prefix}le="{bound}"}} {int(cumulative)}')
+            lines.append(f'{base}_bucket{{{le_prefix}le="+Inf"}} {int(v[0])}')
+            lines.append(f"{base}_sum{plain} {v[1]:.6f}")
+            lines.append(f"{base}_count{plain} {int(v[0])}")
+    return lines
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.metrics_text import value
 
 from cygate.core.router import Router
 from cygate.edge.context import EdgeContext
@@ -228,11 +227,8 @@ async def test_metrics_label_by_route_template() -> None:
     await call(edge, "GET", b"/items/2")
     await call(edge, "GET", b"/nope")
     text = edge.metrics.render()
-    requests = "cygate_http_requests_total"
-    assert (
-        value(text, f'{requests}{{route="GET /items/{{id:int}}",method="GET",status="200"}}') == 2
-    )
-    assert value(text, f'{requests}{{route="<unmatched>",method="GET",status="404"}}') == 1
+    assert 'route="GET /items/{id:int}",method="GET",status="200"} 2' in text
+    assert 'route="<unmatched>",method="GET",status="404"} 1' in text
 
 
 async def test_stages_run_in_order_add_headers_and_refuse() -> None:

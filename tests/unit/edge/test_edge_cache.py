@@ -16,7 +16,6 @@ from cache_helpers import RULES, cache_settings, call, make_edge
 from litestar import get
 from litestar.di import NamedDependency, Provide
 from litestar.params import CookieParameter, HeaderParameter, QueryParameter
-from tests.metrics_text import value
 
 from core_impls import CoreImplementation
 from cygate.edge import cache_entry
@@ -619,5 +618,5 @@ async def test_metrics_count_results() -> None:
     assert metrics.counter("cygate_cache_requests_total", result="hit-l1").value == 1
     assert metrics.counter("cygate_cache_loads_total").value == 1
     text = metrics.render(cache.gauges())
-    assert value(text, 'cygate_cache_requests_total{result="miss"}') == 1
-    assert value(text, "cygate_cache_l1_entries") == 1
+    assert 'cygate_cache_requests_total{result="miss"} 1' in text
+    assert "cygate_cache_l1_entries 1" in text

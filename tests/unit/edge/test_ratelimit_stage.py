@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.metrics_text import value
 
 from cygate.core.router import Router
 from cygate.edge.context import EdgeContext, Principal, TrustedProxies
@@ -381,8 +380,8 @@ def test_metrics_render_the_decisions() -> None:
         decide(stage, ctx_for("GET /a"))
     text = metrics.render()
     assert "# TYPE cygate_ratelimit_decisions_total counter" in text
-    assert value(text, 'cygate_ratelimit_decisions_total{limit="tight",decision="allowed"}') == 3
-    assert value(text, 'cygate_ratelimit_decisions_total{limit="tight",decision="limited"}') == 1
+    assert 'cygate_ratelimit_decisions_total{limit="tight",decision="allowed"} 3' in text
+    assert 'cygate_ratelimit_decisions_total{limit="tight",decision="limited"} 1' in text
 
 
 def test_stage_signature_is_sync() -> None:

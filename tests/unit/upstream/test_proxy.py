@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 from proxy_harness import call, close_table, make_edge
-from tests.metrics_text import total, value
 
 from cygate.edge.context import Principal, TrustedProxies
 from cygate.edge.edge import ResponseAborted
@@ -222,17 +221,14 @@ async def test_breaker_opens_answers_fast_503_then_half_opens_and_closes(
     breaker = table.upstreams["svc"].breaker
     metrics.add_gauge_source(table.breaker_gauges)
     try:
-        assert (
-            value(metrics.render(), 'cygate_upstream_breaker_state{upstream="svc",state="closed"}')
-            == 1
-        )
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="closed"} 1' in metrics.render()
         for _ in range(3):
             assert (await call(edge, "GET", "/svc/x")).status == 503
         assert breaker.state == OPEN
         text = metrics.render()
         assert "# TYPE cygate_upstream_breaker_state gauge" in text
-        assert value(text, 'cygate_upstream_breaker_state{upstream="svc",state="open"}') == 1
-        assert value(text, 'cygate_upstream_breaker_state{upstream="svc",state="closed"}') == 0
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="open"} 1' in text
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="closed"} 0' in text
         seen = up.requests
         t0 = time.perf_counter()
         r = await call(edge, "GET", "/svc/x")
@@ -246,13 +242,12 @@ async def test_breaker_opens_answers_fast_503_then_half_opens_and_closes(
         assert (await call(edge, "GET", "/svc/x")).status == 200  # the half-open probe
         assert breaker.state == CLOSED
         text = metrics.render()
-        transitions = "cygate_upstream_breaker_transitions_total"
         assert (
-            total(text, f'{transitions}{{upstream="svc",from_state="closed",to_state="open"}}') == 1
+            'cygate_upstream_breaker_transitions_total{upstream="svc",from_state="closed",'
+            'to_state="open"} 1' in text
         )
-        assert total(text, f'{transitions}{{upstream="svc",to_state="half_open"}}') == 1
-        assert total(text, f'{transitions}{{upstream="svc",to_state="closed"}}') == 1
-        assert total(text, 'cygate_upstream_shed_total{upstream="svc"}') >= 1
+        assert 'to_state="half_open"} 1' in text and 'to_state="closed"} 1' in text
+        assert 'cygate_upstream_shed_total{upstream="svc",route=' in text
     finally:
         await close_table(table)
 
@@ -310,7 +305,7 @@ async def test_bulkhead_sheds_with_503(servers: list[Upstream]) -> None:
         shed = next(r for r in replies if r.status == 503)
         assert shed.header(b"retry-after") == b"1"
         assert "at capacity" in shed.json()["detail"]
-        assert total(metrics.render(), 'cygate_upstream_shed_total{reason="bulkhead"}') == 3
+        assert 'reason="bulkhead"} 3' in metrics.render()
         assert table.upstreams["svc"].bulkhead.active == 0
     finally:
         await close_table(table)
@@ -497,7 +492,7 @@ async def test_metrics_per_upstream_and_route(servers: list[Upstream]) -> None:
         await call(edge, "GET", "/svc/status/404")
         text = metrics.render()
         labels = 'upstream="svc",route="* /svc/{rest:path}",outcome="ok"'
-        assert value(text, f"cygate_upstream_requests_total{{{labels}}}") == 2
+        assert f"cygate_upstream_requests_total{{{labels}}} 2" in text
         assert "cygate_upstream_request_duration_seconds_bucket" in text
         snap = orjson.loads(orjson.dumps(metrics.snapshot()))
         assert any(k.startswith("\x1e") for k in snap)
