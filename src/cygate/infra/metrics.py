@@ -1,7 +1,8 @@
 """Request metrics in Prometheus text format, correct when Granian runs several workers.
 
 Each worker counts in plain dicts (no locks: one event loop per worker) and writes a snapshot of
-its counters to ``<metrics_dir>/worker-<pid>.json`` once a second when they changed. A scrape,
+its counters to ``<metrics_dir>/worker-<pid>.json`` once a second when they changed (the
+event-loop lag histogram, observed by that once-a-second timer, changes every time). A scrape,
 answered by whichever worker the connection lands on, refreshes that worker's own file and sums
 every file in the folder. Counters of a worker that died stay in its file, so totals never go
 backwards. The folder is made fresh by ``cygate serve`` for each server run.
@@ -162,7 +163,7 @@ REQUEST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 """The request series (:mod:`cygate.core.reqmetrics`): the route label is the route's name
-(``GET /api/v1/products/{id}``), never the raw path."""
+(``GET /api/v1/products/{product_id:uuid}``), never the raw path."""
 
 SCRAPE_GAUGES: dict[str, str] = {
     "cygate_db_pool_size": "Connections in the answering worker's PostgreSQL pool.",
