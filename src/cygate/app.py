@@ -412,6 +412,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     manager.load_initial()  # a bad file at start-up is fatal (``cygate serve`` checks first)
     holder["routes"] = manager
     app.state.routes = manager
+    metrics.add_gauge_source(manager.breaker_gauges)
     # Rate-limit plans cover every route of the table (own and file routes); a reload plans
     # its table's routes again before it goes live (an unknown class refuses the file).
     ratelimit = RateLimitStage.from_settings(

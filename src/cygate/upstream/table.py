@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -32,6 +32,7 @@ from cygate.upstream.config import (
     route_name,
 )
 from cygate.upstream.proxy import EDGE_RESPONSE_HEADERS, HOP_BY_HOP
+from cygate.upstream.resilience import CLOSED, HALF_OPEN, OPEN
 from cygate.upstream.targets import Upstream
 
 if TYPE_CHECKING:
@@ -174,6 +175,15 @@ class RouteTable:
             "routes": self.entries,
             "upstreams": {name: up.view() for name, up in sorted(self.upstreams.items())},
         }
+
+    def breaker_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """``cygate_upstream_breaker_state`` of this worker: per upstream, 1 for its breaker's
+        state and 0 for the other two (bounded: three series per upstream of the file)."""
+        for name, up in sorted(self.upstreams.items()):
+            current = up.breaker.state
+            for state in (CLOSED, OPEN, HALF_OPEN):
+                value = 1.0 if current == state else 0.0
+                yield "cygate_upstream_breaker_state", (name, state), value
 
 
 def build_table(
@@ -446,3 +456,8 @@ class RouteTableManager:
         out = self.table.view() if self.table is not None else {"routes": [], "upstreams": {}}
         out["last_reload_error"] = self.last_error
         return out
+
+    def breaker_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """The live table's :meth:`RouteTable.breaker_gauges` (a metrics gauge source)."""
+        if self.table is not None:
+            yield from self.table.breaker_gauges()

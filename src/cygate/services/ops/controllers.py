@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, MediaType, Request, Response, get
@@ -11,6 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
+from cygate.infra import outbox
 from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["OpsController"]
 
 _CHECK_TIMEOUT = 1.0
+_CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 async def _postgres_ok(state: State) -> bool:
@@ -35,6 +38,14 @@ async def _redis_ok(state: State) -> bool:
             return bool(await state.redis.ping())
     except Exception:
         return False
+
+
+async def _outbox_backlog(state: State) -> tuple[int, float] | None:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            return await outbox.backlog(state.pool)
+    except Exception:  # PostgreSQL down: cygate_postgres_up says so; no backlog figure
+        return None
 
 
 class OpsController(Controller):
@@ -76,10 +87,20 @@ class OpsController(Controller):
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 raise NotAuthorizedException("a metrics token is required")
         pool = state.pool
-        extra = {
+        pg, rd, backlog = await asyncio.gather(
+            _postgres_ok(state), _redis_ok(state), _outbox_backlog(state)
+        )
+        extra: dict[str, float] = {
             "cygate_db_pool_size": pool.get_size(),
             "cygate_db_pool_idle": pool.get_idle_size(),
+            "cygate_db_pool_max": pool.get_max_size(),
+            "cygate_postgres_up": 1 if pg else 0,
+            "cygate_redis_up": 1 if rd else 0,
+            "cygate_cpu_cores": _CPU_CORES or 1,
         }
+        if backlog is not None:
+            extra["cygate_events_outbox_pending"] = backlog[0]
+            extra["cygate_events_outbox_lag_seconds"] = round(backlog[1], 3)
         if state.cache is not None:
             extra.update(state.cache.gauges())
         return Response(
