@@ -227,9 +227,10 @@ def create_app(settings: Settings | None = None) -> Edge:
     """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
     settings = settings or load_settings()
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    metrics = Metrics(settings.metrics_dir or None)
+    metrics = Metrics(settings.metrics.dir or None)
     catalog = CatalogRepository()
     # -- catalog management and search (issue 7) --
     catalog_writer = CatalogWriter()
@@ -237,25 +238,31 @@ def create_app(settings: Settings | None = None) -> Edge:
     # -- end catalog management and search --
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
-    identity = Identity(settings)
-    idempotency = Idempotency.from_settings(settings)  # orders, payments (issue 7)
-    payments = Payments(settings, metrics)  # payments (issue 7)
+    identity = Identity(
+        settings.identity,
+        environment=settings.server.environment,
+        redis_timeout=settings.redis.timeout,
+    )
+    idempotency = Idempotency.from_settings(settings.idempotency)  # orders, payments (issue 7)
+    payments = Payments(
+        settings.payments, metrics, environment=settings.server.environment
+    )  # payments (issue 7)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
         try:
-            pool = await create_pool(settings)
+            pool = await create_pool(settings.database)
         except DB_UNAVAILABLE as exc:
             # NOTE: start anyway with a lazy pool: requests get a quick 503 until PostgreSQL
             # answers, and /readyz says so, instead of a worker that never starts.
             log.warning("PostgreSQL not reachable at start-up (%r); starting degraded", exc)
-            pool = await create_pool(settings, lazy=True)
-        redis = create_redis(settings)
+            pool = await create_pool(settings.database, lazy=True)
+        redis = create_redis(settings.redis)
         app.state.pool = pool
         app.state.redis = redis
         catalog.pool = pool
         idempotency.pool = pool
-        catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
+        catalog.lease = ReadLease(pool, max(1, settings.database.pool_max // 2))
         catalog_writer.pool = search.pool = pool  # issue 7: catalog management and search
         if ratelimit is not None:
             await ratelimit.bind(redis)
@@ -269,7 +276,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
         routes = holder["routes"]
-        routes.start(settings.routes_reload_interval)
+        routes.start(settings.routes.reload_interval)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # NOTE: SIGHUP reloads the route table (``cygate serve`` forwards it to workers
@@ -282,14 +289,21 @@ def create_app(settings: Settings | None = None) -> Edge:
             cache.attach(redis)
             cache.start()
         # -- events (docs/events.md): the outbox relay and the consumers of this worker --
-        events = EventsService(settings, pool, cache, metrics=metrics)
+        events = EventsService(
+            settings.events,
+            pool,
+            cache,
+            database=settings.database,
+            redis=settings.redis,
+            metrics=metrics,
+        )
         await events.start()
         # -- end events --
         # --- orders (issue 7): the expiry sweeper of this worker ---
         expiry = OrderExpiry(
             pool,
-            interval=settings.order_expiry_interval,
-            batch=settings.order_expiry_batch,
+            interval=settings.orders.expiry_interval,
+            batch=settings.orders.expiry_batch,
             cache=cache,
             idempotency=idempotency,
         )
@@ -365,7 +379,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
         ),
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.http.max_body_bytes,
         # Bodies decoded strictly into the handler's type; NUL and deep nesting refused.
         request_class=JSONRequest,
         debug=False,
@@ -376,35 +390,35 @@ def create_app(settings: Settings | None = None) -> Edge:
         "GET /api/v1/users/me": my_profile(identity),
     }
     local = local_routes(app, fast_handlers)
-    trusted = TrustedProxies(settings.trusted_proxies)
+    trusted = TrustedProxies(settings.http.trusted_proxies)
     cache = None
-    if settings.cache_enabled:
-        cache = ResponseCache(settings, metrics)
+    if settings.cache.enabled:
+        cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
         cache_routes(app, cache)
         app.state.cache = cache
     edge = Edge(
         app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        hsts_max_age=settings.hsts_max_age,
-        hsts_include_subdomains=settings.hsts_include_subdomains,
-        fast_paths=settings.edge_fast_paths,
-        hit_path=settings.edge_hit_path,
+        max_body_bytes=settings.http.max_body_bytes,
+        hsts_max_age=settings.http.hsts_max_age,
+        hsts_include_subdomains=settings.http.hsts_include_subdomains,
+        fast_paths=settings.http.fast_paths,
+        hit_path=settings.http.hit_path,
         trusted_proxies=trusted,
-        body_timeout=settings.http_body_timeout,
+        body_timeout=settings.http.body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).
-        validators=None if cache is not None else Validators(cache_rules(settings)),
+        validators=None if cache is not None else Validators(cache_rules(settings.cache)),
     )
     if cache is not None:
         cache.edge = edge  # background refreshes re-enter the edge
     manager = RouteTableManager(
         edge,
         local,
-        path=settings.routes_file,
-        max_body=settings.max_body_bytes,
+        path=settings.routes.file,
+        max_body=settings.http.max_body_bytes,
         on_breaker_change=metrics.breaker_transition,
         metrics=metrics,
         stamp_path=os.environ.get("CYGATE__ROUTES_STAMP", ""),
@@ -415,14 +429,14 @@ def create_app(settings: Settings | None = None) -> Edge:
     # Rate-limit plans cover every route of the table (own and file routes); a reload plans
     # its table's routes again before it goes live (an unknown class refuses the file).
     ratelimit = RateLimitStage.from_settings(
-        settings, (policy for *_, policy in edge.router.routes()), metrics
+        settings.rate_limit, (policy for *_, policy in edge.router.routes()), metrics
     )
     # NOTE: order matters: the token stage first, so rate limits keyed by caller see the
     # principal; the cache step runs after every stage (hits are authenticated and limited too).
     token = TokenStage(
         identity.verifier,
         identity.revocations,
-        identity.refresh_provider if settings.identity_providers else None,
+        identity.refresh_provider if settings.identity.providers else None,
     )
     limiter = ratelimit  # a name that is never None, for the functions below
 
