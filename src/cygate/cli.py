@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--consumers", default=None, help="comma-separated (cache,order_summary,analytics); "
         "default: events_consumers; empty: none"
     )  # fmt: skip
-    # payments (issue 7): the processor simulator has its own options (``--help`` lists them)
+    # The payment processor simulator has its own options (``--help`` lists them)
     sub.add_parser("processor-sim", help="run the payment processor simulator", add_help=False)
     recover = sub.add_parser(
         "payments-recover", help="settle payments stuck 'initiated' with the processor now"
