@@ -356,7 +356,7 @@ def test_edge_lookup_hit(micro: Any) -> None:
         "list": CacheRule(ttl=3600, query=LIST_QUERY),
         "me": CacheRule(ttl=3600, scope="private"),
     }
-    cache = ResponseCache(settings, Metrics(), rules=rules)
+    cache = ResponseCache(settings.cache, Metrics(), redis=settings.redis, rules=rules)
     policies = {}
     for route, rule in ((PRODUCT, "product"), (LIST, "list"), (ME, "me")):
         cache.add_route(route, rule)

@@ -40,12 +40,13 @@ from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, loa
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
 from cygate.edge.validators import Validators
+from cygate.infra.settings import RedisSettings
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext, Principal
+    from cygate.edge.settings import CacheRule, CacheSettings
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import CacheRule, Settings
 
 __all__ = [
     "DEFAULT_RULES",
@@ -149,13 +150,16 @@ class ResponseCache:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CacheSettings,
         metrics: Metrics,
         *,
+        redis: RedisSettings | None = None,
         secret: bytes | None = None,
         rules: Mapping[str, CacheRule] | None = None,
     ) -> None:
         self.settings = settings
+        self.redis_settings = redis if redis is not None else RedisSettings()
+        """Where the invalidation subscription connects."""
         self.metrics = metrics
         # PERF: counters bound once; a hit bumps ``.value`` (no call, no lookup).
         requests = "cygate_cache_requests_total"
@@ -173,11 +177,11 @@ class ResponseCache:
         self.n_invalidations = metrics.counter("cygate_cache_invalidations_total")
         self.n_flushes = metrics.counter("cygate_cache_l1_flushes_total")
         self.n_subscriptions = metrics.counter("cygate_cache_subscriptions_total")
-        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.cache_rules)}
+        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.rules)}
         self.secret = secret if secret is not None else load_secret(settings)
         self.validators = Validators(self.rules)
         """ETag and 304 for the answers of cacheable routes that are not stored."""
-        self.l1 = L1(settings.cache_l1_max_bytes)
+        self.l1 = L1(settings.l1_max_bytes)
         self.l2: L2 | None = None
         self.subscription: Subscription | None = None
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -192,7 +196,7 @@ class ResponseCache:
         self._flights: dict[bytes, _Flight] = {}
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._lease_ms = int(settings.cache_lease_ttl * 1000)
+        self._lease_ms = int(settings.lease_ttl * 1000)
         self._reloads: GCRALimiter | None = None
         """Reloads each caller forces with a request's Cache-Control (rules that honour it);
         made at the first such request."""
@@ -223,7 +227,7 @@ class ResponseCache:
             raise ValueError(f"route {route_name}: only GET routes can be cached")
         if handler is not None:
             check_inputs(route_name, rule, handler)
-        if not self.settings.cache_enabled or rule.ttl <= 0:
+        if not self.settings.enabled or rule.ttl <= 0:
             return False
         self._routes[route_name] = CacheRoute(route_name, rule, self.secret)
         return True
@@ -237,17 +241,18 @@ class ResponseCache:
         """Share entries through ``redis`` (L2, leases, invalidation), unless ``cache_l2`` is
         off. Called in each worker once its Redis client exists."""
         settings = self.settings
-        if not settings.cache_l2:
+        if not settings.l2:
             return
-        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after, settings.redis_timeout)
-        max_age = settings.cache_unsubscribed_max_age
+        server = self.redis_settings
+        self.l2 = L2(redis, self.metrics, settings.l2_retry_after, server.timeout)
+        max_age = settings.unsubscribed_max_age
         self.subscription = Subscription(
-            settings.redis_url,
+            server.url,
             self.l2.channel,
             on_message=self._on_message,
             on_subscribed=self._on_subscribed,
             on_lost=self._on_lost,
-            connect_timeout=settings.redis_timeout,
+            connect_timeout=server.timeout,
             name=f"cygate-cache-sub:{self.origin}",
             # A silent Redis is noticed within 2 * idle: about the bound itself.
             idle=min(5.0, max(0.5, max_age / 2)),
@@ -360,7 +365,7 @@ class ResponseCache:
         address: ``cache_forced_reloads_per_minute``)."""
         limiter = self._reloads
         if limiter is None:
-            per_minute = self.settings.cache_forced_reloads_per_minute
+            per_minute = self.settings.forced_reloads_per_minute
             burst = max(1, per_minute // 10)
             limiter = self._reloads = GCRALimiter(60 * 10**9 // per_minute, burst, 65536)
         principal = ctx.principal
@@ -432,7 +437,7 @@ class ResponseCache:
         # Another instance is loading this key: wait for its entry, briefly.
         self.n_lease_waits.value += 1
         epoch = self.epoch
-        data = await l2.wait_for(key, self.settings.cache_lease_wait)
+        data = await l2.wait_for(key, self.settings.lease_wait)
         if data is not None and await self._answer_l2(data, pending, flight, send, epoch):
             return True
         token = await l2.acquire(key, pending.tags, self._lease_ms, tag_ms)
@@ -492,7 +497,7 @@ class ResponseCache:
         lost, new ones when placed). None while subscribed, or without L2 (one instance)."""
         sub = self.subscription
         if sub is not None and not sub.connected:
-            return self.settings.cache_unsubscribed_max_age
+            return self.settings.unsubscribed_max_age
         return None
 
     def _spawn(self, coro: Any) -> None:
@@ -675,7 +680,7 @@ class ResponseCache:
         # cache_unsubscribed_max_age old (new fills are capped as they are placed), and a
         # load that began before now does not enter L1 (the epoch).
         self.epoch += 1
-        max_age = self.settings.cache_unsubscribed_max_age
+        max_age = self.settings.unsubscribed_max_age
         for entry in self.l1.values():
             entry.cap(max_age)
 

@@ -107,7 +107,7 @@ class CacheMiss:
         self._body.append(chunk)
         self._size += len(chunk)
         more = message.get("more_body", False)
-        if self._size > self._cache.settings.cache_max_entry_bytes:
+        if self._size > self._cache.settings.max_entry_bytes:
             await self._give_up(more)
         elif not more:
             await self._complete()

@@ -22,7 +22,7 @@ from cygate.edge.cache_entry import etag_matches, etag_of, rule_headers
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
     from cygate.edge.edge import Message, Send
-    from cygate.settings import CacheRule
+    from cygate.edge.settings import CacheRule
 
 __all__ = ["Validated", "Validators"]
 

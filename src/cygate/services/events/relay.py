@@ -32,7 +32,8 @@ from cygate.services.events.stream import stream_key
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.infra.settings import DatabaseSettings
+    from cygate.services.events.settings import EventsSettings
 
 __all__ = ["CHANNEL", "RELAY_LOCK_ID", "Relay"]
 
@@ -61,9 +62,16 @@ class Relay:
     """Publishes the outbox to ``<prefix>events``; :meth:`run` until cancelled."""
 
     def __init__(
-        self, settings: Settings, redis: RedisHandle, metrics: Metrics | None = None
+        self,
+        settings: EventsSettings,
+        redis: RedisHandle,
+        metrics: Metrics | None = None,
+        *,
+        database: DatabaseSettings,
     ) -> None:
         self.settings = settings
+        self.database = database
+        """Where the relay's own LISTEN connection goes."""
         self.metrics = metrics
         self.redis = redis
         self.stream = stream_key(redis)
@@ -80,9 +88,9 @@ class Relay:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self.settings.database_url,
-                    timeout=self.settings.db_acquire_timeout + 3,
-                    command_timeout=self.settings.db_command_timeout,
+                    self.database.url,
+                    timeout=self.database.acquire_timeout + 3,
+                    command_timeout=self.database.command_timeout,
                     server_settings={"application_name": "cygate-relay"},
                 )
                 backoff = 0.1
@@ -109,7 +117,7 @@ class Relay:
         while True:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
                 return
-            await asyncio.sleep(self.settings.events_poll_interval)
+            await asyncio.sleep(self.settings.poll_interval)
 
     def _notified(self, *args: Any) -> None:
         self._wake.set()
@@ -128,27 +136,27 @@ class Relay:
                 # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
                 log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, settings.events_relay_max_backoff)
+                backoff = min(backoff * 2, settings.relay_max_backoff)
                 continue
             backoff = 0.05
-            if time.monotonic() - self._last_cleanup >= settings.events_cleanup_interval:
+            if time.monotonic() - self._last_cleanup >= settings.cleanup_interval:
                 await self.cleanup(conn)
-            if sent >= settings.events_relay_batch:
+            if sent >= settings.relay_batch:
                 continue  # more are waiting
-            if sent and settings.events_linger:
+            if sent and settings.linger:
                 # PERF: busy: gather more commits per round trip (each batch is a SELECT, a
                 # pipeline of XADDs and an UPDATE); when idle, NOTIFY wakes the relay at once.
-                await asyncio.sleep(settings.events_linger)
+                await asyncio.sleep(settings.linger)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), settings.events_poll_interval)
+                await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
 
     async def publish_batch(self, conn: asyncpg.Connection) -> int:
         """Publish the oldest unpublished rows (at most ``events_relay_batch``); how many."""
-        rows = await conn.fetch(_SELECT, self.settings.events_relay_batch)
+        rows = await conn.fetch(_SELECT, self.settings.relay_batch)
         if not rows:
             return 0
-        maxlen = self.settings.events_stream_maxlen
+        maxlen = self.settings.stream_maxlen
         async with self.redis.client.pipeline(transaction=False) as pipe:
             for row in rows:
                 fields: dict[Any, Any] = {
@@ -172,7 +180,7 @@ class Relay:
         """Delete published rows and consumer records older than the retention (never an
         unpublished row, however old)."""
         self._last_cleanup = time.monotonic()
-        retention = float(self.settings.events_retention)
+        retention = float(self.settings.retention)
         outbox = await conn.execute(_CLEAN_OUTBOX, retention)
         processed = await conn.execute(_CLEAN_PROCESSED, retention)
         log.info("outbox relay: clean-up (%s outbox, %s processed_events)", outbox, processed)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.services.identity.settings import IdentitySettings
 
 __all__ = [
     "BadCredentials",
@@ -110,9 +110,15 @@ def own_principal(issuer: str) -> Callable[[dict[str, Any]], Principal]:
 class Identity:
     """See the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        *,
+        environment: str = "development",
+        redis_timeout: float = 0.5,
+    ) -> None:
         self.settings = settings
-        self.keyring = keyring_from_settings(settings)
+        self.keyring = keyring_from_settings(settings, environment)
         self.verifier = JWTVerifier(
             leeway=settings.jwt_leeway,
             max_token_bytes=settings.jwt_max_token_bytes,
@@ -141,10 +147,10 @@ class Identity:
             None,
             self.verifier,
             cache_seconds=settings.jwt_revocation_cache_seconds,
-            timeout=settings.redis_timeout,
+            timeout=redis_timeout,
             backoff=settings.jwt_revocation_redis_backoff,
         )
-        self.providers = ProviderKeys(list(settings.identity_providers), self.verifier)
+        self.providers = ProviderKeys(list(settings.providers), self.verifier)
         self.limiter = LoginLimiter(
             None,
             window=settings.login_failure_window,

@@ -16,7 +16,7 @@ from cygate.infra import outbox
 from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.infra.settings import MetricsSettings
 
 __all__ = ["OpsController"]
 
@@ -78,11 +78,11 @@ class OpsController(Controller):
 
     @get("/metrics", summary="Prometheus text format", media_type=MediaType.TEXT)
     async def metrics(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
-        settings: Settings = state.settings
-        if settings.metrics_access == "loopback":
+        settings: MetricsSettings = state.settings.metrics
+        if settings.access == "loopback":
             require_loopback(request, "metrics are served to")
-        elif settings.metrics_access == "token":
-            expected = f"Bearer {settings.metrics_token}"
+        elif settings.access == "token":
+            expected = f"Bearer {settings.token}"
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 raise NotAuthorizedException("a metrics token is required")

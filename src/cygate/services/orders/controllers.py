@@ -176,7 +176,7 @@ class OrdersController(Controller):
                 user_id=user_id,
                 items=data.items,
                 shipping_address=data.shipping_address,
-                ttl_seconds=settings.order_ttl_seconds,
+                ttl_seconds=settings.orders.ttl_seconds,
                 record=store.Record(key, claim.token, headers),
             )
             return StoredResponse(201, body, headers)
