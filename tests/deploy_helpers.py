@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cygate.cli import main as cygate_main
-from cygate.settings import ENV_PREFIX, Settings
+from cygate.settings import ENV_PREFIX, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -23,7 +23,8 @@ def secret_setting_names() -> frozenset[str]:
     """The settings ``cygate check-config`` masks, as CYGATE_* names: a deployment must take
     each of them from a secret store, never from a literal. Found by setting every string
     field to a value with a password in it and seeing which come back masked."""
-    probe = Settings(
+    probe = load_settings(
+        {},
         metrics_access="token",
         metrics_token="probe-token",
         cache_key_secret="probe-secret",

@@ -111,16 +111,16 @@ def test_cygate_services_get_settings_that_load(name: str) -> None:
     env = {k: re.sub(r"\$\{[A-Z_]+:-\}", "", v) for k, v in env.items()}
     settings = load_settings(env)
     if name in GATEWAYS:
-        assert settings.port == 8000
-        assert settings.events_relay is False and settings.events_consumers == []
+        assert settings.server.port == 8000
+        assert settings.events.relay is False and settings.events.consumers == []
     if name == "worker":
-        assert settings.events_consumers
+        assert settings.events.consumers
     # Secrets generated once into the shared volume, so every instance uses the same ones.
     volumes = service(name).get("volumes", [])
-    if settings.jwt_key_dir.startswith("/state") and name != "seed":
+    if settings.identity.jwt_key_dir.startswith("/state") and name != "seed":
         assert "cygate-state:/state" in volumes, name
-        assert settings.cache_key_file.startswith("/state/")
-        assert settings.payment_webhook_secret_file.startswith("/state/")
+        assert settings.cache.key_file.startswith("/state/")
+        assert settings.payments.webhook_secret_file.startswith("/state/")
 
 
 def test_the_processor_and_the_gateways_share_the_webhook_secret_file() -> None:

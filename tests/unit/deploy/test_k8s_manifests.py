@@ -160,7 +160,7 @@ def test_pods_run_as_the_image_user_with_a_read_only_root(name: str) -> None:
     writable = [p for p, v in mounts(doc).items() if "emptyDir" in v]
     assert "/tmp" in writable
     settings = settings_of(doc)
-    for path in (settings.metrics_dir, settings.jwt_key_dir):
+    for path in (settings.metrics.dir, settings.identity.jwt_key_dir):
         assert any(under(path, w) for w in writable), path
 
 
@@ -189,7 +189,7 @@ def test_gateway_probes_use_healthz_and_readyz_on_the_served_port() -> None:
     gw = one("Deployment", "cygate-gateway")
     c = container(gw)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": settings_of(gw).port}
+    assert ports == {"http": settings_of(gw).server.port}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -203,7 +203,7 @@ def test_gateway_pauses_before_sigterm_and_its_grace_covers_pause_and_drain() ->
     assert command[0] == "sleep"
     pause = float(command[1])
     assert pause >= 5  # endpoint removal reaches kube-proxy and the ingress controller
-    drain = settings_of(gw).shutdown_timeout
+    drain = settings_of(gw).server.shutdown_timeout
     grace = pod_spec(gw)["terminationGracePeriodSeconds"]
     assert grace > pause + drain, (grace, pause, drain)
     # A rolling update never lowers the number of serving pods.
@@ -291,10 +291,10 @@ def test_secret_settings_the_gateway_needs_come_from_secrets() -> None:
     } <= from_secrets
     # The signing keys are files from the Secret cygate-jwt-keys, mounted read-only.
     settings = settings_of(gw)
-    assert settings.environment == "production"
-    assert settings.jwt_key_files
+    assert settings.server.environment == "production"
+    assert settings.identity.jwt_key_files
     key_mounts = {p: v for p, v in mounts(gw).items() if v.get("secret", {}).get("secretName")}
-    for key_file in settings.jwt_key_files:
+    for key_file in settings.identity.jwt_key_files:
         folder = next(p for p in key_mounts if under(key_file, p))
         assert key_mounts[folder]["secret"]["secretName"] == "cygate-jwt-keys"
     read_only = {m["mountPath"] for m in container(gw)["volumeMounts"] if m.get("readOnly")}
@@ -305,7 +305,7 @@ def test_secret_settings_the_gateway_needs_come_from_secrets() -> None:
 def test_every_pod_gets_settings_that_load(name: str) -> None:
     doc = next(d for d in workloads() if d["metadata"]["name"] == name)
     settings = settings_of(doc)  # raises on an unknown CYGATE_* name or a bad value
-    assert settings.environment == "production"
+    assert settings.server.environment == "production"
 
 
 # -- network policy --------------------------------------------------------------------------
@@ -332,12 +332,12 @@ def test_the_gateway_talks_only_to_what_it_needs() -> None:
     gw = one("Deployment", "cygate-gateway")
     assert _selects(policy["spec"]["podSelector"]["matchLabels"], gw)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    port = settings_of(gw).port
+    port = settings_of(gw).server.port
     assert _peers(policy["spec"]["ingress"], "from") == {
         ("ingress-nginx", (port,)),
         ("prometheus", (port,)),
     }
-    processor_port = int(settings_of(gw).payment_processor_url.rstrip("/").rsplit(":", 1)[1])
+    processor_port = int(settings_of(gw).payments.processor_url.rstrip("/").rsplit(":", 1)[1])
     assert _peers(policy["spec"]["egress"], "to") == {
         ("kube-dns", (53,)),
         ("postgresql", (5432,)),
@@ -390,9 +390,9 @@ def test_containers_run_a_command_the_image_cli_accepts(name: str, subcommand: s
 def test_the_gateways_leave_the_events_to_the_worker() -> None:
     gateway = settings_of(one("Deployment", "cygate-gateway"))
     worker = settings_of(one("Deployment", "cygate-worker"))
-    assert gateway.events_relay is False
-    assert gateway.events_consumers == []
-    assert worker.events_consumers  # `cygate worker` runs these
+    assert gateway.events.relay is False
+    assert gateway.events.consumers == []
+    assert worker.events.consumers  # `cygate worker` runs these
     assert one("Deployment", "cygate-worker")["spec"]["replicas"] >= 1
 
 
@@ -424,9 +424,9 @@ def test_generated_secrets_never_reach_the_image() -> None:
     }
     defaults = Settings()
     for path in (
-        defaults.cache_key_file,
-        defaults.payment_webhook_secret_file,
-        defaults.jwt_key_dir,
+        defaults.cache.key_file,
+        defaults.payments.webhook_secret_file,
+        defaults.identity.jwt_key_dir,
     ):
         top = Path(path).parts[0]
         assert top in ignored, f"{path}: {top} is not in .dockerignore"
