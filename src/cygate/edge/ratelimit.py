@@ -56,8 +56,7 @@ from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservati
 from cygate.infra.tasks import spawn, wake
 
 if TYPE_CHECKING:
-    from cygate.edge.context import EdgeContext
-    from cygate.edge.policy import RoutePolicy
+    from cygate.edge.context import EdgeContext, RoutePolicy
     from cygate.infra.metrics import Counter, Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.settings import RateLimitSpec, Settings

@@ -12,8 +12,7 @@ from uuid import UUID
 
 import msgspec
 
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import FastHandler
+from cygate.edge.context import EdgeContext, FastHandler
 from cygate.edge.problem import Problem
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.services.catalog.repository import CatalogRepository

@@ -23,8 +23,7 @@ from cygate.services.identity.models import PROFILE_CACHE_CONTROL
 from cygate.services.identity.store import get_user
 
 if TYPE_CHECKING:
-    from cygate.edge.context import EdgeContext
-    from cygate.edge.policy import FastHandler
+    from cygate.edge.context import EdgeContext, FastHandler
     from cygate.services.identity.service import Identity
 
 __all__ = ["my_profile"]

@@ -10,8 +10,8 @@ from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
+from cygate.edge.access import require_loopback
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
-from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.settings import Settings
