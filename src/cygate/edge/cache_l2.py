@@ -85,7 +85,7 @@ return 1
 """
 # The miss's one round trip, for every miss of a loop turn at once: each key's entry if it is
 # of the current generation, else its lease (entering the key in its tag sets), else 0.
-# PERF: one argument per key (redis-py spends about a microsecond of Python on each argument):
+# PERF: one argument per key (redis-py spends Python time on each argument):
 # ``<key hex> <token> <read: 1|0> <tag-set ms> `` then each tag as ``<length>:<tag>``. Every
 # name is the key hex under a prefix of the one hash tag (as _INVALIDATE's): one cluster slot.
 # KEYS[1] generation; ARGV: lease ms, entry prefix, lease prefix, tag prefix, one per key.

@@ -67,9 +67,9 @@ Dispatch = Callable[[EdgeContext, Receive, Send], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
 
 # PERF: request and trace ids need uniqueness, not secrecy. os.urandom is a getrandom(2) system
-# call per id (2 % of a worker's CPU on this machine); a per-process generator seeded from it is
-# not. Ids are made in batches (one random draw and one hex conversion for 256 requests: the
-# per-request formatting was 13 % of the edge's time on a cache hit). Re-seeded, and the batch
+# call per id; a per-process generator seeded from it is not. Ids are made in batches (one
+# random draw and one hex conversion for a batch of requests: formatting them one request at a
+# time is a visible share of the edge's time on a cache hit). Re-seeded, and the batch
 # dropped, in every worker after fork, so two workers never share a sequence.
 _ids = random.Random(os.urandom(32))
 _ID_BATCH = 256
