@@ -4,9 +4,11 @@ the tree passes, and a planted cycle or upward import, in Python or Cython, fail
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -112,17 +114,42 @@ def test_upward_and_sibling_imports_fail(repo: Path) -> None:
     assert "pkg.side imports pkg.mid.a (an independent sibling)" in result.stderr
 
 
-def test_lint_imports_keeps_the_contracts() -> None:
-    """import-linter's own contracts (layers, acyclic siblings) hold for the tree."""
-    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
-    if lint_imports is None:
+def lint_imports(cwd: Path, *, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if command is None:
         pytest.skip("import-linter is not installed")
-    result = subprocess.run(
-        [lint_imports, "--no-cache"],
-        cwd=REPO,
+    env = None if path is None else {**os.environ, "PYTHONPATH": str(path)}
+    return subprocess.run(
+        [command, "--no-cache", "--no-logo"],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_lint_imports_keeps_the_contracts() -> None:
+    """import-linter's own contracts (layers, acyclic siblings) hold for the tree."""
+    result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_acyclic_contract_refuses_a_planted_cycle(repo: Path) -> None:
+    """The contract type pyproject.toml uses for cycles fails on one (under TYPE_CHECKING)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (acyclic,) = [c for c in config["contracts"] if c["type"] == "acyclic_siblings"]
+    with (repo / "pyproject.toml").open("a") as fh:
+        fh.write(
+            '\n[[tool.importlinter.contracts]]\nname = "acyclic"\n'
+            f'type = "acyclic_siblings"\nancestors = ["pkg"]\ndepth = {acyclic["depth"]}\n'
+        )
+    assert lint_imports(repo, path=repo / "src").returncode == 0
+    (repo / "src/pkg/low/b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.low import c\n"
+    )
+    (repo / "src/pkg/low/c.py").write_text("from pkg.low import b\n")
+    result = lint_imports(repo, path=repo / "src")
+    assert result.returncode == 1
+    assert "No cycles are allowed in pkg.low" in result.stdout, result.stdout
