@@ -424,6 +424,8 @@ class ResponseCache:
     def answer(
         self, entry: Entry, label: bytes, inm: bytes | None, now: float
     ) -> tuple[Message, Message]:
+        """The messages that answer with ``entry`` labelled ``label`` (``X-Cache``): a 304 when
+        ``inm`` matches it; a remembered 404 is raised as its Problem."""
         if entry.detail is not None:
             raise Problem(entry.status, entry.detail, headers={"x-cache": label.decode()})
         if inm is not None and entry.matches(inm):
@@ -511,6 +513,7 @@ class ResponseCache:
         l2.store_later(key, token, lambda: (encode_entry(entry), entry.lifetime_ms(time.time())))
 
     def release_lease(self, key: bytes, token: str | None) -> None:
+        """Give the key's L2 lease back (in the background) when nothing is stored under it."""
         if token is not None and self.l2 is not None:
             self._spawn(self.l2.release(key, token))
 
