@@ -32,9 +32,8 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache
-from cygate.edge.context import EdgeContext
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.edge import Edge, Message
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics

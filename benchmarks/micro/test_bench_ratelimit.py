@@ -37,8 +37,7 @@ import pytest
 
 from cygate.core import ratelimit as rl
 from cygate.core._ratelimit_py import GCRALimiterPy
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
 from cygate.infra.ratelimit_store import GCRA_LUA, QuotaStore

@@ -29,9 +29,8 @@ from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
 from cygate.edge.body import BODY_JSON, JSONRequest
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
-from cygate.edge.context import TrustedProxies
+from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
-from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators

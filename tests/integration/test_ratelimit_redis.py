@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 from tests.conftest import REDIS_URL
 from tests.private_redis import PrivateRedis
 
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics

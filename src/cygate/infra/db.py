@@ -190,7 +190,8 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     """Release hook: roll back a transaction left open, and nothing else.
 
     PERF: asyncpg's default reset sends ``RESET ALL; UNLISTEN *; CLOSE ALL; ...`` on every
-    release, one more round trip per request (10 % of a worker's CPU on the product read).
+    release, one more round trip per request (a visible share of a worker's CPU on the product
+    read).
     The app never changes session state on pooled connections (no SET, LISTEN, advisory
     locks or cursors outside a transaction), so only an open transaction needs undoing.
     """

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from litestar.config.app import AppConfig
     from litestar.types import ControllerRouterHandler
 
-    from cygate.edge.policy import FastHandler
+    from cygate.edge.context import FastHandler
 
 __all__ = ["ServicePlugin"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 
-from cygate.services.ops.access import require_loopback
+from cygate.edge.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.upstream.settings import RoutesSettings

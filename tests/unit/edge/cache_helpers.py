@@ -18,9 +18,8 @@ import orjson
 
 from cygate.core.router import Router
 from cygate.edge.cache import ResponseCache
-from cygate.edge.context import EdgeContext, Principal
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy
 from cygate.edge.edge import Edge, Message, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule, Settings, load_settings

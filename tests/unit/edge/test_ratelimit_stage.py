@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from cygate.core.router import Router
-from cygate.edge.context import EdgeContext, Principal, TrustedProxies
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy, TrustedProxies
 from cygate.edge.edge import Edge, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage, build_limits
 from cygate.infra.metrics import Metrics

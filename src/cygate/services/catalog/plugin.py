@@ -17,7 +17,7 @@ from cygate.services.plugin import ServicePlugin
 if TYPE_CHECKING:
     from litestar import Litestar
 
-    from cygate.edge.policy import FastHandler
+    from cygate.edge.context import FastHandler
 
 __all__ = ["CatalogPlugin"]
 

@@ -27,6 +27,7 @@ import asyncpg
 import redis.exceptions
 
 from cygate.infra.db import DB_UNAVAILABLE
+from cygate.infra.retry import Backoff
 from cygate.services.events.stream import (
     BadMessage,
     Event,
@@ -116,11 +117,11 @@ class ConsumerRunner:
     async def run(self) -> None:
         """Read, apply, acknowledge; reclaim idle messages; back off while Redis or
         PostgreSQL fail (the messages stay pending and nothing is lost)."""
-        backoff = 0.05
+        backoff = Backoff(0.05, self.settings.relay_max_backoff)
         while True:
             try:
                 handled = await self.step()
-                backoff = 0.05
+                backoff.reset()
                 linger = self.settings.linger
                 if linger and 0 < handled < self.settings.consumer_batch:
                     # PERF: under load, let the next batch grow: per batch the consumer pays a
@@ -134,9 +135,9 @@ class ConsumerRunner:
                 # What this runner read before the failure is pending for it: read it again
                 # next round rather than waiting for the reclaim.
                 self._replay_own, self._replay_from = True, "0"
-                log.warning("consumer %s: %r; retrying in %.2fs", self.group, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.relay_max_backoff)
+                delay = backoff.next()
+                log.warning("consumer %s: %r; retrying in %.2fs", self.group, exc, delay)
+                await asyncio.sleep(delay)
 
     async def step(self) -> int:
         """One round: reclaim when due, then one read (blocking up to ``events_block``).

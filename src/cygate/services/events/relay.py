@@ -27,6 +27,7 @@ import asyncpg
 import redis.exceptions
 
 from cygate.infra.db import DB_UNAVAILABLE
+from cygate.infra.retry import Backoff
 from cygate.services.events.stream import stream_key
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Relay:
 
     async def run(self) -> None:
         """Lead or stand by, forever; reconnects to PostgreSQL after any failure."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -93,7 +94,7 @@ class Relay:
                     command_timeout=self.database.command_timeout,
                     server_settings={"application_name": "cygate-relay"},
                 )
-                backoff = 0.1
+                backoff.reset()
                 await self._acquire(conn)
                 self.is_leader = True
                 log.info("outbox relay: leading (pid %s)", conn.get_server_pid())
@@ -104,9 +105,9 @@ class Relay:
             except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 if self.metrics is not None:
                     self.metrics.inc("cygate_events_relay_errors_total", ("postgresql",))
-                log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.next()
+                log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
             finally:
                 self.is_leader = False
                 if conn is not None:
@@ -124,7 +125,7 @@ class Relay:
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         settings = self.settings
-        backoff = 0.05
+        backoff = Backoff(0.05, settings.relay_max_backoff)
         while True:
             self._wake.clear()
             try:
@@ -134,11 +135,11 @@ class Relay:
                 if self.metrics is not None:
                     self.metrics.inc("cygate_events_relay_errors_total", ("redis",))
                 # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
-                log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, settings.relay_max_backoff)
+                delay = backoff.next()
+                log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
                 continue
-            backoff = 0.05
+            backoff.reset()
             if time.monotonic() - self._last_cleanup >= settings.cleanup_interval:
                 await self.cleanup(conn)
             if sent >= settings.relay_batch:

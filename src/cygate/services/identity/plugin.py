@@ -16,7 +16,7 @@ from cygate.services.plugin import ServicePlugin
 if TYPE_CHECKING:
     from litestar import Litestar
 
-    from cygate.edge.policy import FastHandler
+    from cygate.edge.context import FastHandler
     from cygate.services.identity.settings import IdentitySettings
 
 __all__ = ["IdentityPlugin"]

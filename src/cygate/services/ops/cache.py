@@ -13,9 +13,9 @@ from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.params import Body
 
+from cygate.edge.access import require_loopback
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.problem import Problem
-from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache

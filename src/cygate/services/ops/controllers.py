@@ -11,9 +11,9 @@ from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
+from cygate.edge.access import require_loopback
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
 from cygate.infra import outbox
-from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.infra.settings import MetricsSettings
