@@ -78,6 +78,8 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks loadtests scripts
 	$(BIN)/ruff format --check src tests benchmarks loadtests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/import_cycles.py
 	scripts/lint-dockerfile.sh
 
 # The micro benchmarks run once each as tests too (--benchmark-disable: a few seconds), so

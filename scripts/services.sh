@@ -5,6 +5,12 @@
 #   scripts/services.sh [up]   find or start both, write .services/env, print one line each
 #   scripts/services.sh env    print .services/env (use: eval "$(scripts/services.sh env)")
 #   scripts/services.sh down   stop the private instances this script started (never a system one)
+#   scripts/services.sh haproxy   print the path of haproxy (installed when missing; the load
+#                              balancer test starts its own instance, nothing runs as a service)
+#
+# `up` also makes sure Prometheus's binaries (prometheus, promtool) are installed: the tests of
+# deploy/prometheus/ check the alert rules with promtool and scrape a test gateway with a private
+# Prometheus of their own (no Prometheus service is started or used).
 #
 # Targets (the effective URLs are the same; a private instance listens where the URL points):
 #   DATABASE_URL  default postgresql://postgres@127.0.0.1:5432/postgres
@@ -91,7 +97,7 @@ apt_install_cleanup() {
     added_policy="" added_cc="" added_cc_dir=""
 }
 
-# apt_install PKG...: non-interactive; 'apt-get update' only when a package has no install
+# apt_install [OPTION...] PKG...: non-interactive; 'apt-get update' only when a package has no install
 # candidate or the install fails (stale lists). While installing, no service is started
 # (a temporary policy-rc.d) and no default PostgreSQL cluster is created: we only want the
 # binaries; a system server is not ours to start.
@@ -101,6 +107,7 @@ apt_install() {
     cc_conf=$cc_dir/zz-cygate-services.conf added_policy="" added_cc="" added_cc_dir=""
     local pkg need_update="" policy_out
     for pkg in "$@"; do
+        [[ $pkg == -* ]] && continue  # an apt-get option (--no-install-recommends)
         policy_out=$(apt-cache policy "$pkg" 2>/dev/null || true)
         [[ $policy_out == *"Candidate: "[!\(]* ]] || need_update=1
     done
@@ -636,6 +643,43 @@ redis_down() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# HAProxy (the binary only: tests start private instances with a configuration of their own)
+# ---------------------------------------------------------------------------------------------
+
+haproxy_bin() {
+    local p
+    for p in "$(command -v haproxy 2>/dev/null || true)" /usr/sbin/haproxy; do
+        [[ -n $p && -x $p ]] && { printf '%s\n' "$p"; return 0; }
+    done
+    return 1
+}
+
+cmd_haproxy() {
+    local bin
+    if ! bin=$(haproxy_bin); then
+        lock
+        bin=$(haproxy_bin) || { log "installing haproxy"; apt_install haproxy; }
+        bin=$(haproxy_bin) || die "haproxy is not on PATH after installing it"
+    fi
+    printf '%s\n' "$bin"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus (binaries only: the tests run their own instance)
+# ---------------------------------------------------------------------------------------------
+
+prometheus_up() {
+    if have prometheus && have promtool; then
+        PROM_MODE="found $(prometheus --version 2>&1 | head -n 1)"
+        return
+    fi
+    log "prometheus: prometheus/promtool not found; installing prometheus"
+    apt_install --no-install-recommends prometheus
+    have prometheus && have promtool || die "prometheus installed but prometheus/promtool not on PATH"
+    PROM_MODE="installed $(prometheus --version 2>&1 | head -n 1)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
 
@@ -654,9 +698,10 @@ cmd_up() {
     local db_url=${DATABASE_URL:-$DEFAULT_DATABASE_URL}
     local redis_url=${REDIS_URL:-$DEFAULT_REDIS_URL}
     lock
-    PG_MODE="" REDIS_MODE=""
+    PG_MODE="" REDIS_MODE="" PROM_MODE=""
     pg_up "$db_url"
     redis_up "$redis_url"
+    prometheus_up
     {
         echo "# written by scripts/services.sh up; source it: . $SERVICES_DIR/env"
         printf "export DATABASE_URL=%s\n" "$(shell_quote "$db_url")"
@@ -665,6 +710,7 @@ cmd_up() {
     mv "$SERVICES_DIR/env.tmp" "$SERVICES_DIR/env"
     echo "postgres: $PG_MODE at $(shown "$db_url")"
     echo "redis: $REDIS_MODE at $(shown "$redis_url")"
+    echo "prometheus: $PROM_MODE"
 }
 
 cmd_env() {
@@ -683,6 +729,7 @@ case ${1:-up} in
     up) cmd_up ;;
     down) cmd_down ;;
     env) cmd_env ;;
+    haproxy) cmd_haproxy ;;
     -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" ;;
-    *) die "unknown command: $1 (use: up | down | env)" ;;
+    *) die "unknown command: $1 (use: up | down | env | haproxy)" ;;
 esac

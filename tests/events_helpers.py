@@ -118,11 +118,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
     if NO_EXTENSIONS:
         env["CYGATE_NO_EXTENSIONS"] = "1"
+    flat = settings.flat()
     for name in ("database_url", "redis_url", "redis_prefix", "environment", "log_level",
                  "events_block", "events_reclaim_idle", "events_relay_batch",
                  "events_consumer_batch", "events_max_deliveries", "events_poll_interval",
                  "events_relay_max_backoff"):  # fmt: skip
-        env[f"CYGATE_{name.upper()}"] = str(getattr(settings, name))
+        env[f"CYGATE_{name.upper()}"] = str(flat[name])
     env["CYGATE_CACHE_KEY_FILE"] = os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"cygate-ev-{os.getpid()}-key"
     )

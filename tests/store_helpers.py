@@ -30,7 +30,7 @@ async def app_pool(dsn: str, *, max_size: int = 30) -> AsyncIterator[asyncpg.Poo
     It opens connections only as they are needed (no minimum); ``max_size`` is the most at once.
     """
     settings = load_settings({}, database_url=dsn, db_pool_min=0, db_pool_max=max_size)
-    pool = await create_pool(settings)
+    pool = await create_pool(settings.database)
     try:
         yield pool
     finally:

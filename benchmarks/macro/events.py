@@ -63,7 +63,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def throughput(settings: Settings, n: int, users: list[str]) -> dict[str, float]:
-    conn = await _connect(settings.database_url)
+    conn = await _connect(settings.database.url)
     for start in range(0, n, 100):
         async with conn.transaction():
             for _ in range(min(100, n - start)):
@@ -75,7 +75,7 @@ async def throughput(settings: Settings, n: int, users: list[str]) -> dict[str, 
     while await relay.publish_batch(conn):
         pass
     relay_s = time.perf_counter() - t0
-    pool = await create_pool(settings)
+    pool = await create_pool(settings.database)
     out = {"relay_events_per_s": n / relay_s}
     runners = [ConsumerRunner(settings, handle, pool, h)
                for h in (OrderSummaryHandler(), AnalyticsHandler())]  # fmt: skip
@@ -95,15 +95,15 @@ async def throughput(settings: Settings, n: int, users: list[str]) -> dict[str, 
     await handle.close()
     await conn.execute("TRUNCATE outbox, processed_events, order_summaries, analytics_daily")
     await conn.close()
-    async with aioredis.Redis.from_url(settings.redis_url) as r:
-        await r.delete(settings.redis_prefix + "events")
+    async with aioredis.Redis.from_url(settings.redis.url) as r:
+        await r.delete(settings.redis.prefix + "events")
     return out
 
 
 def _worker(settings: Settings) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
-    env.update(CYGATE_DATABASE_URL=settings.database_url, CYGATE_REDIS_URL=settings.redis_url,
-               CYGATE_REDIS_PREFIX=settings.redis_prefix, CYGATE_LOG_LEVEL="warning",
+    env.update(CYGATE_DATABASE_URL=settings.database.url, CYGATE_REDIS_URL=settings.redis.url,
+               CYGATE_REDIS_PREFIX=settings.redis.prefix, CYGATE_LOG_LEVEL="warning",
                CYGATE_ENVIRONMENT="test")  # fmt: skip
     if os.environ.get("CYGATE_NO_EXTENSIONS"):
         env["CYGATE_NO_EXTENSIONS"] = "1"
@@ -125,7 +125,7 @@ async def latency(
     settings: Settings, rate: float, seconds: float, users: list[str]
 ) -> dict[str, Any]:
     proc = _worker(settings)
-    conn = await _connect(settings.database_url)
+    conn = await _connect(settings.database.url)
     try:
         # Wait for the worker: one event must make it through before the clock starts.
         async with conn.transaction():
@@ -150,8 +150,8 @@ async def latency(
                      ids, want)  # fmt: skip
         rows = await conn.fetch("SELECT consumer, event_id, extract(epoch FROM applied_at) AS t "
                                 "FROM processed_events WHERE event_id = ANY($1)", ids)  # fmt: skip
-        async with aioredis.Redis.from_url(settings.redis_url) as r:
-            entries = await r.xrange(settings.redis_prefix + "events")
+        async with aioredis.Redis.from_url(settings.redis.url) as r:
+            entries = await r.xrange(settings.redis.prefix + "events")
         relayed = {int(f[b"id"]): int(mid.split(b"-")[0]) / 1000 for mid, f in entries}
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -25,9 +25,8 @@ from cygate.core import _cachekey_py, cachekey
 from cygate.core._cachekey_py import CacheKeyPy, derive_key
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_entry import Entry
-from cygate.edge.context import EdgeContext, Principal
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy
 from cygate.edge.l1 import L1
-from cygate.edge.policy import RoutePolicy
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule, load_settings
 
@@ -356,7 +355,7 @@ def test_edge_lookup_hit(micro: Any) -> None:
         "list": CacheRule(ttl=3600, query=LIST_QUERY),
         "me": CacheRule(ttl=3600, scope="private"),
     }
-    cache = ResponseCache(settings, Metrics(), rules=rules)
+    cache = ResponseCache(settings.cache, Metrics(), redis=settings.redis, rules=rules)
     policies = {}
     for route, rule in ((PRODUCT, "product"), (LIST, "list"), (ME, "me")):
         cache.add_route(route, rule)

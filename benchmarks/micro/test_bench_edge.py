@@ -32,9 +32,8 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache
-from cygate.edge.context import EdgeContext
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.edge import Edge, Message
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics
@@ -95,14 +94,17 @@ def make_edge(
     )
     router = Router()
     router.add("GET", "/api/v1/products/{product_id:uuid}", policy)
-    response_cache = ResponseCache(settings, metrics, rules=DEFAULT_RULES)
-    response_cache.add_route(ROUTE, "product")
     if l2:
         url, prefix = os.environ["CYGATE_REDIS_URL"], f"cygate-micro-{os.getpid()}:"
-        settings = msgspec.structs.replace(settings, redis_url=url, redis_prefix=prefix)
-        response_cache.settings = settings
-        response_cache.attach(create_redis(settings))
-    limiter = RateLimitStage.from_settings(settings, [policy], metrics)
+        redis = msgspec.structs.replace(settings.redis, url=url, prefix=prefix)
+        settings = msgspec.structs.replace(settings, redis=redis)
+    response_cache = ResponseCache(
+        settings.cache, metrics, redis=settings.redis, rules=DEFAULT_RULES
+    )
+    response_cache.add_route(ROUTE, "product")
+    if l2:
+        response_cache.attach(create_redis(settings.redis))
+    limiter = RateLimitStage.from_settings(settings.rate_limit, [policy], metrics)
 
     async def not_litestar(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("a hit never enters the app")

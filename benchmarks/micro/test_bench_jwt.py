@@ -286,8 +286,7 @@ def test_token_stage_repeated(micro: Any) -> None:
     """cygate TokenStage(ctx) on a protected route, repeated EdDSA token: header scan, cached
     verification, cached revocation answer, role check (the selected verifier)."""
     from cygate.edge.auth import TokenStage
-    from cygate.edge.context import EdgeContext
-    from cygate.edge.policy import RoutePolicy
+    from cygate.edge.context import EdgeContext, RoutePolicy
     from cygate.services.identity.revocation import Revocations
     from cygate.services.identity.service import own_principal
 

@@ -37,8 +37,7 @@ import pytest
 
 from cygate.core import ratelimit as rl
 from cygate.core._ratelimit_py import GCRALimiterPy
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
 from cygate.infra.ratelimit_store import GCRA_LUA, QuotaStore
@@ -181,7 +180,7 @@ def _stage(limit: dict[str, Any]) -> RateLimitStage:
         "CYGATE_RATE_LIMIT_ROUTES": '{"GET /bench": "bench"}',
         "CYGATE_RATE_LIMIT_REDIS_TIMEOUT": "5",
     }
-    return RateLimitStage.from_settings(load_settings(env), [ROUTE], Metrics())
+    return RateLimitStage.from_settings(load_settings(env).rate_limit, [ROUTE], Metrics())
 
 
 def _ctx(peer: str) -> EdgeContext:
@@ -191,7 +190,9 @@ def _ctx(peer: str) -> EdgeContext:
 
 
 def _handle(url: str) -> RedisHandle:
-    return create_redis(load_settings({"CYGATE_REDIS_URL": url, "CYGATE_REDIS_PREFIX": PREFIX}))
+    return create_redis(
+        load_settings({"CYGATE_REDIS_URL": url, "CYGATE_REDIS_PREFIX": PREFIX}).redis
+    )
 
 
 def test_redis_cygate_exact_sequential(micro: Any, loop: Any, redis_url: str) -> None:
@@ -447,7 +448,7 @@ def _edge(limited: bool) -> Any:
             "CYGATE_RATE_LIMITS": '{"b": {"rate": 1000000000, "period": 1}}',
             "CYGATE_RATE_LIMIT_ROUTES": '{"GET /p/{id:int}": "b"}',
         }
-        stages = [RateLimitStage.from_settings(load_settings(env), [policy], Metrics())]
+        stages = [RateLimitStage.from_settings(load_settings(env).rate_limit, [policy], Metrics())]
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         return None

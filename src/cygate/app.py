@@ -29,37 +29,23 @@ from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
 from cygate.edge.body import BODY_JSON, JSONRequest
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
-from cygate.edge.context import TrustedProxies
+from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
-from cygate.edge.policy import FastHandler, RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
-from cygate.infra.lease import ReadLease
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
-from cygate.services.catalog.controllers import CatalogController
-from cygate.services.catalog.fast import product_by_id, unavailable
-from cygate.services.catalog.repository import CatalogRepository, CursorError
-from cygate.services.catalog.search import SearchController, SearchRepository
-from cygate.services.catalog.writes import CatalogWriter
-from cygate.services.events.controllers import AnalyticsController, OrderSummaryController
-from cygate.services.events.service import EventsService
-from cygate.services.idempotency import Idempotency
-from cygate.services.identity.controllers import (
-    AuthController,
-    JWKSController,
-    UsersController,
-)
-from cygate.services.identity.fast import my_profile
-from cygate.services.identity.service import Identity
-from cygate.services.ops.cache import CacheAdminController
-from cygate.services.ops.controllers import OpsController
-from cygate.services.orders.controllers import OrdersController
-from cygate.services.orders.expiry import OrderExpiry
-from cygate.services.payments.controllers import PaymentsController
-from cygate.services.payments.service import Payments
+from cygate.services.catalog.fast import unavailable
+from cygate.services.catalog.plugin import CatalogPlugin
+from cygate.services.catalog.repository import CursorError
+from cygate.services.events.plugin import EventsPlugin
+from cygate.services.identity.plugin import IdentityPlugin
+from cygate.services.ops.plugin import OpsPlugin
+from cygate.services.orders.plugin import OrdersPlugin
+from cygate.services.payments.plugin import PaymentsPlugin
+from cygate.services.plugin import ServicePlugin
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -227,49 +213,59 @@ def create_app(settings: Settings | None = None) -> Edge:
     """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
     settings = settings or load_settings()
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    metrics = Metrics(settings.metrics_dir or None)
-    catalog = CatalogRepository()
-    # -- catalog management and search (issue 7) --
-    catalog_writer = CatalogWriter()
-    search = SearchRepository()
-    # -- end catalog management and search --
+    metrics = Metrics(settings.metrics.dir or None)
+    environment = settings.server.environment
+    identity = IdentityPlugin(
+        settings.identity, environment=environment, redis_timeout=settings.redis.timeout
+    )
+    # NOTE: one plugin per feature (services/<feature>/plugin.py). The list's order is the
+    # order of the routes and of start-up; shutdown runs in reverse, before the edge and the
+    # shared resources below stop.
+    plugins: list[ServicePlugin] = [
+        OpsPlugin(),
+        CatalogPlugin(read_lease_size=max(1, settings.database.pool_max // 2)),
+        identity,
+        _UpstreamAdmin(),
+        EventsPlugin(settings.events, database=settings.database, redis=settings.redis),
+        OrdersPlugin(settings.orders, idempotency=settings.idempotency),
+        PaymentsPlugin(settings.payments, environment=environment, metrics=metrics),
+    ]
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
-    identity = Identity(settings)
-    idempotency = Idempotency.from_settings(settings)  # orders, payments (issue 7)
-    payments = Payments(settings, metrics)  # payments (issue 7)
 
     @asynccontextmanager
-    async def resources(app: Litestar) -> AsyncIterator[None]:
+    async def shared(app: Litestar) -> AsyncIterator[None]:
+        """The pool, Redis and metrics: started first, stopped last."""
         try:
-            pool = await create_pool(settings)
+            pool = await create_pool(settings.database)
         except DB_UNAVAILABLE as exc:
             # NOTE: start anyway with a lazy pool: requests get a quick 503 until PostgreSQL
             # answers, and /readyz says so, instead of a worker that never starts.
             log.warning("PostgreSQL not reachable at start-up (%r); starting degraded", exc)
-            pool = await create_pool(settings, lazy=True)
-        redis = create_redis(settings)
+            pool = await create_pool(settings.database, lazy=True)
+        redis = create_redis(settings.redis)
         app.state.pool = pool
         app.state.redis = redis
-        catalog.pool = pool
-        idempotency.pool = pool
-        catalog.lease = ReadLease(pool, max(1, settings.db_pool_max // 2))
-        catalog_writer.pool = search.pool = pool  # issue 7: catalog management and search
-        if ratelimit is not None:
-            await ratelimit.bind(redis)
-        try:
-            await identity.start(pool, redis)
-        except DB_UNAVAILABLE as exc:
-            log.warning("identity start-up without PostgreSQL (%r); admin not ensured", exc)
-        # -- payments (issue 7): processor client, webhook secret, recovery sweep ----------
-        await payments.start(pool)
-        # -- end payments -------------------------------------------------------------------
         metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
+        try:
+            yield
+        finally:
+            await metrics.stop()
+            await redis.close()
+            await close_pool(pool)
+
+    @asynccontextmanager
+    async def edge_resources(app: Litestar) -> AsyncIterator[None]:
+        """The edge's use of Redis (rate limits, cache) and the route table's reloads."""
+        redis = app.state.redis
+        if ratelimit is not None:
+            await ratelimit.bind(redis)
         routes = holder["routes"]
-        routes.start(settings.routes_reload_interval)
+        routes.start(settings.routes.reload_interval)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # NOTE: SIGHUP reloads the route table (``cygate serve`` forwards it to workers
@@ -281,76 +277,26 @@ def create_app(settings: Settings | None = None) -> Edge:
         if cache is not None:
             cache.attach(redis)
             cache.start()
-        # -- events (docs/events.md): the outbox relay and the consumers of this worker --
-        events = EventsService(settings, pool, cache, metrics=metrics)
-        await events.start()
-        # -- end events --
-        # --- orders (issue 7): the expiry sweeper of this worker ---
-        expiry = OrderExpiry(
-            pool,
-            interval=settings.order_expiry_interval,
-            batch=settings.order_expiry_batch,
-            cache=cache,
-            idempotency=idempotency,
-        )
-        expiry.start()
-        # --- end orders ---
-        # PERF: everything built so far lives as long as the worker; move it out of the
-        # collector's sight, and collect the young generation less often (each request makes a
-        # few dozen short-lived objects; the default threshold of 700 ran a collection every
-        # ~20 requests: 2.5 % of a worker's CPU on the product read).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(10_000, 10, 10)
         try:
             yield
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await routes.stop()
-            await expiry.stop()  # orders (issue 7)
             if ratelimit is not None:
                 ratelimit.unbind()
-            await events.stop()
             if cache is not None:
                 await cache.stop()
-            await identity.stop()
-            await payments.stop()
-            await metrics.stop()
-            await catalog.lease.close()
-            await redis.close()
-            await close_pool(pool)
 
     app = Litestar(
-        route_handlers=[
-            OpsController,
-            CacheAdminController,
-            CatalogController,
-            SearchController,  # issue 7
-            AuthController,
-            UsersController,
-            JWKSController,
-            RoutesAdminController,
-            OrderSummaryController,
-            AnalyticsController,
-            OrdersController,
-            PaymentsController,
-        ],
-        lifespan=[resources],
+        route_handlers=[],
+        plugins=plugins,
+        lifespan=[shared, edge_resources],
+        on_startup=[_freeze_heap],
         # Handlers get the caller as a ``principal`` parameter (edge/auth.py; the cache's input
         # check knows it: cacheable per caller, never publicly).
         dependencies={PRINCIPAL: Provide(provide_principal, sync_to_thread=False)},
-        state=_state(
-            settings=settings,
-            metrics=metrics,
-            catalog=catalog,
-            catalog_writer=catalog_writer,  # issue 7
-            search=search,  # issue 7
-            cache=None,
-            identity=identity,
-            idempotency=idempotency,
-            payments=payments,
-        ),
+        state=_state(settings=settings, metrics=metrics, cache=None),
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -365,46 +311,45 @@ def create_app(settings: Settings | None = None) -> Edge:
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
         ),
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.http.max_body_bytes,
         # Bodies decoded strictly into the handler's type; NUL and deep nesting refused.
         request_class=JSONRequest,
         debug=False,
         logging_config=None,
     )
-    fast_handlers = {
-        "GET /api/v1/products/{product_id:uuid}": product_by_id(catalog),
-        "GET /api/v1/users/me": my_profile(identity),
-    }
+    fast_handlers: dict[str, FastHandler] = {}
+    for plugin in plugins:
+        fast_handlers.update(plugin.fast_handlers())
     local = local_routes(app, fast_handlers)
-    trusted = TrustedProxies(settings.trusted_proxies)
+    trusted = TrustedProxies(settings.http.trusted_proxies)
     cache = None
-    if settings.cache_enabled:
-        cache = ResponseCache(settings, metrics)
+    if settings.cache.enabled:
+        cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
         cache_routes(app, cache)
         app.state.cache = cache
     edge = Edge(
         app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        hsts_max_age=settings.hsts_max_age,
-        hsts_include_subdomains=settings.hsts_include_subdomains,
-        fast_paths=settings.edge_fast_paths,
-        hit_path=settings.edge_hit_path,
+        max_body_bytes=settings.http.max_body_bytes,
+        hsts_max_age=settings.http.hsts_max_age,
+        hsts_include_subdomains=settings.http.hsts_include_subdomains,
+        fast_paths=settings.http.fast_paths,
+        hit_path=settings.http.hit_path,
         trusted_proxies=trusted,
-        body_timeout=settings.http_body_timeout,
+        body_timeout=settings.http.body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).
-        validators=None if cache is not None else Validators(cache_rules(settings)),
+        validators=None if cache is not None else Validators(cache_rules(settings.cache)),
     )
     if cache is not None:
         cache.edge = edge  # background refreshes re-enter the edge
     manager = RouteTableManager(
         edge,
         local,
-        path=settings.routes_file,
-        max_body=settings.max_body_bytes,
+        path=settings.routes.file,
+        max_body=settings.http.max_body_bytes,
         on_breaker_change=metrics.breaker_transition,
         metrics=metrics,
         stamp_path=os.environ.get("CYGATE__ROUTES_STAMP", ""),
@@ -412,17 +357,18 @@ def create_app(settings: Settings | None = None) -> Edge:
     manager.load_initial()  # a bad file at start-up is fatal (``cygate serve`` checks first)
     holder["routes"] = manager
     app.state.routes = manager
+    metrics.add_gauge_source(manager.breaker_gauges)
     # Rate-limit plans cover every route of the table (own and file routes); a reload plans
     # its table's routes again before it goes live (an unknown class refuses the file).
     ratelimit = RateLimitStage.from_settings(
-        settings, (policy for *_, policy in edge.router.routes()), metrics
+        settings.rate_limit, (policy for *_, policy in edge.router.routes()), metrics
     )
     # NOTE: order matters: the token stage first, so rate limits keyed by caller see the
     # principal; the cache step runs after every stage (hits are authenticated and limited too).
     token = TokenStage(
-        identity.verifier,
-        identity.revocations,
-        identity.refresh_provider if settings.identity_providers else None,
+        identity.identity.verifier,
+        identity.identity.revocations,
+        identity.identity.refresh_provider if settings.identity.providers else None,
     )
     limiter = ratelimit  # a name that is never None, for the functions below
 
@@ -442,6 +388,24 @@ def create_app(settings: Settings | None = None) -> Edge:
 
     manager.prepare = replan
     return edge
+
+
+class _UpstreamAdmin(ServicePlugin):
+    """``GET /admin/routes`` (the route table itself is the edge's, wired above)."""
+
+    name = "upstream-admin"
+    route_handlers = (RoutesAdminController,)
+
+
+def _freeze_heap() -> None:
+    """After every lifespan has started (a start-up hook runs last)."""
+    # PERF: everything built so far lives as long as the worker; move it out of the
+    # collector's sight, and collect the young generation less often (each request makes a
+    # few dozen short-lived objects; the default threshold of 700 ran a collection every
+    # ~20 requests: 2.5 % of a worker's CPU on the product read).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _state(**values: Any) -> Any:

@@ -53,7 +53,7 @@ async def instances(
         )
         metrics = Metrics()
         edge, cache, _ = make_edge(app, settings=settings, metrics=metrics)
-        handle = create_redis(settings)
+        handle = create_redis(settings.redis)
         handles.append(handle)
         cache.attach(handle)
         cache.start()

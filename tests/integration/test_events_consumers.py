@@ -56,7 +56,7 @@ async def consuming(
     *handlers: Handler,
     metrics: Metrics | None = None,
 ) -> AsyncIterator[list[ConsumerRunner]]:
-    runners = [ConsumerRunner(settings, handle, pool, h, metrics=metrics) for h in handlers]
+    runners = [ConsumerRunner(settings.events, handle, pool, h, metrics=metrics) for h in handlers]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
         yield runners
@@ -106,11 +106,11 @@ async def test_a_duplicate_delivery_is_applied_once(
     for _ in range(30):
         await log.order(conn)
     settings = settings_for(dsn, prefix)
-    handle = events_redis(settings)
-    pool = await create_pool(settings)
+    handle = events_redis(settings.events, settings.redis)
+    pool = await create_pool(settings.database)
     metrics = Metrics(None)
     try:
-        relay = Relay(settings, handle, metrics)
+        relay = Relay(settings.events, handle, metrics, database=settings.database)
         await publish_all(relay, conn)
         await conn.execute("UPDATE outbox SET published_at = NULL")  # relay crashed before it
         await publish_all(relay, conn)
@@ -146,12 +146,12 @@ async def test_a_killed_consumers_pending_messages_are_reclaimed(
     log = EventLog(users=2, seed=12)
     for _ in range(30):
         await log.order(conn)
-    handle = events_redis(settings)
-    pool = await create_pool(settings)
+    handle = events_redis(settings.events, settings.redis)
+    pool = await create_pool(settings.database)
     blocker = await connect(dsn)
     proc = None
     try:
-        await publish_all(Relay(settings, handle), conn)
+        await publish_all(Relay(settings.events, handle, database=settings.database), conn)
         # Hold the first event's processed_events key: the worker reads its first batch (20
         # messages, now pending for it), starts applying, and waits on this lock mid-batch.
         tx = blocker.transaction()
@@ -204,8 +204,8 @@ async def test_a_relay_killed_between_xadd_and_update_is_absorbed(
     every = sorted(oid for oid, _, _ in log.events)
     blocker = await connect(dsn)
     procs = []
-    handle = events_redis(settings)
-    pool = await create_pool(settings)
+    handle = events_redis(settings.events, settings.redis)
+    pool = await create_pool(settings.database)
     try:
 
         async def scenario() -> None:
@@ -272,18 +272,18 @@ async def test_consumers_gone_idle_with_nothing_pending_are_forgotten(
     settings = settings_for(dsn, prefix, events_reclaim_idle=0.05)  # forget after 0.5 s idle
     conn = await connect(dsn)
     log = EventLog(seed=16)
-    handle = events_redis(settings)
-    pool = await create_pool(settings)
+    handle = events_redis(settings.events, settings.redis)
+    pool = await create_pool(settings.database)
     try:
         await log.order(conn)
-        await publish_all(Relay(settings, handle), conn)
+        await publish_all(Relay(settings.events, handle, database=settings.database), conn)
         stream = prefix + "events"
         await client.xgroup_create(stream, "order_summary", id="0")
         # "holder" reads everything and dies without acknowledging; "ghost" reads nothing.
         await client.xreadgroup("order_summary", "holder", {stream: ">"})
         await client.xreadgroup("order_summary", "ghost", {stream: ">"})
         await asyncio.sleep(0.6)
-        runner = ConsumerRunner(settings, handle, pool, OrderSummaryHandler(), name="live")
+        runner = ConsumerRunner(settings.events, handle, pool, OrderSummaryHandler(), name="live")
         await runner.ensure_group()
         # The reclaim takes holder's messages (then forgets it), forgets the ghost, keeps itself.
         assert await runner.reclaim() == len(log.events)
@@ -307,10 +307,10 @@ async def test_poison_messages_go_to_the_dead_letter_stream(
     bad = await log.emit(conn, "order.created", {"order_id": "o", "total_cents": 5})  # no user
     await log.order(conn)
     good += log.events[len(good) + 1 :]
-    handle = events_redis(settings)
-    pool = await create_pool(settings)
+    handle = events_redis(settings.events, settings.redis)
+    pool = await create_pool(settings.database)
     try:
-        await publish_all(Relay(settings, handle), conn)
+        await publish_all(Relay(settings.events, handle, database=settings.database), conn)
         await client.xadd(prefix + "events", {"hello": "not an event"})
         async with consuming(settings, handle, pool, OrderSummaryHandler()) as (runner,):
 
@@ -338,8 +338,15 @@ async def test_relay_and_consumers_survive_a_redis_restart(dsn: str, prefix: str
     conn = await connect(dsn)
     with PrivateRedis() as private:
         settings = settings_for(dsn, prefix, redis_url=private.url, events_poll_interval=0.1)
-        pool = await create_pool(settings)
-        service = EventsService(settings, pool, None, consumers=["order_summary", "analytics"])
+        pool = await create_pool(settings.database)
+        service = EventsService(
+            settings.events,
+            pool,
+            None,
+            database=settings.database,
+            redis=settings.redis,
+            consumers=["order_summary", "analytics"],
+        )
         await service.start()
 
         async def scenario() -> None:
@@ -500,7 +507,16 @@ async def test_stop_is_bounded_by_a_task_that_outlives_its_cancellation(
     """A task stuck past its cancellation (a database call waiting for the server to confirm
     a cancel, say) is left behind after ``within`` seconds: shutdown does not hang on it."""
     no_pool: Any = None  # no consumer here needs the database
-    service = EventsService(load_settings({}), no_pool, None, relay=False, consumers=[])
+    settings = load_settings({})
+    service = EventsService(
+        settings.events,
+        no_pool,
+        None,
+        database=settings.database,
+        redis=settings.redis,
+        relay=False,
+        consumers=[],
+    )
     release = asyncio.Event()
 
     async def stubborn() -> None:

@@ -554,16 +554,18 @@ def test_identity_settings_from_environment() -> None:
             ),
         }
     )
-    assert s.jwt_key_files == ["a.pem", "b.pem"]
-    assert s.identity_providers[0].algorithms == ["RS256"]
+    assert s.identity.jwt_key_files == ["a.pem", "b.pem"]
+    assert s.identity.providers[0].algorithms == ["RS256"]
     assert s.redacted()["admin_password"] == "***"
 
 
 def test_token_issuer_is_a_url_derived_from_the_public_base_url() -> None:
     """RFC 9068: ``iss`` is the public base URL (no trailing slash) unless set on its own."""
-    assert load_settings({}).jwt_issuer == "http://localhost:8000"
+    assert load_settings({}).identity.jwt_issuer == "http://localhost:8000"
     derived = load_settings({"CYGATE_PUBLIC_BASE_URL": "https://api.example.test/v/"})
-    assert derived.jwt_issuer == "https://api.example.test/v"
+    assert derived.identity.jwt_issuer == "https://api.example.test/v"
     given = {"CYGATE_PUBLIC_BASE_URL": "https://a.test", "CYGATE_JWT_ISSUER": "https://b.test"}
-    assert load_settings(given).jwt_issuer == "https://b.test"
-    assert load_settings({"CYGATE_JWT_KEY_ALGORITHM": "RS256"}).jwt_key_algorithm == "RS256"
+    assert load_settings(given).identity.jwt_issuer == "https://b.test"
+    assert (
+        load_settings({"CYGATE_JWT_KEY_ALGORITHM": "RS256"}).identity.jwt_key_algorithm == "RS256"
+    )

@@ -130,11 +130,16 @@ def test_development_key_is_made_once(tmp_path: pathlib.Path) -> None:
     assert [p.name for p in folder.iterdir()] == ["mfa.key"]
     assert stat.S_IMODE((folder / "mfa.key").stat().st_mode) == 0o600
     settings = load_settings({}, jwt_key_dir=str(folder))
-    assert mfa.mfa_key_from_settings(settings).key_id == mfa.SecretBox(results[0]).key_id
+    assert (
+        mfa.mfa_key_from_settings(settings.identity, "development").key_id
+        == mfa.SecretBox(results[0]).key_id
+    )
     given = tmp_path / "given.key"
     given.write_bytes(base64.b64encode(secrets.token_bytes(32)))
     assert (
-        mfa.mfa_key_from_settings(load_settings({}, mfa_key_file=str(given))).key_id
+        mfa.mfa_key_from_settings(
+            load_settings({}, mfa_key_file=str(given)).identity, "development"
+        ).key_id
         != mfa.SecretBox(results[0]).key_id
     )
 
@@ -152,10 +157,10 @@ def test_production_needs_an_mfa_key_file() -> None:
     s = load_settings(
         {**prod, "CYGATE_MFA_KEY_FILE": "/keys/mfa.key", "CYGATE_MFA_REQUIRED_ROLES": "admin"}
     )
-    assert s.mfa_required_roles == ["admin"]
+    assert s.identity.mfa_required_roles == ["admin"]
     assert load_settings(
         {"CYGATE_MFA_REQUIRED_ROLES": '["admin", "catalog_manager"]'}
-    ).mfa_required_roles == [
+    ).identity.mfa_required_roles == [
         "admin",
         "catalog_manager",
     ]
@@ -181,7 +186,7 @@ async def identity(
         login_max_failures_per_account=50,
     )
     client = aioredis.Redis.from_url(REDIS_URL)
-    service = Identity(settings)
+    service = Identity(settings.identity, environment=settings.server.environment)
     async with app_pool(test_db_dsn, max_size=20) as pool:
         await service.start(pool, RedisHandle(client, f"{redis_prefix}mfa-{time.monotonic_ns()}:"))
         try:

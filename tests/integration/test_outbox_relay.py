@@ -40,8 +40,8 @@ async def _kill(relay: Relay) -> None:
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Relay]:
-    handle = events_redis(settings)
-    relay = Relay(settings, handle)
+    handle = events_redis(settings.events, settings.redis)
+    relay = Relay(settings.events, handle, database=settings.database)
     task = asyncio.create_task(relay.run())
     TASKS[id(relay)] = task
     try:
@@ -240,8 +240,8 @@ async def test_a_crash_between_xadd_and_update_publishes_again(
         for _ in range(5):
             await log.order(conn)
         settings = settings_for(dsn, prefix)
-        handle = events_redis(settings)
-        relay = Relay(settings, handle)
+        handle = events_redis(settings.events, settings.redis)
+        relay = Relay(settings.events, handle, database=settings.database)
         try:
             n = await relay.publish_batch(conn)
             await conn.execute("UPDATE outbox SET published_at = NULL")  # the lost UPDATE
@@ -276,9 +276,9 @@ async def test_cleanup_removes_old_published_rows_only(dsn: str, prefix: str) ->
             "('analytics', 1, now() - interval '2 days'), ('analytics', 2, now())"
         )
         settings = settings_for(dsn, prefix, events_retention=86400)
-        handle = events_redis(settings)
+        handle = events_redis(settings.events, settings.redis)
         try:
-            await Relay(settings, handle).cleanup(conn)
+            await Relay(settings.events, handle, database=settings.database).cleanup(conn)
         finally:
             await handle.close()
         left = {r["id"] for r in await conn.fetch("SELECT id FROM outbox")}

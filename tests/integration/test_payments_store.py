@@ -180,7 +180,7 @@ async def test_recovery_reaches_every_stuck_payment(pool: asyncpg.Pool) -> None:
         payment_recovery_interval=0.0,
         payment_breaker_failures=1000,
     )
-    payments = Payments(settings)
+    payments = Payments(settings.payments, environment=settings.server.environment)
     await payments.start(pool)
     try:
         report = await payments.recover(9 * 365 * 86400, page_size=2)

@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 from tests.conftest import REDIS_URL
 from tests.private_redis import PrivateRedis
 
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
@@ -39,7 +38,7 @@ def stage_for(spec: dict[str, Any], **settings: str) -> tuple[RateLimitStage, Me
         **{f"CYGATE_{k.upper()}": v for k, v in settings.items()},
     }
     metrics = Metrics()
-    return RateLimitStage.from_settings(load_settings(env), [ROUTE], metrics), metrics
+    return RateLimitStage.from_settings(load_settings(env).rate_limit, [ROUTE], metrics), metrics
 
 
 def ctx(peer: str = "203.0.113.7") -> EdgeContext:
@@ -73,7 +72,7 @@ async def handle(redis_prefix: str) -> AsyncIterator[RedisHandle]:
             "CYGATE_REDIS_PREFIX": f"{redis_prefix}{secrets.token_hex(3)}:",
         }
     )
-    h = create_redis(settings)
+    h = create_redis(settings.redis)
     try:
         yield h
     finally:
@@ -81,7 +80,9 @@ async def handle(redis_prefix: str) -> AsyncIterator[RedisHandle]:
 
 
 def _handle(url: str, prefix: str = "t:") -> RedisHandle:
-    return create_redis(load_settings({"CYGATE_REDIS_URL": url, "CYGATE_REDIS_PREFIX": prefix}))
+    return create_redis(
+        load_settings({"CYGATE_REDIS_URL": url, "CYGATE_REDIS_PREFIX": prefix}).redis
+    )
 
 
 @pytest.fixture

@@ -20,20 +20,22 @@ def test_json_env_and_derived_values() -> None:
             "CYGATE_RATE_LIMIT_ROUTES": '{"GET /api/v1/categories": "public"}',
         }
     )
-    spec = s.all_rate_limits()["api"]
+    spec = s.rate_limit.all_rate_limits()["api"]
     assert spec.interval_ns == 3_600_000_000  # 3.6 s between requests at the sustained rate
     assert (spec.effective_burst, spec.effective_lease, spec.effective_lease_ttl) == (20, 2, 60)
-    assert s.rate_limit_class("public") == ["api"]
-    assert s.rate_limit_class("api") == ["api"]  # a limit is a class of one
-    assert s.rate_limit_class("login") == ["login"]  # built in
-    assert s.rate_limit_class("nope") is None
+    assert s.rate_limit.rate_limit_class("public") == ["api"]
+    assert s.rate_limit.rate_limit_class("api") == ["api"]  # a limit is a class of one
+    assert s.rate_limit.rate_limit_class("login") == ["login"]  # built in
+    assert s.rate_limit.rate_limit_class("nope") is None
     assert spec.failure_for(frozenset({"public"})) == "open"
     assert spec.failure_for(frozenset({"login"})) == "local"
 
 
 def test_interval_rounds_up() -> None:
     s = load_settings({"CYGATE_RATE_LIMITS": '{"x": {"rate": 3, "period": 1}}'})
-    assert s.all_rate_limits()["x"].interval_ns == 333_333_334  # never more than 3 a second
+    assert (
+        s.rate_limit.all_rate_limits()["x"].interval_ns == 333_333_334
+    )  # never more than 3 a second
 
 
 def test_toml_tables(tmp_path: pathlib.Path) -> None:
@@ -44,8 +46,8 @@ def test_toml_tables(tmp_path: pathlib.Path) -> None:
         '[rate_limit_classes]\napi = ["burst", "hourly"]\n'
     )
     s = load_settings({"CYGATE_CONFIG": str(cfg)})
-    assert s.rate_limit_class("api") == ["burst", "hourly"]
-    assert s.all_rate_limits()["hourly"].failure == "closed"
+    assert s.rate_limit.rate_limit_class("api") == ["burst", "hourly"]
+    assert s.rate_limit.all_rate_limits()["hourly"].failure == "closed"
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ cdef extern from *:
         if (last) v[14] = ~v[14];
         for (int i = 0; i < 16; i++) m[i] = cg_load64(block + 8 * i);
         /* PERF: rounds unrolled, so every message index is a constant and v[]/m[] live in
-           registers (about twice as fast as the loop over SIGMA rows). */
+           registers (faster than the loop over SIGMA rows). */
         CG_B2B_ROUND(0); CG_B2B_ROUND(1); CG_B2B_ROUND(2); CG_B2B_ROUND(3);
         CG_B2B_ROUND(4); CG_B2B_ROUND(5); CG_B2B_ROUND(6); CG_B2B_ROUND(7);
         CG_B2B_ROUND(8); CG_B2B_ROUND(9); CG_B2B_ROUND(10); CG_B2B_ROUND(11);

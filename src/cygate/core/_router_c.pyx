@@ -517,7 +517,7 @@ cdef int _walk(_CNode node, _Search* s, Py_ssize_t pos, PyObject* bad) except -1
 
 cdef object _new_match(object kind, object value, object params, tuple allowed, object bad):
     # A RouteMatch without its Python-level __new__ (a namedtuple's __new__ is a Python
-    # function: ~4x slower).
+    # function: much slower).
     cdef tuple args
     cdef object match
     if TUPLE_ALLOC_IS_ENOUGH:

@@ -22,7 +22,7 @@ costs a (rate-limited, shared) JWKS fetch.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from litestar import Request  # NOTE: at run time, as Principal: Litestar resolves the hints
 
@@ -33,13 +33,35 @@ from cygate.edge.problem import Problem
 if TYPE_CHECKING:
     from cygate.core.jwt import JWTVerifierPy
     from cygate.edge.context import EdgeContext
-    from cygate.services.identity.revocation import Revocations
 
-__all__ = ["PRINCIPAL", "TokenStage", "principal_of", "provide_principal", "unauthorized"]
+__all__ = [
+    "PRINCIPAL",
+    "RevocationCheck",
+    "TokenStage",
+    "principal_of",
+    "provide_principal",
+    "unauthorized",
+]
 
 _CHALLENGE = {"www-authenticate": 'Bearer error="invalid_token"'}
 _FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
 _BEARER = b"bearer "
+
+
+class RevocationCheck(Protocol):
+    """Whether a verified token was revoked: what the stage asks of the identity service's
+    revocation cache (:class:`cygate.services.identity.revocation.Revocations` implements it).
+    Defined here, below the services, so the edge names no service."""
+
+    def check(self, jti: str, expires_at: int) -> Awaitable[bool] | None:
+        """None when ``jti`` is known not revoked (nothing to wait for: PERF, no coroutine);
+        else an awaitable that resolves True when it is revoked."""
+        ...
+
+    def known_good(self, jti: str) -> bool:
+        """True when :meth:`check` would return None now; no side effects (the fused hit path
+        asks this, and leaves every other case to the stage)."""
+        ...
 
 
 def unauthorized(detail: str = "a valid access token is required") -> Problem:
@@ -61,7 +83,7 @@ class TokenStage:
     def __init__(
         self,
         verifier: JWTVerifierPy,
-        revocations: Revocations,
+        revocations: RevocationCheck,
         refresh_keys: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.verifier = verifier

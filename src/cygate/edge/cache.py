@@ -28,24 +28,26 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from cygate.core.ratelimit import GCRALimiter
+from cygate.edge.asgi import Message
 from cygate.edge.cache_entry import HIT_L1, HIT_L2, STALE, Entry, decode_entry, encode_entry
 from cygate.edge.cache_l2 import L2, Subscription, decode_message
-from cygate.edge.cache_miss import BYPASS, RETRY, CacheMiss
+from cygate.edge.cache_miss import BYPASS, RETRY, CacheMiss, Flight, Pending
 from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, load_secret
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
 from cygate.edge.validators import Validators
+from cygate.infra.settings import RedisSettings
 
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext, Principal
+    from cygate.edge.settings import CacheRule, CacheSettings
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import CacheRule, Settings
 
 __all__ = [
     "DEFAULT_RULES",
@@ -59,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("cygate.cache")
 
-Message = MutableMapping[str, Any]
 
 _MISSED_MAX = 10_000
 """Missed invalidations kept one by one; past that many, L2's generation and every L1 go."""
@@ -69,44 +70,6 @@ _REFRESH = "cygate.cache.refresh"
 
 class CacheUnavailable(Exception):
     """An invalidation could not reach the other instances (Redis is down)."""
-
-
-class _Pending:
-    """What the look-up learned about a request that missed, for :meth:`ResponseCache.load`."""
-
-    __slots__ = ("current", "inm", "key", "no_cache", "route", "stale", "tags")
-
-    def __init__(
-        self,
-        route: CacheRoute,
-        key: bytes,
-        inm: bytes | None,
-        no_cache: bool,
-        stale: Entry | None,
-        tags: tuple[str, ...],
-        current: Entry | None = None,
-    ) -> None:
-        self.current = current
-        """A forced reload's entry in L1: a reload with its ETag changes nothing in L2."""
-        self.route = route
-        self.key = key
-        self.inm = inm
-        self.no_cache = no_cache
-        self.stale = stale
-        self.tags = tags
-
-
-class _Flight:
-    """One load in progress in this process; other requests for the key await ``future``."""
-
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def resolve(self, outcome: Any) -> None:
-        if not self.future.done():
-            self.future.set_result(outcome)
 
 
 def caller_key(principal: Principal) -> str:
@@ -149,14 +112,19 @@ class ResponseCache:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CacheSettings,
         metrics: Metrics,
         *,
+        redis: RedisSettings | None = None,
         secret: bytes | None = None,
         rules: Mapping[str, CacheRule] | None = None,
     ) -> None:
         self.settings = settings
+        self.redis_settings = redis if redis is not None else RedisSettings()
+        """Where the invalidation subscription connects."""
         self.metrics = metrics
+        self.max_entry_bytes = settings.max_entry_bytes
+        """A response larger than this is streamed, not stored."""
         # PERF: counters bound once; a hit bumps ``.value`` (no call, no lookup).
         requests = "cygate_cache_requests_total"
         self.n_hit_l1 = metrics.counter(requests, result="hit-l1")
@@ -173,11 +141,11 @@ class ResponseCache:
         self.n_invalidations = metrics.counter("cygate_cache_invalidations_total")
         self.n_flushes = metrics.counter("cygate_cache_l1_flushes_total")
         self.n_subscriptions = metrics.counter("cygate_cache_subscriptions_total")
-        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.cache_rules)}
+        self.rules: dict[str, CacheRule] = {**DEFAULT_RULES, **(rules or settings.rules)}
         self.secret = secret if secret is not None else load_secret(settings)
         self.validators = Validators(self.rules)
         """ETag and 304 for the answers of cacheable routes that are not stored."""
-        self.l1 = L1(settings.cache_l1_max_bytes)
+        self.l1 = L1(settings.l1_max_bytes)
         self.l2: L2 | None = None
         self.subscription: Subscription | None = None
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -189,10 +157,10 @@ class ResponseCache:
         """The ASGI edge, set by the app: background refreshes go through it as requests."""
         self._routes: dict[str, CacheRoute] = {}
         # NOTE: the fused hit path (core/hitpath) holds this dict: never rebind it.
-        self._flights: dict[bytes, _Flight] = {}
+        self._flights: dict[bytes, Flight] = {}
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._lease_ms = int(settings.cache_lease_ttl * 1000)
+        self._lease_ms = int(settings.lease_ttl * 1000)
         self._reloads: GCRALimiter | None = None
         """Reloads each caller forces with a request's Cache-Control (rules that honour it);
         made at the first such request."""
@@ -223,7 +191,7 @@ class ResponseCache:
             raise ValueError(f"route {route_name}: only GET routes can be cached")
         if handler is not None:
             check_inputs(route_name, rule, handler)
-        if not self.settings.cache_enabled or rule.ttl <= 0:
+        if not self.settings.enabled or rule.ttl <= 0:
             return False
         self._routes[route_name] = CacheRoute(route_name, rule, self.secret)
         return True
@@ -237,17 +205,18 @@ class ResponseCache:
         """Share entries through ``redis`` (L2, leases, invalidation), unless ``cache_l2`` is
         off. Called in each worker once its Redis client exists."""
         settings = self.settings
-        if not settings.cache_l2:
+        if not settings.l2:
             return
-        self.l2 = L2(redis, self.metrics, settings.cache_l2_retry_after, settings.redis_timeout)
-        max_age = settings.cache_unsubscribed_max_age
+        server = self.redis_settings
+        self.l2 = L2(redis, self.metrics, settings.l2_retry_after, server.timeout)
+        max_age = settings.unsubscribed_max_age
         self.subscription = Subscription(
-            settings.redis_url,
+            server.url,
             self.l2.channel,
             on_message=self._on_message,
             on_subscribed=self._on_subscribed,
             on_lost=self._on_lost,
-            connect_timeout=settings.redis_timeout,
+            connect_timeout=server.timeout,
             name=f"cygate-cache-sub:{self.origin}",
             # A silent Redis is noticed within 2 * idle: about the bound itself.
             idle=min(5.0, max(0.5, max_age / 2)),
@@ -343,16 +312,16 @@ class ResponseCache:
             if entry is not None:
                 if now < entry.fresh_until:
                     self.n_hit_l1.value += 1
-                    return self._answer(entry, HIT_L1, inm, now)
+                    return self.answer(entry, HIT_L1, inm, now)
                 if now < entry.swr_until:
                     self.n_stale.value += 1
                     self._refresh(ctx, key)
-                    return self._answer(entry, STALE, inm, now)
+                    return self.answer(entry, STALE, inm, now)
                 if now < entry.error_until and entry.detail is None:
                     stale = entry  # stale-if-error: the fallback if the load fails
         caller = ctx.principal.sub if route.private and ctx.principal is not None else ""
         tags = route.tags(ctx.params, caller)
-        scope[_PENDING] = _Pending(route, key, inm, no_cache, stale, tags, current)
+        scope[_PENDING] = Pending(route, key, inm, no_cache, stale, tags, current)
         return None
 
     def _may_reload(self, ctx: EdgeContext) -> bool:
@@ -360,7 +329,7 @@ class ResponseCache:
         address: ``cache_forced_reloads_per_minute``)."""
         limiter = self._reloads
         if limiter is None:
-            per_minute = self.settings.cache_forced_reloads_per_minute
+            per_minute = self.settings.forced_reloads_per_minute
             burst = max(1, per_minute // 10)
             limiter = self._reloads = GCRALimiter(60 * 10**9 // per_minute, burst, 65536)
         principal = ctx.principal
@@ -370,7 +339,7 @@ class ResponseCache:
     async def load(self, ctx: EdgeContext, send: Any) -> CacheMiss | None:
         """After a look-up that missed: answer from another load or from L2 (returns None), or
         return the :class:`CacheMiss` whose ``send`` the edge must dispatch through."""
-        pending: _Pending | None = ctx.scope.pop(_PENDING, None)
+        pending: Pending | None = ctx.scope.pop(_PENDING, None)
         if pending is None:
             # Not stored (a rule switched off, a request's no-store, an anonymous caller of a
             # private rule): passed through, still with its validators.
@@ -390,19 +359,19 @@ class ResponseCache:
             return None
         if key in self._flights:
             return CacheMiss(self, None, None, send)  # loaders keep vanishing: load, uncached
-        flight = _Flight()
+        flight = Flight()
         self._flights[key] = flight
         try:
             token = await self._fill_from_l2(pending, flight, send)
         except BaseException:
-            self._land(key, flight, RETRY)
+            self.land(key, flight, RETRY)
             raise
         if token is True:
             return None  # answered from L2
         self.n_loads.value += 1
         return CacheMiss(self, pending, flight, send, token if isinstance(token, str) else None)
 
-    async def _fill_from_l2(self, pending: _Pending, flight: _Flight, send: Any) -> str | bool:
+    async def _fill_from_l2(self, pending: Pending, flight: Flight, send: Any) -> str | bool:
         """L2 read and lease. True: answered from L2; a str: the lease token; False: load
         without storing in L2 (Redis down, not subscribed, or another loader held the lease
         too long)."""
@@ -432,14 +401,14 @@ class ResponseCache:
         # Another instance is loading this key: wait for its entry, briefly.
         self.n_lease_waits.value += 1
         epoch = self.epoch
-        data = await l2.wait_for(key, self.settings.cache_lease_wait)
+        data = await l2.wait_for(key, self.settings.lease_wait)
         if data is not None and await self._answer_l2(data, pending, flight, send, epoch):
             return True
         token = await l2.acquire(key, pending.tags, self._lease_ms, tag_ms)
         return token or False
 
     async def _answer_l2(
-        self, data: bytes, pending: _Pending, flight: _Flight, send: Any, epoch: int
+        self, data: bytes, pending: Pending, flight: Flight, send: Any, epoch: int
     ) -> bool:
         entry = decode_entry(data, pending.route.extra)
         if entry is None:
@@ -453,13 +422,15 @@ class ResponseCache:
         if epoch == self.epoch:
             self.l1.put(pending.key, entry, entry.size, entry.until, now, entry.tags)
         self.n_hit_l2.value += 1
-        self._land(pending.key, flight, (entry, HIT_L2))
+        self.land(pending.key, flight, (entry, HIT_L2))
         await self._deliver((entry, HIT_L2), pending, send)
         return True
 
-    def _answer(
+    def answer(
         self, entry: Entry, label: bytes, inm: bytes | None, now: float
     ) -> tuple[Message, Message]:
+        """The messages that answer with ``entry`` labelled ``label`` (``X-Cache``): a 304 when
+        ``inm`` matches it; a remembered 404 is raised as its Problem."""
         if entry.detail is not None:
             raise Problem(entry.status, entry.detail, headers={"x-cache": label.decode()})
         if inm is not None and entry.matches(inm):
@@ -467,18 +438,18 @@ class ResponseCache:
             return entry.not_modified(label, now)
         return entry.messages(label, now)
 
-    async def _deliver(self, outcome: Any, pending: _Pending, send: Any) -> None:
+    async def _deliver(self, outcome: Any, pending: Pending, send: Any) -> None:
         """Send another load's outcome (an entry with its label, or a Problem) as our answer."""
         if isinstance(outcome, Problem):
             raise Problem(
                 outcome.status, outcome.detail, headers=dict(outcome.headers), extra=outcome.extra
             )
         entry, label = outcome
-        start, body = self._answer(entry, label, pending.inm, time.monotonic())
+        start, body = self.answer(entry, label, pending.inm, time.monotonic())
         await send(start)
         await send(body)
 
-    def _land(self, key: bytes, flight: _Flight | None, outcome: Any) -> None:
+    def land(self, key: bytes, flight: Flight | None, outcome: Any) -> None:
         """Finish a flight: waiters get ``outcome``; the next miss starts a new one."""
         if flight is None:
             return
@@ -492,7 +463,7 @@ class ResponseCache:
         lost, new ones when placed). None while subscribed, or without L2 (one instance)."""
         sub = self.subscription
         if sub is not None and not sub.connected:
-            return self.settings.cache_unsubscribed_max_age
+            return self.settings.unsubscribed_max_age
         return None
 
     def _spawn(self, coro: Any) -> None:
@@ -530,7 +501,7 @@ class ResponseCache:
 
     # -- storing -----------------------------------------------------------------------------
 
-    def _store_local(self, key: bytes, entry: Entry, epoch: int) -> bool:
+    def store_local(self, key: bytes, entry: Entry, epoch: int) -> bool:
         """Put a freshly loaded entry into L1 unless an invalidation happened meanwhile."""
         if epoch != self.epoch:
             return False
@@ -538,7 +509,7 @@ class ResponseCache:
         entry.place(now, entry.stored_at, self._max_age())
         return self.l1.put(key, entry, entry.size, entry.until, now, entry.tags)
 
-    def _store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
+    def store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
         """Write ``entry`` to L2 under the lease, off the request's path (batched, see
         :meth:`L2.store_later`; encoded when sent)."""
         l2 = self.l2
@@ -546,7 +517,8 @@ class ResponseCache:
             return
         l2.store_later(key, token, lambda: (encode_entry(entry), entry.lifetime_ms(time.time())))
 
-    def _release(self, key: bytes, token: str | None) -> None:
+    def release_lease(self, key: bytes, token: str | None) -> None:
+        """Give the key's L2 lease back (in the background) when nothing is stored under it."""
         if token is not None and self.l2 is not None:
             self._spawn(self.l2.release(key, token))
 
@@ -675,7 +647,7 @@ class ResponseCache:
         # cache_unsubscribed_max_age old (new fills are capped as they are placed), and a
         # load that began before now does not enter L1 (the epoch).
         self.epoch += 1
-        max_age = self.settings.cache_unsubscribed_max_age
+        max_age = self.settings.unsubscribed_max_age
         for entry in self.l1.values():
             entry.cap(max_age)
 

@@ -26,7 +26,7 @@ import msgspec
 from cygate.core.hitpath import EntryHot
 
 if TYPE_CHECKING:
-    from cygate.settings import CacheRule
+    from cygate.edge.settings import CacheRule
 
 __all__ = [
     "HIT_L1",

@@ -50,6 +50,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from cygate.infra.circuit import Circuit
+from cygate.infra.retry import Backoff
 
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
@@ -84,7 +85,7 @@ return 1
 """
 # The miss's one round trip, for every miss of a loop turn at once: each key's entry if it is
 # of the current generation, else its lease (entering the key in its tag sets), else 0.
-# PERF: one argument per key (redis-py spends about a microsecond of Python on each argument):
+# PERF: one argument per key (redis-py spends Python time on each argument):
 # ``<key hex> <token> <read: 1|0> <tag-set ms> `` then each tag as ``<length>:<tag>``. Every
 # name is the key hex under a prefix of the one hash tag (as _INVALIDATE's): one cluster slot.
 # KEYS[1] generation; ARGV: lease ms, entry prefix, lease prefix, tag prefix, one per key.
@@ -463,13 +464,12 @@ class L2:
         hexkey = key.hex()
         names = [self.entry_prefix + hexkey, self.lease_prefix + hexkey, self.gen_key]
         deadline = time.monotonic() + patience
-        pause = 0.002
+        pause = Backoff(0.002, 0.016)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.016)
+            await asyncio.sleep(min(pause.next(), remaining))
             got = await self._call("wait", lambda: self.client.mget(names))
             if got is None:
                 return None
@@ -569,14 +569,14 @@ class Subscription:
         await self._client.aclose()
 
     async def _run(self) -> None:
-        pause = 0.01
+        pause = Backoff(0.01, 0.1)
         while True:
             pubsub = self._client.pubsub()
             try:
                 if self._lost and self._before is not None:
                     await self._before()
                 await pubsub.subscribe(self.channel)
-                pause = 0.01
+                pause.reset()
                 await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
@@ -591,8 +591,7 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     # redis-py types aclose() from 8.x on; older releases in our range do not.
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.1)
+            await pause.sleep()
 
     async def _listen(self, pubsub: Any) -> None:
         last = time.monotonic()

@@ -10,26 +10,96 @@ through untouched and the waiters load for themselves.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 
+from cygate.edge.asgi import Message
 from cygate.edge.cache_entry import MISS, STALE, Entry, storable_headers
 from cygate.edge.problem import Problem
 
 if TYPE_CHECKING:
-    from cygate.edge.cache import ResponseCache, _Flight, _Pending
+    from cygate.edge.cache_rules import CacheRoute
+    from cygate.infra.metrics import Counter
 
-__all__ = ["BYPASS", "RETRY", "CacheMiss"]
+__all__ = ["BYPASS", "RETRY", "CacheMiss", "Flight", "MissStore", "Pending"]
 
-Message = MutableMapping[str, Any]
 
 RETRY = object()
 """Flight outcome: the loader vanished (its client went away); waiters try again."""
 BYPASS = object()
 """Flight outcome: the answer was not cacheable; waiters load for themselves."""
+
+
+class Pending:
+    """What the cache's look-up learned about a request that missed, for its load."""
+
+    __slots__ = ("current", "inm", "key", "no_cache", "route", "stale", "tags")
+
+    def __init__(
+        self,
+        route: CacheRoute,
+        key: bytes,
+        inm: bytes | None,
+        no_cache: bool,
+        stale: Entry | None,
+        tags: tuple[str, ...],
+        current: Entry | None = None,
+    ) -> None:
+        self.current = current
+        """A forced reload's entry in L1: a reload with its ETag changes nothing in L2."""
+        self.route = route
+        self.key = key
+        self.inm = inm
+        self.no_cache = no_cache
+        self.stale = stale
+        self.tags = tags
+
+
+class Flight:
+    """One load in progress in this process; other requests for the key await ``future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def resolve(self, outcome: Any) -> None:
+        """Hand ``outcome`` to the waiters (once; a later outcome is ignored)."""
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class MissStore(Protocol):
+    """What a miss needs of the cache it fills (:class:`~cygate.edge.cache.ResponseCache`)."""
+
+    epoch: int
+    """Bumped by every invalidation: a fill begun in an older epoch does not enter L1."""
+    max_entry_bytes: int
+    """A response larger than this is streamed, not stored."""
+    n_miss: Counter
+    n_stale: Counter
+
+    def land(self, key: bytes, flight: Flight | None, outcome: Any) -> None:
+        """Finish a flight: waiters get ``outcome``; the next miss starts a new one."""
+
+    def release_lease(self, key: bytes, token: str | None) -> None:
+        """Give the key's L2 lease back (nothing stored under it)."""
+
+    def answer(
+        self, entry: Entry, label: bytes, inm: bytes | None, now: float
+    ) -> tuple[Message, Message]:
+        """The messages that answer with ``entry`` (a 304 when ``inm`` matches it)."""
+        ...
+
+    def store_local(self, key: bytes, entry: Entry, epoch: int) -> bool:
+        """Put a freshly loaded entry into L1 unless an invalidation happened meanwhile."""
+        ...
+
+    def store_shared(self, key: bytes, entry: Entry, token: str | None) -> None:
+        """Write ``entry`` to L2 under the lease, off the request's path."""
 
 
 class CacheMiss:
@@ -57,9 +127,9 @@ class CacheMiss:
 
     def __init__(
         self,
-        cache: ResponseCache,
-        pending: _Pending | None,
-        flight: _Flight | None,
+        cache: MissStore,
+        pending: Pending | None,
+        flight: Flight | None,
         out: Any,
         token: str | None = None,
     ) -> None:
@@ -107,7 +177,7 @@ class CacheMiss:
         self._body.append(chunk)
         self._size += len(chunk)
         more = message.get("more_body", False)
-        if self._size > self._cache.settings.cache_max_entry_bytes:
+        if self._size > self._cache.max_entry_bytes:
             await self._give_up(more)
         elif not more:
             await self._complete()
@@ -140,9 +210,9 @@ class CacheMiss:
         about to be stored under it."""
         self._done = True
         assert self._pending is not None
-        self._cache._land(self._pending.key, self._flight, outcome)
+        self._cache.land(self._pending.key, self._flight, outcome)
         if not isinstance(outcome, tuple) or outcome[1] is STALE:
-            self._cache._release(self._pending.key, self._token)
+            self._cache.release_lease(self._pending.key, self._token)
             self._token = None
 
     async def _serve_stale(self) -> None:
@@ -150,7 +220,7 @@ class CacheMiss:
         assert pending is not None and pending.stale is not None
         self._cache.n_stale.value += 1
         self._finish((pending.stale, STALE))
-        start, body = self._cache._answer(pending.stale, STALE, pending.inm, time.monotonic())
+        start, body = self._cache.answer(pending.stale, STALE, pending.inm, time.monotonic())
         await self._out(start)
         await self._out(body)
 
@@ -193,9 +263,9 @@ class CacheMiss:
             self._status, base, body, rule, pending.tags, time.time(), pending.route.extra
         )
         cache.n_miss.value += 1
-        cache._store_local(pending.key, entry, self._epoch)
+        cache.store_local(pending.key, entry, self._epoch)
         self._finish((entry, MISS))
-        start, body_message = cache._answer(entry, MISS, pending.inm, time.monotonic())
+        start, body_message = cache.answer(entry, MISS, pending.inm, time.monotonic())
         await self._out(start)
         await self._out(body_message)
         # PERF: L2 after the client has its answer, batched with this loop turn's other
@@ -203,9 +273,9 @@ class CacheMiss:
         token, self._token = self._token, None
         current = pending.current
         if current is not None and current.etag == entry.etag and current.detail is None:
-            cache._release(pending.key, token)  # revalidated: the same body, L2 unchanged
+            cache.release_lease(pending.key, token)  # revalidated: the same body, L2 unchanged
         else:
-            cache._store_shared(pending.key, entry, token)
+            cache.store_shared(pending.key, entry, token)
 
     def _remember_404(self, detail: str) -> None:
         pending = self._pending
@@ -216,10 +286,10 @@ class CacheMiss:
             return
         cache = self._cache
         entry = Entry.not_found(detail, rule, pending.tags, time.time())
-        cache._store_local(pending.key, entry, self._epoch)
+        cache.store_local(pending.key, entry, self._epoch)
         token, self._token = self._token, None
         self._finish((entry, MISS))
-        cache._store_shared(pending.key, entry, token)
+        cache.store_shared(pending.key, entry, token)
 
 
 def _problem_detail(body: bytes) -> str | None:

@@ -1,6 +1,6 @@
 """Cache rules, and the routes that use them: key function, tags, headers, input checks.
 
-A rule (:class:`cygate.settings.CacheRule`) is named in a route's ``opt={"cache": "<rule>"}``;
+A rule (:class:`cygate.edge.settings.CacheRule`) is named in a route's ``opt={"cache": "<rule>"}``;
 :class:`CacheRoute` is what the cache keeps per cached route. :func:`check_inputs` refuses a
 rule whose key leaves out something the handler reads, and :func:`load_secret` finds the key
 secret (the setting, or a file generated at first start in development and test).
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from cygate.core.cachekey import CacheKey
 from cygate.edge.auth import provide_principal
 from cygate.edge.cache_entry import rule_headers
-from cygate.settings import CacheRule
+from cygate.edge.settings import CacheRule
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.edge.settings import CacheSettings
 
 __all__ = ["DEFAULT_RULES", "CacheRoute", "cache_rules", "check_inputs", "load_secret"]
 
@@ -60,9 +60,9 @@ DEFAULT_RULES: dict[str, CacheRule] = {
 """Built-in rules; ``cache_rules`` in the settings adds rules or replaces these by name."""
 
 
-def cache_rules(settings: Settings) -> dict[str, CacheRule]:
+def cache_rules(settings: CacheSettings) -> dict[str, CacheRule]:
     """The rules in force: the built-in ones, with the settings' added or replacing them."""
-    return {**DEFAULT_RULES, **settings.cache_rules}
+    return {**DEFAULT_RULES, **settings.rules}
 
 
 _UUID_HEX = frozenset("0123456789abcdefABCDEF-")
@@ -70,13 +70,13 @@ CALLER = "caller"
 """The tag placeholder filled with the caller's subject (private rules only)."""
 
 
-def load_secret(settings: Settings) -> bytes:
+def load_secret(settings: CacheSettings) -> bytes:
     """The cache-key secret: the setting, else (development, test) the key file, created with
     a random secret at first start. Every worker and instance that shares L2 must use the
     same secret, so it is never generated per process."""
-    if settings.cache_key_secret:
-        return settings.cache_key_secret.encode("utf-8")
-    path = pathlib.Path(settings.cache_key_file)
+    if settings.key_secret:
+        return settings.key_secret.encode("utf-8")
+    path = pathlib.Path(settings.key_file)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

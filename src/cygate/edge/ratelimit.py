@@ -19,8 +19,7 @@ decided in one of three modes:
     in any window. PERF: when fewer than a quarter of a lease's tokens are left, one request
     tops it up in the background (``lease`` minus what is left, so a process never holds more
     than ``lease``): under steady load the lease never runs dry and no request waits for Redis
-    (a dry lease made every concurrent request of the key wait for the answer: ~2 µs/request
-    at a lease of 100).
+    (a dry lease makes every concurrent request of the key wait for the answer).
 
 PERF: the stage is synchronous whenever it can be: local limits, a lease with tokens left or a
 remembered refusal return ``None`` without creating a coroutine; only a question to Redis makes
@@ -56,11 +55,10 @@ from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservati
 from cygate.infra.tasks import spawn, wake
 
 if TYPE_CHECKING:
-    from cygate.edge.context import EdgeContext
-    from cygate.edge.policy import RoutePolicy
+    from cygate.edge.context import EdgeContext, RoutePolicy
+    from cygate.edge.settings import RateLimitSettings, RateLimitSpec
     from cygate.infra.metrics import Counter, Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import RateLimitSpec, Settings
 
 __all__ = ["Limit", "RateLimitStage", "build_limits"]
 
@@ -264,7 +262,7 @@ class _Verdict:
 
 
 def build_limits(
-    settings: Settings,
+    settings: RateLimitSettings,
     policies: Iterable[RoutePolicy],
     metrics: Metrics,
     existing: dict[tuple[str, str], Limit] | None = None,
@@ -284,16 +282,16 @@ def build_limits(
         # NOTE: an empty class ("" in rate_limit_routes or the handler's opt) is a decision:
         # not limited by the edge, the default class included (a handler that counts a limit
         # of its own and sends its own RateLimit headers, like login's, says so).
-        cls = settings.rate_limit_routes.get(policy.name)
+        cls = settings.routes.get(policy.name)
         if cls is None:
             cls = policy.rate_limit
         if cls is None:
-            cls = settings.rate_limit_default_class
+            cls = settings.default_class
         if cls:
             if settings.rate_limit_class(cls) is None:
                 raise ValueError(f"route {policy.name!r} names unknown rate-limit class {cls!r}")
             classes_of[policy.name] = cls
-    unknown = sorted(set(settings.rate_limit_routes) - names)
+    unknown = sorted(set(settings.routes) - names)
     if unknown:
         raise ValueError(
             f"CYGATE_RATE_LIMIT_ROUTES names routes that do not exist: {unknown}; "
@@ -304,7 +302,7 @@ def build_limits(
     for cls in classes_of.values():
         for name in settings.rate_limit_class(cls) or ():
             users.setdefault(name, set()).add(cls)
-    api_header = settings.rate_limit_api_key_header.lower().encode("latin-1")
+    api_header = settings.api_key_header.lower().encode("latin-1")
     known = {} if existing is None else existing
     limits: dict[str, Limit] = {}
     for name, classes in users.items():
@@ -316,7 +314,7 @@ def build_limits(
                 specs[name],
                 failure=failure,
                 metrics=metrics,
-                capacity=settings.rate_limit_max_keys,
+                capacity=settings.max_keys,
                 api_header=api_header,
             )
         limits[name] = limit
@@ -338,20 +336,20 @@ class RateLimitStage:
     __slots__ = ("_limits", "_metrics", "_plans", "_settings", "backoff", "store", "timeout")
 
     def __init__(
-        self, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+        self, settings: RateLimitSettings, policies: Iterable[RoutePolicy], metrics: Metrics
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._limits: dict[tuple[str, str], Limit] = {}
         """(name, failure mode) -> Limit: what a later :meth:`plan` reuses."""
         self._plans = build_limits(settings, policies, metrics, self._limits)
-        self.timeout = settings.rate_limit_redis_timeout
-        self.backoff = settings.rate_limit_redis_backoff
+        self.timeout = settings.redis_timeout
+        self.backoff = settings.redis_backoff
         self.store: QuotaStore | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, policies: Iterable[RoutePolicy], metrics: Metrics
+        cls, settings: RateLimitSettings, policies: Iterable[RoutePolicy], metrics: Metrics
     ) -> RateLimitStage:
         return cls(settings, policies, metrics)
 
@@ -478,8 +476,8 @@ class RateLimitStage:
             if waiting is not None:
                 # NOTE: one lease request per key at a time: the others wait for its answer.
                 # PERF: each waiter awaits a future of its own (its cancellation touches no
-                # one else's); shielding one shared future cost ~4 us per waiter, and a dry
-                # lease under load has dozens of them.
+                # one else's); shielding one shared future costs more per waiter, and a dry
+                # lease under load has many of them.
                 mine = asyncio.get_running_loop().create_future()
                 waiting.append(mine)
                 await mine

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cygate.edge.cache_entry import etag_matches, etag_of, rule_headers
 
 if TYPE_CHECKING:
+    from cygate.edge.asgi import Message, Send
     from cygate.edge.context import EdgeContext
-    from cygate.edge.edge import Message, Send
-    from cygate.settings import CacheRule
+    from cygate.edge.settings import CacheRule
 
 __all__ = ["Validated", "Validators"]
 

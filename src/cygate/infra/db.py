@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.infra.settings import DatabaseSettings
 
 __all__ = [
     "DB_UNAVAILABLE",
@@ -190,7 +190,8 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     """Release hook: roll back a transaction left open, and nothing else.
 
     PERF: asyncpg's default reset sends ``RESET ALL; UNLISTEN *; CLOSE ALL; ...`` on every
-    release, one more round trip per request (10 % of a worker's CPU on the product read).
+    release, one more round trip per request (a visible share of a worker's CPU on the product
+    read).
     The app never changes session state on pooled connections (no SET, LISTEN, advisory
     locks or cursors outside a transaction), so only an open transaction needs undoing.
     """
@@ -198,17 +199,17 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(settings: Settings, *, lazy: bool = False) -> asyncpg.Pool:
+async def create_pool(settings: DatabaseSettings, *, lazy: bool = False) -> asyncpg.Pool:
     """The app's pool: prepared statements cached per connection, jsonb through orjson.
 
     ``lazy`` opens no connection up front (used when PostgreSQL is down at start-up).
     """
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=0 if lazy else settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        command_timeout=settings.db_command_timeout,
-        timeout=settings.db_acquire_timeout,
+        settings.url,
+        min_size=0 if lazy else settings.pool_min,
+        max_size=settings.pool_max,
+        command_timeout=settings.command_timeout,
+        timeout=settings.acquire_timeout,
         init=_init_connection,
         reset=_reset_connection,
         server_settings={"application_name": "cygate", "jit": "off"},

@@ -2,9 +2,10 @@
 
 PERF: every ``Pool.fetchrow`` acquires and releases a connection through asyncpg's pool: an
 ``asyncio.Queue.get``, an ``asyncio.timeout`` on release and a future, each of which asks for
-the running loop, which costs a ``getpid`` system call on CPython 3.11 (about 15 % of a worker's
-CPU on the uncached product read, py-spy). A read lease hands a held connection over with a list
-pop and takes it back with an append; it waits (a plain future) only when all are busy.
+the running loop, which costs a ``getpid`` system call on CPython 3.11 (a visible share of a
+worker's CPU on the uncached product read in a profile). A read lease hands a held connection
+over with a list pop and takes it back with an append; it waits (a plain future) only when all
+are busy.
 
 Safety: a connection that saw any error or cancellation is given back to the pool (which resets
 or replaces it) instead of being reused, so one broken query never poisons the next request.

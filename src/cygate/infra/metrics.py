@@ -1,10 +1,16 @@
 """Request metrics in Prometheus text format, correct when Granian runs several workers.
 
 Each worker counts in plain dicts (no locks: one event loop per worker) and writes a snapshot of
-its counters to ``<metrics_dir>/worker-<pid>.json`` once a second when they changed. A scrape,
+its counters to ``<metrics_dir>/worker-<pid>.json`` once a second when they changed (the
+event-loop lag histogram, observed by that once-a-second timer, changes every time). A scrape,
 answered by whichever worker the connection lands on, refreshes that worker's own file and sums
 every file in the folder. Counters of a worker that died stay in its file, so totals never go
 backwards. The folder is made fresh by ``cygate serve`` for each server run.
+
+Families of kind ``gauge`` in :data:`FAMILIES` are per-worker values read when the snapshot is
+taken (from :meth:`Metrics.add_gauge_source`) and summed over the workers still alive: a dead
+worker's file keeps its counters but no longer adds to a gauge. :data:`SCRAPE_GAUGES` are read by
+the worker answering the scrape (pools, PostgreSQL and Redis reachability, the outbox backlog).
 
 NOTE: what another worker counted in the last second may be missing from a scrape; Prometheus
 scrapes every 15 s or so, and the next scrape includes it.
@@ -18,14 +24,16 @@ import logging
 import os
 import pathlib
 import tempfile
+import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from cygate.core.reqmetrics import BUCKETS, RequestRecorder, Tally
 
-__all__ = ["BUCKETS", "FAMILIES", "Counter", "Metrics"]
+__all__ = ["BUCKETS", "FAMILIES", "REQUEST_FAMILIES", "SCRAPE_GAUGES", "Counter", "Metrics"]
 
 log = logging.getLogger("cygate.metrics")
 
@@ -123,7 +131,58 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "From the outbox insert to the consumer's effect.",
         ("consumer",),
     ),
+    # -- process health --
+    "cygate_process_cpu_seconds_total": (
+        "counter",
+        "CPU time (user + system) of the worker processes of this server run, summed.",
+        (),
+    ),
+    "cygate_event_loop_lag_seconds": (
+        "histogram",
+        "How late the workers' event loops ran a timer due every second (blocking work).",
+        (),
+    ),
+    "cygate_upstream_breaker_state": (
+        "gauge",
+        "Workers whose circuit breaker to the upstream is in this state (closed, open, "
+        "half_open); a breaker stays open until a request after its open time probes.",
+        ("upstream", "state"),
+    ),
 }
+
+REQUEST_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "cygate_http_requests_total": (
+        "counter",
+        "HTTP requests answered, by route and status.",
+        ("route", "method", "status"),
+    ),
+    "cygate_http_request_duration_seconds": (
+        "histogram",
+        "Time from request to response end.",
+        ("route", "method", "status"),
+    ),
+}
+"""The request series (:mod:`cygate.core.reqmetrics`): the route label is the route's name
+(``GET /api/v1/products/{product_id:uuid}``), never the raw path."""
+
+SCRAPE_GAUGES: dict[str, str] = {
+    "cygate_db_pool_size": "Connections in the answering worker's PostgreSQL pool.",
+    "cygate_db_pool_idle": "Idle connections in the answering worker's PostgreSQL pool.",
+    "cygate_db_pool_max": "The most connections a worker's PostgreSQL pool opens.",
+    "cygate_postgres_up": "1 when PostgreSQL answered SELECT 1 within a second, else 0.",
+    "cygate_redis_up": "1 when Redis answered PING within a second, else 0.",
+    "cygate_events_outbox_pending": "Outbox rows not yet published (0 rows: no lag).",
+    "cygate_events_outbox_lag_seconds": "Age of the oldest unpublished outbox row (0: none).",
+    "cygate_cpu_cores": "CPU cores this process may run on.",
+    "cygate_cache_l1_bytes": "Bytes held by the answering worker's L1 cache.",
+    "cygate_cache_l1_entries": "Entries in the answering worker's L1 cache.",
+    "cygate_cache_l1_evictions": "Evictions from the answering worker's L1 cache.",
+    "cygate_cache_subscribed": "1 while the answering worker receives cache invalidations.",
+}
+"""Gauges read by the worker answering the scrape (``/metrics``'s ``extra``), name -> help."""
+
+GaugeSource = Callable[[], Iterable[tuple[str, tuple[str, ...], float]]]
+"""Yields (family, labels, value) of :data:`FAMILIES` gauges when a snapshot is taken."""
 _FAMILY_MARK = "\x1e"  # snapshot keys of labelled families start with it
 
 
@@ -143,6 +202,7 @@ class Metrics(RequestRecorder):
         "_bound",
         "_families",
         "_flushed_bound",
+        "_gauge_sources",
         "_path",
         "_task",
         "_upstream",
@@ -163,6 +223,19 @@ class Metrics(RequestRecorder):
         # (upstream, route, outcome) -> (its requests counter, its route's duration histogram)
         self._upstream: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._gauge_sources: list[GaugeSource] = []
+
+    def add_gauge_source(self, source: GaugeSource) -> None:
+        """Read ``source`` at every snapshot: it yields this worker's values of gauge families
+        of :data:`FAMILIES` (summed over live workers at the scrape)."""
+        self._gauge_sources.append(source)
+
+    def _sampled(self) -> Iterable[tuple[tuple[str, tuple[str, ...]], list[float]]]:
+        """The values read when a snapshot is taken: this process's CPU time, the gauges."""
+        yield ("cygate_process_cpu_seconds_total", ()), [time.process_time()]
+        for source in self._gauge_sources:
+            for family, labels, value in source():
+                yield (family, labels), [float(value)]
 
     def inc(self, family: str, labels: tuple[str, ...], value: float = 1.0) -> None:
         """Add to a counter of one of :data:`FAMILIES`."""
@@ -234,6 +307,8 @@ class Metrics(RequestRecorder):
             out[_FAMILY_MARK + "\x1f".join((family, *labels))] = values
         for (family, labels), counter in self._bound.items():
             out[_FAMILY_MARK + "\x1f".join((family, *labels))] = [counter.value]
+        for (family, labels), values in self._sampled():
+            out[_FAMILY_MARK + "\x1f".join((family, *labels))] = values
         return out
 
     def flush(self) -> None:
@@ -254,8 +329,12 @@ class Metrics(RequestRecorder):
             raise
 
     async def _flush_loop(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + interval
             await asyncio.sleep(interval)
+            # How late the timer ran: time the loop spent on something that did not yield.
+            self.observe_family("cygate_event_loop_lag_seconds", (), max(0.0, loop.time() - due))
             if self._dirty or self._bound_changed():
                 try:
                     self.flush()
@@ -296,6 +375,8 @@ class Metrics(RequestRecorder):
                 _add(families, k, v)
             for k, counter in self._bound.items():
                 _add(families, k, [counter.value])
+            for k, values in self._sampled():
+                _add(families, k, values)
             return {k: v.as_list() for k, v in self._series.items()}, families
         self.flush()
         for path in self.directory.glob("worker-*.json"):
@@ -303,9 +384,12 @@ class Metrics(RequestRecorder):
                 data: dict[str, list[float]] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue  # a file being replaced right now; its numbers arrive next scrape
+            alive = path == self._path or _alive(path)
             for raw_key, values in data.items():
                 if raw_key.startswith(_FAMILY_MARK):
                     family, *labels = raw_key[1:].split("\x1f")
+                    if not alive and FAMILIES.get(family, ("counter",))[0] == "gauge":
+                        continue  # a dead worker's gauges are gone with it
                     _add(families, (family, tuple(labels)), values)
                     continue
                 route, method, status = raw_key.split("\x1f")
@@ -316,7 +400,8 @@ class Metrics(RequestRecorder):
         """Prometheus text exposition format 0.0.4."""
         series, families = self._collect()
         lines = [
-            "# HELP cygate_http_requests_total HTTP requests answered, by route and status.",
+            "# HELP cygate_http_requests_total "
+            + REQUEST_FAMILIES["cygate_http_requests_total"][1],
             "# TYPE cygate_http_requests_total counter",
         ]
         for (route, method, status), v in sorted(series.items()):
@@ -325,7 +410,8 @@ class Metrics(RequestRecorder):
                 f'status="{status}"}} {int(v[0])}'
             )
         lines += [
-            "# HELP cygate_http_request_duration_seconds Time from request to response end.",
+            "# HELP cygate_http_request_duration_seconds "
+            + REQUEST_FAMILIES["cygate_http_request_duration_seconds"][1],
             "# TYPE cygate_http_request_duration_seconds histogram",
         ]
         for (route, method, status), v in sorted(series.items()):
@@ -344,9 +430,31 @@ class Metrics(RequestRecorder):
             lines.append(f"cygate_http_request_duration_seconds_count{{{labels}}} {int(v[0])}")
         lines += _render_families(families)
         for name, value in (extra or {}).items():
+            if name in SCRAPE_GAUGES:
+                lines.append(f"# HELP {name} {SCRAPE_GAUGES[name]}")
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value}")
+            lines.append(f"{name} {_num(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _alive(path: pathlib.Path) -> bool:
+    """Does the worker that wrote ``worker-<pid>.json`` still run? (Other names: assumed so.)"""
+    pid = path.stem.removeprefix("worker-")
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _num(value: float) -> str:
+    """A sample value: integers without a fraction (as the counters always were)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _add(acc: dict[Any, list[float]], key: Any, values: list[float]) -> None:
@@ -373,16 +481,18 @@ def _render_families(families: dict[tuple[str, tuple[str, ...]], list[float]]) -
             )
             if kind != "histogram":
                 sample = f"{family}{{{label_text}}}" if label_text else family
-                lines.append(f"{sample} {int(v[0])}")
+                lines.append(f"{sample} {_num(v[0])}")
                 continue
             base = family
+            le_prefix = label_text + "," if label_text else ""
+            plain = f"{{{label_text}}}" if label_text else ""
             cumulative = 0.0
             for i, bound in enumerate(BUCKETS):
                 cumulative += v[2 + i]
-                lines.append(f'{base}_bucket{{{label_text},le="{bound}"}} {int(cumulative)}')
-            lines.append(f'{base}_bucket{{{label_text},le="+Inf"}} {int(v[0])}')
-            lines.append(f"{base}_sum{{{label_text}}} {v[1]:.6f}")
-            lines.append(f"{base}_count{{{label_text}}} {int(v[0])}")
+                lines.append(f'{base}_bucket{{{le_prefix}le="{bound}"}} {int(cumulative)}')
+            lines.append(f'{base}_bucket{{{le_prefix}le="+Inf"}} {int(v[0])}')
+            lines.append(f"{base}_sum{plain} {v[1]:.6f}")
+            lines.append(f"{base}_count{plain} {int(v[0])}")
     return lines
 
 

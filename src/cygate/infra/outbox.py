@@ -13,8 +13,12 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["emit"]
+__all__ = ["backlog", "emit"]
 
+_BACKLOG = (
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 "
+    "FROM outbox WHERE published_at IS NULL"
+)
 _INSERT = (
     "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload) "
     "VALUES ($1, $2, $3, $4) RETURNING id"
@@ -38,3 +42,11 @@ async def emit(
         raise RuntimeError("outbox.emit needs the transaction of the change it describes")
     outbox_id: int = await conn.fetchval(_INSERT, aggregate, str(aggregate_id), event_type, payload)
     return outbox_id
+
+
+async def backlog(db: asyncpg.Pool | asyncpg.Connection) -> tuple[int, float]:
+    """Rows not yet published and the age in seconds of the oldest (0 when none wait): how far
+    the relay is behind (the partial index on unpublished rows keeps this cheap)."""
+    row = await db.fetchrow(_BACKLOG)
+    assert row is not None
+    return int(row[0]), max(0.0, float(row[1]))

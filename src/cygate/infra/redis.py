@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.infra.settings import RedisSettings
 
 __all__ = ["HIREDIS_AVAILABLE", "RedisHandle", "create_redis"]
 
@@ -36,16 +36,16 @@ class RedisHandle:
         await self.client.aclose()
 
 
-def create_redis(settings: Settings) -> RedisHandle:
-    """A client that fails fast: a hung Redis costs at most ``redis_timeout`` per call."""
+def create_redis(settings: RedisSettings) -> RedisHandle:
+    """A client that fails fast: a hung Redis costs at most ``timeout`` per call."""
     # NOTE: redis-py picks the hiredis parser by itself when hiredis is importable
     # (its DefaultParser); pyproject installs redis[hiredis], and /readyz reports which one runs.
     client = aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
+        settings.url,
+        socket_timeout=settings.timeout,
+        socket_connect_timeout=settings.timeout,
         health_check_interval=30,
         retry_on_timeout=False,
         max_connections=64,
     )
-    return RedisHandle(client, settings.redis_prefix)
+    return RedisHandle(client, settings.prefix)

@@ -3,7 +3,7 @@
 ``spawn(coro)`` runs a coroutine as a task that nobody awaits, keeping it alive until it ends
 (the loop itself holds only weak references to tasks). ``wake(waiting, value)`` gives ``value``
 to every waiter's own future: each waiter awaits a future of its own, so a waiter's
-cancellation never touches the others (shielding one shared future cost ~4 µs per waiter).
+cancellation never touches the others (and shielding one shared future costs more per waiter).
 """
 
 from __future__ import annotations

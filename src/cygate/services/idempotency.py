@@ -52,11 +52,10 @@ from litestar.params import HeaderParameter
 
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.ids import uuid7
+from cygate.services.idempotency_settings import IdempotencySettings
 
 if TYPE_CHECKING:
     import asyncpg
-
-    from cygate.settings import Settings
 
 __all__ = [
     "CLAIM_LOST_SQLSTATE",
@@ -66,6 +65,7 @@ __all__ = [
     "ClaimLost",
     "Idempotency",
     "IdempotencyKeyHeader",
+    "IdempotencySettings",
     "IdempotentRequest",
     "Outcome",
     "StoredResponse",
@@ -73,6 +73,7 @@ __all__ = [
     "parse_key",
     "replay_response",
 ]
+
 
 log = logging.getLogger("cygate.idempotency")
 
@@ -324,11 +325,8 @@ class Idempotency:
         self.in_flight_timeout = in_flight_timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Idempotency:
-        return cls(
-            ttl=float(settings.idempotency_ttl_seconds),
-            in_flight_timeout=settings.idempotency_in_flight_timeout,
-        )
+    def from_settings(cls, settings: IdempotencySettings) -> Idempotency:
+        return cls(ttl=float(settings.ttl_seconds), in_flight_timeout=settings.in_flight_timeout)
 
     def pool_(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes

@@ -43,6 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 import orjson
 
+from cygate.infra.retry import Backoff
 from cygate.services.payments.http import CallFailed, JsonClient
 from cygate.services.payments.signing import load_secret, sign
 
@@ -354,7 +355,7 @@ class Simulator:
     async def _deliver(self, body: bytes, delay: float) -> None:
         assert self._webhooks is not None
         await asyncio.sleep(delay)
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         for _ in range(self.config.webhook_attempts):
             headers = {"cygate-signature": sign(self.config.webhook_secret, body, int(time.time()))}
             try:
@@ -367,8 +368,7 @@ class Simulator:
                     return
             except CallFailed:
                 pass
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.sleep()
         self.counters.webhooks_failed += 1
 
 

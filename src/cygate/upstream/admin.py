@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 
-from cygate.services.ops.access import require_loopback
+from cygate.edge.access import require_loopback
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.upstream.settings import RoutesSettings
 
 __all__ = ["RoutesAdminController"]
 
@@ -28,7 +28,7 @@ class RoutesAdminController(Controller):
         opt={"auth": True, "roles": ["admin"]},
     )
     async def routes(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
-        settings: Settings = state.settings
-        if settings.routes_admin_access == "loopback":
+        settings: RoutesSettings = state.settings.routes
+        if settings.admin_access == "loopback":
             require_loopback(request, "the route table is served to")
         return Response(state.routes.view(), headers={"cache-control": "no-store"})

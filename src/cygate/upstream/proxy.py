@@ -18,10 +18,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from cygate.edge.asgi import Receive, Send
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import ResponseAborted
 from cygate.edge.problem import Problem
@@ -38,16 +38,13 @@ from cygate.upstream.resilience import CLOSED, Shed
 if TYPE_CHECKING:
     from cygate.edge.context import EdgeContext
     from cygate.infra.metrics import Metrics
-    from cygate.upstream.table import ProxyRoute
+    from cygate.upstream.config import RouteConfig
     from cygate.upstream.targets import Target, Upstream
 
-__all__ = ["IDEMPOTENT", "UpstreamProxy"]
+__all__ = ["DEFAULT_TIMEOUTS", "IDEMPOTENT", "ProxyRoute", "UpstreamProxy"]
 
 log = logging.getLogger("cygate.proxy")
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 HOP_BY_HOP = frozenset(
@@ -77,6 +74,77 @@ _QUERY_OK = frozenset(range(0x21, 0x7F)) - {ord("#")}
 _FORWARDING_CACHE = 4096
 # Connection header values that name no other header (the common ones: nothing more to drop).
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+DEFAULT_TIMEOUTS = {"connect": 2.0, "read": 30.0, "total": 60.0}
+
+
+class ProxyRoute:
+    """What the proxy needs for one file route, resolved once when the table is built."""
+
+    __slots__ = (
+        "add_prefix",
+        "config",
+        "connect_timeout",
+        "identity",
+        "max_body",
+        "name",
+        "preserve_host",
+        "read_timeout",
+        "retries",
+        "set_request",
+        "set_response",
+        "skip_request",
+        "skip_response",
+        "strip_prefix",
+        "total_timeout",
+        "upstream",
+    )
+
+    def __init__(self, route: RouteConfig, upstream: Upstream, *, name: str, max_body: int) -> None:
+        cfg = upstream.cfg
+        self.config = route
+        self.name = name
+        self.upstream = upstream
+        self.strip_prefix = route.strip_prefix
+        self.add_prefix = route.add_prefix
+        self.preserve_host = route.preserve_host
+        self.max_body = route.max_body_bytes or max_body
+        self.connect_timeout: float = (
+            route.timeouts.connect or cfg.timeouts.connect or DEFAULT_TIMEOUTS["connect"]
+        )
+        self.read_timeout: float = (
+            route.timeouts.read or cfg.timeouts.read or DEFAULT_TIMEOUTS["read"]
+        )
+        self.total_timeout: float = (
+            route.timeouts.total or cfg.timeouts.total or DEFAULT_TIMEOUTS["total"]
+        )
+        self.retries = route.retries if route.retries is not None else cfg.retry.attempts
+        ids = cfg.identity_headers
+        self.identity = tuple(
+            h.lower().encode("latin-1") for h in (ids.subject, ids.roles, ids.client_id, ids.issuer)
+        )
+        request_set = {k.lower(): v for k, v in route.request_headers.set.items()}
+        self.set_request = [
+            k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n"
+            for k, v in request_set.items()
+        ]
+        self.skip_request = (
+            HOP_BY_HOP
+            | _SET_BY_PROXY
+            | frozenset(self.identity)
+            | frozenset(h.lower().encode("latin-1") for h in cfg.strip_request_headers)
+            | frozenset(h.lower().encode("latin-1") for h in route.request_headers.remove)
+            | frozenset(k.encode("latin-1") for k in request_set)
+        )
+        response_set = {k.lower(): v for k, v in route.response_headers.set.items()}
+        self.set_response = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in response_set.items()
+        ]
+        self.skip_response = (
+            HOP_BY_HOP
+            | EDGE_RESPONSE_HEADERS
+            | frozenset(h.lower().encode("latin-1") for h in route.response_headers.remove)
+            | frozenset(k.encode("latin-1") for k in response_set)
+        )
 
 
 def _too_slow(up: Upstream, route: ProxyRoute) -> Problem:

@@ -3,8 +3,9 @@ the edge atomically, reloaded when the file changes or on SIGHUP.
 
 A table is one compiled :class:`~cygate.core.router.Router` whose values are policies: the
 gateway's own routes keep theirs (a ``local`` entry in the file may replace the policy of one of
-them), and each file route gets a :class:`ProxyPolicy` that carries its :class:`ProxyRoute`
-(timeouts, header rules, its :class:`~cygate.upstream.targets.Upstream` object). A request keeps
+them), and each file route gets a :class:`ProxyPolicy` that carries its
+:class:`~cygate.upstream.proxy.ProxyRoute` (timeouts, header rules, its
+:class:`~cygate.upstream.targets.Upstream` object). A request keeps
 the policy it matched, so a swap never changes a request in flight, and an upstream whose
 configuration did not change keeps its connections, breaker and counters across reloads.
 """
@@ -16,13 +17,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from cygate.core.router import RouteConflict, Router
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import RoutePolicy
 from cygate.upstream.config import (
     LOCAL,
     RouteConfig,
@@ -31,7 +32,8 @@ from cygate.upstream.config import (
     load_route_file,
     route_name,
 )
-from cygate.upstream.proxy import EDGE_RESPONSE_HEADERS, HOP_BY_HOP
+from cygate.upstream.proxy import ProxyRoute
+from cygate.upstream.resilience import CLOSED, HALF_OPEN, OPEN
 from cygate.upstream.targets import Upstream
 
 if TYPE_CHECKING:
@@ -39,10 +41,8 @@ if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
 
 __all__ = [
-    "DEFAULT_TIMEOUTS",
     "LocalRoute",
     "ProxyPolicy",
-    "ProxyRoute",
     "RouteTable",
     "RouteTableManager",
     "build_table",
@@ -50,94 +50,15 @@ __all__ = [
 
 log = logging.getLogger("cygate.routes")
 
-DEFAULT_TIMEOUTS = {"connect": 2.0, "read": 30.0, "total": 60.0}
-
 LocalRoute = tuple[str | None, str, str, RoutePolicy]
 """``(host, method, pattern, policy)`` as ``Router.routes()`` lists them."""
-
-_PROXY_SETS = frozenset(
-    {
-        b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-        b"x-forwarded-host", b"forwarded", b"x-request-id", b"traceparent",
-    }
-)  # fmt: skip
-
-
-class ProxyRoute:
-    """What the proxy needs for one file route, resolved once when the table is built."""
-
-    __slots__ = (
-        "add_prefix",
-        "config",
-        "connect_timeout",
-        "identity",
-        "max_body",
-        "name",
-        "preserve_host",
-        "read_timeout",
-        "retries",
-        "set_request",
-        "set_response",
-        "skip_request",
-        "skip_response",
-        "strip_prefix",
-        "total_timeout",
-        "upstream",
-    )
-
-    def __init__(self, route: RouteConfig, upstream: Upstream, *, name: str, max_body: int) -> None:
-        cfg = upstream.cfg
-        self.config = route
-        self.name = name
-        self.upstream = upstream
-        self.strip_prefix = route.strip_prefix
-        self.add_prefix = route.add_prefix
-        self.preserve_host = route.preserve_host
-        self.max_body = route.max_body_bytes or max_body
-        self.connect_timeout: float = (
-            route.timeouts.connect or cfg.timeouts.connect or DEFAULT_TIMEOUTS["connect"]
-        )
-        self.read_timeout: float = (
-            route.timeouts.read or cfg.timeouts.read or DEFAULT_TIMEOUTS["read"]
-        )
-        self.total_timeout: float = (
-            route.timeouts.total or cfg.timeouts.total or DEFAULT_TIMEOUTS["total"]
-        )
-        self.retries = route.retries if route.retries is not None else cfg.retry.attempts
-        ids = cfg.identity_headers
-        self.identity = tuple(
-            h.lower().encode("latin-1") for h in (ids.subject, ids.roles, ids.client_id, ids.issuer)
-        )
-        request_set = {k.lower(): v for k, v in route.request_headers.set.items()}
-        self.set_request = [
-            k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n"
-            for k, v in request_set.items()
-        ]
-        self.skip_request = (
-            HOP_BY_HOP
-            | _PROXY_SETS
-            | frozenset(self.identity)
-            | frozenset(h.lower().encode("latin-1") for h in cfg.strip_request_headers)
-            | frozenset(h.lower().encode("latin-1") for h in route.request_headers.remove)
-            | frozenset(k.encode("latin-1") for k in request_set)
-        )
-        response_set = {k.lower(): v for k, v in route.response_headers.set.items()}
-        self.set_response = [
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in response_set.items()
-        ]
-        self.skip_response = (
-            HOP_BY_HOP
-            | EDGE_RESPONSE_HEADERS
-            | frozenset(h.lower().encode("latin-1") for h in route.response_headers.remove)
-            | frozenset(k.encode("latin-1") for k in response_set)
-        )
 
 
 class ProxyPolicy(RoutePolicy, frozen=True, kw_only=True):
     """A route policy whose target is an upstream; carries the route's proxy settings."""
 
     proxy: Any = None
-    """The :class:`ProxyRoute` (typed Any: msgspec never encodes it)."""
+    """The :class:`~cygate.upstream.proxy.ProxyRoute` (typed Any: msgspec never encodes it)."""
 
 
 class RouteTable:
@@ -174,6 +95,15 @@ class RouteTable:
             "routes": self.entries,
             "upstreams": {name: up.view() for name, up in sorted(self.upstreams.items())},
         }
+
+    def breaker_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """``cygate_upstream_breaker_state`` of this worker: per upstream, 1 for its breaker's
+        state and 0 for the other two (bounded: three series per upstream of the file)."""
+        for name, up in sorted(self.upstreams.items()):
+            current = up.breaker.state
+            for state in (CLOSED, OPEN, HALF_OPEN):
+                value = 1.0 if current == state else 0.0
+                yield "cygate_upstream_breaker_state", (name, state), value
 
 
 def build_table(
@@ -446,3 +376,8 @@ class RouteTableManager:
         out = self.table.view() if self.table is not None else {"routes": [], "upstreams": {}}
         out["last_reload_error"] = self.last_error
         return out
+
+    def breaker_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """The live table's :meth:`RouteTable.breaker_gauges` (a metrics gauge source)."""
+        if self.table is not None:
+            yield from self.table.breaker_gauges()

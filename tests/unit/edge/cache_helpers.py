@@ -18,9 +18,8 @@ import orjson
 
 from cygate.core.router import Router
 from cygate.edge.cache import ResponseCache
-from cygate.edge.context import EdgeContext, Principal
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy
 from cygate.edge.edge import Edge, Message, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule, Settings, load_settings
@@ -65,8 +64,7 @@ ROUTES = [
 
 def cache_settings(**overrides: Any) -> Settings:
     """Settings for an in-process cache (L2 off unless a test attaches Redis)."""
-    base = load_settings({}, cache_key_secret="unit-test-secret")
-    return msgspec.structs.replace(base, **overrides)
+    return load_settings({}, **{"cache_key_secret": "unit-test-secret", **overrides})
 
 
 class App:
@@ -157,7 +155,7 @@ def make_edge(
     app = app or App()
     settings = settings or cache_settings(cache_l2=False)
     metrics = metrics or Metrics()
-    cache = ResponseCache(settings, metrics, rules=RULES)
+    cache = ResponseCache(settings.cache, metrics, redis=settings.redis, rules=RULES)
     router = Router()
     for pattern, rule in ROUTES:
         name = f"GET {pattern}"

@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.edge.auth import TokenStage, principal_of
-from cygate.edge.context import EdgeContext, Principal
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.services.identity.revocation import Revocations
 from cygate.services.identity.service import own_principal

@@ -10,9 +10,8 @@ import orjson
 import pytest
 
 from cygate.core.router import Router
-from cygate.edge.context import EdgeContext
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.edge import Edge, Message, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.infra.metrics import Metrics
 

@@ -271,7 +271,7 @@ async def test_caller_tags_drop_one_callers_entries_only() -> None:
 
 
 def test_caller_tags_need_a_private_rule() -> None:
-    cache = ResponseCache(cache_settings(cache_l2=False), Metrics(), rules={
+    cache = ResponseCache(cache_settings(cache_l2=False).cache, Metrics(), rules={
         "shared": CacheRule(ttl=60, tags=["user:{caller}"]),
         "mine": CacheRule(ttl=60, scope="private", tags=["user:{caller}"]),
     })  # fmt: skip
@@ -479,7 +479,7 @@ async def test_stale_if_error_covers_a_fast_handlers_problem() -> None:
 
 
 def test_rule_checks() -> None:
-    cache = ResponseCache(cache_settings(cache_l2=False), Metrics(), rules=RULES)
+    cache = ResponseCache(cache_settings(cache_l2=False).cache, Metrics(), rules=RULES)
     with pytest.raises(ValueError, match="unknown cache rule"):
         cache.add_route("GET /x", "nope")
     with pytest.raises(ValueError, match="only GET"):
@@ -599,13 +599,13 @@ def test_the_apps_cached_routes_pass_their_checks() -> None:
 def test_secret_file_is_created_once_and_private(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "state" / "cache-key"
     settings = cache_settings(cache_key_secret="", cache_key_file=str(path))
-    first = load_secret(settings)
-    assert load_secret(settings) == first and len(first) >= 32
+    first = load_secret(settings.cache)
+    assert load_secret(settings.cache) == first and len(first) >= 32
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert load_secret(cache_settings(cache_key_secret="given")) == b"given"
+    assert load_secret(cache_settings(cache_key_secret="given").cache) == b"given"
     path.write_text("")
     with pytest.raises(ValueError, match="empty"):
-        load_secret(settings)
+        load_secret(settings.cache)
 
 
 async def test_metrics_count_results() -> None:

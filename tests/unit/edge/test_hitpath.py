@@ -30,9 +30,8 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import ResponseCache
-from cygate.edge.context import EdgeContext
+from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.edge import Edge, Message
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
@@ -153,13 +152,13 @@ class Pair:
             policy = RoutePolicy(name=name, cache="pub", fast=self._loader)
             router.add("GET", "/h/{id:int}", policy, host=host)
             policies.append(policy)
-        cache = ResponseCache(settings, metrics, rules=RULES)
+        cache = ResponseCache(settings.cache, metrics, redis=settings.redis, rules=RULES)
         for pattern, extra in ROUTES:
             if "cache" in extra:
                 cache.add_route(f"GET {pattern}", extra["cache"])
         cache.add_route("GET /h/{id:int}", "pub")
         cache.add_route("GET /hb/{id:int}", "pub")
-        limiter = RateLimitStage.from_settings(settings, policies, metrics)
+        limiter = RateLimitStage.from_settings(settings.rate_limit, policies, metrics)
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             raise AssertionError("every route here has a fast handler")

@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from cygate.core.router import Router
-from cygate.edge.context import EdgeContext, Principal, TrustedProxies
+from cygate.edge.context import EdgeContext, Principal, RoutePolicy, TrustedProxies
 from cygate.edge.edge import Edge, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage, build_limits
 from cygate.infra.metrics import Metrics
@@ -45,7 +44,7 @@ def make_settings(**limits: Any) -> Settings:
 
 def make_stage(settings: Settings | None = None, metrics: Metrics | None = None) -> RateLimitStage:
     return RateLimitStage.from_settings(
-        settings or make_settings(), ROUTES.values(), metrics or Metrics()
+        (settings or make_settings()).rate_limit, ROUTES.values(), metrics or Metrics()
     )
 
 
@@ -124,8 +123,10 @@ def test_registration_is_limited_per_address() -> None:
     """The built-in ``register`` limit: 10 an hour per client address, decided in Redis (here
     no store: the per-process fallback, as when Redis is down), whoever the caller claims to be."""
     route = RoutePolicy(name="POST /register", rate_limit="register")
-    stage = RateLimitStage.from_settings(load_settings({}), [route], Metrics())
-    limit = build_limits(load_settings({}), [route], Metrics())["POST /register"].limits[0]
+    stage = RateLimitStage.from_settings(load_settings({}).rate_limit, [route], Metrics())
+    limit = build_limits(load_settings({}).rate_limit, [route], Metrics())["POST /register"].limits[
+        0
+    ]
     assert (limit.mode, limit.failure, limit.burst, limit.parts) == ("exact", "local", 10, ("ip",))
 
     def register(peer: str, principal: Principal | None = None) -> int:
@@ -207,7 +208,7 @@ def test_per_path_key_uses_the_normalised_path() -> None:
 def test_per_path_key_canonicalises_typed_parameters() -> None:
     route = "GET /items/{id:int}/{u:uuid}"
     policy = RoutePolicy(name=route, rate_limit="per_path")
-    stage = RateLimitStage.from_settings(make_settings(), [policy], Metrics())
+    stage = RateLimitStage.from_settings(make_settings().rate_limit, [policy], Metrics())
     u = "3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b"
 
     def at(i: str, uuid: str) -> EdgeContext:
@@ -322,22 +323,25 @@ def test_classes_routes_and_default() -> None:
 
 
 def test_login_defaults_to_closed_with_local_fallback() -> None:
-    plans = build_limits(make_settings(), ROUTES.values(), Metrics())
+    plans = build_limits(make_settings().rate_limit, ROUTES.values(), Metrics())
     login = plans["POST /login"].limits[0]
     assert (login.mode, login.failure) == ("exact", "local")
     settings = make_settings(extra={"login": {"rate": 2, "period": 60, "mode": "exact"}})
-    login = build_limits(settings, ROUTES.values(), Metrics())["POST /login"].limits[0]
+    login = build_limits(settings.rate_limit, ROUTES.values(), Metrics())["POST /login"].limits[0]
     assert (login.burst, login.failure) == (2, "local")  # replaced, still closed-with-fallback
-    assert build_limits(settings, ROUTES.values(), Metrics())["GET /a"].limits[0].failure == "open"
+    assert (
+        build_limits(settings.rate_limit, ROUTES.values(), Metrics())["GET /a"].limits[0].failure
+        == "open"
+    )
 
 
 def test_unknown_class_in_code_or_route_in_config_fails_at_start() -> None:
     bad = [RoutePolicy(name="GET /x", rate_limit="nonesuch")]
     with pytest.raises(ValueError, match="nonesuch"):
-        build_limits(make_settings(), bad, Metrics())
+        build_limits(make_settings().rate_limit, bad, Metrics())
     settings = make_settings(rate_limit_routes='{"GET /typo": "tight"}')
     with pytest.raises(ValueError, match="GET /typo"):
-        build_limits(settings, ROUTES.values(), Metrics())
+        build_limits(settings.rate_limit, ROUTES.values(), Metrics())
 
 
 # ---------------------------------------------------------------------------------------------

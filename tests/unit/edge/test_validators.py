@@ -8,8 +8,8 @@ from cache_helpers import RULES, App, cache_settings, call, make_edge, who_stage
 
 from cygate.core.router import Router
 from cygate.edge.cache_entry import cache_control_of, etag_of
+from cygate.edge.context import RoutePolicy
 from cygate.edge.edge import Edge, Receive, Scope, Send
-from cygate.edge.policy import RoutePolicy
 from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics
 from cygate.settings import CacheRule

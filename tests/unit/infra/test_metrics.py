@@ -71,3 +71,72 @@ def test_bound_counters_refuse_unknown_labels() -> None:
 
     with pytest.raises(ValueError, match="takes labels"):
         Metrics().counter("cygate_cache_requests_total", outcome="x")
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_gauges_are_summed_over_live_workers_only(tmp_path: pathlib.Path) -> None:
+    a, b, dead = Metrics(tmp_path), Metrics(tmp_path), Metrics(tmp_path)
+    b._path = tmp_path / "worker-other.json"  # no pid in the name: taken as alive
+    dead._path = tmp_path / f"worker-{_dead_pid()}.json"
+    for m, state in ((a, "open"), (b, "closed"), (dead, "open")):
+        m.add_gauge_source(
+            lambda state=state: [
+                ("cygate_upstream_breaker_state", ("pay", s), 1.0 if s == state else 0.0)
+                for s in ("closed", "open", "half_open")
+            ]
+        )
+        m.inc("cygate_upstream_retries_total", ("pay", "GET /x"))
+    b.flush()
+    dead.flush()
+    text = a.render()
+    assert "# TYPE cygate_upstream_breaker_state gauge" in text
+    # the dead worker's breaker no longer counts; its counters do
+    assert 'cygate_upstream_breaker_state{upstream="pay",state="open"} 1' in text
+    assert 'cygate_upstream_breaker_state{upstream="pay",state="closed"} 1' in text
+    assert 'cygate_upstream_retries_total{upstream="pay",route="GET /x"} 3' in text
+
+
+def test_cpu_time_and_scrape_gauges_are_exposed() -> None:
+    m = Metrics()
+    sum(i * i for i in range(200_000))  # some CPU time of this process
+    text = m.render({"cygate_postgres_up": 1, "cygate_events_outbox_lag_seconds": 0.25})
+    assert "# TYPE cygate_process_cpu_seconds_total counter" in text
+    line = next(x for x in text.splitlines() if x.startswith("cygate_process_cpu_seconds_total "))
+    assert float(line.split()[1]) > 0
+    assert "# HELP cygate_postgres_up 1 when PostgreSQL answered" in text
+    assert "cygate_postgres_up 1\n" in text
+    assert "cygate_events_outbox_lag_seconds 0.25\n" in text
+
+
+async def test_event_loop_lag_is_observed_without_labels(tmp_path: pathlib.Path) -> None:
+    import asyncio
+    import time
+
+    m = Metrics(tmp_path)
+    m.start(interval=0.02)
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.06)  # noqa: ASYNC251 - the loop blocked on purpose: the next tick is late
+        await asyncio.sleep(0.05)
+    finally:
+        await m.stop()
+    text = m.render()
+    assert "# TYPE cygate_event_loop_lag_seconds histogram" in text
+    assert 'cygate_event_loop_lag_seconds_bucket{le="+Inf"} ' in text
+    assert "cygate_event_loop_lag_seconds_count " in text
+    # the blocked tick lands above 25 ms
+    buckets = {
+        x.split('le="')[1].split('"')[0]: int(x.rsplit(" ", 1)[1])
+        for x in text.splitlines()
+        if x.startswith("cygate_event_loop_lag_seconds_bucket")
+    }
+    assert buckets["+Inf"] > buckets["0.025"]

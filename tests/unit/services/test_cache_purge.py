@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.testing import TestClient
@@ -31,10 +30,10 @@ class FakeCache:
 
 
 def app(cache: Any, **settings: Any) -> Litestar:
-    base = load_settings({}, cache_key_secret="x")
+    settings = load_settings({}, **{"cache_key_secret": "x", **settings})
     return Litestar(
         route_handlers=[CacheAdminController],
-        state=State({"settings": msgspec.structs.replace(base, **settings), "cache": cache}),
+        state=State({"settings": settings, "cache": cache}),
         exception_handlers={Problem: _on_problem},  # as the real app has
     )
 

@@ -66,8 +66,8 @@ def test_cache_tags_per_event_type() -> None:
 
 def test_events_settings_from_the_environment() -> None:
     s = load_settings(env={"CYGATE_EVENTS_CONSUMERS": "analytics, order_summary"})
-    assert s.events_consumers == ["analytics", "order_summary"]
-    assert load_settings(env={"CYGATE_EVENTS_CONSUMERS": ""}).events_consumers == []
+    assert s.events.consumers == ["analytics", "order_summary"]
+    assert load_settings(env={"CYGATE_EVENTS_CONSUMERS": ""}).events.consumers == []
     with pytest.raises(SettingsError, match="events_consumers"):
         load_settings(env={"CYGATE_EVENTS_CONSUMERS": "cache,billing"})
     with pytest.raises(SettingsError, match="events_stream_maxlen"):

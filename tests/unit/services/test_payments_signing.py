@@ -83,7 +83,7 @@ def test_fault_is_only_honoured_in_test() -> None:
     with pytest.raises(SettingsError, match="fault"):
         load_settings({"CYGATE_ENVIRONMENT": "test", "CYGATE_FAULT": "payment:elsewhere"})
     s = load_settings({"CYGATE_ENVIRONMENT": "test", "CYGATE_FAULT": "payment:after_charge"})
-    assert s.fault == "payment:after_charge"
+    assert s.payments.fault == "payment:after_charge"
 
 
 def test_recovery_waits_longer_than_a_call_can_take() -> None:

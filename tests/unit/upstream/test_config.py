@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cygate.edge.policy import RoutePolicy
+from cygate.edge.context import RoutePolicy
 from cygate.upstream.config import (
     RouteFileError,
     address_refused,

@@ -219,10 +219,16 @@ async def test_breaker_opens_answers_fast_503_then_half_opens_and_closes(
         metrics=metrics,
     )
     breaker = table.upstreams["svc"].breaker
+    metrics.add_gauge_source(table.breaker_gauges)
     try:
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="closed"} 1' in metrics.render()
         for _ in range(3):
             assert (await call(edge, "GET", "/svc/x")).status == 503
         assert breaker.state == OPEN
+        text = metrics.render()
+        assert "# TYPE cygate_upstream_breaker_state gauge" in text
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="open"} 1' in text
+        assert 'cygate_upstream_breaker_state{upstream="svc",state="closed"} 0' in text
         seen = up.requests
         t0 = time.perf_counter()
         r = await call(edge, "GET", "/svc/x")

@@ -1,9 +1,9 @@
 """Fast handlers: catalog reads the edge answers itself, without entering Litestar.
 
 PERF: ``GET /api/v1/products/{id}`` is the hottest uncached read. Served here it skips
-Litestar's routing, signature parsing, DI and response objects (about a fifth of a worker's CPU
-on this route in the py-spy profile). The Litestar handler beside it stays the documented and
-fallback path; a test checks that both give the same bytes.
+Litestar's routing, signature parsing, DI and response objects (a large share of a worker's CPU
+on this route in a profile; figures: docs/benchmarks.md). The Litestar handler beside it stays
+the documented and fallback path; a test checks that both give the same bytes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from uuid import UUID
 
 import msgspec
 
-from cygate.edge.context import EdgeContext
-from cygate.edge.policy import FastHandler
+from cygate.edge.context import EdgeContext, FastHandler
 from cygate.edge.problem import Problem
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.services.catalog.repository import CatalogRepository

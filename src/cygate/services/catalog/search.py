@@ -15,7 +15,7 @@ How a query runs (``docs/catalog.md`` has the measurements):
 3. **Trigram fallback.** When the full-text search finds nothing, products whose *name* is
    similar to the raw query (``name % q``, best ``similarity`` first). PERF: skipped when no
    word of the query is known or correctable (a name similar to the query would share a
-   word with it); on the 100k seed that scan costs 6-60 ms, most of a no-hit search.
+   word with it); on a large catalog that scan is most of a no-hit search's cost.
 
 Pages are keyset pages over ``(score, id)`` descending. The cursor carries the mode, the
 effective query and the last score as ``float.hex`` (exact: the score is recomputed in SQL as

@@ -23,6 +23,7 @@ from cygate.edge.cache_entry import etag_of
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
 from cygate.infra.outbox import emit
+from cygate.services.audit import audit
 from cygate.services.catalog.models import (
     CategoryIn,
     CategoryOut,
@@ -31,7 +32,6 @@ from cygate.services.catalog.models import (
     ProductIn,
     ProductPatch,
 )
-from cygate.services.identity.store import audit
 
 __all__ = [
     "Actor",

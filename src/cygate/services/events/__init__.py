@@ -1,4 +1,4 @@
-"""Outbox and events (issue 7, part 5; docs/events.md): the relay from the outbox to a Redis
+"""Outbox and events (docs/events.md): the relay from the outbox to a Redis
 stream, consumer groups with reclaim and a dead-letter stream, and three consumers (cache
 invalidation, the per-user order summary, analytics counters)."""
 

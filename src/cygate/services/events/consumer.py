@@ -27,6 +27,7 @@ import asyncpg
 import redis.exceptions
 
 from cygate.infra.db import DB_UNAVAILABLE
+from cygate.infra.retry import Backoff
 from cygate.services.events.stream import (
     BadMessage,
     Event,
@@ -38,7 +39,7 @@ from cygate.services.events.stream import (
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.services.events.settings import EventsSettings
 
 __all__ = ["ConsumerRunner", "Handler", "consumer_name"]
 
@@ -87,7 +88,7 @@ class ConsumerRunner:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: EventsSettings,
         redis: RedisHandle,
         pool: asyncpg.Pool | None,
         handler: Handler,
@@ -116,13 +117,13 @@ class ConsumerRunner:
     async def run(self) -> None:
         """Read, apply, acknowledge; reclaim idle messages; back off while Redis or
         PostgreSQL fail (the messages stay pending and nothing is lost)."""
-        backoff = 0.05
+        backoff = Backoff(0.05, self.settings.relay_max_backoff)
         while True:
             try:
                 handled = await self.step()
-                backoff = 0.05
-                linger = self.settings.events_linger
-                if linger and 0 < handled < self.settings.events_consumer_batch:
+                backoff.reset()
+                linger = self.settings.linger
+                if linger and 0 < handled < self.settings.consumer_batch:
                     # PERF: under load, let the next batch grow: per batch the consumer pays a
                     # read, a transaction and an ack; per event only its own statement.
                     # An idle consumer is not delayed: its blocking read returns at once.
@@ -134,9 +135,9 @@ class ConsumerRunner:
                 # What this runner read before the failure is pending for it: read it again
                 # next round rather than waiting for the reclaim.
                 self._replay_own, self._replay_from = True, "0"
-                log.warning("consumer %s: %r; retrying in %.2fs", self.group, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.events_relay_max_backoff)
+                delay = backoff.next()
+                log.warning("consumer %s: %r; retrying in %.2fs", self.group, exc, delay)
+                await asyncio.sleep(delay)
 
     async def step(self) -> int:
         """One round: reclaim when due, then one read (blocking up to ``events_block``).
@@ -147,14 +148,14 @@ class ConsumerRunner:
         handled = 0
         now = time.monotonic()
         if now >= self._next_reclaim:
-            self._next_reclaim = now + max(0.05, self.settings.events_reclaim_idle / 2)
+            self._next_reclaim = now + max(0.05, self.settings.reclaim_idle / 2)
             handled += await self.reclaim()
         if self._replay_own:
             reply: Any = await client.xreadgroup(
                 self.group,
                 self.name,
                 {self.stream: self._replay_from},
-                count=self.settings.events_consumer_batch,
+                count=self.settings.consumer_batch,
             )
             messages = [m for _s, msgs in _entries(reply) for m in msgs]
             if messages:
@@ -166,8 +167,8 @@ class ConsumerRunner:
             self.group,
             self.name,
             {self.stream: ">"},
-            count=self.settings.events_consumer_batch,
-            block=max(1, int(self.settings.events_block * 1000)),
+            count=self.settings.consumer_batch,
+            block=max(1, int(self.settings.block * 1000)),
         )
         for _stream, messages in _entries(reply):
             await self.handle(messages)
@@ -187,7 +188,7 @@ class ConsumerRunner:
         """Take over messages pending longer than ``events_reclaim_idle`` (a crashed or stuck
         consumer's, or our own failed ones); dead-letter those delivered too often."""
         client = self.redis.client
-        idle_ms = max(1, int(self.settings.events_reclaim_idle * 1000))
+        idle_ms = max(1, int(self.settings.reclaim_idle * 1000))
         start: Any = "0-0"
         total = 0
         while True:
@@ -197,7 +198,7 @@ class ConsumerRunner:
                 self.name,
                 idle_ms,
                 start_id=start,
-                count=self.settings.events_consumer_batch,
+                count=self.settings.consumer_batch,
             )
             start, claimed = reply[0], reply[1]
             # Trimmed away (MAXLEN) while pending: nothing to apply, just forget them.
@@ -209,7 +210,7 @@ class ConsumerRunner:
                 total += len(claimed)
                 log.info("consumer %s: reclaimed %d messages", self.group, len(claimed))
                 deliveries = await self._deliveries(claimed)
-                limit = self.settings.events_max_deliveries
+                limit = self.settings.max_deliveries
                 poison = [m for m in claimed if deliveries.get(m[0], 0) > limit]
                 for mid, fields in poison:
                     await self._dead_letter(mid, fields, f"delivered more than {limit} times")
@@ -223,7 +224,7 @@ class ConsumerRunner:
         periods: each process start adds a consumer name, and dead ones would pile up. Safe
         for a live one (nothing pending is lost; its next read recreates it)."""
         client = self.redis.client
-        limit_ms = 10 * self.settings.events_reclaim_idle * 1000
+        limit_ms = 10 * self.settings.reclaim_idle * 1000
         gone = 0
         for info in await client.xinfo_consumers(self.stream, self.group):
             name = info["name"]
@@ -343,7 +344,7 @@ class ConsumerRunner:
     async def _dead_letter(self, mid: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         dead: dict[Any, Any] = dict(fields)
         dead.update({b"reason": reason, b"group": self.group, b"message_id": mid})
-        await self.redis.client.xadd(self.dead, dead, maxlen=self.settings.events_stream_maxlen,
+        await self.redis.client.xadd(self.dead, dead, maxlen=self.settings.stream_maxlen,
                                      approximate=True)  # fmt: skip
         await self.redis.client.xack(self.stream, self.group, mid)
         self.dead_lettered += 1

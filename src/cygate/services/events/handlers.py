@@ -51,8 +51,8 @@ class CacheHandler:
 
     async def apply_many(self, events: list[Event]) -> None:
         """One purge for the whole batch: every purge is a Redis round trip plus a pub/sub
-        message that every instance handles, so per-event purges cost each order ~0.3 ms of
-        gateway CPU under load (``make bench-orders``)."""
+        message that every instance handles, so per-event purges add gateway CPU to every order
+        under load (``make bench-orders``)."""
         tags = sorted({tag for event in events for tag in tags_for(event)})
         if tags:
             # CacheUnavailable propagates: the messages stay pending and are retried.

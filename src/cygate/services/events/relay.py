@@ -27,12 +27,14 @@ import asyncpg
 import redis.exceptions
 
 from cygate.infra.db import DB_UNAVAILABLE
+from cygate.infra.retry import Backoff
 from cygate.services.events.stream import stream_key
 
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.infra.settings import DatabaseSettings
+    from cygate.services.events.settings import EventsSettings
 
 __all__ = ["CHANNEL", "RELAY_LOCK_ID", "Relay"]
 
@@ -61,9 +63,16 @@ class Relay:
     """Publishes the outbox to ``<prefix>events``; :meth:`run` until cancelled."""
 
     def __init__(
-        self, settings: Settings, redis: RedisHandle, metrics: Metrics | None = None
+        self,
+        settings: EventsSettings,
+        redis: RedisHandle,
+        metrics: Metrics | None = None,
+        *,
+        database: DatabaseSettings,
     ) -> None:
         self.settings = settings
+        self.database = database
+        """Where the relay's own LISTEN connection goes."""
         self.metrics = metrics
         self.redis = redis
         self.stream = stream_key(redis)
@@ -75,17 +84,17 @@ class Relay:
 
     async def run(self) -> None:
         """Lead or stand by, forever; reconnects to PostgreSQL after any failure."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self.settings.database_url,
-                    timeout=self.settings.db_acquire_timeout + 3,
-                    command_timeout=self.settings.db_command_timeout,
+                    self.database.url,
+                    timeout=self.database.acquire_timeout + 3,
+                    command_timeout=self.database.command_timeout,
                     server_settings={"application_name": "cygate-relay"},
                 )
-                backoff = 0.1
+                backoff.reset()
                 await self._acquire(conn)
                 self.is_leader = True
                 log.info("outbox relay: leading (pid %s)", conn.get_server_pid())
@@ -96,9 +105,9 @@ class Relay:
             except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 if self.metrics is not None:
                     self.metrics.inc("cygate_events_relay_errors_total", ("postgresql",))
-                log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.next()
+                log.warning("outbox relay: PostgreSQL failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
             finally:
                 self.is_leader = False
                 if conn is not None:
@@ -109,14 +118,14 @@ class Relay:
         while True:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
                 return
-            await asyncio.sleep(self.settings.events_poll_interval)
+            await asyncio.sleep(self.settings.poll_interval)
 
     def _notified(self, *args: Any) -> None:
         self._wake.set()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         settings = self.settings
-        backoff = 0.05
+        backoff = Backoff(0.05, settings.relay_max_backoff)
         while True:
             self._wake.clear()
             try:
@@ -126,29 +135,29 @@ class Relay:
                 if self.metrics is not None:
                     self.metrics.inc("cygate_events_relay_errors_total", ("redis",))
                 # NOTE: the rows stay unpublished (no UPDATE ran): retried after the back-off.
-                log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, settings.events_relay_max_backoff)
+                delay = backoff.next()
+                log.warning("outbox relay: Redis failed (%r); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
                 continue
-            backoff = 0.05
-            if time.monotonic() - self._last_cleanup >= settings.events_cleanup_interval:
+            backoff.reset()
+            if time.monotonic() - self._last_cleanup >= settings.cleanup_interval:
                 await self.cleanup(conn)
-            if sent >= settings.events_relay_batch:
+            if sent >= settings.relay_batch:
                 continue  # more are waiting
-            if sent and settings.events_linger:
+            if sent and settings.linger:
                 # PERF: busy: gather more commits per round trip (each batch is a SELECT, a
                 # pipeline of XADDs and an UPDATE); when idle, NOTIFY wakes the relay at once.
-                await asyncio.sleep(settings.events_linger)
+                await asyncio.sleep(settings.linger)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), settings.events_poll_interval)
+                await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
 
     async def publish_batch(self, conn: asyncpg.Connection) -> int:
         """Publish the oldest unpublished rows (at most ``events_relay_batch``); how many."""
-        rows = await conn.fetch(_SELECT, self.settings.events_relay_batch)
+        rows = await conn.fetch(_SELECT, self.settings.relay_batch)
         if not rows:
             return 0
-        maxlen = self.settings.events_stream_maxlen
+        maxlen = self.settings.stream_maxlen
         async with self.redis.client.pipeline(transaction=False) as pipe:
             for row in rows:
                 fields: dict[Any, Any] = {
@@ -172,7 +181,7 @@ class Relay:
         """Delete published rows and consumer records older than the retention (never an
         unpublished row, however old)."""
         self._last_cleanup = time.monotonic()
-        retention = float(self.settings.events_retention)
+        retention = float(self.settings.retention)
         outbox = await conn.execute(_CLEAN_OUTBOX, retention)
         processed = await conn.execute(_CLEAN_PROCESSED, retention)
         log.info("outbox relay: clean-up (%s outbox, %s processed_events)", outbox, processed)

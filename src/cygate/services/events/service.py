@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.infra.settings import DatabaseSettings, RedisSettings
+    from cygate.services.events.settings import EventsSettings
 
 __all__ = ["EventsService"]
 
@@ -30,22 +31,26 @@ class EventsService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: EventsSettings,
         pool: asyncpg.Pool,
         cache: ResponseCache | None,
         *,
+        database: DatabaseSettings,
+        redis: RedisSettings,
         relay: bool | None = None,
         consumers: list[str] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.database = database
+        self.redis_settings = redis
         self.metrics = metrics
         self.pool = pool
         self.redis: RedisHandle | None = None
         self.relay: Relay | None = None
         self.runners: list[ConsumerRunner] = []
-        self._run_relay = settings.events_relay if relay is None else relay
-        self._consumers = settings.events_consumers if consumers is None else consumers
+        self._run_relay = settings.relay if relay is None else relay
+        self._consumers = settings.consumers if consumers is None else consumers
         self._cache = cache
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -65,9 +70,9 @@ class EventsService:
 
     async def start(self) -> None:
         """Start the tasks in the running loop (returns at once)."""
-        redis = self.redis = events_redis(self.settings)
+        redis = self.redis = events_redis(self.settings, self.redis_settings)
         if self._run_relay:
-            self.relay = Relay(self.settings, redis, self.metrics)
+            self.relay = Relay(self.settings, redis, self.metrics, database=self.database)
             self._spawn("relay", self.relay.run)
         for handler in self._handlers():
             runner = ConsumerRunner(self.settings, redis, self.pool, handler, metrics=self.metrics)

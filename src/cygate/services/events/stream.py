@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from cygate.infra.redis import RedisHandle
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.infra.settings import RedisSettings
+    from cygate.services.events.settings import EventsSettings
 
 __all__ = ["BadMessage", "Event", "dead_letter_key", "decode", "events_redis", "stream_key"]
 
@@ -71,16 +72,16 @@ def decode(fields: dict[bytes, bytes]) -> Event:
     return event
 
 
-def events_redis(settings: Settings) -> RedisHandle:
+def events_redis(settings: EventsSettings, redis: RedisSettings) -> RedisHandle:
     """A client of the events' own: ``XREADGROUP ... BLOCK`` waits longer than the app's short
     ``redis_timeout`` allows, so the socket timeout covers the block plus that margin."""
-    timeout = settings.events_block + settings.redis_timeout + 1.0
+    timeout = settings.block + redis.timeout + 1.0
     client = aioredis.Redis.from_url(
-        settings.redis_url,
+        redis.url,
         socket_timeout=timeout,
-        socket_connect_timeout=settings.redis_timeout + 1.0,
+        socket_connect_timeout=redis.timeout + 1.0,
         health_check_interval=30,
         retry_on_timeout=False,
         max_connections=16,
     )
-    return RedisHandle(client, settings.redis_prefix)
+    return RedisHandle(client, redis.prefix)

@@ -1,8 +1,8 @@
 """Fast handlers: identity reads the edge answers itself, without entering Litestar.
 
 PERF: ``GET /api/v1/users/me`` is the hottest authenticated read (clients call it on every
-page). Served here it skips Litestar's routing, DI and response objects; the macro benchmark
-measured the Litestar path at about twice the CPU per request of the edge path. The Litestar
+page). Served here it skips Litestar's routing, DI and response objects, which cost more CPU
+per request than the edge path (figures: docs/benchmarks.md, ``cygate-me``). The Litestar
 handler stays the documented and fallback path (``CYGATE_EDGE_FAST_PATHS=false``); a test
 checks that both give the same bytes. The route is cached per caller (rule ``me``): the edge's
 cache step runs before this handler, so a hit never reaches it, and a miss stores its bytes.
@@ -23,8 +23,7 @@ from cygate.services.identity.models import PROFILE_CACHE_CONTROL
 from cygate.services.identity.store import get_user
 
 if TYPE_CHECKING:
-    from cygate.edge.context import EdgeContext
-    from cygate.edge.policy import FastHandler
+    from cygate.edge.context import EdgeContext, FastHandler
     from cygate.services.identity.service import Identity
 
 __all__ = ["my_profile"]

@@ -28,7 +28,7 @@ from cygate.core.jwt import SUPPORTED_ALGORITHMS, VerifyKey, b64url_decode, b64u
 from cygate.core.jwt import JWTError as _JWTError
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.services.identity.settings import IdentitySettings
 
 __all__ = [
     "KeyConfigError",
@@ -237,12 +237,13 @@ def create_once(directory: pathlib.Path, path: pathlib.Path, data: bytes) -> boo
         os.unlink(tmp)
 
 
-def keyring_from_settings(settings: Settings) -> KeyRing:
-    """The key ring the settings describe (generating the development key if needed)."""
+def keyring_from_settings(settings: IdentitySettings, environment: str) -> KeyRing:
+    """The key ring the settings describe (generating the development key if needed, outside
+    production)."""
     return load_keyring(
         settings.jwt_key_files,
         signing_kid=settings.jwt_signing_kid,
-        generate_in=settings.jwt_key_dir if settings.environment != "production" else None,
+        generate_in=settings.jwt_key_dir if environment != "production" else None,
         algorithm=settings.jwt_key_algorithm,
     )
 

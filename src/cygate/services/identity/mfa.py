@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cygate.services.identity.keys import KeyConfigError, create_once
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.services.identity.settings import IdentitySettings
 
 __all__ = [
     "RECOVERY_CODES",
@@ -203,11 +203,11 @@ def development_mfa_key(directory: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def mfa_key_from_settings(settings: Settings) -> SecretBox:
+def mfa_key_from_settings(settings: IdentitySettings, environment: str) -> SecretBox:
     """The box of ``mfa_key_file``, or (development and test) of the generated key."""
     if settings.mfa_key_file:
         path = pathlib.Path(settings.mfa_key_file)
-    elif settings.environment != "production":
+    elif environment != "production":
         path = development_mfa_key(pathlib.Path(settings.jwt_key_dir))
     else:  # pragma: no cover - the settings refuse production without mfa_key_file
         raise KeyConfigError("no mfa_key_file configured")

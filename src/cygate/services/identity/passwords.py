@@ -1,8 +1,9 @@
 """Password hashing: Argon2id (argon2-cffi) in a thread pool, never on the event loop.
 
-PERF/NOTE: one hash or verify costs tens of milliseconds of CPU by design. argon2-cffi calls the
-C library through cffi, which releases the GIL, so the work runs in a small thread pool
-(``argon2_threads`` per worker) while the event loop keeps serving other requests.
+PERF/NOTE: one hash or verify is expensive in CPU by design (the Argon2 parameters).
+argon2-cffi calls the C library through cffi, which releases the GIL, so the work runs in a
+small thread pool (``argon2_threads`` per worker) while the event loop keeps serving other
+requests.
 
 A login for an email that has no account verifies the password against a dummy hash made with
 the same parameters, so both answers cost the same time.

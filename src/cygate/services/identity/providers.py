@@ -33,7 +33,7 @@ from cygate.services.identity.keys import KeyConfigError, jwk_to_verify_key
 
 if TYPE_CHECKING:
     from cygate.core.jwt import JWTVerifierPy
-    from cygate.settings import IdentityProvider
+    from cygate.services.identity.settings import IdentityProvider
 
 __all__ = ["ProviderKeys", "fetch_jwks", "parse_jwks", "provider_principal"]
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from cygate.infra.redis import RedisHandle
-    from cygate.settings import Settings
+    from cygate.services.identity.settings import IdentitySettings
 
 __all__ = [
     "BadCredentials",
@@ -145,9 +145,15 @@ def own_principal(issuer: str) -> Callable[[dict[str, Any]], Principal]:
 class Identity:
     """See the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        *,
+        environment: str = "development",
+        redis_timeout: float = 0.5,
+    ) -> None:
         self.settings = settings
-        self.keyring = keyring_from_settings(settings)
+        self.keyring = keyring_from_settings(settings, environment)
         self.verifier = JWTVerifier(
             leeway=settings.jwt_leeway,
             max_token_bytes=settings.jwt_max_token_bytes,
@@ -176,17 +182,17 @@ class Identity:
             None,
             self.verifier,
             cache_seconds=settings.jwt_revocation_cache_seconds,
-            timeout=settings.redis_timeout,
+            timeout=redis_timeout,
             backoff=settings.jwt_revocation_redis_backoff,
         )
-        self.providers = ProviderKeys(list(settings.identity_providers), self.verifier)
+        self.providers = ProviderKeys(list(settings.providers), self.verifier)
         self.limiter = LoginLimiter(
             None,
             window=settings.login_failure_window,
             per_account=settings.login_max_failures_per_account,
             per_address=settings.login_max_failures_per_address,
         )
-        self._mfa_init(settings)
+        self._mfa_init(settings, environment)
         self._pool: asyncpg.Pool | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -489,9 +495,9 @@ class Identity:
 
     # -- multi-factor sign-in -------------------------------------------------------------------
 
-    def _mfa_init(self, settings: Settings) -> None:
-        """The MFA key, the required roles and the code limiter (the settings' MFA block)."""
-        self.mfa_box: mfa.SecretBox = mfa.mfa_key_from_settings(settings)
+    def _mfa_init(self, settings: IdentitySettings, environment: str) -> None:
+        """The MFA key, the required roles and the code limiter (the ``mfa_*`` settings)."""
+        self.mfa_box: mfa.SecretBox = mfa.mfa_key_from_settings(settings, environment)
         self._mfa_required_roles = frozenset(settings.mfa_required_roles)
         self._mfa_token_ttl = settings.mfa_token_ttl
         self._mfa_issuer = settings.mfa_totp_issuer

@@ -1,4 +1,5 @@
-"""Identity data in PostgreSQL: users, refresh-token families, service clients, audit log.
+"""Identity data in PostgreSQL: users, refresh-token families, service clients (the audit log is
+``cygate.services.audit``; ``audit`` is re-exported here for the identity service).
 
 Functions take a connection (or the pool) so the service can put several in one transaction.
 Ownership lives here: every query about "me" is keyed by the caller's own id, so another
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from uuid import UUID
@@ -17,6 +17,7 @@ from uuid import UUID
 import orjson
 
 from cygate.ids import uuid7
+from cygate.services.audit import audit
 from cygate.services.catalog.repository import CursorError
 from cygate.services.identity.models import User, UserPage
 
@@ -82,38 +83,6 @@ def _user(row: Any) -> User:
         name=row["name"],
         roles=list(row["roles"]),
         created_at=row["created_at"],
-    )
-
-
-def _inet(address: str | None) -> str | None:
-    if not address:
-        return None
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
-
-
-async def audit(
-    conn: Conn,
-    action: str,
-    *,
-    actor_id: UUID | None = None,
-    target: str | None = None,
-    client_ip: str | None = None,
-    request_id: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Append a security event to ``audit_log``."""
-    await conn.execute(
-        "INSERT INTO audit_log (actor_id, action, target, client_ip, request_id, details)"
-        " VALUES ($1, $2, $3, $4::inet, $5, $6)",
-        actor_id,
-        action,
-        target,
-        _inet(client_ip),
-        request_id,
-        details or {},
     )
 
 

@@ -13,13 +13,13 @@ from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.params import Body
 
+from cygate.edge.access import require_loopback
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.problem import Problem
-from cygate.services.ops.access import require_loopback
 
 if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache
-    from cygate.settings import Settings
+    from cygate.edge.settings import CacheSettings
 
 __all__ = ["CacheAdminController", "PurgeRequest", "PurgeResult"]
 
@@ -55,8 +55,8 @@ class CacheAdminController(Controller):
         state: State,
         data: Annotated[PurgeRequest, Body()],
     ) -> Response[PurgeResult]:
-        settings: Settings = state.settings
-        if settings.cache_purge_loopback_only:
+        settings: CacheSettings = state.settings.cache
+        if settings.purge_loopback_only:
             require_loopback(request, "cache purges are accepted from")
         cache: ResponseCache | None = state.cache
         deleted = heard = 0

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
+from cygate.edge.access import require_loopback
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
-from cygate.services.ops.access import require_loopback
+from cygate.infra import outbox
 
 if TYPE_CHECKING:
-    from cygate.settings import Settings
+    from cygate.infra.settings import MetricsSettings
 
 __all__ = ["OpsController"]
 
 _CHECK_TIMEOUT = 1.0
+_CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 async def _postgres_ok(state: State) -> bool:
@@ -35,6 +38,14 @@ async def _redis_ok(state: State) -> bool:
             return bool(await state.redis.ping())
     except Exception:
         return False
+
+
+async def _outbox_backlog(state: State) -> tuple[int, float] | None:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            return await outbox.backlog(state.pool)
+    except Exception:  # PostgreSQL down: cygate_postgres_up says so; no backlog figure
+        return None
 
 
 class OpsController(Controller):
@@ -67,19 +78,29 @@ class OpsController(Controller):
 
     @get("/metrics", summary="Prometheus text format", media_type=MediaType.TEXT)
     async def metrics(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
-        settings: Settings = state.settings
-        if settings.metrics_access == "loopback":
+        settings: MetricsSettings = state.settings.metrics
+        if settings.access == "loopback":
             require_loopback(request, "metrics are served to")
-        elif settings.metrics_access == "token":
-            expected = f"Bearer {settings.metrics_token}"
+        elif settings.access == "token":
+            expected = f"Bearer {settings.token}"
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 raise NotAuthorizedException("a metrics token is required")
         pool = state.pool
-        extra = {
+        pg, rd, backlog = await asyncio.gather(
+            _postgres_ok(state), _redis_ok(state), _outbox_backlog(state)
+        )
+        extra: dict[str, float] = {
             "cygate_db_pool_size": pool.get_size(),
             "cygate_db_pool_idle": pool.get_idle_size(),
+            "cygate_db_pool_max": pool.get_max_size(),
+            "cygate_postgres_up": 1 if pg else 0,
+            "cygate_redis_up": 1 if rd else 0,
+            "cygate_cpu_cores": _CPU_CORES or 1,
         }
+        if backlog is not None:
+            extra["cygate_events_outbox_pending"] = backlog[0]
+            extra["cygate_events_outbox_lag_seconds"] = round(backlog[1], 3)
         if state.cache is not None:
             extra.update(state.cache.gauges())
         return Response(

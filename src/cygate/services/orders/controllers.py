@@ -78,7 +78,7 @@ class StockInvalidations:
     """Coalesces the product-cache invalidations of order placement, per worker.
 
     PERF: one ``invalidate_tags`` per order (a Redis script + a publish that every other worker
-    of every instance handles) cost a quarter of the order throughput in the benchmark. Ids are
+    of every instance handles) cost a large share of the order throughput in the benchmark. Ids are
     collected and sent together at most every ``window`` seconds, so under load a product page
     shows stock at most ``window`` (+ one Redis round trip) older than the database. NOTE: the
     reservation itself never depends on the cache; cancel and expiry invalidate directly.
@@ -176,7 +176,7 @@ class OrdersController(Controller):
                 user_id=user_id,
                 items=data.items,
                 shipping_address=data.shipping_address,
-                ttl_seconds=settings.order_ttl_seconds,
+                ttl_seconds=settings.orders.ttl_seconds,
                 record=store.Record(key, claim.token, headers),
             )
             return StoredResponse(201, body, headers)

@@ -1,1 +1,1 @@
-"""Payments through an external processor (issue 7, part 4; ``docs/payments.md``)."""
+"""Payments through an external processor (``docs/payments.md``)."""

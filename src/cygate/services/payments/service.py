@@ -33,8 +33,8 @@ from cygate.services.payments.processor import (
     ProcessorClient,
     ProcessorUnavailable,
 )
+from cygate.services.payments.settings import PaymentsSettings
 from cygate.services.payments.signing import SignatureError, load_secret, verify
-from cygate.settings import Settings
 from cygate.upstream.resilience import CircuitBreaker
 
 __all__ = ["AttemptInProgress", "Payments", "RecoveryReport", "crash_point"]
@@ -67,7 +67,7 @@ class AttemptInProgress(Problem):
         )
 
 
-def crash_point(settings: Settings, name: str) -> None:
+def crash_point(settings: PaymentsSettings, name: str) -> None:
     """Fault injection for the crash tests: SIGKILL the whole gateway (its process group) here.
 
     Only ever set with ``environment = "test"`` (the settings refuse it otherwise).
@@ -89,8 +89,15 @@ class RecoveryReport:
 class Payments:
     """The payments service of one worker: processor client, breaker, secret, sweeper."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: PaymentsSettings,
+        metrics: Metrics | None = None,
+        *,
+        environment: str = "development",
+    ) -> None:
         self.settings = settings
+        self.environment = environment
         self._metrics = metrics
         self.pool: asyncpg.Pool | None = None
         self.processor: ProcessorClient | None = None
@@ -111,21 +118,21 @@ class Payments:
                 metrics.breaker_transition("payment-processor", old, new)
 
         breaker = CircuitBreaker(
-            failure_threshold=s.payment_breaker_failures,
-            open_seconds=s.payment_breaker_open_seconds,
+            failure_threshold=s.breaker_failures,
+            open_seconds=s.breaker_open_seconds,
             on_change=changed,
         )
         self.processor = ProcessorClient(
-            s.payment_processor_url,
-            timeout=s.payment_processor_timeout,
+            s.processor_url,
+            timeout=s.processor_timeout,
             breaker=breaker,
             metrics=metrics,
         )
-        if s.payment_webhook_secret or s.environment != "production":
-            self.secret = load_secret(s.payment_webhook_secret, s.payment_webhook_secret_file)
+        if s.webhook_secret or self.environment != "production":
+            self.secret = load_secret(s.webhook_secret, s.webhook_secret_file)
         else:  # NOTE: never a generated secret in production: webhooks stay refused instead
             log.warning("no payment_webhook_secret: every payment webhook will be refused")
-        if s.payment_recovery_interval > 0:
+        if s.recovery_interval > 0:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -221,7 +228,7 @@ class Payments:
         """An ``initiated`` attempt blocks a new one until the processor has told its fate."""
         # NOTE: younger than two timeouts, its call may still be on the way to the processor:
         # a look-up could miss a charge that is about to happen. The client waits instead.
-        in_flight = 2 * self.settings.payment_processor_timeout
+        in_flight = 2 * self.settings.processor_timeout
         if last.age_seconds < in_flight:
             wait = max(1, math.ceil(in_flight - last.age_seconds))
             raise AttemptInProgress(wait)
@@ -242,7 +249,7 @@ class Payments:
         # NOTE: not charged (the order is unchanged, a retry is safe at once) or unknown (the
         # row stays ``initiated`` until a webhook or the sweep settles it).
         retry = 1 if charge.verdict == "not_charged" else math.ceil(
-            2 * self.settings.payment_processor_timeout)  # fmt: skip
+            2 * self.settings.processor_timeout)  # fmt: skip
         if processor.breaker.state == "open":
             retry = max(retry, processor.breaker.retry_after())
         raise _unavailable(f"payment processor unavailable ({charge.reason})", retry)
@@ -301,7 +308,7 @@ class Payments:
             raise Problem(401, "webhook refused: no webhook secret is configured")
         try:
             verify(self.secret, body, signature, now=time.time(),
-                   tolerance=self.settings.payment_webhook_tolerance)  # fmt: skip
+                   tolerance=self.settings.webhook_tolerance)  # fmt: skip
         except SignatureError as exc:
             raise Problem(401, f"webhook refused: {exc}") from None
         event = decode_json(body)  # the one JSON rule (NUL, nesting): cygate.edge.body
@@ -348,7 +355,7 @@ class Payments:
         """Settle every payment stuck ``initiated`` for longer than ``older_than`` seconds
         (default: the setting) by asking the processor about its key."""
         pool, processor = self._parts()
-        age = self.settings.payment_recovery_after if older_than is None else older_than
+        age = self.settings.recovery_after if older_than is None else older_than
         report = RecoveryReport()
         after: UUID | None = None
         while True:
@@ -375,7 +382,7 @@ class Payments:
         return report
 
     async def _sweep_forever(self) -> None:
-        interval = self.settings.payment_recovery_interval
+        interval = self.settings.recovery_interval
         while True:
             await asyncio.sleep(interval)
             try:

@@ -1,0 +1,91 @@
+"""Settings of the shared resources (PostgreSQL, Redis, metrics) and the constrained types every
+feature's settings section builds on.
+
+Each section is a frozen msgspec struct; :mod:`cygate.settings` composes the sections and maps
+the flat ``CYGATE_<NAME>`` names onto them (``CYGATE_DB_POOL_MAX`` is ``database.pool_max``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "DatabaseSettings",
+    "MetricsSettings",
+    "NonNegative",
+    "Port",
+    "Positive",
+    "RedisSettings",
+    "Seconds",
+    "Section",
+    "Window",
+    "doc",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+Window = Annotated[float, msgspec.Meta(ge=0, le=86400)]
+
+
+def doc(text: str, **constraints: Any) -> msgspec.Meta:
+    """A field's description (shown by the docs) with its constraints."""
+    return msgspec.Meta(description=text, **constraints)
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every settings section: immutable, strict about unknown names."""
+
+
+class DatabaseSettings(Section, frozen=True, kw_only=True):
+    """PostgreSQL: the DSN and the pool of each worker."""
+
+    url: Annotated[
+        str,
+        doc("PostgreSQL DSN.", pattern=r"^postgres(ql)?://"),
+    ] = "postgresql://postgres@127.0.0.1:5432/cygate"
+    pool_min: Annotated[NonNegative, doc("Connections kept open per worker.")] = 2
+    pool_max: Annotated[Positive, doc("Connection ceiling per worker.", le=1000)] = 16
+    command_timeout: Annotated[Seconds, doc("Per-statement timeout, seconds.")] = 5.0
+    acquire_timeout: Annotated[Seconds, doc("Wait for a pooled connection, seconds.")] = 2.0
+
+    def __post_init__(self) -> None:
+        if self.pool_min > self.pool_max:
+            raise msgspec.ValidationError(
+                "db_pool_min must not exceed db_pool_max - at `$.database.pool_min`"
+            )
+
+
+class RedisSettings(Section, frozen=True, kw_only=True):
+    """Redis: the URL, the key prefix and the socket timeout."""
+
+    url: Annotated[str, doc("Redis URL.", pattern=r"^(redis|rediss|unix)://")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    prefix: Annotated[
+        str, doc("Prefix of every Redis key cygate writes.", min_length=1, max_length=64)
+    ] = "cygate:"
+    timeout: Annotated[Seconds, doc("Socket timeout for Redis calls, seconds.")] = 0.5
+
+
+class MetricsSettings(Section, frozen=True, kw_only=True):
+    """Who may scrape ``/metrics`` and where workers share their snapshots."""
+
+    access: Annotated[
+        Literal["loopback", "any", "token"],
+        doc("Who may scrape /metrics: loopback peers, anyone, or a bearer token."),
+    ] = "loopback"
+    token: Annotated[str, doc("Bearer token for /metrics when access is token.")] = ""
+    dir: Annotated[
+        str,
+        doc("Folder where workers share metric snapshots; empty: a per-server temp folder."),
+    ] = ""
+
+    def __post_init__(self) -> None:
+        if self.access == "token" and not self.token:
+            raise msgspec.ValidationError(
+                "metrics_access is 'token' but no metrics_token is set - at `$.metrics.token`"
+            )
