@@ -287,7 +287,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     edge_hit_path: Annotated[
         bool,
         _doc(
-            "Answer fresh L1 hits of plain GETs in one compiled call (core/hitpath); false: "
+            "Answer fresh L1 hits of plain GETs in one compiled call (edge/hitpath); false: "
             "every request takes the general edge path (same answers, for comparison)."
         ),
     ] = True

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from cygate.core.hitpath import HitPath
 from cygate.core.ids import ITEM as ID_BYTES
 from cygate.core.ids import format_ids, valid_request_id, valid_traceparent
 from cygate.core.router import (
@@ -33,6 +32,8 @@ from cygate.core.router import (
 )
 from cygate.edge.body import BODY_JSON, json_media, query_nul_errors
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
+from cygate.edge.hitpath import HitPath
+from cygate.edge.hitplan import HitPlan
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class Edge:
 
     __slots__ = (
         "_direct",
-        "_hit_path",
+        "_hit_path_enabled",
         "_hits",
         "_router",
         "_security_headers",
@@ -210,7 +211,7 @@ class Edge:
                 hsts += "; includeSubDomains"
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
-        self._hit_path = hit_path
+        self._hit_path_enabled = hit_path
         self._hits: HitPath | None = None
         self._rebuild_hit_path()
 
@@ -236,21 +237,24 @@ class Edge:
 
     @property
     def hit_path(self) -> HitPath | None:
-        """The fused hit path (``cygate.core.hitpath``), or None: this edge's cache, stages and
+        """The fused hit path (``cygate.edge.hitpath``), or None: this edge's cache, stages and
         settings leave it nothing to answer."""
         return self._hits
 
     def _rebuild_hit_path(self) -> None:
-        """Build the fused hit path for the current router and stages: only with the response
-        cache, and only when every stage is one it knows (the token stage, then the rate-limit
-        stage); any other stage could refuse or change a request it would answer."""
+        """Build the fused hit path over a new plan (``cygate.edge.hitplan``) of the current
+        router, stages, cache routes and rate-limit plans: only with the response cache, and
+        only when every stage is one it knows (the token stage, then the rate-limit stage); any
+        other stage could refuse or change a request it would answer. Called again whenever
+        one of those changes (the cache and the rate-limit stage call it back)."""
         from cygate.edge.auth import TokenStage  # NOTE: here, as both import this module's
         from cygate.edge.cache import caller_key  # neighbours (no cycle at import time)
         from cygate.edge.ratelimit import RateLimitStage
 
         self._hits = None
-        if not self._hit_path or self.cache is None:
+        if not self._hit_path_enabled or self.cache is None:
             return
+        self.cache.watch(self._rebuild_hit_path)
         token: TokenStage | None = None
         rate: RateLimitStage | None = None
         for stage in self._stages:
@@ -260,7 +264,9 @@ class Edge:
                 rate = stage
             else:
                 return
-        self._hits = HitPath(
+        if rate is not None:
+            rate.watch(self._rebuild_hit_path)
+        plan = HitPlan.build(
             router=self._router,
             cache=self.cache,
             token=token,
@@ -273,6 +279,7 @@ class Edge:
             hosts=_hosts,
             host_of=_host,
         )
+        self._hits = HitPath(plan=plan)
 
     @property
     def upstream(self) -> Dispatch | None:
@@ -298,7 +305,7 @@ class Edge:
         hits = self._hits
         if hits is not None:
             try:
-                # PERF: a fresh L1 hit in one call (core/hitpath), and the awaitable that
+                # PERF: a fresh L1 hit in one call (edge/hitpath), and the awaitable that
                 # sends it returned as it is: no frame of the edge's own per hit.
                 sending = hits.serve(scope, send)
             except Exception:

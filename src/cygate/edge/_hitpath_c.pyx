@@ -1,23 +1,27 @@
 # cython: language_level=3
-"""The edge's fused hit path, compiled; see :mod:`cygate.core._hitpath_py` (the reference: the
+"""The edge's fused hit path, compiled; see :mod:`cygate.edge._hitpath_py` (the reference: the
 same decisions in the same order, the same answer, and None before any side effect whenever
 the general edge must serve the request).
 
 What compiling buys is what the server amplifies (docs/caching.md): objects. The header scan,
 the id and trace checks, the bearer parse, the rate-limit key and the response head are built
 in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock of both
-``time.perf_counter`` and ``time.monotonic`` on Linux). The L1 node is read in place rather
-than through ``L1.get``, and the entry through its :class:`EntryHot` record (C fields kept by
-``Entry.place`` and ``Entry.hit``): their field names are this module's contract with
-``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the methods, and the
-tests hold both to the general path. A hit is its own awaitable (:meth:`HitPath.serve`): the
-server's await drives its two sends, with no coroutine and no Python frame per hit.
+``time.perf_counter`` and ``time.monotonic`` on Linux). It reads other modules through their
+public interfaces only: the L1's node by ``L1.nodes`` (read as ``L1.get`` reads it: ``expires``,
+``value``, the ``visited`` mark), the entry through its :class:`EntryHot` record
+(``Entry.hot``, C fields kept by ``Entry.place`` and ``Entry.hit``), the revocation cache's
+deadlines by ``Revocations.trusted_until`` (then ``known_good``), the compiled rate tables and
+metrics series by their ``.pxd`` declarations, ``RateLimitStage.top_up``; its tables (routes,
+cache rules, rate-limit plans) are those of its :class:`~cygate.edge.hitplan.HitPlan`. The
+reference calls the methods, and the tests hold both to the general path. A hit is its own
+awaitable (:meth:`HitPath.serve`): the server's await drives its two sends, with no coroutine
+and no Python frame per hit.
 
 Beyond the reference, memos that change no answer: each raw path's route with the ``Host``
 it was routed for (routes that are never hits too, so a proxied request pays one look-up
-before the general path; bounded, emptied whole when full, new with a new router), each
-subject's rate-limit key string, each route's metrics series and rate-limit plan (``_Rated``,
-while the stage keeps that plan), and the last tokens seen (64 slots: an equal token is
+before the general path; bounded, emptied whole when full, new with a new plan), each
+subject's rate-limit key string (spelled by ``cygate.edge.ratekey``), each route's metrics
+series and rate-limit plan (``_Rated``), and the last tokens seen (64 slots: an equal token is
 passed to the verifier as the object it has seen, whose hash is remembered). Hits are
 recorded through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call,
 no float. Ids come from a xoshiro256** generator of this module (``_draw_ids``).
@@ -41,6 +45,7 @@ from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
+from cygate.edge import ratekey
 
 cdef extern from "Python.h":
     enum:
@@ -61,6 +66,11 @@ cdef bytes _EMPTY = b""
 cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
+cdef str _EVERYONE = ratekey.EVERYONE  # the rate-limit key format (``cygate.edge.ratekey``)
+cdef str _ANONYMOUS = ratekey.ANONYMOUS
+cdef str _ADDRESS = ratekey.ADDRESS
+cdef object _principal_key = ratekey.principal_key
+cdef object _route_key = ratekey.route_key
 cdef Py_ssize_t _MEMO_SIZE = 4096
 cdef Py_ssize_t _MEMO_PATH = 256
 cdef long _forks = 0
@@ -283,7 +293,7 @@ cdef class Hit:
 
 @cython.final
 cdef class EntryHot:
-    """See :class:`cygate.core._hitpath_py.EntryHot`: here C fields, read in place."""
+    """See :class:`cygate.edge._hitpath_py.EntryHot`: here C fields, read in place."""
 
     cdef public double born
     cdef public double fresh_until
@@ -314,7 +324,7 @@ cdef dict _PART_KINDS = {"route": _K_ROUTE, "caller": _K_CALLER, "sub": _K_SUB, 
 
 @cython.final
 cdef class _Rated:
-    """A route's rate-limit plan as the hit path uses it: valid while the stage's plan for
+    """A route's rate-limit plan as the hit path uses it: valid while the plan's entry for
     the route is ``plan`` (plans and their limits are never changed, only replaced)."""
 
     cdef object plan
@@ -332,12 +342,14 @@ cdef class _Rated:
 
 @cython.final
 cdef class HitPath:
-    """See :class:`cygate.core._hitpath_py.HitPath`."""
+    """See :class:`cygate.edge._hitpath_py.HitPath`."""
 
+    cdef readonly object plan
     cdef readonly object router
     cdef readonly object cache
     cdef readonly object token
     cdef readonly object rate
+    cdef dict rate_plans
     cdef readonly RequestRecorder recorder
     cdef dict memo
     cdef dict series
@@ -367,26 +379,30 @@ cdef class HitPath:
     cdef dict hosts
     cdef object host_of
 
-    def __init__(self, *, router, cache, token, rate, tuple security not None, bint trusted,
-                 caller_key, recorder, randbytes, dict hosts not None, host_of):
-        self.router = router
+    def __init__(self, *, plan):
+        self.plan = plan
+        self.router = plan.router
+        cache = plan.cache
         self.cache = cache
-        self.routes = cache._routes
+        self.routes = plan.routes
         tally = getattr(cache, "n_hit_l1", None)
         self.hits_tally = <Tally>tally if type(tally) is Tally else None
-        self.l1_map = cache.l1._map
+        self.l1_map = cache.l1.nodes  # (a live mapping, the same for the L1's life)
+        token = plan.token
         self.token = token
         self.verifier = token.verifier if token is not None else None
         self.revocations = token.revocations if token is not None else None
-        self.checked = self.revocations._checked if token is not None else None
+        # (a live mapping, the same for the revocation cache's life; ``known_good`` for the rest)
+        self.checked = self.revocations.trusted_until if token is not None else None
         # PERF: bound once (the verifier and the revocations are fixed for this HitPath)
         self._verify = self.verifier.verify if token is not None else None
         self._known_good = self.revocations.known_good if token is not None else None
-        self.rate = rate
-        self.security = security
-        self.trusted = trusted
-        self.caller_key = caller_key
-        self.recorder = recorder
+        self.rate = plan.rate
+        self.rate_plans = plan.rate_plans
+        self.security = plan.security
+        self.trusted = plan.trusted
+        self.caller_key = plan.caller_key
+        self.recorder = plan.recorder
         self.memo = {}
         self.series = {}
         self.caller_keys = {}
@@ -396,13 +412,13 @@ cdef class HitPath:
         self._path_memo = [None] * 256  # ... and its memo tuple
         self._host_raw = [None] * 8
         self._host_str = [None] * 8
-        self.randbytes = randbytes
+        self.randbytes = plan.randbytes
         self._forks = _forks - 1  # seeded at the first id it makes
-        self.hosts = hosts
-        self.host_of = host_of
+        self.hosts = plan.hosts
+        self.host_of = plan.host_of
 
     def serve(self, scope, send):
-        """See :meth:`cygate.core._hitpath_py.HitPath.serve`: here the awaitable is the
+        """See :meth:`cygate.edge._hitpath_py.HitPath.serve`: here the awaitable is the
         :class:`Hit` itself. PERF: the edge returns it to the server as it is, so a hit has no
         coroutine and no Python frame: the server's own await drives the two sends."""
         cdef Hit hit = self._answer(scope)
@@ -419,7 +435,7 @@ cdef class HitPath:
         cdef double now = _now()
         cdef object authorization = None, host = None, request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None, roles
-        cdef object token, caller = None, spec, key, entry, plans
+        cdef object token, caller = None, spec, key, entry
         cdef object hit_headers, start
         cdef _Table table = None
         cdef _Rated rated = None
@@ -567,7 +583,7 @@ cdef class HitPath:
         if <double>node.expires <= now:
             return None  # expired: the general path's L1.get drops it
         entry = node.value
-        hot_record = entry._hot  # PERF: one read of the entry, then C fields
+        hot_record = entry.hot  # PERF: one read of the entry, then C fields
         if type(hot_record) is not EntryHot:
             return None
         hot = <EntryHot>hot_record
@@ -575,10 +591,7 @@ cdef class HitPath:
             return None
 
         if self.rate is not None:
-            plans = self.rate._plans
-            if type(plans) is not dict:
-                return None
-            found = PyDict_GetItem(plans, name)
+            found = PyDict_GetItem(self.rate_plans, name)
             if found != NULL:
                 remembered_plan = PyDict_GetItem(self.rated, name)
                 if remembered_plan != NULL and (<_Rated>remembered_plan).plan is <object>found:
@@ -659,7 +672,7 @@ cdef class HitPath:
     cdef object _token_of(self, bytes header):
         """The token of a ``Bearer`` header (None: not one), as ``bearer_token`` gives it; a
         token equal to one seen lately is that same object. PERF: the verifier's cache then
-        finds it by the hash the object remembers (no ~300-byte copy, no hashing of it per
+        finds it by the hash the object remembers (no copy of the token, no hashing of it per
         request); the answer is the verifier's own either way."""
         cdef Py_ssize_t start, end, slot
         cdef const char* p
@@ -683,8 +696,8 @@ cdef class HitPath:
         Valid until the next call.
 
         PERF: ids need uniqueness, not secrecy (the general edge uses ``random.Random`` for
-        them too); five steps of a 256-bit generator cost ~40 instructions, where a batch of
-        ``Random.randbytes`` cost ~1,400 per request (its big-integer conversion)."""
+        them too); five steps of a 256-bit generator cost a few dozen instructions, far less
+        than ``Random.randbytes`` and its big-integer conversion."""
         cdef Py_ssize_t i
         cdef uint64_t* out = <uint64_t*>self._ids_out
         while True:
@@ -735,7 +748,7 @@ cdef class HitPath:
                 rated.kind = _K_ALL
             elif len(parts) == 1:
                 rated.kind = _PART_KINDS.get(parts[0], _K_NONE)
-            rated.route_key = "r:" + name
+            rated.route_key = _route_key(name)
             if type(table) is GCRALimiterC:
                 rated.gcra = <GCRALimiterC>table
             else:
@@ -756,7 +769,7 @@ cdef class HitPath:
         cdef int kind = rated.kind
         cdef PyObject* found
         if kind == _K_ALL:
-            key = "*"
+            key = _EVERYONE
         elif kind == _K_ROUTE:
             key = rated.route_key
         elif principal is not None and kind != _K_IP:
@@ -768,17 +781,17 @@ cdef class HitPath:
             if found != NULL:
                 key = <object>found  # PERF: no new string (nor its hash) per request
             else:
-                key = "p:" + sub
+                key = _principal_key(sub)
                 if len(self.caller_keys) >= _MEMO_SIZE:
                     self.caller_keys.clear()
                 self.caller_keys[sub] = key
         elif kind == _K_SUB:
-            key = "p"
+            key = _ANONYMOUS
         else:  # an address: "ip", or "caller" without one
             if self.trusted:
                 return None
             client = (<dict>scope).get("client")
-            key = "i:" + (client[0] if client else "")
+            key = _ADDRESS + (client[0] if client else "")
         cdef _Table table
         if rated.gcra is not None:
             if rated.gcra._hit(key, 1) != 1:
@@ -788,7 +801,7 @@ cdef class HitPath:
             if rated.leases._take(key) is not _GRANTED:
                 return None
             if rated.leases.tokens < rated.low_water and key not in rated.inflight:
-                self.rate._top_up(rated.single, key, rated.leases.tokens)
+                self.rate.top_up(rated.single, key, rated.leases.tokens)
             table = rated.leases
         rated.tally.value += 1  # PERF: a C double, no number object per request
         return table

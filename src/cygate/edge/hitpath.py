@@ -1,7 +1,7 @@
 """The edge's fused hit path: a fresh L1 hit of a plain GET answered in one call.
 
-Selects the compiled implementation (:mod:`cygate.core._hitpath_c`) when it is available and
-allowed, else the pure-Python twin (:mod:`cygate.core._hitpath_py`), which documents both.
+Selects the compiled implementation (:mod:`cygate.edge._hitpath_c`) when it is available and
+allowed, else the pure-Python twin (:mod:`cygate.edge._hitpath_py`), which documents both.
 
 Usage (the edge builds it; see ``Edge._rebuild_hit_path``)::
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cygate._compat import NO_EXTENSIONS
-from cygate.core._hitpath_py import EntryHot as EntryHotPy
-from cygate.core._hitpath_py import Hit as HitPy
-from cygate.core._hitpath_py import HitPath as HitPathPy
+from cygate.edge._hitpath_py import EntryHot as EntryHotPy
+from cygate.edge._hitpath_py import Hit as HitPy
+from cygate.edge._hitpath_py import HitPath as HitPathPy
 
 __all__ = ["EntryHot", "EntryHotPy", "Hit", "HitPath", "HitPathPy", "HitPy"]
 
@@ -34,9 +34,9 @@ else:
     HitPath = HitPathPy
     if not NO_EXTENSIONS:
         try:
-            from cygate.core._hitpath_c import EntryHot as EntryHotC
-            from cygate.core._hitpath_c import Hit as HitC
-            from cygate.core._hitpath_c import HitPath as HitPathC
+            from cygate.edge._hitpath_c import EntryHot as EntryHotC
+            from cygate.edge._hitpath_c import Hit as HitC
+            from cygate.edge._hitpath_c import HitPath as HitPathC
         except ImportError:  # pragma: no cover - not compiled (e.g. an editable pure install)
             pass
         else:
