@@ -179,6 +179,98 @@ cdef bint _bearer_span(bytes header, Py_ssize_t* start, Py_ssize_t* end) noexcep
     return True
 
 
+@cython.freelist(8)
+@cython.final
+cdef class Head:
+    """See :class:`cygate.edge._hitpath_py.Head`: here C fields, filled by :func:`_scan`."""
+
+    cdef readonly object authorization
+    cdef readonly object host
+    cdef readonly Py_ssize_t hosts
+    cdef readonly bint empty_host
+    cdef readonly bytes request_id
+    cdef readonly bytes traceparent
+    cdef readonly object content_length
+    cdef readonly object content_type
+    cdef readonly bint chunked
+    cdef readonly bint conditional
+    cdef readonly bint odd
+
+
+cdef object _NO_LENGTH = -1
+cdef object _BAD_LENGTH = -2
+
+
+cdef int _scan(Head head, object headers, dict hosts, object host_of, list host_raw,
+               list host_str) except -1:
+    """One pass over a request's headers into ``head`` (every field set): what
+    :func:`cygate.edge._hitpath_py.scan_head` does, with a pair that is not two bytes objects
+    skipped (``odd``). With ``host_raw``/``host_str``: the last ``Host`` values seen, one per
+    slot, compared byte for byte before ``hosts`` is asked (PERF: no hashing)."""
+    cdef object name, value, host
+    cdef Py_ssize_t slot = 0
+    cdef PyObject* found
+    head.authorization = None
+    head.host = ""
+    head.hosts = 0
+    head.empty_host = False
+    head.request_id = _EMPTY
+    head.traceparent = _EMPTY
+    head.content_length = _NO_LENGTH
+    head.content_type = None
+    head.chunked = False
+    head.conditional = False
+    head.odd = False
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            head.odd = True
+            continue
+        if _named(<bytes>name, b"authorization", 13):
+            if head.authorization is None:
+                head.authorization = value
+        elif _named(<bytes>name, b"host", 4):
+            head.hosts += 1
+            if PyBytes_GET_SIZE(value) == 0:
+                head.empty_host = True
+            if host_raw is not None:
+                slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
+                if _same(<object>PyList_GET_ITEM(host_raw, slot), PyBytes_AS_STRING(value),
+                         PyBytes_GET_SIZE(value)):
+                    head.host = <object>PyList_GET_ITEM(host_str, slot)
+                    continue
+            found = PyDict_GetItem(hosts, value)
+            host = <object>found if found != NULL else None
+            if not host:
+                host = host_of(value)
+            head.host = host
+            if host_raw is not None:
+                host_raw[slot] = value
+                host_str[slot] = host
+        elif _named(<bytes>name, b"x-request-id", 12):
+            if _valid_request_id(<bytes>value):
+                head.request_id = <bytes>value
+        elif _named(<bytes>name, b"traceparent", 11):
+            if _valid_traceparent(<bytes>value):
+                head.traceparent = <bytes>value
+        elif _named(<bytes>name, b"content-length", 14):
+            head.content_length = int(value) if (<bytes>value).isdigit() else _BAD_LENGTH
+        elif _named(<bytes>name, b"content-type", 12):
+            head.content_type = value
+        elif _named(<bytes>name, b"transfer-encoding", 17):
+            head.chunked = True
+        elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
+              or _named(<bytes>name, b"if-none-match", 13)):
+            head.conditional = True
+    return 0
+
+
+def scan_head(headers, dict hosts not None, host_of):
+    """See :func:`cygate.edge._hitpath_py.scan_head`."""
+    cdef Head head = Head.__new__(Head)
+    _scan(head, headers, hosts, host_of, None, None)
+    return head
+
+
 @cython.freelist(32)
 @cython.final
 cdef class Hit:
@@ -378,6 +470,9 @@ cdef class HitPath:
     cdef long _forks
     cdef dict hosts
     cdef object host_of
+    cdef Head _head  # this request's scan (handed to the general path when declined)
+    cdef bint _scanned
+    cdef readonly Head last_head
 
     def __init__(self, *, plan):
         self.plan = plan
@@ -416,6 +511,8 @@ cdef class HitPath:
         self._forks = _forks - 1  # seeded at the first id it makes
         self.hosts = plan.hosts
         self.host_of = plan.host_of
+        self._head = Head.__new__(Head)
+        self.last_head = None
 
     def serve(self, scope, send):
         """See :meth:`cygate.edge._hitpath_py.HitPath.serve`: here the awaitable is the
@@ -423,13 +520,28 @@ cdef class HitPath:
         coroutine and no Python frame: the server's own await drives the two sends."""
         cdef Hit hit = self._answer(scope)
         if hit is None:
+            self._declined()
             return None
         hit._send = send
         return hit
 
     def answer(self, scope):
-        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
-        return self._answer(scope)
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed;
+        :attr:`last_head` holds the scan of its headers, if it got that far)."""
+        cdef Hit hit = self._answer(scope)
+        if hit is None:
+            self._declined()
+        return hit
+
+    cdef int _declined(self) except -1:
+        """After a None: :attr:`last_head` is this request's scan (then a new record for the
+        next one), or None when it was declined before the scan."""
+        if self._scanned:
+            self.last_head = self._head
+            self._head = Head.__new__(Head)
+        else:
+            self.last_head = None
+        return 0
 
     cdef Hit _answer(self, scope):
         cdef double now = _now()
@@ -449,44 +561,24 @@ cdef class HitPath:
         cdef PyObject* found
         cdef Py_ssize_t i, n_hit, n_sec, slot
         cdef list out
+        cdef Head head
+        self._scanned = False
         if type(scope) is not dict:
             return None
         if scope["type"] != "http" or scope["method"] != _GET or _REFRESH in <dict>scope:
             return None
         headers = scope["headers"]
-        for name, value in headers:
-            if type(name) is not bytes or type(value) is not bytes:
-                return None
-            if _named(<bytes>name, b"authorization", 13):
-                if authorization is None:
-                    authorization = value
-            elif _named(<bytes>name, b"host", 4):
-                if host is not None or PyBytes_GET_SIZE(value) == 0:
-                    return None  # a second Host, or an empty one: the general path's 400
-                slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
-                if _same(<object>PyList_GET_ITEM(self._host_raw, slot), PyBytes_AS_STRING(value),
-                         PyBytes_GET_SIZE(value)):
-                    host = <object>PyList_GET_ITEM(self._host_str, slot)  # PERF: no hashing
-                else:
-                    found = PyDict_GetItem(self.hosts, value)
-                    host = <object>found if found != NULL else None
-                    if not host:
-                        host = self.host_of(value)
-                    self._host_raw[slot] = value
-                    self._host_str[slot] = host
-            elif _named(<bytes>name, b"x-request-id", 12):
-                if _valid_request_id(<bytes>value):
-                    request_id = value
-            elif _named(<bytes>name, b"traceparent", 11):
-                if _valid_traceparent(<bytes>value):
-                    traceparent = value
-            elif _named(<bytes>name, b"content-length", 14):
-                return None
-            elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
-                  or _named(<bytes>name, b"if-none-match", 13)):
-                return None  # revalidation, no-cache, a 304: the general path's
-        if host is None:
-            return None  # no Host: the general path's (a 400 for HTTP/1.1)
+        head = self._head
+        _scan(head, headers, self.hosts, self.host_of, self._host_raw, self._host_str)
+        self._scanned = True
+        if head.odd or head.conditional or head.content_length is not _NO_LENGTH:
+            return None  # revalidation, no-cache, a 304, a body: the general path's
+        if head.hosts != 1 or head.empty_host:
+            return None  # no Host, a second one, an empty one: the general path's (a 400)
+        authorization = head.authorization
+        host = head.host
+        request_id = head.request_id
+        traceparent = head.traceparent
         raw_path = (<dict>scope).get("raw_path")
         if not raw_path:
             raw_path = scope["path"].encode("utf-8")

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from cygate.core.ids import ITEM, format_ids, valid_request_id, valid_traceparent
@@ -52,7 +52,7 @@ from cygate.core.router import FOUND, normalize_path
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.ratekey import ANONYMOUS, EVERYONE, address_key, principal_key, route_key
 
-__all__ = ["Hit", "HitPath", "bearer_token"]
+__all__ = ["Head", "Hit", "HitPath", "bearer_token", "scan_head"]
 
 _REFRESH = "cygate.cache.refresh"
 _BEARER = b"bearer "
@@ -74,6 +74,86 @@ def bearer_token(header: bytes) -> bytes | None:
     if header[:7].lower() != _BEARER:
         return None
     return header[7:].strip(b" ")
+
+
+class Head:
+    """What :func:`scan_head` found in a request's headers: the one scan of them that both the
+    fused hit path and the general edge use (the edge gets the hit path's when it declines a
+    request after scanning it: ``HitPath.last_head``)."""
+
+    __slots__ = (
+        "authorization",
+        "chunked",
+        "conditional",
+        "content_length",
+        "content_type",
+        "empty_host",
+        "host",
+        "hosts",
+        "odd",
+        "request_id",
+        "traceparent",
+    )
+
+    def __init__(self) -> None:
+        self.authorization: bytes | None = None
+        """The first ``Authorization`` header."""
+        self.host = ""
+        """The last ``Host``, lower-cased and without its port (``host_of``)."""
+        self.hosts = 0
+        """How many ``Host`` headers."""
+        self.empty_host = False
+        """A ``Host`` header was empty."""
+        self.request_id = b""
+        """The last valid ``X-Request-ID`` (``valid_request_id``), else empty."""
+        self.traceparent = b""
+        """The last valid ``traceparent`` (``valid_traceparent``), else empty."""
+        self.content_length = -1
+        """The last ``Content-Length``: -1 none, -2 not a number."""
+        self.content_type: bytes | None = None
+        """The last ``Content-Type``."""
+        self.chunked = False
+        """A ``Transfer-Encoding`` header was sent."""
+        self.conditional = False
+        """A ``Cache-Control``, ``Pragma`` or ``If-None-Match`` header was sent."""
+        self.odd = False
+        """A header name or value that is not bytes (never from a server; the compiled scan
+        skips such a pair)."""
+
+
+def scan_head(
+    headers: Iterable[tuple[bytes, bytes]],
+    hosts: Mapping[bytes, str],
+    host_of: Callable[[bytes], str],
+) -> Head:
+    """One pass over a request's headers (names arrive lower-cased: ASGI). ``hosts`` maps
+    the ``Host`` values seen to their form; ``host_of`` makes (and remembers) a new one's."""
+    head = Head()
+    for name, value in headers:
+        if name == b"authorization":
+            if head.authorization is None:
+                head.authorization = value
+        elif name == b"host":
+            # PERF: clients repeat a few Host values; each is lower-cased once.
+            head.host = hosts.get(value) or host_of(value)
+            head.hosts += 1
+            if not value:
+                head.empty_host = True
+        elif name == b"x-request-id":
+            if valid_request_id(value):
+                head.request_id = value
+        elif name == b"traceparent":
+            if valid_traceparent(value):
+                head.traceparent = value
+        elif name == b"content-length":
+            head.content_length = int(value) if value.isdigit() else -2
+        elif name == b"content-type":
+            head.content_type = value
+        elif name == b"transfer-encoding":
+            head.chunked = True
+        elif name in (b"cache-control", b"pragma", b"if-none-match"):
+            head.conditional = True
+    return head
 
 
 class Hit:
@@ -146,6 +226,7 @@ class HitPath:
         "host_of",
         "hosts",
         "l1",
+        "last_head",
         "plan",
         "randbytes",
         "rate",
@@ -181,6 +262,9 @@ class HitPath:
         self._forks = _forks
         self.hosts = plan.hosts
         self.host_of = plan.host_of
+        self.last_head: Head | None = None
+        """The scan of the last request :meth:`answer` declined after scanning it, else None:
+        what the general edge then uses instead of scanning again."""
 
     def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
         """What the edge awaits for a hit (its two messages sent through ``send``, then the
@@ -189,33 +273,28 @@ class HitPath:
         return None if hit is None else _send(hit, send)
 
     def answer(self, scope: MutableMapping[str, Any]) -> Hit | None:
-        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
-        started = time.perf_counter()
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed;
+        :attr:`last_head` holds the scan of its headers, if it got that far)."""
+        self.last_head = None
         if scope["type"] != "http" or scope["method"] != "GET" or _REFRESH in scope:
             return None
+        head = scan_head(scope["headers"], self.hosts, self.host_of)
+        hit = self._answer(scope, head)
+        if hit is None:
+            self.last_head = head
+        return hit
+
+    def _answer(self, scope: MutableMapping[str, Any], head: Head) -> Hit | None:
+        started = time.perf_counter()
         headers = scope["headers"]
-        authorization: bytes | None = None
-        host: str | None = None
-        request_id = b""
-        traceparent = b""
-        for name, value in headers:
-            if name == b"authorization":
-                if authorization is None:
-                    authorization = value
-            elif name == b"host":
-                if host is not None or not value:
-                    return None  # a second Host, or an empty one: the general path's 400
-                host = self.hosts.get(value) or self.host_of(value)
-            elif name == b"x-request-id":
-                if valid_request_id(value):
-                    request_id = value
-            elif name == b"traceparent":
-                if valid_traceparent(value):
-                    traceparent = value
-            elif name == b"content-length":
-                return None
-        if host is None:
-            return None  # no Host: the general path's (a 400 for HTTP/1.1)
+        if head.hosts != 1 or head.empty_host:
+            return None  # no Host, a second one, an empty one: the general path's (a 400)
+        if head.content_length != -1 or head.odd:
+            return None
+        authorization = head.authorization
+        host = head.host
+        request_id = head.request_id
+        traceparent = head.traceparent
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         if b"?" in raw_path:
             return None
@@ -258,6 +337,9 @@ class HitPath:
         spec = route.spec
         key = spec.key("GET", path, scope.get("query_string", b""), headers, caller)
         if spec.cache_control is not None or spec.if_none_match is not None:
+            return None
+        # (equally: ``head.conditional`` for a Pragma; ``spec.key`` read those headers)
+        if head.conditional:
             return None
         now = time.monotonic()
         entry = self.l1.get(key, now)
