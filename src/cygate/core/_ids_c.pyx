@@ -1,9 +1,9 @@
 # cython: language_level=3
 """Request and trace ids made from random bytes; see :mod:`cygate.core._ids_py`.
 
-PERF: the formatting of a request's ids (hex digits, the ``traceparent`` layout) was ~8 % of
-the edge's time on a cache hit in Python; here each id triple is three small objects and a few
-dozen byte stores.
+PERF: the formatting of a request's ids (hex digits, the ``traceparent`` layout) was a
+noticeable part of the edge's time on a cache hit in Python; here each id triple is three
+small objects and a few dozen byte stores.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

@@ -73,10 +73,10 @@ Dispatch = Callable[[EdgeContext, Receive, Send], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
 
 # PERF: request and trace ids need uniqueness, not secrecy. os.urandom is a getrandom(2) system
-# call per id (2 % of a worker's CPU on this machine); a per-process generator seeded from it is
+# call per id (a visible share of a worker's CPU); a per-process generator seeded from it is
 # not. Ids are made in batches (one random draw and one hex conversion for 256 requests: the
-# per-request formatting was 13 % of the edge's time on a cache hit). Re-seeded, and the batch
-# dropped, in every worker after fork, so two workers never share a sequence.
+# per-request formatting was a large part of the edge's time on a cache hit). Re-seeded, and
+# the batch dropped, in every worker after fork, so two workers never share a sequence.
 _ids = random.Random(os.urandom(32))
 _ID_BATCH = 256
 _id_pool: list[tuple[str, bytes, bytes]] = []

@@ -19,8 +19,7 @@ decided in one of three modes:
     in any window. PERF: when fewer than a quarter of a lease's tokens are left, one request
     tops it up in the background (``lease`` minus what is left, so a process never holds more
     than ``lease``): under steady load the lease never runs dry and no request waits for Redis
-    (a dry lease made every concurrent request of the key wait for the answer: ~2 µs/request
-    at a lease of 100).
+    (a dry lease made every concurrent request of the key wait for the answer).
 
 PERF: the stage is synchronous whenever it can be: local limits, a lease with tokens left or a
 remembered refusal return ``None`` without creating a coroutine; only a question to Redis makes
@@ -517,7 +516,7 @@ class RateLimitStage:
             if waiting is not None:
                 # NOTE: one lease request per key at a time: the others wait for its answer.
                 # PERF: each waiter awaits a future of its own (its cancellation touches no
-                # one else's); shielding one shared future cost ~4 us per waiter, and a dry
+                # one else's); shielding one shared future cost more per waiter, and a dry
                 # lease under load has dozens of them.
                 mine = asyncio.get_running_loop().create_future()
                 waiting.append(mine)
