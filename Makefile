@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PYX := $(wildcard src/cygate/core/_*_c.pyx) $(wildcard src/cygate/core/_*_c.pxd)
+PYX := $(wildcard src/cygate/core/_*_c.pyx src/cygate/core/_*_c.pxd src/cygate/edge/_*_c.pyx src/cygate/edge/_*_c.pxd)
 STAMP := $(VENV)/.installed
 # Exact versions, with hashes, of everything installed (scripts/lock.py; `make lock` rewrites it).
 LOCK := requirements/dev.txt
@@ -169,4 +169,4 @@ soak: build services
 	$(WITH_ENV) $(BIN)/python -m loadtests.soak --seconds "$(SOAK_SECONDS)" $(SOAK_ARGS)
 
 clean:
-	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c .pytest_cache .mypy_cache
+	rm -rf build src/cygate/core/*.so src/cygate/core/_*_c.c src/cygate/edge/*.so src/cygate/edge/_*_c.c .pytest_cache .mypy_cache

@@ -1,4 +1,4 @@
-"""Build the compiled core.
+"""Build the compiled modules (the core, and the edge's fused hit path).
 
 Everything else about the package lives in pyproject.toml; this file only declares the
 Cython extensions. Switches (environment variables):
@@ -21,7 +21,8 @@ from setuptools import setup
 NO_EXTENSIONS = bool(os.environ.get("CYGATE_NO_EXTENSIONS"))
 TRACE = bool(os.environ.get("CYGATE_CYTHON_TRACE"))
 DEBUG = bool(os.environ.get("CYGATE_DEBUG_BUILD"))
-CORE = pathlib.Path("src/cygate/core")
+SRC = pathlib.Path("src")
+PACKAGES = ("cygate/core", "cygate/edge")  # where compiled twins live (``_x_c.pyx``)
 
 
 def _extensions() -> list:
@@ -32,12 +33,13 @@ def _extensions() -> list:
     cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
     exts = [
         Extension(
-            f"cygate.core.{pyx.stem}",
+            f"{package.replace('/', '.')}.{pyx.stem}",
             [str(pyx)],
             define_macros=macros,
             extra_compile_args=cflags,
         )
-        for pyx in sorted(CORE.glob("_*_c.pyx"))
+        for package in PACKAGES
+        for pyx in sorted((SRC / package).glob("_*_c.pyx"))
     ]
     directives = {
         "language_level": "3",

@@ -325,7 +325,7 @@ def test_redis_limits_sliding_window(micro: Any, redis_url: str) -> None:
 
 def _stage_case(gcra_cls: Any, fresh: bool) -> Callable[[], None]:
     stage = _stage({"rate": 1_000_000_000, "period": 1})
-    for limit in stage._plans["GET /bench"].limits:
+    for limit in stage.plans["GET /bench"].limits:
         limit.gcra = gcra_cls(limit.interval_ns, limit.burst, 65536)
     ctxs = [_ctx(f"203.0.113.{i}") for i in range(64)]
     counter = itertools.count()

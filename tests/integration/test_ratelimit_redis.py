@@ -222,7 +222,7 @@ async def test_batched_tops_the_lease_up_before_it_runs_dry(private: PrivateRedi
         # 200 tokens: the first lease, then top-ups of lease - 4 (the lease // 4 mark): never
         # a call per request, never held more than a lease at once.
         assert 200 // lease <= calls <= 1 + -(-(200 - lease) // (lease - lease // 4)) + 1
-        assert stage._plans["GET /r"].limits[0].leases.tokens <= lease
+        assert stage.plans["GET /r"].limits[0].leases.tokens <= lease
     finally:
         await h.close()
 

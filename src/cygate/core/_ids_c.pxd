@@ -1,4 +1,4 @@
-# The id formatting's C helpers, shared with the other compiled modules (core/_hitpath_c makes
+# The id formatting's C helpers, shared with the other compiled modules (edge/_hitpath_c makes
 # a hit's ids with them, without the pool's intermediate objects); see _ids_c.pyx.
 
 

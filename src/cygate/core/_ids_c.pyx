@@ -11,7 +11,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 ITEM = 36
 
-# _usable and _write_ids (and _hex, _zero): _ids_c.pxd (inline, shared with core/_hitpath_c).
+# _usable and _write_ids (and _hex, _zero): _ids_c.pxd (inline, shared with edge/_hitpath_c).
 
 
 def format_ids(bytes raw not None):

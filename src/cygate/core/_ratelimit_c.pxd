@@ -1,4 +1,4 @@
-# The compiled rate-limit tables' C interface, for the other compiled modules (core/_hitpath_c
+# The compiled rate-limit tables' C interface, for the other compiled modules (edge/_hitpath_c
 # decides a hit's limit and writes its headers with C calls); see _ratelimit_c.pyx.
 
 from libc.stdint cimport int64_t, uint8_t

@@ -1,4 +1,4 @@
-# The compiled request series' C interface, for the other compiled modules (core/_hitpath_c
+# The compiled request series' C interface, for the other compiled modules (edge/_hitpath_c
 # records its hits with no Python call and no float); see _reqmetrics_c.pyx.
 
 cdef enum:

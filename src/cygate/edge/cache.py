@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +156,7 @@ class ResponseCache:
         self.edge: Any = None
         """The ASGI edge, set by the app: background refreshes go through it as requests."""
         self._routes: dict[str, CacheRoute] = {}
-        # NOTE: the fused hit path (core/hitpath) holds this dict: never rebind it.
+        self._watchers: list[Callable[[], None]] = []
         self._flights: dict[bytes, Flight] = {}
         self._refreshing: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -194,7 +194,20 @@ class ResponseCache:
         if not self.settings.enabled or rule.ttl <= 0:
             return False
         self._routes[route_name] = CacheRoute(route_name, rule, self.secret)
+        for watcher in tuple(self._watchers):
+            watcher()
         return True
+
+    def route_table(self) -> dict[str, CacheRoute]:
+        """The cached routes with their compiled rules (key spec, privacy), as they are now:
+        a copy, for a reader that keeps it until :meth:`watch` says the routes changed."""
+        return dict(self._routes)
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every route :meth:`add_route` caches (once, however often
+        it is given): what keeps a :meth:`route_table` (the fused hit path) is rebuilt then."""
+        if callback not in self._watchers:
+            self._watchers.append(callback)
 
     @property
     def routes(self) -> dict[str, CacheRule]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cygate.core.hitpath import EntryHot
+from cygate.edge.hitpath import EntryHot
 
 if TYPE_CHECKING:
     from cygate.edge.settings import CacheRule
@@ -182,7 +182,6 @@ class Entry:
     """A stored response (or a remembered 404), ready to send."""
 
     __slots__ = (
-        "_hot",
         "base",
         "body",
         "body_message",
@@ -192,6 +191,7 @@ class Entry:
         "etag",
         "fresh_until",
         "headers",
+        "hot",
         "sie",
         "size",
         "status",
@@ -238,10 +238,11 @@ class Entry:
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
         self.born = self.fresh_until = self.swr_until = self.error_until = self.until = 0.0
-        # NOTE: what the compiled hit path reads of this entry: the deadlines, kept with the
-        # fields they mirror where those change (here and ``place``; nowhere else), and the
-        # hit headers with the whole-second age they were built for (``hit``).
-        self._hot = EntryHot(status, detail is None, self.body_message)
+        self.hot = EntryHot(status, detail is None, self.body_message)
+        """What the fused hit path reads of this entry (read-only outside this class): the
+        deadlines, kept with the fields they mirror where those change (here, :meth:`place`
+        and :meth:`cap`; nowhere else), and the hit headers with the whole-second age they
+        were built for (:meth:`hit`)."""
 
     @classmethod
     def response(
@@ -284,8 +285,8 @@ class Entry:
         self.swr_until = self.fresh_until + self.swr
         self.error_until = self.fresh_until + self.sie
         self.until = max(self.swr_until, self.error_until)
-        self._hot.born = self.born
-        self._hot.fresh_until = self.fresh_until
+        self.hot.born = self.born
+        self.hot.fresh_until = self.fresh_until
         if max_age is not None:
             self.cap(max_age)
         return self
@@ -296,7 +297,7 @@ class Entry:
         limit = self.born + max_age
         if self.fresh_until > limit:
             self.fresh_until = limit
-            self._hot.fresh_until = limit
+            self.hot.fresh_until = limit
         if self.swr_until > limit:
             self.swr_until = limit
 
@@ -312,7 +313,7 @@ class Entry:
     def hit(self, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The messages of a fresh L1 hit (PERF: the hot path; see :meth:`messages`)."""
         age = int(now - self.born)
-        hot = self._hot
+        hot = self.hot
         if age != hot.age:
             hot.age = age
             hot.hit = (*self.headers, _HIT_L1_PAIR, shared_pair(b"age", b"%d" % age))

@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from cygate.core.hitpath import HitPath
 from cygate.core.ids import ITEM as ID_BYTES
-from cygate.core.ids import format_ids, valid_request_id, valid_traceparent
+from cygate.core.ids import format_ids
 from cygate.core.router import (
     BAD_PARAM,
     FOUND,
@@ -32,9 +31,14 @@ from cygate.core.router import (
     normalize_path,
 )
 from cygate.edge.asgi import ASGIApp, Message, Receive, Scope, Send
+from cygate.edge.auth import TokenStage
 from cygate.edge.body import BODY_JSON, json_media, query_nul_errors
+from cygate.edge.cache import caller_key
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
+from cygate.edge.hitpath import Head, HitPath, scan_head
+from cygate.edge.hitplan import HitPlan
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from cygate.edge.ratelimit import RateLimitStage
 
 if TYPE_CHECKING:
     from cygate.edge.cache import CacheMiss, ResponseCache
@@ -142,7 +146,7 @@ class Edge:
 
     __slots__ = (
         "_direct",
-        "_hit_path",
+        "_hit_path_enabled",
         "_hits",
         "_router",
         "_security_headers",
@@ -205,7 +209,7 @@ class Edge:
                 hsts += "; includeSubDomains"
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
-        self._hit_path = hit_path
+        self._hit_path_enabled = hit_path
         self._hits: HitPath | None = None
         self._rebuild_hit_path()
 
@@ -231,21 +235,20 @@ class Edge:
 
     @property
     def hit_path(self) -> HitPath | None:
-        """The fused hit path (``cygate.core.hitpath``), or None: this edge's cache, stages and
+        """The fused hit path (``cygate.edge.hitpath``), or None: this edge's cache, stages and
         settings leave it nothing to answer."""
         return self._hits
 
     def _rebuild_hit_path(self) -> None:
-        """Build the fused hit path for the current router and stages: only with the response
-        cache, and only when every stage is one it knows (the token stage, then the rate-limit
-        stage); any other stage could refuse or change a request it would answer."""
-        from cygate.edge.auth import TokenStage  # NOTE: here, as both import this module's
-        from cygate.edge.cache import caller_key  # neighbours (no cycle at import time)
-        from cygate.edge.ratelimit import RateLimitStage
-
+        """Build the fused hit path over a new plan (``cygate.edge.hitplan``) of the current
+        router, stages, cache routes and rate-limit plans: only with the response cache, and
+        only when every stage is one it knows (the token stage, then the rate-limit stage); any
+        other stage could refuse or change a request it would answer. Called again whenever
+        one of those changes (the cache and the rate-limit stage call it back)."""
         self._hits = None
-        if not self._hit_path or self.cache is None:
+        if not self._hit_path_enabled or self.cache is None:
             return
+        self.cache.watch(self._rebuild_hit_path)
         token: TokenStage | None = None
         rate: RateLimitStage | None = None
         for stage in self._stages:
@@ -255,7 +258,9 @@ class Edge:
                 rate = stage
             else:
                 return
-        self._hits = HitPath(
+        if rate is not None:
+            rate.watch(self._rebuild_hit_path)
+        plan = HitPlan.build(
             router=self._router,
             cache=self.cache,
             token=token,
@@ -268,6 +273,7 @@ class Edge:
             hosts=_hosts,
             host_of=_host,
         )
+        self._hits = HitPath(plan=plan)
 
     @property
     def upstream(self) -> Dispatch | None:
@@ -291,21 +297,28 @@ class Edge:
         the general path's coroutine, marked as a coroutine function for servers that inspect
         the app to tell ASGI 3 from ASGI 2)."""
         hits = self._hits
+        head: Head | None = None
         if hits is not None:
             try:
-                # PERF: a fresh L1 hit in one call (core/hitpath), and the awaitable that
+                # PERF: a fresh L1 hit in one call (edge/hitpath), and the awaitable that
                 # sends it returned as it is: no frame of the edge's own per hit.
                 sending = hits.serve(scope, send)
             except Exception:
                 # NOTE: it changes nothing before it answers: the general path says what is
                 # wrong with this request (and logs it, if it is a fault of ours).
                 sending = None
+            else:
+                if sending is None:
+                    head = hits.last_head  # its scan of the headers: not made again
             if sending is not None:
                 return sending
-        return self._serve(scope, receive, send)
+        return self._serve(scope, receive, send, head)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Everything but a fused hit: lifespan, and every request the general path serves."""
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, head: Head | None = None
+    ) -> None:
+        """Everything but a fused hit: lifespan, and every request the general path serves
+        (``head``: the hit path's scan of its headers, when it made one)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
             return
@@ -314,37 +327,18 @@ class Edge:
         route_name = _UNMATCHED
         status = 500  # the answer's, unless the response started (then ``ctx.status``)
 
-        request_id = ""
-        request_id_bytes = b""
-        traceparent = b""
-        authorization: bytes | None = None
-        content_length = -1
-        content_type: bytes | None = None
-        chunked = False
-        host = ""
-        hosts = 0
-        for name, value in scope["headers"]:
-            # PERF: one pass over the headers; names arrive lower-cased (ASGI).
-            if name == b"authorization":
-                if authorization is None:
-                    authorization = value
-            elif name == b"host":
-                # PERF: clients repeat a few Host values; each is lower-cased once.
-                host = _hosts.get(value) or _host(value)
-                hosts += 1
-            elif name == b"x-request-id":
-                if valid_request_id(value):
-                    request_id = value.decode()
-                    request_id_bytes = value
-            elif name == b"traceparent":
-                if valid_traceparent(value):
-                    traceparent = value
-            elif name == b"content-length":
-                content_length = int(value) if value.isdigit() else -2
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"transfer-encoding":
-                chunked = True
+        if head is None:
+            # PERF: one pass over the headers, the hit path's own (``scan_head``).
+            head = scan_head(scope["headers"], _hosts, _host)
+        request_id_bytes: bytes = head.request_id
+        request_id = request_id_bytes.decode() if request_id_bytes else ""
+        traceparent: bytes = head.traceparent
+        authorization: bytes | None = head.authorization
+        content_length: int = head.content_length
+        content_type: bytes | None = head.content_type
+        chunked: bool = head.chunked
+        host: str = head.host
+        hosts: int = head.hosts
         if not request_id or not traceparent:
             new_id, new_id_bytes, new_trace = _id_pool.pop() if _id_pool else _fresh_ids()
             if not request_id:

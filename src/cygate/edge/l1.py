@@ -14,14 +14,18 @@ tags (for invalidation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["L1"]
+__all__ = ["L1", "Node"]
 
 
-class _Node:
-    """One entry and its place in the SIEVE queue (head = newest)."""
+class Node:
+    """One entry and its place in the SIEVE queue (head = newest).
+
+    Readers outside this module (the fused hit path, through :attr:`L1.nodes`) read ``value``
+    and ``expires`` and may set ``visited`` (the SIEVE mark: what :meth:`L1.get` sets on a
+    hit); everything else is the L1's own."""
 
     __slots__ = ("expires", "key", "newer", "older", "size", "tags", "value", "visited")
 
@@ -34,8 +38,8 @@ class _Node:
         self.expires = expires
         self.tags = tags
         self.visited = False
-        self.newer: _Node | None = None
-        self.older: _Node | None = None
+        self.newer: Node | None = None
+        self.older: Node | None = None
 
 
 class L1:
@@ -49,13 +53,19 @@ class L1:
         self.size = 0
         """Bytes held now."""
         self.evictions = 0
-        self._map: dict[bytes, _Node] = {}
-        """NOTE: the compiled hit path (core/_hitpath_c) holds this dict and reads nodes'
-        ``expires``/``value``/``visited``: change it in place, never rebind it."""
+        self._map: dict[bytes, Node] = {}
+        """Changed in place only, never rebound: :attr:`nodes` hands it out."""
         self._tags: dict[str, set[bytes]] = {}
-        self._head: _Node | None = None
-        self._tail: _Node | None = None
-        self._hand: _Node | None = None
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._hand: Node | None = None
+
+    @property
+    def nodes(self) -> Mapping[bytes, Node]:
+        """Key -> node, live and read-only: the same mapping for this L1's whole life, kept
+        current by it (the fused hit path looks keys up in it directly, then treats a node
+        as :meth:`get` does: expired is a miss, a hit sets ``visited``)."""
+        return self._map
 
     def __len__(self) -> int:
         return len(self._map)
@@ -85,7 +95,7 @@ class L1:
             return False
         while self.size + size > self.max_bytes:
             self._evict(now)
-        node = _Node(key, value, size, expires, tuple(tags))
+        node = Node(key, value, size, expires, tuple(tags))
         self._map[key] = node
         node.older = self._head
         if self._head is not None:
@@ -153,7 +163,7 @@ class L1:
         self._unlink(hand)
         self.evictions += 1
 
-    def _unlink(self, node: _Node) -> None:
+    def _unlink(self, node: Node) -> None:
         if self._hand is node:
             self._hand = node.newer
         if node.newer is not None:

@@ -39,7 +39,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 from cygate.core.ratelimit import (
@@ -51,6 +51,16 @@ from cygate.core.ratelimit import (
     whole_seconds,
 )
 from cygate.edge.problem import Problem
+from cygate.edge.ratekey import (
+    ADDRESS,
+    ANONYMOUS,
+    API_KEY,
+    EVERYONE,
+    PATH,
+    PRINCIPAL,
+    ROUTE,
+    SEPARATOR,
+)
 from cygate.infra.ratelimit_store import QuotaStore, QuotaUnavailable, Reservation
 from cygate.infra.tasks import spawn, wake
 
@@ -60,7 +70,7 @@ if TYPE_CHECKING:
     from cygate.infra.metrics import Counter, Metrics
     from cygate.infra.redis import RedisHandle
 
-__all__ = ["Limit", "RateLimitStage", "build_limits"]
+__all__ = ["Limit", "RateLimitStage", "RoutePlan", "build_limits"]
 
 log = logging.getLogger("cygate.ratelimit")
 
@@ -71,40 +81,40 @@ KeyFn = Callable[["EdgeContext"], str]
 def _key_fn(parts: tuple[str, ...], api_header: bytes) -> KeyFn:
     """The function that makes a request's key for a limit keyed by ``parts``.
 
-    Each part is tagged (``p:`` principal, ``i:`` address, ``k:`` API key digest, ``r:`` route,
-    ``u:`` path) so two kinds of value can never collide.
+    Each part is tagged (the format: ``cygate.edge.ratekey``, shared with the fused hit path)
+    so two kinds of value can never collide.
     """
 
     def part(name: str) -> KeyFn:
         if name == "caller":
-            return lambda c: "p:" + c.principal.sub if c.principal else "i:" + c.client_ip
+            return lambda c: PRINCIPAL + c.principal.sub if c.principal else ADDRESS + c.client_ip
         if name == "sub":
             # NOTE: anonymous requests share one "anonymous" counter under a sub-keyed limit.
-            return lambda c: "p:" + c.principal.sub if c.principal else "p"
+            return lambda c: PRINCIPAL + c.principal.sub if c.principal else ANONYMOUS
         if name == "ip":
-            return lambda c: "i:" + c.client_ip
+            return lambda c: ADDRESS + c.client_ip
         if name == "api_key":
 
             def api_key(c: EdgeContext) -> str:
                 value = c.header(api_header)
                 if not value:
-                    return "i:" + c.client_ip  # no key: limited per client address
+                    return ADDRESS + c.client_ip  # no key: limited per client address
                 # A digest, not the key: keys are secrets and Redis key names are not.
-                return "k:" + hashlib.blake2b(value, digest_size=12).hexdigest()
+                return API_KEY + hashlib.blake2b(value, digest_size=12).hexdigest()
 
             return api_key
         if name == "route":
-            return lambda c: "r:" + c.policy.name
+            return lambda c: ROUTE + c.policy.name
         if name == "path":
             return _path_key
         raise ValueError(f"unknown key part {name!r}")
 
     if not parts:
-        return lambda c: "*"
+        return lambda c: EVERYONE
     fns = [part(p) for p in parts]
     if len(fns) == 1:
         return fns[0]
-    return lambda c: "\x1f".join([f(c) for f in fns])
+    return lambda c: SEPARATOR.join([f(c) for f in fns])
 
 
 _PARAM_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
@@ -121,7 +131,7 @@ def _path_key(c: EdgeContext) -> str:
     """
     params = c.params
     if not params:
-        return "u:" + c.method + " " + c.path
+        return PATH + c.method + " " + c.path
     route = c.policy.name
     spec = _canonical.get(route)
     if spec is None:
@@ -136,7 +146,7 @@ def _path_key(c: EdgeContext) -> str:
         elif kind == "int":
             value = str(int(value)) if value.lstrip("-").isdigit() else value
         values.append(value)
-    return "u:" + route + "\x1f" + "\x1f".join(values)
+    return PATH + route + SEPARATOR + SEPARATOR.join(values)
 
 
 class Limit:
@@ -190,7 +200,7 @@ class Limit:
         self.lease_ttl_ns = round(spec.effective_lease_ttl * _NS)
         self.parts = tuple(spec.key)
         """What the key is made of (``caller``, ``ip``, ...): the fused hit path makes the
-        simple ones itself (``cygate.core.hitpath``)."""
+        simple ones itself (``cygate.edge.hitpath``)."""
         self.key = _key_fn(self.parts, api_header)
         # Local mode decides here; global modes fall back to it when Redis fails.
         self.gcra = GCRALimiter(self.interval_ns, self.burst, capacity)
@@ -219,7 +229,7 @@ class Limit:
         self.n_redis = metrics.counter("cygate_ratelimit_redis_calls_total", limit=name)
 
 
-class _Plan:
+class RoutePlan:
     """The limits of one route, cheapest first, and its constant ``RateLimit-Policy`` header."""
 
     __slots__ = ("limits", "policy_header", "policy_pair", "single")
@@ -266,7 +276,7 @@ def build_limits(
     policies: Iterable[RoutePolicy],
     metrics: Metrics,
     existing: dict[tuple[str, str], Limit] | None = None,
-) -> dict[str, _Plan]:
+) -> dict[str, RoutePlan]:
     """Route name -> its plan, for every route that a class applies to.
 
     Raises ValueError naming the route when a handler names an unknown class, or when
@@ -318,13 +328,13 @@ def build_limits(
                 api_header=api_header,
             )
         limits[name] = limit
-    plans: dict[str, _Plan] = {}
-    by_class: dict[str, _Plan] = {}
+    plans: dict[str, RoutePlan] = {}
+    by_class: dict[str, RoutePlan] = {}
     for route, cls in classes_of.items():
         plan = by_class.get(cls)
         if plan is None:
             names_ = dict.fromkeys(settings.rate_limit_class(cls) or ())  # dedupe, keep order
-            plan = by_class[cls] = _Plan(tuple(limits[n] for n in names_))
+            plan = by_class[cls] = RoutePlan(tuple(limits[n] for n in names_))
         if plan.limits:
             plans[route] = plan
     return plans
@@ -333,7 +343,16 @@ def build_limits(
 class RateLimitStage:
     """The edge stage. ``stage(ctx)`` returns None (decided) or an awaitable (asking Redis)."""
 
-    __slots__ = ("_limits", "_metrics", "_plans", "_settings", "backoff", "store", "timeout")
+    __slots__ = (
+        "_current",
+        "_limits",
+        "_metrics",
+        "_settings",
+        "_watchers",
+        "backoff",
+        "store",
+        "timeout",
+    )
 
     def __init__(
         self, settings: RateLimitSettings, policies: Iterable[RoutePolicy], metrics: Metrics
@@ -342,7 +361,8 @@ class RateLimitStage:
         self._metrics = metrics
         self._limits: dict[tuple[str, str], Limit] = {}
         """(name, failure mode) -> Limit: what a later :meth:`plan` reuses."""
-        self._plans = build_limits(settings, policies, metrics, self._limits)
+        self._current = build_limits(settings, policies, metrics, self._limits)
+        self._watchers: list[Callable[[], None]] = []
         self.timeout = settings.redis_timeout
         self.backoff = settings.redis_backoff
         self.store: QuotaStore | None = None
@@ -353,22 +373,41 @@ class RateLimitStage:
     ) -> RateLimitStage:
         return cls(settings, policies, metrics)
 
-    def plan(self, policies: Iterable[RoutePolicy]) -> dict[str, _Plan]:
+    def plan(self, policies: Iterable[RoutePolicy]) -> dict[str, RoutePlan]:
         """The plans for a new route table, checked as at start-up (ValueError: the table
         must not go live); limits that keep their name and failure mode keep their state."""
         return build_limits(self._settings, policies, self._metrics, self._limits)
 
-    def install(self, plans: dict[str, _Plan]) -> None:
-        """Use ``plans`` from now on (right after their route table is swapped in)."""
-        self._plans = plans
+    def install(self, plans: dict[str, RoutePlan]) -> None:
+        """Use ``plans`` from now on (right after their route table is swapped in); then tells
+        every :meth:`watch` callback."""
+        self._current = plans
+        for watcher in tuple(self._watchers):
+            watcher()
+
+    @property
+    def plans(self) -> Mapping[str, RoutePlan]:
+        """Route name -> its plan, as installed now (read-only: :meth:`install` replaces the
+        whole table, never changes one in place; a plan and its limits are never changed)."""
+        return self._current
+
+    def plan_for(self, route: str) -> RoutePlan | None:
+        """The plan of the route named ``route``, or None: the route is not limited."""
+        return self._current.get(route)
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every :meth:`install` (once, however often it is given):
+        what holds on to :attr:`plans` (the fused hit path's plan) is rebuilt then."""
+        if callback not in self._watchers:
+            self._watchers.append(callback)
 
     @property
     def needs_redis(self) -> bool:
-        return any(lim.mode != "local" for plan in self._plans.values() for lim in plan.limits)
+        return any(lim.mode != "local" for plan in self._current.values() for lim in plan.limits)
 
     def limits(self) -> dict[str, tuple[str, ...]]:
         """Route name -> the names of its limits, in the order they are checked."""
-        return {route: tuple(lim.name for lim in p.limits) for route, p in self._plans.items()}
+        return {route: tuple(lim.name for lim in p.limits) for route, p in self._current.items()}
 
     async def bind(self, redis: RedisHandle) -> None:
         """Use ``redis`` for global limits and load the script (failure is not fatal)."""
@@ -382,7 +421,7 @@ class RateLimitStage:
     # -- the request path ---------------------------------------------------------------------
 
     def __call__(self, ctx: EdgeContext) -> Awaitable[None] | None:
-        plan = self._plans.get(ctx.policy.name)
+        plan = self._current.get(ctx.policy.name)
         if plan is None:
             return None
         single = plan.single
@@ -398,7 +437,7 @@ class RateLimitStage:
                 table = single.leases
                 allowed = table.take(key) == GRANTED
                 if allowed and table.tokens < single.low_water and key not in single.inflight:
-                    self._top_up(single, key, table.tokens)
+                    self.top_up(single, key, table.tokens)
             if allowed:
                 single.n_allowed.value += 1
                 table.append_headers(ctx.response_headers, single.limit_pair, plan.policy_pair)
@@ -415,7 +454,7 @@ class RateLimitStage:
         return None
 
     async def _ask_redis(
-        self, ctx: EdgeContext, plan: _Plan, start: int, key: str, verdict: _Verdict
+        self, ctx: EdgeContext, plan: RoutePlan, start: int, key: str, verdict: _Verdict
     ) -> None:
         limits = plan.limits
         for i in range(start, len(limits)):
@@ -447,7 +486,7 @@ class RateLimitStage:
         if taken == GRANTED:
             verdict.note(limit, leases.remaining, leases.reset_ns)
             if leases.tokens < limit.low_water and key not in limit.inflight:
-                self._top_up(limit, key, leases.tokens)
+                self.top_up(limit, key, leases.tokens)
             return True
         if taken == DENIED:
             self._refuse(ctx, limit, leases.retry_ns, leases.reset_ns, verdict)
@@ -508,10 +547,11 @@ class RateLimitStage:
             self._remember_refusal(limit, key, sent, res)
             self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
 
-    def _top_up(self, limit: Limit, key: str, left: int) -> None:
-        """Reserve ``lease - left`` more tokens for ``key`` in the background. It is the key's
-        reservation in flight: a request finding the lease dry meanwhile waits for it rather
-        than asking Redis too."""
+    def top_up(self, limit: Limit, key: str, left: int) -> None:
+        """Reserve ``lease - left`` more tokens for ``key`` in the background (after a take
+        left the lease below ``limit.low_water``; the fused hit path calls it too). It is the
+        key's reservation in flight: a request finding the lease dry meanwhile waits for it
+        rather than asking Redis too."""
         store = self.store
         if store is None or not store.usable:
             return  # a dry lease falls back as usual
@@ -583,7 +623,7 @@ class RateLimitStage:
         verdict.refunds.append((gcra, key))
 
     @staticmethod
-    def _allow(ctx: EdgeContext, plan: _Plan, verdict: _Verdict) -> None:
+    def _allow(ctx: EdgeContext, plan: RoutePlan, verdict: _Verdict) -> None:
         for limit in verdict.passed:
             limit.n_allowed.value += 1
         best = verdict.limit

@@ -64,7 +64,7 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     hit_path: Annotated[
         bool,
         doc(
-            "Answer fresh L1 hits of plain GETs in one compiled call (core/hitpath); false: "
+            "Answer fresh L1 hits of plain GETs in one compiled call (edge/hitpath); false: "
             "every request takes the general edge path (same answers, for comparison)."
         ),
     ] = True

@@ -143,6 +143,10 @@ class CountedHitPath:
         self.counted["fused" if sending is not None else "general"] += 1
         return sending
 
+    @property
+    def last_head(self) -> Any:
+        return self.inner.last_head
+
 
 def make_edge(
     app: App | None = None,

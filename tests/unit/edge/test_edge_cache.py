@@ -84,7 +84,7 @@ def test_entries_share_equal_header_pairs(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_hit_paths_record_follows_its_entry(
     core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``Entry._hot`` (what the compiled hit path reads in place) says what the entry's own
+    """``Entry.hot`` (what the compiled hit path reads in place) says what the entry's own
     fields say after each change: creation, ``place`` (with and without a cap of its age),
     ``cap`` and a rebuild of the hit headers; a remembered 404 is never servable."""
     monkeypatch.setattr(cache_entry, "EntryHot", core_impl.module("hitpath").EntryHot)
@@ -92,7 +92,7 @@ def test_the_hit_paths_record_follows_its_entry(
     entry = Entry.response(
         200, [(b"content-type", b"application/json")], b"{}", rule, (), 1000.0, ()
     )
-    hot = entry._hot
+    hot = entry.hot
     assert type(hot) is core_impl.module("hitpath").EntryHot
     assert (hot.status, hot.servable, hot.body_message) == (200, True, entry.body_message)
     entry.place(50.0, 1003.0)  # stored 3 s ago
@@ -110,7 +110,7 @@ def test_the_hit_paths_record_follows_its_entry(
         assert hot.hit is start["headers"]
         assert hot.age == age and dict(hot.hit)[b"age"] == b"%d" % age
     gone = Entry.not_found("no such item", rule, (), 1000.0)
-    assert (gone._hot.status, gone._hot.servable) == (404, False)
+    assert (gone.hot.status, gone.hot.servable) == (404, False)
 
 
 async def test_cache_control_and_etag() -> None:

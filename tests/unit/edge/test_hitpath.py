@@ -1,4 +1,4 @@
-"""The fused hit path (``cygate.core.hitpath``) against the general edge, request by request.
+"""The fused hit path (``cygate.edge.hitpath``) against the general edge, request by request.
 
 Two edges are built alike (router, token stage, rate limits, cache, the same loaders); one
 answers with the fused hit path, the other never does (``hit_path=False``). Every scenario
@@ -490,7 +490,7 @@ async def test_rate_limit_decisions_are_counted_as_the_general_path_counts_them(
     for _ in range(4):
         await check(pair, "/ip/1")
     allowed = [
-        edge.stages[1]._plans["GET /ip/{id:int}"].single.n_allowed.value  # type: ignore[attr-defined]
+        edge.stages[1].plans["GET /ip/{id:int}"].single.n_allowed.value  # type: ignore[attr-defined]
         for edge in (pair.fused, pair.general)
     ]
     assert allowed == [4.0, 4.0]
@@ -502,7 +502,7 @@ async def test_a_batched_limit_with_tokens_in_hand_is_decided_here(pair: Pair) -
     spends its tokens, with the same RateLimit headers as the general path's; a dry lease
     goes to the general path (which would ask Redis: here, with none, it fails open)."""
     for edge in (pair.fused, pair.general):
-        limit = edge.stages[1]._plans["GET /lease/{id:int}"].single  # type: ignore[attr-defined]
+        limit = edge.stages[1].plans["GET /lease/{id:int}"].single  # type: ignore[attr-defined]
         now = limit.leases.now()
         limit.leases.grant("p:alice", 5000, now + 60 * 10**9, 90000, now + 60 * 10**9)
     for _ in range(4):

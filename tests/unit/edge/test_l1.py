@@ -109,7 +109,7 @@ def test_invariants_under_random_operations(ops: list[tuple[str, int, int, int]]
         node, seen = l1._tail, 0
         while node is not None:
             seen += 1
-            assert node.key in l1._map
+            assert node.key in l1.nodes
             node = node.newer
         assert seen == len(l1)
         for tag_name, keys in l1._tags.items():

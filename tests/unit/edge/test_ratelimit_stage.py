@@ -240,7 +240,7 @@ def test_several_limits_most_restrictive_headers_and_refund() -> None:
     decide(stage, ctx_for("GET /b"))
     status, h3 = decide(stage, ctx_for("GET /b"))
     assert status == 429 and h3[b"ratelimit-limit"] == b"2"
-    limits = {lim.name: lim for lim in stage._plans["GET /b"].limits}
+    limits = {lim.name: lim for lim in stage.plans["GET /b"].limits}
     assert limits["hourly"].n_allowed.value == 2 and limits["burst"].n_limited.value == 1
     # Refused by the first limit, the request took nothing from the second.
     assert limits["hourly"].gcra.hit("i:203.0.113.9") and limits["hourly"].gcra.remaining == 2
@@ -256,7 +256,7 @@ def test_refused_by_a_later_limit_gives_back_the_earlier_one() -> None:
     assert decide(stage, ctx_for("GET /b"))[0] == 200
     for _ in range(5):
         assert decide(stage, ctx_for("GET /b"))[0] == 429
-    roomy = stage._plans["GET /b"].limits[0]
+    roomy = stage.plans["GET /b"].limits[0]
     assert roomy.name == "roomy"
     assert roomy.gcra.hit("i:203.0.113.9") and roomy.gcra.remaining == 98  # only one taken
 
@@ -291,7 +291,7 @@ def test_api_key_part() -> None:
     assert decide(stage, ctx_for("GET /b", headers=k2))[0] == 200
     assert decide(stage, ctx_for("GET /b"))[0] == 200  # no key: by address
     assert decide(stage, ctx_for("GET /b"))[0] == 429
-    limit = stage._plans["GET /b"].limits[0]
+    limit = stage.plans["GET /b"].limits[0]
     key = limit.key(ctx_for("GET /b", headers=k1))
     assert key.startswith("k:") and "secret" not in key  # a digest, never the secret
 
@@ -360,7 +360,7 @@ def test_fail_open_serves_and_counts_locally() -> None:
     results = [decide(stage, ctx_for("GET /b")) for _ in range(4)]
     assert [s for s, _ in results] == [200] * 4
     assert [h[b"ratelimit-remaining"] for _, h in results] == [b"1", b"0", b"0", b"0"]
-    limit = stage._plans["GET /b"].limits[0]
+    limit = stage.plans["GET /b"].limits[0]
     assert limit.n_fail_open.value == 4 and limit.n_allowed.value == 4
 
 
@@ -368,13 +368,13 @@ def test_fail_closed_is_503_with_retry_after() -> None:
     stage = _global("closed")
     status, headers = decide(stage, ctx_for("GET /b"))
     assert status == 503 and int(headers[b"retry-after"]) >= 1
-    assert stage._plans["GET /b"].limits[0].n_fail_closed.value == 1
+    assert stage.plans["GET /b"].limits[0].n_fail_closed.value == 1
 
 
 def test_fail_local_enforces_per_process() -> None:
     stage = _global("local", mode="batched", lease=1)
     assert [decide(stage, ctx_for("GET /b"))[0] for _ in range(3)] == [200, 200, 429]
-    assert stage._plans["GET /b"].limits[0].n_fallback.value == 3
+    assert stage.plans["GET /b"].limits[0].n_fallback.value == 3
 
 
 def test_metrics_render_the_decisions() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -66,7 +66,7 @@ class Revocations:
         self.circuit = Circuit("revocation check (Redis)", timeout=timeout, backoff=backoff,
                                log=log)  # fmt: skip
         self._checked: dict[str, float] = {}  # jti -> trusted "not revoked" until (monotonic)
-        # NOTE: the compiled hit path (core/_hitpath_c) holds this dict: never rebind it.
+        # (changed in place only, never rebound: ``trusted_until`` hands it out)
         # jti -> the futures of requests waiting for the EXISTS under way (True/False: its
         # answer; None: the asker was cancelled, ask again)
         self._asking: dict[str, list[asyncio.Future[bool | None]]] = {}
@@ -97,6 +97,14 @@ class Revocations:
             waiting = self._asking[jti] = []
             spawn(self._ask(jti, expires_at))
         return self._wait(waiting, jti, expires_at)
+
+    @property
+    def trusted_until(self) -> Mapping[str, float]:
+        """jti -> the monotonic time until which it is known not revoked (asked lately): live
+        and read-only, the same mapping for this object's whole life. A jti found here with a
+        deadline still ahead is :meth:`known_good`; the compiled hit path looks there first
+        and asks :meth:`known_good` for the rest."""
+        return self._checked
 
     def known_good(self, jti: str) -> bool:
         """True when :meth:`check` would return None now (not revoked, nothing to ask); no side

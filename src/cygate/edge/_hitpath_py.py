@@ -2,9 +2,10 @@
 
 A fresh L1 hit of a plain ``GET`` is most of a busy gateway's traffic (cygate-full's request:
 route, token from the verifier's cache, one rate-limit token, L1). Through the general edge it
-makes ~48 objects and runs four Python frames (the context, two stages, the cache look-up);
-the server multiplies such allocation-heavy work about threefold (docs/caching.md).
-:meth:`HitPath.answer` does the same decisions in one call, with no context object, and answers
+makes dozens of objects and runs several Python frames (the context, two stages, the cache
+look-up), allocation-heavy work the server amplifies (docs/caching.md; numbers in
+docs/benchmarks.md). :meth:`HitPath.answer` does the same decisions in one call, with no
+context object, and answers
 only when the request is that common case; for anything else it returns None *before any side
 effect* and the general edge serves the request from the start, as if this path did not exist.
 :meth:`HitPath.serve` is what the edge calls: the awaitable that sends the answer, or None.
@@ -29,20 +30,29 @@ What it answers, and what the general edge would answer for the same request:
 The answer's headers are the general path's, in its order: the entry's (with ``x-cache`` and
 ``age``), ``x-request-id``, ``traceparent``, the security headers, then ``RateLimit-*``.
 ``tests/unit/edge/test_hitpath.py`` holds both paths to that, request by request.
+
+What it reads: one :class:`~cygate.edge.hitplan.HitPlan` (the router, the cache's routes and
+the rate-limit plans of one generation; the edge builds a new plan and a new ``HitPath`` when
+any of them changes), and, live, only public interfaces: ``L1.get``, ``Entry.hit``,
+``Revocations.known_good``, the rate tables' ``hit``/``take``/``append_headers``,
+``RateLimitStage.top_up``. Rate-limit keys are spelled by :mod:`cygate.edge.ratekey`, as the
+rate-limit stage spells them.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from cygate.core.ids import ITEM, format_ids, valid_request_id, valid_traceparent
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
+from cygate.edge.hitplan import HitPlan
+from cygate.edge.ratekey import ANONYMOUS, EVERYONE, address_key, principal_key, route_key
 
-__all__ = ["Hit", "HitPath", "bearer_token"]
+__all__ = ["Head", "Hit", "HitPath", "bearer_token", "scan_head"]
 
 _REFRESH = "cygate.cache.refresh"
 _BEARER = b"bearer "
@@ -66,21 +76,102 @@ def bearer_token(header: bytes) -> bytes | None:
     return header[7:].strip(b" ")
 
 
+class Head:
+    """What :func:`scan_head` found in a request's headers: the one scan of them that both the
+    fused hit path and the general edge use (the edge gets the hit path's when it declines a
+    request after scanning it: ``HitPath.last_head``)."""
+
+    __slots__ = (
+        "authorization",
+        "chunked",
+        "conditional",
+        "content_length",
+        "content_type",
+        "empty_host",
+        "host",
+        "hosts",
+        "odd",
+        "request_id",
+        "traceparent",
+    )
+
+    def __init__(self) -> None:
+        self.authorization: bytes | None = None
+        """The first ``Authorization`` header."""
+        self.host = ""
+        """The last ``Host``, lower-cased and without its port (``host_of``)."""
+        self.hosts = 0
+        """How many ``Host`` headers."""
+        self.empty_host = False
+        """A ``Host`` header was empty."""
+        self.request_id = b""
+        """The last valid ``X-Request-ID`` (``valid_request_id``), else empty."""
+        self.traceparent = b""
+        """The last valid ``traceparent`` (``valid_traceparent``), else empty."""
+        self.content_length = -1
+        """The last ``Content-Length``: -1 none, -2 not a number."""
+        self.content_type: bytes | None = None
+        """The last ``Content-Type``."""
+        self.chunked = False
+        """A ``Transfer-Encoding`` header was sent."""
+        self.conditional = False
+        """A ``Cache-Control``, ``Pragma`` or ``If-None-Match`` header was sent."""
+        self.odd = False
+        """A header name or value that is not bytes (never from a server; the compiled scan
+        skips such a pair)."""
+
+
+def scan_head(
+    headers: Iterable[tuple[bytes, bytes]],
+    hosts: Mapping[bytes, str],
+    host_of: Callable[[bytes], str],
+) -> Head:
+    """One pass over a request's headers (names arrive lower-cased: ASGI). ``hosts`` maps
+    the ``Host`` values seen to their form; ``host_of`` makes (and remembers) a new one's."""
+    head = Head()
+    for name, value in headers:
+        if name == b"authorization":
+            if head.authorization is None:
+                head.authorization = value
+        elif name == b"host":
+            # PERF: clients repeat a few Host values; each is lower-cased once.
+            head.host = hosts.get(value) or host_of(value)
+            head.hosts += 1
+            if not value:
+                head.empty_host = True
+        elif name == b"x-request-id":
+            if valid_request_id(value):
+                head.request_id = value
+        elif name == b"traceparent":
+            if valid_traceparent(value):
+                head.traceparent = value
+        elif name == b"content-length":
+            head.content_length = int(value) if value.isdigit() else -2
+        elif name == b"content-type":
+            head.content_type = value
+        elif name == b"transfer-encoding":
+            head.chunked = True
+        elif name in (b"cache-control", b"pragma", b"if-none-match"):
+            head.conditional = True
+    return head
+
+
 class Hit:
     """An answer: the two messages to send, then :meth:`done` (counts the request)."""
 
-    __slots__ = ("body", "path", "route", "start", "started", "status")
+    __slots__ = ("body", "owner", "route", "start", "started", "status")
 
     def __init__(
         self,
-        path: HitPath,
+        owner: HitPath,
         route: str,
         status: int,
         started: float,
         start: dict[str, Any],
         body: Any,
     ) -> None:
-        self.path = path
+        self.owner = owner
+        """The hit path that answered (its recorder counts the request)."""
         self.route = route
         self.status = status
         self.started = started
@@ -89,12 +180,12 @@ class Hit:
 
     def done(self) -> None:
         """Record the request in the edge's metrics (its status, timed from ``started``)."""
-        self.path.recorder.observe_since(self.route, "GET", self.status, self.started)
+        self.owner.recorder.observe_since(self.route, "GET", self.status, self.started)
 
 
 class EntryHot:
     """What the compiled hit path reads of a cache entry (``cygate.edge.cache_entry.Entry``
-    keeps it as ``_hot``): the deadlines (mirrored by ``place``), the hit headers and the
+    keeps it as ``hot``): the deadlines (mirrored by ``place``), the hit headers and the
     whole-second age they were built for (kept here only, by ``Entry.hit``), the status,
     whether it may be served (not a remembered 404) and the body message.
 
@@ -124,8 +215,8 @@ async def _send(hit: Hit, send: Any) -> None:
 
 
 class HitPath:
-    """See the module docstring. Built by the edge (``Edge._rebuild_hit_path``) from its
-    router, its stages and its cache; rebuilt when the router or the stages change."""
+    """See the module docstring. Built by the edge (``Edge._rebuild_hit_path``) over a
+    :class:`~cygate.edge.hitplan.HitPlan`; a new plan, a new ``HitPath``."""
 
     __slots__ = (
         "_forks",
@@ -135,8 +226,11 @@ class HitPath:
         "host_of",
         "hosts",
         "l1",
+        "last_head",
+        "plan",
         "randbytes",
         "rate",
+        "rate_plans",
         "recorder",
         "revocations",
         "router",
@@ -147,45 +241,30 @@ class HitPath:
         "verifier",
     )
 
-    def __init__(
-        self,
-        *,
-        router: Any,
-        cache: Any,
-        token: Any,
-        rate: Any,
-        security: tuple[tuple[bytes, bytes], ...],
-        trusted: bool,
-        caller_key: Callable[[Any], str],
-        recorder: Any,
-        randbytes: Callable[[int], bytes],
-        hosts: dict[bytes, str],
-        host_of: Callable[[bytes], str],
-    ) -> None:
-        self.router = router
-        self.cache = cache
-        self.routes: dict[str, Any] = cache._routes
-        """The cache's routes (the same dict: routes added later are seen)."""
-        self.l1 = cache.l1
+    def __init__(self, *, plan: HitPlan) -> None:
+        self.plan = plan
+        self.router = plan.router
+        self.cache = plan.cache
+        self.routes = plan.routes
+        self.l1 = plan.cache.l1
+        token = plan.token
         self.token = token
-        """The token stage, or None (then no principal: the rate limit sees anonymous)."""
         self.verifier: Any = token.verifier if token is not None else None
         self.revocations: Any = token.revocations if token is not None else None
-        self.rate = rate
-        """The rate-limit stage, or None. Its plans are read per request (``install``)."""
-        self.security = security
-        self.trusted = trusted
-        """Proxies are trusted: a client's address may come from X-Forwarded-For (then a
-        limit keyed by address is the general path's)."""
-        self.caller_key = caller_key
-        """What a private entry's key holds of its caller (``cygate.edge.cache.caller_key``)."""
-        self.recorder = recorder
-        self.randbytes = randbytes
-        """Random bytes for the ids of requests that bring none (the edge's generator)."""
+        self.rate = plan.rate
+        self.rate_plans = plan.rate_plans
+        self.security = plan.security
+        self.trusted = plan.trusted
+        self.caller_key = plan.caller_key
+        self.recorder = plan.recorder
+        self.randbytes = plan.randbytes
         self._ids: list[tuple[str, bytes, bytes]] = []
         self._forks = _forks
-        self.hosts = hosts
-        self.host_of = host_of
+        self.hosts = plan.hosts
+        self.host_of = plan.host_of
+        self.last_head: Head | None = None
+        """The scan of the last request :meth:`answer` declined after scanning it, else None:
+        what the general edge then uses instead of scanning again."""
 
     def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
         """What the edge awaits for a hit (its two messages sent through ``send``, then the
@@ -194,33 +273,28 @@ class HitPath:
         return None if hit is None else _send(hit, send)
 
     def answer(self, scope: MutableMapping[str, Any]) -> Hit | None:
-        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
-        started = time.perf_counter()
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed;
+        :attr:`last_head` holds the scan of its headers, if it got that far)."""
+        self.last_head = None
         if scope["type"] != "http" or scope["method"] != "GET" or _REFRESH in scope:
             return None
+        head = scan_head(scope["headers"], self.hosts, self.host_of)
+        hit = self._answer(scope, head)
+        if hit is None:
+            self.last_head = head
+        return hit
+
+    def _answer(self, scope: MutableMapping[str, Any], head: Head) -> Hit | None:
+        started = time.perf_counter()
         headers = scope["headers"]
-        authorization: bytes | None = None
-        host: str | None = None
-        request_id = b""
-        traceparent = b""
-        for name, value in headers:
-            if name == b"authorization":
-                if authorization is None:
-                    authorization = value
-            elif name == b"host":
-                if host is not None or not value:
-                    return None  # a second Host, or an empty one: the general path's 400
-                host = self.hosts.get(value) or self.host_of(value)
-            elif name == b"x-request-id":
-                if valid_request_id(value):
-                    request_id = value
-            elif name == b"traceparent":
-                if valid_traceparent(value):
-                    traceparent = value
-            elif name == b"content-length":
-                return None
-        if host is None:
-            return None  # no Host: the general path's (a 400 for HTTP/1.1)
+        if head.hosts != 1 or head.empty_host:
+            return None  # no Host, a second one, an empty one: the general path's (a 400)
+        if head.content_length != -1 or head.odd:
+            return None
+        authorization = head.authorization
+        host = head.host
+        request_id = head.request_id
+        traceparent = head.traceparent
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         if b"?" in raw_path:
             return None
@@ -264,6 +338,9 @@ class HitPath:
         key = spec.key("GET", path, scope.get("query_string", b""), headers, caller)
         if spec.cache_control is not None or spec.if_none_match is not None:
             return None
+        # (equally: ``head.conditional`` for a Pragma; ``spec.key`` read those headers)
+        if head.conditional:
+            return None
         now = time.monotonic()
         entry = self.l1.get(key, now)
         if entry is None or now >= entry.fresh_until or entry.detail is not None:
@@ -272,7 +349,7 @@ class HitPath:
         limited = None
         rate = self.rate
         if rate is not None:
-            plan = rate._plans.get(route_name)
+            plan = self.rate_plans.get(route_name)
             if plan is not None:
                 limited = self._take(scope, rate, plan, route_name, principal)
                 if limited is None:
@@ -312,18 +389,18 @@ class HitPath:
             return None
         parts = single.parts
         if not parts:
-            key = "*"
+            key = EVERYONE
         elif parts[0] == "route":
-            key = "r:" + name
+            key = route_key(name)
         elif principal is not None and parts[0] != "ip":
-            key = "p:" + principal.sub
+            key = principal_key(principal.sub)
         elif parts[0] == "sub":
-            key = "p"
+            key = ANONYMOUS
         else:  # caller (anonymous) or ip: the socket peer, unless proxies are trusted
             if self.trusted:
                 return None
             client = scope.get("client")
-            key = "i:" + (client[0] if client else "")
+            key = address_key(client[0] if client else "")
         if single.mode == "local":
             table = single.gcra
             if not table.hit(key):
@@ -333,6 +410,6 @@ class HitPath:
             if table.take(key) != GRANTED:
                 return None
             if table.tokens < single.low_water and key not in single.inflight:
-                rate._top_up(single, key, table.tokens)
+                rate.top_up(single, key, table.tokens)
         single.n_allowed.value += 1
         return table, single, plan

@@ -1,23 +1,27 @@
 # cython: language_level=3
-"""The edge's fused hit path, compiled; see :mod:`cygate.core._hitpath_py` (the reference: the
+"""The edge's fused hit path, compiled; see :mod:`cygate.edge._hitpath_py` (the reference: the
 same decisions in the same order, the same answer, and None before any side effect whenever
 the general edge must serve the request).
 
 What compiling buys is what the server amplifies (docs/caching.md): objects. The header scan,
 the id and trace checks, the bearer parse, the rate-limit key and the response head are built
 in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock of both
-``time.perf_counter`` and ``time.monotonic`` on Linux). The L1 node is read in place rather
-than through ``L1.get``, and the entry through its :class:`EntryHot` record (C fields kept by
-``Entry.place`` and ``Entry.hit``): their field names are this module's contract with
-``cygate.edge.l1`` and ``cygate.edge.cache_entry``; the reference calls the methods, and the
-tests hold both to the general path. A hit is its own awaitable (:meth:`HitPath.serve`): the
-server's await drives its two sends, with no coroutine and no Python frame per hit.
+``time.perf_counter`` and ``time.monotonic`` on Linux). It reads other modules through their
+public interfaces only: the L1's node by ``L1.nodes`` (read as ``L1.get`` reads it: ``expires``,
+``value``, the ``visited`` mark), the entry through its :class:`EntryHot` record
+(``Entry.hot``, C fields kept by ``Entry.place`` and ``Entry.hit``), the revocation cache's
+deadlines by ``Revocations.trusted_until`` (then ``known_good``), the compiled rate tables and
+metrics series by their ``.pxd`` declarations, ``RateLimitStage.top_up``; its tables (routes,
+cache rules, rate-limit plans) are those of its :class:`~cygate.edge.hitplan.HitPlan`. The
+reference calls the methods, and the tests hold both to the general path. A hit is its own
+awaitable (:meth:`HitPath.serve`): the server's await drives its two sends, with no coroutine
+and no Python frame per hit.
 
 Beyond the reference, memos that change no answer: each raw path's route with the ``Host``
 it was routed for (routes that are never hits too, so a proxied request pays one look-up
-before the general path; bounded, emptied whole when full, new with a new router), each
-subject's rate-limit key string, each route's metrics series and rate-limit plan (``_Rated``,
-while the stage keeps that plan), and the last tokens seen (64 slots: an equal token is
+before the general path; bounded, emptied whole when full, new with a new plan), each
+subject's rate-limit key string (spelled by ``cygate.edge.ratekey``), each route's metrics
+series and rate-limit plan (``_Rated``), and the last tokens seen (64 slots: an equal token is
 passed to the verifier as the object it has seen, whose hash is remembered). Hits are
 recorded through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call,
 no float. Ids come from a xoshiro256** generator of this module (``_draw_ids``).
@@ -41,6 +45,7 @@ from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
+from cygate.edge import ratekey
 
 cdef extern from "Python.h":
     enum:
@@ -61,6 +66,11 @@ cdef bytes _EMPTY = b""
 cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
 cdef object _normalize = normalize_path
+cdef str _EVERYONE = ratekey.EVERYONE  # the rate-limit key format (``cygate.edge.ratekey``)
+cdef str _ANONYMOUS = ratekey.ANONYMOUS
+cdef str _ADDRESS = ratekey.ADDRESS
+cdef object _principal_key = ratekey.principal_key
+cdef object _route_key = ratekey.route_key
 cdef Py_ssize_t _MEMO_SIZE = 4096
 cdef Py_ssize_t _MEMO_PATH = 256
 cdef long _forks = 0
@@ -167,6 +177,98 @@ cdef bint _bearer_span(bytes header, Py_ssize_t* start, Py_ssize_t* end) noexcep
     start[0] = a
     end[0] = b
     return True
+
+
+@cython.freelist(8)
+@cython.final
+cdef class Head:
+    """See :class:`cygate.edge._hitpath_py.Head`: here C fields, filled by :func:`_scan`."""
+
+    cdef readonly object authorization
+    cdef readonly object host
+    cdef readonly Py_ssize_t hosts
+    cdef readonly bint empty_host
+    cdef readonly bytes request_id
+    cdef readonly bytes traceparent
+    cdef readonly object content_length
+    cdef readonly object content_type
+    cdef readonly bint chunked
+    cdef readonly bint conditional
+    cdef readonly bint odd
+
+
+cdef object _NO_LENGTH = -1
+cdef object _BAD_LENGTH = -2
+
+
+cdef int _scan(Head head, object headers, dict hosts, object host_of, list host_raw,
+               list host_str) except -1:
+    """One pass over a request's headers into ``head`` (every field set): what
+    :func:`cygate.edge._hitpath_py.scan_head` does, with a pair that is not two bytes objects
+    skipped (``odd``). With ``host_raw``/``host_str``: the last ``Host`` values seen, one per
+    slot, compared byte for byte before ``hosts`` is asked (PERF: no hashing)."""
+    cdef object name, value, host
+    cdef Py_ssize_t slot = 0
+    cdef PyObject* found
+    head.authorization = None
+    head.host = ""
+    head.hosts = 0
+    head.empty_host = False
+    head.request_id = _EMPTY
+    head.traceparent = _EMPTY
+    head.content_length = _NO_LENGTH
+    head.content_type = None
+    head.chunked = False
+    head.conditional = False
+    head.odd = False
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            head.odd = True
+            continue
+        if _named(<bytes>name, b"authorization", 13):
+            if head.authorization is None:
+                head.authorization = value
+        elif _named(<bytes>name, b"host", 4):
+            head.hosts += 1
+            if PyBytes_GET_SIZE(value) == 0:
+                head.empty_host = True
+            if host_raw is not None:
+                slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
+                if _same(<object>PyList_GET_ITEM(host_raw, slot), PyBytes_AS_STRING(value),
+                         PyBytes_GET_SIZE(value)):
+                    head.host = <object>PyList_GET_ITEM(host_str, slot)
+                    continue
+            found = PyDict_GetItem(hosts, value)
+            host = <object>found if found != NULL else None
+            if not host:
+                host = host_of(value)
+            head.host = host
+            if host_raw is not None:
+                host_raw[slot] = value
+                host_str[slot] = host
+        elif _named(<bytes>name, b"x-request-id", 12):
+            if _valid_request_id(<bytes>value):
+                head.request_id = <bytes>value
+        elif _named(<bytes>name, b"traceparent", 11):
+            if _valid_traceparent(<bytes>value):
+                head.traceparent = <bytes>value
+        elif _named(<bytes>name, b"content-length", 14):
+            head.content_length = int(value) if (<bytes>value).isdigit() else _BAD_LENGTH
+        elif _named(<bytes>name, b"content-type", 12):
+            head.content_type = value
+        elif _named(<bytes>name, b"transfer-encoding", 17):
+            head.chunked = True
+        elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
+              or _named(<bytes>name, b"if-none-match", 13)):
+            head.conditional = True
+    return 0
+
+
+def scan_head(headers, dict hosts not None, host_of):
+    """See :func:`cygate.edge._hitpath_py.scan_head`."""
+    cdef Head head = Head.__new__(Head)
+    _scan(head, headers, hosts, host_of, None, None)
+    return head
 
 
 @cython.freelist(32)
@@ -283,7 +385,7 @@ cdef class Hit:
 
 @cython.final
 cdef class EntryHot:
-    """See :class:`cygate.core._hitpath_py.EntryHot`: here C fields, read in place."""
+    """See :class:`cygate.edge._hitpath_py.EntryHot`: here C fields, read in place."""
 
     cdef public double born
     cdef public double fresh_until
@@ -314,7 +416,7 @@ cdef dict _PART_KINDS = {"route": _K_ROUTE, "caller": _K_CALLER, "sub": _K_SUB, 
 
 @cython.final
 cdef class _Rated:
-    """A route's rate-limit plan as the hit path uses it: valid while the stage's plan for
+    """A route's rate-limit plan as the hit path uses it: valid while the plan's entry for
     the route is ``plan`` (plans and their limits are never changed, only replaced)."""
 
     cdef object plan
@@ -332,12 +434,14 @@ cdef class _Rated:
 
 @cython.final
 cdef class HitPath:
-    """See :class:`cygate.core._hitpath_py.HitPath`."""
+    """See :class:`cygate.edge._hitpath_py.HitPath`."""
 
+    cdef readonly object plan
     cdef readonly object router
     cdef readonly object cache
     cdef readonly object token
     cdef readonly object rate
+    cdef dict rate_plans
     cdef readonly RequestRecorder recorder
     cdef dict memo
     cdef dict series
@@ -366,27 +470,34 @@ cdef class HitPath:
     cdef long _forks
     cdef dict hosts
     cdef object host_of
+    cdef Head _head  # this request's scan (handed to the general path when declined)
+    cdef bint _scanned
+    cdef readonly Head last_head
 
-    def __init__(self, *, router, cache, token, rate, tuple security not None, bint trusted,
-                 caller_key, recorder, randbytes, dict hosts not None, host_of):
-        self.router = router
+    def __init__(self, *, plan):
+        self.plan = plan
+        self.router = plan.router
+        cache = plan.cache
         self.cache = cache
-        self.routes = cache._routes
+        self.routes = plan.routes
         tally = getattr(cache, "n_hit_l1", None)
         self.hits_tally = <Tally>tally if type(tally) is Tally else None
-        self.l1_map = cache.l1._map
+        self.l1_map = cache.l1.nodes  # (a live mapping, the same for the L1's life)
+        token = plan.token
         self.token = token
         self.verifier = token.verifier if token is not None else None
         self.revocations = token.revocations if token is not None else None
-        self.checked = self.revocations._checked if token is not None else None
+        # (a live mapping, the same for the revocation cache's life; ``known_good`` for the rest)
+        self.checked = self.revocations.trusted_until if token is not None else None
         # PERF: bound once (the verifier and the revocations are fixed for this HitPath)
         self._verify = self.verifier.verify if token is not None else None
         self._known_good = self.revocations.known_good if token is not None else None
-        self.rate = rate
-        self.security = security
-        self.trusted = trusted
-        self.caller_key = caller_key
-        self.recorder = recorder
+        self.rate = plan.rate
+        self.rate_plans = plan.rate_plans
+        self.security = plan.security
+        self.trusted = plan.trusted
+        self.caller_key = plan.caller_key
+        self.recorder = plan.recorder
         self.memo = {}
         self.series = {}
         self.caller_keys = {}
@@ -396,30 +507,47 @@ cdef class HitPath:
         self._path_memo = [None] * 256  # ... and its memo tuple
         self._host_raw = [None] * 8
         self._host_str = [None] * 8
-        self.randbytes = randbytes
+        self.randbytes = plan.randbytes
         self._forks = _forks - 1  # seeded at the first id it makes
-        self.hosts = hosts
-        self.host_of = host_of
+        self.hosts = plan.hosts
+        self.host_of = plan.host_of
+        self._head = Head.__new__(Head)
+        self.last_head = None
 
     def serve(self, scope, send):
-        """See :meth:`cygate.core._hitpath_py.HitPath.serve`: here the awaitable is the
+        """See :meth:`cygate.edge._hitpath_py.HitPath.serve`: here the awaitable is the
         :class:`Hit` itself. PERF: the edge returns it to the server as it is, so a hit has no
         coroutine and no Python frame: the server's own await drives the two sends."""
         cdef Hit hit = self._answer(scope)
         if hit is None:
+            self._declined()
             return None
         hit._send = send
         return hit
 
     def answer(self, scope):
-        """The hit for ``scope``, or None: then the general edge serves it (nothing changed)."""
-        return self._answer(scope)
+        """The hit for ``scope``, or None: then the general edge serves it (nothing changed;
+        :attr:`last_head` holds the scan of its headers, if it got that far)."""
+        cdef Hit hit = self._answer(scope)
+        if hit is None:
+            self._declined()
+        return hit
+
+    cdef int _declined(self) except -1:
+        """After a None: :attr:`last_head` is this request's scan (then a new record for the
+        next one), or None when it was declined before the scan."""
+        if self._scanned:
+            self.last_head = self._head
+            self._head = Head.__new__(Head)
+        else:
+            self.last_head = None
+        return 0
 
     cdef Hit _answer(self, scope):
         cdef double now = _now()
         cdef object authorization = None, host = None, request_id = _EMPTY, traceparent = _EMPTY
         cdef object name, value, raw_path, path, match, policy, route, principal = None, roles
-        cdef object token, caller = None, spec, key, entry, plans
+        cdef object token, caller = None, spec, key, entry
         cdef object hit_headers, start
         cdef _Table table = None
         cdef _Rated rated = None
@@ -433,44 +561,24 @@ cdef class HitPath:
         cdef PyObject* found
         cdef Py_ssize_t i, n_hit, n_sec, slot
         cdef list out
+        cdef Head head
+        self._scanned = False
         if type(scope) is not dict:
             return None
         if scope["type"] != "http" or scope["method"] != _GET or _REFRESH in <dict>scope:
             return None
         headers = scope["headers"]
-        for name, value in headers:
-            if type(name) is not bytes or type(value) is not bytes:
-                return None
-            if _named(<bytes>name, b"authorization", 13):
-                if authorization is None:
-                    authorization = value
-            elif _named(<bytes>name, b"host", 4):
-                if host is not None or PyBytes_GET_SIZE(value) == 0:
-                    return None  # a second Host, or an empty one: the general path's 400
-                slot = _slot_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 3)
-                if _same(<object>PyList_GET_ITEM(self._host_raw, slot), PyBytes_AS_STRING(value),
-                         PyBytes_GET_SIZE(value)):
-                    host = <object>PyList_GET_ITEM(self._host_str, slot)  # PERF: no hashing
-                else:
-                    found = PyDict_GetItem(self.hosts, value)
-                    host = <object>found if found != NULL else None
-                    if not host:
-                        host = self.host_of(value)
-                    self._host_raw[slot] = value
-                    self._host_str[slot] = host
-            elif _named(<bytes>name, b"x-request-id", 12):
-                if _valid_request_id(<bytes>value):
-                    request_id = value
-            elif _named(<bytes>name, b"traceparent", 11):
-                if _valid_traceparent(<bytes>value):
-                    traceparent = value
-            elif _named(<bytes>name, b"content-length", 14):
-                return None
-            elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
-                  or _named(<bytes>name, b"if-none-match", 13)):
-                return None  # revalidation, no-cache, a 304: the general path's
-        if host is None:
-            return None  # no Host: the general path's (a 400 for HTTP/1.1)
+        head = self._head
+        _scan(head, headers, self.hosts, self.host_of, self._host_raw, self._host_str)
+        self._scanned = True
+        if head.odd or head.conditional or head.content_length is not _NO_LENGTH:
+            return None  # revalidation, no-cache, a 304, a body: the general path's
+        if head.hosts != 1 or head.empty_host:
+            return None  # no Host, a second one, an empty one: the general path's (a 400)
+        authorization = head.authorization
+        host = head.host
+        request_id = head.request_id
+        traceparent = head.traceparent
         raw_path = (<dict>scope).get("raw_path")
         if not raw_path:
             raw_path = scope["path"].encode("utf-8")
@@ -567,7 +675,7 @@ cdef class HitPath:
         if <double>node.expires <= now:
             return None  # expired: the general path's L1.get drops it
         entry = node.value
-        hot_record = entry._hot  # PERF: one read of the entry, then C fields
+        hot_record = entry.hot  # PERF: one read of the entry, then C fields
         if type(hot_record) is not EntryHot:
             return None
         hot = <EntryHot>hot_record
@@ -575,10 +683,7 @@ cdef class HitPath:
             return None
 
         if self.rate is not None:
-            plans = self.rate._plans
-            if type(plans) is not dict:
-                return None
-            found = PyDict_GetItem(plans, name)
+            found = PyDict_GetItem(self.rate_plans, name)
             if found != NULL:
                 remembered_plan = PyDict_GetItem(self.rated, name)
                 if remembered_plan != NULL and (<_Rated>remembered_plan).plan is <object>found:
@@ -659,7 +764,7 @@ cdef class HitPath:
     cdef object _token_of(self, bytes header):
         """The token of a ``Bearer`` header (None: not one), as ``bearer_token`` gives it; a
         token equal to one seen lately is that same object. PERF: the verifier's cache then
-        finds it by the hash the object remembers (no ~300-byte copy, no hashing of it per
+        finds it by the hash the object remembers (no copy of the token, no hashing of it per
         request); the answer is the verifier's own either way."""
         cdef Py_ssize_t start, end, slot
         cdef const char* p
@@ -683,8 +788,8 @@ cdef class HitPath:
         Valid until the next call.
 
         PERF: ids need uniqueness, not secrecy (the general edge uses ``random.Random`` for
-        them too); five steps of a 256-bit generator cost ~40 instructions, where a batch of
-        ``Random.randbytes`` cost ~1,400 per request (its big-integer conversion)."""
+        them too); five steps of a 256-bit generator cost a few dozen instructions, far less
+        than ``Random.randbytes`` and its big-integer conversion."""
         cdef Py_ssize_t i
         cdef uint64_t* out = <uint64_t*>self._ids_out
         while True:
@@ -735,7 +840,7 @@ cdef class HitPath:
                 rated.kind = _K_ALL
             elif len(parts) == 1:
                 rated.kind = _PART_KINDS.get(parts[0], _K_NONE)
-            rated.route_key = "r:" + name
+            rated.route_key = _route_key(name)
             if type(table) is GCRALimiterC:
                 rated.gcra = <GCRALimiterC>table
             else:
@@ -756,7 +861,7 @@ cdef class HitPath:
         cdef int kind = rated.kind
         cdef PyObject* found
         if kind == _K_ALL:
-            key = "*"
+            key = _EVERYONE
         elif kind == _K_ROUTE:
             key = rated.route_key
         elif principal is not None and kind != _K_IP:
@@ -768,17 +873,17 @@ cdef class HitPath:
             if found != NULL:
                 key = <object>found  # PERF: no new string (nor its hash) per request
             else:
-                key = "p:" + sub
+                key = _principal_key(sub)
                 if len(self.caller_keys) >= _MEMO_SIZE:
                     self.caller_keys.clear()
                 self.caller_keys[sub] = key
         elif kind == _K_SUB:
-            key = "p"
+            key = _ANONYMOUS
         else:  # an address: "ip", or "caller" without one
             if self.trusted:
                 return None
             client = (<dict>scope).get("client")
-            key = "i:" + (client[0] if client else "")
+            key = _ADDRESS + (client[0] if client else "")
         cdef _Table table
         if rated.gcra is not None:
             if rated.gcra._hit(key, 1) != 1:
@@ -788,7 +893,7 @@ cdef class HitPath:
             if rated.leases._take(key) is not _GRANTED:
                 return None
             if rated.leases.tokens < rated.low_water and key not in rated.inflight:
-                self.rate._top_up(rated.single, key, rated.leases.tokens)
+                self.rate.top_up(rated.single, key, rated.leases.tokens)
             table = rated.leases
         rated.tally.value += 1  # PERF: a C double, no number object per request
         return table
