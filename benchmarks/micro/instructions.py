@@ -146,16 +146,17 @@ async def _subscribed(cache: object) -> None:
 
 def _count(case: str, requests: int, tree: Path | None, workdir: Path) -> Count:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree / "src"), str(ROOT)]))
-    else:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # NOTE: the other tree runs its own copy of this harness (its child sets up the request with
+    # that tree's interfaces, which may differ from this one's); the case and count are the same.
+    root = tree if tree is not None else ROOT
+    src = [str(tree / "src")] if tree is not None else []
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*src, str(root), env.get("PYTHONPATH")]))
     counts = []
     for n in (1, 1 + requests):
         out = workdir / f"{case}-{n}.out"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
         argv += ["-m", "benchmarks.micro.instructions", "--child", case, "--requests", str(n)]
-        subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(argv, env=env, cwd=root, check=True, capture_output=True)
         counts.append(parse_callgrind(out.read_text()))
     return Count(
         round((counts[1].instructions - counts[0].instructions) / requests),
