@@ -360,7 +360,8 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # tell HTTP/1 from HTTP/2 (h2c), untimed, so a connection that never sends a byte was
         # held open for good. In HTTP/1 mode hyper's header read timeout runs from the moment
         # a connection opens and again from each response (the idle timeout).
-        http=HTTPModes.http1,
+        # With TLS, tls_http2 opts into auto mode: ALPN picks h2 or http/1.1 in the handshake.
+        http=HTTPModes.auto if settings.server.tls_http2 else HTTPModes.http1,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.http.header_timeout * 1000)),
         **tls,
     )

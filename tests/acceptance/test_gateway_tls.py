@@ -68,11 +68,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 @pytest.fixture(scope="module")
 def tls_gateway(gateway_env: dict[str, str], tls_files: TlsFiles) -> Iterator[str]:
     """A gateway (one worker) serving https on 127.0.0.1 with the test's certificate."""
+    yield from _serve_tls(gateway_env, tls_files, {})
+
+
+def _serve_tls(
+    gateway_env: dict[str, str], tls_files: TlsFiles, extra: dict[str, str]
+) -> Iterator[str]:
     port = free_port()
     env = {
         **gateway_env,
         "CYGATE_TLS_CERT_FILE": str(tls_files.cert_file),
         "CYGATE_TLS_KEY_FILE": str(tls_files.key_file),
+        **extra,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -104,23 +111,44 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+def _s_client(url: str, tls_files: TlsFiles, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{_port(url)}", *flags,
+         "-CAfile", str(tls_files.ca_file), "-verify_return_error", "-servername", "gateway.test"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
 @pytest.mark.parametrize(("flag", "accepted"), [("-tls1_3", True), ("-tls1_2", False)])
 def test_tls13_only_by_default(
     tls_gateway: str, tls_files: TlsFiles, flag: str, accepted: bool
 ) -> None:
-    proc = subprocess.run(
-        [str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{_port(tls_gateway)}", flag,
-         "-CAfile", str(tls_files.ca_file), "-verify_return_error", "-servername", "gateway.test"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
-    )  # fmt: skip
+    proc = _s_client(tls_gateway, tls_files, flag, "-alpn", "h2,http/1.1")
     if accepted:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "TLSv1.3" in proc.stdout
         assert "Verify return code: 0 (ok)" in proc.stdout
+        assert "ALPN protocol: http/1.1" in proc.stdout  # HTTP/1.1 only by default
     else:
         assert proc.returncode != 0, proc.stdout
         assert "Cipher is (NONE)" in proc.stdout or "alert" in proc.stderr.lower()
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+def test_tls12_and_http2_when_configured(gateway_env: dict[str, str], tls_files: TlsFiles) -> None:
+    extra = {"CYGATE_TLS_MIN_VERSION": "1.2", "CYGATE_TLS_HTTP2": "true"}
+    served = _serve_tls(gateway_env, tls_files, extra)
+    url = next(served)
+    try:
+        proc = _s_client(url, tls_files, "-tls1_2", "-alpn", "h2,http/1.1")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Protocol  : TLSv1.2" in proc.stdout
+        assert "ALPN protocol: h2" in proc.stdout
+        with httpx.Client(base_url=url, verify=tls_files.client_context()) as client:
+            assert client.get("/readyz").status_code == 200
+    finally:
+        served.close()
 
 
 def test_https_request_with_the_test_ca(tls_gateway: str, tls_files: TlsFiles) -> None:
@@ -180,6 +208,7 @@ def test_bad_tls_settings_are_one_line_and_status_2(
          "tls_key_file: no file at"),
         ({"CYGATE_TLS_CERT_FILE": cert}, "tls_cert_file and tls_key_file go together"),
         ({"CYGATE_TLS_KEY_FILE": key}, "tls_cert_file and tls_key_file go together"),
+        ({"CYGATE_TLS_HTTP2": "true"}, "tls_http2 needs tls_cert_file"),
         ({"CYGATE_TLS_CERT_FILE": cert, "CYGATE_TLS_KEY_FILE": key,
           "CYGATE_TLS_MIN_VERSION": "1.1"}, "tls_min_version"),
         ({"CYGATE_TLS_CERT_FILE": cert, "CYGATE_TLS_KEY_FILE": str(other_key)},
