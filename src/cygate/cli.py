@@ -146,6 +146,31 @@ def _check_tls(settings: Settings) -> str | None:
     return None
 
 
+def _check_database_tls(settings: Settings) -> str | None:
+    """When the DSN asks for TLS (``sslmode``): why PostgreSQL's certificate is refused, or
+    None. One connection, once, before the workers: a certificate that fails verification is a
+    configuration error (one line, status 2); an unreachable server is not decided here (the
+    workers start degraded, as without TLS)."""
+    url = settings.database.url
+    if "sslmode=" not in url:
+        return None
+    import ssl
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=settings.database.acquire_timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except ssl.SSLError as exc:
+        return f"PostgreSQL TLS failed (database_url): {exc}"
+    except Exception:  # unreachable, refused, timed out: the workers' start decides
+        return None
+    return None
+
+
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     error = _check_tls(settings) or _check_routes(settings)
     if error:
@@ -298,6 +323,9 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     # One line and status 2, not a traceback in each worker
     error = _check_tls(settings) or _check_routes(settings)
+    if error:
+        return _fail(error)
+    error = _check_database_tls(settings)
     if error:
         return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -89,6 +90,23 @@ async def test_postgres_with_another_ca_is_refused(tls_postgres: PrivatePostgres
     url = f"{tls_postgres.url()}?sslmode=verify-full&sslrootcert={pki.other_ca_file}"
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         await create_pool(DatabaseSettings(url=url, pool_min=1, pool_max=2))
+
+
+def test_serve_stops_on_a_postgres_certificate_it_cannot_verify(
+    tls_postgres: PrivatePostgres, pki: Pki
+) -> None:
+    url = f"{tls_postgres.url()}?sslmode=verify-full&sslrootcert={pki.other_ca_file}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", "serve", "--port", str(_free_port())],
+        env={"PATH": "/usr/bin:/bin", "CYGATE_ENVIRONMENT": "test", "CYGATE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PostgreSQL TLS failed" in lines[0], proc.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in lines[0]
 
 
 # -- Redis -------------------------------------------------------------------------------------
