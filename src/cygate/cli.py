@@ -171,6 +171,38 @@ def _check_database_tls(settings: Settings) -> str | None:
     return None
 
 
+def _check_redis_tls(settings: Settings) -> str | None:
+    """With a ``rediss://`` URL: why Redis's certificate is refused, or None. One PING, once,
+    before the workers; an unreachable Redis is not decided here (the gateway runs without
+    it, degraded, as without TLS)."""
+    if not settings.redis.url.startswith("rediss://"):
+        return None
+    import ssl
+
+    import redis
+
+    from cygate.infra.redis import tls_options
+
+    timeout = max(settings.redis.timeout, 1.0)
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **tls_options(settings.redis),
+    )
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return f"Redis TLS failed (redis_url): {exc}"
+    except (redis.RedisError, OSError):
+        pass  # not reachable, not ours to decide here
+    finally:
+        client.close()
+    return None
+
+
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     error = _check_tls(settings) or _check_routes(settings)
     if error:
@@ -325,7 +357,7 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     error = _check_tls(settings) or _check_routes(settings)
     if error:
         return _fail(error)
-    error = _check_database_tls(settings)
+    error = _check_database_tls(settings) or _check_redis_tls(settings)
     if error:
         return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:

@@ -199,6 +199,26 @@ async def test_redis_without_a_client_certificate_is_refused(tls_redis: int, pki
         await handle.close()
 
 
+def test_serve_stops_on_a_redis_certificate_it_cannot_verify(tls_redis: int, pki: Pki) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CYGATE_ENVIRONMENT": "test",
+        "CYGATE_REDIS_URL": f"rediss://127.0.0.1:{tls_redis}/0",
+        "CYGATE_REDIS_TLS_CA_FILE": pki.other_ca_file,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", "serve", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Redis TLS failed" in lines[0], proc.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in lines[0]
+
+
 def test_redis_tls_settings_need_rediss_and_a_pair(pki: Pki) -> None:
     with pytest.raises(SettingsError, match="rediss://"):
         load_settings({"CYGATE_REDIS_TLS_CA_FILE": pki.ca_file})
