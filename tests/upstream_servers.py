@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,9 @@ class Upstream:
         self.connections = 0
         self.paths: list[str] = []
         self.port = 0
+        self.tls = False
+        self.peer_certs: list[dict[str, Any]] = []
+        """With TLS: the client certificate of each connection (empty dict: none)."""
         self._flip = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -52,10 +56,14 @@ class Upstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, limit=2**20)
+    async def start(self, port: int = 0, *, tls: ssl.SSLContext | None = None) -> Upstream:
+        """Listen on ``port`` (0: a free one); with ``tls``, HTTPS with that server context."""
+        self.tls = tls is not None
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", port, limit=2**20, ssl=tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -72,6 +80,8 @@ class Upstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.tls:
+            self.peer_certs.append(writer.get_extra_info("peercert") or {})
         self._writers.add(writer)
         task = asyncio.current_task()
         assert task is not None

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -241,6 +242,11 @@ def create_app(settings: Settings | None = None) -> Edge:
         """The pool, Redis and metrics: started first, stopped last."""
         try:
             pool = await create_pool(settings.database)
+        except ssl.SSLError as exc:
+            # NOTE: a certificate that fails verification is a configuration error, not an
+            # outage: the worker stops with one line instead of starting degraded.
+            log.error("PostgreSQL TLS failed at start-up: %s", exc)
+            raise
         except DB_UNAVAILABLE as exc:
             # NOTE: start anyway with a lazy pool: requests get a quick 503 until PostgreSQL
             # answers, and /readyz says so, instead of a worker that never starts.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pathlib
 import re
 import sys
 import tempfile
@@ -119,8 +120,91 @@ def _check_routes(settings: Settings) -> str | None:
     return None
 
 
+def _check_tls(settings: Settings) -> str | None:
+    """Why the gateway cannot serve TLS with the configured certificate and key, or None:
+    both files are read and paired once here, so a bad file is one line, not a failure in
+    each worker."""
+    server = settings.server
+    if not server.tls_cert_file:
+        return None
+    import ssl
+
+    for name, path in (
+        ("tls_cert_file", server.tls_cert_file),
+        ("tls_key_file", server.tls_key_file),
+    ):
+        if not os.path.isfile(path):
+            return f"invalid setting {name}: no file at {path}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        return (
+            f"invalid setting tls_cert_file/tls_key_file: cannot load {server.tls_cert_file} "
+            f"with {server.tls_key_file} ({type(exc).__name__}: {exc})"
+        )
+    return None
+
+
+def _check_database_tls(settings: Settings) -> str | None:
+    """When the DSN asks for TLS (``sslmode``): why PostgreSQL's certificate is refused, or
+    None. One connection, once, before the workers: a certificate that fails verification is a
+    configuration error (one line, status 2); an unreachable server is not decided here (the
+    workers start degraded, as without TLS)."""
+    url = settings.database.url
+    if "sslmode=" not in url:
+        return None
+    import ssl
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=settings.database.acquire_timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except ssl.SSLError as exc:
+        return f"PostgreSQL TLS failed (database_url): {exc}"
+    except Exception:  # unreachable, refused, timed out: the workers' start decides
+        return None
+    return None
+
+
+def _check_redis_tls(settings: Settings) -> str | None:
+    """With a ``rediss://`` URL: why Redis's certificate is refused, or None. One PING, once,
+    before the workers; an unreachable Redis is not decided here (the gateway runs without
+    it, degraded, as without TLS)."""
+    if not settings.redis.url.startswith("rediss://"):
+        return None
+    import ssl
+
+    import redis
+
+    from cygate.infra.redis import tls_options
+
+    timeout = max(settings.redis.timeout, 1.0)
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **tls_options(settings.redis),
+    )
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return f"Redis TLS failed (redis_url): {exc}"
+    except (redis.RedisError, OSError):
+        pass  # not reachable, not ours to decide here
+    finally:
+        client.close()
+    return None
+
+
 def _cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
-    error = _check_routes(settings)
+    error = _check_tls(settings) or _check_routes(settings)
     if error:
         return _fail(error)
     print(msgspec.json.format(msgspec.json.encode(settings.redacted()), indent=2).decode())
@@ -265,11 +349,15 @@ def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    error = _check_routes(settings)  # one line and status 2, not a traceback in each worker
+    # One line and status 2, not a traceback in each worker
+    error = _check_tls(settings) or _check_routes(settings)
+    if error:
+        return _fail(error)
+    error = _check_database_tls(settings) or _check_redis_tls(settings)
     if error:
         return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:
@@ -303,6 +391,15 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         fh.write("0\n")
     os.environ[f"{ENV_PREFIX}_ROUTES_STAMP"] = stamp
 
+    tls: dict[str, Any] = {}
+    if settings.server.tls_cert_file:
+        # NOTE: Granian reads the files when it spawns the workers; a renewed certificate is
+        # served after a restart (cygate's SIGHUP reloads routes, not the workers).
+        tls = {
+            "ssl_cert": pathlib.Path(settings.server.tls_cert_file),
+            "ssl_key": pathlib.Path(settings.server.tls_key_file),
+            "ssl_protocol_min": SSLProtocols(f"tls{settings.server.tls_min_version}"),
+        }
     server = Granian(
         "cygate.app:create_app",
         factory=True,
@@ -323,8 +420,10 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # tell HTTP/1 from HTTP/2 (h2c), untimed, so a connection that never sends a byte was
         # held open for good. In HTTP/1 mode hyper's header read timeout runs from the moment
         # a connection opens and again from each response (the idle timeout).
-        http=HTTPModes.http1,
+        # With TLS, tls_http2 opts into auto mode: ALPN picks h2 or http/1.1 in the handshake.
+        http=HTTPModes.auto if settings.server.tls_http2 else HTTPModes.http1,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.http.header_timeout * 1000)),
+        **tls,
     )
     server.on_startup(lambda: _forward_sighup(stamp))
     server.serve()

@@ -94,6 +94,35 @@ class ServerSettings(Section, frozen=True, kw_only=True):
             "the server."
         ),
     ] = True
+    tls_cert_file: Annotated[
+        str,
+        doc(
+            "PEM certificate chain the gateway serves TLS with (with tls_key_file); empty: "
+            "plain HTTP. Read when the workers start: a new certificate takes a restart."
+        ),
+    ] = ""
+    tls_key_file: Annotated[str, doc("PEM private key of tls_cert_file.")] = ""
+    tls_min_version: Annotated[
+        Literal["1.2", "1.3"], doc("Oldest TLS version the gateway accepts.")
+    ] = "1.3"
+    tls_http2: Annotated[
+        bool,
+        doc(
+            "With TLS, offer HTTP/2 by ALPN (Granian's auto mode); false: HTTP/1.1 only, "
+            "where http_header_timeout is enforced from the connection's opening."
+        ),
+    ] = False
+
+    def __post_init__(self) -> None:
+        if self.tls_http2 and not self.tls_cert_file:
+            raise msgspec.ValidationError(
+                "tls_http2 needs tls_cert_file and tls_key_file - at `$.server.tls_http2`"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            field = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise msgspec.ValidationError(
+                f"tls_cert_file and tls_key_file go together - at `$.server.{field}`"
+            )
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

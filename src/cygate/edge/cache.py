@@ -41,6 +41,7 @@ from cygate.edge.cache_rules import DEFAULT_RULES, CacheRoute, check_inputs, loa
 from cygate.edge.l1 import L1
 from cygate.edge.problem import Problem
 from cygate.edge.validators import Validators
+from cygate.infra.redis import tls_options
 from cygate.infra.settings import RedisSettings
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ class ResponseCache:
             # A silent Redis is noticed within 2 * idle: about the bound itself.
             idle=min(5.0, max(0.5, max_age / 2)),
             before_subscribe=self.l2.new_generation,
+            tls=tls_options(server),
         )
 
     def start(self) -> None:

@@ -535,6 +535,7 @@ class Subscription:
         name: str,
         idle: float = 5.0,
         before_subscribe: Callable[[], Awaitable[Any]] | None = None,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         self.channel = channel
         self.connected = False
@@ -554,6 +555,7 @@ class Subscription:
             socket_connect_timeout=connect_timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
+            **(tls or {}),
         )
 
     def start(self) -> None:

@@ -6,7 +6,7 @@ so tests (and several deployments sharing one server) never touch each other's d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
@@ -14,7 +14,7 @@ from redis.utils import HIREDIS_AVAILABLE
 if TYPE_CHECKING:
     from cygate.infra.settings import RedisSettings
 
-__all__ = ["HIREDIS_AVAILABLE", "RedisHandle", "create_redis"]
+__all__ = ["HIREDIS_AVAILABLE", "RedisHandle", "create_redis", "tls_options"]
 
 
 class RedisHandle:
@@ -47,5 +47,21 @@ def create_redis(settings: RedisSettings) -> RedisHandle:
         health_check_interval=30,
         retry_on_timeout=False,
         max_connections=64,
+        **tls_options(settings),
     )
     return RedisHandle(client, settings.prefix)
+
+
+def tls_options(settings: RedisSettings) -> dict[str, Any]:
+    """The TLS keywords of every Redis client cygate opens (``from_url``): none for redis:// and
+    unix://; for rediss:// the certificate and host name are verified (redis-py's defaults,
+    said here so they cannot drift), against ``tls_ca_file`` or the system's CAs."""
+    if not settings.url.startswith("rediss://"):
+        return {}
+    tls: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.tls_ca_file:
+        tls["ssl_ca_certs"] = settings.tls_ca_file
+    if settings.tls_cert_file:
+        tls["ssl_certfile"] = settings.tls_cert_file
+        tls["ssl_keyfile"] = settings.tls_key_file
+    return tls

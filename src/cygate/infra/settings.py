@@ -69,6 +69,28 @@ class RedisSettings(Section, frozen=True, kw_only=True):
         str, doc("Prefix of every Redis key cygate writes.", min_length=1, max_length=64)
     ] = "cygate:"
     timeout: Annotated[Seconds, doc("Socket timeout for Redis calls, seconds.")] = 0.5
+    tls_ca_file: Annotated[
+        str,
+        doc(
+            "With a rediss:// URL: PEM file of the CAs that may sign the server's certificate "
+            "(empty: the system's CAs). The certificate and host name are always verified."
+        ),
+    ] = ""
+    tls_cert_file: Annotated[
+        str, doc("With a rediss:// URL: client certificate (PEM) for servers that ask one.")
+    ] = ""
+    tls_key_file: Annotated[str, doc("Private key (PEM) of redis_tls_cert_file.")] = ""
+
+    def __post_init__(self) -> None:
+        tls = self.tls_ca_file or self.tls_cert_file or self.tls_key_file
+        if tls and not self.url.startswith("rediss://"):
+            raise msgspec.ValidationError(
+                "redis_tls_* settings need a rediss:// redis_url - at `$.redis.url`"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise msgspec.ValidationError(
+                "redis_tls_cert_file and redis_tls_key_file go together - at `$.redis.tls_key_file`"
+            )
 
 
 class MetricsSettings(Section, frozen=True, kw_only=True):

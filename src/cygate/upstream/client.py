@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Set as AbstractSet
 from typing import Any, cast
@@ -42,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "ReadTimeout",
     "TargetPool",
+    "TlsError",
     "TotalTimeout",
     "UpstreamError",
 ]
@@ -68,6 +70,13 @@ class ConnectError(UpstreamError):
     """The TCP connection could not be made (refused, unreachable, timed out, refused by policy)."""
 
     kind = "connect"
+
+
+class TlsError(ConnectError):
+    """The TLS handshake with an ``https://`` target failed (its certificate not trusted or not
+    for the name, a protocol the two sides do not share). Never retried over plain HTTP."""
+
+    kind = "tls"
 
 
 class ReadTimeout(UpstreamError):
@@ -462,14 +471,35 @@ class TargetPool:
     than ``idle_timeout`` or above ``max_idle`` are closed.
     """
 
-    __slots__ = ("_idle", "_live", "address", "closed", "idle_timeout", "max_idle", "port")
+    __slots__ = (
+        "_idle",
+        "_live",
+        "address",
+        "closed",
+        "idle_timeout",
+        "max_idle",
+        "port",
+        "server_name",
+        "ssl",
+    )
 
     def __init__(
-        self, address: str, port: int, *, max_idle: int = 64, idle_timeout: float = 30.0
+        self,
+        address: str,
+        port: int,
+        *,
+        max_idle: int = 64,
+        idle_timeout: float = 30.0,
+        context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.address = address
         """The IP address connected to (checked against the address policy once, here)."""
         self.port = port
+        self.ssl = context
+        """The client context of an ``https://`` target (None: plain HTTP)."""
+        self.server_name = server_name
+        """The name sent by SNI and verified against the certificate (with :attr:`ssl`)."""
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: list[Connection] = []
@@ -508,9 +538,28 @@ class TargetPool:
             raise ConnectError("upstream pool is closed")
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: Connection(self), self.address, self.port
-            )
+            if self.ssl is None:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self), self.address, self.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self),
+                    self.address,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_name,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(
+                f"TLS to {self.address}:{self.port} ({self.server_name}): certificate not "
+                f"verified: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TlsError(
+                f"TLS to {self.address}:{self.port} ({self.server_name}): handshake failed: "
+                f"{exc.reason or exc}"
+            ) from None
         except OSError as exc:
             raise ConnectError(
                 f"cannot connect to {self.address}:{self.port}: {exc.strerror or exc}"

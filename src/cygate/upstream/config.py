@@ -14,6 +14,7 @@ import json
 import pathlib
 import re
 import socket
+import ssl
 import tomllib
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -34,9 +35,11 @@ __all__ = [
     "RouteFileError",
     "Timeouts",
     "UpstreamConfig",
+    "UpstreamTls",
     "ValidRouteFile",
     "address_refused",
     "load_route_file",
+    "tls_context",
     "validate_route_file",
 ]
 
@@ -156,6 +159,20 @@ class IdentityHeaders(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     issuer: str = "x-cygate-issuer"
 
 
+class UpstreamTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the proxy verifies the ``https://`` targets of an upstream (and proves itself to
+    them). The certificate is always verified, with the host name: ``ca_file`` (PEM) is the
+    trust store, else the system's CAs. ``server_name`` is the name sent by SNI and checked
+    against the certificate instead of the target's host (a target given by address, a pinned
+    name). ``cert_file`` + ``key_file``: the client certificate for mutual TLS."""
+
+    ca_file: str | None = None
+    server_name: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
 class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A named pool of targets and how to treat it."""
 
@@ -176,6 +193,8 @@ class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     identity_headers: IdentityHeaders = msgspec.field(default_factory=IdentityHeaders)
     strip_request_headers: list[str] = msgspec.field(default_factory=list)
     """More client headers never passed on (besides hop-by-hop and identity headers)."""
+    tls: UpstreamTls | None = None
+    """Verification settings of the ``https://`` targets (default: the system's CAs)."""
 
 
 class HeaderRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -222,6 +241,8 @@ class ResolvedTarget(msgspec.Struct, frozen=True, kw_only=True):
     weight: int
     host_header: bytes
     base_path: str
+    server_name: str | None = None
+    """``https://`` targets: the name sent by SNI and verified; None: plain HTTP."""
 
 
 class ValidRouteFile(msgspec.Struct, kw_only=True):
@@ -353,24 +374,69 @@ def _check_upstream(name: str, up: UpstreamConfig) -> list[ResolvedTarget]:
     for i, item in enumerate(up.targets):
         target = item if isinstance(item, TargetConfig) else TargetConfig(url=item)
         here = f"{where}.targets[{i}]"
-        r = _resolve(here, target, allow_link_local=up.allow_link_local)
+        r = _resolve(here, target, allow_link_local=up.allow_link_local, tls=up.tls)
         if r.url in seen:
             raise RouteFileError(f"{here}: {r.url} is listed twice")
         seen.add(r.url)
         resolved.append(r)
+    if any(r.server_name is not None for r in resolved):
+        try:
+            tls_context(up.tls)
+        except RouteFileError as exc:
+            raise RouteFileError(f"{where}.tls: {exc}") from None
+    elif up.tls is not None:
+        # NOTE: TLS settings on plain-HTTP targets are a mistake to report, never a silent
+        # downgrade.
+        raise RouteFileError(f"{where}.tls: set, but no target is https://")
     return resolved
 
 
-def _resolve(where: str, target: TargetConfig, *, allow_link_local: bool) -> ResolvedTarget:
+def tls_context(tls: UpstreamTls | None) -> ssl.SSLContext:
+    """The client context for an upstream's ``https://`` targets: certificate and host name
+    always verified. Raises :class:`RouteFileError` (one line) when a file cannot be used."""
+    tls = tls or UpstreamTls()
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise RouteFileError("cert_file and key_file go together")
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise RouteFileError(f"cannot load ca_file {tls.ca_file}: {_ssl_reason(exc)}") from None
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    # HTTP/1.1 is all the proxy speaks; ALPN says so to servers that offer more.
+    ctx.set_alpn_protocols(["http/1.1"])
+    if tls.cert_file and tls.key_file:
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise RouteFileError(
+                f"cannot load cert_file {tls.cert_file} with key_file {tls.key_file}: "
+                f"{_ssl_reason(exc)}"
+            ) from None
+    return ctx
+
+
+def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
+
+
+def _resolve(
+    where: str, target: TargetConfig, *, allow_link_local: bool, tls: UpstreamTls | None
+) -> ResolvedTarget:
     try:
         parts = urlsplit(target.url)
-        port = parts.port or 80
+        scheme = parts.scheme
+        default = 443 if scheme == "https" else 80
+        port = parts.port or default
     except ValueError as exc:
         raise RouteFileError(f"{where}: bad URL {target.url!r}: {exc}") from None
-    if parts.scheme != "http":
-        raise RouteFileError(f"{where}: only http:// targets are supported, got {target.url!r}")
+    if scheme not in ("http", "https"):
+        raise RouteFileError(
+            f"{where}: only http:// and https:// targets are supported, got {target.url!r}"
+        )
     if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
-        raise RouteFileError(f"{where}: {target.url!r} must be http://host[:port][/base-path]")
+        raise RouteFileError(f"{where}: {target.url!r} must be {scheme}://host[:port][/base-path]")
     host = parts.hostname
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -387,11 +453,14 @@ def _resolve(where: str, target: TargetConfig, *, allow_link_local: bool) -> Res
                     f"{where}: {host!r} resolves to {address}, {why}; refused "
                     "(set allow_link_local = true on the upstream to allow it)"
                 )
-    default_port = parts.port is None or parts.port == 80
+    default_port = parts.port is None or parts.port == default
     netloc = f"[{host}]" if ":" in host else host
     host_header = netloc if default_port else f"{netloc}:{port}"
     base = parts.path.rstrip("/")
-    url = f"http://{host_header}{base}"
+    url = f"{scheme}://{host_header}{base}"
+    server_name = None
+    if scheme == "https":
+        server_name = (tls.server_name if tls is not None else None) or host
     return ResolvedTarget(
         url=url,
         host=host,
@@ -400,6 +469,7 @@ def _resolve(where: str, target: TargetConfig, *, allow_link_local: bool) -> Res
         weight=target.weight,
         host_header=host_header.encode("ascii", "replace"),
         base_path=base,
+        server_name=server_name,
     )
 
 

@@ -16,12 +16,13 @@ import bisect
 import contextlib
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cygate.upstream.client import TargetPool, UpstreamError
-from cygate.upstream.config import ResolvedTarget, UpstreamConfig
+from cygate.upstream.config import ResolvedTarget, UpstreamConfig, tls_context
 from cygate.upstream.resilience import Bulkhead, CircuitBreaker, RetryBudget
 
 if TYPE_CHECKING:
@@ -55,14 +56,21 @@ class Target:
         "weight",
     )
 
-    def __init__(self, spec: ResolvedTarget, cfg: UpstreamConfig) -> None:
+    def __init__(
+        self, spec: ResolvedTarget, cfg: UpstreamConfig, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.spec = spec
         self.url = spec.url
         self.weight = spec.weight
         self.host_header = spec.host_header
         self.base_path = spec.base_path
         self.pool = TargetPool(
-            spec.address, spec.port, max_idle=cfg.max_idle_per_target, idle_timeout=cfg.idle_timeout
+            spec.address,
+            spec.port,
+            max_idle=cfg.max_idle_per_target,
+            idle_timeout=cfg.idle_timeout,
+            context=tls if spec.server_name is not None else None,
+            server_name=spec.server_name,
         )
         self.outstanding = 0
         self.consecutive_failures = 0
@@ -123,7 +131,9 @@ class Upstream:
     ) -> None:
         self.name = name
         self.cfg = cfg
-        self.targets = [Target(t, cfg) for t in targets]
+        # One client context for the upstream's https:// targets (files checked at validation).
+        tls = tls_context(cfg.tls) if any(t.server_name for t in targets) else None
+        self.targets = [Target(t, cfg, tls) for t in targets]
         b = cfg.breaker
 
         def changed(old: str, new: str) -> None:

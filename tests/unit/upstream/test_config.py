@@ -48,7 +48,7 @@ def test_a_good_file_validates_and_resolves() -> None:
         (cfg(routes=[{"path": "/x", "upstream": "svc", "methods": ["FETCH"]}]), "not a method"),
         (cfg(routes=[{"path": "/x", "upstream": "svc", "bogus": 1}]), "unknown field"),
         (cfg(upstreams={"svc": {"targets": []}}), "at least one target"),
-        (cfg(upstreams={"svc": {"targets": ["https://127.0.0.1"]}}), "only http://"),
+        (cfg(upstreams={"svc": {"targets": ["ws://127.0.0.1"]}}), "only http:// and https://"),
         (cfg(upstreams={"svc": {"targets": ["http://u:p@127.0.0.1"]}}), "must be http://host"),
         (
             cfg(upstreams={"svc": {"targets": ["http://127.0.0.1:9", "http://127.0.0.1:9"]}}),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from cygate.infra.redis import RedisHandle
+from cygate.infra.redis import RedisHandle, tls_options
 
 if TYPE_CHECKING:
     from cygate.infra.settings import RedisSettings
@@ -83,5 +83,6 @@ def events_redis(settings: EventsSettings, redis: RedisSettings) -> RedisHandle:
         health_check_interval=30,
         retry_on_timeout=False,
         max_connections=16,
+        **tls_options(redis),
     )
     return RedisHandle(client, redis.prefix)

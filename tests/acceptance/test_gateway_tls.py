@@ -1,0 +1,233 @@
+"""The gateway terminates TLS (Granian's TLS, from the tls_* settings): TLS 1.3 only by default,
+the test's CA verifies it, other CAs and other names are refused by the client, and bad TLS
+settings stop ``cygate serve`` / ``check-config`` with one line and status 2.
+
+The certificates are made here by ``trustme``: a throwaway CA and a certificate for
+``127.0.0.1`` and ``gateway.test``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import trustme
+from tests.acceptance.conftest import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+OPENSSL = shutil.which("openssl")
+
+
+class TlsFiles:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1", "gateway.test")
+        self.ca_file = root / "ca.pem"
+        self.cert_file = root / "cert.pem"
+        self.key_file = root / "key.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        for blob in cert.cert_chain_pems[1:]:
+            blob.write_to_path(str(self.cert_file), append=True)
+        cert.private_key_pem.write_to_path(str(self.key_file))
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles(tmp_path_factory.mktemp("tls"))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.stdout is not None
+    with proc.stdout:
+        return proc.stdout.read().decode()
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(gateway_env: dict[str, str], tls_files: TlsFiles) -> Iterator[str]:
+    """A gateway (one worker) serving https on 127.0.0.1 with the test's certificate."""
+    yield from _serve_tls(gateway_env, tls_files, {})
+
+
+def _serve_tls(
+    gateway_env: dict[str, str], tls_files: TlsFiles, extra: dict[str, str]
+) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **gateway_env,
+        "CYGATE_TLS_CERT_FILE": str(tls_files.cert_file),
+        "CYGATE_TLS_KEY_FILE": str(tls_files.key_file),
+        **extra,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    ctx = tls_files.client_context()
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{_stop(proc)}")
+        try:
+            if httpx.get(url + "/readyz", verify=ctx, timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gateway not ready over TLS in 30 s:\n{_stop(proc)}")
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        output = _stop(proc)
+        assert "Traceback" not in output, output
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _s_client(url: str, tls_files: TlsFiles, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{_port(url)}", *flags,
+         "-CAfile", str(tls_files.ca_file), "-verify_return_error", "-servername", "gateway.test"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize(("flag", "accepted"), [("-tls1_3", True), ("-tls1_2", False)])
+def test_tls13_only_by_default(
+    tls_gateway: str, tls_files: TlsFiles, flag: str, accepted: bool
+) -> None:
+    proc = _s_client(tls_gateway, tls_files, flag, "-alpn", "h2,http/1.1")
+    if accepted:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "TLSv1.3" in proc.stdout
+        assert "Verify return code: 0 (ok)" in proc.stdout
+        assert "ALPN protocol: http/1.1" in proc.stdout  # HTTP/1.1 only by default
+    else:
+        assert proc.returncode != 0, proc.stdout
+        assert "Cipher is (NONE)" in proc.stdout or "alert" in proc.stderr.lower()
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+def test_tls12_and_http2_when_configured(gateway_env: dict[str, str], tls_files: TlsFiles) -> None:
+    extra = {"CYGATE_TLS_MIN_VERSION": "1.2", "CYGATE_TLS_HTTP2": "true"}
+    served = _serve_tls(gateway_env, tls_files, extra)
+    url = next(served)
+    try:
+        proc = _s_client(url, tls_files, "-tls1_2", "-alpn", "h2,http/1.1")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Protocol  : TLSv1.2" in proc.stdout
+        assert "ALPN protocol: h2" in proc.stdout
+        with httpx.Client(base_url=url, verify=tls_files.client_context()) as client:
+            assert client.get("/readyz").status_code == 200
+    finally:
+        served.close()
+
+
+def test_https_request_with_the_test_ca(tls_gateway: str, tls_files: TlsFiles) -> None:
+    with httpx.Client(base_url=tls_gateway, verify=tls_files.client_context()) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 200
+        r = client.get("/api/v1/products?limit=1")
+        assert r.status_code == 200
+        assert r.http_version == "HTTP/1.1"
+
+
+def test_another_ca_is_refused_by_the_client(tls_gateway: str) -> None:
+    other = trustme.CA()
+    ctx = ssl.create_default_context()
+    other.configure_trust(ctx)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(tls_gateway + "/readyz", verify=ctx)
+
+
+def test_the_system_store_refuses_the_private_ca(tls_gateway: str) -> None:
+    # The test CA is self-signed and in no system store: a default client refuses it.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(tls_gateway + "/readyz")
+
+
+def test_a_name_the_certificate_lacks_is_refused(tls_gateway: str, tls_files: TlsFiles) -> None:
+    ctx = tls_files.client_context()
+    for name, ok in (("gateway.test", True), ("other.test", False)):
+        with socket.create_connection(("127.0.0.1", _port(tls_gateway)), timeout=5) as sock:
+            if ok:
+                with ctx.wrap_socket(sock, server_hostname=name) as tls:
+                    assert tls.version() == "TLSv1.3"
+            else:
+                with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+                    ctx.wrap_socket(sock, server_hostname=name)
+
+
+def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cygate", command],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_bad_tls_settings_are_one_line_and_status_2(
+    command: str, tls_files: TlsFiles, tmp_path: pathlib.Path
+) -> None:
+    cert, key = str(tls_files.cert_file), str(tls_files.key_file)
+    other_key = tmp_path / "other-key.pem"
+    trustme.CA().issue_cert("x.test").private_key_pem.write_to_path(str(other_key))
+    cases = [
+        ({"CYGATE_TLS_CERT_FILE": cert, "CYGATE_TLS_KEY_FILE": str(tmp_path / "nope.pem")},
+         "tls_key_file: no file at"),
+        ({"CYGATE_TLS_CERT_FILE": cert}, "tls_cert_file and tls_key_file go together"),
+        ({"CYGATE_TLS_KEY_FILE": key}, "tls_cert_file and tls_key_file go together"),
+        ({"CYGATE_TLS_HTTP2": "true"}, "tls_http2 needs tls_cert_file"),
+        ({"CYGATE_TLS_CERT_FILE": cert, "CYGATE_TLS_KEY_FILE": key,
+          "CYGATE_TLS_MIN_VERSION": "1.1"}, "tls_min_version"),
+        ({"CYGATE_TLS_CERT_FILE": cert, "CYGATE_TLS_KEY_FILE": str(other_key)},
+         "cannot load"),
+    ]  # fmt: skip
+    for env, expected in cases:
+        proc = _run(command, env)
+        assert proc.returncode == 2, (env, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (env, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_check_config_accepts_a_good_pair(tls_files: TlsFiles) -> None:
+    env = {
+        "CYGATE_TLS_CERT_FILE": str(tls_files.cert_file),
+        "CYGATE_TLS_KEY_FILE": str(tls_files.key_file),
+        "CYGATE_TLS_MIN_VERSION": "1.2",
+    }
+    proc = _run("check-config", env)
+    assert proc.returncode == 0, proc.stderr
+    assert '"tls_min_version": "1.2"' in proc.stdout
