@@ -158,6 +158,7 @@ CLASSIFICATION: Final[dict[str, Table]] = {
             "path": _c("internal", "request deduplication"),
             "request_hash": _c("internal", "request deduplication"),
             "state": _c("internal", "request deduplication"),
+            "claim": _c("internal", "request deduplication"),
             "response_status": _c("internal", "request deduplication"),
             "response_headers": _c("internal", "request deduplication"),
             "response_body": _c("restricted", "replayed response"),

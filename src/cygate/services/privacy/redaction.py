@@ -49,15 +49,16 @@ _PAIR = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[\w\-.~+/=]+")
 _JWT = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
-_PHC = re.compile(r"\$argon2[\w]*\$[^\s'\",]+")
+_PHC = re.compile(r"\$argon2\w*\$[^\s'\"]+")
 
 
 def redact(text: str) -> str:
     """``text`` with every secret value replaced by :data:`MASK`."""
-    text = _PAIR.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{MASK}", text)
+    # NOTE: credentials first: ``Authorization: Bearer x`` would otherwise mask "Bearer" only.
     text = _BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
     text = _JWT.sub(MASK, text)
-    return _PHC.sub(MASK, text)
+    text = _PHC.sub(MASK, text)
+    return _PAIR.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{MASK}", text)
 
 
 def _redact_record(record: logging.LogRecord) -> None:
