@@ -211,3 +211,19 @@ def test_restricted_values_never_reach_the_debug_log(
     for token in (tokens["access_token"], refreshed["access_token"]):
         assert token.rsplit(".", 1)[-1] not in output
     assert not re.search(r"\$argon2", output)
+
+
+def test_export_includes_consents_and_erasure_deletes_them(gw: Gateway, test_db_dsn: str) -> None:
+    user, auth = new_user(gw)
+    with gw.client() as c:
+        r = c.put("/api/v1/users/me/consents/marketing", json={"granted": True}, headers=auth)
+        assert r.status_code == 200, r.text
+        export = c.get("/api/v1/users/me/export", headers=auth).json()
+        assert [(e["purpose"], e["granted"], e["source"]) for e in export["consents"]] == [
+            ("marketing", True, "api")
+        ]
+        assert "password_hash" not in export["user"]
+        assert c.delete("/api/v1/users/me", headers=auth).status_code == 204
+    rows = query(test_db_dsn, "SELECT count(*) AS n FROM consents WHERE user_id = $1",
+                 uuid.UUID(user))  # fmt: skip
+    assert rows[0]["n"] == 0
