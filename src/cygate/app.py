@@ -232,7 +232,12 @@ def create_app(settings: Settings | None = None) -> Edge:
         CatalogPlugin(read_lease_size=max(1, settings.database.pool_max // 2)),
         identity,
         _UpstreamAdmin(),
-        EventsPlugin(settings.events, database=settings.database, redis=settings.redis),
+        EventsPlugin(
+            settings.events,
+            database=settings.database,
+            redis=settings.redis,
+            retention=settings.retention,
+        ),
         OrdersPlugin(settings.orders, idempotency=settings.idempotency),
         PaymentsPlugin(settings.payments, environment=environment, metrics=metrics),
         PrivacyPlugin(issuer=settings.identity.jwt_issuer),

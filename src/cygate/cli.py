@@ -414,6 +414,7 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
         redis=settings.redis,
         relay=relay,
         consumers=consumers,
+        retention=settings.retention,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,8 +12,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from tests.conftest import REDIS_URL
 
 from cygate.ids import uuid7
+from cygate.infra.settings import DatabaseSettings, RedisSettings
+from cygate.services.events.relay import Relay
+from cygate.services.events.settings import EventsSettings
+from cygate.services.events.stream import events_redis
 from cygate.services.privacy.classification import CLASSES, CLASSIFICATION, markdown_table
 from cygate.services.privacy.redaction import MASK, RedactionFilter, redact
 from cygate.services.privacy.retention import POLICIES, run_retention
@@ -199,3 +204,25 @@ def test_the_cli_dry_run_reports_each_policy(gateway_env: dict[str, str]) -> Non
     lines = out.splitlines()
     assert [line.split(":")[0] for line in lines] == [p.name for p in POLICIES]
     assert all(" would change " in line for line in lines)
+
+
+async def test_the_relay_applies_retention_at_its_clean_up_when_told(
+    db: asyncpg.Connection, test_db_dsn: str, redis_prefix: str
+) -> None:
+    seeded = await _seed(db)
+    before = await _state(db, seeded["user"], seeded["marker"])
+    events = EventsSettings()
+    handle = events_redis(events, RedisSettings(url=REDIS_URL, prefix=redis_prefix))
+    try:
+        off = Relay(events, handle, database=DatabaseSettings(url=test_db_dsn),
+                    retention=RetentionSettings())  # fmt: skip
+        await off.cleanup(db)
+        assert await _state(db, seeded["user"], seeded["marker"]) == before
+        on = Relay(events, handle, database=DatabaseSettings(url=test_db_dsn),
+                   retention=RetentionSettings(in_relay=True))  # fmt: skip
+        await on.cleanup(db)
+    finally:
+        await handle.close()
+    assert await _state(db, seeded["user"], seeded["marker"]) == {
+        k: v - 1 for k, v in before.items()
+    }

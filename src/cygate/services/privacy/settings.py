@@ -38,6 +38,13 @@ class RetentionSettings(Section, frozen=True, kw_only=True):
             le=_YEARS_10,
         ),
     ] = 1
+    in_relay: Annotated[
+        bool,
+        doc(
+            "The leading outbox relay also applies the retention policies at each of its "
+            "clean-ups (every events_cleanup_interval); false: only `cygate retention` does."
+        ),
+    ] = False
     order_address_days: Annotated[
         int,
         doc(
