@@ -5,8 +5,9 @@ tokens, codes, addresses), bearer credentials, JWTs and password hashes are repl
 
 :func:`install_redaction` wraps the log record factory, so that every record of every logger
 is redacted when it is made, whichever handler (a file, the console, a test's capture) writes
-it; :class:`RedactionFilter` does the same for one handler. The message is formatted once (its
-arguments merged in) and the arguments dropped.
+it; :class:`RedactionFilter` does the same for one handler. A message with something to mask is
+replaced by its redacted text (its arguments merged in, then dropped); others are left as they
+are.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _redact_record(record: logging.LogRecord) -> None:
     except Exception:  # a malformed call: left for logging's own error report
         return
     redacted = redact(message)
-    if redacted != message or record.args:
+    if redacted != message:
         record.msg = redacted
         record.args = None
 
