@@ -47,6 +47,8 @@ from cygate.services.ops.plugin import OpsPlugin
 from cygate.services.orders.plugin import OrdersPlugin
 from cygate.services.payments.plugin import PaymentsPlugin
 from cygate.services.plugin import ServicePlugin
+from cygate.services.privacy.plugin import PrivacyPlugin
+from cygate.services.privacy.redaction import install_redaction
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -217,6 +219,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    install_redaction()  # restricted data never in a log line (docs/privacy.md)
     metrics = Metrics(settings.metrics.dir or None)
     environment = settings.server.environment
     identity = IdentityPlugin(
@@ -230,9 +233,15 @@ def create_app(settings: Settings | None = None) -> Edge:
         CatalogPlugin(read_lease_size=max(1, settings.database.pool_max // 2)),
         identity,
         _UpstreamAdmin(),
-        EventsPlugin(settings.events, database=settings.database, redis=settings.redis),
+        EventsPlugin(
+            settings.events,
+            database=settings.database,
+            redis=settings.redis,
+            retention=settings.retention,
+        ),
         OrdersPlugin(settings.orders, idempotency=settings.idempotency),
         PaymentsPlugin(settings.payments, environment=environment, metrics=metrics),
+        PrivacyPlugin(issuer=settings.identity.jwt_issuer),
     ]
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below

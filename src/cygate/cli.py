@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument(
         "--older-than", type=float, default=None, help="seconds (default: setting)"
     )
+    retention = sub.add_parser(
+        "retention", help="delete or anonymise records past their retention (retention_*)"
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="report counts per policy, change nothing"
+    )
     return parser
 
 
@@ -347,6 +353,25 @@ def _cmd_payments_recover(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from cygate.infra.db import close_pool, create_pool
+    from cygate.services.privacy.retention import run_retention
+
+    async def run() -> dict[str, int]:
+        pool = await create_pool(settings.database)
+        try:
+            async with pool.acquire() as conn:
+                return await run_retention(conn, settings.retention, dry_run=args.dry_run)
+        finally:
+            await close_pool(pool)
+
+    counts = asyncio.run(run())
+    verb = "would change" if args.dry_run else "changed"
+    for policy, count in counts.items():
+        print(f"{policy}: {verb} {count}")
+    return 0
+
+
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
@@ -466,11 +491,13 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import create_redis
     from cygate.services.events.service import EventsService
+    from cygate.services.privacy.redaction import install_redaction
 
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    install_redaction()
     pool = await create_pool(settings.database, lazy=True)
     redis = create_redis(settings.redis)
     cache = None
@@ -486,6 +513,7 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
         redis=settings.redis,
         relay=relay,
         consumers=consumers,
+        retention=settings.retention,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -46,6 +46,7 @@ from cygate.services.idempotency_settings import IdempotencySettings
 from cygate.services.identity.settings import IdentityProvider, IdentitySettings
 from cygate.services.orders.settings import OrdersSettings
 from cygate.services.payments.settings import FAULTS, PaymentsSettings
+from cygate.services.privacy.settings import RetentionSettings
 from cygate.upstream.settings import RoutesSettings
 
 __all__ = [
@@ -142,6 +143,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     orders: OrdersSettings = msgspec.field(default_factory=OrdersSettings)
     idempotency: IdempotencySettings = msgspec.field(default_factory=IdempotencySettings)
     payments: PaymentsSettings = msgspec.field(default_factory=PaymentsSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         # Rules across sections: the deployment kind decides what may be missing.
@@ -219,6 +221,7 @@ _SECTIONS: Final[tuple[tuple[str, type[msgspec.Struct], str, dict[str, str]], ..
     ("orders", OrdersSettings, "order_", {}),
     ("idempotency", IdempotencySettings, "idempotency_", {}),
     ("payments", PaymentsSettings, "payment_", {"fault": "fault"}),
+    ("retention", RetentionSettings, "retention_", {}),
 )
 
 FLAT_NAMES: Final[Mapping[str, tuple[str, str]]] = {

@@ -10,6 +10,8 @@ from uuid import UUID
 import asyncpg
 
 from cygate.services.events.stream import Event
+from cygate.services.privacy.classification import CLASSIFICATION
+from cygate.services.privacy.consent import decisions, granted_when
 
 if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache
@@ -17,6 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["HANDLERS", "AnalyticsHandler", "CacheHandler", "OrderSummaryHandler", "tags_for"]
 
 log = logging.getLogger("cygate.events")
+
+ANALYTICS = "analytics"
+"""The consent purpose the analytics consumer honours."""
+SUBJECT = CLASSIFICATION["orders"].subject
+"""The payload field of order and payment events that names the user."""
 
 _STOCK_EVENTS = frozenset({"order.created", "order.cancelled", "order.expired"})
 
@@ -143,13 +150,24 @@ class AnalyticsHandler:
         await self.apply_batch(conn, [event])
 
     async def apply_batch(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """The events counted per (day, type), one upsert."""
+        """The events counted per (day, type), one upsert. An event about a user who had
+        refused the ``analytics`` consent when it happened is not counted (its record in
+        ``processed_events`` is kept, so it is never counted later either)."""
+        subjects = sorted({u for e in events if (u := _subject(e)) is not None})
+        history = await decisions(conn, subjects, ANALYTICS) if subjects else {}
         per_key: dict[tuple[dt.date, str], list[int]] = {}
         for event in events:
+            user = _subject(event)
+            if user is not None and not granted_when(
+                history.get(user), ANALYTICS, event.created_at
+            ):
+                continue
             key = (event.created_at.astimezone(dt.UTC).date(), event.type)
             row = per_key.setdefault(key, [0, 0])
             row[0] += 1
             row[1] += _amount(event)
+        if not per_key:
+            return
         keys = sorted(per_key)  # NOTE: one lock order for every consumer (see the summary)
         await conn.execute(
             _COUNT_BATCH,
@@ -158,6 +176,16 @@ class AnalyticsHandler:
             [per_key[k][0] for k in keys],
             [per_key[k][1] for k in keys],
         )
+
+
+def _subject(event: Event) -> UUID | None:
+    """The user an event is about: its payload's ``user_id`` (the privacy classification's
+    subject column of orders), or None."""
+    user = event.payload.get(SUBJECT)
+    try:
+        return UUID(str(user)) if user else None
+    except ValueError:
+        return None
 
 
 def _amount(event: Event) -> int:

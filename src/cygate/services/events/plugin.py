@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from cygate.infra.settings import DatabaseSettings, RedisSettings
     from cygate.services.events.settings import EventsSettings
+    from cygate.services.privacy.settings import RetentionSettings
 
 __all__ = ["EventsPlugin"]
 
@@ -27,11 +28,17 @@ class EventsPlugin(ServicePlugin):
     route_handlers = (OrderSummaryController, AnalyticsController)
 
     def __init__(
-        self, settings: EventsSettings, *, database: DatabaseSettings, redis: RedisSettings
+        self,
+        settings: EventsSettings,
+        *,
+        database: DatabaseSettings,
+        redis: RedisSettings,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
         self.redis = redis
+        self.retention = retention
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
@@ -42,6 +49,7 @@ class EventsPlugin(ServicePlugin):
             database=self.database,
             redis=self.redis,
             metrics=app.state.metrics,
+            retention=self.retention,
         )
         await events.start()
         try:

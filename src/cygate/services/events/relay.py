@@ -29,12 +29,14 @@ import redis.exceptions
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.infra.retry import Backoff
 from cygate.services.events.stream import stream_key
+from cygate.services.privacy.retention import run_retention
 
 if TYPE_CHECKING:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import RedisHandle
     from cygate.infra.settings import DatabaseSettings
     from cygate.services.events.settings import EventsSettings
+    from cygate.services.privacy.settings import RetentionSettings
 
 __all__ = ["CHANNEL", "RELAY_LOCK_ID", "Relay"]
 
@@ -69,9 +71,12 @@ class Relay:
         metrics: Metrics | None = None,
         *,
         database: DatabaseSettings,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
+        self.retention = retention
+        """Retention policies applied at each clean-up (``retention_in_relay``), or None."""
         """Where the relay's own LISTEN connection goes."""
         self.metrics = metrics
         self.redis = redis
@@ -185,3 +190,6 @@ class Relay:
         outbox = await conn.execute(_CLEAN_OUTBOX, retention)
         processed = await conn.execute(_CLEAN_PROCESSED, retention)
         log.info("outbox relay: clean-up (%s outbox, %s processed_events)", outbox, processed)
+        if self.retention is not None and self.retention.in_relay:
+            counts = await run_retention(conn, self.retention, dry_run=False)
+            log.info("retention: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cygate.infra.redis import RedisHandle
     from cygate.infra.settings import DatabaseSettings, RedisSettings
     from cygate.services.events.settings import EventsSettings
+    from cygate.services.privacy.settings import RetentionSettings
 
 __all__ = ["EventsService"]
 
@@ -40,8 +41,10 @@ class EventsService:
         relay: bool | None = None,
         consumers: list[str] | None = None,
         metrics: Metrics | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.retention = retention
         self.database = database
         self.redis_settings = redis
         self.metrics = metrics
@@ -72,7 +75,9 @@ class EventsService:
         """Start the tasks in the running loop (returns at once)."""
         redis = self.redis = events_redis(self.settings, self.redis_settings)
         if self._run_relay:
-            self.relay = Relay(self.settings, redis, self.metrics, database=self.database)
+            self.relay = Relay(
+                self.settings, redis, self.metrics, database=self.database, retention=self.retention
+            )
             self._spawn("relay", self.relay.run)
         for handler in self._handlers():
             runner = ConsumerRunner(self.settings, redis, self.pool, handler, metrics=self.metrics)

@@ -20,6 +20,12 @@ from cygate.ids import uuid7
 from cygate.services.audit import audit
 from cygate.services.catalog.repository import CursorError
 from cygate.services.identity.models import User, UserPage
+from cygate.services.privacy.classification import (
+    CLASSIFICATION,
+    erased_tables,
+    erasure_assignments,
+    exported_columns,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -361,20 +367,16 @@ async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any]
     """Everything held about the user (GDPR Art. 15/20), as JSON-ready data."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         user = await conn.fetchrow(
-            "SELECT id, email, name, roles, created_at, updated_at FROM users"
-            " WHERE id = $1 AND erased_at IS NULL",
+            f"SELECT {_exported('users')} FROM users WHERE id = $1 AND erased_at IS NULL",
             user_id,
         )
         if user is None:
             return None
         profile = await conn.fetchrow(
-            "SELECT phone, default_address, marketing_opt_in, updated_at FROM profiles"
-            " WHERE user_id = $1",
-            user_id,
+            f"SELECT {_exported('profiles')} FROM profiles WHERE user_id = $1", user_id
         )
         orders = await conn.fetch(
-            """SELECT o.id, o.status, o.total_cents, o.currency, o.shipping_address,
-                      o.created_at, o.updated_at,
+            f"""SELECT {_exported("orders", "o.")},
                       COALESCE((SELECT json_agg(json_build_object(
                                    'product_id', i.product_id, 'quantity', i.quantity,
                                    'unit_price_cents', i.unit_price_cents))
@@ -399,9 +401,13 @@ async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any]
                FROM mfa_totp m WHERE m.user_id = $1 AND m.activated_at IS NOT NULL""",
             user_id,
         )
+        audit_columns = _exported("audit_log").replace("client_ip", "host(client_ip) AS client_ip")
         events = await conn.fetch(
-            """SELECT at, action, host(client_ip) AS client_ip, details FROM audit_log
-               WHERE actor_id = $1 ORDER BY at, id""",
+            f"SELECT {audit_columns} FROM audit_log WHERE actor_id = $1 ORDER BY at, id",
+            user_id,
+        )
+        consents = await conn.fetch(
+            f"SELECT {_exported('consents')} FROM consents WHERE user_id = $1 ORDER BY id",
             user_id,
         )
     return {
@@ -414,7 +420,13 @@ async def export_user(conn: asyncpg.Connection, user_id: UUID) -> dict[str, Any]
         "sessions": [dict(s) for s in sessions],
         "mfa": {"totp": dict(mfa) if mfa is not None else None},
         "security_events": [dict(e) for e in events],
+        "consents": [dict(c) for c in consents],
     }
+
+
+def _exported(table: str, prefix: str = "") -> str:
+    """The select list of ``table``'s exported columns (the privacy classification)."""
+    return ", ".join(prefix + name for name in exported_columns(table))
 
 
 async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str, float]] | None:
@@ -422,8 +434,9 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
     revoke, or None when there is no such (live) user.
 
     The row stays as a tombstone without PII (its id keeps audit entries meaningful and can
-    never be reused); the profile, refresh tokens and idempotency records go; orders stay for
-    the books, without the shipping address and without the link to the person. Raises
+    never be reused); the rows of the tables the privacy classification marks (profile, consents,
+    tokens, MFA, idempotency records, order summary) go; orders stay for the books, without the
+    columns it marks (shipping address, the link to the person). Raises
     :class:`LastAdmin` for the last admin (erasure takes its role too).
     """
     roles = await conn.fetchval(
@@ -433,26 +446,27 @@ async def erase_user(conn: asyncpg.Connection, user_id: UUID) -> list[tuple[str,
         return None
     if "admin" in roles:
         await _another_admin(conn, user_id)
+    # NOTE: what erasure clears and deletes is the privacy classification's (one place).
     erased = await conn.fetchval(
-        """UPDATE users SET email = NULL, password_hash = NULL, name = '',
-                  roles = ARRAY['customer'], erased_at = now(), updated_at = now()
-           WHERE id = $1 AND erased_at IS NULL RETURNING id""",
+        f"UPDATE users SET {erasure_assignments('users')}"
+        " WHERE id = $1 AND erased_at IS NULL RETURNING id",
         user_id,
     )
     if erased is None:
         return None
-    await conn.execute("DELETE FROM profiles WHERE user_id = $1", user_id)
-    await conn.execute("DELETE FROM idempotency_keys WHERE user_id = $1", user_id)
-    await remove_totp(conn, user_id)
-    await conn.execute("DELETE FROM mfa_challenges WHERE user_id = $1", user_id)
+    for table in erased_tables():
+        if table != "refresh_tokens":  # below: their access tokens are revoked
+            subject = CLASSIFICATION[table].subject
+            await conn.execute(f"DELETE FROM {table} WHERE {subject} = $1", user_id)
     orders = await conn.fetchval(
-        """WITH o AS (UPDATE orders SET shipping_address = NULL, user_id = NULL,
-                                        updated_at = now()
+        f"""WITH o AS (UPDATE orders SET {erasure_assignments("orders")}
                       WHERE user_id = $1 RETURNING 1)
            SELECT count(*) FROM o""",
         user_id,
     )
-    await conn.execute("UPDATE audit_log SET client_ip = NULL WHERE actor_id = $1", user_id)
+    await conn.execute(
+        f"UPDATE audit_log SET {erasure_assignments('audit_log')} WHERE actor_id = $1", user_id
+    )
     rows = await conn.fetch(
         """DELETE FROM refresh_tokens WHERE user_id = $1
            RETURNING access_jti, extract(epoch FROM access_expires_at)::float8 AS exp""",

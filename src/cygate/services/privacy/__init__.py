@@ -1,0 +1,2 @@
+"""Privacy controls: the classification of personal data, log redaction, retention and consent
+(``docs/privacy.md``)."""
