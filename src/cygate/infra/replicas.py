@@ -1,22 +1,33 @@
 """PostgreSQL read replicas: a pool per streaming standby, used for reads only while it is
-healthy and close enough behind the primary.
+healthy and has replayed what the primary had written ``replica_max_lag`` seconds ago.
 
-Which reads may go to a replica (the callers decide; see ``docs/scaling.md``): the catalog and
-search reads of *anonymous* requests. A request that carries credentials reads from the
-primary, always. That is the read-your-writes rule, and it needs no state: every write a caller
-can make is an authenticated request, so a caller who may have written reads where it wrote,
-whichever worker, gateway instance or region answers it next. Nothing in a transaction with a
-write ever reaches a replica (writes take the primary pool, which this module never sees).
+Which reads may go to a replica (``docs/scaling.md``, "Read replicas"): the catalog's and
+search's reads, and only while no write may be missing from them for the reader:
 
-Health: a background task asks each replica every ``replica_check_interval`` seconds how far
-its replay is behind (``now() - pg_last_xact_replay_timestamp()``, or 0 when it has replayed
-everything it received). A replica further behind than ``replica_max_lag``, one that did not
-answer, or one that is no longer in recovery (promoted: not ours to read from) is skipped until
-a later check passes; the primary serves meanwhile. A read that fails on a replica with a
-connection error or a recovery conflict is sent once more to the primary (reads are safe to
-repeat) and the replica is marked down until the next check, so callers never see the
-replica's trouble. Replica pools are lazy: a replica that does not answer at start-up costs a
-logged warning, never a hang.
+- **A caller's own writes.** The fast product read sends a request that carries credentials to
+  the primary: a caller that can write is signed in. The Litestar handlers behind the response
+  cache cannot see the caller (a public entry is one answer for everyone), so for them the next
+  rule does the work.
+- **The fence.** Every catalog or stock write invalidates the response cache: at once in the
+  writer's process, through Redis pub/sub in every other. A process that has seen an
+  invalidation (the cache's epoch moved, or :meth:`ReplicaSet.fence` was called) reads only the
+  primary for ``replica_max_lag + 2 * replica_check_interval`` seconds, long enough for every
+  replica still in use to have replayed the write. So neither the writer nor a cache fill (one
+  answer for everyone) reads an older row than the write it follows; in another process, once
+  the invalidation has arrived (the same bound the cache itself keeps).
+- Writes, and everything in a transaction with a write, use the primary's pool, which this
+  module never hands out.
+
+Health (LSN): every ``replica_check_interval`` seconds the primary's ``pg_current_wal_lsn()``
+is sampled and each replica asked whether its ``pg_last_wal_replay_lsn()`` has reached the
+primary's sample from ``replica_max_lag`` seconds before (the oldest kept while there is none
+that old). A replica behind that, one that did not answer, or one that is no longer in recovery
+(promoted: not ours to read from) is skipped until a later check passes; the primary serves
+meanwhile. A read that fails on a replica with a connection error or a recovery conflict is sent
+once more to the primary (reads are safe to repeat) and the replica is marked down until the
+next check, so callers never see the replica's trouble. Replica pools are lazy: a replica that
+does not answer at start-up costs a logged warning, never a hang. While the primary itself does
+not answer, the replicas' states are left as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -49,22 +62,19 @@ REPLICA_FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.QueryCanceledError,
 )
 
-# Seconds of replay lag: 0 when everything received is replayed (an idle primary makes no
-# new transactions, so the replay timestamp alone would look ever older); NULL when the server
-# is not a standby.
-_LAG_SQL = """
-SELECT CASE
-    WHEN NOT pg_is_in_recovery() THEN NULL
-    WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0.0
-    ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8, 1e9)
-END
+# True: a standby that has replayed up to the given primary LSN; False: behind; NULL: not a
+# standby (or nothing replayed yet).
+# (LSNs as byte positions, int8: asyncpg passes pg_lsn as an integer.)
+_CAUGHT_UP_SQL = """
+SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 >= $1 END
 """
+_PRIMARY_LSN_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
 
 
 class Replica:
     """One standby: its pool, whether reads may use it, and what it served."""
 
-    __slots__ = ("healthy", "lag", "name", "pool", "reads", "url")
+    __slots__ = ("healthy", "name", "pool", "reads", "seen", "url")
 
     def __init__(self, name: str, url: str, pool: asyncpg.Pool) -> None:
         self.name = name
@@ -72,7 +82,8 @@ class Replica:
         self.pool = pool
         self.healthy = False
         """Set by the checks only: a replica serves reads once one check passed."""
-        self.lag: float | None = None
+        self.seen = False
+        """A check has had an answer (warnings are logged on changes only)."""
         self.reads = 0
 
 
@@ -81,32 +92,56 @@ class ReplicaSet:
 
     __slots__ = (
         "_count",
+        "_epoch",
+        "_epoch_seen",
         "_interval",
         "_max_lag",
         "_next",
+        "_primary",
+        "_primary_until",
+        "_samples",
         "_settings",
         "_task",
         "fallbacks",
         "replicas",
+        "window",
     )
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self._settings = settings
         self._max_lag = settings.replica_max_lag
         self._interval = settings.replica_check_interval
+        self.window = self._max_lag + 2 * self._interval
+        """Seconds after a write (an invalidation seen) during which only the primary reads."""
         self.replicas: list[Replica] = []
         self._next = 0
         self._task: asyncio.Task[None] | None = None
         self._count: Callable[[str, str], None] | None = None
+        self._primary: asyncpg.Pool | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._primary_until = 0.0
+        self._epoch: Callable[[], int] | None = None
+        self._epoch_seen = 0
         self.fallbacks = 0
         """Replica reads that failed and were served by the primary."""
+
+    def follow_epoch(self, epoch: Callable[[], int]) -> None:
+        """``epoch()`` moves with every cache invalidation this process sees: each move is a
+        :meth:`fence` (checked when a read looks for a replica)."""
+        self._epoch = epoch
+        self._epoch_seen = epoch()
+
+    def fence(self) -> None:
+        """A write happened (or may have): read only the primary for :attr:`window` seconds."""
+        self._primary_until = time.monotonic() + self.window
 
     def counting(self, count: Callable[[str, str], None]) -> None:
         """``count(replica, outcome)`` after each replica read (``ok`` or ``fallback``)."""
         self._count = count
 
-    async def start(self) -> None:
+    async def start(self, primary: asyncpg.Pool) -> None:
         """Open a lazy pool per replica and start the checks (the first one at once)."""
+        self._primary = primary
         for i, url in enumerate(self._settings.replica_urls):
             settings = msgspec.structs.replace(self._settings, url=url, replica_urls=[])
             pool = await create_pool(settings, lazy=True)
@@ -125,6 +160,13 @@ class ReplicaSet:
 
     def pick(self) -> Replica | None:
         """A healthy replica (round robin), or None: the primary serves."""
+        if self._epoch is not None:
+            epoch = self._epoch()
+            if epoch != self._epoch_seen:
+                self._epoch_seen = epoch
+                self.fence()
+        if self._primary_until and time.monotonic() < self._primary_until:
+            return None
         replicas = self.replicas
         n = len(replicas)
         for _ in range(n):
@@ -160,15 +202,29 @@ class ReplicaSet:
         return result
 
     async def check(self) -> None:
-        """One round of checks: each replica's lag, and whether it answers at all."""
-        await asyncio.gather(*(self._check(r) for r in self.replicas))
-
-    async def _check(self, replica: Replica) -> None:
+        """One round of checks: the primary's position, then each replica's."""
+        if self._primary is None:
+            return
         try:
             async with asyncio.timeout(self._settings.acquire_timeout):
-                lag = await replica.pool.fetchval(_LAG_SQL)
+                lsn = await self._primary.fetchval(_PRIMARY_LSN_SQL)
+        except (*REPLICA_FAILURES, asyncpg.PostgresError):
+            return  # the primary is away: nothing to compare with; states stay as they were
+        now = time.monotonic()
+        samples = self._samples
+        samples.append((now, lsn))
+        # the newest sample at least max_lag old is the bar; older ones are not needed again
+        while len(samples) > 1 and samples[1][0] <= now - self._max_lag:
+            samples.popleft()
+        bar = samples[0][1]
+        await asyncio.gather(*(self._check(r, bar) for r in self.replicas))
+
+    async def _check(self, replica: Replica, bar: int) -> None:
+        try:
+            async with asyncio.timeout(self._settings.acquire_timeout):
+                caught_up = await replica.pool.fetchval(_CAUGHT_UP_SQL, bar)
         except (*REPLICA_FAILURES, asyncpg.PostgresError) as exc:
-            if replica.healthy or replica.lag is None:
+            if replica.healthy or not replica.seen:
                 log.warning(
                     "replica %s is not answering (%r); the primary serves its reads, "
                     "retrying every %g s",
@@ -177,16 +233,18 @@ class ReplicaSet:
                     self._interval,
                 )
             replica.healthy = False
-            replica.lag = float("inf")
+            replica.seen = True
             return
         was = replica.healthy
-        replica.lag = float("inf") if lag is None else float(lag)
-        replica.healthy = replica.lag <= self._max_lag
+        replica.seen = True
+        replica.healthy = bool(caught_up)
         if was and not replica.healthy:
             log.warning(
                 "replica %s skipped: %s",
                 replica.name,
-                "not a standby" if lag is None else f"replay {lag:.1f} s behind",
+                "not a standby"
+                if caught_up is None
+                else f"replay more than {self._max_lag:g} s behind",
             )
         elif replica.healthy and not was:
             log.info("replica %s serves reads", replica.name)

@@ -54,8 +54,8 @@ class DatabaseSettings(Section, frozen=True, kw_only=True):
     replica_urls: Annotated[
         list[Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://")]],
         doc(
-            "DSNs of streaming read replicas (JSON list): anonymous catalog and search reads "
-            "go there while they keep up; empty: the primary serves every read."
+            "DSNs of streaming read replicas (JSON list): catalog and search reads "
+            "go there while they keep up (docs/scaling.md); empty: the primary serves all."
         ),
     ] = msgspec.field(default_factory=list)
     replica_max_lag: Annotated[

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, QueryParameter
@@ -13,7 +13,7 @@ from litestar.params import FromPath, QueryParameter
 from cygate.edge.problem import Problem
 from cygate.services.catalog.admin import CatalogAdminController
 from cygate.services.catalog.models import CategoryTree, Product, ProductPage
-from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository, anonymous
+from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
 from cygate.services.catalog.writes import encode_category
 
 __all__ = ["CatalogController"]
@@ -35,8 +35,8 @@ class CatalogController(CatalogAdminController):
     tags = ["catalog"]
 
     @get("/categories", summary="The category tree", opt={"cache": "categories"})
-    async def categories(self, state: State, request: Request[Any, Any, Any]) -> CategoryTree:
-        return CategoryTree(await _repo(state).category_tree(anonymous=anonymous(request.headers)))
+    async def categories(self, state: State) -> CategoryTree:
+        return CategoryTree(await _repo(state).category_tree(replica=True))
 
     @get(
         "/categories/{category_id:uuid}",
@@ -44,10 +44,9 @@ class CatalogController(CatalogAdminController):
         opt={"cache": "categories"},
         media_type="application/json",
     )
-    async def category(
-        self, state: State, request: Request[Any, Any, Any], category_id: FromPath[UUID]
-    ) -> Response[bytes]:
-        category = await _repo(state).category(category_id, anonymous=anonymous(request.headers))
+    async def category(self, state: State, category_id: FromPath[UUID]) -> Response[bytes]:
+        # (the primary: its ETag is what the writes' If-Match compares)
+        category = await _repo(state).category(category_id)
         if category is None:
             raise Problem(404, f"no category {category_id}")
         # NOTE: the very bytes the writes encode, so the cache's ETag of this body is the tag
@@ -62,7 +61,6 @@ class CatalogController(CatalogAdminController):
     async def products(
         self,
         state: State,
-        request: Request[Any, Any, Any],
         category: Annotated[
             UUID | None, QueryParameter(description="Category id (its subtree too)")
         ] = None,
@@ -97,19 +95,12 @@ class CatalogController(CatalogAdminController):
             sort=sort,
             limit=limit,
             cursor=cursor,
-            anonymous=anonymous(request.headers),
+            replica=True,
         )
 
     @get("/products/{product_id:uuid}", summary="One product", opt={"cache": "product"})
-    async def product(
-        self, state: State, request: Request[Any, Any, Any], product_id: FromPath[UUID]
-    ) -> Product:
-        repo = _repo(state)
-        product = await (
-            repo.get_product_anonymous(product_id)
-            if anonymous(request.headers)
-            else repo.get_product(product_id)
-        )
+    async def product(self, state: State, product_id: FromPath[UUID]) -> Product:
+        product = await _repo(state).get_product_replica(product_id)
         if product is None:
             raise Problem(404, f"no product {product_id}")
         return product

@@ -43,15 +43,15 @@ def product_by_id(repo: CatalogRepository) -> FastHandler:
 
 def product_by_id_replicated(repo: CatalogRepository) -> FastHandler:
     """:func:`product_by_id` when read replicas are configured: a request without credentials
-    reads from a replica that keeps up (the handler above stays the one without replicas, so
-    the single-instance path does no extra work)."""
+    may read from a replica that keeps up, one with credentials reads the primary (the handler
+    above stays the one without replicas, so the single-instance path does no extra work)."""
 
     async def handler(ctx: EdgeContext) -> bytes:
         assert ctx.params is not None
         product_id = UUID(ctx.params["product_id"])
         try:
             if ctx.authorization is None:
-                product = await repo.get_product_anonymous(product_id)
+                product = await repo.get_product_replica(product_id)
             else:
                 product = await repo.get_product(product_id)
         except DB_UNAVAILABLE:

@@ -27,7 +27,7 @@ __all__ = ["CatalogPlugin"]
 
 class CatalogPlugin(ServicePlugin):
     """Reads (with a lease of held connections for the product read), writes and search;
-    anonymous reads on read replicas when ``database.replica_urls`` names some."""
+    reads on read replicas when ``database.replica_urls`` names some (cygate.infra.replicas)."""
 
     name = "catalog"
     route_handlers = (CatalogController, SearchController)
@@ -69,7 +69,11 @@ class CatalogPlugin(ServicePlugin):
         lease = self.catalog.lease = ReadLease(pool, self._lease_size)
         replicas = self.replicas
         if replicas is not None:
-            await replicas.start()
+            state = app.state
+            # the response cache (made by the edge, maybe after this) moves its epoch with
+            # every invalidation this process sees: each one fences the replicas
+            replicas.follow_epoch(lambda: getattr(state.get("cache"), "epoch", 0))
+            await replicas.start(pool)
             self.catalog.replicas = self.search.replicas = replicas
         try:
             yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cygate.infra.lease import ReadLease
     from cygate.infra.replicas import ReplicaSet
 
-__all__ = ["SORTS", "CatalogRepository", "CursorError", "add_filters", "anonymous"]
+__all__ = ["SORTS", "CatalogRepository", "CursorError", "add_filters"]
 
 T = TypeVar("T")
 
@@ -80,12 +80,6 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, UUID]:
         raise CursorError("malformed cursor") from None
 
 
-def anonymous(headers: Mapping[str, str]) -> bool:
-    """The request carries no credentials: it may read from a replica (a caller that can
-    write sends credentials, so it always reads from the primary: read-your-writes)."""
-    return "authorization" not in headers
-
-
 def _row_to_product(r: asyncpg.Record) -> Product:
     return Product(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
@@ -129,19 +123,19 @@ class CatalogRepository:
         self.lease: ReadLease | None = None
         """PERF: held connections for the hot product read (see :mod:`cygate.infra.lease`)."""
         self.replicas: ReplicaSet | None = None
-        """Read replicas, when configured: ``anonymous`` reads may go there (see
-        :mod:`cygate.infra.replicas` for why only those)."""
+        """Read replicas, when configured: reads given ``replica=True`` may go there (see
+        :mod:`cygate.infra.replicas` for when)."""
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes
             raise RuntimeError("database pool not open")
         return self.pool
 
-    async def _read(self, anonymous: bool, op: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        """``op`` on a replica's pool when the caller is anonymous and one keeps up, else on
+    async def _read(self, replica: bool, op: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+        """``op`` on a replica's pool when ``replica`` allows it and one keeps up, else on
         the primary's."""
         primary = self._pool()
-        if not anonymous or self.replicas is None:
+        if not replica or self.replicas is None:
             return await op(primary)
         return await self.replicas.read(op, lambda: op(primary))
 
@@ -150,9 +144,9 @@ class CatalogRepository:
         row = await reader.fetchrow(_PRODUCT_BY_ID, product_id)
         return None if row is None else _row_to_product(row)
 
-    async def get_product_anonymous(self, product_id: UUID) -> Product | None:
-        """:meth:`get_product` for a caller without credentials: on a replica when one keeps
-        up (on the primary, through the lease, otherwise)."""
+    async def get_product_replica(self, product_id: UUID) -> Product | None:
+        """:meth:`get_product` on a replica when one keeps up (on the primary, through the
+        lease, otherwise)."""
         if self.replicas is None:
             return await self.get_product(product_id)
 
@@ -171,7 +165,7 @@ class CatalogRepository:
         sort: str,
         limit: int,
         cursor: str | None,
-        anonymous: bool = False,
+        replica: bool = False,
     ) -> ProductPage:
         column, desc, _ = SORTS[sort]
         where: list[str] = []
@@ -189,7 +183,7 @@ class CatalogRepository:
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY {column} {direction}, id {direction} LIMIT ${len(args)}"
         )
-        rows = await self._read(anonymous, lambda pool: pool.fetch(sql, *args))
+        rows = await self._read(replica, lambda pool: pool.fetch(sql, *args))
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -202,18 +196,18 @@ class CatalogRepository:
             await self._pool().fetchval("SELECT 1 FROM categories WHERE id = $1", category_id)
         )
 
-    async def category(self, category_id: UUID, *, anonymous: bool = False) -> CategoryOut | None:
+    async def category(self, category_id: UUID, *, replica: bool = False) -> CategoryOut | None:
         row = await self._read(
-            anonymous,
+            replica,
             lambda pool: pool.fetchrow(
                 "SELECT id, name, slug, parent_id FROM categories WHERE id = $1", category_id
             ),
         )
         return None if row is None else CategoryOut(*row)
 
-    async def category_tree(self, *, anonymous: bool = False) -> list[Category]:
+    async def category_tree(self, *, replica: bool = False) -> list[Category]:
         rows = await self._read(
-            anonymous,
+            replica,
             lambda pool: pool.fetch(
                 "SELECT id, name, slug, parent_id FROM categories ORDER BY name, id"
             ),

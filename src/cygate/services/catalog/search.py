@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from uuid import UUID
 
 import orjson
-from litestar import Controller, Request, get
+from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import QueryParameter
 
 from cygate.services.catalog.models import SearchHit, SearchPage
-from cygate.services.catalog.repository import CursorError, add_filters, anonymous
+from cygate.services.catalog.repository import CursorError, add_filters
 
 if TYPE_CHECKING:
     import asyncpg
@@ -117,7 +117,7 @@ class SearchRepository:
     def __init__(self) -> None:
         self.pool: asyncpg.Pool | None = None
         self.replicas: ReplicaSet | None = None
-        """Read replicas, when configured: an ``anonymous`` search may run on one."""
+        """Read replicas, when configured: a search given ``replica=True`` may run on one."""
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes
@@ -133,13 +133,13 @@ class SearchRepository:
         category: UUID | None = None,
         min_price: int | None = None,
         max_price: int | None = None,
-        anonymous: bool = False,
+        replica: bool = False,
     ) -> SearchPage:
-        """One page of results; every statement of it on one pool (a replica's when the
-        caller is anonymous and one keeps up)."""
+        """One page of results; every statement of it on one pool (a replica's when
+        ``replica`` allows it and :meth:`ReplicaSet.read` finds one that keeps up)."""
         filters = (category, min_price, max_price)
         primary = self._pool()
-        if not anonymous or self.replicas is None:
+        if not replica or self.replicas is None:
             return await self._search(primary, q, limit, cursor, filters)
         return await self.replicas.read(
             lambda pool: self._search(pool, q, limit, cursor, filters),
@@ -247,7 +247,6 @@ class SearchController(Controller):
     async def search(
         self,
         state: State,
-        request: Request[Any, Any, Any],
         q: Annotated[
             str, QueryParameter(min_length=1, max_length=200, description="What to look for")
         ],
@@ -286,5 +285,5 @@ class SearchController(Controller):
             category=category,
             min_price=min_price_cents,
             max_price=max_price_cents,
-            anonymous=anonymous(request.headers),
+            replica=True,
         )
