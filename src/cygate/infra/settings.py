@@ -60,10 +60,10 @@ class DatabaseSettings(Section, frozen=True, kw_only=True):
     ] = msgspec.field(default_factory=list)
     replica_max_lag: Annotated[
         Seconds, doc("Replay lag past which a replica is skipped, seconds.")
-    ] = 5.0
+    ] = 1.0
     replica_check_interval: Annotated[
         Seconds, doc("How often each replica's health and lag are checked, seconds.")
-    ] = 1.0
+    ] = 0.5
 
     def __post_init__(self) -> None:
         if self.pool_min > self.pool_max:
