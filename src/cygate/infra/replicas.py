@@ -11,7 +11,7 @@ search's reads, and only while no write may be missing from them for the reader:
 - **The fence.** Every catalog or stock write invalidates the response cache: at once in the
   writer's process, through Redis pub/sub in every other. A process that has seen an
   invalidation (the cache's epoch moved, or :meth:`ReplicaSet.fence` was called) reads only the
-  primary for ``replica_max_lag + 2 * replica_check_interval`` seconds, long enough for every
+  primary for ``replica_max_lag + 3 * replica_check_interval`` seconds, long enough for every
   replica still in use to have replayed the write. So neither the writer nor a cache fill (one
   answer for everyone) reads an older row than the write it follows; in another process, once
   the invalidation has arrived (the same bound the cache itself keeps).
@@ -26,8 +26,9 @@ that old). A replica behind that, one that did not answer, or one that is no lon
 meanwhile. A read that fails on a replica with a connection error or a recovery conflict is sent
 once more to the primary (reads are safe to repeat) and the replica is marked down until the
 next check, so callers never see the replica's trouble. Replica pools are lazy: a replica that
-does not answer at start-up costs a logged warning, never a hang. While the primary itself does
-not answer, the replicas' states are left as they were.
+does not answer at start-up costs a logged warning, never a hang. States are trusted only while
+the primary sample they were checked against is recent (see :meth:`ReplicaSet.check`): when the
+checks fall behind, or the primary does not answer them, the primary serves.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class ReplicaSet:
         "_count",
         "_epoch",
         "_epoch_seen",
+        "_fresh_until",
         "_interval",
         "_max_lag",
         "_next",
@@ -111,8 +113,11 @@ class ReplicaSet:
         self._settings = settings
         self._max_lag = settings.replica_max_lag
         self._interval = settings.replica_check_interval
-        self.window = self._max_lag + 2 * self._interval
-        """Seconds after a write (an invalidation seen) during which only the primary reads."""
+        self.window = self._max_lag + 3 * self._interval
+        """Seconds after a write (an invalidation seen) during which only the primary reads:
+        the lag bound, the age of the primary's sample (one interval) and of the replicas'
+        states (at most two intervals: older ones are not trusted, see :meth:`pick`)."""
+        self._fresh_until = 0.0
         self.replicas: list[Replica] = []
         self._next = 0
         self._task: asyncio.Task[None] | None = None
@@ -165,8 +170,9 @@ class ReplicaSet:
             if epoch != self._epoch_seen:
                 self._epoch_seen = epoch
                 self.fence()
-        if self._primary_until and time.monotonic() < self._primary_until:
-            return None
+        now = time.monotonic()
+        if now < self._primary_until or now > self._fresh_until:
+            return None  # fenced, or the checks are late: the states may be out of date
         replicas = self.replicas
         n = len(replicas)
         for _ in range(n):
@@ -205,19 +211,25 @@ class ReplicaSet:
         """One round of checks: the primary's position, then each replica's."""
         if self._primary is None:
             return
+        # NOTE: the time is taken before the question: every write committed before it is
+        # within the LSN the primary answers.
+        now = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.acquire_timeout):
                 lsn = await self._primary.fetchval(_PRIMARY_LSN_SQL)
         except (*REPLICA_FAILURES, asyncpg.PostgresError):
-            return  # the primary is away: nothing to compare with; states stay as they were
-        now = time.monotonic()
+            return  # the primary is away: nothing to compare with (the states go stale)
         samples = self._samples
         samples.append((now, lsn))
         # the newest sample at least max_lag old is the bar; older ones are not needed again
         while len(samples) > 1 and samples[1][0] <= now - self._max_lag:
             samples.popleft()
-        bar = samples[0][1]
+        bar_time, bar = samples[0]
         await asyncio.gather(*(self._check(r, bar) for r in self.replicas))
+        # A healthy replica has every write committed before bar_time; a fence covers writes
+        # up to `window` before now. So the states are trusted until bar_time + window: late
+        # checks (a busy loop, a slow server) never let a replica serve a read it may lack.
+        self._fresh_until = bar_time + self.window
 
     async def _check(self, replica: Replica, bar: int) -> None:
         try:
