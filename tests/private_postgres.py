@@ -44,7 +44,7 @@ def _free_port() -> int:
 class PrivatePostgres:
     """One cluster; :meth:`stop` and :meth:`start` again keep its data and port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, standby_of: PrivatePostgres | None = None) -> None:
         bindir = _bindir()
         if bindir is None or not os.path.exists(os.path.join(bindir, "pg_ctl")):
             pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
@@ -57,7 +57,10 @@ class PrivatePostgres:
         if self._as_postgres:
             os.chmod(self.dir, 0o755)
             shutil.chown(self.dir, "postgres", "postgres")
-        self._initdb()
+        if standby_of is None:
+            self._initdb()
+        else:
+            self._basebackup(standby_of)
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         cmd = [os.path.join(self.bindir, args[0]), *args[1:]]
@@ -73,7 +76,36 @@ class PrivatePostgres:
                 "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.dir}'\nmax_connections = 100\n"
+                # a standby may be made of it (pg_basebackup; trust for replication from
+                # 127.0.0.1 is in initdb's pg_hba.conf)
+                "wal_level = replica\nmax_wal_senders = 5\n"
             )
+
+    def _basebackup(self, primary: PrivatePostgres) -> None:
+        """A streaming standby of ``primary`` (which must be running): ``pg_basebackup -R``
+        copies its data and writes the connection to follow; this server gets its own port."""
+        self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                  "-D", self.data, "-R", "-X", "stream", "-c", "fast", "--no-sync")  # fmt: skip
+        # (-c fast: a spread checkpoint would keep pg_basebackup waiting for minutes)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as fh:
+            fh.write(
+                f"\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                "hot_standby = on\nhot_standby_feedback = on\n"
+            )
+
+    def sql(self, statement: str, database: str = "postgres") -> object:
+        """Run one statement on this server (a short connection of its own); its value."""
+
+        async def run() -> object:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.url(database), timeout=10)
+            try:
+                return await conn.fetchval(statement)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

@@ -230,7 +230,11 @@ def create_app(settings: Settings | None = None) -> Edge:
     # shared resources below stop.
     plugins: list[ServicePlugin] = [
         OpsPlugin(),
-        CatalogPlugin(read_lease_size=max(1, settings.database.pool_max // 2)),
+        CatalogPlugin(
+            read_lease_size=max(1, settings.database.pool_max // 2),
+            database=settings.database,
+            metrics=metrics,
+        ),
         identity,
         _UpstreamAdmin(),
         EventsPlugin(

@@ -192,6 +192,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 out[name] = "***"
         for name in ("database_url", "redis_url"):
             out[name] = _mask_url_password(out[name])
+        out["database_replica_urls"] = [
+            _mask_url_password(url) for url in out["database_replica_urls"]
+        ]
         return out
 
 
@@ -199,7 +202,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 # names that do not follow the prefix.
 _SECTIONS: Final[tuple[tuple[str, type[msgspec.Struct], str, dict[str, str]], ...]] = (
     ("server", ServerSettings, "", {}),
-    ("database", DatabaseSettings, "db_", {"url": "database_url"}),
+    (
+        "database",
+        DatabaseSettings,
+        "db_",
+        {
+            "url": "database_url",
+            "replica_urls": "database_replica_urls",
+            "replica_max_lag": "database_replica_max_lag",
+            "replica_check_interval": "database_replica_check_interval",
+        },
+    ),
     ("redis", RedisSettings, "redis_", {}),
     (
         "http",
@@ -264,7 +277,14 @@ def _mask_url_password(url: str) -> str:
 
 # Settings given in the environment as JSON, or (lists of strings) as comma-separated text.
 _JSON_ONLY = frozenset(
-    {"identity_providers", "rate_limits", "rate_limit_classes", "rate_limit_routes", "cache_rules"}
+    {
+        "identity_providers",
+        "rate_limits",
+        "rate_limit_classes",
+        "rate_limit_routes",
+        "cache_rules",
+        "database_replica_urls",
+    }
 )
 _STRING_LISTS = frozenset(
     {"trusted_proxies", "jwt_key_files", "events_consumers", "mfa_required_roles"}

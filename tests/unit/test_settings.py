@@ -180,7 +180,7 @@ def test_production_needs_a_cache_secret_and_hides_it() -> None:
 
 
 def test_every_flat_name_maps_to_one_section_field() -> None:
-    assert len(FLAT_NAMES) == 123
+    assert len(FLAT_NAMES) == 126
     defaults = Settings()
     for flat, (section, field) in FLAT_NAMES.items():
         assert flat_name(section, field) == flat
@@ -193,6 +193,14 @@ def test_every_flat_name_maps_to_one_section_field() -> None:
     [
         ("DB_POOL_MAX", "7", "database", "pool_max", 7),
         ("DATABASE_URL", "postgresql://h/d", "database", "url", "postgresql://h/d"),
+        (
+            "DATABASE_REPLICA_URLS",
+            '["postgresql://r1/d", "postgresql://r2/d"]',
+            "database",
+            "replica_urls",
+            ["postgresql://r1/d", "postgresql://r2/d"],
+        ),
+        ("DATABASE_REPLICA_MAX_LAG", "2.5", "database", "replica_max_lag", 2.5),
         ("CACHE_KEY_SECRET", "k", "cache", "key_secret", "k"),
         ("EDGE_HIT_PATH", "false", "http", "hit_path", False),
         ("HTTP_BODY_TIMEOUT", "5", "http", "body_timeout", 5.0),

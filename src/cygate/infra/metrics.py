@@ -70,6 +70,11 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Circuit breaker state changes (per worker breakers, summed).",
         ("upstream", "from_state", "to_state"),
     ),
+    "cygate_db_replica_reads_total": (
+        "counter",
+        "Reads sent to a PostgreSQL read replica: ok, or fallback (it failed; the primary served).",
+        ("replica", "outcome"),
+    ),
     "cygate_worker_starts_total": (
         "counter",
         "Worker processes started in this server run; above the configured workers: respawns of "

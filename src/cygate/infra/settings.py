@@ -51,6 +51,19 @@ class DatabaseSettings(Section, frozen=True, kw_only=True):
     pool_max: Annotated[Positive, doc("Connection ceiling per worker.", le=1000)] = 16
     command_timeout: Annotated[Seconds, doc("Per-statement timeout, seconds.")] = 5.0
     acquire_timeout: Annotated[Seconds, doc("Wait for a pooled connection, seconds.")] = 2.0
+    replica_urls: Annotated[
+        list[Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://")]],
+        doc(
+            "DSNs of streaming read replicas (JSON list): catalog and search reads "
+            "go there while they keep up (docs/scaling.md); empty: the primary serves all."
+        ),
+    ] = msgspec.field(default_factory=list)
+    replica_max_lag: Annotated[
+        Seconds, doc("Replay lag past which a replica is skipped, seconds.")
+    ] = 1.0
+    replica_check_interval: Annotated[
+        Seconds, doc("How often each replica's health and lag are checked, seconds.")
+    ] = 0.5
 
     def __post_init__(self) -> None:
         if self.pool_min > self.pool_max:

@@ -95,7 +95,11 @@ def _given(if_match: str | None) -> str | None:
 
 async def invalidate(state: State, tags: Iterable[str]) -> None:
     """Drop cached answers with these tags on every instance; a Redis failure is logged (the
-    write has committed; other instances then keep their entries until their TTL)."""
+    write has committed; other instances then keep their entries until their TTL). Read
+    replicas, when configured, serve no read of this process until they have the write."""
+    replicas = state.catalog.replicas
+    if replicas is not None:
+        replicas.fence()
     cache: ResponseCache | None = state.get("cache")
     if cache is None:
         return

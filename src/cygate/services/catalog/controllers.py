@@ -36,7 +36,7 @@ class CatalogController(CatalogAdminController):
 
     @get("/categories", summary="The category tree", opt={"cache": "categories"})
     async def categories(self, state: State) -> CategoryTree:
-        return CategoryTree(await _repo(state).category_tree())
+        return CategoryTree(await _repo(state).category_tree(replica=True))
 
     @get(
         "/categories/{category_id:uuid}",
@@ -45,6 +45,7 @@ class CatalogController(CatalogAdminController):
         media_type="application/json",
     )
     async def category(self, state: State, category_id: FromPath[UUID]) -> Response[bytes]:
+        # (the primary: its ETag is what the writes' If-Match compares)
         category = await _repo(state).category(category_id)
         if category is None:
             raise Problem(404, f"no category {category_id}")
@@ -94,11 +95,12 @@ class CatalogController(CatalogAdminController):
             sort=sort,
             limit=limit,
             cursor=cursor,
+            replica=True,
         )
 
     @get("/products/{product_id:uuid}", summary="One product", opt={"cache": "product"})
     async def product(self, state: State, product_id: FromPath[UUID]) -> Product:
-        product = await _repo(state).get_product(product_id)
+        product = await _repo(state).get_product_replica(product_id)
         if product is None:
             raise Problem(404, f"no product {product_id}")
         return product

@@ -17,7 +17,7 @@ from cygate.edge.problem import Problem
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.services.catalog.repository import CatalogRepository
 
-__all__ = ["product_by_id", "unavailable"]
+__all__ = ["product_by_id", "product_by_id_replicated", "unavailable"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -32,6 +32,28 @@ def product_by_id(repo: CatalogRepository) -> FastHandler:
         product_id = UUID(ctx.params["product_id"])  # the router already checked its shape
         try:
             product = await repo.get_product(product_id)
+        except DB_UNAVAILABLE:
+            raise unavailable() from None
+        if product is None:
+            raise Problem(404, f"no product {product_id}")
+        return _encode(product)
+
+    return handler
+
+
+def product_by_id_replicated(repo: CatalogRepository) -> FastHandler:
+    """:func:`product_by_id` when read replicas are configured: a request without credentials
+    may read from a replica that keeps up, one with credentials reads the primary (the handler
+    above stays the one without replicas, so the single-instance path does no extra work)."""
+
+    async def handler(ctx: EdgeContext) -> bytes:
+        assert ctx.params is not None
+        product_id = UUID(ctx.params["product_id"])
+        try:
+            if ctx.authorization is None:
+                product = await repo.get_product_replica(product_id)
+            else:
+                product = await repo.get_product(product_id)
         except DB_UNAVAILABLE:
             raise unavailable() from None
         if product is None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
 
 import orjson
@@ -16,8 +17,11 @@ if TYPE_CHECKING:
     import asyncpg
 
     from cygate.infra.lease import ReadLease
+    from cygate.infra.replicas import ReplicaSet
 
 __all__ = ["SORTS", "CatalogRepository", "CursorError", "add_filters"]
+
+T = TypeVar("T")
 
 _PRODUCT_COLUMNS: Final = (
     "id, sku, name, description, price_cents, currency, category_id, stock, updated_at"
@@ -112,22 +116,45 @@ def add_filters(
 class CatalogRepository:
     """Reads products and categories. The pool is attached when the app starts."""
 
-    __slots__ = ("lease", "pool")
+    __slots__ = ("lease", "pool", "replicas")
 
     def __init__(self) -> None:
         self.pool: asyncpg.Pool | None = None
         self.lease: ReadLease | None = None
         """PERF: held connections for the hot product read (see :mod:`cygate.infra.lease`)."""
+        self.replicas: ReplicaSet | None = None
+        """Read replicas, when configured: reads given ``replica=True`` may go there (see
+        :mod:`cygate.infra.replicas` for when)."""
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes
             raise RuntimeError("database pool not open")
         return self.pool
 
+    async def _read(self, replica: bool, op: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+        """``op`` on a replica's pool when ``replica`` allows it and one keeps up, else on
+        the primary's."""
+        primary = self._pool()
+        if not replica or self.replicas is None:
+            return await op(primary)
+        return await self.replicas.read(op, lambda: op(primary))
+
     async def get_product(self, product_id: UUID) -> Product | None:
         reader = self.lease if self.lease is not None else self._pool()
         row = await reader.fetchrow(_PRODUCT_BY_ID, product_id)
         return None if row is None else _row_to_product(row)
+
+    async def get_product_replica(self, product_id: UUID) -> Product | None:
+        """:meth:`get_product` on a replica when one keeps up (on the primary, through the
+        lease, otherwise)."""
+        if self.replicas is None:
+            return await self.get_product(product_id)
+
+        async def on_replica(pool: asyncpg.Pool) -> Product | None:
+            row = await pool.fetchrow(_PRODUCT_BY_ID, product_id)
+            return None if row is None else _row_to_product(row)
+
+        return await self.replicas.read(on_replica, lambda: self.get_product(product_id))
 
     async def list_products(
         self,
@@ -138,6 +165,7 @@ class CatalogRepository:
         sort: str,
         limit: int,
         cursor: str | None,
+        replica: bool = False,
     ) -> ProductPage:
         column, desc, _ = SORTS[sort]
         where: list[str] = []
@@ -155,7 +183,7 @@ class CatalogRepository:
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY {column} {direction}, id {direction} LIMIT ${len(args)}"
         )
-        rows = await self._pool().fetch(sql, *args)
+        rows = await self._read(replica, lambda pool: pool.fetch(sql, *args))
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -168,15 +196,21 @@ class CatalogRepository:
             await self._pool().fetchval("SELECT 1 FROM categories WHERE id = $1", category_id)
         )
 
-    async def category(self, category_id: UUID) -> CategoryOut | None:
-        row = await self._pool().fetchrow(
-            "SELECT id, name, slug, parent_id FROM categories WHERE id = $1", category_id
+    async def category(self, category_id: UUID, *, replica: bool = False) -> CategoryOut | None:
+        row = await self._read(
+            replica,
+            lambda pool: pool.fetchrow(
+                "SELECT id, name, slug, parent_id FROM categories WHERE id = $1", category_id
+            ),
         )
         return None if row is None else CategoryOut(*row)
 
-    async def category_tree(self) -> list[Category]:
-        rows = await self._pool().fetch(
-            "SELECT id, name, slug, parent_id FROM categories ORDER BY name, id"
+    async def category_tree(self, *, replica: bool = False) -> list[Category]:
+        rows = await self._read(
+            replica,
+            lambda pool: pool.fetch(
+                "SELECT id, name, slug, parent_id FROM categories ORDER BY name, id"
+            ),
         )
         nodes = {r["id"]: Category(r["id"], r["name"], r["slug"], r["parent_id"]) for r in rows}
         roots: list[Category] = []

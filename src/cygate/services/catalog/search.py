@@ -44,6 +44,8 @@ from cygate.services.catalog.repository import CursorError, add_filters
 if TYPE_CHECKING:
     import asyncpg
 
+    from cygate.infra.replicas import ReplicaSet
+
 __all__ = ["SearchController", "SearchRepository"]
 
 _COLUMNS: Final = (
@@ -110,10 +112,12 @@ def _decode_cursor(cursor: str, fp: str) -> tuple[str, str, str | None, float, U
 class SearchRepository:
     """Runs searches on the app's pool (attached at start-up)."""
 
-    __slots__ = ("pool",)
+    __slots__ = ("pool", "replicas")
 
     def __init__(self) -> None:
         self.pool: asyncpg.Pool | None = None
+        self.replicas: ReplicaSet | None = None
+        """Read replicas, when configured: a search given ``replica=True`` may run on one."""
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:  # pragma: no cover - only before start-up completes
@@ -129,30 +133,51 @@ class SearchRepository:
         category: UUID | None = None,
         min_price: int | None = None,
         max_price: int | None = None,
+        replica: bool = False,
     ) -> SearchPage:
-        fp = _fingerprint(q, (category, min_price, max_price))
+        """One page of results; every statement of it on one pool (a replica's when
+        ``replica`` allows it and :meth:`ReplicaSet.read` finds one that keeps up)."""
         filters = (category, min_price, max_price)
+        primary = self._pool()
+        if not replica or self.replicas is None:
+            return await self._search(primary, q, limit, cursor, filters)
+        return await self.replicas.read(
+            lambda pool: self._search(pool, q, limit, cursor, filters),
+            lambda: self._search(primary, q, limit, cursor, filters),
+        )
+
+    async def _search(
+        self,
+        pool: asyncpg.Pool,
+        q: str,
+        limit: int,
+        cursor: str | None,
+        filters: tuple[UUID | None, int | None, int | None],
+    ) -> SearchPage:
+        fp = _fingerprint(q, filters)
         if cursor is not None:
             mode, text, corrected, score, last_id = _decode_cursor(cursor, fp)
-            return await self._page(mode, text, filters, limit, (score, last_id), fp, corrected)
-        text, corrected, hopeless = await self._corrected(q)
-        lexeme = await self._pool().fetchval(_SHAPE, text)
+            return await self._page(
+                pool, mode, text, filters, limit, (score, last_id), fp, corrected
+            )
+        text, corrected, hopeless = await self._corrected(pool, q)
+        lexeme = await pool.fetchval(_SHAPE, text)
         if lexeme is not None:
-            page = await self._page(_LEXEME, lexeme, filters, limit, None, fp, corrected)
+            page = await self._page(pool, _LEXEME, lexeme, filters, limit, None, fp, corrected)
         else:
-            page = await self._page(_FTS, text, filters, limit, None, fp, corrected)
+            page = await self._page(pool, _FTS, text, filters, limit, None, fp, corrected)
         if not page.items and not hopeless:
-            page = await self._page(_TRGM, q, filters, limit, None, fp, None)
+            page = await self._page(pool, _TRGM, q, filters, limit, None, fp, None)
         return page
 
-    async def _corrected(self, q: str) -> tuple[str, str | None, bool]:
+    async def _corrected(self, pool: asyncpg.Pool, q: str) -> tuple[str, str | None, bool]:
         """The query with unknown words replaced by their nearest known word, and whether it
         is hopeless: no word of it is known or correctable (then even the trigram fallback is
         skipped: a name like the query would share a word with it)."""
         words = sorted({w for w in _WORD.findall(q.lower()) if 3 <= len(w) <= 64})
         if not words:
             return q, None, False
-        rows = await self._pool().fetch(_CORRECT, words)
+        rows = await pool.fetch(_CORRECT, words)
         known = any(r[1] for r in rows)
         fixes = {r[0]: r[2] for r in rows if r[2] is not None}
         left = [r[0] for r in rows if not r[1] and r[2] is None]
@@ -160,7 +185,7 @@ class SearchRepository:
             # NOTE: a second, looser look for words nothing resembled at 0.3: trigrams punish
             # swapped letters ("chiar" and "chair" share 2 of 10: 0.2). Rare, so the extra
             # round trips of a transaction (the threshold is a setting, local to it) are fine.
-            async with self._pool().acquire() as conn, conn.transaction():
+            async with pool.acquire() as conn, conn.transaction():
                 await conn.execute(f"SET LOCAL pg_trgm.similarity_threshold = {_LOOSE}")
                 more = await conn.fetch(_CORRECT, left)
             fixes.update((r[0], r[2]) for r in more if r[2] is not None)
@@ -171,6 +196,7 @@ class SearchRepository:
 
     async def _page(
         self,
+        pool: asyncpg.Pool,
         mode: str,
         text: str,
         filters: tuple[UUID | None, int | None, int | None],
@@ -203,7 +229,7 @@ class SearchRepository:
             + " AND ".join(where)
             + f" ORDER BY {score} DESC, {order_id} DESC LIMIT ${len(args)}"
         )
-        rows = await self._pool().fetch(sql, *args)
+        rows = await pool.fetch(sql, *args)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -259,4 +285,5 @@ class SearchController(Controller):
             category=category,
             min_price=min_price_cents,
             max_price=max_price_cents,
+            replica=True,
         )
