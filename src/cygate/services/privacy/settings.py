@@ -21,7 +21,7 @@ class RetentionSettings(Section, frozen=True, kw_only=True):
     refresh_token_days: Annotated[
         int,
         doc(
-            "Refresh tokens whose session (family) ended this long ago are deleted, days.",
+            "Refresh tokens whose sign-in (token family) ended this long ago are deleted, days.",
             ge=0,
             le=_YEARS_10,
         ),
