@@ -19,7 +19,6 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 ITEM = 36
-BATCH = 256  # (the twin's; here there is no batch: each id is drawn when taken)
 
 cdef long _forks = 0
 

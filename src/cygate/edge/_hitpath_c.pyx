@@ -490,7 +490,9 @@ cdef class HitPath:
         self._path_memo = [None] * 256  # ... and its memo tuple
         self._host_raw = [None] * 8
         self._host_str = [None] * 8
-        self.ids = plan.ids
+        if plan.ids is None:
+            raise TypeError("the plan has no id minter")
+        self.ids = plan.ids  # (the compiled IdMinter: its ``draw`` is called at C level)
         self.hosts = plan.hosts
         self.host_of = plan.host_of
         self._head = Head.__new__(Head)
