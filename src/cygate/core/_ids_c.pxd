@@ -1,5 +1,8 @@
 # The id formatting's C helpers, shared with the other compiled modules (edge/_hitpath_c makes
-# a hit's ids with them, without the pool's intermediate objects); see _ids_c.pyx.
+# a hit's ids with them, without the pool's intermediate objects), and the minter, whose ``draw``
+# the compiled hit path calls at C level; see _ids_c.pyx.
+
+from libc.stdint cimport uint64_t
 
 
 cdef inline void _hex(const unsigned char* src, Py_ssize_t n, char* dst) noexcept:
@@ -37,3 +40,15 @@ cdef inline void _write_ids(const unsigned char* q, char* rid, char* tp) noexcep
     tp[52] = 45
     tp[53] = 48
     tp[54] = 49  # '1'
+
+
+cdef class IdMinter:
+    # See _ids_c.pyx. ``draw`` is the C-level call of the compiled hit path.
+    cdef object _seed
+    cdef uint64_t _rng[4]
+    cdef unsigned char _out[40]
+    cdef long _forks
+
+    cpdef tuple take(self)
+    cdef const unsigned char* draw(self) except NULL
+    cdef int _reseed(self) except -1

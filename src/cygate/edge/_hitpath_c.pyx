@@ -24,11 +24,11 @@ subject's rate-limit key string (spelled by ``cygate.edge.ratekey``), each route
 series and rate-limit plan (``_Rated``), and the last tokens seen (64 slots: an equal token is
 passed to the verifier as the object it has seen, whose hash is remembered). Hits are
 recorded through the compiled series' C interface (``_reqmetrics_c.pxd``): no Python call,
-no float. Ids come from a xoshiro256** generator of this module (``_draw_ids``).
+no float. Ids come from the plan's minter (``core/_ids_c.pxd``: ``IdMinter.draw`` at C level,
+formatted here without the minter's objects), the general path's minter too.
 """
 
 cimport cython
-import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
@@ -39,7 +39,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from cygate.core._ids_c cimport _usable, _write_ids
+from cygate.core._ids_c cimport IdMinter, _write_ids
 from cygate.core._ratelimit_c cimport GCRALimiterC, LeaseTableC, _Table
 from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
@@ -73,16 +73,6 @@ cdef object _principal_key = ratekey.principal_key
 cdef object _route_key = ratekey.route_key
 cdef Py_ssize_t _MEMO_SIZE = 4096
 cdef Py_ssize_t _MEMO_PATH = 256
-cdef long _forks = 0
-
-
-def _after_fork():
-    global _forks
-    _forks += 1  # every HitPath seeds its id generator anew
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
 
 cdef inline Py_ssize_t _slot_of(const char* p, Py_ssize_t n, int bits) noexcept:
     """A slot of ``2**bits`` for the ``n`` bytes at ``p``, from their length and last 8 bytes (a
@@ -98,10 +88,6 @@ cdef inline bint _same(object known, const char* p, Py_ssize_t n) noexcept:
     """``known`` is bytes equal to the ``n`` bytes at ``p``."""
     return (type(known) is bytes and PyBytes_GET_SIZE(<bytes>known) == n
             and memcmp(PyBytes_AS_STRING(<bytes>known), p, n) == 0)
-
-
-cdef inline uint64_t _rotl(uint64_t x, int k) noexcept:
-    return (x << k) | (x >> (64 - k))
 
 
 cdef inline double _now() noexcept nogil:
@@ -464,10 +450,7 @@ cdef class HitPath:
     cdef tuple security
     cdef bint trusted
     cdef object caller_key
-    cdef object randbytes
-    cdef uint64_t _rng[4]
-    cdef unsigned char _ids_out[40]
-    cdef long _forks
+    cdef IdMinter ids
     cdef dict hosts
     cdef object host_of
     cdef Head _head  # this request's scan (handed to the general path when declined)
@@ -507,8 +490,9 @@ cdef class HitPath:
         self._path_memo = [None] * 256  # ... and its memo tuple
         self._host_raw = [None] * 8
         self._host_str = [None] * 8
-        self.randbytes = plan.randbytes
-        self._forks = _forks - 1  # seeded at the first id it makes
+        if plan.ids is None:
+            raise TypeError("the plan has no id minter")
+        self.ids = plan.ids  # (the compiled IdMinter: its ``draw`` is called at C level)
         self.hosts = plan.hosts
         self.host_of = plan.host_of
         self._head = Head.__new__(Head)
@@ -708,9 +692,9 @@ cdef class HitPath:
             entry.hit(now)  # rebuilds the entry's hit headers (once a second per entry)
         hit_headers = hot.hit
         if not request_id or not traceparent:
-            # PERF: formatted here, as ``format_ids`` does (its C helpers), without the pool's
+            # PERF: formatted here, as ``IdMinter.take`` does (its C helpers), without its
             # string and tuple per request.
-            _write_ids(self._draw_ids(), rid, tp)
+            _write_ids(self.ids.draw(), rid, tp)
             if not request_id:
                 request_id = PyBytes_FromStringAndSize(rid, 24)
             if not traceparent:
@@ -780,48 +764,6 @@ cdef class HitPath:
         token = PyBytes_FromStringAndSize(p, end - start)
         self._tokens[slot] = token
         return token
-
-    cdef const unsigned char* _draw_ids(self) except NULL:
-        """36 random bytes for a request's ids (request id 12, trace id 16, span id 8), from
-        this process's generator (xoshiro256**, seeded with 32 bytes of ``randbytes``, and
-        seeded anew after a fork); never all-zero trace or span ids (W3C), as ``format_ids``.
-        Valid until the next call.
-
-        PERF: ids need uniqueness, not secrecy (the general edge uses ``random.Random`` for
-        them too); five steps of a 256-bit generator cost a few dozen instructions, far less
-        than ``Random.randbytes`` and its big-integer conversion."""
-        cdef Py_ssize_t i
-        cdef uint64_t* out = <uint64_t*>self._ids_out
-        while True:
-            if self._forks != _forks:
-                self._seed()
-            for i in range(5):
-                out[i] = self._next()
-            if _usable(self._ids_out):
-                return self._ids_out
-
-    cdef int _seed(self) except -1:
-        cdef bytes seed = self.randbytes(32)
-        if PyBytes_GET_SIZE(seed) != 32:
-            raise ValueError("randbytes(32) must give 32 bytes")
-        memcpy(self._rng, PyBytes_AS_STRING(seed), 32)
-        if not (self._rng[0] | self._rng[1] | self._rng[2] | self._rng[3]):
-            self._rng[0] = 1  # the one state xoshiro must not start from
-        self._forks = _forks
-        return 0
-
-    cdef inline uint64_t _next(self) noexcept:
-        # xoshiro256** (Blackman and Vigna, 2018; public domain)
-        cdef uint64_t* s = self._rng
-        cdef uint64_t result = _rotl(s[1] * 5, 7) * 9
-        cdef uint64_t t = s[1] << 17
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = _rotl(s[3], 45)
-        return result
 
     cdef _Rated _rated(self, str name, plan):
         """What the hit path needs of ``plan`` (the route's limits), remembered by route."""

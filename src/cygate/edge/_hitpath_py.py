@@ -41,12 +41,11 @@ rate-limit stage spells them.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from cygate.core.ids import ITEM, format_ids, valid_request_id, valid_traceparent
+from cygate.core.ids import valid_request_id, valid_traceparent
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 from cygate.edge.hitplan import HitPlan
@@ -57,16 +56,6 @@ __all__ = ["Head", "Hit", "HitPath", "bearer_token", "scan_head"]
 _REFRESH = "cygate.cache.refresh"
 _BEARER = b"bearer "
 _KEY_PARTS = frozenset({(), ("caller",), ("sub",), ("route",), ("ip",)})
-_ID_BATCH = 256
-_forks = 0
-
-
-def _after_fork() -> None:
-    global _forks
-    _forks += 1  # every HitPath drops the ids it made before the fork
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def bearer_token(header: bytes) -> bytes | None:
@@ -219,16 +208,14 @@ class HitPath:
     :class:`~cygate.edge.hitplan.HitPlan`; a new plan, a new ``HitPath``."""
 
     __slots__ = (
-        "_forks",
-        "_ids",
         "cache",
         "caller_key",
         "host_of",
         "hosts",
+        "ids",
         "l1",
         "last_head",
         "plan",
-        "randbytes",
         "rate",
         "rate_plans",
         "recorder",
@@ -257,9 +244,7 @@ class HitPath:
         self.trusted = plan.trusted
         self.caller_key = plan.caller_key
         self.recorder = plan.recorder
-        self.randbytes = plan.randbytes
-        self._ids: list[tuple[str, bytes, bytes]] = []
-        self._forks = _forks
+        self.ids = plan.ids
         self.hosts = plan.hosts
         self.host_of = plan.host_of
         self.last_head: Head | None = None
@@ -359,7 +344,7 @@ class HitPath:
         start, body = entry.hit(now)
         out = list(start["headers"])
         if not request_id or not traceparent:
-            _, new_id, new_trace = self._new_ids()
+            _, new_id, new_trace = self.ids.take()  # (the edge's minter, the plan's)
             request_id = request_id or new_id
             traceparent = traceparent or new_trace
         out.append((b"x-request-id", request_id))
@@ -370,15 +355,6 @@ class HitPath:
             table.append_headers(out, single.limit_pair, plan.policy_pair)
         start["headers"] = out
         return Hit(self, route_name, start["status"], started, start, body)
-
-    def _new_ids(self) -> tuple[str, bytes, bytes]:
-        """A request id and a traceparent, made 256 at a time (dropped after a fork)."""
-        if self._forks != _forks:
-            self._ids.clear()
-            self._forks = _forks
-        while not self._ids:
-            self._ids.extend(format_ids(self.randbytes(ITEM * _ID_BATCH)))
-        return self._ids.pop()
 
     def _take(
         self, scope: MutableMapping[str, Any], rate: Any, plan: Any, name: str, principal: Any

@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio.coroutines
 import inspect
 import logging
-import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from cygate.core.ids import ITEM as ID_BYTES
-from cygate.core.ids import format_ids
+from cygate.core.ids import IdMinter
 from cygate.core.router import (
     BAD_PARAM,
     FOUND,
@@ -69,33 +66,6 @@ _NO_HOST = "an HTTP/1.1 request needs exactly one, non-empty Host header (RFC 91
 
 Dispatch = Callable[[EdgeContext, Receive, Send], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
-
-# PERF: request and trace ids need uniqueness, not secrecy. os.urandom is a getrandom(2) system
-# call per id; a per-process generator seeded from it is not. Ids are made in batches (one
-# random draw and one hex conversion for a batch of requests: formatting them one request at a
-# time is a visible share of the edge's time on a cache hit). Re-seeded, and the batch
-# dropped, in every worker after fork, so two workers never share a sequence.
-_ids = random.Random(os.urandom(32))
-_ID_BATCH = 256
-_id_pool: list[tuple[str, bytes, bytes]] = []
-"""Unused (request id, its bytes, traceparent) triples of this process."""
-
-
-def _after_fork() -> None:
-    _ids.seed(os.urandom(32))
-    _id_pool.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def _fresh_ids() -> tuple[str, bytes, bytes]:
-    """Refill :data:`_id_pool` and take one: a 96-bit request id (24 hex digits) and a new
-    trace's ``traceparent`` (128-bit trace id, 64-bit span id; never the all-zero ids W3C
-    Trace Context forbids), formatted by the compiled core."""
-    while not _id_pool:  # (a batch of nothing but all-zero ids: never, in practice)
-        _id_pool.extend(format_ids(_ids.randbytes(ID_BYTES * _ID_BATCH)))
-    return _id_pool.pop()
 
 
 _hosts: dict[bytes, str] = {}
@@ -156,6 +126,7 @@ class Edge:
         "body_timeout",
         "cache",
         "fast_paths",
+        "ids",
         "max_body",
         "metrics",
         "trusted",
@@ -179,8 +150,12 @@ class Edge:
         cache: ResponseCache | None = None,
         validators: Validators | None = None,
         body_timeout: float = 30.0,
+        ids: IdMinter | None = None,
     ) -> None:
         self.app = app
+        self.ids = ids if ids is not None else IdMinter()
+        """The one minter of the ids of requests that bring none (``cygate.core.ids``): the
+        general path's and the fused hit path's (handed to it in the ``HitPlan``)."""
         self.body_timeout = body_timeout
         """Seconds a request body may take to arrive (slow clients): then 408, connection
         closed."""
@@ -269,7 +244,7 @@ class Edge:
             trusted=bool(self.trusted),
             caller_key=caller_key,
             recorder=self.metrics,
-            randbytes=_ids.randbytes,
+            ids=self.ids,
             hosts=_hosts,
             host_of=_host,
         )
@@ -340,7 +315,7 @@ class Edge:
         host: str = head.host
         hosts: int = head.hosts
         if not request_id or not traceparent:
-            new_id, new_id_bytes, new_trace = _id_pool.pop() if _id_pool else _fresh_ids()
+            new_id, new_id_bytes, new_trace = self.ids.take()
             if not request_id:
                 request_id, request_id_bytes = new_id, new_id_bytes
             if not traceparent:

@@ -1,5 +1,5 @@
 """What the fused hit path answers from: one generation of the edge's routing, cache routes,
-rate-limit plans and response settings, fixed when it is built.
+rate-limit plans, response settings and id minter, fixed when it is built.
 
 The edge builds a :class:`HitPlan` (``Edge._rebuild_hit_path``) whenever one of its parts
 changes: a new router, new stages, a route the cache starts caching (``ResponseCache.watch``),
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from cygate.core.cachekey import CacheKey
+    from cygate.core.ids import IdMinter
     from cygate.core.router import Router
     from cygate.edge.auth import TokenStage
     from cygate.edge.l1 import L1
@@ -71,8 +72,8 @@ class HitPlan:
     """What a private entry's key holds of its caller (``cygate.edge.cache.caller_key``)."""
     recorder: Any
     """The edge's metrics: each hit is counted there."""
-    randbytes: Callable[[int], bytes]
-    """Random bytes for the ids of requests that bring none (the edge's generator)."""
+    ids: IdMinter
+    """The edge's minter of the ids of requests that bring none (its general path's too)."""
     hosts: dict[bytes, str]
     """Host header -> its lower-cased, port-less form, for the values seen (the edge's)."""
     host_of: Callable[[bytes], str]
@@ -90,7 +91,7 @@ class HitPlan:
         trusted: bool,
         caller_key: Callable[[Any], str],
         recorder: Any,
-        randbytes: Callable[[int], bytes],
+        ids: IdMinter,
         hosts: dict[bytes, str],
         host_of: Callable[[bytes], str],
     ) -> HitPlan:
@@ -106,7 +107,7 @@ class HitPlan:
             trusted=trusted,
             caller_key=caller_key,
             recorder=recorder,
-            randbytes=randbytes,
+            ids=ids,
             hosts=hosts,
             host_of=host_of,
         )

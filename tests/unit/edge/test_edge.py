@@ -199,24 +199,20 @@ async def test_client_ids_are_kept_and_only_the_missing_one_is_made() -> None:
 
 
 def test_a_forked_worker_never_repeats_its_parents_ids() -> None:
-    from cygate.edge import edge as edge_module
-
-    edge_module._fresh_ids()  # the parent holds a batch a child would inherit
+    minter = make_edge().ids  # the edge's one minter (its hit path's too)
+    minter.take()  # the parent holds a generator (and a batch) a child would inherit
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            child = [
-                edge_module._id_pool.pop() if edge_module._id_pool else edge_module._fresh_ids()
-            ]
-            os.write(write, orjson.dumps([child[0][0]]))
+            os.write(write, orjson.dumps([minter.take()[0]]))
         finally:
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as f:
         child_id = orjson.loads(f.read())[0]
-    parent_ids = {rid for rid, _, _ in edge_module._id_pool}
+    parent_ids = {minter.take()[0] for _ in range(300)}
     assert child_id not in parent_ids
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
 import time
 from collections import Counter
@@ -25,7 +24,6 @@ from cache_helpers import CountedHitPath, with_host
 
 import cygate.edge.edge as edge_module
 from core_impls import CoreImplementation
-from cygate.core.ids import format_ids
 from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
@@ -540,30 +538,42 @@ async def test_metrics_count_fused_hits_like_the_general_path(pair: Pair) -> Non
 async def test_made_ids_are_new_for_every_hit_and_after_a_fork(
     core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fused path makes each hit's ids from a supply of its own (the twin: random bytes
-    drawn 256 requests' worth at a time; the compiled one: a generator seeded with 32 of
-    them), all distinct and well formed (``assert_same``), and draws anew after a fork."""
-    draws: list[int] = []
+    """Requests that bring no ids get new ones from the edge's one minter (``Edge.ids``, handed
+    to the fused path in its plan): the general path's and the hits' in one sequence, all
+    distinct and well formed (``assert_same``); after a fork the minter seeds anew."""
+    ids_module = core_impl.module("ids")
+    seeded: list[int] = []  # the minters seeded, in order (0: the fused edge's, made first)
 
-    class Counting(random.Random):
-        def randbytes(self, n: int) -> bytes:
-            draws.append(n)
-            return super().randbytes(n)
+    def minter() -> Any:
+        number = len(made)
 
-    monkeypatch.setattr(edge_module, "_ids", Counting(7))
-    # The general edge's own pool, filled ahead: the draws counted are the fused path's.
-    monkeypatch.setattr(edge_module, "_id_pool", format_ids(random.randbytes(36 * 1000)))
+        def seed(n: int) -> bytes:
+            seeded.append(number)
+            return bytes([16 * number + seeded.count(number)]) * n
+
+        made.append(ids_module.IdMinter(seed))
+        return made[-1]
+
+    made: list[Any] = []
+    monkeypatch.setattr(edge_module, "IdMinter", minter)
     pair = Pair(core_impl, monkeypatch)
+    assert pair.fused.ids is made[0]
     replies = [await check(pair, "/open/11") for _ in range(300)]
-    assert pair.counted["fused"] == 299
+    assert pair.counted["fused"] == 299 and pair.counted["general"] == 1
     for name in (b"x-request-id", b"traceparent"):
         assert len({r.get(name) for r in replies}) == 300
-    fused_draws = len(draws)
-    await check(pair, "/open/11")
-    assert len(draws) == fused_draws  # from the supply drawn before
-    core_impl.module("hitpath")._after_fork()
-    await check(pair, "/open/11")
-    assert len(draws) == fused_draws + 1  # the supply of before the "fork" is not used
+    # One minter: the first reply (a miss, the general path's) and the hits' are one
+    # sequence, that of a minter seeded alike.
+    again = ids_module.IdMinter(lambda n: bytes([1]) * n)
+    expected = [again.take() for _ in range(301)]
+    assert [r.get(b"x-request-id") for r in replies] == [rid for _, rid, _ in expected[:300]]
+    assert [r.get(b"traceparent") for r in replies] == [tp for _, _, tp in expected[:300]]
+    assert sorted(seeded) == [0, 1]  # (each edge's minter, seeded once)
+    ids_module._after_fork()  # what a fork runs in the child
+    reply = await check(pair, "/open/11")
+    assert pair.counted["fused"] == 300 and seeded.count(0) == 2  # seeded anew
+    assert reply.get(b"x-request-id") != expected[300][1]
+    assert reply.get(b"x-request-id") not in {r.get(b"x-request-id") for r in replies}
 
 
 async def test_a_failing_send_still_counts_the_request(pair: Pair) -> None:
