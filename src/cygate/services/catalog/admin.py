@@ -45,6 +45,9 @@ __all__ = ["CatalogAdminController", "invalidate"]
 log = logging.getLogger("cygate.catalog")
 
 _WRITE = {"auth": True, "roles": ["catalog_manager", "admin"], "max_body_bytes": 64 * 1024}
+_PRODUCT_WRITE = {**_WRITE, "policy_resource": "Product"}
+"""A change of one product: with policy files, the policy stage asks Cedar whether the caller
+may take the action on ``Product::"<id>"`` with its ``category_id`` (``docs/security.md``)."""
 _NO_STORE = {"cache-control": "no-store"}
 
 IfMatch = Annotated[
@@ -142,7 +145,7 @@ class CatalogAdminController(Controller):
     @patch(
         "/products/{product_id:uuid}",
         summary="Change a product (If-Match required)",
-        opt=_WRITE,
+        opt={**_PRODUCT_WRITE, "policy": "update_product"},
     )
     async def update_product(
         self,
@@ -161,7 +164,7 @@ class CatalogAdminController(Controller):
     @delete(
         "/products/{product_id:uuid}",
         summary="Delete a product (If-Match required)",
-        opt=_WRITE,
+        opt={**_PRODUCT_WRITE, "policy": "delete_product"},
         status_code=204,
     )
     async def delete_product(
