@@ -138,6 +138,7 @@ def test_managers_change_only_their_own_categories(env: Env) -> None:
         time.sleep(0.6)
 
         def counted() -> bool:
+            manager_refused()  # a request that needs a decision checks the files
             text = c.get("/metrics").text
             return any(
                 line.startswith("cygate_policy_reload_errors_total")

@@ -56,7 +56,6 @@ PolicyLoader = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 """A resource's attributes by its id (the route's path parameters), or None when it does not
 exist (then the resource has no attributes: a policy that reads one does not permit)."""
 
-_ANONYMOUS: tuple[str, frozenset[str], tuple[tuple[str, Any], ...]] = ("", frozenset(), ())
 _DENIED = "the access policy does not allow this request"
 
 
@@ -234,38 +233,43 @@ class PolicyStage:
         ctx: EdgeContext | None = None,
     ) -> bool:
         """Whether the policies allow it (remembered: see the module docstring)."""
-        who = (
-            _ANONYMOUS if principal is None else (principal.sub, principal.roles, principal.claims)
-        )
         policies = self.policies
-        if policies.reads_context:
-            return self._evaluate(
-                policies, who, action, resource_type, resource_id, resource_attrs, ctx
+        if principal is None:
+            key: tuple[Any, ...] = (
+                "",
+                None,
+                (),
+                action,
+                resource_type,
+                resource_id,
+                resource_attrs,
             )
-        key = (who, action, resource_type, resource_id, resource_attrs)
+        else:
+            # PERF: one flat tuple (no nested one to build and hash on a remembered decision)
+            key = (
+                principal.sub,
+                principal.roles,
+                principal.claims,
+                action,
+                resource_type,
+                resource_id,
+                resource_attrs,
+            )
+        if policies.reads_context:
+            return self._evaluate(policies, key, ctx)
         decisions = self._decisions
         allowed = decisions.get(key)
         if allowed is None:
-            allowed = self._evaluate(
-                policies, who, action, resource_type, resource_id, resource_attrs, ctx
-            )
+            allowed = self._evaluate(policies, key, ctx)
             if len(decisions) >= self.cache_size:
                 decisions.clear()
             decisions[key] = allowed
         return allowed
 
     @staticmethod
-    def _evaluate(
-        policies: PolicySet,
-        who: tuple[str, frozenset[str], tuple[tuple[str, Any], ...]],
-        action: str,
-        resource_type: str,
-        resource_id: str,
-        resource_attrs: tuple[tuple[str, Any], ...],
-        ctx: EdgeContext | None,
-    ) -> bool:
-        """One Cedar evaluation (no table)."""
-        sub, roles, claims = who
+    def _evaluate(policies: PolicySet, key: tuple[Any, ...], ctx: EdgeContext | None) -> bool:
+        """One Cedar evaluation (no table) of a :meth:`decide` key."""
+        sub, roles, claims, action, resource_type, resource_id, resource_attrs = key
         if sub:
             principal_uid = {"type": "User", "id": sub}
             principal_attrs: dict[str, Any] = {"roles": sorted(roles), **_claims_json(claims)}

@@ -177,3 +177,21 @@ def test_a_bad_policy_file_fails_create_app(tmp_path: pathlib.Path) -> None:
     bad.write_text("forbid (principal")
     with pytest.raises(ValueError, match="not valid Cedar"):
         create_app(cache_settings(policy_files=[str(bad)]))
+
+
+def test_check_config_stops_on_a_bad_policy_file_with_one_line(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.cedar"
+    bad.write_text("permit (principal")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cygate", "check-config"],
+        env={"CYGATE_POLICY_FILES": str(bad), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not valid Cedar" in lines[0] and "Traceback" not in proc.stderr
