@@ -160,6 +160,8 @@ def test_without_policy_files_the_stages_and_the_hit_path_are_unchanged(
     assert edge.hit_path is not None  # the fused hit path still answers cached hits
     with_policies = create_app(cache_settings(policy_files=[str(policy_file)]))
     assert any(isinstance(s, PolicyStage) for s in with_policies.stages)
+    # no cached route names a policy action: the hit path still answers the cached reads
+    assert with_policies.hit_path is not None
     assert [type(s) for s in with_policies.stages][: len(edge.stages)] == [
         type(s) for s in edge.stages
     ]
