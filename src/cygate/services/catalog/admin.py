@@ -1,7 +1,9 @@
 """Catalog management (``API.md``, Catalog): create, change and delete products and categories.
 
 Roles ``catalog_manager`` or ``admin``, enforced by the edge's token stage (401 without a
-token, 403 with another role) before a handler runs. Every write commits with its audit row and
+token, 403 with another role) before a handler runs; with policy files, a product's change and
+delete are also asked of the attribute-based policies (``docs/security.md``: a catalog manager
+limited to their own categories). Every write commits with its audit row and
 outbox event, then invalidates the cache on every instance (``docs/catalog.md``).
 
 Concurrency: ``PATCH`` and ``DELETE`` of a product require ``If-Match`` (428 without it; ``*``
