@@ -197,3 +197,22 @@ def test_check_config_stops_on_a_bad_policy_file_with_one_line(tmp_path: pathlib
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not valid Cedar" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_cached_route_that_names_an_action_turns_the_hit_path_off(
+    policy_file: pathlib.Path,
+) -> None:
+    from cygate.app import create_app
+    from cygate.core.router import Router
+
+    edge = create_app(cache_settings(policy_files=[str(policy_file)]))
+    assert edge.hit_path is not None
+    name = "GET /api/v1/products/{product_id:uuid}"  # a cached route
+    governed = Router()
+    for host, method, pattern, route in edge.router.routes():
+        if route.name == name:
+            route = RoutePolicy(name=name, cache=route.cache, policy="read_product")
+        governed.add(method, pattern, route, host)
+    edge.router = governed
+    assert edge.hit_path is None  # the policy stage must see those requests
