@@ -32,6 +32,7 @@ from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
 from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
 from cygate.edge.edge import BodyTooLarge, Edge
+from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
@@ -177,6 +178,8 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
                 cache=opt.get("cache"),
                 max_body_bytes=opt.get("max_body_bytes"),
                 body=opt.get("body", BODY_JSON),
+                policy=opt.get("policy"),
+                policy_resource=opt.get("policy_resource"),
                 fast=fast.get(f"{method} {route.path}"),
             )
             routes.append((None, method, pattern, policy))
@@ -337,8 +340,10 @@ def create_app(settings: Settings | None = None) -> Edge:
         logging_config=None,
     )
     fast_handlers: dict[str, FastHandler] = {}
+    policy_loaders: dict[str, PolicyLoader] = {}
     for plugin in plugins:
         fast_handlers.update(plugin.fast_handlers())
+        policy_loaders.update(plugin.policy_loaders())
     local = local_routes(app, fast_handlers)
     trusted = TrustedProxies(settings.http.trusted_proxies)
     cache = None
@@ -390,9 +395,26 @@ def create_app(settings: Settings | None = None) -> Edge:
         identity.identity.refresh_provider if settings.identity.providers else None,
     )
     limiter = ratelimit  # a name that is never None, for the functions below
+    # Attribute-based policies: a stage only when policy files are configured (none: the
+    # stages, and so the fused hit path, are exactly what they were). A file that does not
+    # parse is a PolicyError (ValueError): one line and exit 2 from ``cygate serve``.
+    policies: tuple[PolicyStage, ...] = ()
+    if settings.policy.files:
+        policies = (
+            PolicyStage(
+                settings.policy.files,
+                cache_size=settings.policy.cache_size,
+                reload_interval=settings.policy.reload_interval,
+                loaders=policy_loaders,
+                on_reload_error=lambda: metrics.inc("cygate_policy_reload_errors_total", ()),
+                on_decision=lambda allowed: metrics.inc(
+                    "cygate_policy_decisions_total", ("allow" if allowed else "deny",)
+                ),
+            ),
+        )
 
     def set_stages() -> None:
-        edge.stages = (token, limiter) if limiter.limits() else (token,)
+        edge.stages = (token, limiter, *policies) if limiter.limits() else (token, *policies)
 
     def replan(table: RouteTable) -> Callable[[], None]:
         plans = limiter.plan(policy for *_, policy in table.router.routes())

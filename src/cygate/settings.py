@@ -28,6 +28,7 @@ from cygate.edge.settings import (
     CacheRule,
     CacheSettings,
     HttpSettings,
+    PolicySettings,
     RateLimitSettings,
     RateLimitSpec,
 )
@@ -138,6 +139,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     routes: RoutesSettings = msgspec.field(default_factory=RoutesSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     events: EventsSettings = msgspec.field(default_factory=EventsSettings)
     orders: OrdersSettings = msgspec.field(default_factory=OrdersSettings)
@@ -229,6 +231,7 @@ _SECTIONS: Final[tuple[tuple[str, type[msgspec.Struct], str, dict[str, str]], ..
     ("routes", RoutesSettings, "routes_", {}),
     ("rate_limit", RateLimitSettings, "rate_limit_", {"limits": "rate_limits"}),
     ("cache", CacheSettings, "cache_", {}),
+    ("policy", PolicySettings, "policy_", {}),
     ("identity", IdentitySettings, "", {"providers": "identity_providers"}),
     ("events", EventsSettings, "events_", {}),
     ("orders", OrdersSettings, "order_", {}),
@@ -287,7 +290,7 @@ _JSON_ONLY = frozenset(
     }
 )
 _STRING_LISTS = frozenset(
-    {"trusted_proxies", "jwt_key_files", "events_consumers", "mfa_required_roles"}
+    {"trusted_proxies", "jwt_key_files", "events_consumers", "mfa_required_roles", "policy_files"}
 )
 
 

@@ -34,6 +34,10 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     """``exp`` of the token, seconds since the epoch."""
     client_id: str | None = None
     """Set for ``client_credentials`` tokens (service clients)."""
+    claims: tuple[tuple[str, Any], ...] = ()
+    """The token's custom claims (``category_ids``, ...), sorted by name, each a string,
+    number or boolean, or a tuple of those: the principal's attributes for the policy stage
+    (``cygate.edge.policy``). Registered and cygate's own claims are not among them."""
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any], issuer: str, roles: frozenset[str]) -> Principal:
@@ -47,7 +51,32 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
             jti=claims["jti"],
             expires_at=claims["exp"],
             client_id=client_id if isinstance(client_id, str) else None,
+            claims=custom_claims(claims),
         )
+
+
+_REGISTERED = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "roles", "amr", "scope",
+        "typ", "azp", "auth_time", "acr", "sid", "cnf",
+    }
+)  # fmt: skip
+_SCALARS = (str, int, float, bool)
+
+
+def custom_claims(claims: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The custom claims of a token (see ``Principal.claims``); others are left out: objects,
+    and lists holding anything but scalars."""
+    out: list[tuple[str, Any]] = []
+    for name, value in claims.items():
+        if name in _REGISTERED:
+            continue
+        if isinstance(value, _SCALARS):
+            out.append((name, value))
+        elif isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value):
+            out.append((name, tuple(value)))
+    out.sort()
+    return tuple(out)
 
 
 class TrustedProxies:
@@ -219,6 +248,12 @@ class RoutePolicy(msgspec.Struct, frozen=True, kw_only=True):
     ``form`` (the handler parses its own form body: the OAuth endpoints, RFC 6749)."""
     max_body_bytes: int | None = None
     """Per-route body limit; ``None`` uses the global setting."""
+    policy: str | None = None
+    """The Cedar action of this route (handler ``opt={"policy": "<action>"}``): the policy
+    stage (``cygate.edge.policy``) asks the policies; None: no attribute-based policy."""
+    policy_resource: str | None = None
+    """The Cedar resource type, and the name of the loader of its attributes (handler
+    ``opt={"policy_resource": "Product"}``); None: ``Route``, attributes the path parameters."""
     fast: FastHandler | None = None
     """PERF: serve this route in the edge (no framework routing, DI or response objects).
     The Litestar handler for the route stays: it documents it in OpenAPI and serves it when

@@ -34,6 +34,7 @@ from cygate.edge.cache import caller_key
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
 from cygate.edge.hitpath import Head, HitPath, scan_head
 from cygate.edge.hitplan import HitPlan
+from cygate.edge.policy import PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 
@@ -218,8 +219,10 @@ class Edge:
         """Build the fused hit path over a new plan (``cygate.edge.hitplan``) of the current
         router, stages, cache routes and rate-limit plans: only with the response cache, and
         only when every stage is one it knows (the token stage, then the rate-limit stage); any
-        other stage could refuse or change a request it would answer. Called again whenever
-        one of those changes (the cache and the rate-limit stage call it back)."""
+        other stage could refuse or change a request it would answer. A policy stage (after
+        them) is passed over when no cached route names a policy action: it decides nothing for
+        the requests the hit path answers. Called again whenever one of those changes (the
+        cache and the rate-limit stage call it back)."""
         self._hits = None
         if not self._hit_path_enabled or self.cache is None:
             return
@@ -231,6 +234,8 @@ class Edge:
                 token = stage
             elif isinstance(stage, RateLimitStage) and rate is None:
                 rate = stage
+            elif isinstance(stage, PolicyStage) and not self._policy_on_cached_routes():
+                continue
             else:
                 return
         if rate is not None:
@@ -249,6 +254,16 @@ class Edge:
             host_of=_host,
         )
         self._hits = HitPath(plan=plan)
+
+    def _policy_on_cached_routes(self) -> bool:
+        """A route the cache answers names a policy action (then the policy stage must see
+        its requests: no fused hit path)."""
+        assert self.cache is not None
+        cached = self.cache.route_table()
+        return any(
+            policy.policy is not None and policy.name in cached
+            for *_, policy in self._router.routes()
+        )
 
     @property
     def upstream(self) -> Dispatch | None:

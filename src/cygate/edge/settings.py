@@ -1,8 +1,9 @@
-"""Settings of the edge: HTTP limits and headers, rate limiting, and the response cache.
+"""Settings of the edge: HTTP limits and headers, rate limiting, the response cache, and the
+attribute-based policies.
 
-Three sections (``http``, ``rate_limit``, ``cache``) composed by :mod:`cygate.settings`, and
-their leaf types: :class:`RateLimitSpec` (one named limit) and :class:`CacheRule` (how one
-route is cached).
+Four sections (``http``, ``rate_limit``, ``cache``, ``policy``) composed by
+:mod:`cygate.settings`, and their leaf types: :class:`RateLimitSpec` (one named limit) and
+:class:`CacheRule` (how one route is cached).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "CacheRule",
     "CacheSettings",
     "HttpSettings",
+    "PolicySettings",
     "RateLimitFailure",
     "RateLimitKeyPart",
     "RateLimitMode",
@@ -346,3 +348,27 @@ class CacheSettings(Section, frozen=True, kw_only=True):
         dict[str, CacheRule],
         doc("Cache rules by name, added to (or replacing) the built-in ones."),
     ] = msgspec.field(default_factory=dict)
+
+
+class PolicySettings(Section, frozen=True, kw_only=True):
+    """Attribute-based policies (Cedar) the edge's policy stage evaluates (``edge/policy.py``,
+    ``docs/security.md``)."""
+
+    files: Annotated[
+        list[str],
+        doc(
+            "Cedar policy files (.cedar) evaluated for routes that name a policy action; "
+            "empty: no attribute-based policies (no stage, nothing changes on any path)."
+        ),
+    ] = msgspec.field(default_factory=list)
+    cache_size: Annotated[
+        Positive,
+        doc("Decisions each worker remembers (principal, action and resource attributes)."),
+    ] = 10_000
+    reload_interval: Annotated[
+        Window,
+        doc(
+            "Seconds between checks of the policy files' modification times (a changed set is "
+            "loaded without a restart); 0: never polled (a restart loads them)."
+        ),
+    ] = 2.0

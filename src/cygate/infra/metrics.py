@@ -75,6 +75,16 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Reads sent to a PostgreSQL read replica: ok, or fallback (it failed; the primary served).",
         ("replica", "outcome"),
     ),
+    "cygate_policy_reload_errors_total": (
+        "counter",
+        "Policy files that did not load on a reload (the previous policy set stays in force).",
+        (),
+    ),
+    "cygate_policy_decisions_total": (
+        "counter",
+        "Attribute-based policy decisions of the edge's policy stage: allow or deny.",
+        ("decision",),
+    ),
     "cygate_worker_starts_total": (
         "counter",
         "Worker processes started in this server run; above the configured workers: respawns of "

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
     from cygate.edge.context import FastHandler
+    from cygate.edge.policy import PolicyLoader
 
 __all__ = ["ServicePlugin"]
 
@@ -42,6 +43,11 @@ class ServicePlugin(InitPlugin):
 
     def fast_handlers(self) -> dict[str, FastHandler]:
         """Route name (``GET /api/v1/...``) -> a handler the edge calls itself for it."""
+        return {}
+
+    def policy_loaders(self) -> dict[str, PolicyLoader]:
+        """Cedar resource type (``Product``) -> the loader of a resource's attributes, for
+        routes that name it (``opt={"policy_resource": ...}``; ``cygate.edge.policy``)."""
         return {}
 
     def lifespan(self, app: Litestar) -> AbstractAsyncContextManager[None]:

@@ -1,7 +1,9 @@
 """Catalog management (``API.md``, Catalog): create, change and delete products and categories.
 
 Roles ``catalog_manager`` or ``admin``, enforced by the edge's token stage (401 without a
-token, 403 with another role) before a handler runs. Every write commits with its audit row and
+token, 403 with another role) before a handler runs; with policy files, a product's change and
+delete are also asked of the attribute-based policies (``docs/security.md``: a catalog manager
+limited to their own categories). Every write commits with its audit row and
 outbox event, then invalidates the cache on every instance (``docs/catalog.md``).
 
 Concurrency: ``PATCH`` and ``DELETE`` of a product require ``If-Match`` (428 without it; ``*``
@@ -45,6 +47,9 @@ __all__ = ["CatalogAdminController", "invalidate"]
 log = logging.getLogger("cygate.catalog")
 
 _WRITE = {"auth": True, "roles": ["catalog_manager", "admin"], "max_body_bytes": 64 * 1024}
+_PRODUCT_WRITE = {**_WRITE, "policy_resource": "Product"}
+"""A change of one product: with policy files, the policy stage asks Cedar whether the caller
+may take the action on ``Product::"<id>"`` with its ``category_id`` (``docs/security.md``)."""
 _NO_STORE = {"cache-control": "no-store"}
 
 IfMatch = Annotated[
@@ -142,7 +147,7 @@ class CatalogAdminController(Controller):
     @patch(
         "/products/{product_id:uuid}",
         summary="Change a product (If-Match required)",
-        opt=_WRITE,
+        opt={**_PRODUCT_WRITE, "policy": "update_product"},
     )
     async def update_product(
         self,
@@ -161,7 +166,7 @@ class CatalogAdminController(Controller):
     @delete(
         "/products/{product_id:uuid}",
         summary="Delete a product (If-Match required)",
-        opt=_WRITE,
+        opt={**_PRODUCT_WRITE, "policy": "delete_product"},
         status_code=204,
     )
     async def delete_product(

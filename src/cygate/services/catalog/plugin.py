@@ -10,7 +10,7 @@ from cygate.infra.lease import ReadLease
 from cygate.infra.replicas import ReplicaSet
 from cygate.services.catalog.controllers import CatalogController
 from cygate.services.catalog.fast import product_by_id, product_by_id_replicated
-from cygate.services.catalog.repository import CatalogRepository
+from cygate.services.catalog.repository import CatalogRepository, product_attributes
 from cygate.services.catalog.search import SearchController, SearchRepository
 from cygate.services.catalog.writes import CatalogWriter
 from cygate.services.plugin import ServicePlugin
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
     from cygate.edge.context import FastHandler
+    from cygate.edge.policy import PolicyLoader
     from cygate.infra.metrics import Metrics
     from cygate.infra.settings import DatabaseSettings
 
@@ -60,6 +61,9 @@ class CatalogPlugin(ServicePlugin):
     def fast_handlers(self) -> dict[str, FastHandler]:
         make = product_by_id if self.replicas is None else product_by_id_replicated
         return {"GET /api/v1/products/{product_id:uuid}": make(self.catalog)}
+
+    def policy_loaders(self) -> dict[str, PolicyLoader]:
+        return {"Product": product_attributes(self.catalog)}
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:

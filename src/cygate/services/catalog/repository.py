@@ -218,3 +218,21 @@ class CatalogRepository:
             parent = nodes.get(node.parent_id) if node.parent_id is not None else None
             (parent.children if parent is not None else roots).append(node)
         return roots
+
+
+def product_attributes(
+    catalog: CatalogRepository,
+) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    """The policy stage's loader of a product's attributes (``Product`` resources): its
+    ``category_id``, read on the primary (a write's decision must not see a stale category);
+    None when there is no such product."""
+
+    async def load(product_id: str) -> dict[str, Any] | None:
+        try:
+            key = UUID(product_id)
+        except ValueError:
+            return None
+        product = await catalog.get_product(key)
+        return None if product is None else {"category_id": str(product.category_id)}
+
+    return load
