@@ -8,6 +8,7 @@ The servers are real (asyncio + ssl on loopback); ``trustme`` makes the certific
 
 from __future__ import annotations
 
+import datetime
 import logging
 import pathlib
 import ssl
@@ -187,3 +188,37 @@ def test_route_file_checks_for_tls(pki: Pki, tmp_path: pathlib.Path) -> None:
     assert (target.port, target.server_name, target.url) == (443, "127.0.0.1", "https://127.0.0.1")
     plain = validate_route_file(_config("http://127.0.0.1", None)).targets["svc"][0]
     assert plain.server_name is None and plain.port == 80
+
+
+@pytest.mark.parametrize("kind", ["expired", "self-signed"])
+async def test_an_expired_or_self_signed_upstream_certificate_is_a_502_never_plain_http(
+    pki: Pki, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream shows a certificate that is out of date (issued by the trusted CA) or signed
+    by itself: verification fails, the client gets the 502 problem, nothing is sent."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if kind == "expired":
+        leaf = pki.ca.issue_cert(
+            "127.0.0.1",
+            not_before=now - datetime.timedelta(days=30),
+            not_after=now - datetime.timedelta(days=1),
+        )
+    else:
+        leaf = trustme.CA().issue_cert("127.0.0.1")  # its own, untrusted chain
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)
+    server = await Upstream("tls").start(tls=ctx)
+    edge, table = make_edge(_config(server.url, {"ca_file": str(pki.ca_file)}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="cygate.proxy"):
+            r = await call(edge, "GET", "/svc/echo")
+        assert r.status == 502, r.body
+        assert r.header(b"content-type") == b"application/problem+json"
+        assert r.json()["detail"] == "upstream 'svc' failed: tls"
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "cygate.proxy"]
+        expected = "expired" if kind == "expired" else "certificate not verified"
+        assert any(expected in line for line in lines), lines
+        assert server.requests == 0
+    finally:
+        await close_table(table)
+        await server.stop()
