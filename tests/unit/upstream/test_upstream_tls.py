@@ -196,7 +196,7 @@ async def test_an_expired_or_self_signed_upstream_certificate_is_a_502_never_pla
 ) -> None:
     """The upstream shows a certificate that is out of date (issued by the trusted CA) or signed
     by itself: verification fails, the client gets the 502 problem, nothing is sent."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if kind == "expired":
         leaf = pki.ca.issue_cert(
             "127.0.0.1",
