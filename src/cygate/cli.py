@@ -10,7 +10,8 @@ import pathlib
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -418,8 +419,8 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     tls: dict[str, Any] = {}
     if settings.server.tls_cert_file:
-        # NOTE: Granian reads the files when it spawns the workers; a renewed certificate is
-        # served after a restart (cygate's SIGHUP reloads routes, not the workers).
+        # NOTE: Granian's workers read the files when they spawn; a changed pair is served by
+        # respawning them (see _watch_tls_files; cygate's SIGHUP reloads routes, not workers).
         tls = {
             "ssl_cert": pathlib.Path(settings.server.tls_cert_file),
             "ssl_key": pathlib.Path(settings.server.tls_key_file),
@@ -451,8 +452,68 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         **tls,
     )
     server.on_startup(lambda: _forward_sighup(stamp))
+    if tls and settings.server.tls_reload_interval:
+        import logging
+
+        logging.basicConfig(  # the reload lines of this (main) process, as the workers log
+            level=settings.server.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=_watch_tls_files,
+            args=(
+                server.signal_handler_reload,
+                settings.server.tls_cert_file,
+                settings.server.tls_key_file,
+                settings.server.tls_reload_interval,
+                stop,
+            ),
+            name="cygate-tls-reload",
+            daemon=True,
+        )
+        server.on_startup(watcher.start)
+        server.on_shutdown(stop.set)
     server.serve()
     return 0
+
+
+def _tls_files_stamp(cert: str, key: str) -> tuple[tuple[int, int, int], ...] | None:
+    """Modification time, size and inode of the certificate and key files; None if one is
+    missing (a file being replaced)."""
+    try:
+        return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in map(os.stat, (cert, key)))
+    except OSError:
+        return None
+
+
+def _watch_tls_files(
+    respawn: Callable[[], object], cert: str, key: str, interval: float, stop: threading.Event
+) -> None:
+    """In Granian's main process: every ``interval`` seconds, compare the certificate and key
+    files with what the workers loaded. A changed pair that loads is served by Granian's
+    graceful respawn (``respawn``: each new worker reads the files and starts accepting before
+    the old one stops and drains its in-flight requests); a pair that does not load (a bad or
+    half-written file) is logged once and ignored, the workers keep the old certificate, and
+    the next change is tried again."""
+    import logging
+    import ssl
+
+    log = logging.getLogger("cygate.tls")
+    seen = _tls_files_stamp(cert, key)
+    while not stop.wait(interval):
+        stamp = _tls_files_stamp(cert, key)
+        if stamp is None or stamp == seen:
+            continue
+        seen = stamp
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS certificate change ignored, the previous one keeps serving: %s", exc)
+            continue
+        log.info("TLS certificate changed: respawning the workers gracefully")
+        respawn()
 
 
 def _forward_sighup(stamp: str) -> None:

@@ -40,6 +40,7 @@ from cygate.infra.settings import (
     RedisSettings,
     Seconds,
     Section,
+    Window,
     doc,
 )
 from cygate.services.events.settings import EventsSettings
@@ -100,10 +101,20 @@ class ServerSettings(Section, frozen=True, kw_only=True):
         str,
         doc(
             "PEM certificate chain the gateway serves TLS with (with tls_key_file); empty: "
-            "plain HTTP. Read when the workers start: a new certificate takes a restart."
+            "plain HTTP. Read when the workers start; a changed pair is served after "
+            "tls_reload_interval."
         ),
     ] = ""
     tls_key_file: Annotated[str, doc("PEM private key of tls_cert_file.")] = ""
+    tls_reload_interval: Annotated[
+        Window,
+        doc(
+            "Seconds between checks of the certificate and key files (modification time and "
+            "size); a changed pair that loads respawns the workers gracefully (in-flight "
+            "requests finish), one that does not is logged and the old pair keeps serving. "
+            "0: never polled (a restart loads a new pair)."
+        ),
+    ] = 5.0
     tls_min_version: Annotated[
         Literal["1.2", "1.3"], doc("Oldest TLS version the gateway accepts.")
     ] = "1.3"

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -72,8 +73,12 @@ def tls_gateway(gateway_env: dict[str, str], tls_files: TlsFiles) -> Iterator[st
 
 
 def _serve_tls(
-    gateway_env: dict[str, str], tls_files: TlsFiles, extra: dict[str, str]
+    gateway_env: dict[str, str],
+    tls_files: TlsFiles,
+    extra: dict[str, str],
+    output: list[str] | None = None,
 ) -> Iterator[str]:
+    """Serve; at the end, the server's output goes to ``output`` (when given)."""
     port = free_port()
     env = {
         **gateway_env,
@@ -103,8 +108,10 @@ def _serve_tls(
     try:
         yield url
     finally:
-        output = _stop(proc)
-        assert "Traceback" not in output, output
+        printed = _stop(proc)
+        if output is not None:
+            output.append(printed)
+        assert "Traceback" not in printed, printed
 
 
 def _port(url: str) -> int:
@@ -231,3 +238,84 @@ def test_check_config_accepts_a_good_pair(tls_files: TlsFiles) -> None:
     proc = _run("check-config", env)
     assert proc.returncode == 0, proc.stderr
     assert '"tls_min_version": "1.2"' in proc.stdout
+
+
+def _served_serial(url: str, ctx: ssl.SSLContext) -> int:
+    """The serial number of the certificate a new connection is served."""
+    with (
+        socket.create_connection(("127.0.0.1", _port(url)), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="gateway.test") as tls,
+    ):
+        peer = tls.getpeercert()
+    assert peer is not None
+    return int(str(peer["serialNumber"]), 16)
+
+
+def _serial_of(pem: bytes) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def _replace(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_a_changed_certificate_is_served_without_a_restart(
+    gateway_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    files = TlsFiles(tmp_path)
+    ctx = files.client_context()
+    serial_a = _serial_of(files.cert_file.read_bytes())
+    renewed = files.ca.issue_cert("127.0.0.1", "gateway.test")
+    serial_b = _serial_of(renewed.cert_chain_pems[0].bytes())
+    assert serial_a != serial_b
+    output: list[str] = []
+    extra = {"CYGATE_TLS_RELOAD_INTERVAL": "0.5", "CYGATE_LOG_LEVEL": "info"}
+    served = _serve_tls(gateway_env, files, extra, output)
+    url = next(served)
+    failures: list[str] = []
+    done = [0]
+    stop = threading.Event()
+
+    def requests() -> None:  # each on a new connection, through the swap
+        while not stop.is_set():
+            try:
+                r = httpx.get(url + "/readyz", verify=ctx, timeout=10)
+                if r.status_code != 200:
+                    failures.append(f"status {r.status_code}")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+            done[0] += 1
+
+    loop = threading.Thread(target=requests)
+    try:
+        assert _served_serial(url, ctx) == serial_a
+        loop.start()
+        _replace(files.key_file, renewed.private_key_pem.bytes())
+        _replace(files.cert_file, b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
+        # The old worker stops once the new one accepts: then every connection gets B.
+        deadline = time.monotonic() + 15
+        in_a_row = 0
+        while in_a_row < 5:
+            assert time.monotonic() < deadline, "certificate B not served within 15 s"
+            in_a_row = in_a_row + 1 if _served_serial(url, ctx) == serial_b else 0
+            time.sleep(0.1)
+        # A broken key: logged, ignored, B keeps serving.
+        _replace(files.key_file, b"-----BEGIN PRIVATE KEY-----\nbroken\n")
+        time.sleep(2)
+        assert _served_serial(url, ctx) == serial_b
+        stop.set()
+        loop.join(15)
+        assert failures == [], failures
+        assert done[0] > 10
+    finally:
+        stop.set()
+        served.close()
+    printed = output[0]
+    assert printed.count("TLS certificate changed: respawning") == 1, printed
+    assert printed.count("Stopped old worker-1") == 1, printed  # Granian's graceful respawn
+    ignored = [line for line in printed.splitlines() if "TLS certificate change ignored" in line]
+    assert len(ignored) == 1, printed
