@@ -278,17 +278,33 @@ def test_a_changed_certificate_is_served_without_a_restart(
     url = next(served)
     failures: list[str] = []
     done = [0]
+    retried: list[str] = []
     stop = threading.Event()
+
+    def get() -> None:
+        r = httpx.get(url + "/readyz", verify=ctx, timeout=10)
+        if r.status_code != 200:
+            failures.append(f"status {r.status_code}")
 
     def requests() -> None:  # each on a new connection, through the swap
         while not stop.is_set():
             try:
-                r = httpx.get(url + "/readyz", verify=ctx, timeout=10)
-                if r.status_code != 200:
-                    failures.append(f"status {r.status_code}")
+                get()
+            except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+                # A connection the old worker accepted as it stopped, closed in the handshake or
+                # before its request was read (no response started): a client retries such a
+                # request once (RFC 9112, 9.3.1). At most a few in a swap.
+                retried.append(repr(exc))
+                try:
+                    get()
+                except httpx.HTTPError as again:
+                    failures.append(repr(again))
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
             done[0] += 1
+
+    def serves(serial: int, times: int) -> bool:
+        return all(_served_serial(url, ctx) == serial for _ in range(times))
 
     loop = threading.Thread(target=requests)
     try:
@@ -296,20 +312,24 @@ def test_a_changed_certificate_is_served_without_a_restart(
         loop.start()
         _replace(files.key_file, renewed.private_key_pem.bytes())
         _replace(files.cert_file, b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
-        # The old worker stops once the new one accepts: then every connection gets B.
-        deadline = time.monotonic() + 15
-        in_a_row = 0
-        while in_a_row < 5:
-            assert time.monotonic() < deadline, "certificate B not served within 15 s"
-            in_a_row = in_a_row + 1 if _served_serial(url, ctx) == serial_b else 0
+        deadline = time.monotonic() + 10
+        while _served_serial(url, ctx) != serial_b:
+            assert time.monotonic() < deadline, "certificate B not served within 10 s"
             time.sleep(0.1)
+        # The new worker accepts at once; the old one stops after Granian's respawn interval
+        # (3.5 s), then every new connection gets B.
+        deadline = time.monotonic() + 10
+        while not serves(serial_b, 10):
+            assert time.monotonic() < deadline, "certificate A still served after 10 s"
+            time.sleep(0.2)
         # A broken key: logged, ignored, B keeps serving.
         _replace(files.key_file, b"-----BEGIN PRIVATE KEY-----\nbroken\n")
-        time.sleep(2)
-        assert _served_serial(url, ctx) == serial_b
+        time.sleep(1.5)
+        assert serves(serial_b, 5)
         stop.set()
         loop.join(15)
         assert failures == [], failures
+        assert len(retried) <= 3, retried
         assert done[0] > 10
     finally:
         stop.set()
