@@ -51,6 +51,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> PolicyStage:
 
 
 def _report(benchmark: Any, label: str) -> None:
+    if benchmark.stats is None:  # --benchmark-disable (the suite's smoke run): nothing timed
+        return
     stats = benchmark.stats.stats
     print(f"\n{label}: {stats.mean / N * 1e6:.3f} µs per operation")
 
