@@ -484,3 +484,25 @@ async def test_too_many_missed_invalidations_drop_everything(
             assert b.cache.subscription.connected  # type: ignore[union-attr]  # (no flush)
             assert await b.cache.l2.client.get(b.cache.l2.gen_key) != generation
             assert (await a.get("/items/5")).x_cache == "miss"  # L2's entry is not read
+
+
+async def test_the_first_miss_after_a_redis_restart_uses_l2(prefix: str) -> None:
+    """The miss path's lookups and stores go over connections of their own; after Redis
+    restarts (scripts and data gone) the first miss reconnects, finds no error and stores."""
+    with PrivateRedis() as server:
+        async with instances(server.url, prefix, n=1) as (_, (a,)):
+            assert a.cache.l2 is not None and a.cache.subscription is not None
+            assert (await a.get("/items/1")).x_cache == "miss"
+            await a.cache.l2.drain()
+            errors = a.metrics.counter("cygate_cache_l2_errors_total")
+            stores = a.metrics.counter("cygate_cache_stores_total")
+            assert (errors.value, stores.value) == (0, 1)
+            server.stop()
+            await wait_until(lambda: not a.cache.subscription.connected)  # type: ignore[union-attr]
+            server.start()
+            await wait_until(lambda: a.cache.subscription.connected, 5.0)  # type: ignore[union-attr]
+            assert (await a.get("/items/2")).x_cache == "miss"
+            await a.cache.l2.drain()
+            assert (errors.value, stores.value) == (0, 2)
+            assert a.cache.l2.up
+            assert len(server.client().keys(prefix + "{cache}:e:*")) == 1

@@ -271,7 +271,7 @@ class ResponseCache:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.l2 is not None:
-            await self.l2.drain()
+            await self.l2.close()
         if self.subscription is not None:
             await self.subscription.stop()
 
@@ -535,7 +535,7 @@ class ResponseCache:
     def release_lease(self, key: bytes, token: str | None) -> None:
         """Give the key's L2 lease back (in the background) when nothing is stored under it."""
         if token is not None and self.l2 is not None:
-            self._spawn(self.l2.release(key, token))
+            self.l2.release_later(key, token)
 
     # -- invalidation ------------------------------------------------------------------------
 

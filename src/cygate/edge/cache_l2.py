@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import secrets
@@ -50,6 +51,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from cygate.infra.circuit import Circuit
+from cygate.infra.redis import HeldConnection
 from cygate.infra.retry import Backoff
 
 if TYPE_CHECKING:
@@ -88,13 +90,22 @@ return 1
 # PERF: one argument per key (redis-py spends Python time on each argument):
 # ``<key hex> <token> <read: 1|0> <tag-set ms> `` then each tag as ``<length>:<tag>``. Every
 # name is the key hex under a prefix of the one hash tag (as _INVALIDATE's): one cluster slot.
-# KEYS[1] generation; ARGV: lease ms, entry prefix, lease prefix, tag prefix, one per key.
-# Returns per key: the entry's bytes, 1 (leased) or 0 (another loader holds the lease).
+# First it gives back the leases of loads that stored nothing (ARGV[5]: ``<key hex> <token> ``
+# each), so that a later miss of this process is never held back by its own earlier lease.
+# KEYS[1] generation; ARGV: lease ms, entry prefix, lease prefix, tag prefix, releases, one per
+# key. Returns per key: the entry's bytes, 1 (leased) or 0 (another loader holds the lease).
 _LOOKUP = """
+for hex, token in string.gmatch(ARGV[5], '(%x+) (%x+) ') do
+  local lease = ARGV[3] .. hex
+  local held = redis.call('GET', lease)
+  if held and string.sub(held, 1, #token + 1) == token .. '|' then
+    redis.call('DEL', lease)
+  end
+end
 local gen = redis.call('GET', KEYS[1]) or '0'
 local stamp = gen .. ':'
 local out = {}
-for a = 5, #ARGV do
+for a = 6, #ARGV do
   local item = ARGV[a]
   local hex, token, read, tag_ms, pos = string.match(item, '^(%x+) (%x+) ([01]) (%d+) ()')
   local result = 0
@@ -105,7 +116,10 @@ for a = 5, #ARGV do
     end
   end
   local lease = ARGV[3] .. hex
-  if result == 0 and redis.call('SET', lease, token .. '|' .. gen, 'NX', 'PX', ARGV[1]) then
+  local held = token .. '|' .. gen
+  -- NOTE: a lease our own token holds is ours: the call ran before and its reply was lost
+  if result == 0 and (redis.call('SET', lease, held, 'NX', 'PX', ARGV[1])
+                      or redis.call('GET', lease) == held) then
     tag_ms = tonumber(tag_ms)
     while pos <= #item do
       local n, start = string.match(item, '^(%d+):()', pos)
@@ -162,6 +176,11 @@ for i = 5, #ARGV do
 end
 return {n, redis.call('PUBLISH', ARGV[1], ARGV[2])}
 """
+
+
+# Redis names a script by the SHA1 of its text (EVALSHA).
+_LOOKUP_SHA = hashlib.sha1(_LOOKUP.encode()).hexdigest()
+_STORE_MANY_SHA = hashlib.sha1(_STORE_MANY.encode()).hexdigest()
 
 
 class _Message(msgspec.Struct, array_like=True, frozen=True):
@@ -225,15 +244,19 @@ class L2:
 
     __slots__ = (
         "_acquire",
+        "_gen",
         "_invalidate",
+        "_lease_ms",
         "_looking",
-        "_lookup",
+        "_lookup_line",
         "_lookups",
         "_prefixes",
         "_release",
+        "_releases",
         "_store",
-        "_store_many",
+        "_store_line",
         "_stores",
+        "_storing",
         "_tasks",
         "_timer",
         "_token_base",
@@ -269,8 +292,6 @@ class L2:
         self._store = self.client.register_script(_STORE)
         self._release = self.client.register_script(_RELEASE)
         self._invalidate = self.client.register_script(_INVALIDATE)
-        self._lookup = self.client.register_script(_LOOKUP)
-        self._store_many = self.client.register_script(_STORE_MANY)
         self._prefixes = (
             self.entry_prefix.encode(),
             self.lease_prefix.encode(),
@@ -278,6 +299,16 @@ class L2:
         )
         self._looking = False
         """A lookup call is in flight: new misses queue for the next one."""
+        self._storing = False
+        """A store call is in flight: new stores queue for the next one."""
+        # PERF: the miss path's two scripts on connections of their own (HeldConnection).
+        self._lookup_line = HeldConnection(self.client, timeout)
+        self._store_line = HeldConnection(self.client, timeout)
+        self._gen = [self.gen_key.encode()]
+        self._lease_ms = 0
+        """``cache_lease_ttl`` in ms, as the cache's lookups give it."""
+        self._releases: list[bytes] = []
+        """Leases to give back, sent with the next lookup call (``<key hex> <token> ``)."""
         self._lookups: list[_Lookup] = []
         """Misses of this loop turn, sent together by :meth:`_send_lookups`."""
         self._stores: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]] = []
@@ -336,23 +367,27 @@ class L2:
         if not self.up:
             future.set_result(None)
             return future
+        self._lease_ms = lease_ms
         self._lookups.append(_Lookup(key, tuple(tags), read, tag_ms, future))
         if not self._looking:
             self._looking = True
-            self._spawn(self._send_lookups(lease_ms))
+            self._spawn(self._send_lookups())
         return future
 
-    async def _send_lookups(self, lease_ms: int) -> None:
+    async def _send_lookups(self) -> None:
         try:
-            while self._lookups:
+            while self._lookups or self._releases:
                 batch, self._lookups = self._lookups[:_BATCH], self._lookups[_BATCH:]
-                await self._send_lookup_batch(batch, lease_ms)
+                releases, self._releases = b"".join(self._releases), []
+                await self._send_lookup_batch(batch, self._lease_ms, releases)
         finally:
             self._looking = False
 
-    async def _send_lookup_batch(self, batch: list[_Lookup], lease_ms: int) -> None:
+    async def _send_lookup_batch(
+        self, batch: list[_Lookup], lease_ms: int, releases: bytes
+    ) -> None:
         prefixes = self._prefixes
-        args: list[bytes] = [b"%d" % lease_ms, *prefixes]
+        args: list[bytes] = [b"%d" % lease_ms, *prefixes, releases]
         tokens = []
         for item in batch:
             token = self._new_token()
@@ -369,7 +404,10 @@ class L2:
             args.append(packed)
         got = None
         try:
-            got = await self._call("lookup", lambda: self._lookup(keys=[self.gen_key], args=args))
+            got = await self._call(
+                "lookup",
+                lambda: self._lookup_line.evalsha(_LOOKUP_SHA, _LOOKUP, self._gen, args),
+            )
         finally:  # NOTE: whatever happened, every waiting miss gets an answer
             self._answer_lookups(batch, tokens, got)
 
@@ -382,7 +420,7 @@ class L2:
             if not item.future.done():
                 item.future.set_result(result)
             elif isinstance(result, str):  # its request went away: give the lease back
-                self._spawn(self.release(item.key, result))
+                self.release_later(item.key, result)
 
     def _new_token(self) -> str:
         """A lease token no other loader holds: this client's random part and a count (PERF:
@@ -406,18 +444,29 @@ class L2:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._stores:
+        if self._stores and not self._storing:
+            self._storing = True
             self._spawn(self._send_stores())
 
     async def _send_stores(self) -> None:
-        batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
-        if self._stores:
-            self._spawn(self._send_stores())
+        try:
+            while self._stores:
+                batch, self._stores = self._stores[:_BATCH], self._stores[_BATCH:]
+                await self._send_store_batch(batch)
+        finally:
+            self._storing = False
+
+    async def _send_store_batch(
+        self, batch: list[tuple[bytes, str, Callable[[], tuple[bytes, int]]]]
+    ) -> None:
         args: list[bytes] = [*self._prefixes[:2]]
         for key, token, payload in batch:
             data, px = payload()
             args += (b"%s %s %d" % (key.hex().encode(), token.encode(), px), data)
-        got = await self._call("store", lambda: self._store_many(keys=[self.gen_key], args=args))
+        got = await self._call(
+            "store",
+            lambda: self._store_line.evalsha(_STORE_MANY_SHA, _STORE_MANY, self._gen, args),
+        )
         if got:
             self.n_stored.value += int(got)
 
@@ -431,6 +480,12 @@ class L2:
         self._flush_stores()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Send what waits, then close the miss path's own connections."""
+        await self.drain()
+        await self._lookup_line.close()
+        await self._store_line.close()
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
@@ -457,6 +512,17 @@ class L2:
     async def release(self, key: bytes, token: str) -> None:
         keys = [self.lease_prefix + key.hex()]
         await self._call("release", lambda: self._release(keys=keys, args=[token]))
+
+    def release_later(self, key: bytes, token: str) -> None:
+        """Give the lease back with the next lookup call (one is sent now if none is in
+        flight). PERF: no call of its own; NOTE: in order with this process's lookups, so its
+        next miss of the key finds the lease gone."""
+        if not self.up:
+            return  # the lease expires by itself (cache_lease_ttl)
+        self._releases.append(b"%s %s " % (key.hex().encode(), token.encode()))
+        if not self._looking:
+            self._looking = True
+            self._spawn(self._send_lookups())
 
     async def wait_for(self, key: bytes, patience: float) -> bytes | None:
         """Poll for the entry another instance is loading, until it appears, its lease goes
