@@ -127,6 +127,10 @@ def _miss_child(case: str, requests: int) -> None:
     drain = getattr(edge.cache.l2, "drain", None) if edge.cache is not None else None
     if drain is not None:  # (a tree whose L2 writes are not batched has none)
         driver.loop.run_until_complete(drain())
+    if edge.cache is not None and edge.cache.l2 is not None:
+        errors = edge.cache.metrics.counter("cygate_cache_l2_errors_total").value
+        if errors:
+            raise SystemExit(f"{case}: {errors:.0f} Redis errors (misses went without L2)")
     label = dict(driver.sent[0]["headers"]).get(b"x-cache") if driver.sent else None
     status = driver.sent[0]["status"] if driver.sent else 0
     if status != 200 or label != (None if case == "uncached" else b"miss"):
