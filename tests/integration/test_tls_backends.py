@@ -5,6 +5,7 @@ server's certificate is an error, never a connection in the clear.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import shutil
@@ -22,7 +23,7 @@ import trustme
 from tests.private_postgres import PrivatePostgres
 
 from cygate.infra.db import close_pool, create_pool
-from cygate.infra.redis import create_redis
+from cygate.infra.redis import HeldConnection, create_redis
 from cygate.infra.settings import DatabaseSettings, RedisSettings
 from cygate.settings import SettingsError, load_settings
 
@@ -170,6 +171,14 @@ async def test_redis_over_tls_with_a_client_certificate(tls_redis: int, pki: Pki
         assert await handle.ping()
         await handle.client.set(handle.key("tls"), b"on")
         assert await handle.client.get(handle.key("tls")) == b"on"
+        # The cache's held connections are made from the client's settings: TLS too.
+        held = HeldConnection(handle.client, 2.0)
+        script = "return redis.call('GET', KEYS[1])"
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        try:
+            assert await held.evalsha(sha, script, [handle.key("tls").encode()], []) == b"on"
+        finally:
+            await held.close()
     finally:
         await handle.close()
 
