@@ -44,6 +44,7 @@ from cygate.services.catalog.plugin import CatalogPlugin
 from cygate.services.catalog.repository import CursorError
 from cygate.services.events.plugin import EventsPlugin
 from cygate.services.identity.plugin import IdentityPlugin
+from cygate.services.openapi import ContractJSON, Operation, document_path
 from cygate.services.ops.plugin import OpsPlugin
 from cygate.services.orders.plugin import OrdersPlugin
 from cygate.services.payments.plugin import PaymentsPlugin
@@ -55,7 +56,7 @@ from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
 from cygate.upstream.table import LocalRoute, RouteTable, RouteTableManager
 
-__all__ = ["build_router", "cache_routes", "create_app", "local_routes"]
+__all__ = ["build_router", "cache_routes", "create_app", "local_routes", "operations"]
 
 log = logging.getLogger("cygate")
 
@@ -189,6 +190,30 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
     return routes
 
 
+def operations(app: Litestar, router: Router, limiter: RateLimitStage) -> list[Operation]:
+    """The route table's own (local) routes as the OpenAPI document describes them."""
+    handlers = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for method, (handler, *_) in route.route_handler_map.items():
+                handlers[f"{method} {route.path}"] = handler
+    found = []
+    for _host, method, pattern, policy in router.routes():
+        handler = handlers.get(policy.name)
+        if policy.target != "local" or handler is None:
+            continue
+        found.append(
+            Operation(
+                method=method,
+                path=document_path(pattern),
+                policy=policy,
+                handler=handler,
+                rate_limited=limiter.plan_for(policy.name) is not None,
+            )
+        )
+    return found
+
+
 def cache_routes(app: Litestar, cache: ResponseCache) -> None:
     """Give the cache each route whose handler names a rule (``opt={"cache": "<rule>"}``)."""
     for route in app.routes:
@@ -252,6 +277,9 @@ def create_app(settings: Settings | None = None) -> Edge:
     ]
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
+    # The document at /schema/openapi.json: Litestar's, completed from the route table (the
+    # edge's statuses, headers and operations) when it is first asked for.
+    contract = ContractJSON()
 
     @asynccontextmanager
     async def shared(app: Litestar) -> AsyncIterator[None]:
@@ -331,7 +359,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             title="cygate",
             version=__version__,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[ScalarRenderPlugin(), contract],
         ),
         request_max_body_size=settings.http.max_body_bytes,
         # Bodies decoded strictly into the handler's type; NUL and deep nesting refused.
@@ -428,6 +456,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     set_stages()
 
     manager.prepare = replan
+    contract.operations = lambda: operations(app, edge.router, limiter)
     return edge
 
 

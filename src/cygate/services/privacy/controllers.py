@@ -16,6 +16,7 @@ from litestar.params import FromPath, JSONBody
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
+from cygate.services.openapi import problems
 from cygate.services.privacy.consent import (
     PURPOSES,
     ConsentIn,
@@ -48,7 +49,7 @@ class ConsentsController(Controller):
     path = "/api/v1/users/me/consents"
     tags = ["privacy"]
 
-    @get("/", summary="My consents and their history", opt=_AUTH)
+    @get("/", summary="My consents and their history", opt=_AUTH, responses=problems(404))
     async def list_consents(
         self, request: Request[Any, Any, Any], state: State
     ) -> Response[Consents]:
@@ -61,6 +62,7 @@ class ConsentsController(Controller):
         "/{purpose:str}",
         summary="Grant or refuse a purpose",
         opt=_AUTH | {"max_body_bytes": 1024},
+        responses=problems(404),
     )
     async def set_consent(
         self,
