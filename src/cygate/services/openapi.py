@@ -36,6 +36,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from cygate.edge.body import BODY_FORM
+from cygate.edge.cache_entry import HIT_L1, HIT_L2, MISS, STALE
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE
 from cygate.services.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
 
@@ -165,6 +166,14 @@ def document_path(pattern: str) -> str:
 # -- the post-processing ------------------------------------------------------------------------
 
 _REF = "#/components/schemas/"
+_CONVENTIONS = (
+    "cygate's REST API. Every refusal is RFC 9457 application/problem+json with the request's "
+    "`request_id` (422s name each wrong field in `errors`); the OAuth endpoints answer RFC 6749 "
+    "error objects. Strings never hold NUL (U+0000): a body, form or query value with one is a "
+    "422. Lists take `limit` (1..100) and an opaque `cursor` (a `next_cursor` the server "
+    "issued). Writes that move money need an `Idempotency-Key`; a replay carries "
+    "`Idempotent-Replayed: true`. Rate-limited answers carry `RateLimit-*` headers."
+)
 _NO_DB = frozenset({"/healthz", "/.well-known/jwks.json", "/schema/openapi.json", "/schema"})
 """Operations that need neither PostgreSQL nor Redis (everything else may answer 503)."""
 
@@ -187,7 +196,8 @@ _HEADERS: dict[str, dict[str, Any]] = {
     "ETag": _header("The entity tag of the representation", _STR),
     "Cache-Control": _header("Caching directives", _STR),
     "X-Cache": _header(
-        "Whether the gateway's cache answered", {"type": "string", "enum": ["hit", "miss", "stale"]}
+        "Whether the gateway's cache answered (and from which tier)",
+        {"type": "string", "enum": [v.decode() for v in (HIT_L1, HIT_L2, MISS, STALE)]},
     ),
     "Age": _header("Seconds the cached answer has been stored", _INT),
     "WWW-Authenticate": _header("The authentication scheme (RFC 6750 / RFC 7617)", _STR),
@@ -228,8 +238,14 @@ def _statuses(op: Operation, params: list[dict[str, Any]], has_body: bool) -> se
     out: set[int] = set()
     if any(p.get("in") in ("path", "query", "header") for p in params):
         out.add(422)  # a parameter that does not parse or breaks its bounds
+    if any(p.get("in") == "path" for p in params):
+        out.add(400)  # a path that does not normalise (a bad escape, an encoded slash...)
+    if op.method in ("POST", "PUT", "PATCH", "DELETE"):
+        # the edge reads a write's body first: over the route's limit 413; a JSON route refuses
+        # any other media type with 415, a body or not in the document
+        out |= {413} if policy.body == BODY_FORM else {413, 415}
     if has_body:
-        out |= {400, 413} if policy.body == BODY_FORM else {400, 413, 415, 422}
+        out |= {400} if policy.body == BODY_FORM else {400, 422}
     if policy.auth:
         out.add(401)
     if policy.roles or policy.policy:
@@ -243,8 +259,8 @@ def _statuses(op: Operation, params: list[dict[str, Any]], has_body: bool) -> se
     return out
 
 
-def _forbids_unknown(types: Iterable[Any]) -> Iterator[str]:
-    """Names of the body structs (and the structs inside them) that refuse unknown fields."""
+def _body_structs(types: Iterable[Any]) -> Iterator[type[msgspec.Struct]]:
+    """The body structs (and the structs inside them)."""
     seen: set[type] = set()
     stack = list(types)
     while stack:
@@ -256,9 +272,30 @@ def _forbids_unknown(types: Iterable[Any]) -> Iterator[str]:
         if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or tp in seen:
             continue
         seen.add(tp)
-        if tp.__struct_config__.forbid_unknown_fields:
-            yield tp.__name__
+        yield tp
         stack.extend(f.type for f in msgspec.structs.fields(tp))
+
+
+def _body_schemas(types: Iterable[Any]) -> dict[str, Any]:
+    """The request bodies' schemas as msgspec, which decodes them, states them (Litestar's
+    generator drops the bounds of list items and mapping keys): strict where the struct
+    refuses unknown fields; a change with every field optional must change something."""
+    structs = list(_body_structs(types))
+    if not structs:
+        return {}
+    _, components = msgspec.json.schema_components(structs, ref_template=_REF + "{name}")
+    for struct in structs:
+        schema = components.get(struct.__name__)
+        if schema is None:
+            continue
+        schema.pop("title", None)
+        config = struct.__struct_config__
+        if config.forbid_unknown_fields:
+            schema["additionalProperties"] = False
+        fields = msgspec.structs.fields(struct)
+        if fields and all(f.default is msgspec.UNSET for f in fields):
+            schema["minProperties"] = 1  # (the writers refuse a body that changes nothing)
+    return components
 
 
 def _body_type(handler: HTTPRouteHandler) -> Any:
@@ -327,7 +364,7 @@ def finish_document(doc: dict[str, Any], operations: Iterable[Operation]) -> dic
         }
     }
     paths: dict[str, dict[str, Any]] = doc.setdefault("paths", {})
-    strict: set[str] = set()
+    bodies: list[Any] = []
     methods_of: dict[str, set[str]] = {}
     ops = list(operations)
     for op in ops:
@@ -336,21 +373,20 @@ def finish_document(doc: dict[str, Any], operations: Iterable[Operation]) -> dic
         item = paths.get(op.path, {}).get(op.method.lower())
         if item is None:
             continue  # not in the schema (include_in_schema=False): the test says which
-        _finish_operation(item, op, strict)
+        _finish_operation(item, op, bodies)
         if op.method == "GET":
             paths[op.path]["head"] = _head_of(item)
     for path, methods in methods_of.items():
         if path in paths:
-            paths[path]["options"] = _options(path, methods)
-    for name in strict:
-        if name in schemas:
-            schemas[name]["additionalProperties"] = False
+            paths[path]["options"] = _options(path, methods, paths[path])
+    schemas.update(_body_schemas(bodies))
     _links(doc)
     doc["openapi"] = "3.1.0"
+    doc.setdefault("info", {})["description"] = _CONVENTIONS
     return doc
 
 
-def _finish_operation(item: dict[str, Any], op: Operation, strict: set[str]) -> None:
+def _finish_operation(item: dict[str, Any], op: Operation, bodies: list[Any]) -> None:
     params: list[dict[str, Any]] = item.setdefault("parameters", [])
     responses: dict[str, Any] = item.setdefault("responses", {})
     handler_opt = op.handler.opt
@@ -361,7 +397,7 @@ def _finish_operation(item: dict[str, Any], op: Operation, strict: set[str]) -> 
     has_body = "requestBody" in item
     body_type = _body_type(op.handler)
     if body_type is not None:
-        strict.update(_forbids_unknown([body_type]))
+        bodies.append(body_type)
     declared = {int(s) for s in responses}
     # Litestar's own 400 (its ValidationException shape) is not what the server sends: the
     # edge and the exception handlers answer 422 problem+json; 400 stays only where it happens.
@@ -383,8 +419,8 @@ def _finish_operation(item: dict[str, Any], op: Operation, strict: set[str]) -> 
         elif name == "if-match" and 428 in statuses:
             p["required"] = True
             p["schema"] = {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": r"\S"}
-        elif "oneOf" in schema and p.get("in") != "path":
-            _flatten_optional(p)
+        elif "oneOf" in schema and p.get("in") == "query":
+            _bounds_of_optional(p, op.handler)
     if op.policy.cache and op.method == "GET":
         params.append(
             {
@@ -392,7 +428,7 @@ def _finish_operation(item: dict[str, Any], op: Operation, strict: set[str]) -> 
                 "in": "header",
                 "required": False,
                 "description": "An ETag from an earlier answer: 304 while it still matches",
-                "schema": {"type": "string", "maxLength": 1024},
+                "schema": {"type": "string"},
             }
         )
     item["security"] = [{BEARER: []}] if op.policy.auth else []
@@ -412,15 +448,32 @@ def _finish_operation(item: dict[str, Any], op: Operation, strict: set[str]) -> 
             _fix_success(response)
 
 
-def _flatten_optional(param: dict[str, Any]) -> None:
-    """``oneOf: [X, null]`` of an optional query or header parameter: the parameter is simply
-    absent when not given (a literal ``null`` is not a value the server takes), and Litestar
-    drops the bounds of such a schema (``ge=0`` is lost); the handler's annotation keeps them."""
+_BOUNDS = (
+    ("ge", "minimum"),
+    ("le", "maximum"),
+    ("gt", "exclusiveMinimum"),
+    ("lt", "exclusiveMaximum"),
+    ("min_length", "minLength"),
+    ("max_length", "maxLength"),
+)
+
+
+def _bounds_of_optional(param: dict[str, Any], handler: HTTPRouteHandler) -> None:
+    """``oneOf: [X, null]`` of an optional query parameter: Litestar puts the bounds beside
+    the ``oneOf`` and drops a bound of 0 (``ge=0``); they go on the non-null variant, from
+    the handler's own declaration (the ``null`` variant stays: ``?x=null`` is taken as absent)."""
+    field = handler.parsed_fn_signature.parameters.get(param["name"])
+    kwargs = getattr(field, "kwarg_definition", None)
     schema = param["schema"]
-    variants = [v for v in schema.pop("oneOf") if v.get("type") != "null"]
-    if len(variants) == 1:
-        merged = {**variants[0], **schema}
-        param["schema"] = merged
+    for _, key in _BOUNDS:
+        schema.pop(key, None)
+    for variant in schema["oneOf"]:
+        if variant.get("type") == "null" or kwargs is None:
+            continue
+        for attr, key in _BOUNDS:
+            value = getattr(kwargs, attr, None)
+            if value is not None:
+                variant[key] = value
 
 
 def _response_headers(hdrs: dict[str, Any], status: int, op: Operation, idempotent: bool) -> None:
@@ -466,23 +519,40 @@ def _head_of(get: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def _options(path: str, methods: set[str]) -> dict[str, Any]:
+def _options(path: str, methods: set[str], item: dict[str, Any]) -> dict[str, Any]:
     allowed = sorted(methods | {"OPTIONS"} | ({"HEAD"} if "GET" in methods else set()))
     name = re.sub(r"[^A-Za-z0-9]+", " ", path).title().replace(" ", "")
+    # the path parameters as the other operations of the path declare them (the edge checks
+    # a typed parameter before it answers OPTIONS: 422)
+    params = {
+        p["name"]: p
+        for op in item.values()
+        if isinstance(op, dict)
+        for p in op.get("parameters", [])
+        if p.get("in") == "path"
+    }
+    responses: dict[str, Any] = {
+        "200": {
+            "description": f"Allowed: {', '.join(allowed)}",
+            "headers": {"Allow": _HEADERS["Allow"], "X-Request-ID": _HEADERS["X-Request-ID"]},
+        }
+    }
+    if params:
+        for status in (400, 422):
+            responses[str(status)] = {
+                "description": _WHY[status] if status == 422 else "The path does not parse",
+                "headers": {"X-Request-ID": _HEADERS["X-Request-ID"]},
+                "content": _problem_content(status, oauth=False),
+            }
     return {
         "summary": "The methods of this path (answered by the edge)",
         "operationId": f"Options{name}",
         "security": [],
         "parameters": [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            params.get(p) or {"name": p, "in": "path", "required": True, "schema": _STR}
             for p in re.findall(r"\{(\w+)\}", path)
         ],
-        "responses": {
-            "200": {
-                "description": f"Allowed: {', '.join(allowed)}",
-                "headers": {"Allow": _HEADERS["Allow"], "X-Request-ID": _HEADERS["X-Request-ID"]},
-            }
-        },
+        "responses": responses,
     }
 
 

@@ -71,6 +71,8 @@ _PRIVATE = {"cache-control": "private, no-store"}
 _FORM = "application/x-www-form-urlencoded"
 _SMALL_BODY = {"max_body_bytes": 16 * 1024}
 _FORM_BODY = _SMALL_BODY | {"body": BODY_FORM}  # RFC 6749: parsed by _form, not the edge
+_TOKEN_PARAMS = frozenset({"grant_type", "refresh_token", "client_id", "client_secret", "scope"})
+_REVOKE_PARAMS = frozenset({"token", "token_type_hint"})
 
 
 def _identity(state: State) -> Identity:
@@ -100,8 +102,9 @@ class _FormError(Exception):
     pass
 
 
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """The urlencoded body; a parameter given twice is an error (RFC 6749 §3.1, §3.2)."""
+async def _form(request: Request[Any, Any, Any], names: frozenset[str]) -> dict[str, str]:
+    """The urlencoded body's parameters ``names``: one given twice is an error (RFC 6749 §3.1);
+    any other parameter is ignored (§3.2: "unrecognized request parameters")."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != _FORM:
         raise _FormError(f"the body must be {_FORM}")
@@ -112,7 +115,9 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
         raise _FormError("the body is not valid form data") from None
     form: dict[str, str] = {}
     for name, value in pairs:
-        if "\x00" in name or "\x00" in value:  # (PostgreSQL text cannot hold NUL)
+        if name not in names:
+            continue
+        if "\x00" in value:  # (PostgreSQL text cannot hold NUL)
             raise _FormError("form data must not contain NUL (%00)")
         if name in form:
             raise _FormError(f"parameter {name!r} is given more than once")
@@ -227,7 +232,7 @@ class AuthController(Controller):
         identity = _identity(state)
         info = _info(request)
         try:
-            form = await _form(request)
+            form = await _form(request, _TOKEN_PARAMS)
             basic = _basic_credentials(request)
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
@@ -268,7 +273,7 @@ class AuthController(Controller):
     )
     async def revoke(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         try:
-            form = await _form(request)
+            form = await _form(request, _REVOKE_PARAMS)
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
         token = form.get("token")
