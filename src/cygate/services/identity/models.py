@@ -40,7 +40,11 @@ Role = Literal["customer", "catalog_manager", "admin"]
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 """NOTE: long enough for any passphrase, short enough that no one makes Argon2 hash a megabyte."""
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
+# NOTE: spaces spelled out where Python's ``\s`` and ECMAScript's differ (\x1c-\x1f and \x85
+# are spaces to Python only, \ufeff to ECMAScript only), so the document's pattern, read by
+# clients and contract tests as ECMAScript, accepts exactly what the server does.
+_SPACE = r"\s\x1c-\x1f\x85\ufeff"
+EMAIL_PATTERN = rf"^[^@{_SPACE}]{{1,64}}@[^@{_SPACE}.]+(\.[^@{_SPACE}.]+)+$"
 
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
