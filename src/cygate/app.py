@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.routes import HTTPRoute
@@ -192,22 +193,22 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
 
 def operations(app: Litestar, router: Router, limiter: RateLimitStage) -> list[Operation]:
     """The route table's own (local) routes as the OpenAPI document describes them."""
-    handlers = {}
+    handlers: dict[str, HTTPRouteHandler] = {}
     for route in app.routes:
         if isinstance(route, HTTPRoute):
-            for method, (handler, *_) in route.route_handler_map.items():
-                handlers[f"{method} {route.path}"] = handler
+            for verb, (handler, *_) in route.route_handler_map.items():
+                handlers[f"{verb} {route.path}"] = handler
     found = []
     for _host, method, pattern, policy in router.routes():
-        handler = handlers.get(policy.name)
-        if policy.target != "local" or handler is None:
+        known = handlers.get(policy.name)
+        if policy.target != "local" or known is None:
             continue
         found.append(
             Operation(
                 method=method,
                 path=document_path(pattern),
                 policy=policy,
-                handler=handler,
+                handler=known,
                 rate_limited=limiter.plan_for(policy.name) is not None,
             )
         )

@@ -123,9 +123,7 @@ def _customer_flow(m: Any, anon: Any, me: Any) -> None:
     assert isinstance(page, m.ProductPage) and len(page.items) == 5
     stocked = [p for p in page.items if p.stock > 2]
     assert stocked, page
-    product = _api("catalog.api_v1_products_product_id_product").sync(
-        stocked[0].id, client=anon
-    )
+    product = _api("catalog.api_v1_products_product_id_product").sync(stocked[0].id, client=anon)
     assert isinstance(product, m.Product) and product.id == stocked[0].id
     word = product.name.split()[0]
     found = _api("catalog.api_v1_search_search").sync(client=anon, q=word, limit=10)

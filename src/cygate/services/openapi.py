@@ -38,7 +38,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from cygate.edge.body import BODY_FORM
 from cygate.edge.cache_entry import HIT_L1, HIT_L2, MISS, STALE
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE
-from cygate.services.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
+from cygate.services.idempotency import MAX_KEY_LENGTH
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -92,9 +92,7 @@ class ValidationProblem(ProblemDetails, frozen=True):
 class OAuthError(msgspec.Struct, frozen=True, omit_defaults=True):
     """RFC 6749 §5.2 error response of the token and revocation endpoints."""
 
-    error: Literal[
-        "invalid_request", "invalid_client", "invalid_grant", "unsupported_grant_type"
-    ]
+    error: Literal["invalid_request", "invalid_client", "invalid_grant", "unsupported_grant_type"]
     error_description: str | None = None
 
 
@@ -204,8 +202,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
     "Allow": _header("The methods of this path", _STR, required=True),
     "Location": _header("The URL of the created resource", _STR),
     "Idempotent-Replayed": _header(
-        "`true` when this is the stored answer to an earlier request with the same "
-        "Idempotency-Key",
+        "`true` when this is the stored answer to an earlier request with the same Idempotency-Key",
         {"type": "string", "enum": ["true"]},
     ),
 }

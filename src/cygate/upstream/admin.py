@@ -28,8 +28,12 @@ class RoutesAdminController(Controller):
         summary="The active route table and each upstream's circuit state (this worker's)",
         opt={"auth": True, "roles": ["admin"]},
         responses={
-            200: ResponseSpec(dict[str, Any], description="The route table", generate_examples=False),
-            403: ResponseSpec(None, description="Not an admin, or not from loopback (configurable)"),
+            200: ResponseSpec(
+                dict[str, Any], description="The route table", generate_examples=False
+            ),
+            403: ResponseSpec(
+                None, description="Not an admin, or not from loopback (configurable)"
+            ),
         },
     )
     async def routes(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:

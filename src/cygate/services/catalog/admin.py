@@ -21,8 +21,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, patch, post
-from litestar.datastructures import State
-from litestar.datastructures import ResponseHeader
+from litestar.datastructures import ResponseHeader, State
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from cygate.edge.auth import principal_of
@@ -36,7 +35,6 @@ from cygate.services.catalog.models import (
     ProductIn,
     ProductPatch,
 )
-from cygate.services.openapi import answers, problems
 from cygate.services.catalog.writes import (
     Actor,
     CatalogWriter,
@@ -44,6 +42,7 @@ from cygate.services.catalog.writes import (
     encode_category,
     encode_product,
 )
+from cygate.services.openapi import answers, problems
 
 __all__ = ["CatalogAdminController", "invalidate"]
 

@@ -53,7 +53,6 @@ from cygate.services.identity.service import (
     Throttled,
     WrongCode,
 )
-from cygate.services.openapi import answers, problems
 from cygate.services.identity.store import (
     EmailTaken,
     LastAdmin,
@@ -61,6 +60,7 @@ from cygate.services.identity.store import (
     list_users,
     rename_user,
 )
+from cygate.services.openapi import answers, problems
 
 __all__ = ["AuthController", "JWKSController", "UsersController"]
 

@@ -8,7 +8,6 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
