@@ -7,12 +7,12 @@ is keyed by the caller's own id, so another user's consents cannot be named at a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, put
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
@@ -68,7 +68,14 @@ class ConsentsController(Controller):
         self,
         request: Request[Any, Any, Any],
         state: State,
-        purpose: FromPath[str],
+        purpose: Annotated[
+            str,
+            Parameter(
+                description="One of the purposes",
+                # (documentation: an unknown purpose is a 404 naming the purposes, below)
+                schema_extra={"enum": list(PURPOSES)},
+            ),
+        ],
         data: JSONBody[ConsentIn],
     ) -> Response[ConsentOut]:
         if purpose not in PURPOSES:
