@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from cygate.app import create_app
 from cygate.services.openapi import ContractJSON, finish_document, problems
 from cygate.settings import load_settings
@@ -81,7 +82,7 @@ def test_required_headers_bodies_and_media_types(built: Any) -> None:
         (if_match,) = [p for p in op["parameters"] if p["name"] == "if-match"]
         assert if_match["required"] is True and "428" in op["responses"]
     category = ops[("PATCH", "/api/v1/categories/{category_id}")]
-    assert not [p for p in category["parameters"] if p["name"] == "if-match"][0]["required"]
+    assert not next(p for p in category["parameters"] if p["name"] == "if-match")["required"]
     for path in ("/api/v1/auth/token", "/api/v1/auth/revoke"):
         op = ops[("POST", path)]
         assert list(op["requestBody"]["content"]) == ["application/x-www-form-urlencoded"]
