@@ -545,12 +545,21 @@ def _options(path: str, methods: set[str], item: dict[str, Any]) -> dict[str, An
         "summary": "The methods of this path (answered by the edge)",
         "operationId": f"Options{name}",
         "security": [],
-        "parameters": [
-            params.get(p) or {"name": p, "in": "path", "required": True, "schema": _STR}
-            for p in re.findall(r"\{(\w+)\}", path)
-        ],
+        "parameters": [_edge_param(p, params.get(p)) for p in re.findall(r"\{(\w+)\}", path)],
         "responses": responses,
     }
+
+
+def _edge_param(name: str, declared: dict[str, Any] | None) -> dict[str, Any]:
+    """A path parameter as the edge checks it before answering OPTIONS: its type (a uuid) and
+    nothing a handler checks later (an enum of known values): any segment without control
+    characters matches the route."""
+    schema = (declared or {}).get("schema", {})
+    if schema.get("format") == "uuid":
+        kept = {"type": "string", "format": "uuid"}
+    else:
+        kept = {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
+    return {"name": name, "in": "path", "required": True, "schema": kept}
 
 
 class ContractJSON(JsonRenderPlugin):

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import orjson
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
@@ -71,6 +71,14 @@ _PRIVATE = {"cache-control": "private, no-store"}
 _FORM = "application/x-www-form-urlencoded"
 _SMALL_BODY = {"max_body_bytes": 16 * 1024}
 _FORM_BODY = _SMALL_BODY | {"body": BODY_FORM}  # RFC 6749: parsed by _form, not the edge
+_LOGIN_LIMIT_HEADERS = [
+    ResponseHeader(name=name, description=what, documentation_only=True)
+    for name, what in (
+        ("RateLimit-Limit", "Failed logins allowed in the window"),
+        ("RateLimit-Remaining", "Failed logins left in the window"),
+        ("RateLimit-Reset", "Seconds until the window resets"),
+    )
+]
 _TOKEN_PARAMS = frozenset({"grant_type", "refresh_token", "client_id", "client_secret", "scope"})
 _REVOKE_PARAMS = frozenset({"token", "token_type_hint"})
 
@@ -168,6 +176,8 @@ class AuthController(Controller):
         summary="Email and password for a token pair",
         status_code=200,
         responses=problems(401, 403, 429, s403="MFA is required for the account's role"),
+        # (the login limiter's own RateLimit headers: the route has no edge limit)
+        response_headers=_LOGIN_LIMIT_HEADERS,
         # NOTE: no edge limit: the login limiter counts failures per account and per address
         # and sends the RateLimit headers itself (two sets would contradict each other).
         opt=_SMALL_BODY | {"rate_limit": ""},
@@ -280,7 +290,7 @@ class AuthController(Controller):
         if token is None:
             return _oauth_error(400, "invalid_request", "token is required")
         await _identity(state).revoke(token, _info(request))
-        return Response(b"", status_code=200, headers=_NO_STORE)
+        return Response(b"", status_code=200, media_type="application/json", headers=_NO_STORE)
 
 
 def _check_code_form(code: str, *, recovery: bool) -> None:
