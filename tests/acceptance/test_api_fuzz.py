@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -29,8 +28,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
+from tests.acceptance.contract_helpers import (
+    DOCS_ROUTES,
+    documented,
+    route_path,
+    undocumented_answers,
+)
 from tests.payment_helpers import running_simulator
 
 from cygate.infra import seed as seeding
@@ -191,24 +195,6 @@ def test_contract_holds_all_checks_stateful(
         assert httpx.get(gw.url + "/readyz").status_code == 200
 
 
-_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
-_DOCS_ROUTES = "/schema"
-"""The routes that serve the document itself and its UI: not described by it."""
-
-
-def _documented(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (method.upper(), path): op
-        for path, item in doc["paths"].items()
-        for method, op in item.items()
-        if method in _METHODS
-    }
-
-
-def _route_path(pattern: str) -> str:
-    return re.sub(r"\{(\w+):\w+\}", r"{\1}", pattern)
-
-
 def test_document_and_behaviour_agree(fuzz_gateway: Gateway) -> None:
     """The document against the route table the gateway runs (GET /admin/routes) and against
     every (route, status) it answered since it started (its /metrics): after the contract run
@@ -218,25 +204,24 @@ def test_document_and_behaviour_agree(fuzz_gateway: Gateway) -> None:
     with gw.client() as c:
         doc = c.get("/schema/openapi.json").json()
         table = c.get("/admin/routes", headers=admin).json()["routes"]
-        metrics = c.get("/metrics").text
-    documented = _documented(doc)
+    ops = documented(doc)
     assert doc["openapi"].startswith("3.1")
     served: dict[tuple[str, str], dict[str, Any]] = {}
     for route in table:
-        if route["upstream"] != "local" or route["path"].startswith(_DOCS_ROUTES):
+        if route["upstream"] != "local" or route["path"].startswith(DOCS_ROUTES):
             continue
         for method in route["methods"].split(","):
-            served[(method.strip(), _route_path(route["path"]))] = route
+            served[(method.strip(), route_path(route["path"]))] = route
     # every route is documented, with its edge-served HEAD and OPTIONS, and nothing else is
     expected = set(served)
     expected |= {("HEAD", p) for m, p in served if m == "GET"}
     expected |= {("OPTIONS", p) for _, p in served}
-    assert set(documented) == expected, (
-        f"documented, not served: {sorted(set(documented) - expected)}; "
-        f"served, not documented: {sorted(expected - set(documented))}"
+    assert set(ops) == expected, (
+        f"documented, not served: {sorted(set(ops) - expected)}; "
+        f"served, not documented: {sorted(expected - set(ops))}"
     )
     for key, route in served.items():
-        op = documented[key]
+        op = ops[key]
         needs_token = bool(op["security"])
         assert needs_token == route["auth"], (key, op["security"])
         statuses = {int(s) for s in op["responses"]}
@@ -245,22 +230,6 @@ def test_document_and_behaviour_agree(fuzz_gateway: Gateway) -> None:
         if route["roles"]:
             assert 403 in statuses, key
     # every status each route answered is documented for it
-    seen: set[tuple[str, str, int]] = set()
-    for family in text_string_to_metric_families(metrics):
-        if family.name != "cygate_http_requests":
-            continue
-        for sample in family.samples:
-            route = sample.labels["route"]
-            if route.startswith("<") or sample.value == 0:
-                continue  # unmatched paths and OPTIONS are the edge's, not an operation's
-            method, _, pattern = route.partition(" ")
-            if pattern.startswith(_DOCS_ROUTES):
-                continue
-            seen.add((sample.labels["method"], _route_path(pattern), int(sample.labels["status"])))
+    seen, undocumented = undocumented_answers(gw.url)
     assert len(seen) > 60, sorted(seen)  # the contract run above reached most operations
-    undocumented = sorted(
-        (m, p, s)
-        for m, p, s in seen
-        if str(s) not in documented.get((m, p), {}).get("responses", {})
-    )
     assert not undocumented, f"answered but not documented: {undocumented}"
