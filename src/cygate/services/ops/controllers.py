@@ -16,6 +16,7 @@ from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
 from cygate.infra import outbox
 
 if TYPE_CHECKING:
+    from cygate.infra.replicas import ReplicaSet
     from cygate.infra.settings import MetricsSettings
 
 __all__ = ["OpsController"]
@@ -56,10 +57,20 @@ class OpsController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Readiness: PostgreSQL must answer; Redis down is degraded")
+    @get(
+        "/readyz",
+        summary="Readiness: PostgreSQL must answer; Redis down is degraded; replicas reported",
+    )
     async def readyz(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         pg, rd = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
-        doc = {"postgres": "ok" if pg else "down", "redis": "ok" if rd else "degraded"}
+        doc: dict[str, Any] = {
+            "postgres": "ok" if pg else "down",
+            "redis": "ok" if rd else "degraded",
+        }
+        replicas: ReplicaSet | None = state.get("replicas")
+        if replicas is not None:
+            # reported, never gating: a skipped replica's reads go to the primary
+            doc["replicas"] = replicas.states()
         if pg:
             return Response(doc, headers={"cache-control": "no-store"})
         body = problem_body(
