@@ -30,6 +30,8 @@ from tests.private_postgres import PrivatePostgres
 
 from cygate.infra import seed as seeding
 
+pytestmark = pytest.mark.once
+
 _DB = "cygate_replicas"
 _FAST_CHECKS = {
     "CYGATE_CACHE_ENABLED": "false",  # every read reaches the database
