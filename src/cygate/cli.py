@@ -564,6 +564,7 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import create_redis
     from cygate.services.events.service import EventsService
+
     # (logging: configured by main(), with the redaction)
     pool = await create_pool(settings.database, lazy=True)
     redis = create_redis(settings.redis)

@@ -193,7 +193,7 @@ class Edge:
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
         self._hit_path_enabled = hit_path
-        self._hits: HitPath | None = None
+        self._hits: HitPath | LoggedHitPath | None = None
         self._rebuild_hit_path()
 
     @property
@@ -217,7 +217,7 @@ class Edge:
         self._rebuild_hit_path()
 
     @property
-    def hit_path(self) -> HitPath | None:
+    def hit_path(self) -> HitPath | LoggedHitPath | None:
         """The fused hit path (``cygate.edge.hitpath``), or None: this edge's cache, stages and
         settings leave it nothing to answer."""
         return self._hits
@@ -531,7 +531,9 @@ class Edge:
                         tap.bytes,
                         tap.cache,
                         "limited" if status == 429 else tap.ratelimit,
-                        ctx.policy.target if ctx is not None and ctx.policy.target != "local" else "",
+                        ctx.policy.target
+                        if ctx is not None and ctx.policy.target != "local"
+                        else "",
                         ctx.peer if ctx is not None else _peer(scope),
                         request_id,
                         traceparent,

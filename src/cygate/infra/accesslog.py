@@ -121,9 +121,7 @@ class AccessLog:
         """Start the writing thread (in the process that serves: a Granian worker)."""
         if self._thread is None:
             self._stopping = False
-            self._thread = threading.Thread(
-                target=self._run, name="cygate-access-log", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="cygate-access-log", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:

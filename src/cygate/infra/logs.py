@@ -162,13 +162,27 @@ def _ids(record: logging.LogRecord) -> tuple[str, str, str]:
     return str(request_id), str(trace_id), str(span_id)
 
 
-class JsonFormatter(logging.Formatter):
+class _Redacting(logging.Formatter):
+    """A formatter whose exception text and stack go through ``redact`` (and so the text
+    cached on the record, which later formatters reuse, is the redacted one)."""
+
+    def __init__(self, fmt: str | None = None, redact: Callable[[str], str] | None = None) -> None:
+        super().__init__(fmt)
+        self.redact = redact or _no_redaction
+        """Applied to the exception text and stack (the message is redacted when made)."""
+
+    def formatException(self, ei: Any) -> str:  # (logging's name)
+        return self.redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # (logging's name)
+        return self.redact(super().formatStack(stack_info))
+
+
+class JsonFormatter(_Redacting):
     """One JSON object per record, on one line (see the module docstring for its fields)."""
 
     def __init__(self, redact: Callable[[str], str] | None = None) -> None:
-        super().__init__()
-        self.redact = redact or _no_redaction
-        """Applied to the exception text and stack (the message is redacted when made)."""
+        super().__init__(None, redact)
 
     def format(self, record: logging.LogRecord) -> str:
         try:
@@ -188,25 +202,36 @@ class JsonFormatter(logging.Formatter):
             line["trace_id"] = trace_id
         if span_id:
             line["span_id"] = span_id
-        if record.exc_info:
-            if not record.exc_text:
-                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line["exception"] = self.redact(record.exc_text)
+            line["exception"] = record.exc_text
         if record.stack_info:
-            line["stack"] = self.redact(self.formatStack(record.stack_info))
+            line["stack"] = self.formatStack(record.stack_info)
         return dump_line(line).decode()
 
 
+_LINE_BREAKS: Final = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
 def dump_line(line: dict[str, Any]) -> bytes:
-    """``line`` as one line of JSON (no newline): control characters escaped, text that is
-    not valid UTF-8 (lone surrogates) with its bad code points replaced."""
+    """``line`` as one line of JSON (no newline): control characters escaped, and the other
+    characters some readers take for a line break (NEL, U+2028, U+2029); text that is not
+    valid UTF-8 (lone surrogates) with its bad code points replaced."""
     try:
-        return orjson.dumps(line)
+        data = orjson.dumps(line)
     except TypeError:
         # NOTE: orjson refuses str with surrogates (bytes decoded with surrogateescape) and
         # types it does not know; both become text it can write.
-        return orjson.dumps({k: _clean(v) for k, v in line.items()})
+        data = orjson.dumps({k: _clean(v) for k, v in line.items()})
+    for raw, escaped in _LINE_BREAKS:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
 
 
 def _clean(value: Any) -> Any:
@@ -217,19 +242,12 @@ def _clean(value: Any) -> Any:
     return _clean(str(value))
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_Redacting):
     """``<time> <level> <logger> <message>`` (as cygate always logged), the exception text and
     stack passed through ``redact``."""
 
     def __init__(self, redact: Callable[[str], str] | None = None) -> None:
-        super().__init__(TEXT_FORMAT)
-        self.redact = redact or _no_redaction
-
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
-        return self.redact(super().formatException(ei))
-
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
-        return self.redact(super().formatStack(stack_info))
+        super().__init__(TEXT_FORMAT, redact)
 
 
 def make_formatter(fmt: LogFormat, redact: Callable[[str], str] | None = None) -> logging.Formatter:
