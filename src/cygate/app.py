@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             yield
         finally:
             if access is not None:
-                access.stop()
+                await asyncio.to_thread(access.stop)  # (writes what is queued)
             await metrics.stop()
             await redis.close()
             await close_pool(pool)

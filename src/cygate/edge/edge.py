@@ -64,6 +64,7 @@ _HOST_CACHE = 256
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _UNMATCHED = "<unmatched>"
 _OPTIONS = "<options>"
+_REFRESH = "cygate.cache.refresh"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NO_HOST = "an HTTP/1.1 request needs exactly one, non-empty Host header (RFC 9112, section 3.2)"
 
@@ -326,7 +327,8 @@ class Edge:
         status = 500  # the answer's, unless the response started (then ``ctx.status``)
         access = self.access
         tap: _Tap | None = None
-        if access is not None and access.sampled():
+        if access is not None and _REFRESH not in scope and access.sampled():
+            # (a background cache refresh is the cache's request, not a client's: not logged)
             send = tap = _Tap(send)
 
         if head is None:

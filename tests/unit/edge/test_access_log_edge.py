@@ -4,6 +4,7 @@ while a request is served carry its ids. Both implementations of the hit path.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -35,12 +36,16 @@ from jwt_cases import SigningKeys, token
 
 KEYS = SigningKeys()
 KID = KEYS.kids["EdDSA"]
-RULES = {"pub": CacheRule(ttl=60, max_age=30)}
+RULES = {
+    "pub": CacheRule(ttl=60, max_age=30),
+    "short": CacheRule(ttl=0.05, stale_while_revalidate=30),
+}
 LIMITS = {"per-caller": {"rate": 1000, "period": 60, "key": ["caller"]}}
 ROUTES: list[tuple[str, dict[str, Any]]] = [
     ("/p/{id:int}", {"cache": "pub", "rate_limit": "per-caller"}),
     ("/open/{id:int}", {"cache": "pub"}),
     ("/plain/{id:int}", {}),
+    ("/short/{id:int}", {"cache": "short"}),
 ]
 ALICE = token(
     KEYS.header("EdDSA"),
@@ -69,7 +74,11 @@ def access_log(lines: Lines, *, sample: float = 1.0, capacity: int = 10_000) -> 
     return AccessLog(sample=sample, fmt="json", capacity=capacity, write=lines.write)
 
 
+LOADS: Counter[str] = Counter()
+
+
 async def loader(ctx: EdgeContext) -> bytes:
+    LOADS[ctx.path] += 1
     log.warning("loading %s", ctx.path)  # a line made while the request is served
     if (ctx.params or {}).get("id") == "0":
         raise Problem(404, "no such thing")
@@ -275,3 +284,24 @@ async def test_lines_logged_while_a_request_is_served_carry_its_ids(
     assert line["trace_id"] == headers[b"traceparent"].decode()[3:35]
     after = json.loads(JsonFormatter().format(logging.makeLogRecord({"msg": "later"})))
     assert "request_id" not in after and "trace_id" not in after  # the request is over
+
+
+async def test_a_background_refresh_is_not_a_logged_request(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = Lines()
+    edge = build_edge(core_impl, monkeypatch, hit_path=True, access=access_log(lines))
+    LOADS.clear()
+    await request(edge, "/short/1")
+    await asyncio.sleep(0.1)  # stale now: the next answer is stale and refreshes in the back
+    status, headers = await request(edge, "/short/1")
+    assert status == 200 and headers[b"x-cache"] == b"stale"
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if LOADS["/short/1"] == 2:
+            break
+    assert LOADS["/short/1"] == 2  # the refresh ran (through the edge)
+    await asyncio.sleep(0.05)  # (and finished)
+    assert edge.access is not None
+    edge.access.flush()
+    assert [line["cache"] for line in lines.parsed()] == ["miss", "stale"]
