@@ -85,6 +85,13 @@ async def loader(ctx: EdgeContext) -> bytes:
     return orjson.dumps({"route": ctx.policy.name, "path": ctx.path})
 
 
+async def upstream(ctx: EdgeContext, receive: Any, send: Any) -> None:
+    """A proxied route's dispatcher: answers 201 with a body of its own."""
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"x-up", b"1")]})
+    await send({"type": "http.response.body", "body": b"from upstream", "more_body": True})
+    await send({"type": "http.response.body", "body": b"!"})
+
+
 def build_edge(
     impl: CoreImplementation,
     monkeypatch: pytest.MonkeyPatch,
@@ -115,6 +122,7 @@ def build_edge(
         policy = RoutePolicy(name=f"GET {pattern}", fast=loader, **extra)
         router.add("GET", pattern, policy)
         policies.append(policy)
+    router.add("GET", "/up/{id:int}", RoutePolicy(name="GET /up/{id:int}", target="svc"))
     cache = ResponseCache(settings.cache, metrics, redis=settings.redis, rules=RULES)
     for pattern, extra in ROUTES:
         if "cache" in extra:
@@ -133,6 +141,7 @@ def build_edge(
         stages=(token_stage, limiter),
         cache=cache,
         access=access,
+        upstream=upstream,
     )
     cache.edge = edge
     return edge
@@ -193,6 +202,7 @@ REQUESTS: list[tuple[str, list[tuple[bytes, bytes]]]] = [
     ("/open/0", []),
     ("/plain/3", [(b"x-request-id", b"client-chosen.1")]),
     ("/nowhere", []),
+    ("/up/9", [(b"x-forwarded-for", b"203.0.113.1")]),
 ]
 
 
@@ -216,7 +226,7 @@ async def test_the_fused_and_the_general_path_write_the_same_line(
     mine, theirs = fused_lines.parsed(), general_lines.parsed()
     assert len(mine) == len(theirs) == len(REQUESTS)
     assert [line["cache"] for line in mine] == [
-        "miss", "hit-l1", "miss", "hit-l1", "miss", "hit-l1", "", ""
+        "miss", "hit-l1", "miss", "hit-l1", "miss", "hit-l1", "", "", ""
     ]  # fmt: skip
     for (status, headers), line, other in zip(answers, mine, theirs, strict=True):
         assert line["status"] == status
@@ -233,6 +243,9 @@ async def test_the_fused_and_the_general_path_write_the_same_line(
     assert mine[3]["ratelimit"] == "" and mine[3]["user_agent"] == 'evil\n{"x":1}\x1b[31m'
     assert mine[5]["status"] == 404 and mine[6]["request_id"] == "client-chosen.1"
     assert mine[7]["route"] == "<unmatched>" and mine[7]["status"] == 404
+    proxied = mine[8]
+    assert proxied["upstream"] == "svc" and proxied["status"] == 201 and proxied["bytes"] == 14
+    assert proxied["client"] == "10.0.0.7"  # X-Forwarded-For from an untrusted peer: ignored
 
 
 async def test_without_an_access_log_the_hit_path_is_the_plain_one(
