@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "DatabaseSettings",
+    "LogSettings",
     "MetricsSettings",
     "NonNegative",
     "Port",
@@ -124,3 +125,33 @@ class MetricsSettings(Section, frozen=True, kw_only=True):
             raise msgspec.ValidationError(
                 "metrics_access is 'token' but no metrics_token is set - at `$.metrics.token`"
             )
+
+
+class LogSettings(Section, frozen=True, kw_only=True):
+    """Log lines and the access log (docs/observability.md)."""
+
+    format: Annotated[
+        Literal["auto", "json", "text"],
+        doc(
+            "Log lines: json (one object per line) or text; auto: json in production, text "
+            "in development and test."
+        ),
+    ] = "auto"
+    access_sample: Annotated[
+        float,
+        doc(
+            "Share of requests written to the access log, 0 to 1 (0: none, and no cost on "
+            "the fused hit path; 1: every request).",
+            ge=0.0,
+            le=1.0,
+        ),
+    ] = 1.0
+    access_queue: Annotated[
+        int,
+        doc(
+            "Access-log lines a worker holds before they are written; when full, new lines "
+            "are dropped and counted (cygate_access_log_dropped_total), never waited for.",
+            ge=1,
+            le=1_000_000,
+        ),
+    ] = 10_000
