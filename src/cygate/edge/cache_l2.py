@@ -7,8 +7,9 @@ Keys (all under one hash tag, ``{cache}``, so the scripts below touch one Redis 
 - ``<prefix>{cache}:l:<key hex>`` the lease of the one loader of that key (``SET NX PX``);
 - ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag;
 - ``<prefix>{cache}:gen`` the generation of L2: every entry is stored as ``<generation>:`` and
-  its bytes, and is read only while that is still the generation. Every script names it among
-  its keys, so on a Redis Cluster each runs on the node of that slot.
+  its bytes, and is read only while that is still the generation. Every script names one of
+  these keys (the generation where it has no other), so on a Redis Cluster each runs on the
+  node of that slot.
 
 The invalidation channel ``<prefix>cache:invalidate`` is plain pub/sub: on a cluster a PUBLISH
 reaches the subscribers of every node, and each instance subscribes on the master of the
