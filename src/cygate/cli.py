@@ -194,8 +194,8 @@ def _check_redis_tls(settings: Settings) -> str | None:
     """With a ``rediss://`` URL: why Redis's certificate is refused, or None. One PING, once,
     before the workers; an unreachable Redis is not decided here (the gateway runs without
     it, degraded, as without TLS)."""
-    if not settings.redis.url.startswith("rediss://"):
-        return None
+    if not settings.redis.url.startswith("rediss://") or settings.redis.cluster:
+        return None  # a cluster's nodes are checked by _check_cluster
     import ssl
 
     import redis
@@ -397,7 +397,7 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     error = _check_tls(settings) or _check_routes(settings)
     if error:
         return _fail(error)
-    error = _check_database_tls(settings) or _check_redis_tls(settings)
+    error = _check_database_tls(settings) or _check_redis_tls(settings) or _check_cluster(settings)
     if error:
         return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:
@@ -550,9 +550,20 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [c for c in consumers if c not in HANDLERS]
     if unknown:
         return _fail(f"unknown consumer(s) {', '.join(unknown)}; known: {', '.join(HANDLERS)}")
+    error = _check_cluster(settings)
+    if error:
+        return _fail(error)
     import uvloop
 
     return uvloop.run(_worker(settings, not args.no_relay, consumers))
+
+
+def _check_cluster(settings: Settings) -> str | None:
+    """With ``redis_cluster``: one line when no node of ``redis_url`` answers or the one that
+    does is a plain Redis (the workers could not use it), else None."""
+    from cygate.infra.redis import check_cluster
+
+    return check_cluster(settings.redis)
 
 
 async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
