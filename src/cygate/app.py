@@ -37,7 +37,9 @@ from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
+from cygate.infra.accesslog import AccessLog, effective_sample
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
+from cygate.infra.logs import configure_logging, resolve_format
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
 from cygate.services.catalog.fast import unavailable
@@ -51,7 +53,7 @@ from cygate.services.orders.plugin import OrdersPlugin
 from cygate.services.payments.plugin import PaymentsPlugin
 from cygate.services.plugin import ServicePlugin
 from cygate.services.privacy.plugin import PrivacyPlugin
-from cygate.services.privacy.redaction import install_redaction
+from cygate.services.privacy.redaction import install_redaction, redact
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
@@ -244,12 +246,12 @@ def _pattern_of(route: Any) -> str:
 def create_app(settings: Settings | None = None) -> Edge:
     """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
     settings = settings or load_settings()
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    log_format = resolve_format(settings.logs.format, settings.server.environment)
+    configure_logging(settings.server.log_level, log_format, redact=redact)
     install_redaction()  # restricted data never in a log line (docs/privacy.md)
     metrics = Metrics(settings.metrics.dir or None)
+    trusted = TrustedProxies(settings.http.trusted_proxies)
+    access = _access_log(settings, metrics, trusted, log_format)
     environment = settings.server.environment
     identity = IdentityPlugin(
         settings.identity, environment=environment, redis_timeout=settings.redis.timeout
@@ -302,9 +304,13 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
+        if access is not None:
+            access.start()
         try:
             yield
         finally:
+            if access is not None:
+                await asyncio.to_thread(access.stop)  # (writes what is queued)
             await metrics.stop()
             await redis.close()
             await close_pool(pool)
@@ -374,7 +380,6 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_handlers.update(plugin.fast_handlers())
         policy_loaders.update(plugin.policy_loaders())
     local = local_routes(app, fast_handlers)
-    trusted = TrustedProxies(settings.http.trusted_proxies)
     cache = None
     if settings.cache.enabled:
         cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
@@ -395,6 +400,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         cache=cache,
         # Without the cache, cacheable routes still carry their validators (API.md).
         validators=None if cache is not None else Validators(cache_rules(settings.cache)),
+        access=access,
     )
     if cache is not None:
         cache.edge = edge  # background refreshes re-enter the edge
@@ -459,6 +465,32 @@ def create_app(settings: Settings | None = None) -> Edge:
     manager.prepare = replan
     contract.operations = lambda: operations(app, edge.router, limiter)
     return edge
+
+
+def _access_log(
+    settings: Settings, metrics: Metrics, trusted: TrustedProxies, log_format: str
+) -> AccessLog | None:
+    """The worker's access log (``cygate.infra.accesslog``), or None when it samples nothing
+    (``access_log_sample`` 0, or a log level above ``info``)."""
+    sample = effective_sample(settings.logs.access_sample, settings.server.log_level)
+    if sample <= 0.0:
+        return None
+
+    def client_of(peer: str, headers: Any) -> str:
+        if not trusted:
+            return peer
+        forwarded = next((v for k, v in headers if k == b"x-forwarded-for"), None)
+        return trusted.client_ip(peer, forwarded)
+
+    return AccessLog(
+        sample=sample,
+        fmt="json" if log_format == "json" else "text",
+        capacity=settings.logs.access_queue,
+        redact=redact,
+        client_of=client_of,
+        dropped=metrics.counter("cygate_access_log_dropped_total"),
+        written=metrics.counter("cygate_access_log_lines_total"),
+    )
 
 
 class _UpstreamAdmin(ServicePlugin):

@@ -18,6 +18,7 @@ from cygate.infra import outbox
 from cygate.services.openapi import answers, problems
 
 if TYPE_CHECKING:
+    from cygate.infra.replicas import ReplicaSet
     from cygate.infra.settings import MetricsSettings
 
 __all__ = ["OpsController", "Readiness"]
@@ -26,9 +27,11 @@ _CHECK_TIMEOUT = 1.0
 _CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-class Readiness(msgspec.Struct, frozen=True):
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     postgres: Literal["ok", "down"]
     redis: Literal["ok", "degraded"]
+    replicas: dict[str, Literal["ok", "skipped"]] | msgspec.UnsetType = msgspec.UNSET
+    """Each read replica, when replicas are configured (never gating readiness)."""
 
 
 async def _postgres_ok(state: State) -> bool:
@@ -65,13 +68,20 @@ class OpsController(Controller):
 
     @get(
         "/readyz",
-        summary="Readiness: PostgreSQL must answer; Redis down is degraded",
+        summary="Readiness: PostgreSQL must answer; Redis down is degraded; replicas reported",
         responses=answers(200, Readiness, "Ready (Redis may be degraded)")
         | problems(503, s503="PostgreSQL is not answering"),
     )
     async def readyz(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         pg, rd = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
-        doc = {"postgres": "ok" if pg else "down", "redis": "ok" if rd else "degraded"}
+        doc: dict[str, Any] = {
+            "postgres": "ok" if pg else "down",
+            "redis": "ok" if rd else "degraded",
+        }
+        replicas: ReplicaSet | None = state.get("replicas")
+        if replicas is not None:
+            # reported, never gating: a skipped replica's reads go to the primary
+            doc["replicas"] = replicas.states()
         if pg:
             return Response(doc, headers={"cache-control": "no-store"})
         body = problem_body(
