@@ -4,13 +4,12 @@ Idempotency-Key (and replay it), pay (the processor simulator), cancel another o
 
 The client is generated into a temporary folder from ``/schema/openapi.json`` as served, then
 imported: a document a generator cannot turn into a working client fails here. HTTP only:
-nothing compiled-vs-pure specific (compiled run only).
+nothing compiled-vs-pure specific (marker ``once``).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import secrets
 import subprocess
 import sys
@@ -25,13 +24,8 @@ import pytest
 from tests.acceptance.conftest import Gateway
 from tests.acceptance.test_api_fuzz import fuzz_gateway  # noqa: F401  (a private gateway)
 
-pytestmark = [
-    pytest.mark.acceptance,
-    pytest.mark.skipif(
-        bool(os.environ.get("CYGATE_NO_EXTENSIONS")),
-        reason="HTTP contract only: nothing compiled-vs-pure specific (the compiled run has it)",
-    ),
-]
+# (HTTP contract only: nothing compiled-vs-pure specific; the compiled pass runs it)
+pytestmark = [pytest.mark.acceptance, pytest.mark.once]
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 PACKAGE = "cygate_generated_client"

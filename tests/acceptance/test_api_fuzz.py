@@ -9,7 +9,7 @@ fuzzer creates, changes or deletes never reaches the other acceptance tests. A b
 run it longer. ``schemathesis.toml`` beside this file widens a check for named operations only,
 each with its reason. The figures (operations, cases, time, failures) are printed, and written
 as JSON next to schemathesis's own reports when ``CYGATE_FUZZ_API_REPORT_DIR`` is set.
-It exercises nothing that differs between the compiled core and its twins: compiled run only.
+It exercises nothing that differs between the compiled core and its twins (marker ``once``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,8 @@ from tests.payment_helpers import running_simulator
 from cygate.infra import seed as seeding
 from cygate.infra.db import apply_migrations, drop_database, ensure_database
 
-pytestmark = [
-    pytest.mark.acceptance,
-    pytest.mark.skipif(
-        bool(os.environ.get("CYGATE_NO_EXTENSIONS")),
-        reason="HTTP contract only: nothing compiled-vs-pure specific (the compiled run has it)",
-    ),
-]
+# (HTTP contract only: nothing compiled-vs-pure specific; the compiled pass runs it)
+pytestmark = [pytest.mark.acceptance, pytest.mark.once]
 
 SECONDS = int(os.environ.get("CYGATE_FUZZ_API_SECONDS", "25"))
 HOOKS = Path(__file__).with_name("fuzz_hooks.py")
