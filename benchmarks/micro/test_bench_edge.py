@@ -59,14 +59,21 @@ def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def make_edge(
-    *, stages: bool, default: bool = False, cache: bool = True, l2: bool = False
+    *,
+    stages: bool,
+    default: bool = False,
+    cache: bool = True,
+    l2: bool = False,
+    hit_path: bool = True,
+    access: Any = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
     ``default``: the route names no limit and gets the default class instead (the built-in
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
-    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
+    ``hit_path=False``: no fused hit path; ``access``: an access log (``AccessLog``)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -119,6 +126,8 @@ def make_edge(
         stages=(token, limiter) if stages else (),
         cache=response_cache if cache else None,
         validators=None if cache else Validators(DEFAULT_RULES),
+        hit_path=hit_path,
+        **({"access": access} if access is not None else {}),
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]

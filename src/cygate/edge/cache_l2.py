@@ -7,7 +7,13 @@ Keys (all under one hash tag, ``{cache}``, so the scripts below touch one Redis 
 - ``<prefix>{cache}:l:<key hex>`` the lease of the one loader of that key (``SET NX PX``);
 - ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag;
 - ``<prefix>{cache}:gen`` the generation of L2: every entry is stored as ``<generation>:`` and
-  its bytes, and is read only while that is still the generation.
+  its bytes, and is read only while that is still the generation. Every script names one of
+  these keys (the generation where it has no other), so on a Redis Cluster each runs on the
+  node of that slot.
+
+The invalidation channel ``<prefix>cache:invalidate`` is plain pub/sub: on a cluster a PUBLISH
+reaches the subscribers of every node, and each instance subscribes on the master of the
+``{cache}`` slot (so the count of instances that heard a purge is the cluster's).
 
 NOTE: one slot means one shard holds the whole L2 in a cluster. That is the price of atomic
 scripts over an entry, its lease and its tags; API responses are small, and sharding L2 later
@@ -160,10 +166,12 @@ if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
 end
 return 0
 """
-# KEYS: tag sets; ARGV: channel, message, entry prefix, lease prefix, key hexes...
+# KEYS[1] generation (unused: it names the slot, so that a cluster runs this where the
+# entries are, also for a purge by keys alone), KEYS[2..] tag sets; ARGV: channel, message,
+# entry prefix, lease prefix, key hexes...
 _INVALIDATE = """
 local n = 0
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   for _, m in ipairs(redis.call('SMEMBERS', KEYS[i])) do
     n = n + redis.call('DEL', ARGV[3] .. m)
     redis.call('DEL', ARGV[4] .. m)
@@ -248,6 +256,7 @@ class L2:
         "_invalidate",
         "_lease_ms",
         "_looking",
+        "_lookup",
         "_lookup_line",
         "_lookups",
         "_prefixes",
@@ -255,6 +264,7 @@ class L2:
         "_releases",
         "_store",
         "_store_line",
+        "_store_many",
         "_stores",
         "_storing",
         "_tasks",
@@ -302,8 +312,15 @@ class L2:
         self._storing = False
         """A store call is in flight: new stores queue for the next one."""
         # PERF: the miss path's two scripts on connections of their own (HeldConnection).
-        self._lookup_line = HeldConnection(self.client, timeout)
-        self._store_line = HeldConnection(self.client, timeout)
+        # NOTE: on a Redis Cluster they go through the cluster client instead, which finds the
+        # slot's node and follows it when the slot moves.
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._store_many = self.client.register_script(_STORE_MANY)
+        self._lookup_line: HeldConnection | None = None
+        self._store_line: HeldConnection | None = None
+        if isinstance(self.client, aioredis.Redis):
+            self._lookup_line = HeldConnection(self.client, timeout)
+            self._store_line = HeldConnection(self.client, timeout)
         self._gen = [self.gen_key.encode()]
         self._lease_ms = 0
         """``cache_lease_ttl`` in ms, as the cache's lookups give it."""
@@ -404,10 +421,7 @@ class L2:
             args.append(packed)
         got = None
         try:
-            got = await self._call(
-                "lookup",
-                lambda: self._lookup_line.evalsha(_LOOKUP_SHA, _LOOKUP, self._gen, args),
-            )
+            got = await self._call("lookup", lambda: self._eval(True, args))
         finally:  # NOTE: whatever happened, every waiting miss gets an answer
             self._answer_lookups(batch, tokens, got)
 
@@ -421,6 +435,17 @@ class L2:
                 item.future.set_result(result)
             elif isinstance(result, str):  # its request went away: give the lease back
                 self.release_later(item.key, result)
+
+    def _eval(self, lookup: bool, args: list[bytes]) -> Awaitable[Any]:
+        """The lookup script (else the store script) on its held connection, or through the
+        cluster client."""
+        line = self._lookup_line if lookup else self._store_line
+        if line is None:
+            script = self._lookup if lookup else self._store_many
+            return script(keys=[self.gen_key], args=args)
+        if lookup:
+            return line.evalsha(_LOOKUP_SHA, _LOOKUP, self._gen, args)
+        return line.evalsha(_STORE_MANY_SHA, _STORE_MANY, self._gen, args)
 
     def _new_token(self) -> str:
         """A lease token no other loader holds: this client's random part and a count (PERF:
@@ -463,10 +488,7 @@ class L2:
         for key, token, payload in batch:
             data, px = payload()
             args += (b"%s %s %d" % (key.hex().encode(), token.encode(), px), data)
-        got = await self._call(
-            "store",
-            lambda: self._store_line.evalsha(_STORE_MANY_SHA, _STORE_MANY, self._gen, args),
-        )
+        got = await self._call("store", lambda: self._eval(False, args))
         if got:
             self.n_stored.value += int(got)
 
@@ -484,8 +506,9 @@ class L2:
     async def close(self) -> None:
         """Send what waits, then close the miss path's own connections."""
         await self.drain()
-        await self._lookup_line.close()
-        await self._store_line.close()
+        for line in (self._lookup_line, self._store_line):
+            if line is not None:
+                await line.close()
 
     async def acquire(
         self, key: bytes, tags: Iterable[str], lease_ms: int, tag_ms: int
@@ -555,7 +578,7 @@ class L2:
         hexes = [k.hex() for k in keys]
         try:
             got = await self._invalidate(
-                keys=[self.tag_prefix + t for t in tags],
+                keys=[self.gen_key, *(self.tag_prefix + t for t in tags)],
                 args=[self.channel, message, self.entry_prefix, self.lease_prefix, *hexes],
             )
         except _ERRORS as exc:
@@ -602,6 +625,7 @@ class Subscription:
         idle: float = 5.0,
         before_subscribe: Callable[[], Awaitable[Any]] | None = None,
         tls: dict[str, Any] | None = None,
+        locate: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.channel = channel
         self.connected = False
@@ -613,16 +637,35 @@ class Subscription:
         """A subscription was lost since the last one was confirmed."""
         self._idle = idle
         self._task: asyncio.Task[None] | None = None
-        # NOTE: no automatic retries: a dropped connection must surface here, so that the
-        # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            client_name=name,
-            socket_connect_timeout=connect_timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
+        self._locate = locate
+        self._options: dict[str, Any] = {
+            "client_name": name,
+            "socket_connect_timeout": connect_timeout,
+            "socket_keepalive": True,
+            # NOTE: no automatic retries: a dropped connection must surface here, so that the
+            # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
+            "retry": Retry(NoBackoff(), 0),
             **(tls or {}),
+        }
+        self._url = redis_url
+        # NOTE: with ``locate``, ``redis_url`` may list several nodes: the client is made for
+        # the node found at each attempt instead.
+        self._client: aioredis.Redis | None = (
+            None if locate is not None else aioredis.Redis.from_url(redis_url, **self._options)
         )
+
+    async def _connect_to(self) -> None:
+        """On a Redis Cluster, subscribe on the master of the slot the invalidation script
+        runs on (``locate``), found again at every attempt (a failover moves it): PUBLISH
+        reaches every node of a cluster, but counts the subscribers of its own node only."""
+        if self._locate is None:
+            return
+        url = await self._locate()
+        if url != self._url or self._client is None:
+            if self._client is not None:
+                await self._client.aclose()
+            self._url = url
+            self._client = aioredis.Redis.from_url(url, **self._options)
 
     def start(self) -> None:
         if self._task is None:
@@ -634,13 +677,17 @@ class Subscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def _run(self) -> None:
         pause = Backoff(0.01, 0.1)
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                await self._connect_to()
+                assert self._client is not None
+                pubsub = self._client.pubsub()
                 if self._lost and self._before is not None:
                     await self._before()
                 await pubsub.subscribe(self.channel)
@@ -656,9 +703,11 @@ class Subscription:
                     self.connected = False
                     self._lost = True
                     self._on_lost()
-                with contextlib.suppress(Exception):
-                    # redis-py types aclose() from 8.x on; older releases in our range do not.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        # redis-py types aclose() from 8.x on; older releases in our range
+                        # do not.
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await pause.sleep()
 
     async def _listen(self, pubsub: Any) -> None:
