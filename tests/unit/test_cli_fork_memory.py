@@ -1,6 +1,6 @@
 """``cygate serve`` hands Granian a frozen heap: the workers it forks keep sharing what the main
-process imported and built instead of copying it at their first collection (docs/deployment.md,
-Memory)."""
+process imported and built instead of copying it at their first collection; and what only some
+configurations use is not imported without them (docs/deployment.md, Memory)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import gc, sys
 import granian
 
 def serve(self, *args, **kwargs):
-    print("frozen", gc.get_freeze_count(), "app", "cygate.app" in sys.modules, flush=True)
+    print("frozen", gc.get_freeze_count(), "app", "cygate.app" in sys.modules,
+          "cedarpy", "cedarpy" in sys.modules, flush=True)
 
 granian.Granian.serve = serve
 from cygate.cli import main
@@ -43,7 +44,9 @@ def test_the_heap_is_frozen_when_granian_forks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     words = proc.stdout.split()
-    assert words[:1] == ["frozen"] and words[3:] == ["True"], proc.stdout
+    assert words[:1] == ["frozen"] and words[2:4] == ["app", "True"], proc.stdout
     # The app the checks built (its modules are what the workers share) is in the permanent
     # generation, out of every later collection's sight.
     assert int(words[1]) > 10_000, proc.stdout
+    # Without policy files nothing loads Cedar (its module is ~3.5 MiB in every process).
+    assert words[4:] == ["cedarpy", "False"], proc.stdout
