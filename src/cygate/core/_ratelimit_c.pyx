@@ -74,7 +74,7 @@ cdef void* _alloc(Py_ssize_t n) except NULL:
     # Zeroed memory of n bytes (n > 0): every slot starts as "never used".
     # PERF: calloc, not malloc + memset: a large block comes from fresh pages the kernel zeroes
     # when first touched, so a table's slots cost memory only once keys reach them (a limit's
-    # tables at the default max_keys are ~5 MiB of zeroes per worker, mostly never used).
+    # tables at the default max_keys are ~7 MiB per worker, mostly never used).
     cdef void* p = PyMem_Calloc(<size_t>n, 1)
     if p == NULL:
         raise MemoryError()
@@ -85,7 +85,8 @@ cdef class _Table:
     """The bounded key -> slot index and the CLOCK hand shared by both tables.
 
     Invariants: ``_index[key] == slot`` iff ``_keys[slot] is key``; slots ``[0, _used)`` are in
-    use (once the table filled up, all of them); ``_ref[slot]`` is the CLOCK reference bit.
+    use (once the table filled up, all of them) and ``len(_keys) == _used``; ``_ref[slot]`` is
+    the CLOCK reference bit.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -99,7 +100,9 @@ cdef class _Table:
         self.capacity = capacity
         self._clock = clock
         self._index = {}
-        self._keys = [None] * capacity
+        # PERF: grows with the keys seen (slots are handed out in order), not 8 bytes a slot
+        # of max_keys at start-up in every worker.
+        self._keys = []
         self._ref = <uint8_t*>_alloc(capacity)
         return 0
 
@@ -147,10 +150,11 @@ cdef class _Table:
         if self._used < self.capacity:
             slot = self._used
             self._used += 1
+            self._keys.append(key)
         else:
             slot = self._sweep(now)
+            self._keys[slot] = key
         PyDict_SetItem(self._index, key, slot)
-        self._keys[slot] = key
         self._ref[slot] = 0  # NOTE: new keys enter unreferenced (see the reference module)
         return slot
 
