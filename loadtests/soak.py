@@ -8,15 +8,21 @@
 seeded database ``cygate_soak`` unless ``CYGATE_DATABASE_URL`` says otherwise, Redis keys under
 ``cygate-soak:``, the payment processor simulator) and runs locust's ``mixed`` users (browsers
 and shoppers) for ``--seconds``. Meanwhile, every ``--interval`` seconds, it samples each
-process of the gateway (Granian's main process and every worker): resident memory (RSS), open
-file descriptors and TCP connections (all, and established).
+process of the gateway (Granian's main process and every worker): memory (RSS, and PSS and USS:
+see below), open file descriptors and TCP connections (all, and established).
+
+RSS counts every page a process maps, also the ones it shares: Granian forks its workers from
+the main process, so a worker's RSS includes the interpreter, the libraries and the heap it
+inherited and still shares. USS (unique set size: pages only this process maps) is what one
+more worker costs; PSS (proportional set size: shared pages divided among the processes that
+map them) summed over the processes is what the instance costs (docs/deployment.md, Memory).
 
 Writes to ``--out`` (default ``loadtests/reports/soak-<UTC time>``): ``soak.csv`` (one row per
 process per sample), ``soak.png`` (the three series over time, one line per process),
 ``summary.txt`` (printed too), ``load.log`` and locust's reports (``locust/``). The summary
 gives, per process, the start, end and highest value of each series and its slope over the
 second half of the run; a series *levels off* when that slope, carried over the second half,
-adds no more than a tolerance (RSS: 5 % of its mean there or 4 MiB; descriptors and
+adds no more than a tolerance (RSS and USS: 5 % of its mean there or 4 MiB; descriptors and
 connections: 10 % or 4).
 
 Exit status: 0 the load ran and every series levelled off; 1 a series still grew, or the load
@@ -39,11 +45,16 @@ import psutil
 from benchmarks.macro.procs import ServerProcess, free_port, http_get
 
 REPO = Path(__file__).resolve().parent.parent
-SERIES = ("rss_mib", "fds", "connections")
-UNITS = {"rss_mib": "MiB", "fds": "fds", "connections": "conns"}
-TOLERANCE = {"rss_mib": (0.05, 4.0), "fds": (0.10, 4.0), "connections": (0.10, 4.0)}
+SERIES = ("rss_mib", "uss_mib", "fds", "connections")
+UNITS = {"rss_mib": "RSS MiB", "uss_mib": "USS MiB", "fds": "fds", "connections": "conns"}
+TOLERANCE = {
+    "rss_mib": (0.05, 4.0),
+    "uss_mib": (0.05, 4.0),
+    "fds": (0.10, 4.0),
+    "connections": (0.10, 4.0),
+}
 """Per series: (share of the second half's mean, absolute floor) a level series may still add."""
-FIELDS = ("t", "pid", "role", "rss_mib", "fds", "connections", "established")
+FIELDS = ("t", "pid", "role", "rss_mib", "fds", "connections", "established", "pss_mib", "uss_mib")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +134,10 @@ class Sample:
     fds: int
     connections: int
     established: int
+    pss_mib: float = 0.0
+    """Proportional set size: shared pages divided among the processes mapping them."""
+    uss_mib: float = 0.0
+    """Unique set size: the pages only this process maps (what it alone costs)."""
 
 
 def _answers(port: int, path: str) -> bool:
@@ -154,13 +169,25 @@ def sample(main: psutil.Process, t: float) -> list[Sample]:
     for proc, role in procs:
         try:
             with proc.oneshot():
-                rss = proc.memory_info().rss / 2**20
+                memory = proc.memory_full_info()  # reads /proc/<pid>/smaps: PSS and USS
                 fds = proc.num_fds()
                 conns = proc.net_connections(kind="tcp")
         except psutil.Error:
             continue  # gone between the listing and the reading
         established = sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED)
-        out.append(Sample(round(t, 2), proc.pid, role, round(rss, 2), fds, len(conns), established))
+        out.append(
+            Sample(
+                round(t, 2),
+                proc.pid,
+                role,
+                round(memory.rss / 2**20, 2),
+                fds,
+                len(conns),
+                established,
+                pss_mib=round(memory.pss / 2**20, 2),
+                uss_mib=round(memory.uss / 2**20, 2),
+            )
+        )
     return out
 
 
@@ -201,6 +228,9 @@ class ProcessSummary:
     role: str
     samples: int
     trends: dict[str, Trend] = field(default_factory=dict)
+    pss_start: float | None = None
+    """PSS at the first and last sample (None when not read)."""
+    pss_end: float | None = None
 
 
 def summarize(samples: Sequence[Sample]) -> list[ProcessSummary]:
@@ -216,6 +246,8 @@ def summarize(samples: Sequence[Sample]) -> list[ProcessSummary]:
     out = []
     for pid, rows in sorted(by_pid.items(), key=lambda kv: (kv[1][0].role != "main", kv[0])):
         summary = ProcessSummary(pid, rows[0].role, len(rows))
+        if rows[0].pss_mib and rows[-1].pss_mib:
+            summary.pss_start, summary.pss_end = rows[0].pss_mib, rows[-1].pss_mib
         late = [r for r in rows if r.t >= half]
         for name in SERIES:
             values = [float(getattr(r, name)) for r in rows]
@@ -248,13 +280,20 @@ def format_summary(summaries: Sequence[ProcessSummary], seconds: float) -> str:
             verdict = (
                 "levels off" if tr.levels_off else f"GROWS (+{tr.added:.1f} > {tr.allowed:.1f})"
             )
-            digits = 1 if name == "rss_mib" else 0
+            digits = 1 if name.endswith("_mib") else 0
             parts.append(
                 f"{UNITS[name]} start {tr.start:.{digits}f} end {tr.end:.{digits}f} "
                 f"max {tr.high:.{digits}f} slope {tr.per_minute:+.2f}/min: {verdict}"
             )
         lines.append(f"  {p.role:<6} pid {p.pid:<7} ({p.samples} samples)")
         lines.extend(f"      {part}" for part in parts)
+    if summaries and all(p.pss_end is not None for p in summaries):
+        # PSS adds up: the sum over the processes is the instance's memory (shared pages once).
+        start = sum(p.pss_start or 0.0 for p in summaries)
+        end = sum(p.pss_end or 0.0 for p in summaries)
+        lines.append(
+            f"  instance (sum of PSS over its processes): start {start:.1f} end {end:.1f} MiB"
+        )
     return "\n".join(lines)
 
 
@@ -264,8 +303,13 @@ def chart(samples: Sequence[Sample], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    labels = {"rss_mib": "RSS (MiB)", "fds": "open file descriptors", "connections": "TCP sockets"}
+    fig, axes = plt.subplots(len(SERIES), 1, figsize=(10, 12), sharex=True)
+    labels = {
+        "rss_mib": "RSS (MiB)",
+        "uss_mib": "USS (MiB, its own pages)",
+        "fds": "open file descriptors",
+        "connections": "TCP sockets",
+    }
     by_pid: dict[int, list[Sample]] = {}
     for s in samples:
         by_pid.setdefault(s.pid, []).append(s)

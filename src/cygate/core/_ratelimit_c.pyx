@@ -9,10 +9,9 @@ The default clock is ``clock_gettime(CLOCK_MONOTONIC)``, the clock behind ``time
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.long cimport PyLong_AsSsize_t
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 # NOTE: constants and argument checks come from the reference, so both twins agree by
@@ -73,10 +72,12 @@ cdef inline int64_t _monotonic_ns() noexcept nogil:
 
 cdef void* _alloc(Py_ssize_t n) except NULL:
     # Zeroed memory of n bytes (n > 0): every slot starts as "never used".
-    cdef void* p = PyMem_Malloc(n)
+    # PERF: calloc, not malloc + memset: a large block comes from fresh pages the kernel zeroes
+    # when first touched, so a table's slots cost memory only once keys reach them (a limit's
+    # tables at the default max_keys are ~7 MiB per worker, mostly never used).
+    cdef void* p = PyMem_Calloc(<size_t>n, 1)
     if p == NULL:
         raise MemoryError()
-    memset(p, 0, n)
     return p
 
 
@@ -84,7 +85,8 @@ cdef class _Table:
     """The bounded key -> slot index and the CLOCK hand shared by both tables.
 
     Invariants: ``_index[key] == slot`` iff ``_keys[slot] is key``; slots ``[0, _used)`` are in
-    use (once the table filled up, all of them); ``_ref[slot]`` is the CLOCK reference bit.
+    use (once the table filled up, all of them) and ``len(_keys) == _used``; ``_ref[slot]`` is
+    the CLOCK reference bit.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -98,7 +100,9 @@ cdef class _Table:
         self.capacity = capacity
         self._clock = clock
         self._index = {}
-        self._keys = [None] * capacity
+        # PERF: grows with the keys seen (slots are handed out in order), not 8 bytes a slot
+        # of max_keys at start-up in every worker.
+        self._keys = []
         self._ref = <uint8_t*>_alloc(capacity)
         return 0
 
@@ -146,10 +150,11 @@ cdef class _Table:
         if self._used < self.capacity:
             slot = self._used
             self._used += 1
+            self._keys.append(key)
         else:
             slot = self._sweep(now)
+            self._keys[slot] = key
         PyDict_SetItem(self._index, key, slot)
-        self._keys[slot] = key
         self._ref[slot] = 0  # NOTE: new keys enter unreferenced (see the reference module)
         return slot
 

@@ -143,7 +143,7 @@ class GCRALimiterPy(_Headers):
         self.capacity = capacity
         self._clock: Clock = clock or time.monotonic_ns
         self._index: dict[str, int] = {}
-        self._keys: list[str | None] = [None] * capacity
+        self._keys: list[str] = []  # grows with the keys seen (slots are handed out in order)
         self._tat = [0] * capacity
         self._ref = bytearray(capacity)
         self._used = 0
@@ -204,10 +204,11 @@ class GCRALimiterPy(_Headers):
         if self._used < self.capacity:
             slot = self._used
             self._used += 1
+            self._keys.append(key)
         else:
             slot = self._sweep(now)
+            self._keys[slot] = key
         self._index[key] = slot
-        self._keys[slot] = key
         self._ref[slot] = 0  # NOTE: new keys enter unreferenced (see the module docstring)
         return slot
 
@@ -224,7 +225,7 @@ class GCRALimiterPy(_Headers):
                 continue
             self.evicted += 1
             break
-        del self._index[self._keys[slot]]  # type: ignore[arg-type]
+        del self._index[self._keys[slot]]
         return slot
 
 
@@ -264,7 +265,7 @@ class LeaseTablePy(_Headers):
         self.capacity = capacity
         self._clock: Clock = clock or time.monotonic_ns
         self._index: dict[str, int] = {}
-        self._keys: list[str | None] = [None] * capacity
+        self._keys: list[str] = []  # grows with the keys seen (slots are handed out in order)
         self._tokens = [0] * capacity
         self._until = [0] * capacity
         self._remaining = [0] * capacity
@@ -362,10 +363,11 @@ class LeaseTablePy(_Headers):
         if self._used < self.capacity:
             slot = self._used
             self._used += 1
+            self._keys.append(key)
         else:
             slot = self._sweep(now)
+            self._keys[slot] = key
         self._index[key] = slot
-        self._keys[slot] = key
         self._ref[slot] = 0
         return slot
 
@@ -381,5 +383,5 @@ class LeaseTablePy(_Headers):
                 continue
             self.evicted += 1
             break
-        del self._index[self._keys[slot]]  # type: ignore[arg-type]
+        del self._index[self._keys[slot]]
         return slot

@@ -35,8 +35,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import cedarpy
-
 from cygate.edge.problem import Problem
 
 if TYPE_CHECKING:
@@ -69,6 +67,10 @@ class PolicySet:
     __slots__ = ("mtimes", "parsed", "reads_context", "text")
 
     def __init__(self, text: str, mtimes: tuple[float, ...]) -> None:
+        # PERF: cedarpy is imported where a policy set is first made: without policy files no
+        # process of the gateway loads it (~3.5 MiB each; docs/deployment.md, Memory).
+        import cedarpy
+
         self.text = text
         self.parsed = cedarpy.PolicySet.from_str(text)
         """Parsed once (PERF: an evaluation does not parse the set again)."""
@@ -87,6 +89,8 @@ def _mtimes(files: Sequence[str]) -> tuple[float, ...]:
 
 def load_policy_set(files: Sequence[str]) -> PolicySet:
     """Read and parse the policy files; :class:`PolicyError` when one does not parse."""
+    import cedarpy  # only with policy files (see PolicySet)
+
     mtimes = _mtimes(files)
     parts: list[str] = []
     for path in files:
@@ -291,6 +295,8 @@ class PolicyStage:
             "resource": f'{resource_type}::"{_escape(resource_id)}"',
             "context": context,
         }
+        import cedarpy  # loaded by the PolicySet already: a look-up in sys.modules
+
         result = cedarpy.is_authorized(request, policies.parsed, entities)
         return bool(result.allowed)
 

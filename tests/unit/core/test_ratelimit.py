@@ -466,3 +466,35 @@ def test_gcra_headers_match_its_attributes(gcra_cls: Any) -> None:
         (b"ratelimit-reset", b"%d" % seconds),
     ]
     assert limiter.remaining == 2 and seconds == 36
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: a table's slots are resident only once keys reach them
+# ---------------------------------------------------------------------------------------------
+
+
+def _private_mib() -> float:
+    """This process's anonymous private memory (Linux /proc)."""
+    with open("/proc/self/smaps_rollup") as fh:
+        fields = dict(line.split(":", 1) for line in fh if line.endswith("kB\n"))
+    return int(fields["Private_Dirty"].split()[0]) / 1024
+
+
+@pytest.mark.c_extension
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux /proc only")
+def test_compiled_tables_are_not_resident_until_keys_reach_them() -> None:
+    """A million-slot lease table stands for 41 MB of slots (33 MB of zeroed numbers and an
+    8 MB key list): the zeroes come from calloc and the key list grows with the keys seen, so
+    the pages are resident only as keys arrive (with malloc + memset and a list made at full
+    size, all 41 MB were, in every worker)."""
+    c = require_compiled("ratelimit")
+    slots = 1_000_000
+    full_mib = slots * (4 * 8 + 2 + 8) / 2**20  # four int64 arrays, two byte arrays, the keys
+    before = _private_mib()
+    table = c.LeaseTableC(capacity=slots)
+    grown = _private_mib() - before
+    assert grown < full_mib / 4, (grown, full_mib)
+    for i in range(1000):  # used slots read and write as before
+        table.grant(f"k{i}", 1, 10**18, 1, 10**18)
+    assert len(table) == 1000
+    assert table.take("k0") == GRANTED and table.take("k999") == GRANTED

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
-from loadtests.soak import Sample, chart, format_summary, parse_args, slope, summarize
+from loadtests.soak import Sample, chart, format_summary, parse_args, sample, slope, summarize
 
 pytestmark = pytest.mark.once
 
@@ -109,3 +111,38 @@ def test_the_chart_is_a_png(tmp_path: Path) -> None:
     samples = _series([60.0, 70, 75], [10, 12, 12]) + _series([50.0] * 3, [5] * 3, pid=1)
     chart(samples, tmp_path / "soak.png", "test")
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_growth_of_a_workers_own_memory_is_reported_when_rss_hides_it() -> None:
+    # A worker's RSS counts the pages it still shares with the main process; as it copies
+    # them (writes), RSS stays put while its own memory (USS) grows: that is still a leak.
+    rows = [
+        Sample(float(i * 5), 11, "worker", 100.0, 30, 4, 4, pss_mib=60.0 + i, uss_mib=30.0 + 2 * i)
+        for i in range(20)
+    ]
+    (summary,) = summarize(rows)
+    assert summary.trends["rss_mib"].levels_off
+    assert not summary.trends["uss_mib"].levels_off
+    assert summary.trends["uss_mib"].per_minute == pytest.approx(24.0)
+    assert (summary.pss_start, summary.pss_end) == (60.0, 79.0)
+    text = format_summary([summary], 95)
+    assert "USS MiB start 30.0 end 68.0" in text and text.count("GROWS") == 1
+    assert "instance (sum of PSS over its processes): start 60.0 end 79.0 MiB" in text
+
+
+def test_a_sample_reads_pss_and_uss_of_real_processes() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        main = psutil.Process()
+        deadline = time.monotonic() + 10
+        while not main.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows = sample(main, 1.5)
+    finally:
+        child.kill()
+        child.wait()
+    by_pid = {r.pid: r for r in rows}
+    assert by_pid[os.getpid()].role == "main" and by_pid[child.pid].role == "worker"
+    for row in rows:
+        # Unique pages are a part of the proportional share, which is a part of the resident set.
+        assert 0 < row.uss_mib <= row.pss_mib <= row.rss_mib, row
