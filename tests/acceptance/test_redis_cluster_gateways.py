@@ -4,6 +4,9 @@ heard by the other, and a node restart with requests recovering. The second gate
 node list whose first node is dead (it starts from the live one). And the bad inputs:
 only dead nodes, a plain Redis named as a cluster, and a ``CYGATE_REDIS_CLUSTER`` that is not a
 boolean, each one line from ``cygate serve`` within seconds.
+
+Marked ``once``: nothing here depends on the core's implementation (the stores on a cluster,
+through both implementations of the edge, are in tests/integration/test_redis_cluster_stores.py).
 """
 
 from __future__ import annotations
@@ -21,22 +24,14 @@ from tests.acceptance.conftest import Gateway, admin_headers, free_port, start_g
 from tests.conftest import REDIS_URL, SUITE_RATE_LIMITS
 from tests.private_redis_cluster import PrivateRedisCluster
 
-from cygate._compat import NO_EXTENSIONS
-
-pytestmark = pytest.mark.acceptance
+pytestmark = [pytest.mark.acceptance, pytest.mark.once]
 
 CATEGORIES = "/api/v1/categories"
 LIMIT = 12
-compiled_only = pytest.mark.skipif(
-    NO_EXTENSIONS,
-    reason="Redis Cluster through gateways has no compiled/pure difference: compiled run only",
-)
 
 
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[PrivateRedisCluster]:
-    if NO_EXTENSIONS:
-        pytest.skip("compiled run only (no compiled/pure difference)")
     with PrivateRedisCluster() as c:
         yield c
 
@@ -76,7 +71,6 @@ def pair(
             assert "Traceback" not in output, output
 
 
-@compiled_only
 def test_an_exact_limit_is_global_across_two_gateways_on_a_cluster(pair: list[Gateway]) -> None:
     a, b = pair
     codes = [httpx.get((a if i % 2 else b).url + CATEGORIES, timeout=10).status_code
@@ -84,7 +78,6 @@ def test_an_exact_limit_is_global_across_two_gateways_on_a_cluster(pair: list[Ga
     assert codes == [200] * LIMIT + [429] * 8
 
 
-@compiled_only
 def test_l2_hits_and_purges_across_gateways_on_a_cluster(pair: list[Gateway]) -> None:
     a, b = pair
     products = httpx.get(a.url + "/api/v1/products?limit=2", timeout=10).json()["items"]
@@ -109,7 +102,6 @@ def test_l2_hits_and_purges_across_gateways_on_a_cluster(pair: list[Gateway]) ->
         time.sleep(0.01)
 
 
-@compiled_only
 def test_a_node_restart_costs_no_5xx_and_the_cluster_is_used_again(
     pair: list[Gateway], redis_cluster: PrivateRedisCluster
 ) -> None:
