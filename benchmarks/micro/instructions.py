@@ -42,7 +42,7 @@ __all__ = ["Count", "main", "parse_callgrind"]
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ("full", "cache-only", "floor")
 MISS_CASES = ("uncached", "miss", "miss-l2")
-ACCESS_CASES = ("full", "logged-1%", "logged", "logged-loop", "general", "general-logged")
+ACCESS_CASES = ("full", "logged-1pct", "logged", "logged-loop", "general", "general-logged")
 """``--access``: the ``full`` request with the access log (``cygate.infra.accesslog``) at
 sample 1 % and 1 (``logged``: the fused hit path hands each record over, and the records are
 formatted, as its thread does; ``logged-loop``: the hand-over alone, the event loop's share),
@@ -122,7 +122,7 @@ def _access_child(case: str, requests: int) -> None:
 
     access = None
     if case != "general":
-        sample = 0.01 if case == "logged-1%" else 1.0
+        sample = 0.01 if case == "logged-1pct" else 1.0
         access = AccessLog(sample=sample, fmt="json", capacity=1 << 30, write=lambda data: None)
     edge, headers = make_edge(stages=True, hit_path=case.startswith("logged"), access=access)
     driver = Driver(edge, headers)

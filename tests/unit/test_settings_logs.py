@@ -55,6 +55,7 @@ def test_a_bad_value_is_a_settings_error_naming_it(name: str, value: str) -> Non
         ("CYGATE_ACCESS_LOG_SAMPLE", "abc"),
     ],
 )
+@pytest.mark.once  # (settings validation: no compiled twin involved)
 @pytest.mark.parametrize("command", ["check-config", "serve", "worker"])
 def test_the_commands_stop_with_one_line(command: str, name: str, value: str) -> None:
     proc = subprocess.run(
