@@ -25,10 +25,15 @@ What it answers, and what the general edge would answer for the same request:
   left); refusals and Redis questions go to the general path. Decided *after* the cache
   look-up, the only side effect, so a fallback never spends a token twice;
 - cache: a fresh, non-404 L1 entry for the request's key, no ``Cache-Control``/``Pragma``/
-  ``If-None-Match`` on the request.
+  ``If-None-Match`` on the request;
+- CORS and compression (``plan.cors``, ``plan.compress_min``): no ``Origin`` while CORS is
+  on, and no ``Accept-Encoding`` when the entry is one the edge would compress (a cross-origin
+  answer and a compressed one are the general path's, which keeps the compressed variants).
+  Otherwise the answer gets the ``Vary`` headers the general path gives it.
 
 The answer's headers are the general path's, in its order: the entry's (with ``x-cache`` and
-``age``), ``x-request-id``, ``traceparent``, the security headers, then ``RateLimit-*``.
+``age``), ``x-request-id``, ``traceparent``, the security headers, ``RateLimit-*``, then
+``Vary: Origin`` (CORS on) and ``Vary: Accept-Encoding`` (an entry the edge would compress).
 ``tests/unit/edge/test_hitpath.py`` holds both paths to that, request by request.
 
 What it reads: one :class:`~cygate.edge.hitplan.HitPlan` (the router, the cache's routes and
@@ -48,6 +53,8 @@ from typing import Any
 from cygate.core.ids import valid_request_id, valid_traceparent
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
+from cygate.edge.compress import VARY_ACCEPT_ENCODING
+from cygate.edge.cors import VARY_ORIGIN
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.ratekey import ANONYMOUS, EVERYONE, address_key, principal_key, route_key
 
@@ -71,6 +78,7 @@ class Head:
     request after scanning it: ``HitPath.last_head``)."""
 
     __slots__ = (
+        "accept_encoding",
         "authorization",
         "chunked",
         "conditional",
@@ -80,6 +88,7 @@ class Head:
         "host",
         "hosts",
         "odd",
+        "origin",
         "request_id",
         "traceparent",
     )
@@ -105,6 +114,10 @@ class Head:
         """A ``Transfer-Encoding`` header was sent."""
         self.conditional = False
         """A ``Cache-Control``, ``Pragma`` or ``If-None-Match`` header was sent."""
+        self.accept_encoding: bytes | None = None
+        """The last ``Accept-Encoding``."""
+        self.origin: bytes | None = None
+        """The last ``Origin``."""
         self.odd = False
         """A header name or value that is not bytes (never from a server; the compiled scan
         skips such a pair)."""
@@ -142,6 +155,10 @@ def scan_head(
             head.chunked = True
         elif name in (b"cache-control", b"pragma", b"if-none-match"):
             head.conditional = True
+        elif name == b"accept-encoding":
+            head.accept_encoding = value
+        elif name == b"origin":
+            head.origin = value
     return head
 
 
@@ -176,17 +193,28 @@ class EntryHot:
     """What the compiled hit path reads of a cache entry (``cygate.edge.cache_entry.Entry``
     keeps it as ``hot``): the deadlines (mirrored by ``place``), the hit headers and the
     whole-second age they were built for (kept here only, by ``Entry.hit``), the status,
-    whether it may be served (not a remembered 404) and the body message.
+    whether it may be served (not a remembered 404), the body message, and the body's size
+    when the edge would compress it for a client that asks (-1: it would not).
 
     PERF: compiled, these are C fields of one small object, read in place: a hit of one of a
     thousand entries in turn reads one cold object instead of seven attributes and the
     number objects behind them. This twin is the same record in Python (the pure hit path
     calls the entry's own methods)."""
 
-    __slots__ = ("age", "body_message", "born", "fresh_until", "hit", "servable", "status")
+    __slots__ = (
+        "age",
+        "body_message",
+        "born",
+        "encodable",
+        "fresh_until",
+        "hit",
+        "servable",
+        "status",
+    )
 
-    def __init__(self, status: int, servable: bool, body_message: Any) -> None:
+    def __init__(self, status: int, servable: bool, body_message: Any, encodable: int = -1) -> None:
         self.status = status
+        self.encodable = encodable
         self.servable = servable
         self.body_message = body_message
         self.born = 0.0
@@ -210,6 +238,8 @@ class HitPath:
     __slots__ = (
         "cache",
         "caller_key",
+        "compress_min",
+        "cors",
         "host_of",
         "hosts",
         "ids",
@@ -247,6 +277,8 @@ class HitPath:
         self.ids = plan.ids
         self.hosts = plan.hosts
         self.host_of = plan.host_of
+        self.cors = plan.cors
+        self.compress_min = plan.compress_min
         self.last_head: Head | None = None
         """The scan of the last request :meth:`answer` declined after scanning it, else None:
         what the general edge then uses instead of scanning again."""
@@ -276,6 +308,8 @@ class HitPath:
             return None  # no Host, a second one, an empty one: the general path's (a 400)
         if head.content_length != -1 or head.odd:
             return None
+        if self.cors and head.origin is not None:
+            return None  # a cross-origin request: the general path adds its CORS headers
         authorization = head.authorization
         host = head.host
         request_id = head.request_id
@@ -330,6 +364,11 @@ class HitPath:
         entry = self.l1.get(key, now)
         if entry is None or now >= entry.fresh_until or entry.detail is not None:
             return None
+        vary_encoding = False
+        if 0 <= self.compress_min <= entry.hot.encodable:
+            if head.accept_encoding is not None:
+                return None  # it may be sent compressed: the general path's (its kept variant)
+            vary_encoding = True
 
         limited = None
         rate = self.rate
@@ -353,6 +392,10 @@ class HitPath:
         if limited is not None:
             table, single, plan = limited
             table.append_headers(out, single.limit_pair, plan.policy_pair)
+        if self.cors:
+            out.append(VARY_ORIGIN)
+        if vary_encoding:
+            out.append(VARY_ACCEPT_ENCODING)
         start["headers"] = out
         return Hit(self, route_name, start["status"], started, start, body)
 

@@ -78,6 +78,13 @@ class HitPlan:
     """Host header -> its lower-cased, port-less form, for the values seen (the edge's)."""
     host_of: Callable[[bytes], str]
     """A Host header not in ``hosts``: its form (and remembered there)."""
+    cors: bool = False
+    """CORS is on: requests with ``Origin`` are the general path's; answers get
+    ``Vary: Origin``."""
+    compress_min: int = -1
+    """Compression is on (the edge's ``compression_min_bytes``; -1 off): requests with
+    ``Accept-Encoding`` for an entry the edge would compress are the general path's; answers
+    from such entries get ``Vary: Accept-Encoding``."""
 
     @classmethod
     def build(
@@ -94,6 +101,8 @@ class HitPlan:
         ids: IdMinter,
         hosts: dict[bytes, str],
         host_of: Callable[[bytes], str],
+        cors: bool = False,
+        compress_min: int = -1,
     ) -> HitPlan:
         """The plan of the cache's and the stage's tables as they are now."""
         return cls(
@@ -110,4 +119,6 @@ class HitPlan:
             ids=ids,
             hosts=hosts,
             host_of=host_of,
+            cors=cors,
+            compress_min=compress_min,
         )
