@@ -28,7 +28,9 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import ResponseCache
+from cygate.edge.compress import Compression
 from cygate.edge.context import EdgeContext, RoutePolicy
+from cygate.edge.cors import Cors
 from cygate.edge.edge import Edge, Message
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
@@ -94,6 +96,8 @@ class Pair:
 
     limits: dict[str, Any] = LIMITS
     default_class = ""
+    cors: Cors | None = None
+    compression: Compression | None = None
 
     def __init__(
         self,
@@ -172,6 +176,8 @@ class Pair:
             hit_path=hit_path,
             stages=(token_stage, limiter),
             cache=cache,
+            cors=self.cors,
+            compression=self.compression,
         )
         cache.edge = edge
         return edge
@@ -712,3 +718,65 @@ async def test_a_request_without_exactly_one_host_is_left_to_the_general_path(
     await pair.fused(bad, _receive, record)
     assert pair.counted["fused"] == fused + 1  # left to the general path: its 400
     assert sent[0]["status"] == 400
+
+
+# -- CORS and compression on ---------------------------------------------------------------------
+
+
+class NegotiatingPair(Pair):
+    """Both edges with CORS and compression on (bodies of 40 bytes and more compressed)."""
+
+    cors = Cors(["https://app.example"], allow_credentials=False, max_age=60)
+    compression = Compression(40, 1 << 20)
+
+
+@pytest.fixture
+def negotiating(core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> NegotiatingPair:
+    return NegotiatingPair(core_impl, monkeypatch)
+
+
+async def test_with_cors_and_compression_plain_hits_stay_fused_with_their_vary(
+    negotiating: NegotiatingPair,
+) -> None:
+    for _ in range(3):
+        hit = await check(negotiating, "/open/7")
+    assert negotiating.counted["fused"] == 2 and hit.get(b"x-cache") == b"hit-l1"
+    assert [v for k, v in hit.headers if k == b"vary"] == [
+        b"accept-language",
+        b"Origin",
+        b"Accept-Encoding",
+    ]
+    assert hit.get(b"content-encoding") is None
+
+
+async def test_below_the_threshold_only_vary_origin(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Big(NegotiatingPair):
+        compression = Compression(10_000, 1 << 20)
+
+    pair = Big(core_impl, monkeypatch)
+    for _ in range(2):
+        hit = await check(pair, "/open/7", headers=[(b"accept-encoding", b"gzip")])
+    assert pair.counted["fused"] == 1  # too small to compress: the fused path answers
+    assert [v for k, v in hit.headers if k == b"vary"] == [b"accept-language", b"Origin"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"origin", b"https://app.example")],
+        [(b"origin", b"https://evil.example")],
+        [(b"origin", b"null")],
+        [(b"accept-encoding", b"gzip")],
+        [(b"accept-encoding", b"br;q=0.5, zstd")],
+        [(b"accept-encoding", b"identity")],
+        [(b"accept-encoding", b"*;q=0")],
+    ],
+)
+async def test_cross_origin_and_encodable_requests_go_to_the_general_path(
+    negotiating: NegotiatingPair, extra: list[Any]
+) -> None:
+    for _ in range(3):
+        hit = await check(negotiating, "/open/8", headers=extra)
+    assert negotiating.counted["fused"] == 0 and hit.get(b"x-cache") == b"hit-l1"
