@@ -376,7 +376,11 @@ def create_app(settings: Settings | None = None) -> Edge:
             else None
         ),
         compression=(
-            Compression(settings.http.compression_min_bytes, settings.http.compression_cache_bytes)
+            Compression(
+                settings.http.compression_min_bytes,
+                settings.http.compression_cache_bytes,
+                metrics,
+            )
             if settings.http.compression_enabled
             else None
         ),

@@ -30,12 +30,15 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable, Sequence
 from time import monotonic
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import brotli
 import zstandard
 
 from cygate.edge.l1 import L1
+
+if TYPE_CHECKING:
+    from cygate.infra.metrics import Counter, Metrics
 
 __all__ = [
     "CODINGS",
@@ -175,9 +178,9 @@ class Compression:
     """The edge's compression: negotiation (memoised per ``Accept-Encoding`` value), the
     decision per response, and the kept variants."""
 
-    __slots__ = ("_memo", "encoded", "min_bytes", "reused", "variants")
+    __slots__ = ("_counted", "_memo", "encoded", "min_bytes", "reused", "variants")
 
-    def __init__(self, min_bytes: int, cache_bytes: int) -> None:
+    def __init__(self, min_bytes: int, cache_bytes: int, metrics: Metrics | None = None) -> None:
         self.min_bytes = min_bytes
         """Bodies shorter than this are sent as they are."""
         self.variants = L1(cache_bytes)
@@ -187,6 +190,13 @@ class Compression:
         self.reused = 0
         """Responses served with a kept variant (no compression)."""
         self._memo: dict[bytes, str | None] = {}
+        self._counted: dict[tuple[str, str], Counter] = {}
+        if metrics is not None:
+            for coding in CODINGS:
+                for result in ("encoded", "kept"):
+                    self._counted[coding, result] = metrics.counter(
+                        "cygate_compression_total", coding=coding, result=result
+                    )
 
     def coding_for(self, accept_encoding: bytes | None) -> str | None:
         """The coding this request gets (None: none); no header: none (RFC 9110 would allow
@@ -213,15 +223,24 @@ class Compression:
         """``body`` in ``coding``: the kept variant when ``etag`` is strong and one is kept,
         else compressed now (and kept, under a strong tag)."""
         if etag is None or not etag.startswith(b'"'):
-            self.encoded += 1
+            self._count(coding, "encoded")
             return _ENCODERS[coding](body)
         key = etag + coding.encode()
         now = monotonic()
         found = self.variants.get(key, now)
         if found is not None:
-            self.reused += 1
+            self._count(coding, "kept")
             return found  # type: ignore[no-any-return]  # L1 values are opaque
-        self.encoded += 1
+        self._count(coding, "encoded")
         data = _ENCODERS[coding](body)
         self.variants.put(key, data, len(data) + _PER_VARIANT, now + _VARIANT_LIFE, now, ())
         return data
+
+    def _count(self, coding: str, result: str) -> None:
+        if result == "kept":
+            self.reused += 1
+        else:
+            self.encoded += 1
+        counter = self._counted.get((coding, result))
+        if counter is not None:
+            counter.value += 1
