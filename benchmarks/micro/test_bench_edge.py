@@ -32,7 +32,9 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache
+from cygate.edge.compress import Compression
 from cygate.edge.context import EdgeContext, RoutePolicy
+from cygate.edge.cors import Cors
 from cygate.edge.edge import Edge, Message
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
@@ -59,14 +61,22 @@ def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def make_edge(
-    *, stages: bool, default: bool = False, cache: bool = True, l2: bool = False
+    *,
+    stages: bool,
+    default: bool = False,
+    cache: bool = True,
+    l2: bool = False,
+    body: bytes = BODY,
+    cors: Cors | None = None,
+    compression: Compression | None = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
     ``default``: the route names no limit and gets the default class instead (the built-in
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
-    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
+    ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -87,7 +97,7 @@ def make_edge(
     metrics = Metrics()
 
     async def product(ctx: EdgeContext) -> bytes:
-        return BODY
+        return body
 
     policy = RoutePolicy(
         name=ROUTE, cache="product", rate_limit=None if default else "bench", fast=product
@@ -117,6 +127,8 @@ def make_edge(
         stages=(token, limiter) if stages else (),
         cache=response_cache if cache else None,
         validators=None if cache else Validators(DEFAULT_RULES),
+        cors=cors,
+        compression=compression,
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]
