@@ -468,7 +468,9 @@ cdef class HitPath:
     cdef dict hosts
     cdef object host_of
     cdef bint cors  # (the plan's)
-    cdef Py_ssize_t compress_min  # (the plan's; -1: compression off)
+    cdef object compression  # (the plan's, or None)
+    cdef object _coding_for, _kept  # its bound methods
+    cdef Py_ssize_t compress_min  # its ``min_bytes``; -1: compression off
     cdef Head _head  # this request's scan (handed to the general path when declined)
     cdef bint _scanned
     cdef readonly Head last_head
@@ -512,7 +514,13 @@ cdef class HitPath:
         self.hosts = plan.hosts
         self.host_of = plan.host_of
         self.cors = plan.cors
-        self.compress_min = plan.compress_min
+        self.compression = plan.compression
+        if self.compression is not None:
+            self.compress_min = self.compression.min_bytes
+            self._coding_for = self.compression.coding_for
+            self._kept = self.compression.kept
+        else:
+            self.compress_min = -1
         self._head = Head.__new__(Head)
         self.last_head = None
 
@@ -565,6 +573,7 @@ cdef class HitPath:
         cdef list out
         cdef Head head
         cdef bint vary_encoding = False
+        cdef object kept = None, variant = None, coding, hname
         self._scanned = False
         if type(scope) is not dict:
             return None
@@ -688,7 +697,14 @@ cdef class HitPath:
             return None
         if 0 <= self.compress_min <= hot.encodable:
             if head.accept_encoding is not None:
-                return None  # it may be sent compressed: the general path's (its kept variant)
+                coding = self._coding_for(head.accept_encoding)
+                if coding is not None:
+                    kept = self._kept(entry.etag, coding)
+                    if kept is None:
+                        return None  # none kept yet: the general path compresses and keeps it
+                    variant = kept.value
+                    if PyBytes_GET_SIZE(<bytes>variant.body) >= hot.encodable:
+                        return None  # no smaller: the general path sends the body as it is
             vary_encoding = True
 
         if self.rate is not None:
@@ -706,6 +722,8 @@ cdef class HitPath:
                     return None
 
         # Committed: from here on the request is answered here.
+        if kept is not None:
+            self.compression.served(kept)
         if node.visited is not True:
             node.visited = True  # L1.get's SIEVE mark (a read when it is set already)
         if self.hits_tally is not None:
@@ -729,6 +747,13 @@ cdef class HitPath:
         out = PyList_New(n_hit + 2 + n_sec)
         for i in range(n_hit):
             item = <object>PyTuple_GET_ITEM(hit_headers, i)
+            if variant is not None:
+                # the kept variant's length and tag in place of the entry's
+                hname = <object>PyTuple_GET_ITEM(<tuple>item, 0)
+                if _named(<bytes>hname, b"content-length", 14):
+                    item = variant.length
+                elif _named(<bytes>hname, b"etag", 4):
+                    item = variant.etag
             Py_INCREF(item)
             PyList_SET_ITEM(out, i, item)
         item = (_X_REQUEST_ID, request_id)
@@ -747,6 +772,8 @@ cdef class HitPath:
             out.append(_VARY_ORIGIN)
         if vary_encoding:
             out.append(_VARY_ENCODING)
+        if variant is not None:
+            out.append(variant.encoding)
         status = hot.status
         # PERF: a copy of a ready three-key dict (its key table is shared, not rebuilt), then
         # this answer's headers (and status, when not 200) in place.
@@ -756,7 +783,7 @@ cdef class HitPath:
             PyDict_SetItem(start, "status", status)
         hit = Hit.__new__(Hit)
         hit.start = start
-        hit.body = hot.body_message
+        hit.body = hot.body_message if variant is None else variant.message
         hit.recorder = self.recorder
         found = PyDict_GetItem(self.series, name) if status == 200 else NULL
         if found != NULL:

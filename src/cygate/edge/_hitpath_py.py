@@ -26,14 +26,18 @@ What it answers, and what the general edge would answer for the same request:
   look-up, the only side effect, so a fallback never spends a token twice;
 - cache: a fresh, non-404 L1 entry for the request's key, no ``Cache-Control``/``Pragma``/
   ``If-None-Match`` on the request;
-- CORS and compression (``plan.cors``, ``plan.compress_min``): no ``Origin`` while CORS is
-  on, and no ``Accept-Encoding`` when the entry is one the edge would compress (a cross-origin
-  answer and a compressed one are the general path's, which keeps the compressed variants).
-  Otherwise the answer gets the ``Vary`` headers the general path gives it.
+- CORS and compression (``plan.cors``, ``plan.compression``): no ``Origin`` while CORS is on
+  (a cross-origin answer is the general path's); for an entry the edge would compress and a
+  request whose ``Accept-Encoding`` negotiates a coding, the variant the compression keeps
+  for the entry's tag (``Compression.kept``), smaller than the body: the answer is that
+  variant, its ``Content-Length``, suffixed ``ETag`` and ``Content-Encoding`` (none kept yet:
+  the general path's, which compresses and keeps it). The answer gets the ``Vary`` headers the
+  general path gives it.
 
 The answer's headers are the general path's, in its order: the entry's (with ``x-cache`` and
 ``age``), ``x-request-id``, ``traceparent``, the security headers, ``RateLimit-*``, then
-``Vary: Origin`` (CORS on) and ``Vary: Accept-Encoding`` (an entry the edge would compress).
+``Vary: Origin`` (CORS on), ``Vary: Accept-Encoding`` (an entry the edge would compress) and
+``Content-Encoding`` (a kept variant).
 ``tests/unit/edge/test_hitpath.py`` holds both paths to that, request by request.
 
 What it reads: one :class:`~cygate.edge.hitplan.HitPlan` (the router, the cache's routes and
@@ -238,7 +242,7 @@ class HitPath:
     __slots__ = (
         "cache",
         "caller_key",
-        "compress_min",
+        "compression",
         "cors",
         "host_of",
         "hosts",
@@ -278,7 +282,7 @@ class HitPath:
         self.hosts = plan.hosts
         self.host_of = plan.host_of
         self.cors = plan.cors
-        self.compress_min = plan.compress_min
+        self.compression = plan.compression
         self.last_head: Head | None = None
         """The scan of the last request :meth:`answer` declined after scanning it, else None:
         what the general edge then uses instead of scanning again."""
@@ -365,9 +369,14 @@ class HitPath:
         if entry is None or now >= entry.fresh_until or entry.detail is not None:
             return None
         vary_encoding = False
-        if 0 <= self.compress_min <= entry.hot.encodable:
-            if head.accept_encoding is not None:
-                return None  # it may be sent compressed: the general path's (its kept variant)
+        kept = None
+        compression = self.compression
+        if compression is not None and compression.min_bytes <= entry.hot.encodable:
+            coding = compression.coding_for(head.accept_encoding)
+            if coding is not None:
+                kept = compression.kept(entry.etag, coding)
+                if kept is None or len(kept.value.body) >= entry.hot.encodable:
+                    return None  # none kept yet, or no smaller: the general path's
             vary_encoding = True
 
         limited = None
@@ -382,6 +391,16 @@ class HitPath:
         self.cache.l1_hits += 1
         start, body = entry.hit(now)
         out = list(start["headers"])
+        if kept is not None:
+            assert compression is not None
+            variant = kept.value
+            compression.served(kept)
+            body = variant.message
+            out = [
+                variant.length if k == b"content-length" else variant.etag if k == b"etag" else h
+                for h in out
+                for k in (h[0],)
+            ]
         if not request_id or not traceparent:
             _, new_id, new_trace = self.ids.take()  # (the edge's minter, the plan's)
             request_id = request_id or new_id
@@ -396,6 +415,8 @@ class HitPath:
             out.append(VARY_ORIGIN)
         if vary_encoding:
             out.append(VARY_ACCEPT_ENCODING)
+        if kept is not None:
+            out.append(kept.value.encoding)
         start["headers"] = out
         return Hit(self, route_name, start["status"], started, start, body)
 

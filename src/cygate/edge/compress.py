@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 import brotli
 import zstandard
 
-from cygate.edge.l1 import L1
+from cygate.edge.l1 import L1, Node
 
 if TYPE_CHECKING:
     from cygate.infra.metrics import Counter, Metrics
@@ -44,6 +44,7 @@ __all__ = [
     "CODINGS",
     "VARY_ACCEPT_ENCODING",
     "Compression",
+    "Variant",
     "encodable_kind",
     "negotiate",
     "strip_suffix",
@@ -174,6 +175,21 @@ def encodable_kind(status: int, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return typed
 
 
+class Variant:
+    """A kept encoded body, with what an answer sending it needs ready: its body message, its
+    ``Content-Length``, ``ETag`` (suffixed) and ``Content-Encoding`` header pairs."""
+
+    __slots__ = ("body", "coding", "encoding", "etag", "length", "message")
+
+    def __init__(self, body: bytes, coding: str, etag: bytes) -> None:
+        self.body = body
+        self.coding = coding
+        self.message = {"type": "http.response.body", "body": body}
+        self.length = (b"content-length", b"%d" % len(body))
+        self.etag = (b"etag", suffixed(etag, coding))
+        self.encoding = (b"content-encoding", coding.encode())
+
+
 class Compression:
     """The edge's compression: negotiation (memoised per ``Accept-Encoding`` value), the
     decision per response, and the kept variants."""
@@ -184,7 +200,7 @@ class Compression:
         self.min_bytes = min_bytes
         """Bodies shorter than this are sent as they are."""
         self.variants = L1(cache_bytes)
-        """(strong tag, coding) -> encoded body."""
+        """(strong tag + coding) -> :class:`Variant`."""
         self.encoded = 0
         """Bodies compressed (a variant kept is compressed once)."""
         self.reused = 0
@@ -227,14 +243,28 @@ class Compression:
             return _ENCODERS[coding](body)
         key = etag + coding.encode()
         now = monotonic()
-        found = self.variants.get(key, now)
+        found: Variant | None = self.variants.get(key, now)
         if found is not None:
             self._count(coding, "kept")
-            return found  # type: ignore[no-any-return]  # L1 values are opaque
+            return found.body
         self._count(coding, "encoded")
-        data = _ENCODERS[coding](body)
-        self.variants.put(key, data, len(data) + _PER_VARIANT, now + _VARIANT_LIFE, now, ())
-        return data
+        variant = Variant(_ENCODERS[coding](body), coding, etag)
+        size = len(variant.body) + _PER_VARIANT
+        self.variants.put(key, variant, size, now + _VARIANT_LIFE, now, ())
+        return variant.body
+
+    def kept(self, etag: bytes, coding: str) -> Node | None:
+        """The node of the kept ``coding`` variant of the body tagged ``etag``, or None; no
+        side effect (the fused hit path asks before it commits, then calls :meth:`served`)."""
+        node = self.variants.nodes.get(etag + coding.encode())
+        if node is None or node.expires <= monotonic():
+            return None
+        return node
+
+    def served(self, node: Node) -> None:
+        """A kept variant (:meth:`kept`) was sent: marked used (SIEVE) and counted."""
+        node.visited = True
+        self._count(node.value.coding, "kept")
 
     def _count(self, coding: str, result: str) -> None:
         if result == "kept":

@@ -263,7 +263,7 @@ class Edge:
             hosts=_hosts,
             host_of=_host,
             cors=self.cors is not None,
-            compress_min=self.compression.min_bytes if self.compression is not None else -1,
+            compression=self.compression,
         )
         self._hits = HitPath(plan=plan)
 

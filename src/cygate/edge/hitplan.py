@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cygate.core.ids import IdMinter
     from cygate.core.router import Router
     from cygate.edge.auth import TokenStage
+    from cygate.edge.compress import Compression
     from cygate.edge.l1 import L1
     from cygate.edge.ratelimit import RateLimitStage, RoutePlan
 
@@ -81,10 +82,11 @@ class HitPlan:
     cors: bool = False
     """CORS is on: requests with ``Origin`` are the general path's; answers get
     ``Vary: Origin``."""
-    compress_min: int = -1
-    """Compression is on (the edge's ``compression_min_bytes``; -1 off): requests with
-    ``Accept-Encoding`` for an entry the edge would compress are the general path's; answers
-    from such entries get ``Vary: Accept-Encoding``."""
+    compression: Compression | None = None
+    """The edge's compression, or None (off). On: an entry the edge would compress is answered
+    to a request with ``Accept-Encoding`` with its kept variant for the negotiated coding (none
+    kept yet: the general path's, which compresses and keeps it), and with
+    ``Vary: Accept-Encoding``."""
 
     @classmethod
     def build(
@@ -102,7 +104,7 @@ class HitPlan:
         hosts: dict[bytes, str],
         host_of: Callable[[bytes], str],
         cors: bool = False,
-        compress_min: int = -1,
+        compression: Compression | None = None,
     ) -> HitPlan:
         """The plan of the cache's and the stage's tables as they are now."""
         return cls(
@@ -120,5 +122,5 @@ class HitPlan:
             hosts=hosts,
             host_of=host_of,
             cors=cors,
-            compress_min=compress_min,
+            compression=compression,
         )
