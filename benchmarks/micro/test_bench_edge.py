@@ -69,6 +69,7 @@ def make_edge(
     body: bytes = BODY,
     cors: Cors | None = None,
     compression: Compression | None = None,
+    hit_path: bool = True,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
@@ -76,7 +77,8 @@ def make_edge(
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
     ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
-    ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default)."""
+    ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default);
+    ``hit_path=False``: no fused hit path."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -129,6 +131,7 @@ def make_edge(
         validators=None if cache else Validators(DEFAULT_RULES),
         cors=cors,
         compression=compression,
+        hit_path=hit_path,
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]
