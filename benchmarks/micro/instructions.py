@@ -42,6 +42,13 @@ __all__ = ["Count", "main", "parse_callgrind"]
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ("full", "cache-only", "floor")
 MISS_CASES = ("uncached", "miss", "miss-l2")
+ACCESS_CASES = ("full", "logged-1%", "logged", "logged-loop", "general", "general-logged")
+"""``--access``: the ``full`` request with the access log (``cygate.infra.accesslog``) at
+sample 1 % and 1 (``logged``: the fused hit path hands each record over, and the records are
+formatted, as its thread does; ``logged-loop``: the hand-over alone, the event loop's share),
+against the alternative of leaving sampled requests to the general path (``general-logged``:
+no fused hit path, every request logged; ``general``: the same without the log). This tree
+only: another checkout may have no access log."""
 NEW_OBJECT = "_Py_NewReference"
 _FN = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
 _CALLS = re.compile(r"calls=(\d+)")
@@ -90,6 +97,9 @@ def _child(case: str, requests: int) -> None:
     if case in MISS_CASES:
         _miss_child(case, requests)
         return
+    if case in ACCESS_CASES[1:]:
+        _access_child(case, requests)
+        return
     edge, headers = make_edge(stages=case == "full")
     driver = Driver(edge, headers)
     driver.run(200)  # fills L1, verifies the token, warms every cache
@@ -98,6 +108,30 @@ def _child(case: str, requests: int) -> None:
         driver = Driver(same_bytes_app(dict(driver.sent[0]), driver.sent[1]), headers)
         driver.run(200)
     driver.run(requests)
+    status = driver.sent[0]["status"] if driver.sent else 0
+    if status != 200:
+        raise SystemExit(f"{case}: the last answer was {status}, not 200")
+
+
+def _access_child(case: str, requests: int) -> None:
+    """The ``full`` request with an access log (or without the fused hit path): see
+    :data:`ACCESS_CASES`."""
+    from test_bench_edge import Driver, make_edge
+
+    from cygate.infra.accesslog import AccessLog
+
+    access = None
+    if case != "general":
+        sample = 0.01 if case == "logged-1%" else 1.0
+        access = AccessLog(sample=sample, fmt="json", capacity=1 << 30, write=lambda data: None)
+    edge, headers = make_edge(stages=True, hit_path=case.startswith("logged"), access=access)
+    driver = Driver(edge, headers)
+    driver.run(200)
+    if access is not None:
+        access.flush()
+    driver.run(requests)
+    if access is not None and case != "logged-loop":
+        access.flush()  # what the writing thread does with them (off the loop, same CPU)
     status = driver.sent[0]["status"] if driver.sent else 0
     if status != 200:
         raise SystemExit(f"{case}: the last answer was {status}, not 200")
@@ -171,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--misses", action="store_true", help="the miss path's cases instead (miss-l2: Redis)"
     )
-    p.add_argument("--child", choices=CASES + MISS_CASES, help=argparse.SUPPRESS)
+    p.add_argument("--access", action="store_true", help="the access log's cases (this tree only)")
+    p.add_argument("--child", choices=CASES + MISS_CASES + ACCESS_CASES[1:], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.requests)
@@ -187,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases: tuple[str, ...] = CASES
     if args.misses:
         cases = MISS_CASES if os.environ.get("CYGATE_REDIS_URL") else MISS_CASES[:2]
+    if args.access:
+        if args.tree is not None:
+            print("--access counts this tree only", file=sys.stderr)
+            return 2
+        cases = ACCESS_CASES
     with tempfile.TemporaryDirectory(prefix="cygate-callgrind-") as tmp:
         for case in cases:
             counts = [_count(case, args.requests, tree, Path(tmp)) for _, tree in trees]

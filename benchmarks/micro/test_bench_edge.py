@@ -70,6 +70,7 @@ def make_edge(
     cors: Cors | None = None,
     compression: Compression | None = None,
     hit_path: bool = True,
+    access: Any = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
@@ -78,7 +79,7 @@ def make_edge(
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
     ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
     ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default);
-    ``hit_path=False``: no fused hit path."""
+    ``hit_path=False``: no fused hit path; ``access``: an access log (``AccessLog``)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -132,6 +133,7 @@ def make_edge(
         cors=cors,
         compression=compression,
         hit_path=hit_path,
+        **({"access": access} if access is not None else {}),
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]

@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.routes import HTTPRoute
@@ -38,7 +39,9 @@ from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
+from cygate.infra.accesslog import AccessLog, effective_sample
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
+from cygate.infra.logs import configure_logging, resolve_format
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
 from cygate.services.catalog.fast import unavailable
@@ -46,18 +49,19 @@ from cygate.services.catalog.plugin import CatalogPlugin
 from cygate.services.catalog.repository import CursorError
 from cygate.services.events.plugin import EventsPlugin
 from cygate.services.identity.plugin import IdentityPlugin
+from cygate.services.openapi import ContractJSON, Operation, document_path
 from cygate.services.ops.plugin import OpsPlugin
 from cygate.services.orders.plugin import OrdersPlugin
 from cygate.services.payments.plugin import PaymentsPlugin
 from cygate.services.plugin import ServicePlugin
 from cygate.services.privacy.plugin import PrivacyPlugin
-from cygate.services.privacy.redaction import install_redaction
+from cygate.services.privacy.redaction import install_redaction, redact
 from cygate.settings import Settings, load_settings
 from cygate.upstream.admin import RoutesAdminController
 from cygate.upstream.proxy import UpstreamProxy
 from cygate.upstream.table import LocalRoute, RouteTable, RouteTableManager
 
-__all__ = ["build_router", "cache_routes", "create_app", "local_routes"]
+__all__ = ["build_router", "cache_routes", "create_app", "local_routes", "operations"]
 
 log = logging.getLogger("cygate")
 
@@ -191,6 +195,30 @@ def local_routes(app: Litestar, fast: dict[str, FastHandler] | None = None) -> l
     return routes
 
 
+def operations(app: Litestar, router: Router, limiter: RateLimitStage) -> list[Operation]:
+    """The route table's own (local) routes as the OpenAPI document describes them."""
+    handlers: dict[str, HTTPRouteHandler] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for verb, (handler, *_) in route.route_handler_map.items():
+                handlers[f"{verb} {route.path}"] = handler
+    found = []
+    for _host, method, pattern, policy in router.routes():
+        known = handlers.get(policy.name)
+        if policy.target != "local" or known is None:
+            continue
+        found.append(
+            Operation(
+                method=method,
+                path=document_path(pattern),
+                policy=policy,
+                handler=known,
+                rate_limited=limiter.plan_for(policy.name) is not None,
+            )
+        )
+    return found
+
+
 def cache_routes(app: Litestar, cache: ResponseCache) -> None:
     """Give the cache each route whose handler names a rule (``opt={"cache": "<rule>"}``)."""
     for route in app.routes:
@@ -220,12 +248,12 @@ def _pattern_of(route: Any) -> str:
 def create_app(settings: Settings | None = None) -> Edge:
     """Build the ASGI application (edge + Litestar) from ``settings`` (default: environment)."""
     settings = settings or load_settings()
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    log_format = resolve_format(settings.logs.format, settings.server.environment)
+    configure_logging(settings.server.log_level, log_format, redact=redact)
     install_redaction()  # restricted data never in a log line (docs/privacy.md)
     metrics = Metrics(settings.metrics.dir or None)
+    trusted = TrustedProxies(settings.http.trusted_proxies)
+    access = _access_log(settings, metrics, trusted, log_format)
     environment = settings.server.environment
     identity = IdentityPlugin(
         settings.identity, environment=environment, redis_timeout=settings.redis.timeout
@@ -254,6 +282,9 @@ def create_app(settings: Settings | None = None) -> Edge:
     ]
     holder: dict[str, RouteTableManager] = {}
     ratelimit: RateLimitStage | None = None  # built with the route table, below
+    # The document at /schema/openapi.json: Litestar's, completed from the route table (the
+    # edge's statuses, headers and operations) when it is first asked for.
+    contract = ContractJSON()
 
     @asynccontextmanager
     async def shared(app: Litestar) -> AsyncIterator[None]:
@@ -275,9 +306,13 @@ def create_app(settings: Settings | None = None) -> Edge:
         app.state.redis = redis
         metrics.inc("cygate_worker_starts_total", ())
         metrics.start()
+        if access is not None:
+            access.start()
         try:
             yield
         finally:
+            if access is not None:
+                await asyncio.to_thread(access.stop)  # (writes what is queued)
             await metrics.stop()
             await redis.close()
             await close_pool(pool)
@@ -333,7 +368,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             title="cygate",
             version=__version__,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[ScalarRenderPlugin(), contract],
         ),
         request_max_body_size=settings.http.max_body_bytes,
         # Bodies decoded strictly into the handler's type; NUL and deep nesting refused.
@@ -347,7 +382,6 @@ def create_app(settings: Settings | None = None) -> Edge:
         fast_handlers.update(plugin.fast_handlers())
         policy_loaders.update(plugin.policy_loaders())
     local = local_routes(app, fast_handlers)
-    trusted = TrustedProxies(settings.http.trusted_proxies)
     cache = None
     if settings.cache.enabled:
         cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
@@ -386,6 +420,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         ),
         # Without the cache, cacheable routes still carry their validators (API.md).
         validators=None if cache is not None else Validators(cache_rules(settings.cache)),
+        access=access,
     )
     if cache is not None:
         cache.edge = edge  # background refreshes re-enter the edge
@@ -448,7 +483,34 @@ def create_app(settings: Settings | None = None) -> Edge:
     set_stages()
 
     manager.prepare = replan
+    contract.operations = lambda: operations(app, edge.router, limiter)
     return edge
+
+
+def _access_log(
+    settings: Settings, metrics: Metrics, trusted: TrustedProxies, log_format: str
+) -> AccessLog | None:
+    """The worker's access log (``cygate.infra.accesslog``), or None when it samples nothing
+    (``access_log_sample`` 0, or a log level above ``info``)."""
+    sample = effective_sample(settings.logs.access_sample, settings.server.log_level)
+    if sample <= 0.0:
+        return None
+
+    def client_of(peer: str, headers: Any) -> str:
+        if not trusted:
+            return peer
+        forwarded = next((v for k, v in headers if k == b"x-forwarded-for"), None)
+        return trusted.client_ip(peer, forwarded)
+
+    return AccessLog(
+        sample=sample,
+        fmt="json" if log_format == "json" else "text",
+        capacity=settings.logs.access_queue,
+        redact=redact,
+        client_of=client_of,
+        dropped=metrics.counter("cygate_access_log_dropped_total"),
+        written=metrics.counter("cygate_access_log_lines_total"),
+    )
 
 
 class _UpstreamAdmin(ServicePlugin):

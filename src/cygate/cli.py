@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**overrides)
     except SettingsError as exc:
         return _fail(str(exc))
+    _configure_logging(settings)
     for name in ("users", "products", "categories"):
         if getattr(args, name, 0) < 0:
             return _fail(f"--{name} must not be negative")
@@ -106,6 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return _fail(f"{args.command} failed: {type(exc).__name__}: {exc}", 1)
     return result
+
+
+def _configure_logging(settings: Settings) -> None:
+    """This process's log lines, as the settings say (``log_format``, ``log_level``), with
+    the privacy redaction (docs/observability.md, docs/privacy.md)."""
+    from cygate.infra.logs import configure_logging, resolve_format
+    from cygate.services.privacy.redaction import install_redaction, redact
+
+    fmt = resolve_format(settings.logs.format, settings.server.environment)
+    configure_logging(settings.server.log_level, fmt, redact=redact)
+    install_redaction()
 
 
 def _check_routes(settings: Settings) -> str | None:
@@ -182,8 +194,8 @@ def _check_redis_tls(settings: Settings) -> str | None:
     """With a ``rediss://`` URL: why Redis's certificate is refused, or None. One PING, once,
     before the workers; an unreachable Redis is not decided here (the gateway runs without
     it, degraded, as without TLS)."""
-    if not settings.redis.url.startswith("rediss://"):
-        return None
+    if not settings.redis.url.startswith("rediss://") or settings.redis.cluster:
+        return None  # a cluster's nodes are checked by _check_cluster
     import ssl
 
     import redis
@@ -379,11 +391,13 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
+    from cygate.infra.logs import granian_log_config, resolve_format
+
     # One line and status 2, not a traceback in each worker
     error = _check_tls(settings) or _check_routes(settings)
     if error:
         return _fail(error)
-    error = _check_database_tls(settings) or _check_redis_tls(settings)
+    error = _check_database_tls(settings) or _check_redis_tls(settings) or _check_cluster(settings)
     if error:
         return _fail(error)
     if args.migrate and _cmd_migrate(settings, args) != 0:
@@ -437,6 +451,10 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         backlog=settings.server.backlog,
         log_level=LogLevels(settings.server.log_level),
         log_access=settings.server.access_log,
+        # Granian's own lines (start-up, workers, its access log) in the same format
+        log_dictconfig=granian_log_config(
+            resolve_format(settings.logs.format, settings.server.environment)
+        ),
         workers_kill_timeout=int(settings.server.shutdown_timeout),
         # NOTE: Granian replaces a dead worker at once and counts it in the logs ("Unexpected
         # exit from worker-N", "Respawning worker-N"); a worker that dies again within 5.5 s of
@@ -453,12 +471,7 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     server.on_startup(lambda: _forward_sighup(stamp))
     if tls and settings.server.tls_reload_interval:
-        import logging
-
-        logging.basicConfig(  # the reload lines of this (main) process, as the workers log
-            level=settings.server.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+        # (this main process logs its reload lines as main() configured it, as the workers)
         stop = threading.Event()
         watcher = threading.Thread(
             target=_watch_tls_files,
@@ -537,14 +550,24 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [c for c in consumers if c not in HANDLERS]
     if unknown:
         return _fail(f"unknown consumer(s) {', '.join(unknown)}; known: {', '.join(HANDLERS)}")
+    error = _check_cluster(settings)
+    if error:
+        return _fail(error)
     import uvloop
 
     return uvloop.run(_worker(settings, not args.no_relay, consumers))
 
 
+def _check_cluster(settings: Settings) -> str | None:
+    """With ``redis_cluster``: one line when no node of ``redis_url`` answers or the one that
+    does is a plain Redis (the workers could not use it), else None."""
+    from cygate.infra.redis import check_cluster
+
+    return check_cluster(settings.redis)
+
+
 async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     """The events machinery of a gateway worker, without HTTP, until SIGTERM or SIGINT."""
-    import logging
     import signal
 
     from cygate.edge.cache import ResponseCache
@@ -552,13 +575,8 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     from cygate.infra.metrics import Metrics
     from cygate.infra.redis import create_redis
     from cygate.services.events.service import EventsService
-    from cygate.services.privacy.redaction import install_redaction
 
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    install_redaction()
+    # (logging: configured by main(), with the redaction)
     pool = await create_pool(settings.database, lazy=True)
     redis = create_redis(settings.redis)
     cache = None

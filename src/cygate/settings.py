@@ -34,6 +34,7 @@ from cygate.edge.settings import (
 )
 from cygate.infra.settings import (
     DatabaseSettings,
+    LogSettings,
     MetricsSettings,
     Port,
     Positive,
@@ -147,6 +148,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    logs: LogSettings = msgspec.field(default_factory=LogSettings)
     routes: RoutesSettings = msgspec.field(default_factory=RoutesSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
@@ -239,6 +241,12 @@ _SECTIONS: Final[tuple[tuple[str, type[msgspec.Struct], str, dict[str, str]], ..
         },
     ),
     ("metrics", MetricsSettings, "metrics_", {}),
+    (
+        "logs",
+        LogSettings,
+        "log_",
+        {"access_sample": "access_log_sample", "access_queue": "access_log_queue"},
+    ),
     ("routes", RoutesSettings, "routes_", {}),
     ("rate_limit", RateLimitSettings, "rate_limit_", {"limits": "rate_limits"}),
     ("cache", CacheSettings, "cache_", {}),

@@ -42,6 +42,8 @@ def problem_details(ctx: Any, response: Any, case: Any) -> bool | None:
     if response.status_code < 400:
         return None
     content_type = (response.headers.get("content-type") or [""])[0]
+    if case.method.upper() == "HEAD":  # (no body; the headers are the GET's)
+        return None
     body = json.loads(response.content or b"null")
     assert "Traceback" not in response.text, "a traceback in the answer"
     if case.path in _OAUTH and response.status_code in (400, 401):

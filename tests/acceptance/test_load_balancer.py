@@ -40,7 +40,7 @@ from tests.acceptance.conftest import (
 )
 from tests.conftest import SUITE_RATE_LIMITS
 
-pytestmark = pytest.mark.acceptance
+pytestmark = [pytest.mark.acceptance, pytest.mark.once]
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from tests.acceptance.conftest import Gateway, free_port
 
+pytestmark = pytest.mark.once
+
 RULES = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 
 

@@ -30,6 +30,8 @@ from tests.private_postgres import PrivatePostgres
 
 from cygate.infra import seed as seeding
 
+pytestmark = pytest.mark.once
+
 _DB = "cygate_replicas"
 _FAST_CHECKS = {
     "CYGATE_CACHE_ENABLED": "false",  # every read reaches the database
@@ -96,6 +98,13 @@ def _price(c: httpx.Client, pid: str, headers: dict[str, str] | None = None) -> 
     return r.json()["price_cents"]
 
 
+def _ready(c: httpx.Client) -> dict[str, object]:
+    """/readyz: 200 whatever the replicas' states (they are reported, never gating)."""
+    r = c.get("/readyz")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def test_reads_on_the_replica_own_writes_lag_and_outage(
     gateway_env: dict[str, str], cluster: tuple[PrivatePostgres, PrivatePostgres, list[str]]
 ) -> None:
@@ -114,6 +123,7 @@ def test_reads_on_the_replica_own_writes_lag_and_outage(
         with gw.client() as c:
             # 1. anonymous reads are served by the standby (once its first check passed)
             _until(lambda: (_anonymous_reads(c, ids), _replica_reads(gw))[1] > 0)
+            assert _ready(c) == {"postgres": "ok", "redis": "ok", "replicas": {"replica0": "ok"}}
             before = _replica_reads(gw)
             n = _anonymous_reads(c, ids)
             _until(lambda: _replica_reads(gw) >= before + n)
@@ -143,12 +153,14 @@ def test_reads_on_the_replica_own_writes_lag_and_outage(
             before = _replica_reads(gw)
             _until(lambda: (_anonymous_reads(c, ids), _replica_reads(gw))[1] > before)
 
-            # 4. the standby stops: every read is still answered (by the primary)
+            # 4. the standby stops: every read is still answered (by the primary), and the
+            # gateway stays ready, reporting the replica skipped
             standby.stop()
             try:
                 for _ in range(3):
                     _anonymous_reads(c, ids)
                     time.sleep(0.1)
+                _until(lambda: _ready(c).get("replicas") == {"replica0": "skipped"})
             finally:
                 standby.start()
             # back: the checks let it serve again
@@ -180,6 +192,8 @@ def test_a_replica_that_does_not_answer_at_start_up_costs_a_warning_not_a_hang(
         with gw.client() as c:
             _anonymous_reads(c, ids)
         assert _replica_reads(gw) == 0
+        with gw.client() as c:
+            assert _ready(c)["replicas"] == {"replica0": "skipped"}
     finally:
         out = stop_gateway(gw)
     assert "replica replica0 is not answering" in out, out

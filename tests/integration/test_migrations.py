@@ -19,7 +19,7 @@ from cygate.infra.db import (
     load_migrations,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import pytest
 
 from load_helpers import LOADTESTS, REPO, Run, tool
 
+pytestmark = pytest.mark.once
+
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from load_helpers import LOADTESTS, REPO
+
+pytestmark = pytest.mark.once
 
 PROBE = """
 import json, sys

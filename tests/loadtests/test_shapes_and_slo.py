@@ -17,6 +17,8 @@ from tool import capacity_table, step_verdict
 
 import load_helpers  # noqa: F401  (puts loadtests/ on the path)
 
+pytestmark = pytest.mark.once
+
 
 @pytest.mark.parametrize(
     ("text", "seconds"), [("90", 90), ("45s", 45), ("5m", 300), ("1h30m", 5400), ("2h", 7200)]

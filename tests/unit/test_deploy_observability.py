@@ -16,6 +16,8 @@ import yaml
 
 from cygate.infra.metrics import FAMILIES, REQUEST_FAMILIES, SCRAPE_GAUGES
 
+pytestmark = pytest.mark.once
+
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "cygate.json"

@@ -14,6 +14,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.once
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "import_cycles.py"
 

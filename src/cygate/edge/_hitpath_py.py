@@ -50,6 +50,7 @@ rate-limit stage spells them.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -62,7 +63,7 @@ from cygate.edge.cors import VARY_ORIGIN
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.ratekey import ANONYMOUS, EVERYONE, address_key, principal_key, route_key
 
-__all__ = ["Head", "Hit", "HitPath", "bearer_token", "scan_head"]
+__all__ = ["Head", "Hit", "HitPath", "LoggedHitPath", "bearer_token", "scan_head"]
 
 _REFRESH = "cygate.cache.refresh"
 _BEARER = b"bearer "
@@ -453,3 +454,78 @@ class HitPath:
                 rate.top_up(single, key, table.tokens)
         single.n_allowed.value += 1
         return table, single, plan
+
+
+class LoggedHitPath:
+    """A :class:`HitPath` whose answers the access log samples (``cygate.infra.accesslog``):
+    the edge serves through it only when an access log is on, so with none the hit path is
+    exactly the one above, at no cost. A sampled hit's record is handed to the log when its
+    two messages are sent (the log queues it; a thread formats and writes it); others are
+    the inner path's answers as they are."""
+
+    __slots__ = ("access", "inner")
+
+    def __init__(self, inner: HitPath, access: Any) -> None:
+        self.inner = inner
+        self.access = access
+        """The ``AccessLog``: its ``sample``, ``queue``, ``capacity`` and ``dropped``."""
+
+    @property
+    def last_head(self) -> Head | None:
+        return self.inner.last_head
+
+    def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
+        """As :meth:`HitPath.serve`; a sampled hit is also recorded once sent."""
+        hit = self.inner.answer(scope)
+        if hit is None:
+            return None
+        access = self.access
+        if access.sample < 1.0 and random.random() >= access.sample:
+            return _send(hit, send)
+        return _send_logged(self, hit, scope, send)
+
+    def record(self, hit: Hit, scope: MutableMapping[str, Any]) -> None:
+        """Queue the record of ``hit`` (dropped and counted when the queue is full)."""
+        access = self.access
+        queue = access.queue
+        if len(queue) >= access.capacity:
+            access.dropped.value += 1
+            return
+        request_id = traceparent = b""
+        for name, value in hit.start["headers"]:
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"traceparent":
+                traceparent = value
+                break
+        client = scope.get("client")
+        limited = self.inner.rate is not None and hit.route in self.inner.rate_plans
+        queue.append(
+            (
+                time.time(),
+                "GET",
+                hit.route,
+                scope["path"],
+                hit.status,
+                time.perf_counter() - hit.started,
+                len(hit.body.get("body", b"")),
+                "hit-l1",
+                "allowed" if limited else "",
+                "",
+                client[0] if client else "",
+                request_id,
+                traceparent,
+                scope["headers"],
+            )
+        )
+
+
+async def _send_logged(
+    path: LoggedHitPath, hit: Hit, scope: MutableMapping[str, Any], send: Any
+) -> None:
+    try:
+        await send(hit.start)
+        await send(hit.body)
+    finally:
+        hit.done()
+        path.record(hit, scope)

@@ -29,6 +29,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,7 @@ class ResponseCache:
             idle=min(5.0, max(0.5, max_age / 2)),
             before_subscribe=self.l2.new_generation,
             tls=tls_options(server),
+            locate=partial(redis.node_url, self.l2.gen_key) if redis.cluster else None,
         )
 
     def start(self) -> None:

@@ -7,7 +7,13 @@ Keys (all under one hash tag, ``{cache}``, so the scripts below touch one Redis 
 - ``<prefix>{cache}:l:<key hex>`` the lease of the one loader of that key (``SET NX PX``);
 - ``<prefix>{cache}:t:<tag>`` the set of key hexes that carry a tag;
 - ``<prefix>{cache}:gen`` the generation of L2: every entry is stored as ``<generation>:`` and
-  its bytes, and is read only while that is still the generation.
+  its bytes, and is read only while that is still the generation. Every script names one of
+  these keys (the generation where it has no other), so on a Redis Cluster each runs on the
+  node of that slot.
+
+The invalidation channel ``<prefix>cache:invalidate`` is plain pub/sub: on a cluster a PUBLISH
+reaches the subscribers of every node, and each instance subscribes on the master of the
+``{cache}`` slot (so the count of instances that heard a purge is the cluster's).
 
 NOTE: one slot means one shard holds the whole L2 in a cluster. That is the price of atomic
 scripts over an entry, its lease and its tags; API responses are small, and sharding L2 later
@@ -146,10 +152,12 @@ if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
 end
 return 0
 """
-# KEYS: tag sets; ARGV: channel, message, entry prefix, lease prefix, key hexes...
+# KEYS[1] generation (unused: it names the slot, so that a cluster runs this where the
+# entries are, also for a purge by keys alone), KEYS[2..] tag sets; ARGV: channel, message,
+# entry prefix, lease prefix, key hexes...
 _INVALIDATE = """
 local n = 0
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   for _, m in ipairs(redis.call('SMEMBERS', KEYS[i])) do
     n = n + redis.call('DEL', ARGV[3] .. m)
     redis.call('DEL', ARGV[4] .. m)
@@ -489,7 +497,7 @@ class L2:
         hexes = [k.hex() for k in keys]
         try:
             got = await self._invalidate(
-                keys=[self.tag_prefix + t for t in tags],
+                keys=[self.gen_key, *(self.tag_prefix + t for t in tags)],
                 args=[self.channel, message, self.entry_prefix, self.lease_prefix, *hexes],
             )
         except _ERRORS as exc:
@@ -536,6 +544,7 @@ class Subscription:
         idle: float = 5.0,
         before_subscribe: Callable[[], Awaitable[Any]] | None = None,
         tls: dict[str, Any] | None = None,
+        locate: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.channel = channel
         self.connected = False
@@ -547,16 +556,35 @@ class Subscription:
         """A subscription was lost since the last one was confirmed."""
         self._idle = idle
         self._task: asyncio.Task[None] | None = None
-        # NOTE: no automatic retries: a dropped connection must surface here, so that the
-        # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            client_name=name,
-            socket_connect_timeout=connect_timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
+        self._locate = locate
+        self._options: dict[str, Any] = {
+            "client_name": name,
+            "socket_connect_timeout": connect_timeout,
+            "socket_keepalive": True,
+            # NOTE: no automatic retries: a dropped connection must surface here, so that the
+            # flush happens (redis-py would otherwise reconnect and resubscribe quietly).
+            "retry": Retry(NoBackoff(), 0),
             **(tls or {}),
+        }
+        self._url = redis_url
+        # NOTE: with ``locate``, ``redis_url`` may list several nodes: the client is made for
+        # the node found at each attempt instead.
+        self._client: aioredis.Redis | None = (
+            None if locate is not None else aioredis.Redis.from_url(redis_url, **self._options)
         )
+
+    async def _connect_to(self) -> None:
+        """On a Redis Cluster, subscribe on the master of the slot the invalidation script
+        runs on (``locate``), found again at every attempt (a failover moves it): PUBLISH
+        reaches every node of a cluster, but counts the subscribers of its own node only."""
+        if self._locate is None:
+            return
+        url = await self._locate()
+        if url != self._url or self._client is None:
+            if self._client is not None:
+                await self._client.aclose()
+            self._url = url
+            self._client = aioredis.Redis.from_url(url, **self._options)
 
     def start(self) -> None:
         if self._task is None:
@@ -568,13 +596,17 @@ class Subscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def _run(self) -> None:
         pause = Backoff(0.01, 0.1)
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                await self._connect_to()
+                assert self._client is not None
+                pubsub = self._client.pubsub()
                 if self._lost and self._before is not None:
                     await self._before()
                 await pubsub.subscribe(self.channel)
@@ -590,9 +622,11 @@ class Subscription:
                     self.connected = False
                     self._lost = True
                     self._on_lost()
-                with contextlib.suppress(Exception):
-                    # redis-py types aclose() from 8.x on; older releases in our range do not.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        # redis-py types aclose() from 8.x on; older releases in our range
+                        # do not.
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await pause.sleep()
 
     async def _listen(self, pubsub: Any) -> None:

@@ -34,16 +34,18 @@ from cygate.edge.cache import caller_key
 from cygate.edge.compress import CODINGS, VARY_ACCEPT_ENCODING, Compression, strip_suffix, suffixed
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
 from cygate.edge.cors import VARY_ORIGIN, Cors
-from cygate.edge.hitpath import Head, HitPath, scan_head
+from cygate.edge.hitpath import Head, HitPath, LoggedHitPath, scan_head
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.policy import PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
+from cygate.infra.logs import reset_request_context, set_request_context
 
 if TYPE_CHECKING:
     from cygate.edge.cache import CacheMiss, ResponseCache
     from cygate.edge.context import RoutePolicy
     from cygate.edge.validators import Validators
+    from cygate.infra.accesslog import AccessLog
     from cygate.infra.metrics import Metrics
 
 __all__ = [
@@ -64,6 +66,7 @@ _HOST_CACHE = 256
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _UNMATCHED = "<unmatched>"
 _OPTIONS = "<options>"
+_REFRESH = "cygate.cache.refresh"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NO_HOST = "an HTTP/1.1 request needs exactly one, non-empty Host header (RFC 9112, section 3.2)"
 
@@ -125,6 +128,7 @@ class Edge:
         "_security_headers",
         "_stages",
         "_upstream",
+        "access",
         "app",
         "body_timeout",
         "cache",
@@ -158,12 +162,16 @@ class Edge:
         ids: IdMinter | None = None,
         cors: Cors | None = None,
         compression: Compression | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.cors = cors
         """CORS for the configured origins (``cygate.edge.cors``), or None: no CORS."""
         self.compression = compression
         """Response compression (``cygate.edge.compress``), or None: none."""
+        self.access = access
+        """The access log (``cygate.infra.accesslog``), or None: no request is logged, and the
+        fused hit path is the plain one (with a log: ``LoggedHitPath`` around it)."""
         self.ids = ids if ids is not None else IdMinter()
         """The one minter of the ids of requests that bring none (``cygate.core.ids``): the
         general path's and the fused hit path's (handed to it in the ``HitPlan``)."""
@@ -196,7 +204,7 @@ class Edge:
             headers.append((b"strict-transport-security", hsts.encode()))
         self._security_headers = tuple(headers)
         self._hit_path_enabled = hit_path
-        self._hits: HitPath | None = None
+        self._hits: HitPath | LoggedHitPath | None = None
         self._rebuild_hit_path()
 
     @property
@@ -220,7 +228,7 @@ class Edge:
         self._rebuild_hit_path()
 
     @property
-    def hit_path(self) -> HitPath | None:
+    def hit_path(self) -> HitPath | LoggedHitPath | None:
         """The fused hit path (``cygate.edge.hitpath``), or None: this edge's cache, stages and
         settings leave it nothing to answer."""
         return self._hits
@@ -265,7 +273,8 @@ class Edge:
             cors=self.cors is not None,
             compression=self.compression,
         )
-        self._hits = HitPath(plan=plan)
+        hits = HitPath(plan=plan)
+        self._hits = hits if self.access is None else LoggedHitPath(hits, self.access)
 
     def _policy_on_cached_routes(self) -> bool:
         """A route the cache answers names a policy action (then the policy stage must see
@@ -361,6 +370,11 @@ class Edge:
         method: str = scope["method"]
         route_name = _UNMATCHED
         status = 500  # the answer's, unless the response started (then ``ctx.status``)
+        access = self.access
+        tap: _Tap | None = None
+        if access is not None and _REFRESH not in scope and access.sampled():
+            # (a background cache refresh is the cache's request, not a client's: not logged)
+            send = tap = _Tap(send)
 
         if head is None:
             # PERF: one pass over the headers, the hit path's own (``scan_head``).
@@ -388,6 +402,7 @@ class Edge:
         server_send = send  # (a preflight's answer goes to it unshaped)
         if self.cors is not None or self.compression is not None:
             send = self._shape(scope, send, head, method)
+        context = set_request_context(request_id, traceparent)  # (its log lines carry them)
         instance = ""  # the path, once normalised (problems before that: the raw one)
         ctx: EdgeContext | None = None
         miss: CacheMiss | None = None
@@ -564,6 +579,59 @@ class Edge:
             if ctx is not None and ctx.status:
                 status = ctx.status  # the response started: the status it was sent with
             self.metrics.observe_since(route_name, method, status, started)
+            reset_request_context(context)
+            if tap is not None:
+                access.record(  # type: ignore[union-attr]  # (tap: access is not None)
+                    (
+                        time.time(),
+                        method,
+                        route_name,
+                        instance or scope.get("path", ""),
+                        tap.status or status,
+                        time.perf_counter() - started,
+                        tap.bytes,
+                        tap.cache,
+                        "limited" if status == 429 else tap.ratelimit,
+                        ctx.policy.target
+                        if ctx is not None and ctx.policy.target != "local"
+                        else "",
+                        ctx.peer if ctx is not None else _peer(scope),
+                        request_id,
+                        traceparent,
+                        scope["headers"],
+                    )
+                )
+
+
+class _Tap:
+    """``send`` for a request the access log samples: what was sent (status, body bytes, the
+    cache's ``X-Cache`` and whether rate-limit headers went out), noted on the way."""
+
+    __slots__ = ("bytes", "cache", "ratelimit", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.bytes = 0
+        self.cache = ""
+        self.ratelimit = ""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            for name, value in message.get("headers", ()):
+                if name == b"x-cache":
+                    self.cache = value.decode("latin-1")
+                elif name == b"ratelimit-policy":
+                    self.ratelimit = "allowed"
+        elif message["type"] == "http.response.body":
+            self.bytes += len(message.get("body", b""))
+        await self.send(message)
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _wrap_send(ctx: EdgeContext, send: Send, headers: Headers, head_only: bool) -> Send:

@@ -12,6 +12,8 @@ Usage (the edge builds it over a :class:`~cygate.edge.hitplan.HitPlan`; see
     else:
         head = hit_path.last_head           # its scan of the headers (None: not scanned)
 
+With an access log, the edge serves through ``LoggedHitPath(hit_path, access_log)``, which
+records the hits the log samples (none of that cost without one).
 ``scan_head`` is the edge's one scan of a request's headers (``Head``), the general path's
 too. ``EntryHot`` is the record of a cache entry the compiled one reads (``Entry.hot``).
 """
@@ -25,6 +27,7 @@ from cygate.edge._hitpath_py import EntryHot as EntryHotPy
 from cygate.edge._hitpath_py import Head as HeadPy
 from cygate.edge._hitpath_py import Hit as HitPy
 from cygate.edge._hitpath_py import HitPath as HitPathPy
+from cygate.edge._hitpath_py import LoggedHitPath as LoggedHitPathPy
 from cygate.edge._hitpath_py import scan_head as scan_head_py
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "HitPath",
     "HitPathPy",
     "HitPy",
+    "LoggedHitPath",
+    "LoggedHitPathPy",
     "scan_head",
     "scan_head_py",
 ]
@@ -46,12 +51,14 @@ if TYPE_CHECKING:
     Head = HeadPy
     Hit = HitPy
     HitPath = HitPathPy
+    LoggedHitPath = LoggedHitPathPy
     scan_head = scan_head_py
 else:
     EntryHot = EntryHotPy
     Head = HeadPy
     Hit = HitPy
     HitPath = HitPathPy
+    LoggedHitPath = LoggedHitPathPy
     scan_head = scan_head_py
     if not NO_EXTENSIONS:
         try:
@@ -59,6 +66,7 @@ else:
             from cygate.edge._hitpath_c import Head as HeadC
             from cygate.edge._hitpath_c import Hit as HitC
             from cygate.edge._hitpath_c import HitPath as HitPathC
+            from cygate.edge._hitpath_c import LoggedHitPath as LoggedHitPathC
             from cygate.edge._hitpath_c import scan_head as scan_head_c
         except ImportError:  # pragma: no cover - not compiled (e.g. an editable pure install)
             pass
@@ -67,5 +75,6 @@ else:
             Head = HeadC
             Hit = HitC
             HitPath = HitPathC
+            LoggedHitPath = LoggedHitPathC
             scan_head = scan_head_c
-            __all__ += ["EntryHotC", "HeadC", "HitC", "HitPathC", "scan_head_c"]
+            __all__ += ["EntryHotC", "HeadC", "HitC", "HitPathC", "LoggedHitPathC", "scan_head_c"]

@@ -152,6 +152,13 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "From the outbox insert to the consumer's effect.",
         ("consumer",),
     ),
+    # -- access log (docs/observability.md) --
+    "cygate_access_log_lines_total": ("counter", "Access-log lines written.", ()),
+    "cygate_access_log_dropped_total": (
+        "counter",
+        "Access-log lines dropped: the worker's queue was full (the log stream is slow).",
+        (),
+    ),
     # -- process health --
     "cygate_process_cpu_seconds_total": (
         "counter",

@@ -2,35 +2,80 @@
 
 Every key cygate writes goes through :meth:`RedisHandle.key`, which adds the configured prefix,
 so tests (and several deployments sharing one server) never touch each other's data.
+
+With ``redis_cluster`` the client is redis-py's :class:`~redis.asyncio.cluster.RedisCluster`:
+``redis_url`` names one node or several (``redis://host1:7000,host2:7001/0``), the others are
+found from the cluster itself. Every multi-key script and MGET of cygate keeps its keys under
+one hash tag (``{...}``), so each call lands on one slot; see docs/scaling.md.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException
 from redis.utils import HIREDIS_AVAILABLE
 
 if TYPE_CHECKING:
     from cygate.infra.settings import RedisSettings
 
-__all__ = ["HIREDIS_AVAILABLE", "RedisHandle", "create_redis", "tls_options"]
+__all__ = [
+    "HIREDIS_AVAILABLE",
+    "Client",
+    "RedisHandle",
+    "check_cluster",
+    "cluster_nodes",
+    "create_redis",
+    "redis_client",
+    "tls_options",
+]
+
+Client = aioredis.Redis | RedisCluster
+"""A plain client or a cluster client: cygate calls only what both offer."""
 
 
 class RedisHandle:
     """The app's Redis client and its key prefix."""
 
-    __slots__ = ("client", "prefix")
+    __slots__ = ("client", "prefix", "settings")
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str, settings: RedisSettings | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        self.settings = settings
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     async def ping(self) -> bool:
+        if isinstance(self.client, RedisCluster):
+            # NOTE: PING goes to one random node; ready means every slot has a master that
+            # answers (cluster_state:ok), which a node we reach reports for the whole cluster.
+            info: Any = await self.client.cluster_info()
+            return bool(info.get("cluster_state") == "ok")
         return bool(await self.client.ping())
+
+    async def node_url(self, key: str) -> str:
+        """A URL of the server that holds ``key`` (its master, on a cluster; the configured
+        URL on a single Redis): where a plain connection, e.g. a subscriber, should go."""
+        assert self.settings is not None
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return self.settings.url
+        await client.initialize()
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise RedisClusterException(f"no master holds the slot of {key!r}")
+        return _node_url(self.settings.url, node.host, int(node.port))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -38,18 +83,123 @@ class RedisHandle:
 
 def create_redis(settings: RedisSettings) -> RedisHandle:
     """A client that fails fast: a hung Redis costs at most ``timeout`` per call."""
+    client = redis_client(
+        settings,
+        socket_timeout=settings.timeout,
+        connect_timeout=settings.timeout,
+        max_connections=64,
+    )
+    return RedisHandle(client, settings.prefix, settings)
+
+
+def redis_client(
+    settings: RedisSettings, *, socket_timeout: float, connect_timeout: float, max_connections: int
+) -> Client:
+    """The client of ``settings`` (plain or cluster) with these timeouts; every Redis client of
+    the app and of the events machinery is made here."""
     # NOTE: redis-py picks the hiredis parser by itself when hiredis is importable
     # (its DefaultParser); pyproject installs redis[hiredis], and /readyz reports which one runs.
-    client = aioredis.Redis.from_url(
-        settings.url,
-        socket_timeout=settings.timeout,
-        socket_connect_timeout=settings.timeout,
+    if not settings.cluster:
+        return aioredis.Redis.from_url(
+            settings.url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=30,
+            retry_on_timeout=False,
+            max_connections=max_connections,
+            **tls_options(settings),
+        )
+    parts = urlsplit(settings.url)
+    tls = tls_options(settings)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(settings.url)],
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
         health_check_interval=30,
-        retry_on_timeout=False,
-        max_connections=64,
-        **tls_options(settings),
+        # NOTE: a refused or timed-out node costs one more try after the slot map is read
+        # again (a failover moved its slots), not redis-py's default of three.
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        max_connections=max_connections,
+        ssl=bool(tls),
+        **tls,
     )
-    return RedisHandle(client, settings.prefix)
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``host:port`` pairs of a cluster URL: ``redis://[user:pw@]h1:p1[,h2:p2...][/0]``."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("redis", "rediss") or not sep:
+        raise ValueError("a Redis Cluster URL is redis:// or rediss:// (no unix sockets)")
+    hosts = rest.split("/", 1)[0].rpartition("@")[2]
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "6379"
+        host = host.strip("[]")  # IPv6 literals
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad node {item!r} in the Redis Cluster URL")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def _node_url(url: str, host: str, port: int) -> str:
+    """``url`` with its host list replaced by one node (credentials and scheme kept)."""
+    scheme, _, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0]
+    creds, at, _hosts = netloc.rpartition("@")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{creds}{at}{host}:{port}/0"
+
+
+def check_cluster(settings: RedisSettings) -> str | None:
+    """With ``redis_cluster``: why the workers cannot use the cluster, as one line, or None.
+
+    Run once before the workers, bounded by ``redis_timeout`` (at least a second) per node: no
+    node of ``redis_url`` answers, or the one that answers is not in cluster mode. A node list
+    with some dead nodes is fine as long as one answers (the others are learned from it)."""
+    if not settings.cluster:
+        return None
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        nodes = cluster_nodes(settings.url)
+    except ValueError as exc:
+        return f"invalid setting redis_url: {exc}"
+    timeout = max(settings.timeout, 1.0)
+    parts = urlsplit(settings.url)
+    dead = []
+    for host, port in nodes:
+        client = redis.Redis(
+            host=host,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            ssl=settings.url.startswith("rediss://"),
+            **tls_options(settings),
+        )
+        try:
+            enabled = client.info("cluster").get("cluster_enabled")
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            dead.append(f"{host}:{port} ({type(exc).__name__})")
+            continue
+        finally:
+            client.close()
+        if not enabled:
+            return (
+                f"redis_cluster is true but {host}:{port} (redis_url) is a Redis without "
+                "cluster mode (cluster_enabled:0); set CYGATE_REDIS_CLUSTER=false for it"
+            )
+        return None
+    return f"redis_cluster: no node of redis_url answers: {', '.join(dead)}"
 
 
 def tls_options(settings: RedisSettings) -> dict[str, Any]:

@@ -140,6 +140,11 @@ class ReplicaSet:
         """A write happened (or may have): read only the primary for :attr:`window` seconds."""
         self._primary_until = time.monotonic() + self.window
 
+    def states(self) -> dict[str, str]:
+        """Each replica's state for readiness reports: ``ok`` (serving reads) or ``skipped``
+        (lagging, failing, not a standby, or not checked yet: the primary serves)."""
+        return {r.name: "ok" if r.healthy else "skipped" for r in self.replicas}
+
     def counting(self, count: Callable[[str, str], None]) -> None:
         """``count(replica, outcome)`` after each replica read (``ok`` or ``fallback``)."""
         self._count = count

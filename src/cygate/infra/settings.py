@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "DatabaseSettings",
+    "LogSettings",
     "MetricsSettings",
     "NonNegative",
     "Port",
@@ -73,7 +74,7 @@ class DatabaseSettings(Section, frozen=True, kw_only=True):
 
 
 class RedisSettings(Section, frozen=True, kw_only=True):
-    """Redis: the URL, the key prefix and the socket timeout."""
+    """Redis: the URL, the key prefix, the socket timeout, and whether it is a Redis Cluster."""
 
     url: Annotated[str, doc("Redis URL.", pattern=r"^(redis|rediss|unix)://")] = (
         "redis://127.0.0.1:6379/0"
@@ -93,8 +94,23 @@ class RedisSettings(Section, frozen=True, kw_only=True):
         str, doc("With a rediss:// URL: client certificate (PEM) for servers that ask one.")
     ] = ""
     tls_key_file: Annotated[str, doc("Private key (PEM) of redis_tls_cert_file.")] = ""
+    cluster: Annotated[
+        bool,
+        doc(
+            "Redis Cluster: redis_url names one node or several, comma-separated "
+            "(redis://h1:7000,h2:7001); the others are learned from the cluster."
+        ),
+    ] = False
 
     def __post_init__(self) -> None:
+        if self.cluster and self.url.startswith("unix://"):
+            raise msgspec.ValidationError(
+                "redis_cluster needs a redis:// or rediss:// redis_url - at `$.redis.url`"
+            )
+        if not self.cluster and "," in self.url.split("://", 1)[-1].split("/", 1)[0]:
+            raise msgspec.ValidationError(
+                "several nodes in redis_url need redis_cluster=true - at `$.redis.url`"
+            )
         tls = self.tls_ca_file or self.tls_cert_file or self.tls_key_file
         if tls and not self.url.startswith("rediss://"):
             raise msgspec.ValidationError(
@@ -124,3 +140,33 @@ class MetricsSettings(Section, frozen=True, kw_only=True):
             raise msgspec.ValidationError(
                 "metrics_access is 'token' but no metrics_token is set - at `$.metrics.token`"
             )
+
+
+class LogSettings(Section, frozen=True, kw_only=True):
+    """Log lines and the access log (docs/observability.md)."""
+
+    format: Annotated[
+        Literal["auto", "json", "text"],
+        doc(
+            "Log lines: json (one object per line) or text; auto: json in production, text "
+            "in development and test."
+        ),
+    ] = "auto"
+    access_sample: Annotated[
+        float,
+        doc(
+            "Share of requests written to the access log, 0 to 1 (0: none, and no cost on "
+            "the fused hit path; 1: every request).",
+            ge=0.0,
+            le=1.0,
+        ),
+    ] = 1.0
+    access_queue: Annotated[
+        int,
+        doc(
+            "Access-log lines a worker holds before they are written; when full, new lines "
+            "are dropped and counted (cygate_access_log_dropped_total), never waited for.",
+            ge=1,
+            le=1_000_000,
+        ),
+    ] = 10_000

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from cygate.edge.access import require_loopback
 
@@ -26,6 +27,14 @@ class RoutesAdminController(Controller):
         "/admin/routes",
         summary="The active route table and each upstream's circuit state (this worker's)",
         opt={"auth": True, "roles": ["admin"]},
+        responses={
+            200: ResponseSpec(
+                dict[str, Any], description="The route table", generate_examples=False
+            ),
+            403: ResponseSpec(
+                None, description="Not an admin, or not from loopback (configurable)"
+            ),
+        },
     )
     async def routes(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         settings: RoutesSettings = state.settings.routes

@@ -18,6 +18,8 @@ import yaml
 from cygate.settings import load_settings
 from deploy_helpers import DEPLOY, assert_cli_accepts, image_entrypoint, secret_setting_names
 
+pytestmark = pytest.mark.once
+
 COMPOSE = DEPLOY / "compose.yaml"
 HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
 GATEWAYS = ("gateway-1", "gateway-2", "gateway-3")

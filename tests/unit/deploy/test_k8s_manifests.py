@@ -24,6 +24,8 @@ from deploy_helpers import (
     secret_setting_names,
 )
 
+pytestmark = pytest.mark.once
+
 K8S = DEPLOY / "k8s"
 Doc = dict[str, Any]
 

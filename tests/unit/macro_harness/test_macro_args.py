@@ -6,6 +6,8 @@ import pytest
 from benchmarks.macro.prepare import MIX_SIZE
 from benchmarks.macro.run import _parse_args
 
+pytestmark = pytest.mark.once
+
 
 def test_the_id_mix_defaults_to_the_prepared_mix_and_takes_a_control_of_one() -> None:
     assert _parse_args([]).id_mix == MIX_SIZE == 1000

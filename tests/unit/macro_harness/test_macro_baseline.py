@@ -13,6 +13,8 @@ from benchmarks.macro.rounds import Rounds
 from benchmarks.macro.run import _parse_args, round_order, with_baseline
 from test_macro_rounds import _result
 
+pytestmark = pytest.mark.once
+
 
 def test_each_cygate_contender_gets_a_twin_on_the_other_tree(tmp_path: Path) -> None:
     contenders = with_baseline(by_name(["cygate-full", "granian-same-bytes"]), tmp_path)

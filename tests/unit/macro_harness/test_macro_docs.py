@@ -22,6 +22,8 @@ from benchmarks.macro.report import (
 from benchmarks.macro.rounds import Rounds
 from benchmarks.macro.run import DOC, README, _parse_args, write_docs
 
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[3]
 MACHINE = {"cpu_model": "Some CPU", "cores": 2, "kernel": "6.1", "python": "3.11.7"}
 DATED = re.compile(r"[0-9]{2}:[0-9]{2}|UTC|[Ss]ession|issue [0-9]")

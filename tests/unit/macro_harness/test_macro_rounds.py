@@ -3,9 +3,12 @@ shows each contender's median round, and the goal table gives median, range and 
 
 from __future__ import annotations
 
+import pytest
 from benchmarks.macro.report import Failure, Result, cache_goals, markdown_table
 from benchmarks.macro.rounds import Paired, Rounds
 from benchmarks.macro.run import proxy_overhead
+
+pytestmark = pytest.mark.once
 
 
 def _result(name: str, rps: float, p50: float = 1.0, p99: float = 2.0) -> Result:

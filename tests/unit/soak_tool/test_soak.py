@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from loadtests.soak import Sample, chart, format_summary, parse_args, slope, summarize
 
+pytestmark = pytest.mark.once
+
 REPO = Path(__file__).resolve().parents[3]
 
 

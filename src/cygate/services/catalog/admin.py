@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, patch, post
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from cygate.edge.auth import principal_of
@@ -31,6 +31,7 @@ from cygate.services.catalog.models import (
     CategoryIn,
     CategoryOut,
     CategoryPatch,
+    Product,
     ProductIn,
     ProductPatch,
 )
@@ -41,6 +42,7 @@ from cygate.services.catalog.writes import (
     encode_category,
     encode_product,
 )
+from cygate.services.openapi import answers, problems
 
 __all__ = ["CatalogAdminController", "invalidate"]
 
@@ -51,6 +53,12 @@ _PRODUCT_WRITE = {**_WRITE, "policy_resource": "Product"}
 """A change of one product: with policy files, the policy stage asks Cedar whether the caller
 may take the action on ``Product::"<id>"`` with its ``category_id`` (``docs/security.md``)."""
 _NO_STORE = {"cache-control": "no-store"}
+_ETAG = ResponseHeader(
+    name="ETag", description="The new entity tag (what If-Match takes)", documentation_only=True
+)
+_LOCATION = ResponseHeader(
+    name="Location", description="The created resource", documentation_only=True
+)
 
 IfMatch = Annotated[
     str | None,
@@ -132,7 +140,13 @@ class CatalogAdminController(Controller):
     path = "/api/v1"
     tags = ["catalog"]
 
-    @post("/products", summary="Create a product (catalog_manager, admin)", opt=_WRITE)
+    @post(
+        "/products",
+        summary="Create a product (catalog_manager, admin)",
+        opt=_WRITE,
+        responses=answers(201, Product, "The product") | problems(409, 422),
+        response_headers=[_ETAG, _LOCATION],
+    )
     async def create_product(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[ProductIn]
     ) -> Response[bytes]:
@@ -148,6 +162,8 @@ class CatalogAdminController(Controller):
         "/products/{product_id:uuid}",
         summary="Change a product (If-Match required)",
         opt={**_PRODUCT_WRITE, "policy": "update_product"},
+        responses=answers(200, Product, "The product") | problems(404, 409, 412, 428),
+        response_headers=[_ETAG],
     )
     async def update_product(
         self,
@@ -168,6 +184,7 @@ class CatalogAdminController(Controller):
         summary="Delete a product (If-Match required)",
         opt={**_PRODUCT_WRITE, "policy": "delete_product"},
         status_code=204,
+        responses=problems(404, 409, 412, 428),
     )
     async def delete_product(
         self,
@@ -179,7 +196,13 @@ class CatalogAdminController(Controller):
         await _writer(state).delete_product(product_id, _required(if_match), _actor(request))
         await invalidate(state, [f"product:{product_id}", "products", "search"])
 
-    @post("/categories", summary="Create a category (catalog_manager, admin)", opt=_WRITE)
+    @post(
+        "/categories",
+        summary="Create a category (catalog_manager, admin)",
+        opt=_WRITE,
+        responses=answers(201, CategoryOut, "The category") | problems(409, 422),
+        response_headers=[_ETAG, _LOCATION],
+    )
     async def create_category(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[CategoryIn]
     ) -> Response[bytes]:
@@ -187,7 +210,13 @@ class CatalogAdminController(Controller):
         await invalidate(state, ["categories"])
         return _category_response(category, 201, {"location": f"/api/v1/categories/{category.id}"})
 
-    @patch("/categories/{category_id:uuid}", summary="Change a category", opt=_WRITE)
+    @patch(
+        "/categories/{category_id:uuid}",
+        summary="Change a category",
+        opt=_WRITE,
+        responses=answers(200, CategoryOut, "The category") | problems(404, 409, 412, 422),
+        response_headers=[_ETAG],
+    )
     async def update_category(
         self,
         request: Request[Any, Any, Any],
@@ -208,6 +237,7 @@ class CatalogAdminController(Controller):
         summary="Delete an empty category",
         opt=_WRITE,
         status_code=204,
+        responses=problems(404, 409, 412),
     )
     async def delete_category(
         self,

@@ -12,9 +12,10 @@ from litestar.params import FromPath, QueryParameter
 
 from cygate.edge.problem import Problem
 from cygate.services.catalog.admin import CatalogAdminController
-from cygate.services.catalog.models import CategoryTree, Product, ProductPage
+from cygate.services.catalog.models import CategoryOut, CategoryTree, Product, ProductPage
 from cygate.services.catalog.repository import DEFAULT_SORT, CatalogRepository
 from cygate.services.catalog.writes import encode_category
+from cygate.services.openapi import answers, problems
 
 __all__ = ["CatalogController"]
 
@@ -43,6 +44,7 @@ class CatalogController(CatalogAdminController):
         summary="One category (its ETag is what PATCH and DELETE take in If-Match)",
         opt={"cache": "categories"},
         media_type="application/json",
+        responses=answers(200, CategoryOut, "The category") | problems(404),
     )
     async def category(self, state: State, category_id: FromPath[UUID]) -> Response[bytes]:
         # (the primary: its ETag is what the writes' If-Match compares)
@@ -98,7 +100,12 @@ class CatalogController(CatalogAdminController):
             replica=True,
         )
 
-    @get("/products/{product_id:uuid}", summary="One product", opt={"cache": "product"})
+    @get(
+        "/products/{product_id:uuid}",
+        summary="One product",
+        opt={"cache": "product"},
+        responses=problems(404),
+    )
     async def product(self, state: State, product_id: FromPath[UUID]) -> Product:
         product = await _repo(state).get_product_replica(product_id)
         if product is None:

@@ -23,17 +23,19 @@ __all__ = [
     "SearchPage",
 ]
 
+_VISIBLE = r"[^\s\x1c-\x1f\x85\ufeff]"
+"""Something other than space (spelled so Python and ECMAScript agree on what a space is)."""
 # Field rules of the write bodies. NOTE: they mirror the CHECK constraints of 0001_domain.sql,
 # so a bad value is a 422 naming the field, never a constraint error from the database.
 Sku = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 ]
-ProductName = Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=r"\S")]
+ProductName = Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=_VISIBLE)]
 Description = Annotated[str, msgspec.Meta(max_length=10_000)]
 PriceCents = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 Stock = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
-CategoryName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
+CategoryName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_VISIBLE)]
 Slug = Annotated[
     str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
 ]

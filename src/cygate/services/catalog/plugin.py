@@ -56,7 +56,12 @@ class CatalogPlugin(ServicePlugin):
                 )
 
     def state(self) -> dict[str, Any]:
-        return {"catalog": self.catalog, "catalog_writer": self.writer, "search": self.search}
+        return {
+            "catalog": self.catalog,
+            "catalog_writer": self.writer,
+            "search": self.search,
+            "replicas": self.replicas,
+        }
 
     def fast_handlers(self) -> dict[str, FastHandler]:
         make = product_by_id if self.replicas is None else product_by_id_replicated

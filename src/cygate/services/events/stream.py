@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from cygate.infra.redis import RedisHandle, tls_options
+from cygate.infra.redis import RedisHandle, redis_client
 
 if TYPE_CHECKING:
     from cygate.infra.settings import RedisSettings
@@ -76,13 +75,7 @@ def events_redis(settings: EventsSettings, redis: RedisSettings) -> RedisHandle:
     """A client of the events' own: ``XREADGROUP ... BLOCK`` waits longer than the app's short
     ``redis_timeout`` allows, so the socket timeout covers the block plus that margin."""
     timeout = settings.block + redis.timeout + 1.0
-    client = aioredis.Redis.from_url(
-        redis.url,
-        socket_timeout=timeout,
-        socket_connect_timeout=redis.timeout + 1.0,
-        health_check_interval=30,
-        retry_on_timeout=False,
-        max_connections=16,
-        **tls_options(redis),
+    client = redis_client(
+        redis, socket_timeout=timeout, connect_timeout=redis.timeout + 1.0, max_connections=16
     )
-    return RedisHandle(client, redis.prefix)
+    return RedisHandle(client, redis.prefix, redis)

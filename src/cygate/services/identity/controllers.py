@@ -11,7 +11,7 @@ from uuid import UUID
 
 import orjson
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
@@ -23,15 +23,20 @@ from cygate.edge.problem import Problem
 from cygate.services.identity.mfa import is_totp_code, normalise_recovery_code
 from cygate.services.identity.models import (
     PROFILE_CACHE_CONTROL,
+    ClientCredentialsForm,
     CodeIn,
+    JWKSet,
     LoginIn,
     MfaChallengeOut,
     MfaLoginIn,
     ProfilePatch,
     RecoveryCodesOut,
+    RefreshTokenForm,
     RegisterIn,
+    RevokeForm,
     RolesIn,
     TokenOut,
+    TotpCodeIn,
     TotpEnrolmentOut,
     User,
     UserPage,
@@ -55,6 +60,7 @@ from cygate.services.identity.store import (
     list_users,
     rename_user,
 )
+from cygate.services.openapi import answers, problems
 
 __all__ = ["AuthController", "JWKSController", "UsersController"]
 
@@ -65,6 +71,16 @@ _PRIVATE = {"cache-control": "private, no-store"}
 _FORM = "application/x-www-form-urlencoded"
 _SMALL_BODY = {"max_body_bytes": 16 * 1024}
 _FORM_BODY = _SMALL_BODY | {"body": BODY_FORM}  # RFC 6749: parsed by _form, not the edge
+_LOGIN_LIMIT_HEADERS = [
+    ResponseHeader(name=name, description=what, documentation_only=True)
+    for name, what in (
+        ("RateLimit-Limit", "Failed logins allowed in the window"),
+        ("RateLimit-Remaining", "Failed logins left in the window"),
+        ("RateLimit-Reset", "Seconds until the window resets"),
+    )
+]
+_TOKEN_PARAMS = frozenset({"grant_type", "refresh_token", "client_id", "client_secret", "scope"})
+_REVOKE_PARAMS = frozenset({"token", "token_type_hint"})
 
 
 def _identity(state: State) -> Identity:
@@ -94,8 +110,9 @@ class _FormError(Exception):
     pass
 
 
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """The urlencoded body; a parameter given twice is an error (RFC 6749 §3.1, §3.2)."""
+async def _form(request: Request[Any, Any, Any], names: frozenset[str]) -> dict[str, str]:
+    """The urlencoded body's parameters ``names``: one given twice is an error (RFC 6749 §3.1);
+    any other parameter is ignored (§3.2: "unrecognized request parameters")."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != _FORM:
         raise _FormError(f"the body must be {_FORM}")
@@ -106,7 +123,9 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
         raise _FormError("the body is not valid form data") from None
     form: dict[str, str] = {}
     for name, value in pairs:
-        if "\x00" in name or "\x00" in value:  # (PostgreSQL text cannot hold NUL)
+        if name not in names:
+            continue
+        if "\x00" in value:  # (PostgreSQL text cannot hold NUL)
             raise _FormError("form data must not contain NUL (%00)")
         if name in form:
             raise _FormError(f"parameter {name!r} is given more than once")
@@ -139,6 +158,7 @@ class AuthController(Controller):
         # NOTE: per client address, in Redis (the built-in ``register`` limit): mass sign-ups
         # from one address are refused whichever instance they reach.
         opt=_SMALL_BODY | {"rate_limit": "register"},
+        responses=problems(409, s409="An account with this email exists"),
     )
     async def register(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[RegisterIn]
@@ -155,6 +175,9 @@ class AuthController(Controller):
         "/login",
         summary="Email and password for a token pair",
         status_code=200,
+        responses=problems(401, 403, 429, s403="MFA is required for the account's role"),
+        # (the login limiter's own RateLimit headers: the route has no edge limit)
+        response_headers=_LOGIN_LIMIT_HEADERS,
         # NOTE: no edge limit: the login limiter counts failures per account and per address
         # and sends the RateLimit headers itself (two sets would contradict each other).
         opt=_SMALL_BODY | {"rate_limit": ""},
@@ -185,6 +208,7 @@ class AuthController(Controller):
         "/login/mfa",
         summary="The second step of a login: the mfa_token and a TOTP or recovery code",
         status_code=200,
+        responses=problems(401, 422, 429),
         # NOTE: no edge limit, as for /login: wrong codes are counted per user and per address.
         opt=_SMALL_BODY | {"rate_limit": ""},
     )
@@ -211,13 +235,14 @@ class AuthController(Controller):
         "/token",
         summary="OAuth 2.0 token endpoint (refresh_token, client_credentials)",
         status_code=200,
-        opt=_FORM_BODY,
+        opt=_FORM_BODY | {"form": (RefreshTokenForm, ClientCredentialsForm)},
+        responses=answers(200, TokenOut, "The token response (RFC 6749 §5.1)") | problems(401),
     )
     async def token(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         identity = _identity(state)
         info = _info(request)
         try:
-            form = await _form(request)
+            form = await _form(request, _TOKEN_PARAMS)
             basic = _basic_credentials(request)
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
@@ -250,11 +275,15 @@ class AuthController(Controller):
         return Response(tokens, status_code=200, headers=_NO_STORE)
 
     @post(
-        "/revoke", summary="OAuth 2.0 token revocation (RFC 7009)", status_code=200, opt=_FORM_BODY
+        "/revoke",
+        summary="OAuth 2.0 token revocation (RFC 7009)",
+        status_code=200,
+        opt=_FORM_BODY | {"form": (RevokeForm,)},
+        responses=problems(200, s200="Revoked, or nothing to revoke (RFC 7009 §2.2)"),
     )
     async def revoke(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         try:
-            form = await _form(request)
+            form = await _form(request, _REVOKE_PARAMS)
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
         token = form.get("token")
@@ -295,7 +324,11 @@ class JWKSController(Controller):
     path = "/.well-known"
     tags = ["identity"]
 
-    @get("/jwks.json", summary="Public keys of cygate's access tokens (JWK Set)")
+    @get(
+        "/jwks.json",
+        summary="Public keys of cygate's access tokens (JWK Set)",
+        responses=answers(200, JWKSet, "The JWK Set", "application/jwk-set+json"),
+    )
     async def jwks(self, state: State) -> Response[bytes]:
         body = orjson.dumps(_identity(state).keyring.jwks())
         return Response(
@@ -343,7 +376,7 @@ class UsersController(Controller):
     path = "/api/v1/users"
     tags = ["identity"]
 
-    @get("/me", summary="My profile", opt=_AUTH | {"cache": "me"})
+    @get("/me", summary="My profile", opt=_AUTH | {"cache": "me"}, responses=problems(404))
     async def me(self, state: State, principal: NamedDependency[Principal]) -> Response[User]:
         # NOTE: ``principal``, not ``request``: the cache's input check can then prove the key
         # (the caller) covers everything this handler reads. Served by the edge's fast handler
@@ -355,7 +388,7 @@ class UsersController(Controller):
             raise Problem(404, "no user account for this caller")
         return Response(user, headers={"cache-control": PROFILE_CACHE_CONTROL})
 
-    @patch("/me", summary="Change my name", opt=_AUTH | _SMALL_BODY)
+    @patch("/me", summary="Change my name", opt=_AUTH | _SMALL_BODY, responses=problems(404))
     async def update_me(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[ProfilePatch]
     ) -> Response[User]:
@@ -365,14 +398,25 @@ class UsersController(Controller):
         await _forget_profile(state, user.id)
         return Response(user, headers=_PRIVATE)
 
-    @get("/me/export", summary="Everything held about me (GDPR Art. 15/20)", opt=_AUTH)
+    @get(
+        "/me/export",
+        summary="Everything held about me (GDPR Art. 15/20)",
+        opt=_AUTH,
+        responses=answers(200, dict[str, Any], "The caller's data, by kind") | problems(404),
+    )
     async def export(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         data = await _identity(state).export(_my_id(request))
         if data is None:
             raise Problem(404, "no user account for this caller")
         return Response(data, headers=_PRIVATE)
 
-    @delete("/me", summary="Erase my account (GDPR Art. 17)", opt=_AUTH, status_code=204)
+    @delete(
+        "/me",
+        summary="Erase my account (GDPR Art. 17)",
+        opt=_AUTH,
+        status_code=204,
+        responses=problems(404, 409),
+    )
     async def erase(self, request: Request[Any, Any, Any], state: State) -> None:
         user_id = _my_id(request)
         try:
@@ -397,7 +441,12 @@ class UsersController(Controller):
         page = await list_users(_identity(state).pool, limit=limit, cursor=cursor)
         return Response(page, headers=_PRIVATE)
 
-    @patch("/{user_id:uuid}/roles", summary="Set a user's roles (admin)", opt=_ADMIN | _SMALL_BODY)
+    @patch(
+        "/{user_id:uuid}/roles",
+        summary="Set a user's roles (admin)",
+        opt=_ADMIN | _SMALL_BODY,
+        responses=problems(404, 409),
+    )
     async def set_roles(
         self,
         request: Request[Any, Any, Any],
@@ -426,6 +475,7 @@ class UsersController(Controller):
         summary="Start a TOTP enrolment (inactive until verified)",
         status_code=201,
         opt=_AUTH | _SMALL_BODY,
+        responses=problems(404, 409),
     )
     async def enrol_totp(
         self, request: Request[Any, Any, Any], state: State
@@ -446,9 +496,10 @@ class UsersController(Controller):
         summary="Activate the TOTP enrolment with a current code; the recovery codes",
         status_code=200,
         opt=_AUTH | _SMALL_BODY,
+        responses=problems(404, 409, 422, 429),
     )
     async def verify_totp(
-        self, request: Request[Any, Any, Any], state: State, data: JSONBody[CodeIn]
+        self, request: Request[Any, Any, Any], state: State, data: JSONBody[TotpCodeIn]
     ) -> Response[RecoveryCodesOut]:
         _check_code_form(data.code, recovery=False)
         try:
@@ -468,6 +519,7 @@ class UsersController(Controller):
         summary="Turn MFA off (a current code or a recovery code)",
         status_code=204,
         opt=_AUTH | _SMALL_BODY,
+        responses=problems(404, 409, 422, 429),
     )
     async def disable_totp(
         self, request: Request[Any, Any, Any], state: State, data: JSONBody[CodeIn]

@@ -61,8 +61,10 @@ RECOVERY_CODES: Final = 10
 KEY_BYTES: Final = 32
 DEV_KEY_NAME: Final = "mfa.key"
 
-_TOTP_CODE = re.compile(r"[0-9]{6}")
-_RECOVERY_CODE = re.compile(r"[A-Za-z2-7]{4}(?:-?[A-Za-z2-7]{4}){3}")
+TOTP_CODE: Final = r"[0-9]{6}"
+RECOVERY_CODE: Final = r"[A-Za-z2-7]{4}(?:-?[A-Za-z2-7]{4}){3}"
+_TOTP_CODE = re.compile(TOTP_CODE)
+_RECOVERY_CODE = re.compile(RECOVERY_CODE)
 _SEALED_VERSION = b"\x01"
 _NONCE_BYTES = 12
 

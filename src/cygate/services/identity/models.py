@@ -8,21 +8,28 @@ from uuid import UUID
 
 import msgspec
 
+from cygate.services.identity.mfa import RECOVERY_CODE, TOTP_CODE
+
 __all__ = [
     "EMAIL_PATTERN",
     "MIN_PASSWORD",
     "PROFILE_CACHE_CONTROL",
     "ROLES",
+    "ClientCredentialsForm",
     "CodeIn",
+    "JWKSet",
     "LoginIn",
     "MfaChallengeOut",
     "MfaLoginIn",
     "ProfilePatch",
     "RecoveryCodesOut",
+    "RefreshTokenForm",
     "RegisterIn",
+    "RevokeForm",
     "Role",
     "RolesIn",
     "TokenOut",
+    "TotpCodeIn",
     "TotpEnrolmentOut",
     "User",
     "UserPage",
@@ -33,7 +40,11 @@ Role = Literal["customer", "catalog_manager", "admin"]
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 """NOTE: long enough for any passphrase, short enough that no one makes Argon2 hash a megabyte."""
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
+# NOTE: spaces spelled out where Python's ``\s`` and ECMAScript's differ (\x1c-\x1f and \x85
+# are spaces to Python only, \ufeff to ECMAScript only), so the document's pattern, read by
+# clients and contract tests as ECMAScript, accepts exactly what the server does.
+_SPACE = r"\s\x1c-\x1f\x85\ufeff"
+EMAIL_PATTERN = rf"^[^@{_SPACE}]{{1,64}}@[^@{_SPACE}.]+(\.[^@{_SPACE}.]+)+$"
 
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
@@ -97,15 +108,30 @@ class TokenOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 # -- multi-factor sign-in ---------------------------------------------------------------------
 
-Code = Annotated[str, msgspec.Meta(max_length=64)]
+Code = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64,
+        extra_json_schema={"extra": {"pattern": f"^(?:{TOTP_CODE}|{RECOVERY_CODE})$"}},
+    ),
+]
 """A TOTP code or a recovery code; its form is checked by the handler (a 422 naming the field
-with a plain message, rather than a regular expression)."""
+with a plain message, rather than a regular expression); the pattern is for the document."""
+TotpCode = Annotated[
+    str, msgspec.Meta(max_length=64, extra_json_schema={"extra": {"pattern": f"^{TOTP_CODE}$"}})
+]
 
 
 class CodeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``POST /api/v1/users/me/mfa/totp/verify`` and ``DELETE /api/v1/users/me/mfa/totp``."""
+    """``DELETE /api/v1/users/me/mfa/totp``: a current code or a recovery code."""
 
     code: Code
+
+
+class TotpCodeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/users/me/mfa/totp/verify``: a current code of the authenticator."""
+
+    code: TotpCode
 
 
 class MfaLoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -130,3 +156,46 @@ class TotpEnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class RecoveryCodesOut(msgspec.Struct, frozen=True, kw_only=True):
     recovery_codes: list[str]
+
+
+# -- documentation only: the bodies the handlers parse themselves -------------------------------
+
+_Nonempty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class RefreshTokenForm(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/auth/token`` (RFC 6749 §6), form-encoded."""
+
+    grant_type: Literal["refresh_token"]
+    refresh_token: _Nonempty
+
+
+class ClientCredentialsForm(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/auth/token`` (RFC 6749 §4.4), form-encoded; the client may instead
+    authenticate with HTTP Basic (RFC 6749 §2.3.1)."""
+
+    grant_type: Literal["client_credentials"]
+    client_id: _Nonempty
+    client_secret: str
+
+
+class RevokeForm(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/auth/revoke`` (RFC 7009), form-encoded."""
+
+    token: str
+    token_type_hint: str | None = None
+
+
+class JWK(msgspec.Struct, frozen=True, kw_only=True):
+    """One public key (RFC 7517); the members beyond these depend on ``kty``."""
+
+    kty: str
+    kid: str
+    use: str | None = None
+    alg: str | None = None
+
+
+class JWKSet(msgspec.Struct, frozen=True):
+    """The JWK Set (RFC 7517 §5)."""
+
+    keys: list[JWK]

@@ -16,6 +16,7 @@ from litestar.params import Body
 from cygate.edge.access import require_loopback
 from cygate.edge.cache import CacheUnavailable
 from cygate.edge.problem import Problem
+from cygate.services.openapi import problems
 
 if TYPE_CHECKING:
     from cygate.edge.cache import ResponseCache
@@ -48,6 +49,7 @@ class CacheAdminController(Controller):
         summary="Purge cached responses by tag, on every instance",
         status_code=200,
         opt={"auth": True, "roles": ["admin"]},
+        responses=problems(403, s403="Not an admin, or not from loopback (configurable)"),
     )
     async def purge(
         self,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
@@ -14,14 +15,23 @@ from litestar.exceptions import NotAuthorizedException
 from cygate.edge.access import require_loopback
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, problem_body
 from cygate.infra import outbox
+from cygate.services.openapi import answers, problems
 
 if TYPE_CHECKING:
+    from cygate.infra.replicas import ReplicaSet
     from cygate.infra.settings import MetricsSettings
 
-__all__ = ["OpsController"]
+__all__ = ["OpsController", "Readiness"]
 
 _CHECK_TIMEOUT = 1.0
 _CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "degraded"]
+    replicas: dict[str, Literal["ok", "skipped"]] | msgspec.UnsetType = msgspec.UNSET
+    """Each read replica, when replicas are configured (never gating readiness)."""
 
 
 async def _postgres_ok(state: State) -> bool:
@@ -56,10 +66,22 @@ class OpsController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Readiness: PostgreSQL must answer; Redis down is degraded")
+    @get(
+        "/readyz",
+        summary="Readiness: PostgreSQL must answer; Redis down is degraded; replicas reported",
+        responses=answers(200, Readiness, "Ready (Redis may be degraded)")
+        | problems(503, s503="PostgreSQL is not answering"),
+    )
     async def readyz(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         pg, rd = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
-        doc = {"postgres": "ok" if pg else "down", "redis": "ok" if rd else "degraded"}
+        doc: dict[str, Any] = {
+            "postgres": "ok" if pg else "down",
+            "redis": "ok" if rd else "degraded",
+        }
+        replicas: ReplicaSet | None = state.get("replicas")
+        if replicas is not None:
+            # reported, never gating: a skipped replica's reads go to the primary
+            doc["replicas"] = replicas.states()
         if pg:
             return Response(doc, headers={"cache-control": "no-store"})
         body = problem_body(
@@ -76,7 +98,12 @@ class OpsController(Controller):
             headers={"retry-after": "1", "cache-control": "no-store"},
         )
 
-    @get("/metrics", summary="Prometheus text format", media_type=MediaType.TEXT)
+    @get(
+        "/metrics",
+        summary="Prometheus text format",
+        media_type=MediaType.TEXT,
+        responses=problems(401, 403, s403="Served to loopback callers only (configurable)"),
+    )
     async def metrics(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
         settings: MetricsSettings = state.settings.metrics
         if settings.access == "loopback":

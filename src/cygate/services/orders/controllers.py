@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from cygate.edge.auth import principal_of
@@ -31,6 +31,7 @@ from cygate.services.idempotency import (
     StoredResponse,
     parse_key,
 )
+from cygate.services.openapi import answers, problems
 from cygate.services.orders import store
 from cygate.services.orders.models import Order, OrderIn, OrderPage
 from cygate.services.orders.states import can
@@ -133,6 +134,11 @@ class OrdersController(Controller):
         summary="Place an order (Idempotency-Key required); stock reserved atomically",
         opt=_PLACE,
         status_code=201,
+        responses=answers(201, Order, "The order, pending payment")
+        | problems(403, 409, s409="Not enough stock (nothing reserved), or the key is in use"),
+        response_headers=[
+            ResponseHeader(name="Location", description="The order", documentation_only=True)
+        ],
     )
     async def place(
         self,
@@ -191,7 +197,12 @@ class OrdersController(Controller):
         response.headers.update(_PRIVATE)
         return response
 
-    @get("/", summary="My orders (admin: everyone's), newest first, keyset-paged", opt=_AUTH)
+    @get(
+        "/",
+        summary="My orders (admin: everyone's), newest first, keyset-paged",
+        opt=_AUTH,
+        responses=problems(403),
+    )
     async def list_orders(
         self,
         request: Request[Any, Any, Any],
@@ -212,7 +223,12 @@ class OrdersController(Controller):
             ) from None
         return Response(page, headers=_PRIVATE)
 
-    @get("/{order_id:uuid}", summary="One order (owner or admin)", opt=_AUTH)
+    @get(
+        "/{order_id:uuid}",
+        summary="One order (owner or admin)",
+        opt=_AUTH,
+        responses=answers(200, Order, "The order") | problems(404),
+    )
     async def get_order(
         self, request: Request[Any, Any, Any], state: State, order_id: FromPath[UUID]
     ) -> Response[bytes]:
@@ -226,6 +242,8 @@ class OrdersController(Controller):
         summary="Cancel a pending order (owner or admin); stock released",
         opt=_AUTH,
         status_code=200,
+        responses=answers(200, Order, "The order, cancelled")
+        | problems(404, 409, s409="Paid or shipped already, or a payment is in progress"),
     )
     async def cancel(
         self, request: Request[Any, Any, Any], state: State, order_id: FromPath[UUID]
@@ -260,6 +278,7 @@ class OrdersController(Controller):
         summary="Mark a paid order shipped (admin)",
         opt=_ADMIN,
         status_code=200,
+        responses=answers(200, Order, "The order, shipped") | problems(404, 409),
     )
     async def ship(self, state: State, order_id: FromPath[UUID]) -> Response[bytes]:
         async with state.pool.acquire() as conn, conn.transaction():

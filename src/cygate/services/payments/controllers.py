@@ -20,10 +20,11 @@ from cygate.services.idempotency import (
     parse_key,
     replay_response,
 )
+from cygate.services.openapi import answers, problems
 from cygate.services.payments.service import AttemptInProgress, Payments
 from cygate.services.payments.signing import SIGNATURE_HEADER
 
-__all__ = ["PaymentIn", "PaymentsController"]
+__all__ = ["PaymentIn", "PaymentOut", "PaymentsController"]
 
 _SMALL_BODY = {"max_body_bytes": 16 * 1024}
 
@@ -32,6 +33,18 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     """The only thing a client chooses: how to pay. Amount and status are never its to set."""
 
     payment_method_token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class PaymentOut(msgspec.Struct, frozen=True, kw_only=True):
+    """A payment attempt (``PaymentRow.public`` writes it; here for the document)."""
+
+    id: UUID
+    order_id: UUID
+    status: str
+    """``captured`` or ``declined``."""
+    amount_cents: int
+    currency: str
+    attempt: int
 
 
 def _payments(state: State) -> Payments:
@@ -47,6 +60,8 @@ class PaymentsController(Controller):
         "/orders/{order_id:uuid}/payments",
         summary="Pay an order (Idempotency-Key required)",
         opt={"auth": True} | _SMALL_BODY,
+        responses=answers(201, PaymentOut, "The payment attempt (captured or declined)")
+        | problems(404, 409, s409="The order is not payable (paid, cancelled or expired)"),
     )
     async def pay(
         self,
@@ -93,6 +108,7 @@ class PaymentsController(Controller):
         status_code=204,
         opt=_SMALL_BODY,
         include_in_schema=True,
+        responses=problems(400, 401, s401="The signature does not verify"),
     )
     async def webhook(self, request: Request[Any, Any, Any], state: State) -> None:
         body = await request.body()

@@ -7,15 +7,16 @@ is keyed by the caller's own id, so another user's consents cannot be named at a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, put
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, Parameter
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
+from cygate.services.openapi import problems
 from cygate.services.privacy.consent import (
     PURPOSES,
     ConsentIn,
@@ -48,7 +49,7 @@ class ConsentsController(Controller):
     path = "/api/v1/users/me/consents"
     tags = ["privacy"]
 
-    @get("/", summary="My consents and their history", opt=_AUTH)
+    @get("/", summary="My consents and their history", opt=_AUTH, responses=problems(404))
     async def list_consents(
         self, request: Request[Any, Any, Any], state: State
     ) -> Response[Consents]:
@@ -61,12 +62,20 @@ class ConsentsController(Controller):
         "/{purpose:str}",
         summary="Grant or refuse a purpose",
         opt=_AUTH | {"max_body_bytes": 1024},
+        responses=problems(404),
     )
     async def set_consent(
         self,
         request: Request[Any, Any, Any],
         state: State,
-        purpose: FromPath[str],
+        purpose: Annotated[
+            str,
+            Parameter(
+                description="One of the purposes",
+                # (documentation: an unknown purpose is a 404 naming the purposes, below)
+                schema_extra={"enum": list(PURPOSES)},
+            ),
+        ],
         data: JSONBody[ConsentIn],
     ) -> Response[ConsentOut]:
         if purpose not in PURPOSES:
