@@ -32,7 +32,9 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache
+from cygate.edge.compress import Compression
 from cygate.edge.context import EdgeContext, RoutePolicy
+from cygate.edge.cors import Cors
 from cygate.edge.edge import Edge, Message
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
@@ -64,6 +66,9 @@ def make_edge(
     default: bool = False,
     cache: bool = True,
     l2: bool = False,
+    body: bytes = BODY,
+    cors: Cors | None = None,
+    compression: Compression | None = None,
     hit_path: bool = True,
     access: Any = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
@@ -73,6 +78,7 @@ def make_edge(
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
     ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
+    ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default);
     ``hit_path=False``: no fused hit path; ``access``: an access log (``AccessLog``)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
@@ -94,7 +100,7 @@ def make_edge(
     metrics = Metrics()
 
     async def product(ctx: EdgeContext) -> bytes:
-        return BODY
+        return body
 
     policy = RoutePolicy(
         name=ROUTE, cache="product", rate_limit=None if default else "bench", fast=product
@@ -126,6 +132,8 @@ def make_edge(
         stages=(token, limiter) if stages else (),
         cache=response_cache if cache else None,
         validators=None if cache else Validators(DEFAULT_RULES),
+        cors=cors,
+        compression=compression,
         hit_path=hit_path,
         **({"access": access} if access is not None else {}),
     )

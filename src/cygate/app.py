@@ -31,7 +31,9 @@ from cygate.edge.auth import PRINCIPAL, TokenStage, provide_principal
 from cygate.edge.body import BODY_JSON, JSONRequest
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
+from cygate.edge.compress import Compression
 from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
+from cygate.edge.cors import Cors
 from cygate.edge.edge import BodyTooLarge, Edge
 from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
@@ -398,6 +400,24 @@ def create_app(settings: Settings | None = None) -> Edge:
         body_timeout=settings.http.body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
+        cors=(
+            Cors(
+                settings.http.cors_origins,
+                allow_credentials=settings.http.cors_allow_credentials,
+                max_age=settings.http.cors_max_age,
+            )
+            if settings.http.cors_origins
+            else None
+        ),
+        compression=(
+            Compression(
+                settings.http.compression_min_bytes,
+                settings.http.compression_cache_bytes,
+                metrics,
+            )
+            if settings.http.compression_enabled
+            else None
+        ),
         # Without the cache, cacheable routes still carry their validators (API.md).
         validators=None if cache is not None else Validators(cache_rules(settings.cache)),
         access=access,

@@ -309,7 +309,14 @@ _JSON_ONLY = frozenset(
     }
 )
 _STRING_LISTS = frozenset(
-    {"trusted_proxies", "jwt_key_files", "events_consumers", "mfa_required_roles", "policy_files"}
+    {
+        "trusted_proxies",
+        "jwt_key_files",
+        "events_consumers",
+        "mfa_required_roles",
+        "policy_files",
+        "cors_origins",
+    }
 )
 
 

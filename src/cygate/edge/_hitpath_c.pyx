@@ -46,6 +46,8 @@ from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
 from cygate.edge import ratekey
+from cygate.edge.compress import VARY_ACCEPT_ENCODING
+from cygate.edge.cors import VARY_ORIGIN
 
 cdef extern from "Python.h":
     enum:
@@ -71,6 +73,8 @@ cdef str _ANONYMOUS = ratekey.ANONYMOUS
 cdef str _ADDRESS = ratekey.ADDRESS
 cdef object _principal_key = ratekey.principal_key
 cdef object _route_key = ratekey.route_key
+cdef tuple _VARY_ORIGIN = VARY_ORIGIN
+cdef tuple _VARY_ENCODING = VARY_ACCEPT_ENCODING
 cdef Py_ssize_t _MEMO_SIZE = 4096
 cdef Py_ssize_t _MEMO_PATH = 256
 
@@ -181,6 +185,8 @@ cdef class Head:
     cdef readonly bint chunked
     cdef readonly bint conditional
     cdef readonly bint odd
+    cdef readonly object accept_encoding
+    cdef readonly object origin
 
 
 cdef object _NO_LENGTH = -1
@@ -207,6 +213,8 @@ cdef int _scan(Head head, object headers, dict hosts, object host_of, list host_
     head.chunked = False
     head.conditional = False
     head.odd = False
+    head.accept_encoding = None
+    head.origin = None
     for name, value in headers:
         if type(name) is not bytes or type(value) is not bytes:
             head.odd = True
@@ -247,6 +255,10 @@ cdef int _scan(Head head, object headers, dict hosts, object host_of, list host_
         elif (_named(<bytes>name, b"cache-control", 13) or _named(<bytes>name, b"pragma", 6)
               or _named(<bytes>name, b"if-none-match", 13)):
             head.conditional = True
+        elif _named(<bytes>name, b"accept-encoding", 15):
+            head.accept_encoding = value
+        elif _named(<bytes>name, b"origin", 6):
+            head.origin = value
     return 0
 
 
@@ -380,9 +392,11 @@ cdef class EntryHot:
     cdef public int status
     cdef public bint servable
     cdef public object body_message
+    cdef public Py_ssize_t encodable
 
-    def __init__(self, int status, bint servable, body_message):
+    def __init__(self, int status, bint servable, body_message, Py_ssize_t encodable=-1):
         self.status = status
+        self.encodable = encodable
         self.servable = servable
         self.body_message = body_message
         self.born = 0.0
@@ -453,6 +467,10 @@ cdef class HitPath:
     cdef IdMinter ids
     cdef dict hosts
     cdef object host_of
+    cdef bint cors  # (the plan's)
+    cdef object compression  # (the plan's, or None)
+    cdef object _coding_for, _kept  # its bound methods
+    cdef Py_ssize_t compress_min  # its ``min_bytes``; -1: compression off
     cdef Head _head  # this request's scan (handed to the general path when declined)
     cdef bint _scanned
     cdef readonly Head last_head
@@ -495,6 +513,14 @@ cdef class HitPath:
         self.ids = plan.ids  # (the compiled IdMinter: its ``draw`` is called at C level)
         self.hosts = plan.hosts
         self.host_of = plan.host_of
+        self.cors = plan.cors
+        self.compression = plan.compression
+        if self.compression is not None:
+            self.compress_min = self.compression.min_bytes
+            self._coding_for = self.compression.coding_for
+            self._kept = self.compression.kept
+        else:
+            self.compress_min = -1
         self._head = Head.__new__(Head)
         self.last_head = None
 
@@ -546,6 +572,8 @@ cdef class HitPath:
         cdef Py_ssize_t i, n_hit, n_sec, slot
         cdef list out
         cdef Head head
+        cdef bint vary_encoding = False
+        cdef object kept = None, variant = None, coding, hname
         self._scanned = False
         if type(scope) is not dict:
             return None
@@ -559,6 +587,8 @@ cdef class HitPath:
             return None  # revalidation, no-cache, a 304, a body: the general path's
         if head.hosts != 1 or head.empty_host:
             return None  # no Host, a second one, an empty one: the general path's (a 400)
+        if self.cors and head.origin is not None:
+            return None  # a cross-origin request: the general path adds its CORS headers
         authorization = head.authorization
         host = head.host
         request_id = head.request_id
@@ -665,6 +695,17 @@ cdef class HitPath:
         hot = <EntryHot>hot_record
         if not now < hot.fresh_until or not hot.servable:
             return None
+        if 0 <= self.compress_min <= hot.encodable:
+            if head.accept_encoding is not None:
+                coding = self._coding_for(head.accept_encoding)
+                if coding is not None:
+                    kept = self._kept(entry.etag, coding)
+                    if kept is None:
+                        return None  # none kept yet: the general path compresses and keeps it
+                    variant = kept.value
+                    if PyBytes_GET_SIZE(<bytes>variant.body) >= hot.encodable:
+                        return None  # no smaller: the general path sends the body as it is
+            vary_encoding = True
 
         if self.rate is not None:
             found = PyDict_GetItem(self.rate_plans, name)
@@ -681,6 +722,8 @@ cdef class HitPath:
                     return None
 
         # Committed: from here on the request is answered here.
+        if kept is not None:
+            self.compression.served(kept)
         if node.visited is not True:
             node.visited = True  # L1.get's SIEVE mark (a read when it is set already)
         if self.hits_tally is not None:
@@ -704,6 +747,13 @@ cdef class HitPath:
         out = PyList_New(n_hit + 2 + n_sec)
         for i in range(n_hit):
             item = <object>PyTuple_GET_ITEM(hit_headers, i)
+            if variant is not None:
+                # the kept variant's length and tag in place of the entry's
+                hname = <object>PyTuple_GET_ITEM(<tuple>item, 0)
+                if _named(<bytes>hname, b"content-length", 14):
+                    item = variant.length
+                elif _named(<bytes>hname, b"etag", 4):
+                    item = variant.etag
             Py_INCREF(item)
             PyList_SET_ITEM(out, i, item)
         item = (_X_REQUEST_ID, request_id)
@@ -718,6 +768,12 @@ cdef class HitPath:
             PyList_SET_ITEM(out, n_hit + 2 + i, item)
         if table is not None:
             table._append_headers(out, rated.limit_pair, rated.policy_pair)
+        if self.cors:
+            out.append(_VARY_ORIGIN)
+        if vary_encoding:
+            out.append(_VARY_ENCODING)
+        if variant is not None:
+            out.append(variant.encoding)
         status = hot.status
         # PERF: a copy of a ready three-key dict (its key table is shared, not rebuilt), then
         # this answer's headers (and status, when not 200) in place.
@@ -727,7 +783,7 @@ cdef class HitPath:
             PyDict_SetItem(start, "status", status)
         hit = Hit.__new__(Hit)
         hit.start = start
-        hit.body = hot.body_message
+        hit.body = hot.body_message if variant is None else variant.message
         hit.recorder = self.recorder
         found = PyDict_GetItem(self.series, name) if status == 200 else NULL
         if found != NULL:

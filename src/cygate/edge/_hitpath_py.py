@@ -25,10 +25,19 @@ What it answers, and what the general edge would answer for the same request:
   left); refusals and Redis questions go to the general path. Decided *after* the cache
   look-up, the only side effect, so a fallback never spends a token twice;
 - cache: a fresh, non-404 L1 entry for the request's key, no ``Cache-Control``/``Pragma``/
-  ``If-None-Match`` on the request.
+  ``If-None-Match`` on the request;
+- CORS and compression (``plan.cors``, ``plan.compression``): no ``Origin`` while CORS is on
+  (a cross-origin answer is the general path's); for an entry the edge would compress and a
+  request whose ``Accept-Encoding`` negotiates a coding, the variant the compression keeps
+  for the entry's tag (``Compression.kept``), smaller than the body: the answer is that
+  variant, its ``Content-Length``, suffixed ``ETag`` and ``Content-Encoding`` (none kept yet:
+  the general path's, which compresses and keeps it). The answer gets the ``Vary`` headers the
+  general path gives it.
 
 The answer's headers are the general path's, in its order: the entry's (with ``x-cache`` and
-``age``), ``x-request-id``, ``traceparent``, the security headers, then ``RateLimit-*``.
+``age``), ``x-request-id``, ``traceparent``, the security headers, ``RateLimit-*``, then
+``Vary: Origin`` (CORS on), ``Vary: Accept-Encoding`` (an entry the edge would compress) and
+``Content-Encoding`` (a kept variant).
 ``tests/unit/edge/test_hitpath.py`` holds both paths to that, request by request.
 
 What it reads: one :class:`~cygate.edge.hitplan.HitPlan` (the router, the cache's routes and
@@ -49,6 +58,8 @@ from typing import Any
 from cygate.core.ids import valid_request_id, valid_traceparent
 from cygate.core.ratelimit import GRANTED
 from cygate.core.router import FOUND, normalize_path
+from cygate.edge.compress import VARY_ACCEPT_ENCODING
+from cygate.edge.cors import VARY_ORIGIN
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.ratekey import ANONYMOUS, EVERYONE, address_key, principal_key, route_key
 
@@ -72,6 +83,7 @@ class Head:
     request after scanning it: ``HitPath.last_head``)."""
 
     __slots__ = (
+        "accept_encoding",
         "authorization",
         "chunked",
         "conditional",
@@ -81,6 +93,7 @@ class Head:
         "host",
         "hosts",
         "odd",
+        "origin",
         "request_id",
         "traceparent",
     )
@@ -106,6 +119,10 @@ class Head:
         """A ``Transfer-Encoding`` header was sent."""
         self.conditional = False
         """A ``Cache-Control``, ``Pragma`` or ``If-None-Match`` header was sent."""
+        self.accept_encoding: bytes | None = None
+        """The last ``Accept-Encoding``."""
+        self.origin: bytes | None = None
+        """The last ``Origin``."""
         self.odd = False
         """A header name or value that is not bytes (never from a server; the compiled scan
         skips such a pair)."""
@@ -143,6 +160,10 @@ def scan_head(
             head.chunked = True
         elif name in (b"cache-control", b"pragma", b"if-none-match"):
             head.conditional = True
+        elif name == b"accept-encoding":
+            head.accept_encoding = value
+        elif name == b"origin":
+            head.origin = value
     return head
 
 
@@ -177,17 +198,28 @@ class EntryHot:
     """What the compiled hit path reads of a cache entry (``cygate.edge.cache_entry.Entry``
     keeps it as ``hot``): the deadlines (mirrored by ``place``), the hit headers and the
     whole-second age they were built for (kept here only, by ``Entry.hit``), the status,
-    whether it may be served (not a remembered 404) and the body message.
+    whether it may be served (not a remembered 404), the body message, and the body's size
+    when the edge would compress it for a client that asks (-1: it would not).
 
     PERF: compiled, these are C fields of one small object, read in place: a hit of one of a
     thousand entries in turn reads one cold object instead of seven attributes and the
     number objects behind them. This twin is the same record in Python (the pure hit path
     calls the entry's own methods)."""
 
-    __slots__ = ("age", "body_message", "born", "fresh_until", "hit", "servable", "status")
+    __slots__ = (
+        "age",
+        "body_message",
+        "born",
+        "encodable",
+        "fresh_until",
+        "hit",
+        "servable",
+        "status",
+    )
 
-    def __init__(self, status: int, servable: bool, body_message: Any) -> None:
+    def __init__(self, status: int, servable: bool, body_message: Any, encodable: int = -1) -> None:
         self.status = status
+        self.encodable = encodable
         self.servable = servable
         self.body_message = body_message
         self.born = 0.0
@@ -211,6 +243,8 @@ class HitPath:
     __slots__ = (
         "cache",
         "caller_key",
+        "compression",
+        "cors",
         "host_of",
         "hosts",
         "ids",
@@ -248,6 +282,8 @@ class HitPath:
         self.ids = plan.ids
         self.hosts = plan.hosts
         self.host_of = plan.host_of
+        self.cors = plan.cors
+        self.compression = plan.compression
         self.last_head: Head | None = None
         """The scan of the last request :meth:`answer` declined after scanning it, else None:
         what the general edge then uses instead of scanning again."""
@@ -277,6 +313,8 @@ class HitPath:
             return None  # no Host, a second one, an empty one: the general path's (a 400)
         if head.content_length != -1 or head.odd:
             return None
+        if self.cors and head.origin is not None:
+            return None  # a cross-origin request: the general path adds its CORS headers
         authorization = head.authorization
         host = head.host
         request_id = head.request_id
@@ -331,6 +369,16 @@ class HitPath:
         entry = self.l1.get(key, now)
         if entry is None or now >= entry.fresh_until or entry.detail is not None:
             return None
+        vary_encoding = False
+        kept = None
+        compression = self.compression
+        if compression is not None and compression.min_bytes <= entry.hot.encodable:
+            coding = compression.coding_for(head.accept_encoding)
+            if coding is not None:
+                kept = compression.kept(entry.etag, coding)
+                if kept is None or len(kept.value.body) >= entry.hot.encodable:
+                    return None  # none kept yet, or no smaller: the general path's
+            vary_encoding = True
 
         limited = None
         rate = self.rate
@@ -344,6 +392,16 @@ class HitPath:
         self.cache.l1_hits += 1
         start, body = entry.hit(now)
         out = list(start["headers"])
+        if kept is not None:
+            assert compression is not None
+            variant = kept.value
+            compression.served(kept)
+            body = variant.message
+            out = [
+                variant.length if k == b"content-length" else variant.etag if k == b"etag" else h
+                for h in out
+                for k in (h[0],)
+            ]
         if not request_id or not traceparent:
             _, new_id, new_trace = self.ids.take()  # (the edge's minter, the plan's)
             request_id = request_id or new_id
@@ -354,6 +412,12 @@ class HitPath:
         if limited is not None:
             table, single, plan = limited
             table.append_headers(out, single.limit_pair, plan.policy_pair)
+        if self.cors:
+            out.append(VARY_ORIGIN)
+        if vary_encoding:
+            out.append(VARY_ACCEPT_ENCODING)
+        if kept is not None:
+            out.append(kept.value.encoding)
         start["headers"] = out
         return Hit(self, route_name, start["status"], started, start, body)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from cygate.edge.compress import encodable_kind
 from cygate.edge.hitpath import EntryHot
 
 if TYPE_CHECKING:
@@ -238,11 +239,13 @@ class Entry:
         self.body_message = {"type": "http.response.body", "body": body}
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _OVERHEAD
         self.born = self.fresh_until = self.swr_until = self.error_until = self.until = 0.0
-        self.hot = EntryHot(status, detail is None, self.body_message)
+        encodable = len(body) if detail is None and encodable_kind(status, headers) else -1
+        self.hot = EntryHot(status, detail is None, self.body_message, encodable)
         """What the fused hit path reads of this entry (read-only outside this class): the
         deadlines, kept with the fields they mirror where those change (here, :meth:`place`
-        and :meth:`cap`; nowhere else), and the hit headers with the whole-second age they
-        were built for (:meth:`hit`)."""
+        and :meth:`cap`; nowhere else), the hit headers with the whole-second age they
+        were built for (:meth:`hit`), and the body's size when the edge would compress it
+        (``compress.encodable_kind``; -1 when it would not, whatever the size)."""
 
     @classmethod
     def response(

@@ -31,7 +31,9 @@ from cygate.edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from cygate.edge.auth import TokenStage
 from cygate.edge.body import BODY_JSON, json_media, query_nul_errors
 from cygate.edge.cache import caller_key
+from cygate.edge.compress import CODINGS, VARY_ACCEPT_ENCODING, Compression, strip_suffix, suffixed
 from cygate.edge.context import EdgeContext, Stage, TrustedProxies
+from cygate.edge.cors import VARY_ORIGIN, Cors
 from cygate.edge.hitpath import Head, HitPath, LoggedHitPath, scan_head
 from cygate.edge.hitplan import HitPlan
 from cygate.edge.policy import PolicyStage
@@ -130,6 +132,8 @@ class Edge:
         "app",
         "body_timeout",
         "cache",
+        "compression",
+        "cors",
         "fast_paths",
         "ids",
         "max_body",
@@ -156,9 +160,15 @@ class Edge:
         validators: Validators | None = None,
         body_timeout: float = 30.0,
         ids: IdMinter | None = None,
+        cors: Cors | None = None,
+        compression: Compression | None = None,
         access: AccessLog | None = None,
     ) -> None:
         self.app = app
+        self.cors = cors
+        """CORS for the configured origins (``cygate.edge.cors``), or None: no CORS."""
+        self.compression = compression
+        """Response compression (``cygate.edge.compress``), or None: none."""
         self.access = access
         """The access log (``cygate.infra.accesslog``), or None: no request is logged, and the
         fused hit path is the plain one (with a log: ``LoggedHitPath`` around it)."""
@@ -260,6 +270,8 @@ class Edge:
             ids=self.ids,
             hosts=_hosts,
             host_of=_host,
+            cors=self.cors is not None,
+            compression=self.compression,
         )
         hits = HitPath(plan=plan)
         self._hits = hits if self.access is None else LoggedHitPath(hits, self.access)
@@ -288,6 +300,39 @@ class Edge:
     def upstream(self, dispatch: Dispatch | None) -> None:
         self._upstream = dispatch
         self._direct = bool(getattr(dispatch, "direct", False))
+
+    def _preflight(
+        self, scope: Scope, head: Head, match: RouteMatch, path: str, host: str
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The CORS headers granting a preflight, or None (not one, or refused)."""
+        assert self.cors is not None
+        requested = _header(scope["headers"], b"access-control-request-method")
+        if requested is None or head.origin is None:
+            return None
+        routes = []
+        for allowed in match.allowed:
+            if allowed in ("HEAD", "OPTIONS"):
+                continue
+            found = self._router.match(allowed, path, host or None)
+            if found.kind == FOUND:
+                routes.append((allowed, found.value))
+        return self.cors.preflight(head.origin, requested, routes)
+
+    def _shape(self, scope: Scope, send: Send, head: Head, method: str) -> Send:
+        """``send`` with this request's CORS headers and its negotiated compression (and the
+        request's validators with the coding's ETag suffix taken off; see
+        ``cygate.edge.compress``)."""
+        cors = () if self.cors is None else self.cors.response_headers(head.origin)
+        compression = self.compression
+        coding = None
+        stripped = False
+        if compression is not None:
+            coding = compression.coding_for(head.accept_encoding)
+            if head.conditional or method in _WRITES:
+                stripped = _strip_validators(scope, coding)
+            if coding is not None and _no_transform(scope["headers"]):
+                coding = None
+        return _shaped(send, cors, compression, coding, stripped, method == "HEAD")
 
     @_async_callable
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
@@ -354,6 +399,9 @@ class Edge:
             (b"traceparent", traceparent),
             *self._security_headers,
         )
+        server_send = send  # (a preflight's answer goes to it unshaped)
+        if self.cors is not None or self.compression is not None:
+            send = self._shape(scope, send, head, method)
         context = set_request_context(request_id, traceparent)  # (its log lines carry them)
         instance = ""  # the path, once normalised (problems before that: the raw one)
         ctx: EdgeContext | None = None
@@ -384,7 +432,18 @@ class Edge:
                 if method == "OPTIONS" and match.kind == METHOD_NOT_ALLOWED:
                     # The route's methods, from the router: the same list a 405 sends.
                     route_name, status = _OPTIONS, 200
-                    await _send_empty(send, 200, (*headers, (b"allow", _allow(match))))
+                    allow = (b"allow", _allow(match))
+                    if self.cors is None:
+                        await _send_empty(send, 200, (*headers, allow))
+                        return
+                    # A CORS preflight, answered here (204), or refused: the plain answer
+                    # without Access-Control-* headers (cygate.edge.cors).
+                    granted = self._preflight(scope, head, match, path, host)
+                    if granted is not None:
+                        status = 204
+                        await _send_empty(server_send, 204, (*headers, *granted), length=False)
+                    else:
+                        await _send_empty(server_send, 200, (*headers, allow, VARY_ORIGIN))
                     return
                 raise _routing_problem(match, method, path)
             policy: RoutePolicy = match.value
@@ -625,16 +684,134 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_empty(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """A response without content (the answer to ``OPTIONS``)."""
+async def _send_empty(
+    send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], *, length: bool = True
+) -> None:
+    """A response without content (the answer to ``OPTIONS``; ``length``: with
+    ``Content-Length: 0``, which a 204 must not carry)."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-length", b"0"), *headers],
+            "headers": [(b"content-length", b"0"), *headers] if length else list(headers),
         }
     )
     await send({"type": "http.response.body", "body": b""})
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of request header ``name``, or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _response_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of response header ``name`` (any case), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _no_transform(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """The request's ``Cache-Control`` says ``no-transform``: no compression for it."""
+    return any(k == b"cache-control" and b"no-transform" in v.lower() for k, v in headers)
+
+
+def _strip_validators(scope: Scope, coding: str | None) -> bool:
+    """Take the edge's coding suffixes off the request's ``If-Match`` tags (all of them: a
+    write compares the tag of the resource, whatever coding it was read in) and off its
+    ``If-None-Match`` tags (only ``coding``'s: a copy in another coding is not the one this
+    answer would send). True when an ``If-None-Match`` tag had the suffix (a 304 then carries
+    the suffixed tag)."""
+    headers = scope["headers"]
+    out = []
+    stripped = changed = False
+    for name, value in headers:
+        if name == b"if-match":
+            new = strip_suffix(value, CODINGS)
+        elif name == b"if-none-match" and coding is not None:
+            new = strip_suffix(value, (coding,))
+            stripped = stripped or new is not value
+        else:
+            new = value
+        changed = changed or new is not value
+        out.append((name, new))
+    if changed:
+        scope["headers"] = out
+    return stripped
+
+
+def _shaped(
+    send: Send,
+    cors: Sequence[tuple[bytes, bytes]],
+    compression: Compression | None,
+    coding: str | None,
+    stripped: bool,
+    head: bool,
+) -> Send:
+    """``send`` with ``cors`` added to the response head and, with ``compression``, the body
+    of an encodable response (whole, in one message) in ``coding`` (its ``Content-Length``
+    and ``ETag`` changed to match, ``Content-Encoding`` added) and ``Vary: Accept-Encoding``
+    on every encodable one. Neither message it is given is changed (the cache may hold them)."""
+    held: Message | None = None
+
+    async def shaped(message: Message) -> None:
+        nonlocal held
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = [*message.get("headers", ()), *cors]
+            message = {**message, "headers": headers}
+            if compression is not None and message["status"] == 304:
+                if stripped and coding is not None:
+                    headers[:] = [
+                        (k, suffixed(v, coding)) if k.lower() == b"etag" else (k, v)
+                        for k, v in headers
+                    ]
+                    headers.append(VARY_ACCEPT_ENCODING)
+            elif compression is not None:
+                held = message  # until the body says whether it can be encoded
+                return
+            await send(message)
+            return
+        if held is None or kind != "http.response.body":
+            await send(message)
+            return
+        start, held = held, None
+        if message.get("more_body", False):
+            await send(start)  # a stream: sent as it is
+            await send(message)
+            return
+        assert compression is not None
+        headers = start["headers"]
+        body: bytes = message.get("body", b"")
+        size = len(body)
+        if head:
+            length = _response_header(headers, b"content-length")
+            size = int(length) if length is not None and length.isdigit() else 0
+        if compression.encodable(start["status"], headers, size):
+            headers.append(VARY_ACCEPT_ENCODING)
+            if coding is not None and not head:
+                etag = _response_header(headers, b"etag")
+                data = compression.encode(body, coding, etag)
+                if len(data) < size:
+                    new_etag = suffixed(etag, coding) if etag is not None else None
+                    headers[:] = [
+                        (k, b"%d" % len(data))
+                        if k.lower() == b"content-length"
+                        else (k, new_etag)
+                        if new_etag is not None and k.lower() == b"etag"
+                        else (k, v)
+                        for k, v in headers
+                    ]
+                    headers.append((b"content-encoding", coding.encode()))
+                    message = {"type": "http.response.body", "body": data}
+        await send(start)
+        await send(message)
+
+    return shaped
 
 
 def _allow(match: RouteMatch) -> bytes:

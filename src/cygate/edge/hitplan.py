@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cygate.core.ids import IdMinter
     from cygate.core.router import Router
     from cygate.edge.auth import TokenStage
+    from cygate.edge.compress import Compression
     from cygate.edge.l1 import L1
     from cygate.edge.ratelimit import RateLimitStage, RoutePlan
 
@@ -78,6 +79,14 @@ class HitPlan:
     """Host header -> its lower-cased, port-less form, for the values seen (the edge's)."""
     host_of: Callable[[bytes], str]
     """A Host header not in ``hosts``: its form (and remembered there)."""
+    cors: bool = False
+    """CORS is on: requests with ``Origin`` are the general path's; answers get
+    ``Vary: Origin``."""
+    compression: Compression | None = None
+    """The edge's compression, or None (off). On: an entry the edge would compress is answered
+    to a request with ``Accept-Encoding`` with its kept variant for the negotiated coding (none
+    kept yet: the general path's, which compresses and keeps it), and with
+    ``Vary: Accept-Encoding``."""
 
     @classmethod
     def build(
@@ -94,6 +103,8 @@ class HitPlan:
         ids: IdMinter,
         hosts: dict[bytes, str],
         host_of: Callable[[bytes], str],
+        cors: bool = False,
+        compression: Compression | None = None,
     ) -> HitPlan:
         """The plan of the cache's and the stage's tables as they are now."""
         return cls(
@@ -110,4 +121,6 @@ class HitPlan:
             ids=ids,
             hosts=hosts,
             host_of=host_of,
+            cors=cors,
+            compression=compression,
         )

@@ -28,6 +28,13 @@ __all__ = [
 ]
 
 _HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=64)]
+_Origin = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(\*|null|https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?)$",
+        max_length=253,
+    ),
+]
 _QueryName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
@@ -73,6 +80,38 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     trusted_proxies: Annotated[
         list[str], doc("Peer addresses whose X-Forwarded-For is believed.")
     ] = msgspec.field(default_factory=list)
+    cors_origins: Annotated[
+        list[_Origin],
+        doc(
+            "Origins whose browser scripts may call the API (docs/cors-and-compression.md): "
+            "scheme://host[:port], 'null' (opaque origins, refused unless listed) or '*' (any, "
+            "not with credentials); empty: no CORS."
+        ),
+    ] = msgspec.field(default_factory=list)
+    cors_allow_credentials: Annotated[
+        bool, doc("Let cross-origin requests carry cookies and HTTP auth (the allowed origins).")
+    ] = False
+    cors_max_age: Annotated[
+        int, doc("Seconds a browser may keep a preflight's answer.", ge=0, le=86_400)
+    ] = 600
+    compression_enabled: Annotated[
+        bool,
+        doc("Compress JSON and text answers for clients that accept gzip, br or zstd."),
+    ] = True
+    compression_min_bytes: Annotated[
+        Positive, doc("Bodies shorter than this many bytes are sent uncompressed.")
+    ] = 1024
+    compression_cache_bytes: Annotated[
+        NonNegative,
+        doc("Bytes of compressed variants kept per worker (keyed by the body's ETag)."),
+    ] = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            raise msgspec.ValidationError(
+                "'*' cannot go with cors_allow_credentials (list the origins)"
+                " - at `$.http.cors_origins`"
+            )
 
 
 # -- rate limiting (docs/ratelimit.md) ---------------------------------------------------------

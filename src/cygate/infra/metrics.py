@@ -107,6 +107,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Calls of the rate-limit script in Redis, by limit (batched: one per lease).",
         ("limit",),
     ),
+    "cygate_compression_total": (
+        "counter",
+        "Responses the edge sent compressed, by coding and whether the body was compressed "
+        "for it (encoded) or a kept variant was sent (kept).",
+        ("coding", "result"),
+    ),
     "cygate_cache_requests_total": (
         "counter",
         "Cacheable requests by result: hit-l1, hit-l2, miss, stale, coalesced, bypass.",

@@ -28,7 +28,9 @@ from cygate.core.jwt import JWTVerifier, VerifyKey
 from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import ResponseCache
+from cygate.edge.compress import Compression
 from cygate.edge.context import EdgeContext, RoutePolicy
+from cygate.edge.cors import Cors
 from cygate.edge.edge import Edge, Message
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
@@ -94,6 +96,8 @@ class Pair:
 
     limits: dict[str, Any] = LIMITS
     default_class = ""
+    cors: Cors | None = None
+    compression: Compression | None = None
 
     def __init__(
         self,
@@ -172,6 +176,8 @@ class Pair:
             hit_path=hit_path,
             stages=(token_stage, limiter),
             cache=cache,
+            cors=self.cors,
+            compression=self.compression,
         )
         cache.edge = edge
         return edge
@@ -181,7 +187,10 @@ class Pair:
         if (ctx.params or {}).get("id") == "0":
             raise Problem(404, "no such thing")
         who = ctx.principal.sub if ctx.principal is not None else None
-        return orjson.dumps({"route": ctx.policy.name, "path": ctx.path, "who": who})
+        answer: dict[str, Any] = {"route": ctx.policy.name, "path": ctx.path, "who": who}
+        if (ctx.params or {}).get("id") == "999":
+            answer["items"] = [{"n": i, "text": "a compressible body"} for i in range(50)]
+        return orjson.dumps(answer)
 
     async def both(self, path: str, **request: Any) -> tuple[Reply, Reply]:
         general = await send(self.general, path, **request)
@@ -712,3 +721,98 @@ async def test_a_request_without_exactly_one_host_is_left_to_the_general_path(
     await pair.fused(bad, _receive, record)
     assert pair.counted["fused"] == fused + 1  # left to the general path: its 400
     assert sent[0]["status"] == 400
+
+
+# -- CORS and compression on ---------------------------------------------------------------------
+
+
+class NegotiatingPair(Pair):
+    """Both edges with CORS and compression on (bodies of 40 bytes and more compressed)."""
+
+    def __init__(self, impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cors = Cors(["https://app.example"], allow_credentials=False, max_age=60)
+        self.compression = self.make_compression()
+        super().__init__(impl, monkeypatch)
+
+    def make_compression(self) -> Compression:
+        return Compression(40, 1 << 20)
+
+
+@pytest.fixture
+def negotiating(core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch) -> NegotiatingPair:
+    return NegotiatingPair(core_impl, monkeypatch)
+
+
+async def test_with_cors_and_compression_plain_hits_stay_fused_with_their_vary(
+    negotiating: NegotiatingPair,
+) -> None:
+    for _ in range(3):
+        hit = await check(negotiating, "/open/7")
+    assert negotiating.counted["fused"] == 2 and hit.get(b"x-cache") == b"hit-l1"
+    assert [v for k, v in hit.headers if k == b"vary"] == [
+        b"accept-language",
+        b"Origin",
+        b"Accept-Encoding",
+    ]
+    assert hit.get(b"content-encoding") is None
+
+
+async def test_below_the_threshold_only_vary_origin(
+    core_impl: CoreImplementation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Big(NegotiatingPair):
+        def make_compression(self) -> Compression:
+            return Compression(10_000, 1 << 20)
+
+    pair = Big(core_impl, monkeypatch)
+    for _ in range(2):
+        hit = await check(pair, "/open/7", headers=[(b"accept-encoding", b"gzip")])
+    assert pair.counted["fused"] == 1  # too small to compress: the fused path answers
+    assert [v for k, v in hit.headers if k == b"vary"] == [b"accept-language", b"Origin"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"origin", b"https://app.example")],
+        [(b"origin", b"https://evil.example")],
+        [(b"origin", b"null")],
+    ],
+)
+async def test_cross_origin_requests_go_to_the_general_path(
+    negotiating: NegotiatingPair, extra: list[Any]
+) -> None:
+    for _ in range(3):
+        hit = await check(negotiating, "/open/8", headers=extra)
+    assert negotiating.counted["fused"] == 0 and hit.get(b"x-cache") == b"hit-l1"
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [
+        (b"gzip", b"gzip"),
+        (b"br;q=0.5, zstd", b"zstd"),
+        (b"gzip, deflate, br", b"br"),
+        (b"identity", None),
+        (b"*;q=0", None),
+        (b"gzip;q=bad", None),
+    ],
+)
+async def test_compressed_hits_send_the_kept_variant(
+    negotiating: NegotiatingPair, accept: bytes, coding: bytes | None
+) -> None:
+    headers = [(b"accept-encoding", accept)]
+    first = await check(negotiating, "/open/999", headers=headers)
+    assert first.get(b"content-encoding") == coding and first.get(b"x-cache") == b"miss"
+    compression = negotiating.compression
+    assert compression is not None
+    encoded = compression.encoded
+    for _ in range(3):
+        hit = await check(negotiating, "/open/999", headers=headers)
+    assert hit.get(b"x-cache") == b"hit-l1" and hit.get(b"content-encoding") == coding
+    assert compression.encoded == encoded  # kept: compressed once per coding and edge
+    # the general edge keeps its variant at its first hit; the fused one at the miss, then
+    # answers every hit with it
+    assert negotiating.counted["fused"] == 3
+    if coding is not None:
+        assert hit.get(b"etag").endswith(b"." + coding + b'"')  # type: ignore[union-attr]
