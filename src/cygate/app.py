@@ -36,6 +36,7 @@ from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
+from cygate.infra import tracing
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
@@ -224,6 +225,10 @@ def create_app(settings: Settings | None = None) -> Edge:
     )
     install_redaction()  # restricted data never in a log line (docs/privacy.md)
     metrics = Metrics(settings.metrics.dir or None)
+    # Traces when the OTEL_* environment names an endpoint (docs/observability.md); None: off.
+    traced = tracing.configure(dropped=metrics.counter("cygate_trace_spans_dropped_total"))
+    if traced is not None:
+        tracing.install_log_filter()  # trace_id / span_id on every log record
     environment = settings.server.environment
     identity = IdentityPlugin(
         settings.identity, environment=environment, redis_timeout=settings.redis.timeout
@@ -279,6 +284,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             await metrics.stop()
             await redis.close()
             await close_pool(pool)
+            if traced is not None:
+                await asyncio.to_thread(tracing.shutdown)  # (joins the export thread)
 
     @asynccontextmanager
     async def edge_resources(app: Litestar) -> AsyncIterator[None]:
@@ -364,6 +371,7 @@ def create_app(settings: Settings | None = None) -> Edge:
         body_timeout=settings.http.body_timeout,
         upstream=UpstreamProxy(metrics, trusted),
         cache=cache,
+        tracing=traced,
         # Without the cache, cacheable routes still carry their validators (API.md).
         validators=None if cache is not None else Validators(cache_rules(settings.cache)),
     )

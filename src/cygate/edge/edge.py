@@ -39,10 +39,13 @@ from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from cygate.edge.cache import CacheMiss, ResponseCache
     from cygate.edge.context import RoutePolicy
     from cygate.edge.validators import Validators
     from cygate.infra.metrics import Metrics
+    from cygate.infra.tracing import Tracing
 
 __all__ = [
     "ASGIApp",
@@ -122,6 +125,7 @@ class Edge:
         "_router",
         "_security_headers",
         "_stages",
+        "_traced_hits",
         "_upstream",
         "app",
         "body_timeout",
@@ -130,6 +134,7 @@ class Edge:
         "ids",
         "max_body",
         "metrics",
+        "tracing",
         "trusted",
         "validators",
     )
@@ -152,8 +157,11 @@ class Edge:
         validators: Validators | None = None,
         body_timeout: float = 30.0,
         ids: IdMinter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
+        self.tracing = tracing
+        """Traces (``cygate.infra.tracing``), None when off: then nothing of it runs."""
         self.ids = ids if ids is not None else IdMinter()
         """The one minter of the ids of requests that bring none (``cygate.core.ids``): the
         general path's and the fused hit path's (handed to it in the ``HitPlan``)."""
@@ -187,6 +195,7 @@ class Edge:
         self._security_headers = tuple(headers)
         self._hit_path_enabled = hit_path
         self._hits: HitPath | None = None
+        self._traced_hits: HitPath | None = None
         self._rebuild_hit_path()
 
     @property
@@ -223,7 +232,7 @@ class Edge:
         them) is passed over when no cached route names a policy action: it decides nothing for
         the requests the hit path answers. Called again whenever one of those changes (the
         cache and the rate-limit stage call it back)."""
-        self._hits = None
+        self._hits = self._traced_hits = None
         if not self._hit_path_enabled or self.cache is None:
             return
         self.cache.watch(self._rebuild_hit_path)
@@ -253,7 +262,12 @@ class Edge:
             hosts=_hosts,
             host_of=_host,
         )
-        self._hits = HitPath(plan=plan)
+        if self.tracing is not None:
+            # NOTE: with tracing on, the hit path serves only requests the sampler leaves out
+            # (``_serve_traced`` asks first); off, ``__call__`` holds it and nothing else runs.
+            self._traced_hits = HitPath(plan=plan)
+        else:
+            self._hits = HitPath(plan=plan)
 
     def _policy_on_cached_routes(self) -> bool:
         """A route the cache answers names a policy action (then the policy stage must see
@@ -304,13 +318,52 @@ class Edge:
                 return sending
         return self._serve(scope, receive, send, head)
 
+    async def _serve_traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request with tracing on: the sampling decision first (from the client's
+        ``traceparent``); one the sampler leaves out may be a fused hit; else the general path
+        under the request's server span (recording when sampled)."""
+        tracing = self.tracing
+        assert tracing is not None
+        head = scan_head(scope["headers"], _hosts, _host)
+        tracestate = _tracestate(scope["headers"]) if head.traceparent else None
+        incoming = tracing.incoming(head.traceparent, tracestate)
+        hits = self._traced_hits
+        if hits is not None and not incoming.sampled:
+            try:
+                sending = hits.serve(scope, send)
+            except Exception:
+                sending = None  # (the general path says what is wrong: see __call__)
+            if sending is not None:
+                await sending
+                return
+        method: str = scope["method"]
+        span = tracing.server_span(incoming, method, {"http.request.method": method})
+        token = tracing.use(span)
+        try:
+            await self._serve(scope, receive, send, head, span)
+        except BaseException as exc:
+            tracing.fail(span, exc)
+            raise
+        finally:
+            tracing.release(token)
+            span.end()
+
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, head: Head | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        head: Head | None = None,
+        span: Span | None = None,
     ) -> None:
         """Everything but a fused hit: lifespan, and every request the general path serves
-        (``head``: the hit path's scan of its headers, when it made one)."""
+        (``head``: the hit path's scan of its headers, when it made one; ``span``: the
+        request's server span, tracing on)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
+            return
+        if span is None and self.tracing is not None:
+            await self._serve_traced(scope, receive, send)
             return
         started = time.perf_counter()
         method: str = scope["method"]
@@ -335,6 +388,9 @@ class Edge:
                 request_id, request_id_bytes = new_id, new_id_bytes
             if not traceparent:
                 traceparent = new_trace
+                if span is not None and self.tracing is not None:
+                    # A new trace: the client is told the one its request's spans are in.
+                    traceparent = self.tracing.traceparent(span).encode() or new_trace
         headers: Headers = (
             (b"x-request-id", request_id_bytes),
             (b"traceparent", traceparent),
@@ -343,6 +399,7 @@ class Edge:
         instance = ""  # the path, once normalised (problems before that: the raw one)
         ctx: EdgeContext | None = None
         miss: CacheMiss | None = None
+        cache_result = ""  # (for the span: hit, miss, shared)
 
         head_only = False
         try:
@@ -421,7 +478,9 @@ class Edge:
             if self.cache is not None and policy.cache is not None:
                 # The cache step (cache.py), after the stages: auth and limits apply to hits.
                 hit = self.cache.lookup(ctx)  # PERF: sync (key + L1), no coroutine on a hit
+                cache_result = "miss"
                 if hit is not None:
+                    cache_result = "hit"
                     # PERF: what the wrapper would do, inline (no call, no coroutine each).
                     start, body_message = hit
                     ctx.status = start["status"]
@@ -434,6 +493,7 @@ class Edge:
                 send_wrapper = _wrap_send(ctx, send, headers, head_only)
                 miss = await self.cache.load(ctx, send_wrapper)
                 if miss is None:
+                    cache_result = "shared"
                     return  # answered by another request's load, or from L2
                 send_wrapper = miss.send  # a miss: capture the response to store it
             elif policy.cache is not None and self.validators is not None:
@@ -505,6 +565,63 @@ class Edge:
             if ctx is not None and ctx.status:
                 status = ctx.status  # the response started: the status it was sent with
             self.metrics.observe_since(route_name, method, status, started)
+            if span is not None:
+                _annotate(
+                    self.tracing,
+                    span,
+                    f"{method} {route_name}" if ctx is None else route_name,
+                    status,
+                    request_id,
+                    instance,
+                    ctx,
+                    cache_result,
+                )
+
+
+def _annotate(
+    tracing: Tracing | None,
+    span: Span,
+    span_name: str,
+    status: int,
+    request_id: str,
+    path: str,
+    ctx: EdgeContext | None,
+    cache_result: str,
+) -> None:
+    """The edge's decision on the request's server span: route, token, limit, cache."""
+    if not span.is_recording():
+        return
+    span.update_name(span_name)
+    attributes: dict[str, str | int | bool] = {
+        "http.route": ctx.policy.name if ctx is not None else span_name,
+        "http.response.status_code": status,
+        "url.path": path,
+        "cygate.request_id": request_id,
+    }
+    if ctx is not None:
+        policy = ctx.policy
+        attributes["client.address"] = ctx.peer
+        attributes["cygate.auth"] = "token" if ctx.principal is not None else "none"
+        if ctx.principal is not None:
+            attributes["enduser.id"] = ctx.principal.sub
+        if policy.rate_limit:
+            attributes["cygate.rate_limit"] = str(policy.rate_limit)
+            attributes["cygate.rate_limited"] = status == 429
+        if cache_result:
+            attributes["cygate.cache"] = cache_result
+        attributes["cygate.target"] = policy.target
+    if status >= 500 and tracing is not None:
+        span.set_status(tracing.error_status(f"HTTP {status}"))
+    span.set_attributes(attributes)
+
+
+def _tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's ``tracestate`` (several lines joined by commas, as RFC 9110 allows);
+    None when there is none. Malformed entries are the propagator's to drop."""
+    values = [value for name, value in headers if name == b"tracestate"]
+    if not values:
+        return None
+    return b",".join(values)[:512]  # W3C: at most 32 entries, and a vendor may cut past 512
 
 
 def _wrap_send(ctx: EdgeContext, send: Send, headers: Headers, head_only: bool) -> Send:

@@ -146,6 +146,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "From the outbox insert to the consumer's effect.",
         ("consumer",),
     ),
+    "cygate_trace_spans_dropped_total": (
+        "counter",
+        "Spans the OTLP exporter could not deliver (endpoint unreachable or refusing); the "
+        "requests they describe were not affected.",
+        (),
+    ),
     # -- process health --
     "cygate_process_cpu_seconds_total": (
         "counter",
