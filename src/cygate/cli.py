@@ -92,6 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**overrides)
     except SettingsError as exc:
         return _fail(str(exc))
+    from cygate.infra import tracing
+
+    try:
+        if tracing.enabled(os.environ):
+            tracing.check(os.environ)  # the OTEL_* environment, before any worker starts
+    except tracing.TracingConfigError as exc:
+        return _fail(str(exc))
     for name in ("users", "products", "categories"):
         if getattr(args, name, 0) < 0:
             return _fail(f"--{name} must not be negative")

@@ -67,6 +67,7 @@ SAMPLERS = frozenset(
 _KINDS = ("internal", "server", "client", "producer", "consumer")
 
 _current: Tracing | None = None
+_pid = 0
 
 
 class TracingConfigError(ValueError):
@@ -83,14 +84,34 @@ def enabled(environ: Mapping[str, str] = os.environ) -> bool:
     )
 
 
+def check(environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
+    """The sampler's name and ratio (1.0 for those without one) the environment asks for;
+    :class:`TracingConfigError` for a name the SDK does not know or a ratio that is not a
+    number from 0 to 1 (checked whether or not an endpoint is set; imports nothing)."""
+    raw_name = environ.get("OTEL_TRACES_SAMPLER", "")
+    name = raw_name.strip().lower() or "parentbased_always_on"
+    if name not in SAMPLERS:
+        raise TracingConfigError(
+            f"OTEL_TRACES_SAMPLER={raw_name!r} is not one of {', '.join(sorted(SAMPLERS))}"
+        )
+    if not name.endswith("traceidratio"):
+        return name, 1.0
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:  # (NaN too)
+        raise TracingConfigError(
+            f"OTEL_TRACES_SAMPLER_ARG={raw!r} must be a ratio from 0 to 1 for {name}"
+        )
+    return name, rate
+
+
 def _sampler_from(environ: Mapping[str, str]) -> Any:
     from opentelemetry.sdk.trace import sampling
 
-    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
-    if name not in SAMPLERS:
-        raise TracingConfigError(
-            f"OTEL_TRACES_SAMPLER={name!r} is not one of {', '.join(sorted(SAMPLERS))}"
-        )
+    name, rate = check(environ)
     if not name.endswith("traceidratio"):
         return {
             "always_on": sampling.ALWAYS_ON,
@@ -98,15 +119,6 @@ def _sampler_from(environ: Mapping[str, str]) -> Any:
             "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
             "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
         }[name]
-    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
-    try:
-        rate = float(raw)
-    except ValueError:
-        rate = -1.0
-    if not 0.0 <= rate <= 1.0:
-        raise TracingConfigError(
-            f"OTEL_TRACES_SAMPLER_ARG={raw!r} must be a ratio from 0 to 1 for {name}"
-        )
     ratio = sampling.TraceIdRatioBased(rate)
     return ratio if name == "traceidratio" else sampling.ParentBased(ratio)
 
@@ -118,9 +130,14 @@ def configure(
     else None (and nothing of OpenTelemetry imported). Called once per worker process (the
     export thread must start in the process that uses it); again, it returns the one it made.
     ``dropped`` counts spans whose export failed (``cygate_trace_spans_dropped_total``)."""
-    global _current
+    global _current, _pid
     if _current is not None:
-        return _current
+        if _pid == os.getpid():
+            return _current
+        # Inherited through a fork (``cygate serve`` builds the app once to check it before
+        # Granian forks the workers): this process gets its own provider, thread and counter.
+        inherited, _current = _current, None
+        inherited.provider.shutdown()
     if not enabled(environ):
         return None
     sampler = _sampler_from(environ)
@@ -136,7 +153,7 @@ def configure(
         id_generator=_next_trace_id_generator(),
     )
     provider.add_span_processor(BatchSpanProcessor(_counting_exporter(OTLPSpanExporter(), dropped)))
-    _current = Tracing(provider, sampler)
+    _current, _pid = Tracing(provider, sampler), os.getpid()
     return _current
 
 
@@ -318,7 +335,9 @@ class Tracing:
         context = (span or self._trace.get_current_span()).get_span_context()
         if not context.is_valid:
             return ""
-        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        # NOTE: the sampled flag alone (W3C Trace Context level 1: other bits are sent as 0).
+        sampled = int(context.trace_flags) & 1
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{sampled:02x}"
 
     def tracestate(self, span: Span | None = None) -> str:
         """The ``tracestate`` of ``span`` (default: the current span), empty when none."""
@@ -343,8 +362,10 @@ class Tracing:
         context, so the span is the current span's child)."""
         import time
 
-        parent = self._trace.get_current_span()
-        if not parent.get_span_context().is_valid or not parent.is_recording():
+        # NOTE: asyncpg runs the logger soon after the query (``call_soon``, in the caller's
+        # context): the request's span may have ended by then, so sampled, not recording.
+        parent = self._trace.get_current_span().get_span_context()
+        if not parent.is_valid or not parent.trace_flags.sampled:
             return  # a query outside any sampled request: no root span of its own
         end = time.time_ns()
         query: str = record.query
