@@ -152,9 +152,36 @@ def configure(
         resource=Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME") or "cygate"}),
         id_generator=_next_trace_id_generator(),
     )
-    provider.add_span_processor(BatchSpanProcessor(_counting_exporter(OTLPSpanExporter(), dropped)))
+    # NOTE: what ``environ`` says is passed on explicitly (the SDK's classes read
+    # ``os.environ`` for what they are not given: the same mapping when the app calls this).
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if not endpoint:
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].strip().rstrip("/") + "/v1/traces"
+    timeout = _number(environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or _number(
+        environ, "OTEL_EXPORTER_OTLP_TIMEOUT"
+    )
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+    delay = _number(environ, "OTEL_BSP_SCHEDULE_DELAY")
+    processor = BatchSpanProcessor(
+        _counting_exporter(exporter, dropped),
+        schedule_delay_millis=delay,
+    )
+    provider.add_span_processor(processor)
     _current, _pid = Tracing(provider, sampler), os.getpid()
     return _current
+
+
+def _number(environ: Mapping[str, str], name: str) -> float | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TracingConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise TracingConfigError(f"{name}={raw!r} must be above 0")
+    return value
 
 
 def current() -> Tracing | None:
