@@ -64,7 +64,13 @@ SAMPLERS = frozenset(
 )
 """The values of ``OTEL_TRACES_SAMPLER`` cygate accepts (the SDK's built-in samplers)."""
 
-_KINDS = ("internal", "server", "client", "producer", "consumer")
+_NUMBERS = (
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+)
+"""Numbers cygate passes to the SDK itself (checked: a positive number)."""
+
 
 _current: Tracing | None = None
 _pid = 0
@@ -86,14 +92,17 @@ def enabled(environ: Mapping[str, str] = os.environ) -> bool:
 
 def check(environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
     """The sampler's name and ratio (1.0 for those without one) the environment asks for;
-    :class:`TracingConfigError` for a name the SDK does not know or a ratio that is not a
-    number from 0 to 1 (checked whether or not an endpoint is set; imports nothing)."""
+    :class:`TracingConfigError` for a name the SDK does not know, a ratio that is not a
+    number from 0 to 1, or a timeout or batch delay that is not a positive number (imports
+    nothing)."""
     raw_name = environ.get("OTEL_TRACES_SAMPLER", "")
     name = raw_name.strip().lower() or "parentbased_always_on"
     if name not in SAMPLERS:
         raise TracingConfigError(
             f"OTEL_TRACES_SAMPLER={raw_name!r} is not one of {', '.join(sorted(SAMPLERS))}"
         )
+    for number in _NUMBERS:
+        _number(environ, number)
     if not name.endswith("traceidratio"):
         return name, 1.0
     raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"

@@ -67,6 +67,8 @@ def test_off_without_an_endpoint_and_nothing_of_the_sdk_imported() -> None:
             "",
         ),
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "nan"}, "'nan'"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TIMEOUT='soon'"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "0"}, "above 0"),
     ],
 )
 def test_sampler_garbage_is_a_configuration_error(env: dict[str, str], error: str) -> None:
