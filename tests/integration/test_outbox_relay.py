@@ -318,9 +318,13 @@ async def test_traced_writes_carry_their_traceparent_to_the_stream(
             try:
                 writer = traced.traceparent()
                 async with conn.transaction():
-                    by_emit = await emit(conn, aggregate="product", aggregate_id="t1",
-                                         event_type="product.updated",
-                                         payload={"product_id": "t1", "category_id": "c"})  # fmt: skip
+                    by_emit = await emit(
+                        conn,
+                        aggregate="product",
+                        aggregate_id="t1",
+                        event_type="product.updated",
+                        payload={"product_id": "t1", "category_id": "c"},
+                    )
                     await conn.execute("SELECT set_config('cygate.traceparent', $1, true)", writer)
                     by_sql = await conn.fetchval(
                         "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload)"
@@ -330,8 +334,13 @@ async def test_traced_writes_carry_their_traceparent_to_the_stream(
                 traced.release(token)
                 span.end()
             async with conn.transaction():  # no span: no traceparent
-                plain = await emit(conn, aggregate="order", aggregate_id="o2",
-                                   event_type="order.shipped", payload={"order_id": "o2"})  # fmt: skip
+                plain = await emit(
+                    conn,
+                    aggregate="order",
+                    aggregate_id="o2",
+                    event_type="order.shipped",
+                    payload={"order_id": "o2"},
+                )
             stored = dict(await conn.fetch("SELECT id, traceparent FROM outbox"))
             assert stored[by_emit] == stored[by_sql] == writer
             assert stored[plain] is None

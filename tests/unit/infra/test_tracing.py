@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
 from benchmarks.otlp_sink import OTLPReceiver
+
 from cygate.core.reqmetrics import Tally
 from cygate.infra import tracing
 
