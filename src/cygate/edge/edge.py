@@ -320,27 +320,31 @@ class Edge:
 
     async def _serve_traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request with tracing on: the sampling decision first (from the client's
-        ``traceparent``); one the sampler leaves out may be a fused hit; else the general path
-        under the request's server span (recording when sampled)."""
+        ``traceparent``). One the sampler leaves out is served as with tracing off (a fused
+        hit when it is one; no span object either way); a sampled one takes the general path
+        under its server span."""
         tracing = self.tracing
         assert tracing is not None
         head = scan_head(scope["headers"], _hosts, _host)
         tracestate = _tracestate(scope["headers"]) if head.traceparent else None
         incoming = tracing.incoming(head.traceparent, tracestate)
-        hits = self._traced_hits
-        if hits is not None and not incoming.sampled:
-            try:
-                sending = hits.serve(scope, send)
-            except Exception:
-                sending = None  # (the general path says what is wrong: see __call__)
-            if sending is not None:
-                await sending
-                return
+        if not incoming.sampled:
+            hits = self._traced_hits
+            if hits is not None:
+                try:
+                    sending = hits.serve(scope, send)
+                except Exception:
+                    sending = None  # (the general path says what is wrong: see __call__)
+                if sending is not None:
+                    await sending
+                    return
+            await self._serve(scope, receive, send, head, None, True)
+            return
         method: str = scope["method"]
         span = tracing.server_span(incoming, method, {"http.request.method": method})
         token = tracing.use(span)
         try:
-            await self._serve(scope, receive, send, head, span)
+            await self._serve(scope, receive, send, head, span, True)
         except BaseException as exc:
             tracing.fail(span, exc)
             raise
@@ -355,14 +359,16 @@ class Edge:
         send: Send,
         head: Head | None = None,
         span: Span | None = None,
+        decided: bool = False,
     ) -> None:
         """Everything but a fused hit: lifespan, and every request the general path serves
-        (``head``: the hit path's scan of its headers, when it made one; ``span``: the
-        request's server span, tracing on)."""
+        (``head``: the hit path's scan of its headers, when it made one; tracing on,
+        ``decided`` once the sampler was asked, and ``span``: the request's server span when
+        sampled)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
             return
-        if span is None and self.tracing is not None:
+        if not decided and self.tracing is not None:
             await self._serve_traced(scope, receive, send)
             return
         started = time.perf_counter()
@@ -391,6 +397,9 @@ class Edge:
                 if span is not None and self.tracing is not None:
                     # A new trace: the client is told the one its request's spans are in.
                     traceparent = self.tracing.traceparent(span).encode() or new_trace
+                elif decided:
+                    # Tracing on, not sampled: so say the flags (upstreams follow them).
+                    traceparent = new_trace[:-2] + b"00"
         headers: Headers = (
             (b"x-request-id", request_id_bytes),
             (b"traceparent", traceparent),

@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Link, Span
 
@@ -176,7 +176,8 @@ def configure(
         schedule_delay_millis=delay,
     )
     provider.add_span_processor(processor)
-    _current, _pid = Tracing(provider, sampler), os.getpid()
+    name, rate = check(environ)
+    _current, _pid = Tracing(provider, sampler, name, rate), os.getpid()
     return _current
 
 
@@ -251,23 +252,40 @@ def _counting_exporter(exporter: Any, dropped: Tally | None) -> Any:
 class Incoming:
     """A request's sampling decision, made from its ``traceparent`` before anything else."""
 
-    __slots__ = ("parent", "sampled", "trace_id")
+    __slots__ = ("sampled", "trace_id", "traceparent", "tracestate")
 
-    def __init__(self, parent: Context | None, trace_id: int, sampled: bool) -> None:
-        self.parent = parent
-        """The client's span as a remote parent (None: the request starts a trace)."""
+    def __init__(
+        self, traceparent: bytes, tracestate: bytes | None, trace_id: int, sampled: bool
+    ) -> None:
+        self.traceparent = traceparent
+        """The client's (empty: the request starts a trace)."""
+        self.tracestate = tracestate
         self.trace_id = trace_id
-        """The trace id a root span will take (0 with a parent)."""
+        """The request's trace id: the client's, or the one a new trace takes."""
         self.sampled = sampled
+
+
+_TRACE_ID_LIMIT = (1 << 64) - 1
 
 
 class Tracing:
     """The process's tracer over the SDK's provider; what the rest of cygate calls."""
 
-    __slots__ = ("_ids", "_propagator", "_trace", "provider", "sampler", "tracer")
+    __slots__ = (
+        "_bound",
+        "_ids",
+        "_parent_based",
+        "_propagator",
+        "_root",
+        "_trace",
+        "provider",
+        "sampler",
+        "tracer",
+    )
 
-    def __init__(self, provider: TracerProvider, sampler: Any) -> None:
+    def __init__(self, provider: TracerProvider, sampler: Any, name: str, rate: float) -> None:
         from opentelemetry import trace
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
@@ -276,35 +294,58 @@ class Tracing:
         self._trace = trace
         self._ids: Any = provider.id_generator
         self._propagator = TraceContextTextMapPropagator()
+        # PERF: the decision of the SDK's built-in samplers, computed here without a Context
+        # (the SDK's own path builds one per call): a ratio sampler keeps a trace when the low
+        # 64 bits of its id fall under the bound; a parent-based one follows a remote parent's
+        # sampled flag. The span's own sampling (the SDK's) then agrees, on the same ids.
+        self._parent_based = name.startswith("parentbased_")
+        root = name.removeprefix("parentbased_")
+        self._root = {"always_on": 1, "always_off": 0}.get(root, -1)  # -1: by ratio
+        self._bound = TraceIdRatioBased(rate).bound
 
     # -- requests --------------------------------------------------------------------------
 
     def incoming(self, traceparent: bytes, tracestate: bytes | None = None) -> Incoming:
         """The decision for a request with this ``traceparent`` (one the edge keeps:
-        ``cygate.core.ids.valid_traceparent``; empty: none, or a malformed one) and
-        ``tracestate``. The same decision the span's own sampling makes (the SDK's samplers
-        decide on the parent and the trace id alone)."""
-        trace = self._trace
-        if traceparent:
-            carrier = {"traceparent": traceparent.decode("ascii")}
-            if tracestate:
-                carrier["tracestate"] = tracestate.decode("latin-1")
-            parent = self._propagator.extract(carrier)
-            context = trace.get_current_span(parent).get_span_context()
-            if context.is_valid:
-                result = self.sampler.should_sample(parent, context.trace_id, "request")
-                return Incoming(parent, 0, result.decision.is_sampled())
-        trace_id = random.getrandbits(128) or 1
-        result = self.sampler.should_sample(None, trace_id, "request")
-        return Incoming(None, trace_id, result.decision.is_sampled())
+        ``cygate.core.ids.valid_traceparent``; empty: none) and ``tracestate``: the decision
+        the request's span will get from the SDK's sampler."""
+        if len(traceparent) == 55:
+            trace_id = int(traceparent[3:35], 16)
+            if self._parent_based:
+                sampled = bool(int(traceparent[53:55], 16) & 1)
+                return Incoming(traceparent, tracestate, trace_id, sampled)
+        else:
+            traceparent = b""
+            trace_id = random.getrandbits(128) or 1
+        root = self._root
+        if root >= 0:
+            return Incoming(traceparent, tracestate, trace_id, bool(root))
+        return Incoming(
+            traceparent, tracestate, trace_id, (trace_id & _TRACE_ID_LIMIT) < self._bound
+        )
 
     def server_span(self, incoming: Incoming, name: str, attributes: dict[str, Any]) -> Span:
         """The request's span (kind server), child of the client's span when it sent one."""
-        if incoming.parent is None:
+        parent = None
+        tp = incoming.traceparent
+        if tp:
+            trace = self._trace
+            state = None
+            if incoming.tracestate:
+                state = _trace_state(incoming.tracestate)
+            context = trace.SpanContext(
+                trace_id=incoming.trace_id,
+                span_id=int(tp[36:52], 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(int(tp[53:55], 16) & 1),
+                trace_state=state,
+            )
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(context))
+        else:
             self._ids.next_trace_id = incoming.trace_id  # taken by the start_span just below
         return self.tracer.start_span(
             name,
-            context=incoming.parent,
+            context=parent,
             kind=self._trace.SpanKind.SERVER,
             attributes=attributes,
         )
@@ -414,6 +455,22 @@ class Tracing:
         if record.exception is not None:
             self.fail(span, record.exception)
         span.end(end)
+
+
+def _trace_state(header: bytes) -> Any:
+    """The client's ``tracestate`` (None when malformed: W3C says to drop it then)."""
+    from opentelemetry.trace.span import TraceState
+
+    value = header.decode("latin-1")
+    if not _TRACESTATE_RE.fullmatch(value):
+        return None  # (the SDK would log a warning for each such request)
+    return TraceState.from_header([value])
+
+
+# W3C Trace Context 3.3.1: list-members ``key=value`` separated by commas (optional spaces);
+# keys lower-case (with a tenant@vendor form), values printable ASCII but ``,`` and ``=``.
+_MEMBER = r"[a-z0-9][a-z0-9_\-*/@]{0,255}=[\x21-\x2b\x2d-\x3c\x3e-\x7e]{0,255}"
+_TRACESTATE_RE = re.compile(rf"[ \t]*{_MEMBER}[ \t]*(?:,[ \t]*(?:{_MEMBER})?[ \t]*){{0,31}}")
 
 
 def _statement_name(query: str) -> str:

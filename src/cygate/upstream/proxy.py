@@ -210,7 +210,7 @@ class UpstreamProxy:
         deadline = loop.time() + route.total_timeout
         traced = self._tracing
         span = token = None
-        if traced is not None:
+        if traced is not None and traced.tracer_active():
             # The exchange's span (retries included); the upstream's traceparent names it as
             # the parent (``ctx.traceparent`` is what _request_head sends; the client's answer
             # was already given the edge's).

@@ -4,6 +4,7 @@ the fused hit path, propagation, the log filter; spans exported to a real OTLP r
 from __future__ import annotations
 
 import logging
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -92,20 +93,45 @@ def test_samplers_accepted(env: dict[str, str], expected: tuple[str, float]) -> 
     assert tracing.check(env) == expected
 
 
-def test_root_decision_is_the_spans_own(make: object) -> None:
-    """The decision taken before the hit path and the server span's sampling agree, and the
-    span takes the decided trace id (else a ratio sampler would keep p² of roots)."""
-    traced = make(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.5")  # type: ignore[operator]
-    sampled = 0
-    for _ in range(400):
-        incoming = traced.incoming(b"")
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "parentbased_traceidratio",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "always_on",
+        "always_off",
+    ],
+)
+def test_decision_is_the_spans_own(make: object, sampler: str) -> None:
+    """The decision taken before the hit path (``incoming``) and the SDK's sampling of the
+    server span agree, on roots and on remote parents sampled or not, and a root span takes
+    the decided trace id (else a ratio sampler would keep p² of roots)."""
+    traced = make(OTEL_TRACES_SAMPLER=sampler, OTEL_TRACES_SAMPLER_ARG="0.5")  # type: ignore[operator]
+    rng = random.Random(7)
+    sampled = roots = 0
+    for n in range(600):
+        if n % 2:
+            flags = rng.choice((b"00", b"01", b"03"))
+            traceparent = b"00-%032x-%016x-%s" % (
+                rng.getrandbits(128) | 1, rng.getrandbits(64) | 1, flags,
+            )  # fmt: skip
+        else:
+            traceparent = b""
+        incoming = traced.incoming(traceparent)
         span = traced.server_span(incoming, "GET", {})
         context = span.get_span_context()
         assert context.trace_id == incoming.trace_id
-        assert context.trace_flags.sampled == incoming.sampled
-        sampled += incoming.sampled
+        assert context.trace_flags.sampled == incoming.sampled, (traceparent, sampler)
+        if not traceparent:
+            roots += 1
+            sampled += incoming.sampled
         span.end()
-    assert 120 < sampled < 280  # 0.5 of 400, far from 0.25 (p²) and 1
+    if sampler.endswith("traceidratio"):
+        assert 0.35 * roots < sampled < 0.65 * roots  # 0.5 of roots, far from 0.25 and 1
+    else:
+        assert sampled == (roots if sampler.endswith("always_on") else 0)
 
 
 def test_parent_decides_under_parentbased(make: object) -> None:

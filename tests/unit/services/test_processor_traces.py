@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from benchmarks.otlp_sink import OTLPReceiver
 from tests.upstream_servers import Upstream
 
-from benchmarks.otlp_sink import OTLPReceiver
 from cygate.infra import tracing
 from cygate.services.payments.http import JsonClient
 
