@@ -31,7 +31,7 @@ from cygate.edge.body import BODY_JSON, JSONRequest
 from cygate.edge.cache import ResponseCache
 from cygate.edge.cache_rules import cache_rules
 from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
-from cygate.edge.edge import BodyTooLarge, Edge
+from cygate.edge.edge import BodyTooLarge, Edge, TracedEdge
 from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
@@ -358,7 +358,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
         cache_routes(app, cache)
         app.state.cache = cache
-    edge = Edge(
+    edge_class = TracedEdge if traced is not None else Edge  # (off: no tracing code per hit)
+    edge = edge_class(
         app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from cygate.edge.context import RoutePolicy
     from cygate.edge.validators import Validators
     from cygate.infra.metrics import Metrics
-    from cygate.infra.tracing import Tracing
+    from cygate.infra.tracing import Incoming, Tracing
 
 __all__ = [
     "ASGIApp",
@@ -57,6 +57,7 @@ __all__ = [
     "ResponseAborted",
     "Scope",
     "Send",
+    "TracedEdge",
 ]
 
 log = logging.getLogger("cygate.edge")
@@ -264,7 +265,7 @@ class Edge:
         )
         if self.tracing is not None:
             # NOTE: with tracing on, the hit path serves only requests the sampler leaves out
-            # (``_serve_traced`` asks first); off, ``__call__`` holds it and nothing else runs.
+            # (``TracedEdge.__call__`` asks first); off, ``__call__`` holds it, nothing else runs.
             self._traced_hits = HitPath(plan=plan)
         else:
             self._hits = HitPath(plan=plan)
@@ -318,28 +319,13 @@ class Edge:
                 return sending
         return self._serve(scope, receive, send, head)
 
-    async def _serve_traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request with tracing on: the sampling decision first (from the client's
-        ``traceparent``). One the sampler leaves out is served as with tracing off (a fused
-        hit when it is one; no span object either way); a sampled one takes the general path
+    async def _serve_sampled(
+        self, scope: Scope, receive: Receive, send: Send, head: Head, incoming: Incoming
+    ) -> None:
+        """A request the sampler kept (tracing on, :class:`TracedEdge`): the general path
         under its server span."""
         tracing = self.tracing
         assert tracing is not None
-        head = scan_head(scope["headers"], _hosts, _host)
-        tracestate = _tracestate(scope["headers"]) if head.traceparent else None
-        incoming = tracing.incoming(head.traceparent, tracestate)
-        if not incoming.sampled:
-            hits = self._traced_hits
-            if hits is not None:
-                try:
-                    sending = hits.serve(scope, send)
-                except Exception:
-                    sending = None  # (the general path says what is wrong: see __call__)
-                if sending is not None:
-                    await sending
-                    return
-            await self._serve(scope, receive, send, head, None, True)
-            return
         method: str = scope["method"]
         span = tracing.server_span(incoming, method, {"http.request.method": method})
         token = tracing.use(span)
@@ -369,7 +355,8 @@ class Edge:
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
             return
         if not decided and self.tracing is not None:
-            await self._serve_traced(scope, receive, send)
+            # (an Edge given tracing rather than a TracedEdge: ask the sampler now)
+            await TracedEdge.__call__(self, scope, receive, send)  # type: ignore[arg-type]
             return
         started = time.perf_counter()
         method: str = scope["method"]
@@ -585,6 +572,41 @@ class Edge:
                     ctx,
                     cache_result,
                 )
+
+
+class TracedEdge(Edge):
+    """The edge with tracing on (``app.py`` builds it when ``tracing.configure`` gives a
+    :class:`~cygate.infra.tracing.Tracing`; with tracing off the plain :class:`Edge` runs,
+    whose ``__call__`` has no tracing code at all).
+
+    Each request's sampling decision comes first, from its ``traceparent``
+    (``Tracing.incoming``). One the sampler leaves out is served as with tracing off: a fused
+    hit when it is one (the awaitable returned as it is, no coroutine of ours), else the
+    general path, with no span object. A sampled one takes the general path under its server
+    span, so a sampled cache hit is recorded (``cygate.cache: hit``)."""
+
+    __slots__ = ()
+
+    @_async_callable
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        tracing = self.tracing
+        if scope["type"] != "http" or tracing is None:
+            return self._serve(scope, receive, send, None, None, True)
+        headers = scope["headers"]
+        head = scan_head(headers, _hosts, _host)
+        traceparent: bytes = head.traceparent
+        incoming = tracing.incoming(traceparent, _tracestate(headers) if traceparent else None)
+        if incoming.sampled:
+            return self._serve_sampled(scope, receive, send, head, incoming)
+        hits = self._traced_hits
+        if hits is not None:
+            try:
+                sending = hits.serve(scope, send)
+            except Exception:
+                sending = None  # (the general path says what is wrong: see Edge.__call__)
+            if sending is not None:
+                return sending
+        return self._serve(scope, receive, send, head, None, True)
 
 
 def _annotate(
