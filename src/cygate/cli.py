@@ -566,6 +566,12 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     install_redaction()
+    from cygate.infra import tracing
+
+    # The relay's and the consumers' spans, as in a gateway worker (the OTEL_* environment).
+    traced = tracing.configure()
+    if traced is not None:
+        tracing.install_log_filter()
     pool = await create_pool(settings.database, lazy=True)
     redis = create_redis(settings.redis)
     cache = None
@@ -596,4 +602,6 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
         await events.stop()
         await redis.close()
         await close_pool(pool)
+        if traced is not None:
+            await asyncio.to_thread(tracing.shutdown)
     return 0
