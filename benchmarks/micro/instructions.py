@@ -42,6 +42,10 @@ __all__ = ["Count", "main", "parse_callgrind"]
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ("full", "cache-only", "floor")
 MISS_CASES = ("uncached", "miss", "miss-l2")
+TRACED_CASES = ("full", "full-traced")
+"""``--traced``: ``full`` beside ``full-traced``, the same request to the edge built with tracing
+on (``TracedEdge``) and a sampler that keeps nothing (``parentbased_always_off``): what every
+unsampled request pays for the decision (docs/observability.md)."""
 NEW_OBJECT = "_Py_NewReference"
 _FN = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
 _CALLS = re.compile(r"calls=(\d+)")
@@ -90,7 +94,17 @@ def _child(case: str, requests: int) -> None:
     if case in MISS_CASES:
         _miss_child(case, requests)
         return
-    edge, headers = make_edge(stages=case == "full")
+    traced = None
+    if case == "full-traced":
+        from cygate.infra import tracing
+
+        traced = tracing.configure(
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces",
+                "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+            }
+        )
+    edge, headers = make_edge(stages=case.startswith("full"), tracing=traced)
     driver = Driver(edge, headers)
     driver.run(200)  # fills L1, verifies the token, warms every cache
     if case == "floor":
@@ -171,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--misses", action="store_true", help="the miss path's cases instead (miss-l2: Redis)"
     )
-    p.add_argument("--child", choices=CASES + MISS_CASES, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--traced",
+        action="store_true",
+        help="full beside full-traced: tracing on, nothing sampled (this tree only)",
+    )
+    p.add_argument("--child", choices=CASES + MISS_CASES + TRACED_CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.requests)
@@ -187,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases: tuple[str, ...] = CASES
     if args.misses:
         cases = MISS_CASES if os.environ.get("CYGATE_REDIS_URL") else MISS_CASES[:2]
+    if args.traced:
+        cases, trees = TRACED_CASES, trees[:1]
     with tempfile.TemporaryDirectory(prefix="cygate-callgrind-") as tmp:
         for case in cases:
             counts = [_count(case, args.requests, tree, Path(tmp)) for _, tree in trees]

@@ -33,7 +33,7 @@ from cygate.core.router import Router
 from cygate.edge.auth import TokenStage
 from cygate.edge.cache import DEFAULT_RULES, ResponseCache
 from cygate.edge.context import EdgeContext, RoutePolicy
-from cygate.edge.edge import Edge, Message
+from cygate.edge.edge import Edge, Message, TracedEdge
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics
@@ -59,14 +59,21 @@ def _token(key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def make_edge(
-    *, stages: bool, default: bool = False, cache: bool = True, l2: bool = False
+    *,
+    stages: bool,
+    default: bool = False,
+    cache: bool = True,
+    l2: bool = False,
+    tracing: Any = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
     ``default``: the route names no limit and gets the default class instead (the built-in
     ``api`` limit's kind: local, per caller; raised so the benchmark is never refused).
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
-    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own)."""
+    ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
+    ``tracing``: a ``cygate.infra.tracing.Tracing``: the edge is a ``TracedEdge`` (as the app
+    builds it with tracing on)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -109,7 +116,7 @@ def make_edge(
     async def not_litestar(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("a hit never enters the app")
 
-    edge = Edge(
+    edge = (Edge if tracing is None else TracedEdge)(
         not_litestar,
         router,
         metrics=metrics,
@@ -117,6 +124,7 @@ def make_edge(
         stages=(token, limiter) if stages else (),
         cache=response_cache if cache else None,
         validators=None if cache else Validators(DEFAULT_RULES),
+        tracing=tracing,
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]
