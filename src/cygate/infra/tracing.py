@@ -45,6 +45,7 @@ __all__ = [
     "TracingConfigError",
     "configure",
     "current",
+    "current_ids",
     "enabled",
     "install_log_filter",
     "shutdown",
@@ -479,19 +480,26 @@ def _statement_name(query: str) -> str:
     return f"db {word[0].upper()}" if word else "db"
 
 
+def current_ids() -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of the current span (lower-case hex, 32 and 16 digits), or None
+    when there is none or tracing is off: the shape of a log formatter's trace context
+    provider."""
+    tracing = _current
+    if tracing is None:
+        return None
+    context = tracing._trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
 class TraceLogFilter(logging.Filter):
     """Sets ``trace_id`` and ``span_id`` on every log record from the current span (empty
     strings when there is none, or tracing is off), for a formatter that prints them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        tracing = _current
-        trace_id = span_id = ""
-        if tracing is not None:
-            context = tracing._trace.get_current_span().get_span_context()
-            if context.is_valid:
-                trace_id, span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
-        record.trace_id = trace_id
-        record.span_id = span_id
+        ids = current_ids()
+        record.trace_id, record.span_id = ids if ids is not None else ("", "")
         return True
 
 

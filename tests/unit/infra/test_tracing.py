@@ -219,7 +219,9 @@ def test_log_filter_sets_trace_and_span_ids(make: object) -> None:
         span = traced.start("work", root=True)
         token = traced.use(span)
         log.warning("in span")
+        inside_ids = tracing.current_ids()
         traced.release(token)
+        assert tracing.current_ids() is None
         span.end()
     finally:
         log.removeHandler(handler)
@@ -229,3 +231,4 @@ def test_log_filter_sets_trace_and_span_ids(make: object) -> None:
     context = span.get_span_context()
     assert inside.trace_id == f"{context.trace_id:032x}"  # type: ignore[attr-defined]
     assert inside.span_id == f"{context.span_id:016x}"  # type: ignore[attr-defined]
+    assert inside_ids == (inside.trace_id, inside.span_id)  # type: ignore[attr-defined]
