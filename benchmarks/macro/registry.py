@@ -91,6 +91,9 @@ class Contender:
     upstream: tuple[str, ...] = ()
     """argv template of a helper server started first on ``{upstream_port}`` (its CPU is not
     counted as the contender's): the upstream a proxy contender forwards to."""
+    otlp: bool = False
+    """Start an OTLP/HTTP trace sink first (``benchmarks/otlp_sink.py``, a process of its own
+    whose CPU is not counted) on ``{otlp_port}``: the collector of a traced contender."""
 
 
 BENCH_ISSUER = "https://bench.cygate.test"
@@ -237,6 +240,27 @@ CONTENDERS: tuple[Contender, ...] = (
         check=check_full_product,
         auth=True,
         token="eddsa",
+    ),
+    *(
+        Contender(
+            # cygate-full with tracing on (docs/observability.md): every request a new trace
+            # (wrk sends no traceparent), kept at this ratio; spans to a local sink.
+            name=f"cygate-full-traced-{label}",
+            summary=f"cygate-full with tracing on, {label} % of requests sampled (OTLP/HTTP)",
+            command=_CYGATE_SERVE,
+            env={
+                **_rate_limited({"rate": 1_000_000, "period": 1, "mode": "batched"}, cached=True),
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://{host}:{otlp_port}/v1/traces",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            },
+            ready_path="/readyz",
+            check=check_full_product,
+            auth=True,
+            token="eddsa",
+            otlp=True,
+        )
+        for label, ratio in (("1", "0.01"), ("100", "1.0"))
     ),
     Contender(
         # cygate-full with a strict lease: a Redis reservation every ~75-100 requests, and a

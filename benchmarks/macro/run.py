@@ -137,7 +137,18 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def run_http(c: Contender, bench: Bench) -> Result:
     """Start, check, warm up and measure one HTTP contender (after its upstream, if any)."""
     with contextlib.ExitStack() as stack:
-        values = {**bench.template, "upstream_port": "0"}
+        values = {**bench.template, "upstream_port": "0", "otlp_port": "0"}
+        if c.otlp:
+            values["otlp_port"] = str(free_port(HOST))
+            sink = stack.enter_context(
+                ServerProcess(
+                    [sys.executable, "-m", "benchmarks.otlp_sink", "--port", values["otlp_port"]],
+                    env=bench.base_env,
+                    cwd=ROOT,
+                    log_path=bench.workdir / f"{c.name}-otlp.log",
+                )
+            )
+            sink.wait_ready(HOST, int(values["otlp_port"]), "/", c.ready_timeout)
         if c.upstream:
             values["upstream_port"] = str(free_port(HOST))
             up_argv = [_fill(part, values) for part in c.upstream]

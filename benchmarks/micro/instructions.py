@@ -49,6 +49,10 @@ formatted, as its thread does; ``logged-loop``: the hand-over alone, the event l
 against the alternative of leaving sampled requests to the general path (``general-logged``:
 no fused hit path, every request logged; ``general``: the same without the log). This tree
 only: another checkout may have no access log."""
+TRACED_CASES = ("full", "full-traced")
+"""``--traced``: ``full`` beside ``full-traced``, the same request to the edge built with tracing
+on (``TracedEdge``) and a sampler that keeps nothing (``parentbased_always_off``): what every
+unsampled request pays for the decision (docs/observability.md)."""
 NEW_OBJECT = "_Py_NewReference"
 _FN = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
 _CALLS = re.compile(r"calls=(\d+)")
@@ -100,7 +104,17 @@ def _child(case: str, requests: int) -> None:
     if case in ACCESS_CASES[1:]:
         _access_child(case, requests)
         return
-    edge, headers = make_edge(stages=case == "full")
+    traced = None
+    if case == "full-traced":
+        from cygate.infra import tracing
+
+        traced = tracing.configure(
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces",
+                "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+            }
+        )
+    edge, headers = make_edge(stages=case.startswith("full"), tracing=traced)
     driver = Driver(edge, headers)
     driver.run(200)  # fills L1, verifies the token, warms every cache
     if case == "floor":
@@ -210,7 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--misses", action="store_true", help="the miss path's cases instead (miss-l2: Redis)"
     )
     p.add_argument("--access", action="store_true", help="the access log's cases (this tree only)")
-    p.add_argument("--child", choices=CASES + MISS_CASES + ACCESS_CASES[1:], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--traced",
+        action="store_true",
+        help="full beside full-traced: tracing on, nothing sampled (this tree only)",
+    )
+    p.add_argument(
+        "--child",
+        choices=CASES + MISS_CASES + ACCESS_CASES[1:] + TRACED_CASES[1:],
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.requests)
@@ -231,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("--access counts this tree only", file=sys.stderr)
             return 2
         cases = ACCESS_CASES
+    if args.traced:
+        cases, trees = TRACED_CASES, trees[:1]
     with tempfile.TemporaryDirectory(prefix="cygate-callgrind-") as tmp:
         for case in cases:
             counts = [_count(case, args.requests, tree, Path(tmp)) for _, tree in trees]

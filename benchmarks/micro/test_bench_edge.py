@@ -35,7 +35,7 @@ from cygate.edge.cache import DEFAULT_RULES, ResponseCache
 from cygate.edge.compress import Compression
 from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.cors import Cors
-from cygate.edge.edge import Edge, Message
+from cygate.edge.edge import Edge, Message, TracedEdge
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
 from cygate.infra.metrics import Metrics
@@ -71,6 +71,7 @@ def make_edge(
     compression: Compression | None = None,
     hit_path: bool = True,
     access: Any = None,
+    tracing: Any = None,
 ) -> tuple[Edge, list[tuple[bytes, bytes]]]:
     """The edge cygate-full runs for the product read, and the request headers wrk sends.
 
@@ -79,7 +80,9 @@ def make_edge(
     ``cache=False``: the edge with the cache off (its validators instead, as the app does);
     ``l2``: the cache with L2 in the Redis of ``CYGATE_REDIS_URL`` (a prefix of its own);
     ``body``: what the route answers; ``cors``, ``compression``: the edge's (off by default);
-    ``hit_path=False``: no fused hit path; ``access``: an access log (``AccessLog``)."""
+    ``hit_path=False``: no fused hit path; ``access``: an access log (``AccessLog``);
+    ``tracing``: a ``cygate.infra.tracing.Tracing``: the edge is a ``TracedEdge`` (as the app
+    builds it with tracing on)."""
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
@@ -124,7 +127,7 @@ def make_edge(
     async def not_litestar(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("a hit never enters the app")
 
-    edge = Edge(
+    edge = (Edge if tracing is None else TracedEdge)(
         not_litestar,
         router,
         metrics=metrics,
@@ -136,6 +139,7 @@ def make_edge(
         compression=compression,
         hit_path=hit_path,
         **({"access": access} if access is not None else {}),
+        tracing=tracing,
     )
     response_cache.edge = edge
     headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + _token(key))]

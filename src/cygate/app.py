@@ -34,14 +34,15 @@ from cygate.edge.cache_rules import cache_rules
 from cygate.edge.compress import Compression
 from cygate.edge.context import FastHandler, RoutePolicy, TrustedProxies
 from cygate.edge.cors import Cors
-from cygate.edge.edge import BodyTooLarge, Edge
+from cygate.edge.edge import BodyTooLarge, Edge, TracedEdge
 from cygate.edge.policy import PolicyLoader, PolicyStage
 from cygate.edge.problem import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.edge.validators import Validators
+from cygate.infra import tracing
 from cygate.infra.accesslog import AccessLog, effective_sample
 from cygate.infra.db import DB_UNAVAILABLE, close_pool, create_pool
-from cygate.infra.logs import configure_logging, resolve_format
+from cygate.infra.logs import configure_logging, resolve_format, set_trace_context_provider
 from cygate.infra.metrics import Metrics
 from cygate.infra.redis import create_redis
 from cygate.services.catalog.fast import unavailable
@@ -254,6 +255,10 @@ def create_app(settings: Settings | None = None) -> Edge:
     metrics = Metrics(settings.metrics.dir or None)
     trusted = TrustedProxies(settings.http.trusted_proxies)
     access = _access_log(settings, metrics, trusted, log_format)
+    # Traces when the OTEL_* environment names an endpoint (docs/observability.md); None: off.
+    traced = tracing.configure(dropped=metrics.counter("cygate_trace_spans_dropped_total"))
+    if traced is not None:
+        set_trace_context_provider(tracing.current_ids)  # trace_id / span_id in JSON lines
     environment = settings.server.environment
     identity = IdentityPlugin(
         settings.identity, environment=environment, redis_timeout=settings.redis.timeout
@@ -316,6 +321,8 @@ def create_app(settings: Settings | None = None) -> Edge:
             await metrics.stop()
             await redis.close()
             await close_pool(pool)
+            if traced is not None:
+                await asyncio.to_thread(tracing.shutdown)  # (joins the export thread)
 
     @asynccontextmanager
     async def edge_resources(app: Litestar) -> AsyncIterator[None]:
@@ -387,7 +394,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         cache = ResponseCache(settings.cache, metrics, redis=settings.redis)
         cache_routes(app, cache)
         app.state.cache = cache
-    edge = Edge(
+    edge_class = TracedEdge if traced is not None else Edge  # (off: no tracing code per hit)
+    edge = edge_class(
         app,  # type: ignore[arg-type, unused-ignore]  # Litestar's ASGI types are narrower TypedDicts
         Router(),  # replaced by the route table just below
         metrics=metrics,
@@ -418,6 +426,7 @@ def create_app(settings: Settings | None = None) -> Edge:
             if settings.http.compression_enabled
             else None
         ),
+        tracing=traced,
         # Without the cache, cacheable routes still carry their validators (API.md).
         validators=None if cache is not None else Validators(cache_rules(settings.cache)),
         access=access,

@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(str(exc))
     _configure_logging(settings)
+    from cygate.infra import tracing
+
+    try:
+        if tracing.enabled(os.environ):
+            tracing.check(os.environ)  # the OTEL_* environment, before any worker starts
+    except tracing.TracingConfigError as exc:
+        return _fail(str(exc))
     for name in ("users", "products", "categories"):
         if getattr(args, name, 0) < 0:
             return _fail(f"--{name} must not be negative")
@@ -591,6 +598,13 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     from cygate.services.events.service import EventsService
 
     # (logging: configured by main(), with the redaction)
+    from cygate.infra import tracing
+    from cygate.infra.logs import set_trace_context_provider
+
+    # The relay's and the consumers' spans, as in a gateway worker (the OTEL_* environment).
+    traced = tracing.configure()
+    if traced is not None:
+        set_trace_context_provider(tracing.current_ids)  # trace_id / span_id in JSON lines
     pool = await create_pool(settings.database, lazy=True)
     redis = create_redis(settings.redis)
     cache = None
@@ -621,4 +635,6 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
         await events.stop()
         await redis.close()
         await close_pool(pool)
+        if traced is not None:
+            await asyncio.to_thread(tracing.shutdown)
     return 0

@@ -289,3 +289,73 @@ async def test_cleanup_removes_old_published_rows_only(dsn: str, prefix: str) ->
         assert [r["event_id"] for r in kept] == [2]
     finally:
         await conn.close()
+
+
+async def test_traced_writes_carry_their_traceparent_to_the_stream(
+    dsn: str, prefix: str, client: aioredis.Redis
+) -> None:
+    """Tracing on: an event written under a sampled span records its traceparent (emit, and a
+    row the database writes itself takes it from the transaction's setting, migration 0011);
+    the relay publishes it in the stream entry, links its span to it, and untraced rows carry
+    none."""
+    from benchmarks.otlp_sink import OTLPReceiver
+
+    from cygate.infra import tracing
+
+    tracing.shutdown()
+    conn = await connect(dsn)
+    with OTLPReceiver() as receiver:
+        traced = tracing.configure(
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+            }
+        )
+        assert traced is not None
+        try:
+            span = traced.start("POST /api/v1/things", kind="server", root=True)
+            token = traced.use(span)
+            try:
+                writer = traced.traceparent()
+                async with conn.transaction():
+                    by_emit = await emit(
+                        conn,
+                        aggregate="product",
+                        aggregate_id="t1",
+                        event_type="product.updated",
+                        payload={"product_id": "t1", "category_id": "c"},
+                    )
+                    await conn.execute("SELECT set_config('cygate.traceparent', $1, true)", writer)
+                    by_sql = await conn.fetchval(
+                        "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload)"
+                        " VALUES ('order', 'o1', 'order.shipped', '{}') RETURNING id"
+                    )
+            finally:
+                traced.release(token)
+                span.end()
+            async with conn.transaction():  # no span: no traceparent
+                plain = await emit(
+                    conn,
+                    aggregate="order",
+                    aggregate_id="o2",
+                    event_type="order.shipped",
+                    payload={"order_id": "o2"},
+                )
+            stored = dict(await conn.fetch("SELECT id, traceparent FROM outbox"))
+            assert stored[by_emit] == stored[by_sql] == writer
+            assert stored[plain] is None
+            async with running(settings_for(dsn, prefix)):
+                await wait_for(lambda: _published_all(conn), what="all rows published")
+            events = {
+                e.id: e for e in (decode(f) for _mid, f in await client.xrange(prefix + "events"))
+            }
+            assert events[by_emit].traceparent == events[by_sql].traceparent == writer
+            assert events[plain].traceparent is None
+            _, trace_id, span_id, _ = writer.split("-")
+            spans = receiver.wait_for(lambda s: any(x.name == "outbox publish" for x in s))
+            publish = [s for s in spans if s.name == "outbox publish"]
+            assert any((trace_id, span_id) in s.links for s in publish)
+            assert all(s.trace_id != trace_id for s in publish)  # linked, not a child
+        finally:
+            tracing.shutdown()
+            await conn.close()

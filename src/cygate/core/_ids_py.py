@@ -21,6 +21,7 @@ ITEM = 36
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE = b"00-" + b"0" * 32
+_ZERO_SPAN = b"-" + b"0" * 16 + b"-"
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -29,9 +30,13 @@ def valid_request_id(value: bytes) -> bool:
 
 
 def valid_traceparent(value: bytes) -> bool:
-    """A ``traceparent`` the edge keeps: version 00, lower-case hex ids, not the all-zero trace
-    id (W3C Trace Context forbids it)."""
-    return _TRACEPARENT_RE.fullmatch(value) is not None and not value.startswith(_ZERO_TRACE)
+    """A ``traceparent`` the edge keeps: version 00, lower-case hex ids, neither the all-zero
+    trace id nor the all-zero parent id (W3C Trace Context forbids both)."""
+    return (
+        _TRACEPARENT_RE.fullmatch(value) is not None
+        and not value.startswith(_ZERO_TRACE)
+        and value[35:53] != _ZERO_SPAN
+    )
 
 
 def format_ids(raw: bytes) -> list[tuple[str, bytes, bytes]]:

@@ -127,7 +127,7 @@ cdef bint _valid_request_id(bytes value) noexcept:
 cdef bint _valid_traceparent(bytes value) noexcept:
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef Py_ssize_t i
-    cdef bint zero = True
+    cdef bint zero = True, zero_span = True
     if PyBytes_GET_SIZE(value) != 55 or p[0] != 48 or p[1] != 48 or p[2] != 45:
         return False
     if p[35] != 45 or p[52] != 45:
@@ -140,7 +140,9 @@ cdef bint _valid_traceparent(bytes value) noexcept:
     for i in range(36, 52):
         if not _is_hex(p[i]):
             return False
-    return _is_hex(p[53]) and _is_hex(p[54]) and not zero
+        if p[i] != 48:
+            zero_span = False
+    return _is_hex(p[53]) and _is_hex(p[54]) and not zero and not zero_span
 
 
 cdef bint _bearer_span(bytes header, Py_ssize_t* start, Py_ssize_t* end) noexcept:

@@ -42,11 +42,14 @@ from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.logs import reset_request_context, set_request_context
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from cygate.edge.cache import CacheMiss, ResponseCache
     from cygate.edge.context import RoutePolicy
     from cygate.edge.validators import Validators
     from cygate.infra.accesslog import AccessLog
     from cygate.infra.metrics import Metrics
+    from cygate.infra.tracing import Incoming, Tracing
 
 __all__ = [
     "ASGIApp",
@@ -58,6 +61,7 @@ __all__ = [
     "ResponseAborted",
     "Scope",
     "Send",
+    "TracedEdge",
 ]
 
 log = logging.getLogger("cygate.edge")
@@ -127,6 +131,7 @@ class Edge:
         "_router",
         "_security_headers",
         "_stages",
+        "_traced_hits",
         "_upstream",
         "access",
         "app",
@@ -138,6 +143,7 @@ class Edge:
         "ids",
         "max_body",
         "metrics",
+        "tracing",
         "trusted",
         "validators",
     )
@@ -163,8 +169,11 @@ class Edge:
         cors: Cors | None = None,
         compression: Compression | None = None,
         access: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
+        self.tracing = tracing
+        """Traces (``cygate.infra.tracing``), None when off: then nothing of it runs."""
         self.cors = cors
         """CORS for the configured origins (``cygate.edge.cors``), or None: no CORS."""
         self.compression = compression
@@ -205,6 +214,7 @@ class Edge:
         self._security_headers = tuple(headers)
         self._hit_path_enabled = hit_path
         self._hits: HitPath | LoggedHitPath | None = None
+        self._traced_hits: HitPath | LoggedHitPath | None = None
         self._rebuild_hit_path()
 
     @property
@@ -241,7 +251,7 @@ class Edge:
         them) is passed over when no cached route names a policy action: it decides nothing for
         the requests the hit path answers. Called again whenever one of those changes (the
         cache and the rate-limit stage call it back)."""
-        self._hits = None
+        self._hits = self._traced_hits = None
         if not self._hit_path_enabled or self.cache is None:
             return
         self.cache.watch(self._rebuild_hit_path)
@@ -273,8 +283,15 @@ class Edge:
             cors=self.cors is not None,
             compression=self.compression,
         )
-        hits = HitPath(plan=plan)
-        self._hits = hits if self.access is None else LoggedHitPath(hits, self.access)
+        hits: HitPath | LoggedHitPath = HitPath(plan=plan)
+        if self.access is not None:
+            hits = LoggedHitPath(hits, self.access)
+        if self.tracing is not None:
+            # NOTE: with tracing on, the hit path serves only requests the sampler leaves out
+            # (``TracedEdge.__call__`` asks first); off, ``__call__`` holds it, nothing else runs.
+            self._traced_hits = hits
+        else:
+            self._hits = hits
 
     def _policy_on_cached_routes(self) -> bool:
         """A route the cache answers names a policy action (then the policy stage must see
@@ -358,13 +375,44 @@ class Edge:
                 return sending
         return self._serve(scope, receive, send, head)
 
+    async def _serve_sampled(
+        self, scope: Scope, receive: Receive, send: Send, head: Head, incoming: Incoming
+    ) -> None:
+        """A request the sampler kept (tracing on, :class:`TracedEdge`): the general path
+        under its server span."""
+        tracing = self.tracing
+        assert tracing is not None
+        method: str = scope["method"]
+        span = tracing.server_span(incoming, method, {"http.request.method": method})
+        token = tracing.use(span)
+        try:
+            await self._serve(scope, receive, send, head, span, True)
+        except BaseException as exc:
+            tracing.fail(span, exc)
+            raise
+        finally:
+            tracing.release(token)
+            span.end()
+
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, head: Head | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        head: Head | None = None,
+        span: Span | None = None,
+        decided: bool = False,
     ) -> None:
         """Everything but a fused hit: lifespan, and every request the general path serves
-        (``head``: the hit path's scan of its headers, when it made one)."""
+        (``head``: the hit path's scan of its headers, when it made one; tracing on,
+        ``decided`` once the sampler was asked, and ``span``: the request's server span when
+        sampled)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan (and websockets, none yet)
+            return
+        if not decided and self.tracing is not None:
+            # (an Edge given tracing rather than a TracedEdge: ask the sampler now)
+            await TracedEdge.__call__(self, scope, receive, send)  # type: ignore[arg-type]
             return
         started = time.perf_counter()
         method: str = scope["method"]
@@ -394,6 +442,12 @@ class Edge:
                 request_id, request_id_bytes = new_id, new_id_bytes
             if not traceparent:
                 traceparent = new_trace
+                if span is not None and self.tracing is not None:
+                    # A new trace: the client is told the one its request's spans are in.
+                    traceparent = self.tracing.traceparent(span).encode() or new_trace
+                elif decided:
+                    # Tracing on, not sampled: so say the flags (upstreams follow them).
+                    traceparent = new_trace[:-2] + b"00"
         headers: Headers = (
             (b"x-request-id", request_id_bytes),
             (b"traceparent", traceparent),
@@ -406,6 +460,7 @@ class Edge:
         instance = ""  # the path, once normalised (problems before that: the raw one)
         ctx: EdgeContext | None = None
         miss: CacheMiss | None = None
+        cache_result = ""  # (for the span: hit, miss, shared)
 
         head_only = False
         try:
@@ -495,7 +550,9 @@ class Edge:
             if self.cache is not None and policy.cache is not None:
                 # The cache step (cache.py), after the stages: auth and limits apply to hits.
                 hit = self.cache.lookup(ctx)  # PERF: sync (key + L1), no coroutine on a hit
+                cache_result = "miss"
                 if hit is not None:
+                    cache_result = "hit"
                     # PERF: what the wrapper would do, inline (no call, no coroutine each).
                     start, body_message = hit
                     ctx.status = start["status"]
@@ -508,6 +565,7 @@ class Edge:
                 send_wrapper = _wrap_send(ctx, send, headers, head_only)
                 miss = await self.cache.load(ctx, send_wrapper)
                 if miss is None:
+                    cache_result = "shared"
                     return  # answered by another request's load, or from L2
                 send_wrapper = miss.send  # a miss: capture the response to store it
             elif policy.cache is not None and self.validators is not None:
@@ -601,6 +659,17 @@ class Edge:
                         scope["headers"],
                     )
                 )
+            if span is not None:
+                _annotate(
+                    self.tracing,
+                    span,
+                    f"{method} {route_name}" if ctx is None else route_name,
+                    status,
+                    request_id,
+                    instance,
+                    ctx,
+                    cache_result,
+                )
 
 
 class _Tap:
@@ -632,6 +701,87 @@ class _Tap:
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
+
+
+class TracedEdge(Edge):
+    """The edge with tracing on (``app.py`` builds it when ``tracing.configure`` gives a
+    :class:`~cygate.infra.tracing.Tracing`; with tracing off the plain :class:`Edge` runs,
+    whose ``__call__`` has no tracing code at all).
+
+    Each request's sampling decision comes first, from its ``traceparent``
+    (``Tracing.incoming``). One the sampler leaves out is served as with tracing off: a fused
+    hit when it is one (the awaitable returned as it is, no coroutine of ours), else the
+    general path, with no span object. A sampled one takes the general path under its server
+    span, so a sampled cache hit is recorded (``cygate.cache: hit``)."""
+
+    __slots__ = ()
+
+    @_async_callable
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        tracing = self.tracing
+        if scope["type"] != "http" or tracing is None:
+            return self._serve(scope, receive, send, None, None, True)
+        headers = scope["headers"]
+        head = scan_head(headers, _hosts, _host)
+        traceparent: bytes = head.traceparent
+        incoming = tracing.incoming(traceparent, _tracestate(headers) if traceparent else None)
+        if incoming.sampled:
+            return self._serve_sampled(scope, receive, send, head, incoming)
+        hits = self._traced_hits
+        if hits is not None:
+            try:
+                sending = hits.serve(scope, send)
+            except Exception:
+                sending = None  # (the general path says what is wrong: see Edge.__call__)
+            if sending is not None:
+                return sending
+        return self._serve(scope, receive, send, head, None, True)
+
+
+def _annotate(
+    tracing: Tracing | None,
+    span: Span,
+    span_name: str,
+    status: int,
+    request_id: str,
+    path: str,
+    ctx: EdgeContext | None,
+    cache_result: str,
+) -> None:
+    """The edge's decision on the request's server span: route, token, limit, cache."""
+    if not span.is_recording():
+        return
+    span.update_name(span_name)
+    attributes: dict[str, str | int | bool] = {
+        "http.route": ctx.policy.name if ctx is not None else span_name,
+        "http.response.status_code": status,
+        "url.path": path,
+        "cygate.request_id": request_id,
+    }
+    if ctx is not None:
+        policy = ctx.policy
+        attributes["client.address"] = ctx.peer
+        attributes["cygate.auth"] = "token" if ctx.principal is not None else "none"
+        if ctx.principal is not None:
+            attributes["enduser.id"] = ctx.principal.sub
+        if policy.rate_limit:
+            attributes["cygate.rate_limit"] = str(policy.rate_limit)
+            attributes["cygate.rate_limited"] = status == 429
+        if cache_result:
+            attributes["cygate.cache"] = cache_result
+        attributes["cygate.target"] = policy.target
+    if status >= 500 and tracing is not None:
+        span.set_status(tracing.error_status(f"HTTP {status}"))
+    span.set_attributes(attributes)
+
+
+def _tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's ``tracestate`` (several lines joined by commas, as RFC 9110 allows);
+    None when there is none. Malformed entries are the propagator's to drop."""
+    values = [value for name, value in headers if name == b"tracestate"]
+    if not values:
+        return None
+    return b",".join(values)[:512]  # W3C: at most 32 entries, and a vendor may cut past 512
 
 
 def _wrap_send(ctx: EdgeContext, send: Send, headers: Headers, head_only: bool) -> Send:

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from cygate.infra import tracing
+
 if TYPE_CHECKING:
     from cygate.infra.settings import DatabaseSettings
 
@@ -184,6 +186,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         format="binary",
     )
+    traced = tracing.current()
+    if traced is not None:
+        # A span per query of every pooled connection (infra/tracing.py): asyncpg's own hook,
+        # called only when one is added (tracing off: nothing of it runs).
+        conn.add_query_logger(traced.query_logger)
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:

@@ -159,6 +159,13 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Access-log lines dropped: the worker's queue was full (the log stream is slow).",
         (),
     ),
+    # -- traces (docs/observability.md) --
+    "cygate_trace_spans_dropped_total": (
+        "counter",
+        "Spans the OTLP exporter could not deliver (endpoint unreachable or refusing); the "
+        "requests they describe were not affected.",
+        (),
+    ),
     # -- process health --
     "cygate_process_cpu_seconds_total": (
         "counter",

@@ -13,15 +13,17 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["backlog", "emit"]
+from cygate.infra import tracing
+
+__all__ = ["backlog", "emit", "traceparent"]
 
 _BACKLOG = (
     "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 "
     "FROM outbox WHERE published_at IS NULL"
 )
 _INSERT = (
-    "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload) "
-    "VALUES ($1, $2, $3, $4) RETURNING id"
+    "INSERT INTO outbox (aggregate, aggregate_id, event_type, payload, traceparent) "
+    "VALUES ($1, $2, $3, $4, $5) RETURNING id"
 )
 
 
@@ -40,8 +42,20 @@ async def emit(
     """
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.emit needs the transaction of the change it describes")
-    outbox_id: int = await conn.fetchval(_INSERT, aggregate, str(aggregate_id), event_type, payload)
+    outbox_id: int = await conn.fetchval(
+        _INSERT, aggregate, str(aggregate_id), event_type, payload, traceparent()
+    )
     return outbox_id
+
+
+def traceparent() -> str | None:
+    """The ``traceparent`` an outbox row written now records: the current span's, while a
+    sampled request (or task) is traced; else None. The relay and the consumers link their
+    spans to it."""
+    traced = tracing.current()
+    if traced is None or not traced.tracer_active():
+        return None
+    return traced.traceparent() or None
 
 
 async def backlog(db: asyncpg.Pool | asyncpg.Connection) -> tuple[int, float]:

@@ -18,12 +18,15 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
+
+from cygate.infra import tracing
 
 # NOTE: hiredis is a dependency (redis[hiredis]); its stub types the command as a 1-tuple.
 _pack: Any = hiredis.pack_command
@@ -108,7 +111,10 @@ def redis_client(
     # NOTE: redis-py picks the hiredis parser by itself when hiredis is importable
     # (its DefaultParser); pyproject installs redis[hiredis], and /readyz reports which one runs.
     if not settings.cluster:
-        return aioredis.Redis.from_url(
+        # Traced (infra/tracing.py): a client span per command and per pipeline; off, the
+        # plain client (no check per command). A cluster client is not traced.
+        cls = TracedRedis if tracing.current() is not None else aioredis.Redis
+        return cls.from_url(
             settings.url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
@@ -208,6 +214,51 @@ def check_cluster(settings: RedisSettings) -> str | None:
             )
         return None
     return f"redis_cluster: no node of redis_url answers: {', '.join(dead)}"
+
+
+async def _traced(name: str, size: int, call: Any) -> Any:
+    traced = tracing.current()
+    if traced is None or not traced.tracer_active():
+        return await call
+    span = traced.start(
+        f"redis {name}",
+        kind="client",
+        attributes={
+            "db.system.name": "redis",
+            "db.operation.name": name,
+            "db.operation.batch.size": size,
+        },
+    )
+    try:
+        return await call
+    except BaseException as exc:
+        traced.fail(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+class TracedRedis(aioredis.Redis):
+    """The client with a span per command (child of the current span; none outside a sampled
+    request or task)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = str(args[0]).upper() if args else "?"
+        return await _traced(name, 1, super().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return TracedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+
+
+class TracedPipeline(Pipeline):
+    """A pipeline with one span for its round trip."""
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        name = "MULTI" if self.is_transaction else "PIPELINE"
+        size = len(self.command_stack)
+        return await _traced(name, size, super().execute(raise_on_error))  # type: ignore[no-any-return]
 
 
 def tls_options(settings: RedisSettings) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from cygate.edge.asgi import Receive, Send
 from cygate.edge.context import TrustedProxies
 from cygate.edge.edge import ResponseAborted
 from cygate.edge.problem import Problem
+from cygate.infra import tracing
 from cygate.upstream.client import (
     ConnectError,
     Connection,
@@ -36,6 +37,8 @@ from cygate.upstream.client import (
 from cygate.upstream.resilience import CLOSED, Shed
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from cygate.edge.context import EdgeContext
     from cygate.infra.metrics import Metrics
     from cygate.upstream.config import RouteConfig
@@ -174,7 +177,7 @@ class _Exchange:
 class UpstreamProxy:
     """``await proxy(ctx, receive, send)`` for requests whose route targets an upstream."""
 
-    __slots__ = ("_any_trusted", "_forwarding", "metrics", "trusted")
+    __slots__ = ("_any_trusted", "_forwarding", "_tracing", "metrics", "trusted")
 
     direct = True
     """Adds the edge's response headers itself (see :attr:`cygate.edge.edge.Edge.upstream`)."""
@@ -186,6 +189,7 @@ class UpstreamProxy:
         # PERF: (peer, scheme, host) -> the forwarding headers for a peer that is not a trusted
         # proxy (they depend on nothing else); emptied when it grows past _FORWARDING_CACHE.
         self._forwarding: dict[tuple[str, bytes, bytes], bytes] = {}
+        self._tracing = tracing.current()  # (None: tracing off; no span, nothing checked)
 
     async def __call__(self, ctx: EdgeContext, receive: Receive, send: Send) -> None:
         route: ProxyRoute | None = getattr(ctx.policy, "proxy", None)
@@ -204,6 +208,24 @@ class UpstreamProxy:
         ex = _Exchange()
         loop = up.loop or asyncio.get_running_loop()
         deadline = loop.time() + route.total_timeout
+        traced = self._tracing
+        span = token = None
+        if traced is not None and traced.tracer_active():
+            # The exchange's span (retries included); the upstream's traceparent names it as
+            # the parent (``ctx.traceparent`` is what _request_head sends; the client's answer
+            # was already given the edge's).
+            span = traced.start(
+                f"{ctx.method} {up.name}",
+                kind="client",
+                attributes={
+                    "http.request.method": ctx.method,
+                    "http.route": route.name,
+                    "cygate.upstream": up.name,
+                },
+            )
+            token = traced.use(span)
+            if span.get_span_context().is_valid:
+                ctx.traceparent = traced.traceparent(span).encode()
         try:
             if not up.bulkhead.try_acquire():
                 await up.bulkhead.acquire(deadline - loop.time())
@@ -236,6 +258,8 @@ class UpstreamProxy:
             metrics.upstream_request(
                 up.name, route.name, ex.outcome or "error", time.perf_counter() - started
             )
+            if span is not None:
+                _end_span(traced, span, token, ex)
         if ex.outcome == "circuit_open":
             metrics.upstream_shed(up.name, route.name, "circuit_open")
             raise _circuit_open(up)
@@ -542,6 +566,19 @@ class UpstreamProxy:
         elif ctx.method in ("POST", "PUT", "PATCH"):
             append(b"content-length: 0\r\n")
         return b"".join(parts), length, chunked, idempotent
+
+
+def _end_span(traced: tracing.Tracing | None, span: Span, token: object, ex: _Exchange) -> None:
+    assert traced is not None
+    traced.release(token)
+    span.set_attribute("cygate.upstream.outcome", ex.outcome or "error")
+    if ex.status:
+        span.set_attribute("http.response.status_code", ex.status)
+    if ex.target is not None:
+        span.set_attribute("server.address", ex.target.url)
+    if ex.outcome not in ("ok", "client_gone"):
+        span.set_status(traced.error_status(ex.outcome or "error"))
+    span.end()
 
 
 def _response_headers(

@@ -307,6 +307,8 @@ async def test_a_hit_is_answered_by_the_fused_path_with_the_general_paths_answer
         [(b"traceparent", b"00-" + b"AB" * 16 + b"-" + b"cd" * 8 + b"-01")],
         [(b"traceparent", b"00-" + b"0" * 32 + b"-" + b"cd" * 8 + b"-01")],
         [(b"traceparent", b"01-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")],
+        [(b"traceparent", b"00-" + b"ab" * 16 + b"-" + b"0" * 16 + b"-01")],  # zero parent id
+        [(b"traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01-extra")],
         [(b"x-request-id", b"one"), (b"x-request-id", b"two")],
         [(b"accept-language", b"de")],
         [(b"accept", b"text/html"), (b"x-forwarded-host", b"evil.example")],

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncpg
 import redis.exceptions
 
+from cygate.infra import tracing
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.infra.retry import Backoff
 from cygate.services.events.stream import (
@@ -256,9 +257,36 @@ class ConsumerRunner:
             else:
                 ack.append(mid)
         if events:
-            ack.extend(await self._apply(events))
+            ack.extend(await self._traced_apply(events))
         if ack:
             await self.redis.client.xack(self.stream, self.group, *ack)
+
+    async def _traced_apply(self, events: list[tuple[bytes, Event]]) -> list[bytes]:
+        """:meth:`_apply`, in a span (tracing on) linked to the requests that wrote the events."""
+        traced = tracing.current()
+        if traced is None:
+            return await self._apply(events)
+        links = [link for _, e in events if (link := traced.link(e.traceparent)) is not None]
+        span = traced.start(
+            f"consume {self.group}",
+            kind="consumer",
+            root=True,
+            links=links,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.consumer.group.name": self.group,
+                "messaging.batch.message_count": len(events),
+            },
+        )
+        token = traced.use(span)
+        try:
+            return await self._apply(events)
+        except BaseException as exc:
+            traced.fail(span, exc)
+            raise
+        finally:
+            traced.release(token)
+            span.end()
 
     async def _apply(self, events: list[tuple[bytes, Event]]) -> list[bytes]:
         """Apply ``events``; return the message ids to acknowledge."""

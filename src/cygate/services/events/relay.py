@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import redis.exceptions
 
+from cygate.infra import tracing
 from cygate.infra.db import DB_UNAVAILABLE
 from cygate.infra.retry import Backoff
 from cygate.services.events.stream import stream_key
@@ -46,8 +47,8 @@ CHANNEL = "cygate_outbox"
 RELAY_LOCK_ID = 0x6379_6761_7465_01  # "cygate" + 1: the relay's advisory lock
 
 _SELECT = (
-    "SELECT id, aggregate, aggregate_id, event_type, payload::text AS payload, created_at "
-    "FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
+    "SELECT id, aggregate, aggregate_id, event_type, payload::text AS payload, created_at, "
+    "traceparent FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
 )
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 _CLEAN_OUTBOX = (
@@ -162,6 +163,29 @@ class Relay:
         rows = await conn.fetch(_SELECT, self.settings.relay_batch)
         if not rows:
             return 0
+        traced = tracing.current()
+        if traced is None:
+            return await self._publish(conn, rows)
+        # A batch's span, linked to the request that wrote each of its rows (traced writes).
+        links = [link for row in rows if (link := traced.link(row["traceparent"])) is not None]
+        span = traced.start(
+            "outbox publish",
+            kind="producer",
+            root=True,
+            links=links,
+            attributes={"messaging.system": "redis", "messaging.batch.message_count": len(rows)},
+        )
+        token = traced.use(span)
+        try:
+            return await self._publish(conn, rows)
+        except BaseException as exc:
+            traced.fail(span, exc)
+            raise
+        finally:
+            traced.release(token)
+            span.end()
+
+    async def _publish(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> int:
         maxlen = self.settings.stream_maxlen
         async with self.redis.client.pipeline(transaction=False) as pipe:
             for row in rows:
@@ -173,6 +197,8 @@ class Relay:
                     "created_at": row["created_at"].isoformat(),
                     "payload": row["payload"],
                 }
+                if row["traceparent"]:
+                    fields["traceparent"] = row["traceparent"]
                 pipe.xadd(self.stream, fields, maxlen=maxlen, approximate=True)
             await pipe.execute()
         # NOTE: a crash here (after XADD, before the UPDATE) publishes this batch again.

@@ -35,6 +35,8 @@ class Event:
     aggregate_id: str
     created_at: dt.datetime
     payload: dict[str, Any]
+    traceparent: str | None = None
+    """The W3C traceparent of the request that wrote the event (traced writes only)."""
 
 
 def stream_key(redis: RedisHandle) -> str:
@@ -52,6 +54,11 @@ def _text(fields: dict[bytes, bytes], name: str) -> str:
     return raw.decode()
 
 
+def _optional(fields: dict[bytes, bytes], name: str) -> str | None:
+    raw = fields.get(name.encode())
+    return raw.decode("latin-1") if raw else None
+
+
 def decode(fields: dict[bytes, bytes]) -> Event:
     """The event a stream message carries; :class:`BadMessage` when it carries none."""
     try:
@@ -63,6 +70,7 @@ def decode(fields: dict[bytes, bytes]) -> Event:
             aggregate_id=_text(fields, "aggregate_id"),
             created_at=dt.datetime.fromisoformat(_text(fields, "created_at")),
             payload=payload,
+            traceparent=_optional(fields, "traceparent"),
         )
     except (ValueError, UnicodeDecodeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise BadMessage(str(exc)) from None

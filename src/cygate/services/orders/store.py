@@ -29,6 +29,7 @@ import msgspec
 import orjson
 
 from cygate.edge.problem import Problem
+from cygate.infra import outbox
 from cygate.infra.outbox import emit
 from cygate.services.idempotency import CLAIM_LOST_SQLSTATE, ClaimLost
 from cygate.services.orders.models import Order, OrderItem, OrderItemIn, OrderPage
@@ -61,6 +62,7 @@ UPDATE products p SET stock = p.stock + i.q
 _PLACE: Final = """
 SELECT placed, body, found_ids, stocks, currencies
   FROM cygate_place_order($1, $2, $3::uuid[], $4::int[], $5, $6, $7, $8, $9)"""
+_SET_TRACEPARENT: Final = "SELECT set_config('cygate.traceparent', $1, true)"
 _ITEMS_OF: Final = """
 SELECT order_id, product_id, quantity, unit_price_cents FROM order_items
  WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, product_id"""
@@ -137,6 +139,11 @@ async def place(
     """
     wanted = sorted(items, key=lambda i: i.product_id)
     ids = [i.product_id for i in wanted]
+    traceparent = outbox.traceparent()
+    if traceparent is not None:
+        # The function's outbox row takes its traceparent from this transaction's setting
+        # (migration 0011): one more round trip, in sampled traced requests only.
+        await conn.execute(_SET_TRACEPARENT, traceparent)
     try:
         row = await conn.fetchrow(
             _PLACE,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from cygate.infra import tracing
 from cygate.upstream.client import Connection, TargetPool, UpstreamError
 
 __all__ = ["CallFailed", "CallTimeout", "JsonClient", "JsonResponse"]
@@ -53,7 +54,9 @@ class JsonResponse:
 class JsonClient:
     """Keep-alive JSON calls to one ``http://host:port`` base URL."""
 
-    def __init__(self, base_url: str, *, max_idle: int = 32) -> None:
+    def __init__(self, base_url: str, *, max_idle: int = 32, name: str = "") -> None:
+        self.name = name or "http"
+        """Names the client span of each call (``POST processor``), tracing on."""
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"need an http://host[:port] URL, got {base_url!r}")
@@ -78,7 +81,51 @@ class JsonClient:
         NOTE: a request that fails on a *reused* connection before any byte came back is sent
         once more on a fresh one (the peer closed an idle socket). Callers only use this for
         requests that are safe to repeat: GETs, and POSTs that carry an idempotency key.
+
+        Tracing on, the call is a client span of the current one, and the peer is sent its
+        ``traceparent`` (and ``tracestate``).
         """
+        traced = tracing.current()
+        if traced is None or not traced.tracer_active():
+            return await self._request(method, path, json, body, headers, timeout)
+        span = traced.start(
+            f"{method} {self.name}",
+            kind="client",
+            attributes={
+                "http.request.method": method,
+                "server.address": self.host,
+                "server.port": self.port,
+                "url.path": self._prefix + path.split("?", 1)[0],
+            },
+        )
+        token = traced.use(span)
+        headers = {**(headers or {}), "traceparent": traced.traceparent(span)}
+        state = traced.tracestate(span)
+        if state:
+            headers["tracestate"] = state
+        try:
+            answer = await self._request(method, path, json, body, headers, timeout)
+        except BaseException as exc:
+            traced.fail(span, exc)
+            span.end()
+            raise
+        finally:
+            traced.release(token)
+        span.set_attribute("http.response.status_code", answer.status)
+        if answer.status >= 500:
+            span.set_status(traced.error_status(f"HTTP {answer.status}"))
+        span.end()
+        return answer
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        timeout: float,  # noqa: ASYNC109
+    ) -> JsonResponse:
         if json is not None:
             body = orjson.dumps(json)
         payload = body or b""

@@ -61,7 +61,7 @@ class ProcessorClient:
     ) -> None:
         self.timeout = timeout
         self.breaker = breaker
-        self._http = JsonClient(base_url)
+        self._http = JsonClient(base_url, name="processor")
         self._metrics = metrics
 
     def admit(self) -> None:
