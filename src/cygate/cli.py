@@ -592,14 +592,14 @@ async def _worker(settings: Settings, relay: bool, consumers: list[str]) -> int:
     import signal
 
     from cygate.edge.cache import ResponseCache
-    from cygate.infra.db import close_pool, create_pool
-    from cygate.infra.metrics import Metrics
-    from cygate.infra.redis import create_redis
-    from cygate.services.events.service import EventsService
 
     # (logging: configured by main(), with the redaction)
     from cygate.infra import tracing
+    from cygate.infra.db import close_pool, create_pool
     from cygate.infra.logs import set_trace_context_provider
+    from cygate.infra.metrics import Metrics
+    from cygate.infra.redis import create_redis
+    from cygate.services.events.service import EventsService
 
     # The relay's and the consumers' spans, as in a gateway worker (the OTEL_* environment).
     traced = tracing.configure()

@@ -283,9 +283,8 @@ class Edge:
             cors=self.cors is not None,
             compression=self.compression,
         )
-        hits: HitPath | LoggedHitPath = HitPath(plan=plan)
-        if self.access is not None:
-            hits = LoggedHitPath(hits, self.access)
+        plain = HitPath(plan=plan)
+        hits = plain if self.access is None else LoggedHitPath(plain, self.access)
         if self.tracing is not None:
             # NOTE: with tracing on, the hit path serves only requests the sampler leaves out
             # (``TracedEdge.__call__`` asks first); off, ``__call__`` holds it, nothing else runs.
