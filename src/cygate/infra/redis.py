@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -306,9 +307,18 @@ class HeldConnection:
         self._timeout = timeout
         self._conn: Any = None
 
-    async def evalsha(self, sha: str, script: str, keys: list[bytes], args: list[bytes]) -> Any:
-        """``EVALSHA sha keys args`` (``script``'s text is loaded when Redis lacks it)."""
-        command = _pack((b"EVALSHA", sha, len(keys), *keys, *args))
+    def evalsha(
+        self, sha: str, script: str, keys: list[bytes], args: list[bytes]
+    ) -> Awaitable[Any]:
+        """``EVALSHA sha keys args``, to await (``script``'s text is loaded when Redis lacks
+        it); a client span when tracing is on, as the traced client makes for its commands."""
+        # PERF: the call's coroutine returned as it is (no frame of ours around it, off).
+        call = self._evalsha(_pack((b"EVALSHA", sha, len(keys), *keys, *args)), script)
+        if tracing.current() is not None:
+            return _traced("EVALSHA", 1, call)
+        return call
+
+    async def _evalsha(self, command: bytes, script: str) -> Any:
         async with asyncio.timeout(self._timeout):
             conn = self._conn
             if conn is not None:
