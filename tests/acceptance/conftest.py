@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 import httpx
@@ -33,6 +34,9 @@ class Gateway:
     url: str
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
+    output: IO[bytes] | None = None
+    """Where the server writes (a file: a pipe nobody reads while the test runs fills up and
+    blocks the server's log writes, access lines at level info included); None: ``proc.stdout``."""
 
     def client(self, **kw: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10, **kw)  # type: ignore[arg-type]
@@ -52,27 +56,29 @@ def start_gateway(
 ) -> Gateway:
     port = free_port()
     env = {**env, **(extra_env or {})}
+    output = tempfile.TemporaryFile()  # noqa: SIM115  # (closed by stop_gateway)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    gw = Gateway(url, proc, env, output)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = stop_gateway(Gateway(url, proc, env))
+            out = stop_gateway(gw)
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{out}")
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return Gateway(url, proc, env)
+                return gw
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    stop_gateway(Gateway(url, proc, env))
+    stop_gateway(gw)
     raise RuntimeError("gateway did not become ready in 30 s")
 
 
@@ -84,6 +90,10 @@ def stop_gateway(gw: Gateway) -> str:
         except subprocess.TimeoutExpired:
             os.killpg(gw.proc.pid, signal.SIGKILL)
             gw.proc.wait()
+    if gw.output is not None:
+        with gw.output:
+            gw.output.seek(0)
+            return gw.output.read().decode()
     if gw.proc.stdout is None:
         return ""
     with gw.proc.stdout:

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trustme
-from tests.acceptance.conftest import free_port
+from tests.acceptance.conftest import Gateway, free_port, stop_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,19 +54,6 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return TlsFiles(tmp_path_factory.mktemp("tls"))
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    assert proc.stdout is not None
-    with proc.stdout:
-        return proc.stdout.read().decode()
-
-
 @pytest.fixture(scope="module")
 def tls_gateway(gateway_env: dict[str, str], tls_files: TlsFiles) -> Iterator[str]:
     """A gateway (one worker) serving https on 127.0.0.1 with the test's certificate."""
@@ -86,29 +74,31 @@ def _serve_tls(
         "CYGATE_TLS_KEY_FILE": str(tls_files.key_file),
         **extra,
     }
+    printed_to = tempfile.TemporaryFile()  # noqa: SIM115  # (closed by stop_gateway)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=printed_to, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"https://127.0.0.1:{port}"
+    gw = Gateway(url, proc, env, printed_to)
     ctx = tls_files.client_context()
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{_stop(proc)}")
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{stop_gateway(gw)}")
         try:
             if httpx.get(url + "/readyz", verify=ctx, timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"gateway not ready over TLS in 30 s:\n{_stop(proc)}")
+            raise RuntimeError(f"gateway not ready over TLS in 30 s:\n{stop_gateway(gw)}")
         time.sleep(0.1)
     try:
         yield url
     finally:
-        printed = _stop(proc)
+        printed = stop_gateway(gw)
         if output is not None:
             output.append(printed)
         assert "Traceback" not in printed, printed
