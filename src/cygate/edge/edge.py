@@ -383,15 +383,8 @@ class Edge:
         assert tracing is not None
         method: str = scope["method"]
         span = tracing.server_span(incoming, method, {"http.request.method": method})
-        token = tracing.use(span)
-        try:
+        with tracing.running(span):
             await self._serve(scope, receive, send, head, span, True)
-        except BaseException as exc:
-            tracing.fail(span, exc)
-            raise
-        finally:
-            tracing.release(token)
-            span.end()
 
     async def _serve(
         self,

@@ -24,11 +24,12 @@ an outage, so :func:`configure` refuses both with :class:`TracingConfigError`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -391,6 +392,20 @@ class Tracing:
         from opentelemetry import context
 
         context.detach(token)  # type: ignore[arg-type]  # the token use() returned
+
+    @contextlib.contextmanager
+    def running(self, span: Span) -> Iterator[Span]:
+        """``span`` current for the block (:meth:`use`), marked failed by an exception that
+        leaves it (:meth:`fail`), released and ended after it."""
+        token = self.use(span)
+        try:
+            yield span
+        except BaseException as exc:
+            self.fail(span, exc)
+            raise
+        finally:
+            self.release(token)
+            span.end()
 
     def fail(self, span: Span, exc: BaseException) -> None:
         """Mark ``span`` failed by ``exc``."""

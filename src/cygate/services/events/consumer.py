@@ -278,15 +278,8 @@ class ConsumerRunner:
                 "messaging.batch.message_count": len(events),
             },
         )
-        token = traced.use(span)
-        try:
+        with traced.running(span):
             return await self._apply(events)
-        except BaseException as exc:
-            traced.fail(span, exc)
-            raise
-        finally:
-            traced.release(token)
-            span.end()
 
     async def _apply(self, events: list[tuple[bytes, Event]]) -> list[bytes]:
         """Apply ``events``; return the message ids to acknowledge."""

@@ -175,15 +175,8 @@ class Relay:
             links=links,
             attributes={"messaging.system": "redis", "messaging.batch.message_count": len(rows)},
         )
-        token = traced.use(span)
-        try:
+        with traced.running(span):
             return await self._publish(conn, rows)
-        except BaseException as exc:
-            traced.fail(span, exc)
-            raise
-        finally:
-            traced.release(token)
-            span.end()
 
     async def _publish(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> int:
         maxlen = self.settings.stream_maxlen
