@@ -19,15 +19,9 @@ from benchmarks.otlp_sink import OTLPReceiver, ReceivedSpan
 from tests.acceptance.conftest import Gateway, admin_headers, free_port, start_gateway, stop_gateway
 from tests.upstream_servers import Upstream, running_upstreams
 
-from cygate._compat import NO_EXTENSIONS
-
 pytestmark = pytest.mark.acceptance
 
 SERVER, CLIENT, CONSUMER = 2, 3, 5  # OTLP span kinds
-
-pure_skip = pytest.mark.skipif(
-    NO_EXTENSIONS, reason="no compiled/pure difference here: run once, compiled"
-)
 
 
 def tp(trace_id: str, span_id: str, flags: str = "01") -> str:
@@ -179,6 +173,51 @@ def test_cached_hit_is_traced_when_sampled_and_not_otherwise(
     assert of_trace(receiver.spans, quiet) == []
 
 
+@pytest.mark.once
+def test_json_log_lines_carry_the_requests_trace_and_request_ids(
+    gateway_env: dict[str, str], seeded: dict[str, object], receiver: OTLPReceiver
+) -> None:
+    """JSON logs with the access log, tracing on: the line for a request carries the trace id
+    of the client's traceparent and the request id the response carries, and so does the
+    request's server span at the receiver."""
+    gw = start_gateway(
+        gateway_env,
+        workers=1,
+        extra_env={
+            "CYGATE_LOG_FORMAT": "json",
+            "CYGATE_LOG_LEVEL": "info",
+            "CYGATE_ACCESS_LOG_SAMPLE": "1",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "cygate-logs-test",
+            "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    trace_id, parent = new_ids()
+    try:
+        with gw.client() as c:
+            listed = c.get("/api/v1/products", params={"limit": 2})
+            assert listed.status_code == 200, listed.text
+            product = listed.json()["items"][-1]["id"]
+            r = c.get(f"/api/v1/products/{product}", headers={"traceparent": tp(trace_id, parent)})
+        assert r.status_code == 200, r.text
+        request_id = r.headers["x-request-id"]
+        spans = of_trace(
+            receiver.wait_for(lambda got: any(s.kind == SERVER for s in of_trace(got, trace_id))),
+            trace_id,
+        )
+        assert server_span(spans, trace_id).attributes["cygate.request_id"] == request_id
+    finally:
+        output = stop_gateway(gw)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == request_id]
+    assert mine, output[-2000:]
+    assert all(line["trace_id"] == trace_id for line in mine), mine
+    access = [line for line in mine if line["logger"] == "cygate.access"]
+    assert len(access) == 1, mine
+    assert access[0]["status"] == 200 and access[0]["method"] == "GET", access[0]
+
+
 def test_new_trace_is_returned_to_the_client(traced_gw: Gateway, receiver: OTLPReceiver) -> None:
     """No traceparent: the response names the trace the request's spans are in."""
     with traced_gw.client() as c:
@@ -228,7 +267,7 @@ def test_proxied_request_carries_the_trace_to_the_upstream(
 # -- events ---------------------------------------------------------------------------------
 
 
-@pure_skip
+@pytest.mark.once
 def test_outbox_consumer_span_links_to_the_request_that_wrote_the_event(
     traced_gw: Gateway, receiver: OTLPReceiver
 ) -> None:
@@ -327,7 +366,7 @@ def test_malformed_tracestate_keeps_the_trace_and_never_fails(
     assert server_span(spans, trace_id).parent_span_id == parent
 
 
-@pure_skip
+@pytest.mark.once
 def test_unreachable_collector_leaves_requests_alone_and_counts_dropped_spans(
     gateway_env: dict[str, str], seeded: dict[str, object]
 ) -> None:
