@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from tests.acceptance.contract_helpers import undocumented_answers
 from tests.admin import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.conftest import migrated_database
 
 from cygate.infra import seed as seeding
 
@@ -98,6 +100,29 @@ def stop_gateway(gw: Gateway) -> str:
         return ""
     with gw.proc.stdout:
         return gw.proc.stdout.read().decode()
+
+
+@contextmanager
+def private_data(gateway_env: dict[str, str], name: str, **sizes: int) -> Iterator[dict[str, str]]:
+    """``gateway_env`` pointed at a database and a Redis prefix of the caller's own, the
+    database migrated and seeded (``sizes``: categories, products, users), dropped afterwards:
+    for a gateway whose test must not share caches, outbox rows or streams with the session's
+    gateways (whose relays and consumers would take its events)."""
+    with migrated_database(f"cygate_{name}_") as dsn:
+
+        async def seed() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await seeding.seed(conn, rng_seed=7, **sizes)
+            finally:
+                await conn.close()
+
+        asyncio.run(seed())
+        yield {
+            **gateway_env,
+            "CYGATE_DATABASE_URL": dsn,
+            "CYGATE_REDIS_PREFIX": f"{gateway_env['CYGATE_REDIS_PREFIX']}{name}:",
+        }
 
 
 @pytest.fixture(scope="session")

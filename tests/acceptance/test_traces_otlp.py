@@ -16,7 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 from benchmarks.otlp_sink import OTLPReceiver, ReceivedSpan
-from tests.acceptance.conftest import Gateway, admin_headers, free_port, start_gateway, stop_gateway
+from tests.acceptance.conftest import (
+    Gateway,
+    admin_headers,
+    free_port,
+    private_data,
+    start_gateway,
+    stop_gateway,
+)
 from tests.upstream_servers import Upstream, running_upstreams
 
 pytestmark = pytest.mark.acceptance
@@ -47,7 +54,6 @@ def receiver() -> Iterator[OTLPReceiver]:
 @pytest.fixture(scope="module")
 def traced_gw(
     gateway_env: dict[str, str],
-    seeded: dict[str, object],
     upstream: Upstream,
     receiver: OTLPReceiver,
     tmp_path_factory: pytest.TempPathFactory,
@@ -58,22 +64,26 @@ def traced_gw(
         "routes": [{"path": "/svc/{rest:path}", "upstream": "svc", "strip_prefix": "/svc"}],
     }
     path.write_text(json.dumps(doc))
-    gw = start_gateway(
-        gateway_env,
-        workers=1,
-        extra_env={
-            "CYGATE_ROUTES_FILE": str(path),
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
-            "OTEL_SERVICE_NAME": "cygate-test",
-            "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
-    )
-    try:
-        yield gw
-    finally:
-        output = stop_gateway(gw)
-        assert "Traceback" not in output, output
+    # NOTE: data of its own: the session's gateways share the test database and Redis prefix,
+    # so their reads fill L2 (a "miss" here would be an L2 hit) and their relays and consumers
+    # would take this gateway's events (no span of its own to find).
+    with private_data(gateway_env, "traces", categories=3, products=30, users=1) as env:
+        gw = start_gateway(
+            env,
+            workers=1,
+            extra_env={
+                "CYGATE_ROUTES_FILE": str(path),
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+                "OTEL_SERVICE_NAME": "cygate-test",
+                "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
+        try:
+            yield gw
+        finally:
+            output = stop_gateway(gw)
+            assert "Traceback" not in output, output
 
 
 @pytest.fixture(scope="module")
