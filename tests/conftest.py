@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # `make test` runs the suite twice, compiled then pure; the second pass leaves out what
     # does not depend on which implementation the core uses (deployment files, tooling,
     # infrastructure drills). A pure-only `make test` runs everything.
-    second_pass = os.environ.get("CYGATE_TEST_PASS") == "second"
+    second_pass = os.environ.get("SUITE_PASS") == "second"
     for item in items:
         if NO_EXTENSIONS and item.get_closest_marker("c_extension"):
             item.add_marker(skip_c)
