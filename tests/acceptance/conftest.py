@@ -103,7 +103,9 @@ def stop_gateway(gw: Gateway) -> str:
 
 
 @contextmanager
-def private_data(gateway_env: dict[str, str], name: str, **sizes: int) -> Iterator[dict[str, str]]:
+def private_data(
+    gateway_env: dict[str, str], name: str, *, rng_seed: int = 7, **sizes: int
+) -> Iterator[dict[str, str]]:
     """``gateway_env`` pointed at a database and a Redis prefix of the caller's own, the
     database migrated and seeded (``sizes``: categories, products, users), dropped afterwards:
     for a gateway whose test must not share caches, outbox rows or streams with the session's
@@ -113,7 +115,7 @@ def private_data(gateway_env: dict[str, str], name: str, **sizes: int) -> Iterat
         async def seed() -> None:
             conn = await asyncpg.connect(dsn)
             try:
-                await seeding.seed(conn, rng_seed=7, **sizes)
+                await seeding.seed(conn, rng_seed=rng_seed, **sizes)
             finally:
                 await conn.close()
 

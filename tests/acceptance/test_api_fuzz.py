@@ -14,7 +14,6 @@ It exercises nothing that differs between the compiled core and its twins (marke
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -25,10 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from tests.acceptance.conftest import Gateway, admin_headers, start_gateway, stop_gateway
+from tests.acceptance.conftest import (
+    Gateway,
+    admin_headers,
+    private_data,
+    start_gateway,
+    stop_gateway,
+)
 from tests.acceptance.contract_helpers import (
     DOCS_ROUTES,
     documented,
@@ -36,9 +40,6 @@ from tests.acceptance.contract_helpers import (
     undocumented_answers,
 )
 from tests.payment_helpers import running_simulator
-
-from cygate.infra import seed as seeding
-from cygate.infra.db import apply_migrations, drop_database, ensure_database
 
 # (HTTP contract only: nothing compiled-vs-pure specific; the compiled pass runs it)
 pytestmark = [pytest.mark.acceptance, pytest.mark.once]
@@ -51,28 +52,15 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 @pytest.fixture(scope="module")
 def fuzz_gateway(gateway_env: dict[str, str]) -> Iterator[Gateway]:
-    dsn = gateway_env["CYGATE_DATABASE_URL"].rsplit("/", 1)[0] + (
-        f"/cygate_fuzz_{secrets.token_hex(4)}"
-    )
-
-    async def setup() -> None:
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(conn)
-            await seeding.seed(conn, categories=6, products=60, users=2, rng_seed=11)
-        finally:
-            await conn.close()
-
-    asyncio.run(setup())
     # A processor simulator of its own: the stateful phase can pay for an order it placed, and a
     # gateway pointed at no processor answers that with an honest 503 (a server error to the run).
-    with running_simulator() as sim:
+    with (
+        private_data(gateway_env, "fuzz", categories=6, products=60, users=2, rng_seed=11) as own,
+        running_simulator() as sim,
+    ):
         env = {
-            **gateway_env,
+            **own,
             "CYGATE_PAYMENT_PROCESSOR_URL": sim.url,
-            "CYGATE_DATABASE_URL": dsn,
-            "CYGATE_REDIS_PREFIX": gateway_env["CYGATE_REDIS_PREFIX"] + "fuzz:",
             # tokens outlive the longest run (make fuzz-api)
             "CYGATE_ACCESS_TOKEN_TTL": str(max(900, 4 * SECONDS)),
             # Limits generous enough that generated logins and registrations reach the handlers and
@@ -96,7 +84,6 @@ def fuzz_gateway(gateway_env: dict[str, str]) -> Iterator[Gateway]:
             yield gw
         finally:
             output = stop_gateway(gw)
-            asyncio.run(drop_database(dsn))
             if "Traceback" in output:
                 print(output)
 

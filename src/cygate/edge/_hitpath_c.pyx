@@ -1035,19 +1035,8 @@ cdef class _LoggedHit:
             except Exception:
                 pass  # NOTE: a record we could not make is not worth a failed answer
 
-    def __next__(self):
-        cdef object r
-        try:
-            r = self.hit._run(None)
-        except BaseException:
-            self._log()
-            raise
-        if r is _SENT:
-            self._log()
-            raise StopIteration
-        return self.hit._yielded
-
-    def send(self, value):
+    cdef object _step(self, object value):
+        """One step of the hit's sends (``__next__``: ``value`` None); logged when they end."""
         cdef object r
         try:
             r = self.hit._run(value)
@@ -1058,6 +1047,12 @@ cdef class _LoggedHit:
             self._log()
             raise StopIteration
         return self.hit._yielded
+
+    def __next__(self):
+        return self._step(None)
+
+    def send(self, value):
+        return self._step(value)
 
     def throw(self, typ, val=None, tb=None):
         try:

@@ -98,23 +98,15 @@ class JsonClient:
                 "url.path": self._prefix + path.split("?", 1)[0],
             },
         )
-        token = traced.use(span)
-        headers = {**(headers or {}), "traceparent": traced.traceparent(span)}
-        state = traced.tracestate(span)
-        if state:
-            headers["tracestate"] = state
-        try:
+        with traced.running(span):
+            headers = {**(headers or {}), "traceparent": traced.traceparent(span)}
+            state = traced.tracestate(span)
+            if state:
+                headers["tracestate"] = state
             answer = await self._request(method, path, json, body, headers, timeout)
-        except BaseException as exc:
-            traced.fail(span, exc)
-            span.end()
-            raise
-        finally:
-            traced.release(token)
-        span.set_attribute("http.response.status_code", answer.status)
-        if answer.status >= 500:
-            span.set_status(traced.error_status(f"HTTP {answer.status}"))
-        span.end()
+            span.set_attribute("http.response.status_code", answer.status)
+            if answer.status >= 500:
+                span.set_status(traced.error_status(f"HTTP {answer.status}"))
         return answer
 
     async def _request(
