@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import re
@@ -437,6 +438,12 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with open(stamp, "w") as fh:
         fh.write("0\n")
     os.environ[f"{ENV_PREFIX}_ROUTES_STAMP"] = stamp
+    # The drain mark: present from the first SIGTERM/SIGINT while the shutdown delay runs;
+    # the workers' /readyz answers 503 while it exists.
+    mark = os.path.join(metrics_dir, "draining")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(mark)
+    os.environ[f"{ENV_PREFIX}_DRAIN_MARK"] = mark
 
     tls: dict[str, Any] = {}
     if settings.server.tls_cert_file:
@@ -477,6 +484,12 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         **tls,
     )
     server.on_startup(lambda: _forward_sighup(stamp))
+    if settings.server.shutdown_delay:
+        server.on_startup(
+            lambda: _delay_shutdown(
+                server.signal_handler_interrupt, mark, settings.server.shutdown_delay
+            )
+        )
     if tls and settings.server.tls_reload_interval:
         # (this main process logs its reload lines as main() configured it, as the workers)
         stop = threading.Event()
@@ -560,6 +573,42 @@ def _forward_sighup(stamp: str) -> None:
             fh.write(f"{time.time_ns()}\n")
 
     signal.signal(signal.SIGHUP, bump)
+
+
+def _delay_shutdown(interrupt: Callable[[], object], mark: str, delay: float) -> None:
+    """In Granian's main process (after it installed its handlers): the first SIGTERM or SIGINT
+    creates the drain mark and starts Granian's shutdown ``delay`` seconds later; a second
+    signal starts it at once.
+
+    NOTE: a load balancer keeps sending requests to an instance until its health check fails
+    (HAProxy: ``inter`` times ``fall``). Stopping to accept at the signal leaves a window where
+    requests are sent to a closing instance; the balancer retries some of them, not all (a
+    request on a reused connection that the server closes as it stops is lost to a client that
+    cannot retry it). With the delay, /readyz fails first, the balancer takes the instance out,
+    and only then does the drain begin, with nothing new arriving. Kubernetes does the same with
+    a preStop pause, as its endpoints are removed apart from the probe."""
+    import logging
+    import signal
+
+    log = logging.getLogger("cygate.serve")
+    timer: threading.Timer | None = None
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal timer
+        if timer is not None:  # a second signal: stop waiting
+            timer.cancel()
+            interrupt()
+            return
+        with open(mark, "w") as fh:
+            fh.write(f"{signum}\n")
+        name = signal.Signals(signum).name
+        log.info("%s: /readyz answers 503; the drain starts in %.1f s", name, delay)
+        timer = threading.Timer(delay, interrupt)
+        timer.daemon = True
+        timer.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

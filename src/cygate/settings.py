@@ -89,6 +89,18 @@ class ServerSettings(Section, frozen=True, kw_only=True):
     ] = "info"
     access_log: Annotated[bool, doc("Granian access log (costs throughput).")] = False
     shutdown_timeout: Annotated[Seconds, doc("Seconds to drain in-flight requests.")] = 30.0
+    shutdown_delay: Annotated[
+        float,
+        doc(
+            "Seconds between SIGTERM (or SIGINT) and the start of the drain. Meanwhile the "
+            "instance serves as before but /readyz answers 503, so a load balancer that "
+            "health-checks it takes it out before it stops accepting; set it above the "
+            "balancer's check interval times its fall count. A second signal stops at once. "
+            "0: the drain starts at the signal.",
+            ge=0,
+            le=300,
+        ),
+    ] = 0.0
     respawn_failed_workers: Annotated[
         bool,
         doc(

@@ -66,3 +66,49 @@ def test_in_flight_request_finishes_after_sigterm(
         assert gw.proc.wait(timeout=20) == 0
     finally:
         stop_gateway(gw)
+
+
+def test_shutdown_delay_fails_readiness_first_and_keeps_serving(
+    gateway_env: dict[str, str], seeded: object
+) -> None:
+    # SIGTERM to the main process only, as a container runtime sends it.
+    gw = start_gateway({**gateway_env, "CYGATE_SHUTDOWN_DELAY": "2"}, workers=2)
+    try:
+        assert httpx.get(gw.url + "/readyz").status_code == 200
+        t0 = time.monotonic()
+        os.kill(gw.proc.pid, signal.SIGTERM)
+        deadline = t0 + 1.5
+        while (ready := httpx.get(gw.url + "/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never failed"
+            time.sleep(0.05)
+        assert ready.status_code == 503
+        assert ready.headers["content-type"].startswith("application/problem+json")
+        body = ready.json()
+        assert body["detail"] == "the instance is shutting down" and body["shutting_down"] is True
+        assert body["postgres"] == "ok"
+        # Still serving, on new connections, while the balancer takes it out.
+        for _ in range(4):
+            with httpx.Client(base_url=gw.url) as fresh:
+                assert fresh.get("/api/v1/products", params={"limit": 1}).status_code == 200
+        assert gw.proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 >= 2.0
+    finally:
+        stop_gateway(gw)
+
+
+def test_a_second_signal_ends_the_shutdown_delay(
+    gateway_env: dict[str, str], seeded: object
+) -> None:
+    gw = start_gateway({**gateway_env, "CYGATE_SHUTDOWN_DELAY": "60"}, workers=1)
+    try:
+        os.kill(gw.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 1.5
+        while httpx.get(gw.url + "/readyz").status_code == 200:
+            assert time.monotonic() < deadline, "readiness never failed"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        os.kill(gw.proc.pid, signal.SIGINT)
+        assert gw.proc.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 15
+    finally:
+        stop_gateway(gw)

@@ -173,9 +173,13 @@ def test_the_balancer_spreads_over_the_three_gateways() -> None:
     address = lb["networks"]["cygate"]["ipv4_address"]
     for name in GATEWAYS:
         assert service(name)["environment"]["CYGATE_TRUSTED_PROXIES"] == address
-    # Gateways drain within compose's stop grace period.
-    drain = float(service("gateway-1")["environment"]["CYGATE_SHUTDOWN_TIMEOUT"])
-    assert float(service("gateway-1")["stop_grace_period"].rstrip("s")) > drain
+    # Gateways fail readiness long enough for two failed checks, then drain, all within
+    # compose's stop grace period.
+    env = service("gateway-1")["environment"]
+    delay, drain = float(env["CYGATE_SHUTDOWN_DELAY"]), float(env["CYGATE_SHUTDOWN_TIMEOUT"])
+    check = re.search(r"check inter (\d+)s fall (\d+)", config)
+    assert check and delay > int(check[1]) * int(check[2])
+    assert float(service("gateway-1")["stop_grace_period"].rstrip("s")) > delay + drain
 
 
 def test_gateways_run_with_a_read_only_root() -> None:

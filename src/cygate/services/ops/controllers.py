@@ -27,6 +27,13 @@ _CHECK_TIMEOUT = 1.0
 _CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _draining() -> bool:
+    """Whether ``cygate serve`` got SIGTERM and holds the drain back (its shutdown delay):
+    the main process marks it with a file whose path the workers inherit."""
+    mark = os.environ.get("CYGATE__DRAIN_MARK", "")
+    return bool(mark) and os.path.exists(mark)
+
+
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     postgres: Literal["ok", "down"]
     redis: Literal["ok", "degraded"]
@@ -68,9 +75,12 @@ class OpsController(Controller):
 
     @get(
         "/readyz",
-        summary="Readiness: PostgreSQL must answer; Redis down is degraded; replicas reported",
+        summary=(
+            "Readiness: PostgreSQL must answer and the instance not be shutting down; Redis down "
+            "is degraded; replicas reported"
+        ),
         responses=answers(200, Readiness, "Ready (Redis may be degraded)")
-        | problems(503, s503="PostgreSQL is not answering"),
+        | problems(503, s503="PostgreSQL is not answering, or the instance is shutting down"),
     )
     async def readyz(self, request: Request[Any, Any, Any], state: State) -> Response[Any]:
         pg, rd = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
@@ -82,11 +92,14 @@ class OpsController(Controller):
         if replicas is not None:
             # reported, never gating: a skipped replica's reads go to the primary
             doc["replicas"] = replicas.states()
-        if pg:
+        draining = _draining()
+        if pg and not draining:
             return Response(doc, headers={"cache-control": "no-store"})
+        if draining:
+            doc["shutting_down"] = True
         body = problem_body(
             503,
-            "PostgreSQL is not answering",
+            "the instance is shutting down" if draining else "PostgreSQL is not answering",
             instance=request.url.path,
             request_id=str(request.scope.get("cygate.request_id", "")),
             extra=doc,
