@@ -43,7 +43,7 @@ import asyncpg
 import orjson
 import uvloop
 
-from benchmarks.macro.prepare import _postmaster_pid
+from benchmarks.macro.prepare import postmaster_pid
 from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def postmaster() -> int | None:
     async def find() -> int | None:
         conn = await asyncpg.connect(_dsn(BENCH_DB))
         try:  # NOTE: while the backend lives: its parent is the postmaster
-            return _postmaster_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
+            return postmaster_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
         finally:
             await conn.close()
 
