@@ -42,6 +42,7 @@ __all__ = [
     "database_exists",
     "drop_database",
     "flush_redis_prefix",
+    "local_postmaster",
     "postmaster_pid",
     "prepare_database",
     "run_cli",
@@ -279,6 +280,20 @@ def postmaster_pid(backend_pid: int) -> int | None:
     except OSError:
         return None
     return parent_pid(backend_pid) if comm.startswith("postgres") else None
+
+
+def local_postmaster(dsn: str) -> int | None:
+    """The PostgreSQL server process serving ``dsn`` when it runs on this machine (its tree's
+    CPU is PostgreSQL's share), else None."""
+
+    async def find() -> int | None:
+        conn = await asyncpg.connect(dsn)
+        try:  # NOTE: while the backend lives: its parent is the postmaster
+            return postmaster_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        finally:
+            await conn.close()
+
+    return asyncio.run(find())
 
 
 def flush_redis_prefix(redis_url: str, prefix: str) -> int:
