@@ -70,7 +70,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -103,8 +103,7 @@ import workload  # noqa: E402
 
 __all__ = ["GROUPS", "Group", "main", "mix_shares"]
 
-DB_NAME = "cygate_bench_mix"
-REDIS_PREFIX = "cygate-bench-mix:"
+DB_NAME = "cygate_bench_mix"  # the Redis prefix is the name with dashes: cygate-bench-mix:
 HOST = "127.0.0.1"
 SESSION_S = 600.0  # a customer's visit
 PERSON_THINK_S = 10.0  # a person's pace within it
@@ -257,6 +256,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"a subset of the mix (default all: {','.join(BY_NAME)})",
     )
     p.add_argument("--keep-db", action="store_true", help="reuse (and keep) the database")
+    p.add_argument("--db", default=DB_NAME, help="the database (and, dashed, Redis prefix)")
     p.add_argument("--find", action="store_true", help="step the rate: highest sustainable")
     p.add_argument("--start", type=_positive(float), default=1000.0)
     p.add_argument("--step", type=_positive(float), default=1000.0)
@@ -686,6 +686,10 @@ def _fail(message: str) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def _prefix(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/").replace("_", "-") + ":"
+
+
 def _gateway_env(
     dsn: str, redis_url: str, secret_file: Path, admin: tuple[str, str], processor: str | None
 ) -> dict[str, str]:
@@ -695,7 +699,7 @@ def _gateway_env(
     env.update(
         CYGATE_DATABASE_URL=dsn,
         CYGATE_REDIS_URL=redis_url,
-        CYGATE_REDIS_PREFIX=REDIS_PREFIX,
+        CYGATE_REDIS_PREFIX=_prefix(dsn),
         CYGATE_LOG_LEVEL="warning",
         CYGATE_ENVIRONMENT="development",
         # NOTE: all load comes from one address: no per-caller default limit, no registration
@@ -730,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        exists = database_exists(admin_dsn, DB_NAME)
+        exists = database_exists(admin_dsn, args.db)
     except PrepareError as exc:
         return _fail(str(exc))
     machine = machine_summary()
@@ -739,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' '.join(f'{x:.2f}' for x in machine['load_avg_at_start'])}",
         flush=True,
     )
-    dsn = with_database(admin_dsn, DB_NAME)
+    dsn = with_database(admin_dsn, args.db)
     admin = ("mix-manager@bench-mix.example.com", secrets.token_urlsafe(18))
     with tempfile.TemporaryDirectory(prefix="cygate-mix-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
@@ -752,8 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             processor = f"http://{HOST}:{sim_port}"
         env = _gateway_env(dsn, redis_url, secret_file, admin, processor)
         if not (args.keep_db and exists):
-            print(f"  creating database {DB_NAME}", flush=True)
-            create_database(admin_dsn, DB_NAME)
+            print(f"  creating database {args.db}", flush=True)
+            create_database(admin_dsn, args.db)
             run_cli(sys.executable, ["migrate"], env, ROOT)
             seed = [
                 "seed",
@@ -769,10 +773,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_cli(sys.executable, seed, env, ROOT)
             asyncio.run(settle(dsn))
         else:
-            print(f"  reusing database {DB_NAME} (--keep-db)", flush=True)
+            print(f"  reusing database {args.db} (--keep-db)", flush=True)
         if not args.keep_db:
-            stack.callback(drop_database, admin_dsn, DB_NAME)
-        flush_redis_prefix(redis_url, REDIS_PREFIX)
+            stack.callback(drop_database, admin_dsn, args.db)
+        flush_redis_prefix(redis_url, _prefix(dsn))
         if processor:
             sim = stack.enter_context(
                 ServerProcess(
