@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-instructions load capacity fuzz fuzz-api contract soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-instructions load capacity fuzz fuzz-api contract soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -129,6 +129,10 @@ bench-macro: build services
 # Orders: order placement vs pgbench's TPC-B-like rate, then a lost/duplicate check.
 bench-orders: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.orders
+
+# The mix, open loop (fixedrate's request file): MIX_ARGS="--rate 3000 --duration 10", "--find".
+bench-mix: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.mix $(MIX_ARGS)
 
 bench: bench-micro bench-macro
 

@@ -4,7 +4,9 @@
 average of a few seconds; users), ``latency.png`` (p50, p95, p99 over
 time: locust's percentiles of the last few seconds) and ``errors.png`` (the failure ratio over
 time) from ``locust_stats_history.csv``; ``summary.md``, a table per endpoint group with the
-exact final figures and the SLO verdict, from ``slo.json``.
+exact final figures and the SLO verdict, from ``slo.json``. :func:`capacity_chart` draws a
+capacity search (achieved against offered rate, latency per step) for ``tool.py capacity`` and
+the open-loop mix benchmark (``benchmarks/macro/mix.py --find``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["history", "summary_table", "write_charts"]
+__all__ = ["capacity_chart", "history", "summary_table", "write_charts"]
 
 
 def _number(text: str) -> float | None:
@@ -97,6 +99,34 @@ def write_charts(rows: list[dict[str, float | None]], out: Path, title: str) -> 
     ax.legend(loc="upper left")
     save(fig, "errors.png")
     return written
+
+
+def capacity_chart(steps: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Achieved against offered req/s, and p50/p95/p99 per step (``offered``, ``achieved``,
+    ``p50_ms``, ``p95_ms``, ``p99_ms`` of each step); nothing without steps."""
+    if not steps:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    offered = [s["offered"] for s in steps]
+    fig, (rate_ax, lat_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    rate_ax.plot(offered, [s["achieved"] for s in steps], marker="o", label="achieved")
+    rate_ax.plot(offered, offered, linestyle="--", color="tab:gray", label="offered")
+    rate_ax.set_xlabel("offered req/s")
+    rate_ax.set_ylabel("achieved req/s")
+    rate_ax.legend()
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        lat_ax.plot(offered, [s[key] for s in steps], marker="o", label=key[:3])
+    lat_ax.set_xlabel("offered req/s")
+    lat_ax.set_ylabel("ms")
+    lat_ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _ms(value: Any) -> str:

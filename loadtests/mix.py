@@ -1,11 +1,12 @@
 """The seed's traffic as a locust workload: visitors, customers and a catalog manager.
 
-The weights, think times and request counts below are the workload's definition; docs/load.md
-lists them. The data is whatever ``cygate seed`` made (at any scale): each load process reads
-the catalog once through the API (:func:`catalog`, up to ``LOAD_CATALOG_MAX`` products) and
-draws products, categories and search queries from it with Zipf-distributed popularity
-(exponent ``LOAD_ZIPF_S``, default 1.0; ranks shuffled with a fixed seed, so every worker
-agrees on which products are popular). Hot products stay in the gateway's caches and the tail
+The weights and request counts are the workload's definition, in ``workload.py`` (locust-free,
+so the open-loop benchmark builds the same mix from them); docs/load.md lists them. The data
+is whatever ``cygate seed`` made (at any scale): each load process reads the catalog once
+through the API (:func:`catalog`, up to ``LOAD_CATALOG_MAX`` products) and draws products,
+categories and search queries from it with Zipf-distributed popularity (exponent
+``LOAD_ZIPF_S``, default 1.0; ranks shuffled with a fixed seed, so every worker agrees on which
+products are popular). Hot products stay in the gateway's caches and the tail
 misses: the miss share follows from the distribution, the catalog size and the TTLs.
 
 * :class:`Visitor` (anonymous): product reads, searches, product lists and cursor pages, the
@@ -29,14 +30,12 @@ shortfall, as the capacity finder expects.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
 import secrets
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +45,26 @@ from urllib.parse import urlencode
 from gevent.lock import Semaphore
 from locust import task
 from locust.exception import StopUser
-from popularity import Zipf, queries_from_names
 from shoppers import OUTCOMES, ApiUser, Reply, check_order, has_items
+from workload import (
+    ADDRESS,
+    CATEGORY_FILTER_SHARE,
+    CUSTOMER_TASKS,
+    CUSTOMER_WEIGHT,
+    DECLINE_SHARE,
+    MANAGER_TASKS,
+    PAGE,
+    READ_BACK_SHARE,
+    VISITOR_TASKS,
+    VISITOR_WEIGHT,
+    Catalog,
+    TaskSpec,
+    read_catalog,
+    with_typo,
+)
+from workload import (
+    MANAGER_THINK_S as MANAGER_THINK_DEFAULT_S,
+)
 
 __all__ = [
     "MIX_CLASSES",
@@ -64,18 +81,12 @@ log = logging.getLogger("cygate.loadtest.mix")
 F = TypeVar("F", bound=Callable[..., None])
 
 THINK_S = float(os.environ.get("LOAD_THINK_S", "") or 0.5)
-MANAGER_THINK_S = float(os.environ.get("LOAD_MANAGER_THINK_S", "") or 2.0)
+MANAGER_THINK_S = float(os.environ.get("LOAD_MANAGER_THINK_S", "") or MANAGER_THINK_DEFAULT_S)
 ZIPF_S = float(os.environ.get("LOAD_ZIPF_S", "") or 1.0)
-ZIPF_SEED = 20_231  # the popularity order every load process shares
 CATALOG_MAX = int(os.environ.get("LOAD_CATALOG_MAX", "") or 20_000)
 ACCOUNTS = int(os.environ.get("LOAD_ACCOUNTS", "") or 100)
 MAX_BEHIND_S = 1.0  # a user this far behind its schedule drops the backlog
-PAGE = 20
-DECLINE_SHARE = 0.05
-READ_BACK_SHARE = 0.2  # paid orders read back
-TYPO_SHARE = 0.05
 TOKEN_MARGIN_S = 30.0  # refresh this long before the access token expires
-ADDRESS = {"name": "Load Customer", "line1": "1 Test Street", "city": "Testville", "country": "NL"}
 
 ROUTE_PRODUCT = "/api/v1/products/{id}"
 ROUTE_PRODUCT_SIGNED_IN = "/api/v1/products/{id} (signed in)"
@@ -93,13 +104,13 @@ ROUTE_LOGIN = "/api/v1/auth/login"
 ROUTE_REFRESH = "/api/v1/auth/token (refresh_token)"
 
 
-def mixtask(weight: int, requests: float) -> Callable[[F], F]:
-    """A locust task of ``weight`` that makes ``requests`` requests on average (documented,
-    and used to turn a rate into users)."""
+def mixtask(spec: TaskSpec) -> Callable[[F], F]:
+    """A locust task of ``spec.weight`` that makes ``spec.requests`` requests on average
+    (documented, and used to turn a rate into users)."""
 
     def mark(fn: F) -> F:
-        fn.requests = requests  # type: ignore[attr-defined]
-        return task(weight)(fn)
+        fn.requests = spec.requests  # type: ignore[attr-defined]
+        return task(spec.weight)(fn)
 
     return mark
 
@@ -119,23 +130,8 @@ def paced(think_s: float) -> Callable[[Any], float]:
     return wait
 
 
-@dataclass(frozen=True, slots=True)
-class Catalog:
-    """What the load draws from: product ids, search queries and category ids."""
-
-    products: Zipf[str]
-    queries: Zipf[str]
-    categories: tuple[str, ...]
-
-
 _catalog: Catalog | None = None
 _catalog_lock = Semaphore()
-
-
-def _get(url: str) -> Any:
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
 
 
 def catalog(host: str) -> Catalog:
@@ -143,48 +139,16 @@ def catalog(host: str) -> Catalog:
     global _catalog
     with _catalog_lock:
         if _catalog is None:
-            base = host.rstrip("/")
-            tree = _get(f"{base}{ROUTE_CATEGORIES}").get("items") or []
-            categories: list[str] = []
-            stack = list(tree)
-            while stack:
-                node = stack.pop()
-                categories.append(str(node["id"]))
-                stack.extend(node.get("children") or [])
-            ids: list[str] = []
-            names: list[str] = []
-            query = {"limit": "100"}
-            while len(ids) < CATALOG_MAX:
-                page = _get(f"{base}{ROUTE_PRODUCTS}?{urlencode(query)}")
-                for p in page.get("items") or []:
-                    ids.append(str(p["id"]))
-                    names.append(str(p.get("name") or ""))
-                if not page.get("next_cursor"):
-                    break
-                query = {"limit": "100", "cursor": page["next_cursor"]}
-            if not ids:
-                raise RuntimeError(f"{base}: the catalog is empty (run `cygate seed` first)")
-            words = queries_from_names([n for n in names if n])
-            _catalog = Catalog(
-                Zipf(ids, ZIPF_S, ZIPF_SEED),
-                Zipf(words or ["product"], ZIPF_S, ZIPF_SEED),
-                tuple(sorted(categories)),
-            )
+            _catalog = read_catalog(host, max_products=CATALOG_MAX, zipf_s=ZIPF_S)
+            products = _catalog.products.items
             log.info(
                 "catalog: %d products, %d queries, %d categories; top 1%% of products draw %.0f%%",
-                len(ids),
-                len(words),
-                len(categories),
-                100 * _catalog.products.share_of_top(max(1, len(ids) // 100)),
+                len(products),
+                len(_catalog.queries.items),
+                len(_catalog.categories),
+                100 * _catalog.products.share_of_top(max(1, len(products) // 100)),
             )
         return _catalog
-
-
-def _with_typo(query: str) -> str:
-    if random.random() >= TYPO_SHARE or len(query) < 5:
-        return query
-    cut = random.randrange(1, len(query) - 1)
-    return query[:cut] + query[cut + 1 :]
 
 
 def _same_id(want: str) -> Callable[[Reply], str | None]:
@@ -207,14 +171,14 @@ class _Reader(ApiUser):
         return self._request("GET", f"{ROUTE_PRODUCTS}/{pid}", name, check=_same_id(pid))
 
     def search(self) -> Reply | None:
-        q = _with_typo(self.catalog.queries.draw())
+        q = with_typo(self.catalog.queries.draw())
         query = urlencode({"q": q, "limit": str(PAGE)})
         return self._request("GET", f"/api/v1/search?{query}", ROUTE_SEARCH, check=has_items)
 
     def first_page(self) -> None:
         query = {"limit": str(PAGE)}
         name = ROUTE_PRODUCTS
-        if self.catalog.categories and random.random() < 0.4:
+        if self.catalog.categories and random.random() < CATEGORY_FILTER_SHARE:
             query["category"] = random.choice(self.catalog.categories)
             name = ROUTE_PRODUCTS_BY_CATEGORY
         self.cursor_filter = {k: v for k, v in query.items() if k != "limit"}
@@ -235,25 +199,25 @@ class _Reader(ApiUser):
 class Visitor(_Reader):
     """Anonymous browsing and search."""
 
-    weight = 70
+    weight = VISITOR_WEIGHT
 
-    @mixtask(40, 1)
+    @mixtask(VISITOR_TASKS["product"])
     def product(self) -> None:
         self.read_product(ROUTE_PRODUCT)
 
-    @mixtask(15, 1)
+    @mixtask(VISITOR_TASKS["search"])
     def search_catalog(self) -> None:
         self.search()
 
-    @mixtask(10, 1)
+    @mixtask(VISITOR_TASKS["list"])
     def list_products(self) -> None:
         self.first_page()
 
-    @mixtask(5, 1)
+    @mixtask(VISITOR_TASKS["next_page"])
     def follow_cursor(self) -> None:
         self.next_page()
 
-    @mixtask(3, 1)
+    @mixtask(VISITOR_TASKS["categories"])
     def categories(self) -> None:
         self._request("GET", ROUTE_CATEGORIES, ROUTE_CATEGORIES, check=has_items)
 
@@ -295,7 +259,7 @@ ACCOUNT_POOL = _AccountPool(ACCOUNTS)
 class Customer(_Reader):
     """A signed-in customer: reads, its account and orders, tokens, checkout."""
 
-    weight = 29
+    weight = CUSTOMER_WEIGHT
 
     def on_start(self) -> None:
         super().on_start()
@@ -331,7 +295,7 @@ class Customer(_Reader):
             return True
         return self.refresh() if self.refresh_token else self.sign_in()
 
-    @mixtask(1, 1)
+    @mixtask(CUSTOMER_TASKS["sign_in"])
     def sign_in(self) -> bool:
         got = self._request(
             "POST",
@@ -343,7 +307,7 @@ class Customer(_Reader):
         )
         return self._tokens(got)
 
-    @mixtask(2, 1)
+    @mixtask(CUSTOMER_TASKS["refresh"])
     def refresh(self) -> bool:
         if not self.refresh_token:
             return self.sign_in()
@@ -357,23 +321,23 @@ class Customer(_Reader):
         )
         return self._tokens(got)
 
-    @mixtask(20, 1)
+    @mixtask(CUSTOMER_TASKS["product"])
     def product(self) -> None:
         if self._signed_in():
             self.read_product(ROUTE_PRODUCT_SIGNED_IN)
 
-    @mixtask(5, 1)
+    @mixtask(CUSTOMER_TASKS["search"])
     def search_catalog(self) -> None:
         self.search()
 
-    @mixtask(10, 1)
+    @mixtask(CUSTOMER_TASKS["me"])
     def me(self) -> None:
         if self._signed_in():
             got = self._request("GET", ROUTE_ME, ROUTE_ME, check=_has_id)
             if got is not None:
                 self.user_id = str(got.body["id"])
 
-    @mixtask(6, 1)
+    @mixtask(CUSTOMER_TASKS["my_orders"])
     def my_orders(self) -> None:
         if not self._signed_in():
             return
@@ -388,12 +352,12 @@ class Customer(_Reader):
 
         self._request("GET", f"{ROUTE_ORDERS}?limit={PAGE}", ROUTE_ORDERS, check=mine)
 
-    @mixtask(3, 1)
+    @mixtask(CUSTOMER_TASKS["summary"])
     def summary(self) -> None:
         if self._signed_in():
             self._request("GET", ROUTE_SUMMARY, ROUTE_SUMMARY, check=_has_count)
 
-    @mixtask(3, 3.2)
+    @mixtask(CUSTOMER_TASKS["checkout"])
     def checkout(self) -> None:
         """Search, order one in-stock hit, pay it (sometimes read the order back)."""
         if not self._signed_in():
@@ -487,20 +451,20 @@ class CatalogManager(_Reader):
             expected=(412,),  # changed since the GET: a lost race, not a fault
         )
 
-    @mixtask(6, 2)
+    @mixtask(MANAGER_TASKS["reprice"])
     def reprice(self) -> None:
         got = self._fresh()
         if got is not None:
             price = int(got.body.get("price_cents") or 100)
             self._patch(got, {"price_cents": max(99, round(price * random.uniform(0.95, 1.05)))})
 
-    @mixtask(3, 2)
+    @mixtask(MANAGER_TASKS["restock"])
     def restock(self) -> None:
         got = self._fresh()
         if got is not None:
             self._patch(got, {"stock": 500})
 
-    @mixtask(1, 2)
+    @mixtask(MANAGER_TASKS["create_and_delete"])
     def create_and_delete(self) -> None:
         if not self.catalog.categories:
             return

@@ -313,7 +313,7 @@ def cmd_capacity(env: dict[str, str]) -> int:
     (out / "capacity.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     text = capacity_table(result)
     (out / "capacity.md").write_text(text, encoding="utf-8")
-    capacity_chart(steps, out / "capacity.png")
+    charts.capacity_chart(steps, out / "capacity.png", "capacity finder: the mix, steady steps")
     print("\n" + text)
     print(f"load: capacity reports in {out}")
     return 0 if best is not None else 1
@@ -334,32 +334,6 @@ def capacity_table(result: dict[str, Any]) -> str:
         lines.append(f"highest sustainable rate: {best['offered']:g} req/s offered "
                      f"({best['achieved']:.0f} achieved)")  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def capacity_chart(steps: list[dict[str, Any]], path: Path) -> None:
-    if not steps:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    offered = [s["offered"] for s in steps]
-    fig, (rate_ax, lat_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    rate_ax.plot(offered, [s["achieved"] for s in steps], marker="o", label="achieved")
-    rate_ax.plot(offered, offered, linestyle="--", color="tab:gray", label="offered")
-    rate_ax.set_xlabel("offered req/s")
-    rate_ax.set_ylabel("achieved req/s")
-    rate_ax.legend()
-    for key in ("p50_ms", "p95_ms", "p99_ms"):
-        lat_ax.plot(offered, [s[key] for s in steps], marker="o", label=key[:3])
-    lat_ax.set_xlabel("offered req/s")
-    lat_ax.set_ylabel("ms")
-    lat_ax.legend()
-    fig.suptitle("capacity finder: the mix, steady steps", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def cmd_check(env: dict[str, str], command: str) -> int:

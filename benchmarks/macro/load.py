@@ -10,7 +10,9 @@ The script does three things:
 
 Beside wrk (closed loop: every connection always busy), ``fixedrate.c`` applies an open-loop
 load: a fixed total request rate over the same connections, latency counted from when each request
-was due (:func:`run_fixedrate`). The harness compiles it with the system C compiler.
+was due (:func:`run_fixedrate`). The harness compiles it with the system C compiler. It sends one
+GET URL, or the labelled requests of a request file (:func:`write_request_file`), and then
+reports each label apart (:class:`LabelResult`).
 
 Errors are wrk's own counts: socket errors (connect, read, write, timeout) plus responses with a
 status of 400 or more ("Non-2xx or 3xx" in wrk's words; a 3xx would go uncounted, and no
@@ -24,18 +26,21 @@ import os
 import resource
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FixedRateResult",
+    "LabelResult",
     "WrkResult",
     "build_fixedrate",
     "ensure_wrk",
     "run_fixedrate",
     "run_wrk",
     "write_lua",
+    "write_request_file",
 ]
 
 _MARK = "@@wrk "
@@ -182,7 +187,71 @@ def run_wrk(
 
 
 _FIXED_MARK = "@@fixed "
+_LABEL_MARK = "@@label "
+_REQUESTS_MAGIC = b"fixedrate-requests "
 _FIXEDRATE_C = Path(__file__).with_name("fixedrate.c")
+
+
+def write_request_file(
+    path: Path, labels: Sequence[str], requests: Iterable[tuple[int, bytes]]
+) -> int:
+    """Write ``fixedrate``'s request file (the format is in ``fixedrate.c``'s top comment):
+    each request is (label index, one complete HTTP/1.1 request). Returns how many."""
+    if not 0 < len(labels) <= 64:
+        raise ValueError("a request file has 1 to 64 labels")
+    for name in labels:
+        if len(name) > 63 or not name or not name.isascii() or any(c in name for c in ',"\\ \n'):
+            raise ValueError(f"label {name!r}: ASCII without spaces, commas or quotes")
+    count = 0
+    with path.open("wb") as fh:
+        fh.write(_REQUESTS_MAGIC + ",".join(labels).encode() + b"\n")
+        for label, raw in requests:
+            if not 0 <= label < len(labels):
+                raise ValueError(f"label index {label} out of range")
+            fh.write(b"%d %d\n" % (label, len(raw)))
+            fh.write(raw)
+            fh.write(b"\n")
+            count += 1
+    if not count:
+        raise ValueError("a request file needs at least one request")
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class LabelResult:
+    """One label of a request-file run: requests due in the measured window that were answered,
+    their exact status codes and classes, latency from due time, late sends, and errors
+    (connection errors and requests unanswered at the end)."""
+
+    label: str
+    requests: int
+    statuses: dict[str, int]
+    classes: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    late: int
+    errors: int
+
+    @classmethod
+    def from_json(cls, s: Mapping[str, Any]) -> LabelResult:
+        return cls(
+            label=str(s["label"]),
+            requests=int(s["requests"]),
+            statuses={str(k): int(v) for k, v in s["statuses"].items()},
+            classes={str(k): int(v) for k, v in s["classes"].items()},
+            p50_ms=s["p50_us"] / 1e3,
+            p90_ms=s["p90_us"] / 1e3,
+            p95_ms=s["p95_us"] / 1e3,
+            p99_ms=s["p99_us"] / 1e3,
+            p999_ms=s["p999_us"] / 1e3,
+            max_ms=s["max_us"] / 1e3,
+            late=int(s["late"]),
+            errors=int(s["errors"]) + int(s["unanswered"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +272,20 @@ class FixedRateResult:
     late: int
     errors: int
     client_cpu_s: float
+    labels: tuple[LabelResult, ...] = ()  # a request-file run: each label, in the file's order
 
     @classmethod
     def from_output(cls, out: str, client_cpu_s: float) -> FixedRateResult:
-        line = next((ln for ln in out.splitlines() if ln.startswith(_FIXED_MARK)), None)
+        lines = out.splitlines()
+        line = next((ln for ln in lines if ln.startswith(_FIXED_MARK)), None)
         if line is None:
             raise RuntimeError(f"fixedrate printed no summary line; output:\n{out}")
         s = json.loads(line[len(_FIXED_MARK) :])
+        labels = tuple(
+            LabelResult.from_json(json.loads(ln[len(_LABEL_MARK) :]))
+            for ln in lines
+            if ln.startswith(_LABEL_MARK)
+        )
         return cls(
             rate=s["rate"],
             requests=int(s["requests"]),
@@ -224,6 +300,7 @@ class FixedRateResult:
             late=int(s["late"]),
             errors=int(s["errors"]) + int(s["status_errors"]) + int(s["unanswered"]),
             client_cpu_s=client_cpu_s,
+            labels=labels,
         )
 
 
@@ -233,7 +310,7 @@ def build_fixedrate(workdir: Path) -> str:
     if not cc:
         raise SystemExit("no C compiler (cc) to build benchmarks/macro/fixedrate.c")
     out = workdir / "fixedrate"
-    subprocess.run([cc, "-O2", "-o", str(out), str(_FIXEDRATE_C)], check=True)
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-o", str(out), str(_FIXEDRATE_C)], check=True)
     return str(out)
 
 
@@ -246,12 +323,19 @@ def run_fixedrate(
     duration: float,
     warmup: float = 1.0,
     headers: Mapping[str, str] | None = None,
+    request_file: Path | None = None,
 ) -> FixedRateResult:
-    """One open-loop run at ``rate`` requests/s in total; raises RuntimeError if it fails."""
+    """One open-loop run at ``rate`` requests/s in total; raises RuntimeError if it fails.
+
+    Without ``request_file``, every request is ``GET url`` (with ``headers``); with it, the
+    file's requests in turn (:func:`write_request_file`) to ``url``'s address, and the result
+    has a :class:`LabelResult` per label."""
     argv = [binary, "-c", str(connections), "-r", str(rate), "-d", str(duration)]
     argv += ["-w", str(warmup)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
+    if request_file is not None:
+        argv += ["-f", str(request_file)]
     argv.append(url)
     cpu0 = _children_cpu()
     proc = subprocess.run(

@@ -43,7 +43,7 @@ import asyncpg
 import orjson
 import uvloop
 
-from benchmarks.macro.prepare import _postmaster_pid
+from benchmarks.macro.prepare import local_postmaster
 from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,15 +160,7 @@ def machine_busy_seconds() -> float:
 
 def postmaster() -> int | None:
     """The local PostgreSQL server process (its tree's CPU is PostgreSQL's share), if any."""
-
-    async def find() -> int | None:
-        conn = await asyncpg.connect(_dsn(BENCH_DB))
-        try:  # NOTE: while the backend lives: its parent is the postmaster
-            return _postmaster_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
-        finally:
-            await conn.close()
-
-    return asyncio.run(find())
+    return local_postmaster(_dsn(BENCH_DB))
 
 
 # --------------------------------------------------------------------------- a tiny HTTP client

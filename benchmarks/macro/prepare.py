@@ -38,9 +38,15 @@ __all__ = [
     "PREPARE_MODES",
     "BenchDatabase",
     "PrepareError",
+    "create_database",
+    "database_exists",
     "drop_database",
     "flush_redis_prefix",
+    "local_postmaster",
+    "postmaster_pid",
     "prepare_database",
+    "run_cli",
+    "settle",
     "with_database",
 ]
 
@@ -133,24 +139,41 @@ def drop_database(admin_dsn: str, name: str) -> None:
     asyncio.run(_drop(admin_dsn, name))
 
 
+def create_database(admin_dsn: str, name: str) -> None:
+    """Drop ``name`` if it exists (whoever is connected) and create it empty."""
+    asyncio.run(_recreate(admin_dsn, name))
+
+
+def database_exists(admin_dsn: str, name: str) -> bool:
+    """Whether ``name`` exists; PrepareError (one line) when PostgreSQL cannot be reached."""
+    try:
+        return asyncio.run(_database_exists(admin_dsn, name))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise PrepareError(f"cannot reach PostgreSQL at DATABASE_URL: {exc!r}") from exc
+
+
 # --------------------------------------------------------------------------- fill
 
 
-def _run_cli(python: str, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+def run_cli(python: str, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    """``python -m cygate ARGS`` (printed first); PrepareError when it fails."""
     argv = [python, "-m", "cygate", *args]
     print("  $ " + " ".join(["python", "-m", "cygate", *args]), flush=True)
     proc = subprocess.run(argv, env=dict(env), cwd=cwd, check=False)
     if proc.returncode != 0:
-        raise PrepareError(
-            f"`python -m cygate {' '.join(args)}` exited with {proc.returncode}. If the gateway's "
-            "migrate/seed commands do not exist yet, run with --prepare=scratch meanwhile."
-        )
+        raise PrepareError(f"`python -m cygate {' '.join(args)}` exited with {proc.returncode}")
 
 
 def fill_with_cli(python: str, env: Mapping[str, str], cwd: Path) -> None:
     """Fill the database the way the gateway does: its migrations, then its seeder."""
-    _run_cli(python, ["migrate"], env, cwd)
-    _run_cli(python, ["seed", *SEED_ARGS], env, cwd)
+    try:
+        run_cli(python, ["migrate"], env, cwd)
+        run_cli(python, ["seed", *SEED_ARGS], env, cwd)
+    except PrepareError as exc:
+        raise PrepareError(
+            f"{exc}. If the gateway's migrate/seed commands do not exist yet, run with "
+            "--prepare=scratch meanwhile."
+        ) from None
 
 
 def _uuid(rng: random.Random) -> UUID:
@@ -225,7 +248,7 @@ async def _describe(dsn: str, name: str, mode: PrepareMode, mix_size: int) -> Be
         rows = await conn.fetch("SELECT id FROM products ORDER BY random() LIMIT $1", mix_size)
         ids = [str(r["id"]) for r in rows]
         row = await conn.fetchrow(PRODUCT_SQL, UUID(ids[0]))
-        postmaster = _postmaster_pid(await conn.fetchval("SELECT pg_backend_pid()"))
+        postmaster = postmaster_pid(await conn.fetchval("SELECT pg_backend_pid()"))
         user = None
         if await conn.fetchval("SELECT to_regclass('users') IS NOT NULL"):
             found = await conn.fetchrow(
@@ -249,7 +272,7 @@ async def _describe(dsn: str, name: str, mode: PrepareMode, mix_size: int) -> Be
     )
 
 
-def _postmaster_pid(backend_pid: int) -> int | None:
+def postmaster_pid(backend_pid: int) -> int | None:
     """The parent of our backend, if that backend is a local ``postgres`` process (a server on
     another host, or in a container, has no such process here)."""
     try:
@@ -257,6 +280,20 @@ def _postmaster_pid(backend_pid: int) -> int | None:
     except OSError:
         return None
     return parent_pid(backend_pid) if comm.startswith("postgres") else None
+
+
+def local_postmaster(dsn: str) -> int | None:
+    """The PostgreSQL server process serving ``dsn`` when it runs on this machine (its tree's
+    CPU is PostgreSQL's share), else None."""
+
+    async def find() -> int | None:
+        conn = await asyncpg.connect(dsn)
+        try:  # NOTE: while the backend lives: its parent is the postmaster
+            return postmaster_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        finally:
+            await conn.close()
+
+    return asyncio.run(find())
 
 
 def flush_redis_prefix(redis_url: str, prefix: str) -> int:
@@ -298,10 +335,7 @@ def prepare_database(
         raise ValueError(f"unknown prepare mode {mode!r}")
     name = DATABASE_NAMES[mode]
     dsn = with_database(admin_dsn, name)
-    try:
-        exists = asyncio.run(_database_exists(admin_dsn, name))
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise PrepareError(f"cannot reach PostgreSQL at DATABASE_URL: {exc!r}") from exc
+    exists = database_exists(admin_dsn, name)
 
     if keep_db and exists:
         print(f"  reusing database {name} (--keep-db)", flush=True)
