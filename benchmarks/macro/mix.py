@@ -101,7 +101,7 @@ import charts  # noqa: E402
 import slo  # noqa: E402
 import workload  # noqa: E402
 
-__all__ = ["GROUPS", "Group", "main", "mix_shares"]
+__all__ = ["GROUPS", "Group", "cost_per_group", "cost_table", "main", "mix_shares"]
 
 DB_NAME = "cygate_bench_mix"  # the Redis prefix is the name with dashes: cygate-bench-mix:
 HOST = "127.0.0.1"
@@ -122,6 +122,7 @@ class Group:
     method: str
     route: str  # the route template (for slo.group_of and the table)
     expected: frozenset[int] = frozenset({200})
+    cost_rate: float = 0.0  # --cost: this group alone at most this fast (0: --cost-rate)
 
     @property
     def slo_group(self) -> str:
@@ -143,7 +144,8 @@ GROUPS: tuple[Group, ...] = (
     Group("pay", "POST", "/api/v1/orders/{id}/payments", frozenset({201})),
     Group("order_read", "GET", "/api/v1/orders/{id}"),
     Group("refresh", "POST", "/api/v1/auth/token"),
-    Group("sign_in", "POST", "/api/v1/auth/login"),
+    # alone at 10/s: an Argon2id check is ~24 ms of CPU, so 200/s would need ~5 cores
+    Group("sign_in", "POST", "/api/v1/auth/login", cost_rate=10.0),
     Group("manager_read", "GET", "/api/v1/products/{id}"),
     Group("manager_patch", "PATCH", "/api/v1/products/{id}", frozenset({200, 412})),
 )
@@ -258,6 +260,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-db", action="store_true", help="reuse (and keep) the database")
     p.add_argument("--db", default=DB_NAME, help="the database (and, dashed, Redis prefix)")
     p.add_argument("--find", action="store_true", help="step the rate: highest sustainable")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="each group alone at --cost-rate: CPU per request and its share of the mix's CPU",
+    )
+    p.add_argument("--cost-rate", type=_positive(float), default=200.0)
     p.add_argument("--start", type=_positive(float), default=1000.0)
     p.add_argument("--step", type=_positive(float), default=1000.0)
     p.add_argument("--max", type=_positive(float), default=20_000.0)
@@ -265,6 +273,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.find and args.max < args.start:
         p.error(f"--max {args.max:g} is below --start {args.start:g}")
+    if args.find and args.cost:
+        p.error("--find and --cost are two different runs: one at a time")
     return args
 
 
@@ -649,6 +659,89 @@ def measure(
     }
 
 
+def cost_per_group(
+    binary: str,
+    world: World,
+    mix: dict[str, float],
+    args: argparse.Namespace,
+    port: int,
+    gateway: ServerProcess,
+    pg_pid: int | None,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """Each group of the mix alone (warm-up, then measured) at ``--cost-rate`` or its own
+    ``cost_rate``: server and PostgreSQL CPU per request, and what that group adds to one
+    request of the mix (its share times its CPU): where the mix's CPU goes.
+
+    NOTE: an idle gateway is not free (the outbox relay and consumers poll, metric snapshots
+    are written): at a few hundred requests per second that background would be charged to
+    the requests, so it is measured first, with no load, and taken out of each group's CPU."""
+    idle_s = args.warmup + args.duration
+    cpu0, pg0 = tree_cpu_seconds(gateway.pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
+    time.sleep(idle_s)
+    idle_cpu = (tree_cpu_seconds(gateway.pid) - cpu0) / idle_s
+    idle_pg = ((tree_cpu_seconds(pg_pid) - pg0) / idle_s) if pg_pid else 0.0
+    print(
+        f"  idle: server {1e3 * idle_cpu:.1f} ms and PostgreSQL {1e3 * idle_pg:.1f} ms of CPU "
+        "per second (taken out below)",
+        flush=True,
+    )
+    rows = []
+    for name, share in mix.items():
+        g = BY_NAME[name]
+        rate = min(args.cost_rate, g.cost_rate or args.cost_rate)
+        print(f"  {name} alone at {rate:g} req/s ...", flush=True)
+        run = measure(binary, world, {name: 1.0}, args, rate, port, gateway, pg_pid, workdir, name)
+        o = run["overall"]
+        n = max(1, o["requests"])
+        rows.append(
+            {
+                "group": name,
+                "share": share,
+                "rate": rate,
+                "errors": o["errors"],
+                "p50_ms": o["p50_ms"],
+                "server_cpu_us_per_req": max(
+                    0.0, o["server_cpu_us_per_req"] - idle_cpu * args.duration / n * 1e6
+                ),
+                "postgres_cpu_us_per_req": max(
+                    0.0, o["postgres_cpu_us_per_req"] - idle_pg * args.duration / n * 1e6
+                ),
+                "cache": o["cache"],
+            }
+        )
+    total = sum(r["share"] * r["server_cpu_us_per_req"] for r in rows)
+    for r in rows:
+        r["server_cpu_share"] = r["share"] * r["server_cpu_us_per_req"] / total if total else 0
+    return rows
+
+
+def cost_table(rows: list[dict[str, Any]], workers: int) -> str:
+    """Where the mix's CPU goes, the costliest first, and the rate that CPU allows."""
+    lines = [
+        "| group | share of requests | alone at req/s | server CPU µs/req | PostgreSQL CPU µs/req "
+        "| share of the mix's server CPU | cache |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: -r["server_cpu_share"]):
+        cache = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cache"].items()) or "-"
+        lines.append(
+            f"| {r['group']} | {100 * r['share']:.2f} % | {r['rate']:g} "
+            f"| {r['server_cpu_us_per_req']:.0f} | {r['postgres_cpu_us_per_req']:.0f} "
+            f"| {100 * r['server_cpu_share']:.1f} % | {cache} |"
+        )
+    mix_us = sum(r["share"] * r["server_cpu_us_per_req"] for r in rows)
+    pg_us = sum(r["share"] * r["postgres_cpu_us_per_req"] for r in rows)
+    lines.append(
+        f"\nthe mix: {mix_us:.0f} µs of server CPU and {pg_us:.0f} µs of PostgreSQL CPU per "
+        f"request; {workers} worker(s) at full use of a core each would serve at most "
+        f"{workers * 1e6 / mix_us:,.0f} req/s"
+        if mix_us
+        else ""
+    )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -831,6 +924,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"access tokens of {ttl} s)",
             flush=True,
         )
+        if args.cost:
+            costs = cost_per_group(binary, world, shares, args, port, gateway, pg_pid, workdir)
+            print("\n" + cost_table(costs, workers), flush=True)
+            if not gateway.alive():
+                return _fail(f"the gateway exited; log tail:\n{gateway.log_tail()}")
+            args.results_dir.mkdir(parents=True, exist_ok=True)
+            (args.results_dir / "mix-cost-latest.json").write_text(
+                json.dumps(
+                    {
+                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "machine": machine,
+                        "workers": workers,
+                        "compiled": not os.environ.get("CYGATE_NO_EXTENSIONS"),
+                        "groups": costs,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+            print(f"results: {args.results_dir / 'mix-cost-latest.json'}")
+            return 0
         runs: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         for step, rate in enumerate(rates):
