@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks.macro.mix import BY_NAME, mix_shares
+from benchmarks.macro.mix import BY_NAME, cost_table, mix_shares
 
 pytestmark = pytest.mark.once
 
@@ -38,6 +38,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (("--duration", "abc"), "--duration: 'abc' is not a number"),
         (("--groups", "product,nope"), "unknown group nope"),
         (("--find", "--start", "5000", "--max", "1000"), "below --start"),
+        (("--find", "--cost"), "one at a time"),
+        (("--cost", "--cost-rate", "0"), "--cost-rate: '0': must be above 0"),
     ],
 )
 def test_bad_arguments_are_one_line_and_status_2(args: tuple[str, ...], says: str) -> None:
@@ -73,3 +75,17 @@ def test_a_subset_is_renormalised() -> None:
     shares = mix_shares(1000, 900, ["product", "search"])
     assert set(shares) == {"product", "search"}
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_cost_table_puts_the_costliest_group_first_and_says_the_ceiling() -> None:
+    rows = [
+        {"group": "product", "share": 0.9, "rate": 200.0, "server_cpu_us_per_req": 50.0,
+         "postgres_cpu_us_per_req": 10.0, "server_cpu_share": 0.45 / 1.45, "cache": {"hit-l1": 0.9}},
+        {"group": "pay", "share": 0.1, "rate": 200.0, "server_cpu_us_per_req": 1000.0,
+         "postgres_cpu_us_per_req": 900.0, "server_cpu_share": 1 - 0.45 / 1.45, "cache": {}},
+    ]  # fmt: skip
+    text = cost_table(rows, workers=2)
+    body = [line for line in text.splitlines() if line.startswith("| ")][2:]
+    assert body[0].startswith("| pay |") and body[1].startswith("| product |")
+    # 0.9 x 50 + 0.1 x 1000 = 145 µs per request of the mix: 2 cores serve ~13,793 req/s
+    assert "145 µs of server CPU" in text and "13,793 req/s" in text
