@@ -80,7 +80,8 @@ def test_a_subset_is_renormalised() -> None:
 def test_cost_table_puts_the_costliest_group_first_and_says_the_ceiling() -> None:
     rows = [
         {"group": "product", "share": 0.9, "rate": 200.0, "server_cpu_us_per_req": 50.0,
-         "postgres_cpu_us_per_req": 10.0, "server_cpu_share": 0.45 / 1.45, "cache": {"hit-l1": 0.9}},
+         "postgres_cpu_us_per_req": 10.0, "server_cpu_share": 0.45 / 1.45,
+         "cache": {"hit-l1": 0.9}},
         {"group": "pay", "share": 0.1, "rate": 200.0, "server_cpu_us_per_req": 1000.0,
          "postgres_cpu_us_per_req": 900.0, "server_cpu_share": 1 - 0.45 / 1.45, "cache": {}},
     ]  # fmt: skip
