@@ -13,7 +13,12 @@
  * only (epoll_pwait2 for sub-millisecond waits). Responses must carry a Content-Length (what the
  * proxy benchmarks return); anything else is an error.
  *
- *   fixedrate -c CONNECTIONS -r RATE -d SECONDS [-w WARMUP_SECONDS] [-H "Name: value"]... URL
+ *   fixedrate -c CONNECTIONS -r RATE -d SECONDS [-w WARMUP_SECONDS] [-H "Name: value"]...
+ *             [-p PATHS_FILE] URL
+ *
+ * With -p, the requests cycle through the paths in PATHS_FILE (one a line, in order: the n-th
+ * request sent goes to line n modulo their count) instead of the URL's own path: a spread of
+ * product ids or a query mix, formatted once before the clock starts.
  *
  * prints one line: @@fixed {"requests":...,"p50_us":...,...}
  */
@@ -58,8 +63,9 @@ static void die(const char *msg) {
 }
 
 static struct sockaddr_in addr;
-static char request[8192];
-static size_t request_len;
+static char **requests;   /* one formatted request per path */
+static size_t *request_lens;
+static size_t nrequests;
 static int ep;
 
 static int open_conn(void) {
@@ -102,6 +108,47 @@ static long response_length(conn_t *c, int *status) {
     return (long)c->have >= total ? total : 0;
 }
 
+/* Format "GET path" for every path (the URL's own, or each line of paths_file). */
+static void format_requests(const char *paths_file, const char *path, const char *host, int port,
+                            const char *headers) {
+    size_t cap = 1;
+    char line[4096];
+    FILE *f = NULL;
+    if (paths_file) {
+        f = fopen(paths_file, "r");
+        if (!f) die("cannot open the paths file");
+        cap = 1024;
+    }
+    requests = malloc(cap * sizeof(char *));
+    request_lens = malloc(cap * sizeof(size_t));
+    if (!requests || !request_lens) die("out of memory");
+    for (;;) {
+        const char *p = path;
+        if (f) {
+            if (!fgets(line, sizeof line, f)) break;
+            line[strcspn(line, "\r\n")] = 0;
+            if (line[0] != '/') continue; /* blank lines and anything not a path */
+            p = line;
+        }
+        if (nrequests == cap) {
+            cap *= 2;
+            requests = realloc(requests, cap * sizeof(char *));
+            request_lens = realloc(request_lens, cap * sizeof(size_t));
+            if (!requests || !request_lens) die("out of memory");
+        }
+        int len = snprintf(NULL, 0, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n", p, host, port,
+                           headers);
+        requests[nrequests] = malloc((size_t)len + 1);
+        if (!requests[nrequests]) die("out of memory");
+        snprintf(requests[nrequests], (size_t)len + 1, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n", p,
+                 host, port, headers);
+        request_lens[nrequests++] = (size_t)len;
+        if (!f) break;
+    }
+    if (f) fclose(f);
+    if (nrequests == 0) die("no paths in the paths file");
+}
+
 static int cmp_u32(const void *a, const void *b) {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return (x > y) - (x < y);
@@ -118,30 +165,31 @@ int main(int argc, char **argv) {
     int conns = 64, opt;
     double rate = 1000, duration = 10, warmup = 1;
     char headers[4096] = "";
-    while ((opt = getopt(argc, argv, "c:r:d:w:H:")) != -1) {
+    const char *paths_file = NULL;
+    while ((opt = getopt(argc, argv, "c:r:d:w:H:p:")) != -1) {
         switch (opt) {
         case 'c': conns = atoi(optarg); break;
         case 'r': rate = atof(optarg); break;
         case 'd': duration = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
+        case 'p': paths_file = optarg; break;
         case 'H':
             if (strlen(headers) + strlen(optarg) + 3 >= sizeof headers) die("headers too long");
             strcat(headers, optarg);
             strcat(headers, "\r\n");
             break;
-        default: die("usage: fixedrate -c N -r RATE -d SECONDS [-w SECONDS] [-H h]... URL");
+        default: die("usage: fixedrate -c N -r RATE -d SECONDS [-w SECONDS] [-H h]... [-p FILE] URL");
         }
     }
     if (optind >= argc || conns < 1 || conns > MAX_CONNS || rate <= 0 || duration <= 0)
-        die("usage: fixedrate -c N -r RATE -d SECONDS [-w SECONDS] [-H h]... URL");
+        die("usage: fixedrate -c N -r RATE -d SECONDS [-w SECONDS] [-H h]... [-p FILE] URL");
     char host[256], path[2048] = "/";
     int port = 80;
     if (sscanf(argv[optind], "http://%255[^:/]:%d%2047s", host, &port, path) < 2) die("bad URL");
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) die("the host must be an IPv4 address");
-    request_len = (size_t)snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n",
-                                   path, host, port, headers);
+    format_requests(paths_file, path, host, port, headers);
 
     /* The kernel may wake a sleeper up to 50 us late by default (timer slack): ask for 1 ns,
        so requests leave when they are due. */
@@ -175,8 +223,9 @@ int main(int argc, char **argv) {
             int64_t due = t0 + (int64_t)(((double)c->k * conns + i) * interval);
             if (due >= m_end) continue; /* this connection is done */
             if (due <= now) {
-                ssize_t w = write(c->fd, request, request_len);
-                if (w != (ssize_t)request_len) { errors++; reconnect(c); continue; }
+                size_t r = sent_total % nrequests;
+                ssize_t w = write(c->fd, requests[r], request_lens[r]);
+                if (w != (ssize_t)request_lens[r]) { errors++; reconnect(c); continue; }
                 c->busy = 1;
                 c->due = due;
                 c->sent = now;
@@ -243,6 +292,5 @@ int main(int argc, char **argv) {
            pct(lat, n, 50), pct(lat, n, 90), pct(lat, n, 99), pct(lat, n, 99.9),
            n ? (double)lat[n - 1] : 0.0, n ? sum_us / (double)n : 0.0, pct(lat_sent, n, 50),
            pct(lat_sent, n, 99));
-    (void)sent_total;
     return 0;
 }

@@ -36,6 +36,7 @@ __all__ = [
     "run_fixedrate",
     "run_wrk",
     "write_lua",
+    "write_paths",
 ]
 
 _MARK = "@@wrk "
@@ -227,6 +228,15 @@ class FixedRateResult:
         )
 
 
+def write_paths(path: Path, paths: Sequence[str]) -> Path:
+    """The paths file of :func:`run_fixedrate` (one request path a line, each starting "/")."""
+    bad = [p for p in paths if not p.startswith("/") or any(c in p for c in " \r\n")]
+    if bad or not paths:
+        raise ValueError(f"request paths must start with '/' and hold no spaces: {bad[:3]}")
+    path.write_text("\n".join(paths) + "\n")
+    return path
+
+
 def build_fixedrate(workdir: Path) -> str:
     """Compile ``fixedrate.c`` into ``workdir`` with the system C compiler; its path."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -246,10 +256,16 @@ def run_fixedrate(
     duration: float,
     warmup: float = 1.0,
     headers: Mapping[str, str] | None = None,
+    paths: Path | None = None,
 ) -> FixedRateResult:
-    """One open-loop run at ``rate`` requests/s in total; raises RuntimeError if it fails."""
+    """One open-loop run at ``rate`` requests/s in total; raises RuntimeError if it fails.
+
+    ``paths``: a file of request paths, one a line, cycled in order instead of ``url``'s own
+    path (``url`` still names the host and port); see :func:`write_paths`."""
     argv = [binary, "-c", str(connections), "-r", str(rate), "-d", str(duration)]
     argv += ["-w", str(warmup)]
+    if paths is not None:
+        argv += ["-p", str(paths)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)

@@ -27,6 +27,7 @@ from pathlib import Path
 __all__ = [
     "HttpResponse",
     "ServerProcess",
+    "cpu_seconds_each",
     "free_port",
     "http_get",
     "kill_all",
@@ -99,6 +100,13 @@ def tree_cpu_seconds(root_pid: int) -> float:
     NaN if there is no such process."""
     tree = _tree(root_pid)
     return sum(stat.ticks for stat in tree) / CLK_TCK if tree else math.nan
+
+
+def cpu_seconds_each(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of ``pids`` that is alive (its own and its reaped
+    children's), e.g. the PostgreSQL backends serving one database."""
+    stats = (_read_stat(pid) for pid in pids)
+    return {s.pid: s.ticks / CLK_TCK for s in stats if s is not None}
 
 
 def tree_rss_mib(root_pid: int) -> float:
