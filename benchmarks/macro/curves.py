@@ -3,9 +3,9 @@
 From the repository root (``make bench-catalog``, ``make bench-buyers``)::
 
     .venv/bin/python -m benchmarks.macro.curves catalog [--sizes 10k,100k,1m] [--duration 10]
-        [--rate 300] [--search-rate 40] [--workers 2] [--reseed]
+        [--rate 400] [--search-rate 40] [--workers 2] [--rounds 1] [--reseed]
     .venv/bin/python -m benchmarks.macro.curves buyers [--connections 1,2,4,8,16,32,64]
-        [--duration 6] [--workers 2]
+        [--duration 6] [--workers 2] [--rounds 1]
 
 **catalog**: for each size a database of its own on ``DATABASE_URL``'s server
 (``cygate_curve_10k``, ...), migrated and seeded by the gateway's CLI and reused while it holds
@@ -19,7 +19,8 @@ query mix of ``benchmarks.macro.search``. Server CPU per request (the gateway's 
 and PostgreSQL's (the backends connected to that size's database:
 :class:`benchmarks.macro.prepare.DatabaseCpu`, so other databases on a shared server do not
 count) come from ``/proc`` around each window; every figure is also given as a ratio to the
-smallest size.
+smallest size. With ``--rounds N`` the sizes are measured N times in turn (each round
+starting at another size) and each figure is the median of its rounds.
 
 **buyers**: order placement at each connection count, every buyer ordering the same product
 against each ordering a product of its own (:func:`benchmarks.macro.orders.buyers_curve`).
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -62,11 +64,11 @@ from benchmarks.macro.prepare import (
     prepare_catalog,
     with_database,
 )
-from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
+from benchmarks.macro.procs import start_gateway, tree_cpu_seconds
 from benchmarks.macro.report import Panel, machine_line, machine_summary, plot_curves
 from benchmarks.macro.search import request_paths, top_category
 
-__all__ = ["main", "parse_counts", "parse_sizes"]
+__all__ = ["UsageError", "main", "median_row", "parse_counts", "parse_sizes"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -155,7 +157,7 @@ def _uptime() -> str:
 # --------------------------------------------------------------------------- catalog
 
 
-def _gateway_env(dsn: str, workers: int, prefix: str) -> dict[str, str]:
+def _gateway_env(dsn: str, prefix: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
     if os.environ.get("CYGATE_NO_EXTENSIONS"):
         env["CYGATE_NO_EXTENSIONS"] = "1"
@@ -214,28 +216,17 @@ def _database_info(dsn: str) -> dict[str, Any]:
     return asyncio.run(read())
 
 
-def measure_size(db: BenchDatabase, args: argparse.Namespace, tools: dict[str, str]) -> dict:
+def measure_size(
+    db: BenchDatabase, args: argparse.Namespace, tools: dict[str, str]
+) -> dict[str, Any]:
     """One size: a gateway on its database, then the product read (open loop, then wrk) and
     search (open loop), each window with the gateway's and PostgreSQL's CPU."""
-    env = _gateway_env(db.dsn, args.workers, f"cygate-curves-{os.getpid()}-{db.name}:")
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "cygate",
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-    ]
+    env = _gateway_env(db.dsn, f"cygate-curves-{os.getpid()}-{db.name}:")
     work = Path(tools["workdir"])
     log = work / f"{db.name}.log"
+    server, port = start_gateway(env, workers=args.workers, cwd=ROOT, log_path=log, host=HOST)
     url = f"http://{HOST}:{port}"
-    with ServerProcess(argv, env=env, cwd=ROOT, log_path=log) as server:
-        server.wait_ready(HOST, port, "/readyz", 60)
+    with server:
         ids = db.product_ids
         products = write_paths(
             work / f"{db.name}-products.txt", [f"/api/v1/products/{i}" for i in ids]
@@ -313,6 +304,20 @@ def measure_size(db: BenchDatabase, args: argparse.Namespace, tools: dict[str, s
     }
 
 
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size's rounds as one row: every figure of every window the median of the rounds'
+    (the rounds themselves kept under ``rounds``)."""
+    row = dict(runs[-1])
+    for key, value in runs[0].items():
+        if isinstance(value, dict):
+            row[key] = {
+                f: statistics.median(r[key][f] for r in runs) if isinstance(v, int | float) else v
+                for f, v in value.items()
+            }
+    row["rounds"] = runs if len(runs) > 1 else []
+    return row
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
 
@@ -322,8 +327,8 @@ def catalog_table(rows: list[dict[str, Any]]) -> str:
     base = rows[0]
     lines = [
         "| products | workload | p50 ms | p99 ms | req/s | CPU µs/req | PG µs/req "
-        "| p99 ÷ smallest | CPU ÷ smallest |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ÷ smallest: p99 | req/s | CPU | PG |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         for key, what, rate in (
@@ -336,7 +341,9 @@ def catalog_table(rows: list[dict[str, Any]]) -> str:
                 f"| {row['products']:,} | {what} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                 f"{r[rate]:,.0f} | {r['cpu_us_per_req']:.0f} | {r['pg_cpu_us_per_req']:.0f} | "
                 f"{_ratio(r['p99_ms'], b['p99_ms']):.2f}x | "
-                f"{_ratio(r['cpu_us_per_req'], b['cpu_us_per_req']):.2f}x |"
+                f"{_ratio(r[rate], b[rate]):.2f}x | "
+                f"{_ratio(r['cpu_us_per_req'], b['cpu_us_per_req']):.2f}x | "
+                f"{_ratio(r['pg_cpu_us_per_req'], b['pg_cpu_us_per_req']):.2f}x |"
             )
     return "\n".join(lines)
 
@@ -392,6 +399,23 @@ def catalog_chart(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     )
 
 
+def write_record(args: argparse.Namespace, machine: dict[str, Any], data: dict[str, Any]) -> Path:
+    """``curves-<curve>-latest.json`` in ``--results``: ``data`` with the command, the
+    machine, its load at the end and the settings."""
+    out: Path = args.results / f"curves-{args.curve}-latest.json"
+    record = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python -m benchmarks.macro.curves", args.curve, *args.argv]),
+        "machine": machine,
+        "load_at_end": _uptime(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("run", "argv")},
+        **data,
+        "compiled": not os.environ.get("CYGATE_NO_EXTENSIONS"),
+    }
+    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return out
+
+
 def run_catalog(args: argparse.Namespace, admin_dsn: str) -> int:
     sizes = parse_sizes(args.sizes)
     _check_postgres(admin_dsn)
@@ -400,7 +424,7 @@ def run_catalog(args: argparse.Namespace, admin_dsn: str) -> int:
     dbs = []
     for size in sizes:
         name = f"{args.db_prefix}{_label(size)}"
-        env = _gateway_env(with_database(admin_dsn, name), args.workers, "cygate-curves-seed:")
+        env = _gateway_env(with_database(admin_dsn, name), "cygate-curves-seed:")
         started = time.monotonic()
         dbs.append(
             prepare_catalog(
@@ -415,15 +439,18 @@ def run_catalog(args: argparse.Namespace, admin_dsn: str) -> int:
             )
         )
         print(f"  {name} ready in {time.monotonic() - started:.0f} s", flush=True)
-    rows = []
+    runs: list[list[dict[str, Any]]] = [[] for _ in dbs]
     with tempfile.TemporaryDirectory(prefix="cygate-curves-") as tmp:
         tools = {"workdir": tmp, "wrk": ensure_wrk(), "fixedrate": build_fixedrate(Path(tmp))}
-        for db in dbs:
-            print(f"{db.product_count:,} products: measuring ({_uptime()}) ...", flush=True)
-            rows.append(measure_size(db, args, tools))
+        for n in range(args.rounds):
+            # NOTE: each round starts at another size, so none always runs first or last.
+            for i in [(n + k) % len(dbs) for k in range(len(dbs))]:
+                db = dbs[i]
+                print(f"round {n + 1}: {db.product_count:,} products ({_uptime()}) ...", flush=True)
+                runs[i].append(measure_size(db, args, tools))
+    rows = [median_row(r) for r in runs]
     table = catalog_table(rows)
     goals = catalog_goals(rows)
-    command = "python -m benchmarks.macro.curves catalog " + " ".join(args.argv)
     print(f"\n{table}\n")
     print("\n".join(goals))
     args.results.mkdir(parents=True, exist_ok=True)
@@ -433,23 +460,28 @@ def run_catalog(args: argparse.Namespace, admin_dsn: str) -> int:
         f"cygate: cost against catalog size "
         f"(uncached; {args.workers} workers; {machine['cpu_model']})",
     )
-    out = args.results / "curves-catalog-latest.json"
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": command.strip(),
-        "machine": machine,
-        "load_at_end": _uptime(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("run", "argv")},
-        "sizes": rows,
-        "goals": goals,
-        "compiled": not os.environ.get("CYGATE_NO_EXTENSIONS"),
-    }
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    out = write_record(args, machine, {"sizes": rows, "goals": goals})
     print(f"written {out}, {png}")
     return 0
 
 
 # --------------------------------------------------------------------------- buyers
+
+
+def median_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (mode, connections) step's rounds as one: numbers the median of the rounds',
+    ``stock_ok`` only when every round's was, in the order the steps first ran."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for step in steps:
+        groups.setdefault((step["mode"], step["connections"]), []).append(step)
+    out = []
+    for group in groups.values():
+        row = median_row([{"step": g} for g in group])["step"]
+        row.update(mode=group[0]["mode"], connections=group[0]["connections"])
+        row["stock_ok"] = all(g["stock_ok"] for g in group)
+        row["rounds"] = len(group)
+        out.append(row)
+    return out
 
 
 def buyers_table(steps: list[dict[str, Any]]) -> str:
@@ -518,8 +550,10 @@ def run_buyers(args: argparse.Namespace, admin_dsn: str) -> int:
     _check_postgres(admin_dsn)
     machine = machine_summary()
     print(f"{machine_line(machine)}; {_uptime()}", flush=True)
-    curve = orders.buyers_curve(counts, args.duration, args.workers, keep_db=args.keep_db)
-    steps = curve["steps"]
+    curve = orders.buyers_curve(
+        counts, args.duration, args.workers, keep_db=args.keep_db, rounds=args.rounds
+    )
+    steps = median_steps(curve["steps"])
     table = buyers_table(steps)
     print(f"\n{table}\n")
     print("checks over the whole run", json.dumps(curve["checks"]))
@@ -531,17 +565,7 @@ def run_buyers(args: argparse.Namespace, admin_dsn: str) -> int:
         f"cygate: order placement, buyers of one product vs of their own "
         f"({args.workers} workers; {machine['cpu_model']})",
     )
-    out = args.results / "curves-buyers-latest.json"
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": ("python -m benchmarks.macro.curves buyers " + " ".join(args.argv)).strip(),
-        "machine": machine,
-        "load_at_end": _uptime(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("run", "argv")},
-        **curve,
-        "compiled": not os.environ.get("CYGATE_NO_EXTENSIONS"),
-    }
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    out = write_record(args, machine, {**curve, "medians": steps})
     print(f"written {out}, {png}")
     return 0 if curve["ok"] else 1
 
@@ -556,7 +580,7 @@ def _parser() -> argparse.ArgumentParser:
     cat.add_argument("--sizes", default="10k,100k,1m", help="product counts (10k, 1m, 2500)")
     cat.add_argument("--duration", type=_positive(float), default=10.0, help="s per window")
     cat.add_argument(
-        "--rate", type=_positive(float), default=300.0, help="product reads / s offered (open loop)"
+        "--rate", type=_positive(float), default=400.0, help="product reads / s offered (open loop)"
     )
     cat.add_argument(
         "--search-rate",
@@ -573,6 +597,12 @@ def _parser() -> argparse.ArgumentParser:
         default=20_000,
         help="product ids drawn uniformly from the catalog (the read's spread)",
     )
+    cat.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=1,
+        help="measure every size this many times in turn; figures are medians",
+    )
     cat.add_argument("--reseed", action="store_true", help="fill every database again")
     cat.add_argument("--db-prefix", default="cygate_curve_", help="database name before the size")
     cat.add_argument("--results", type=Path, default=RESULTS, help="where JSON and PNG go")
@@ -581,6 +611,12 @@ def _parser() -> argparse.ArgumentParser:
     buy.add_argument("--connections", default="1,2,4,8,16,32,64", help="counts, comma-separated")
     buy.add_argument("--duration", type=_positive(int), default=6, help="s per step and mode")
     buy.add_argument("--workers", type=_positive(int), default=2, help="Granian workers")
+    buy.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=1,
+        help="measure every step this many times; figures are medians",
+    )
     buy.add_argument("--keep-db", action="store_true", help="keep the scratch database")
     buy.add_argument("--results", type=Path, default=RESULTS, help="where JSON and PNG go")
     buy.set_defaults(run=run_buyers)

@@ -45,7 +45,7 @@ import orjson
 import uvloop
 
 from benchmarks.macro.prepare import DatabaseCpu, _postmaster_pid
-from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
+from benchmarks.macro.procs import ServerProcess, start_gateway, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -454,28 +454,8 @@ async def _customers(port: int, n: int = 4) -> list[str]:
 
 
 def _serve(env: dict[str, str], workers: int) -> tuple[ServerProcess, int]:
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "cygate",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    server = ServerProcess(
-        argv, env=env, cwd=ROOT, log_path=Path(tempfile.gettempdir()) / "cygate-bench-orders.log"
-    )
-    try:
-        server.wait_ready("127.0.0.1", port, "/readyz", timeout=60)
-    except BaseException:
-        server.kill()
-        raise
-    return server, port
+    log = Path(tempfile.gettempdir()) / "cygate-bench-orders.log"
+    return start_gateway(env, workers=workers, cwd=ROOT, log_path=log)
 
 
 def run_gateway(
@@ -531,13 +511,14 @@ def buyers_curve(
     workers: int,
     extra: dict[str, str] | None = None,
     keep_db: bool = False,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Order placement at each connection count in ``counts``, twice: every buyer ordering the
     SAME product (one line, ample stock: all of them queue on that product's row lock) and
     each buyer ordering a product of its own (no two orders share a row), on one gateway and
-    database. Per step: the figures of :meth:`Window.figures` and whether the stock taken in
-    the window equals the quantities its 201s answered; at the end :func:`verify` over every
-    order of the run."""
+    database, ``rounds`` times over. Per step: the figures of :meth:`Window.figures` and
+    whether the stock taken in the window equals the quantities its 201s answered; at the end
+    :func:`verify` over every order of the run."""
     env = _gateway_env(extra)
     ids = prepare_gateway_db(env)
     if len(ids) < max(counts) + 1:
@@ -561,10 +542,13 @@ def buyers_curve(
                 )
                 _merge(everything, warm.tally)
                 await analyze_after_warm_up()
-                for i, connections in enumerate(counts):
-                    # NOTE: the two modes take turns at going first, so neither always runs
-                    # on a machine the other has just warmed or loaded.
-                    order = ("hot", "distinct") if i % 2 == 0 else ("distinct", "hot")
+                for round_no, (i, connections) in (
+                    (r, step) for r in range(rounds) for step in enumerate(counts)
+                ):
+                    # NOTE: the two modes take turns at going first, step after step and round
+                    # after round, so neither always runs on a machine the other has just
+                    # warmed or loaded.
+                    order = ("hot", "distinct") if (i + round_no) % 2 == 0 else ("distinct", "hot")
                     for mode in order:
                         used = sorted({p for n in range(connections) for p in modes[mode](n)})
                         before = await _stock_of(used)
@@ -576,7 +560,7 @@ def buyers_curve(
                             duration,
                             server.pid,
                             pg_pid,
-                            seed=100 * i,
+                            seed=100 * (i + len(counts) * round_no),
                             database_cpu=DatabaseCpu(_dsn(BENCH_DB)),
                         )
                         taken = before - await _stock_of(used)
@@ -586,6 +570,7 @@ def buyers_curve(
                             {
                                 "mode": mode,
                                 "connections": connections,
+                                "round": round_no + 1,
                                 **window.figures(),
                                 "stock_taken": taken,
                                 "units_ordered": ordered,

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "http_get",
     "kill_all",
     "parent_pid",
+    "start_gateway",
     "tree_cpu_seconds",
     "tree_rss_mib",
 ]
@@ -263,6 +265,30 @@ def _group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def start_gateway(
+    env: Mapping[str, str],
+    *,
+    workers: int,
+    cwd: Path,
+    log_path: Path,
+    python: str = sys.executable,
+    host: str = "127.0.0.1",
+    timeout: float = 60.0,
+) -> tuple[ServerProcess, int]:
+    """``python -m cygate serve`` with ``workers`` Granian workers on a free port of ``host``,
+    returned once ``/readyz`` answers 200: the process (a context manager) and the port."""
+    port = free_port(host)
+    argv = [python, "-m", "cygate", "serve", "--host", host, "--port", str(port),
+            "--workers", str(workers)]  # fmt: skip
+    server = ServerProcess(argv, env=env, cwd=cwd, log_path=log_path)
+    try:
+        server.wait_ready(host, port, "/readyz", timeout)
+    except BaseException:
+        server.kill()
+        raise
+    return server, port
 
 
 def kill_all(servers: Iterable[ServerProcess] | None = None) -> None:

@@ -438,6 +438,8 @@ def plot_curves(
         ax.minorticks_off()
         if panel.log_y:
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)  # NOTE: a rate axis from zero, so a 10 % dip looks like one
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)

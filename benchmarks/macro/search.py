@@ -35,7 +35,7 @@ import asyncpg
 import httpx
 
 from benchmarks.macro.prepare import prepare_catalog, with_database
-from benchmarks.macro.procs import ServerProcess, free_port, http_get
+from benchmarks.macro.procs import http_get, start_gateway
 
 __all__ = ["MIX", "PAGED", "main", "request_paths", "top_category"]
 
@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = os.environ.get("CYGATE_BENCH_SEARCH_DB", "cygate_bench_search")
     dsn = with_database(server, name)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
     env.update(
         CYGATE_DATABASE_URL=dsn,
@@ -202,20 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     info = {"category": top_category(dsn)}
     log = Path("/tmp") / f"cygate-bench-search-{os.getpid()}.log"
-    argv_ = [
-        sys.executable,
-        "-m",
-        "cygate",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-    ]
-    with ServerProcess(argv_, env=env, cwd=ROOT, log_path=log) as proc:
-        proc.wait_ready("127.0.0.1", port, "/readyz", 30)
+    proc, port = start_gateway(env, workers=args.workers, cwd=ROOT, log_path=log)
+    with proc:
         url = f"http://127.0.0.1:{port}"
         cat = info["category"]
         asyncio.run(_run(url, 3, args.concurrency, {"cache-control": "no-store"}, cat))  # warm-up

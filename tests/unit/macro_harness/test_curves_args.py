@@ -4,7 +4,7 @@ no database needed)."""
 from __future__ import annotations
 
 import pytest
-from benchmarks.macro.curves import UsageError, main, parse_counts, parse_sizes
+from benchmarks.macro.curves import UsageError, main, median_row, parse_counts, parse_sizes
 from benchmarks.macro.procs import free_port
 
 pytestmark = pytest.mark.once
@@ -67,3 +67,14 @@ def test_an_unreachable_database_is_one_line_and_exit_2(
     # NOTE: a port nothing listens on (just freed): the connection is refused at once.
     monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     assert "cannot reach PostgreSQL at DATABASE_URL" in _one_line_error(capsys, [curve])
+
+
+def test_rounds_of_one_size_become_one_row_of_medians() -> None:
+    runs = [
+        {"products": 10, "read": {"p99_ms": p99, "rate": 400.0, "note": "x"}, "load": f"r{n}"}
+        for n, p99 in enumerate([9.0, 1.0, 4.0])
+    ]
+    row = median_row(runs)
+    assert row["read"] == {"p99_ms": 4.0, "rate": 400.0, "note": "x"}
+    assert row["products"] == 10 and row["rounds"] == runs
+    assert median_row(runs[:1])["rounds"] == []
