@@ -17,6 +17,10 @@ From the repository root (``make bench-orders``)::
    keys, every replay names its key's order, and stock taken == quantities ordered.
 
 Prints one table and writes ``benchmarks/results/orders-latest.json``; exits 1 when a check fails.
+
+:func:`buyers_curve` runs the same load at several connection counts, every buyer ordering one
+product against each ordering a product of its own (``python -m benchmarks.macro.curves
+buyers``).
 """
 
 from __future__ import annotations
