@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-instructions load capacity fuzz fuzz-api contract soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-catalog bench-buyers bench-instructions load capacity fuzz fuzz-api contract soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -133,6 +133,15 @@ bench-orders: build services
 # The mix, open loop (fixedrate's request file): MIX_ARGS="--rate 3000 --duration 10", "--find".
 bench-mix: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.mix $(MIX_ARGS)
+
+# How cost grows (docs/benchmarks.md): the uncached product read and search at 10k, 100k and 1M
+# products (each size's database is seeded once and kept: cygate_curve_*; the 1M seed takes
+# minutes), and order placement against 1-64 concurrent buyers of one product.
+bench-catalog: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curves catalog $(CURVE_ARGS)
+
+bench-buyers: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curves buyers $(CURVE_ARGS)
 
 bench: bench-micro bench-macro
 

@@ -40,6 +40,7 @@ __all__ = [
     "run_fixedrate",
     "run_wrk",
     "write_lua",
+    "write_paths",
     "write_request_file",
 ]
 
@@ -302,6 +303,17 @@ class FixedRateResult:
             client_cpu_s=client_cpu_s,
             labels=labels,
         )
+
+
+def write_paths(path: Path, paths: Sequence[str], host: str = "127.0.0.1") -> Path:
+    """A request file (:func:`write_request_file`, one label ``get``) of a GET of each path in
+    turn, for :func:`run_fixedrate`'s ``request_file``: a spread of ids or a query mix."""
+    bad = [p for p in paths if not p.startswith("/") or any(c in p for c in " \r\n")]
+    if bad or not paths:
+        raise ValueError(f"request paths must start with '/' and hold no spaces: {bad[:3]}")
+    head = f"Host: {host}\r\n\r\n".encode()
+    write_request_file(path, ["get"], ((0, b"GET %s HTTP/1.1\r\n" % p.encode() + head) for p in paths))
+    return path
 
 
 def build_fixedrate(workdir: Path) -> str:

@@ -17,6 +17,10 @@ From the repository root (``make bench-orders``)::
    keys, every replay names its key's order, and stock taken == quantities ordered.
 
 Prints one table and writes ``benchmarks/results/orders-latest.json``; exits 1 when a check fails.
+
+:func:`buyers_curve` runs the same load at several connection counts, every buyer ordering one
+product against each ordering a product of its own (``python -m benchmarks.macro.curves
+buyers``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +48,15 @@ import asyncpg
 import orjson
 import uvloop
 
-from benchmarks.macro.prepare import local_postmaster
-from benchmarks.macro.procs import ServerProcess, free_port, tree_cpu_seconds
+from benchmarks.macro.prepare import DatabaseCpu, local_postmaster
+from benchmarks.macro.procs import ServerProcess, start_gateway, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 SERVER_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-BENCH_DB = "cygate_bench_orders"
+# NOTE: a test of the tools names a database of its own (never a CYGATE_ name: those are settings).
+BENCH_DB = os.environ.get("BENCH_ORDERS_DB", "cygate_bench_orders")
 PGBENCH_DB = "cygate_bench_pgbench"
 RETRY_RATE = 0.05
 STOCK = 10_000_000
@@ -243,6 +249,8 @@ class Tally:
 async def client(
     host: str, port: int, token: str, ids: list[str], until: float, tally: Tally, seed: int
 ) -> None:
+    """Orders of 1 to 3 of ``ids`` (one line each when ``ids`` is one product) until
+    ``until``, each with a fresh key, 5 % of them sent twice."""
     rng = random.Random(seed)
     conn = await Conn.open(host, port)
     auth = f"Bearer {token}"
@@ -253,7 +261,7 @@ async def client(
             {
                 "items": [
                     {"product_id": pid, "quantity": rng.randint(1, 3)}
-                    for pid in rng.sample(ids, rng.randint(1, 3))
+                    for pid in rng.sample(ids, rng.randint(1, min(3, len(ids))))
                 ],
                 "shipping_address": "1 Bench Road",
             }
@@ -353,6 +361,99 @@ async def analyze_after_warm_up() -> None:
         await conn.close()
 
 
+@dataclass
+class Window:
+    """One measured window: the orders, and the CPU seconds spent in it."""
+
+    tally: Tally
+    elapsed: float
+    server_cpu: float
+    postgres_cpu: float
+    client_cpu: float
+    machine_busy: float
+
+    def figures(self) -> dict[str, Any]:
+        created = max(self.tally.first_answers, 1)
+        return {
+            "orders_per_s": self.tally.first_answers / self.elapsed,
+            "requests_per_s": len(self.tally.latencies) / self.elapsed,
+            "p50_ms": _pct(self.tally.latencies, 0.50),
+            "p99_ms": _pct(self.tally.latencies, 0.99),
+            "server_cpu_us_per_order": self.server_cpu / created * 1e6,
+            # NOTE: the whole local PostgreSQL server (other databases' work too) and this
+            # process (the load client); for reading where the two cores go, not a check.
+            "postgres_cpu_us_per_order": self.postgres_cpu / created * 1e6,
+            "client_cpu_us_per_order": self.client_cpu / created * 1e6,
+            "machine_busy_us_per_order": self.machine_busy / created * 1e6,
+            "statuses": {str(k): v for k, v in sorted(self.tally.statuses.items())},
+            "retries": self.tally.retries,
+            "duration_s": self.elapsed,
+        }
+
+
+async def measure(
+    port: int,
+    tokens: list[str],
+    ids_of: Callable[[int], list[str]],
+    connections: int,
+    duration: float,
+    server_pid: int,
+    pg_pid: int | None,
+    seed: int = 0,
+    database_cpu: DatabaseCpu | None = None,
+) -> Window:
+    """``connections`` clients ordering for ``duration`` s (client n orders from
+    ``ids_of(n)``), with the CPU of the gateway, PostgreSQL (the postmaster's whole tree, or
+    with ``database_cpu`` the backends of the benchmark's database), this process and the
+    machine."""
+    if database_cpu is not None:
+        await database_cpu.start()
+    cpu0, t0 = tree_cpu_seconds(server_pid), time.monotonic()
+    pg0 = tree_cpu_seconds(pg_pid) if pg_pid else math.nan
+    own0 = time.process_time()
+    busy0 = machine_busy_seconds()
+    tally = Tally()
+    end = t0 + duration
+    await asyncio.gather(
+        *(
+            client("127.0.0.1", port, tokens[n % len(tokens)], ids_of(n), end, tally, seed + n)
+            for n in range(connections)
+        )
+    )
+    elapsed, cpu = time.monotonic() - t0, tree_cpu_seconds(server_pid) - cpu0
+    pg = (tree_cpu_seconds(pg_pid) if pg_pid else math.nan) - pg0
+    own, busy = time.process_time() - own0, machine_busy_seconds() - busy0
+    if database_cpu is not None:
+        pg = await database_cpu.stop()
+    return Window(tally, elapsed, cpu, pg, own, busy)
+
+
+def _merge(into: Tally, part: Tally) -> None:
+    """Add one window's orders to the run's (what :func:`verify` checks)."""
+    into.latencies += part.latencies
+    for status, n in part.statuses.items():
+        into.statuses[status] = into.statuses.get(status, 0) + n
+    into.by_key.update(part.by_key)
+    into.quantities.update(part.quantities)
+    into.retries += part.retries
+    into.replays_ok += part.replays_ok
+    into.replays_bad += part.replays_bad
+    into.first_answers += part.first_answers
+
+
+async def _customers(port: int, n: int = 4) -> list[str]:
+    tokens = []
+    for _ in range(n):
+        email, password = await register("127.0.0.1", port)
+        tokens.append(await login("127.0.0.1", port, email, password))
+    return tokens
+
+
+def _serve(env: dict[str, str], workers: int) -> tuple[ServerProcess, int]:
+    log = Path(tempfile.gettempdir()) / "cygate-bench-orders.log"
+    return start_gateway(env, workers=workers, cwd=ROOT, log_path=log)
+
+
 def run_gateway(
     duration: int,
     connections: int,
@@ -363,79 +464,149 @@ def run_gateway(
     env = _gateway_env(extra)
     ids = prepare_gateway_db(env)
     pg_pid = postmaster()
-    port = free_port()
-    argv = [sys.executable, "-m", "cygate", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers)]  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with ServerProcess(
-        argv, env=env, cwd=ROOT, log_path=Path(tempfile.gettempdir()) / "cygate-bench-orders.log"
-    ) as server:
-        server.wait_ready("127.0.0.1", port, "/readyz", timeout=60)
+    server, port = _serve(env, workers)
+    with server:
 
-        cpus: dict[str, float] = {}
-
-        async def load() -> tuple[Tally, float, float]:
-            tokens = []
-            for _ in range(4):
-                email, password = await register("127.0.0.1", port)
-                tokens.append(await login("127.0.0.1", port, email, password))
-            warm = Tally()
-            end = time.monotonic() + 2
-            await asyncio.gather(
-                *(client("127.0.0.1", port, tokens[n % 4], ids, end, warm, 1000 + n)
-                  for n in range(connections))
-            )  # fmt: skip
+        async def load() -> tuple[Tally, Window]:
+            tokens = await _customers(port)
+            warm = await measure(
+                port, tokens, lambda n: ids, connections, 2, server.pid, pg_pid, seed=1000
+            )
             if analyze:
                 await analyze_after_warm_up()
-            tally = Tally()
-            tally.by_key.update(warm.by_key)
-            tally.quantities.update(warm.quantities)
-            cpu0, t0 = tree_cpu_seconds(server.pid), time.monotonic()
-            pg0 = tree_cpu_seconds(pg_pid) if pg_pid else math.nan
-            own0 = time.process_time()
-            busy0 = machine_busy_seconds()
-            end = t0 + duration
-            measured = Tally()
-            await asyncio.gather(
-                *(client("127.0.0.1", port, tokens[n % 4], ids, end, measured, n)
-                  for n in range(connections))
-            )  # fmt: skip
-            elapsed = time.monotonic() - t0
-            cpu = tree_cpu_seconds(server.pid) - cpu0
-            cpus["postgres"] = (tree_cpu_seconds(pg_pid) if pg_pid else math.nan) - pg0
-            cpus["client"] = time.process_time() - own0
-            cpus["machine"] = machine_busy_seconds() - busy0
-            measured.by_key.update(warm.by_key)
-            measured.quantities.update(warm.quantities)
-            measured.replays_ok += warm.replays_ok
-            measured.replays_bad += warm.replays_bad
-            return measured, elapsed, cpu
+            window = await measure(
+                port, tokens, lambda n: ids, connections, duration, server.pid, pg_pid
+            )
+            everything = Tally()
+            _merge(everything, warm.tally)
+            _merge(everything, window.tally)
+            return everything, window
 
         # PERF: the load client shares the two cores with the gateway and PostgreSQL: on uvloop
         # (the gateway's loop too) it costs less CPU per request than on asyncio's own loop.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            tally, elapsed, cpu = runner.run(load())
-        created = tally.first_answers
-    checks = asyncio.run(verify(tally, ids))
-    requests = len(tally.latencies)
-    return {
-        "orders_per_s": created / elapsed,
-        "requests_per_s": requests / elapsed,
-        "p50_ms": _pct(tally.latencies, 0.50),
-        "p99_ms": _pct(tally.latencies, 0.99),
-        "server_cpu_us_per_order": cpu / max(created, 1) * 1e6,
-        # NOTE: the whole local PostgreSQL server (other databases' work too) and this
-        # process (the load client); for reading where the two cores go, not a check.
-        "postgres_cpu_us_per_order": cpus["postgres"] / max(created, 1) * 1e6,
-        "client_cpu_us_per_order": cpus["client"] / max(created, 1) * 1e6,
-        "machine_busy_us_per_order": cpus["machine"] / max(created, 1) * 1e6,
-        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
-        "retries": tally.retries,
-        "connections": connections,
-        "workers": workers,
-        "duration_s": elapsed,
-        "checks": checks,
+            everything, window = runner.run(load())
+    checks = asyncio.run(verify(everything, ids))
+    return {**window.figures(), "connections": connections, "workers": workers, "checks": checks}
+
+
+async def _stock_of(ids: list[str]) -> int:
+    conn = await asyncpg.connect(_dsn(BENCH_DB))
+    try:
+        return int(
+            await conn.fetchval("SELECT sum(stock) FROM products WHERE id = ANY($1::uuid[])", ids)
+        )
+    finally:
+        await conn.close()
+
+
+def buyers_curve(
+    counts: list[int],
+    duration: float,
+    workers: int,
+    extra: dict[str, str] | None = None,
+    keep_db: bool = False,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Order placement at each connection count in ``counts``, twice: every buyer ordering the
+    SAME product (one line, ample stock: all of them queue on that product's row lock) and
+    each buyer ordering a product of its own (no two orders share a row), on one gateway and
+    database, ``rounds`` times over. Per step: the figures of :meth:`Window.figures` and
+    whether the stock taken in the window equals the quantities its 201s answered; at the end
+    :func:`verify` over every order of the run."""
+    env = _gateway_env(extra)
+    ids = prepare_gateway_db(env)
+    if len(ids) < max(counts) + 1:
+        raise ValueError(f"{max(counts)} buyers of their own need {max(counts) + 1} products")
+    hot, own = ids[0], ids[1:]
+    modes: dict[str, Callable[[int], list[str]]] = {
+        "hot": lambda n: [hot],
+        "distinct": lambda n: [own[n]],
     }
+    pg_pid = postmaster()
+    steps: list[dict[str, Any]] = []
+    everything = Tally()
+    try:
+        server, port = _serve(env, workers)
+        with server:
+
+            async def load() -> None:
+                tokens = await _customers(port)
+                warm = await measure(
+                    port, tokens, modes["distinct"], 8, 2, server.pid, pg_pid, seed=10_000
+                )
+                _merge(everything, warm.tally)
+                await analyze_after_warm_up()
+                for round_no, (i, connections) in (
+                    (r, step) for r in range(rounds) for step in enumerate(counts)
+                ):
+                    # NOTE: the two modes take turns at going first, step after step and round
+                    # after round, so neither always runs on a machine the other has just
+                    # warmed or loaded.
+                    order = ("hot", "distinct") if (i + round_no) % 2 == 0 else ("distinct", "hot")
+                    for mode in order:
+                        used = sorted({p for n in range(connections) for p in modes[mode](n)})
+                        before = await _stock_of(used)
+                        window = await measure(
+                            port,
+                            tokens,
+                            modes[mode],
+                            connections,
+                            duration,
+                            server.pid,
+                            pg_pid,
+                            seed=100 * (i + len(counts) * round_no),
+                            database_cpu=DatabaseCpu(_dsn(BENCH_DB)),
+                        )
+                        taken = before - await _stock_of(used)
+                        ordered = sum(window.tally.quantities.values())
+                        _merge(everything, window.tally)
+                        steps.append(
+                            {
+                                "mode": mode,
+                                "connections": connections,
+                                "round": round_no + 1,
+                                **window.figures(),
+                                "stock_taken": taken,
+                                "units_ordered": ordered,
+                                "stock_ok": taken == ordered,
+                            }
+                        )
+                        print(
+                            f"  {connections:>3} connections, {mode:>8}: "
+                            f"{steps[-1]['orders_per_s']:,.0f} orders/s, "
+                            f"p99 {steps[-1]['p99_ms']:.1f} ms",
+                            flush=True,
+                        )
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(load())
+        checks = asyncio.run(verify(everything, ids))
+    finally:
+        if not keep_db:
+            asyncio.run(_drop(BENCH_DB))
+    ok = _checks_ok(checks) and all(s["stock_ok"] for s in steps)
+    ok = ok and all(k == "201" for s in steps for k in s["statuses"])
+    return {
+        "workers": workers,
+        "duration_s": duration,
+        "hot_product": hot,
+        "steps": steps,
+        "checks": checks,
+        "ok": ok,
+    }
+
+
+def _checks_ok(c: dict[str, Any]) -> bool:
+    """No order lost or duplicated, every unit ordered taken from stock, every replay right."""
+    return bool(
+        c["lost"] == 0
+        and c["duplicated"] == 0
+        and c["orders_in_db"] == c["distinct_orders_answered"]
+        and c["units_ordered_db"] == c["units_answered"] == c["stock_taken"]
+        and c["replays_bad"] == 0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,14 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_drop(BENCH_DB))
     ratio = gw["orders_per_s"] / floor["tps"]
     c = gw["checks"]
-    ok = (
-        c["lost"] == 0
-        and c["duplicated"] == 0
-        and c["orders_in_db"] == c["distinct_orders_answered"]
-        and c["units_ordered_db"] == c["units_answered"] == c["stock_taken"]
-        and c["replays_bad"] == 0
-        and all(k in ("201",) for k in gw["statuses"])
-    )
+    ok = _checks_ok(c) and all(k in ("201",) for k in gw["statuses"])
     print()
     print("| what | rate | p50 ms | p99 ms | CPU µs/order |")
     print("| --- | --- | --- | --- | --- |")

@@ -31,19 +31,22 @@ from uuid import UUID
 import asyncpg
 
 from .contenders._product import PRODUCT_SQL, product_dict
-from .procs import parent_pid
+from .procs import cpu_seconds_each, parent_pid
 
 __all__ = [
     "DATABASE_NAMES",
     "PREPARE_MODES",
     "BenchDatabase",
+    "DatabaseCpu",
     "PrepareError",
+    "catalog_seed_args",
     "create_database",
     "database_exists",
     "drop_database",
     "flush_redis_prefix",
     "local_postmaster",
     "postmaster_pid",
+    "prepare_catalog",
     "prepare_database",
     "run_cli",
     "settle",
@@ -164,11 +167,13 @@ def run_cli(python: str, args: Sequence[str], env: Mapping[str, str], cwd: Path)
         raise PrepareError(f"`python -m cygate {' '.join(args)}` exited with {proc.returncode}")
 
 
-def fill_with_cli(python: str, env: Mapping[str, str], cwd: Path) -> None:
+def fill_with_cli(
+    python: str, env: Mapping[str, str], cwd: Path, seed_args: Sequence[str] = SEED_ARGS
+) -> None:
     """Fill the database the way the gateway does: its migrations, then its seeder."""
     try:
         run_cli(python, ["migrate"], env, cwd)
-        run_cli(python, ["seed", *SEED_ARGS], env, cwd)
+        run_cli(python, ["seed", *seed_args], env, cwd)
     except PrepareError as exc:
         raise PrepareError(
             f"{exc}. If the gateway's migrate/seed commands do not exist yet, run with "
@@ -296,6 +301,44 @@ def local_postmaster(dsn: str) -> int | None:
     return asyncio.run(find())
 
 
+class DatabaseCpu:
+    """CPU seconds PostgreSQL spends on one database: its backends' (the gateway's pool
+    connections, autovacuum workers on it), read from ``/proc`` at :meth:`start` and
+    :meth:`stop`.
+
+    NOTE: unlike the postmaster's whole tree, other databases on a shared server do not count;
+    server-wide processes (WAL writer, checkpointer) do not count either. A backend that
+    connects within the window counts in full; one that exits within it is lost.
+    """
+
+    __slots__ = ("_before", "dsn")
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._before: dict[int, float] = {}
+
+    async def _backends(self) -> list[int]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return [int(r["pid"]) for r in rows]
+        finally:
+            await conn.close()
+
+    async def start(self) -> None:
+        self._before = cpu_seconds_each(await self._backends())
+
+    async def stop(self) -> float:
+        """CPU seconds since :meth:`start` (NaN when no backend runs on this machine)."""
+        after = cpu_seconds_each(await self._backends())
+        if not after:
+            return float("nan")
+        return sum(cpu - self._before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def flush_redis_prefix(redis_url: str, prefix: str) -> int:
     """Delete the benchmark's own keys (``prefix*``) so no stale cache entry survives a new
     database. Returns how many were deleted."""
@@ -348,3 +391,55 @@ def prepare_database(
             asyncio.run(fill_scratch(dsn))
         asyncio.run(settle(dsn))
     return asyncio.run(_describe(dsn, name, mode, mix_size))
+
+
+def catalog_seed_args(products: int) -> tuple[str, ...]:
+    """``cygate seed`` arguments for a catalog of ``products`` and no customers, the same data
+    for the same size (random seed 7, 40 categories): the search and catalog-size benchmarks."""
+    return ("--users", "0", "--products", str(products), "--categories", "40",
+            "--random-seed", "7", "--reset")  # fmt: skip
+
+
+async def _product_count(dsn: str) -> int | None:
+    """Products in the database, or None when it has no catalog yet (no table)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('products') IS NOT NULL"):
+            return None
+        return int(await conn.fetchval("SELECT count(*) FROM products"))
+    finally:
+        await conn.close()
+
+
+def prepare_catalog(
+    name: str,
+    products: int,
+    *,
+    admin_dsn: str,
+    reseed: bool,
+    cli_env: Mapping[str, str],
+    python: str,
+    cwd: Path,
+    mix_size: int = MIX_SIZE,
+) -> BenchDatabase:
+    """Database ``name`` with a catalog of exactly ``products`` (migrated and seeded by the
+    gateway's CLI, then settled), reused as it is when it already holds that many and
+    ``reseed`` is off; its id mix is ``mix_size`` ids drawn uniformly from the whole catalog.
+
+    ``cli_env`` is the environment for the gateway's CLI (its ``CYGATE_DATABASE_URL`` must
+    name this database).
+    """
+    dsn = with_database(admin_dsn, name)
+    try:
+        if not asyncio.run(_database_exists(admin_dsn, name)):
+            asyncio.run(_recreate(admin_dsn, name))
+        count = asyncio.run(_product_count(dsn))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise PrepareError(f"cannot reach PostgreSQL at DATABASE_URL: {exc!r}") from exc
+    if reseed or count != products:
+        print(f"  seeding {name}: {products:,} products (later runs reuse them)", flush=True)
+        fill_with_cli(python, cli_env, cwd, catalog_seed_args(products))
+        asyncio.run(settle(dsn))
+    else:
+        print(f"  reusing {name} ({products:,} products)", flush=True)
+    return asyncio.run(_describe(dsn, name, "cli", mix_size))

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ from pathlib import Path
 __all__ = [
     "HttpResponse",
     "ServerProcess",
+    "cpu_seconds_each",
     "free_port",
     "http_get",
     "kill_all",
     "parent_pid",
+    "start_gateway",
     "tree_cpu_seconds",
     "tree_rss_mib",
 ]
@@ -99,6 +102,13 @@ def tree_cpu_seconds(root_pid: int) -> float:
     NaN if there is no such process."""
     tree = _tree(root_pid)
     return sum(stat.ticks for stat in tree) / CLK_TCK if tree else math.nan
+
+
+def cpu_seconds_each(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of ``pids`` that is alive (its own and its reaped
+    children's), e.g. the PostgreSQL backends serving one database."""
+    stats = (_read_stat(pid) for pid in pids)
+    return {s.pid: s.ticks / CLK_TCK for s in stats if s is not None}
 
 
 def tree_rss_mib(root_pid: int) -> float:
@@ -255,6 +265,30 @@ def _group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def start_gateway(
+    env: Mapping[str, str],
+    *,
+    workers: int,
+    cwd: Path,
+    log_path: Path,
+    python: str = sys.executable,
+    host: str = "127.0.0.1",
+    timeout: float = 60.0,
+) -> tuple[ServerProcess, int]:
+    """``python -m cygate serve`` with ``workers`` Granian workers on a free port of ``host``,
+    returned once ``/readyz`` answers 200: the process (a context manager) and the port."""
+    port = free_port(host)
+    argv = [python, "-m", "cygate", "serve", "--host", host, "--port", str(port),
+            "--workers", str(workers)]  # fmt: skip
+    server = ServerProcess(argv, env=env, cwd=cwd, log_path=log_path)
+    try:
+        server.wait_ready(host, port, "/readyz", timeout)
+    except BaseException:
+        server.kill()
+        raise
+    return server, port
 
 
 def kill_all(servers: Iterable[ServerProcess] | None = None) -> None:

@@ -30,13 +30,16 @@ __all__ = [
     "HEADLINE_END",
     "HEADLINE_START",
     "Failure",
+    "Panel",
     "Result",
     "against_baseline",
     "doc_block",
     "headline",
+    "machine_line",
     "machine_summary",
     "markdown_table",
     "plot",
+    "plot_curves",
     "update_doc",
     "write_json",
 ]
@@ -398,6 +401,49 @@ def plot(results: list[Result], path: Path, title: str) -> Path:
     ax_cpu.bar_label(bars, labels=[f"{c:.1f}" for c in cpu], padding=3, fontsize=8)
     ax_cpu.set_xlabel("server CPU µs / request (lower is better)")
     ax_cpu.margins(x=0.2)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """One chart of :func:`plot_curves`: named series over the shared x values."""
+
+    ylabel: str
+    series: dict[str, list[float]]
+    log_y: bool = False
+
+
+def plot_curves(
+    x: Sequence[float], panels: Sequence[Panel], path: Path, *, title: str, xlabel: str
+) -> Path:
+    """Line charts side by side, one per panel, over the same x values (log scale: sizes and
+    connection counts grow by factors); NaN points are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.6 * len(panels), 3.8), constrained_layout=True, squeeze=False
+    )
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for name, ys in panel.series.items():
+            ax.plot(x, ys, marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(list(x), [f"{v:,.0f}" for v in x], fontsize=8)
+        ax.minorticks_off()
+        if panel.log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)  # NOTE: a rate axis from zero, so a 10 % dip looks like one
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,7 +1,8 @@
 """Search latency on the 100k-product seed, through a real gateway (``make bench-search``).
 
 The database ``cygate_bench_search`` on the server of ``DATABASE_URL`` is migrated and, unless
-it already holds the seed, filled with 100,000 products (``cygate seed`` data, random seed 7).
+it already holds the seed, filled with 100,000 products by the gateway's CLI (``cygate seed``,
+random seed 7: :func:`benchmarks.macro.prepare.prepare_catalog`).
 A gateway (``cygate serve``, 2 workers) is started on a free port; a query mix (exact words,
 multi-word, description phrases, typos, no-hit, filtered, and pages 2-3 of paged queries) runs
 from ``--concurrency`` client tasks, first with ``Cache-Control: no-store`` (every request
@@ -9,7 +10,9 @@ reaches PostgreSQL: the figure that matters) and then through the response cache
 
 Latency is measured by the client (httpx), so it includes the client's own overhead and the
 loopback; percentiles per group and overall are printed as a table and written to
-``benchmarks/results/search-latest.json``.
+``benchmarks/results/search-latest.json``. The same mix, as request paths
+(:func:`request_paths`), is the search load of the catalog-size curve
+(``benchmarks.macro.curves``).
 
     python -m benchmarks.macro.search [--duration 20] [--concurrency 2] [--reseed]
 """
@@ -26,16 +29,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
 
-from benchmarks.macro.procs import ServerProcess, free_port
-from cygate.infra import seed as seeding
-from cygate.infra.db import apply_migrations, ensure_database
+from benchmarks.macro.prepare import prepare_catalog, with_database
+from benchmarks.macro.procs import http_get, start_gateway
 
-__all__ = ["main"]
+__all__ = ["MIX", "PAGED", "main", "request_paths", "top_category"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "search-latest.json"
@@ -63,27 +65,43 @@ MIX: list[tuple[str, str, dict[str, Any]]] = [
 PAGED = ["lamp", "copper", "wireless headphones", "smart watch"]
 
 
-def _dsn(server: str, name: str) -> str:
-    return urlunsplit(urlsplit(server)._replace(path="/" + name))
-
-
-async def prepare(dsn: str, reseed: bool) -> dict[str, Any]:
-    await ensure_database(dsn)
+async def _top_category(dsn: str) -> str:
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_migrations(conn)
-        count = await conn.fetchval("SELECT count(*) FROM products")
-        if reseed or count != PRODUCTS:
-            print(f"seeding {PRODUCTS:,} products (once; later runs reuse them) ...", flush=True)
-            await seeding.reset(conn)
-            await seeding.seed(conn, categories=40, products=PRODUCTS, users=0, rng_seed=7)
-            await conn.execute("ANALYZE")
-        category = await conn.fetchval(
-            "SELECT category_id FROM products GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+        return str(
+            await conn.fetchval(
+                "SELECT category_id FROM products GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+            )
         )
-        return {"category": str(category)}
     finally:
         await conn.close()
+
+
+def top_category(dsn: str) -> str:
+    """The category with the most products (the mix's category filter)."""
+    return asyncio.run(_top_category(dsn))
+
+
+def request_paths(host: str, port: int, category: str, rounds: int = len(PAGED)) -> list[str]:
+    """The mix as request paths for a load generator, ``rounds`` times round: each round is
+    every query of :data:`MIX` and then one paged walk of :data:`PAGED` (page 1, and pages
+    2-3 through the cursors a live gateway on ``host:port`` answers now)."""
+    mix = [(q, {k: (category if v is None else v) for k, v in p.items()}) for _, q, p in MIX]
+    paths: list[str] = []
+    for n in range(rounds):
+        paths += [f"/api/v1/search?{urlencode({'q': q, **extra})}" for q, extra in mix]
+        params: dict[str, Any] = {"q": PAGED[n % len(PAGED)], "limit": 20}
+        for _ in range(3):
+            path = f"/api/v1/search?{urlencode(params)}"
+            paths.append(path)
+            resp = http_get(host, port, path, {"cache-control": "no-store"}, timeout=30)
+            if resp.status != 200:
+                raise RuntimeError(f"{path}: {resp.status} {resp.body[:200]!r}")
+            cursor = json.loads(resp.body)["next_cursor"]
+            if not cursor:
+                break
+            params = {**params, "cursor": cursor}
+    return paths
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -160,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reseed", action="store_true")
     args = ap.parse_args(argv)
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    dsn = _dsn(server, os.environ.get("CYGATE_BENCH_SEARCH_DB", "cygate_bench_search"))
-    info = asyncio.run(prepare(dsn, args.reseed))
-    port = free_port()
+    name = os.environ.get("CYGATE_BENCH_SEARCH_DB", "cygate_bench_search")
+    dsn = with_database(server, name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
     env.update(
         CYGATE_DATABASE_URL=dsn,
@@ -172,21 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         # the query mix comes from one address: no default per-caller limit (explicitly)
         CYGATE_RATE_LIMIT_DEFAULT_CLASS="",
     )
+    prepare_catalog(
+        name,
+        PRODUCTS,
+        admin_dsn=server,
+        reseed=args.reseed,
+        cli_env=env,
+        python=sys.executable,
+        cwd=ROOT,
+        mix_size=1,
+    )
+    info = {"category": top_category(dsn)}
     log = Path("/tmp") / f"cygate-bench-search-{os.getpid()}.log"
-    argv_ = [
-        sys.executable,
-        "-m",
-        "cygate",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-    ]
-    with ServerProcess(argv_, env=env, cwd=ROOT, log_path=log) as proc:
-        proc.wait_ready("127.0.0.1", port, "/readyz", 30)
+    proc, port = start_gateway(env, workers=args.workers, cwd=ROOT, log_path=log)
+    with proc:
         url = f"http://127.0.0.1:{port}"
         cat = info["category"]
         asyncio.run(_run(url, 3, args.concurrency, {"cache-control": "no-store"}, cat))  # warm-up
