@@ -312,7 +312,9 @@ def write_paths(path: Path, paths: Sequence[str], host: str = "127.0.0.1") -> Pa
     if bad or not paths:
         raise ValueError(f"request paths must start with '/' and hold no spaces: {bad[:3]}")
     head = f"Host: {host}\r\n\r\n".encode()
-    write_request_file(path, ["get"], ((0, b"GET %s HTTP/1.1\r\n" % p.encode() + head) for p in paths))
+    write_request_file(
+        path, ["get"], ((0, b"GET %s HTTP/1.1\r\n" % p.encode() + head) for p in paths)
+    )
     return path
 
 
