@@ -46,8 +46,10 @@ read of an order paid earlier in the file stands for it).
 of stock) and a payment (captured or declined), 200 or 412 (a lost If-Match race) for a PATCH.
 Anything else, and connection errors, are errors: what the SLO counts (the seed's SLO from
 ``loadtests/slo.py``: p95 < 200 ms, p99 < 500 ms, errors < 0.1 % per group; sign_in 500/1000 ms).
-A ``--find`` step is sustainable when every group holds it, the achieved rate is at least 0.99 of
-the offered one, and at most 1 % of the requests left late.
+A ``--find`` step is sustainable when every group holds it and the achieved rate is at least
+0.99 of the offered one. Late sends (a request written more than 1 ms after it was due, its
+connection still waiting for the answer before) are reported, not judged: the latency of such a
+request already counts from when it was due.
 """
 
 from __future__ import annotations
@@ -109,7 +111,6 @@ SESSION_S = 600.0  # a customer's visit
 PERSON_THINK_S = 10.0  # a person's pace within it
 VISITS_PER_SIGN_IN = 10  # visits per password sign-in (the others refresh a kept token)
 ACCESS_TOKEN_TTL_RUN = 86_400  # the gateway's lifetime here: prepared tokens outlive every run
-MAX_LATE_SHARE = 0.01
 MIN_ACHIEVED = 0.99
 SEED = 20_231
 
@@ -648,8 +649,6 @@ def measure(
     )
     if result.achieved_rps < MIN_ACHIEVED * rate:
         problems.append(f"achieved {result.achieved_rps:.0f} req/s < {MIN_ACHIEVED} x {rate:g}")
-    if late > MAX_LATE_SHARE * max(1, requests):
-        problems.append(f"{late} late sends > {MAX_LATE_SHARE:.0%} of {requests}")
     return {
         "rate": rate,
         "groups": rows,
