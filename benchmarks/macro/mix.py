@@ -142,9 +142,11 @@ GROUPS: tuple[Group, ...] = (
     Group("my_orders", "GET", "/api/v1/orders"),
     Group("summary", "GET", "/api/v1/users/me/orders/summary"),
     Group("order", "POST", "/api/v1/orders", frozenset({201, 409})),
-    Group("pay", "POST", "/api/v1/orders/{id}/payments", frozenset({201})),
+    # --cost caps where a request needs something made beforehand through the API: a pending
+    # order per payment, a signed-in refresh token (an Argon2id check) per refresh
+    Group("pay", "POST", "/api/v1/orders/{id}/payments", frozenset({201}), cost_rate=200.0),
     Group("order_read", "GET", "/api/v1/orders/{id}"),
-    Group("refresh", "POST", "/api/v1/auth/token"),
+    Group("refresh", "POST", "/api/v1/auth/token", cost_rate=20.0),
     # alone at 10/s: an Argon2id check is ~24 ms of CPU, so 200/s would need ~5 cores
     Group("sign_in", "POST", "/api/v1/auth/login", cost_rate=10.0),
     Group("manager_read", "GET", "/api/v1/products/{id}"),
@@ -692,6 +694,12 @@ def cost_per_group(
         print(f"  {name} alone at {rate:g} req/s ...", flush=True)
         run = measure(binary, world, {name: 1.0}, args, rate, port, gateway, pg_pid, workdir, name)
         o = run["overall"]
+        print(
+            f"    {o['server_cpu_us_per_req']:.0f} µs server and "
+            f"{o['postgres_cpu_us_per_req']:.0f} µs PostgreSQL CPU per request (idle included), "
+            f"p50 {o['p50_ms']:.1f} ms, {o['errors']} errors",
+            flush=True,
+        )
         n = max(1, o["requests"])
         rows.append(
             {
