@@ -16,7 +16,8 @@ what N costs.
 Per N: req/s, p99, server CPU µs per request, the server's RSS, the share of requests whose
 token was verified in full (``cygate_jwt_verified_total`` over the requests: the verified-token
 cache did not know it), the rate-limit keys held (``cygate_ratelimit_keys``), the rate-limit
-script calls per request, and req/s and CPU against N = 1.
+script calls per request, and req/s and CPU against one caller: the same variant with one token,
+measured on a gateway of its own right before each point (a ratio of two runs seconds apart).
 
 ``--variant 'NAME:CYGATE_X=v;CYGATE_Y=w'`` (repeatable) runs each N once more with those settings
 on top (say, another ``CYGATE_JWT_CACHE_SIZE``): before and after in one run, N by N.
@@ -34,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -42,8 +43,8 @@ from uuid import UUID
 import asyncpg
 
 from .curve_kit import (
-    IMG_DIR,
     CurveError,
+    CurveParser,
     die,
     gateway_database,
     load_average,
@@ -62,6 +63,7 @@ from .tokens import mint_access_token, write_key
 __all__ = ["CallerPoint", "main", "memory_per_caller", "parse_variant", "scrape"]
 
 ROOT = Path(__file__).resolve().parents[2]
+PROG = "python -m benchmarks.macro.curve_callers"
 HOST = "127.0.0.1"
 DATABASE = "cygate_curve_callers"
 REDIS_PREFIX = "cygate-curve-callers:"
@@ -87,9 +89,14 @@ class CallerPoint:
     jwt_cache_tokens: float
     redis_calls_per_req: float
     """Rate-limit script calls per request (a lease that ran out, or expired)."""
+    l1_entry_bytes: float
+    """The product read's L1 entry as the L1 counts it (its bytes over its entries)."""
     warmup_s: float
     warmup_requests: int
     errors: int
+    one_rps: float = float("nan")
+    """req/s of the same variant with one caller, measured just before this point."""
+    one_cpu_us_per_req: float = float("nan")
     rps_ratio: float = float("nan")
     cpu_ratio: float = float("nan")
 
@@ -232,7 +239,9 @@ def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoi
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    per_req = 1.0 / w.requests if w.requests else float("nan")
+    nan = float("nan")
+    per_req = 1.0 / w.requests if w.requests else nan
+    entries = after.get("cygate_cache_l1_entries", 0.0)
     return CallerPoint(
         variant=variant,
         callers=n,
@@ -244,6 +253,7 @@ def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoi
         ratelimit_keys=after.get("cygate_ratelimit_keys", float("nan")),
         jwt_cache_tokens=after.get("cygate_jwt_cache_tokens", float("nan")),
         redis_calls_per_req=delta("cygate_ratelimit_redis_calls_total") * per_req,
+        l1_entry_bytes=after.get("cygate_cache_l1_bytes", nan) / entries if entries else nan,
         warmup_s=warmup,
         warmup_requests=sent,
         errors=w.errors,
@@ -342,7 +352,7 @@ def memory_per_caller(n: int = 5000) -> list[tuple[str, float]]:
 
 
 def table(points: list[CallerPoint]) -> str:
-    header = ("variant", "callers", "req/s", "vs 1", "p99 ms", "CPU µs/req", "CPU vs 1",
+    header = ("variant", "callers", "req/s", "vs 1 caller", "p99 ms", "CPU µs/req", "CPU vs 1",
               "RSS MiB", "verified in full", "rate-limit keys", "token cache",
               "RL Redis calls/req", "errors")  # fmt: skip
     formats = ("", ",d", ",.0f", ".2f", ".2f", ".0f", ".2f", ".0f", ".1%", ",.0f", ",.0f",
@@ -366,22 +376,6 @@ def table(points: list[CallerPoint]) -> str:
         for p in points
     ]
     return markdown_table(header, rows, formats)
-
-
-def _with_ratios(points: list[CallerPoint]) -> list[CallerPoint]:
-    from dataclasses import replace
-
-    out = []
-    for p in points:
-        first = next(q for q in points if q.variant == p.variant)
-        out.append(
-            replace(
-                p,
-                rps_ratio=ratio(p.rps, first.rps),
-                cpu_ratio=ratio(p.cpu_us_per_req, first.cpu_us_per_req),
-            )
-        )
-    return out
 
 
 def _plot(points: list[CallerPoint], path: Path) -> Path:
@@ -411,9 +405,7 @@ def _plot(points: list[CallerPoint], path: Path) -> Path:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.macro.curve_callers", description=__doc__.splitlines()[0]
-    )
+    p = CurveParser(PROG, __doc__.splitlines()[0])
     p.add_argument("--callers", default=DEFAULT_CALLERS, help="sizes, e.g. 1,100,1k,10k,100k")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per N")
     p.add_argument("--warmup", type=float, default=3.0, help="least warm-up seconds per N")
@@ -422,19 +414,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--memory", action="store_true", help="only the bytes per remembered caller (in process)"
     )
-    p.add_argument("--no-plot", action="store_true", help="no PNG (tests)")
-    p.add_argument("--results-name", default="callers", help="benchmarks/results/NAME-latest.json")
     args = p.parse_args(argv)
     try:
         args.sizes = parse_sizes(args.callers, "--callers", most=1_000_000)
         args.variants = [("default", {})] + [parse_variant(v) for v in args.variant]
     except CurveError as exc:
-        die(str(exc))
+        p.error(str(exc))
     for name in ("duration", "warmup"):
         if not getattr(args, name) > 0:
-            die(f"--{name} must be above 0, not {getattr(args, name)}")
+            p.error(f"--{name} must be above 0, not {getattr(args, name)}")
     if args.connections < 1:
-        die(f"--connections must be at least 1, not {args.connections}")
+        p.error(f"--connections must be at least 1, not {args.connections}")
     return args
 
 
@@ -454,11 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         ids, count = _prepare(dsn)
         flush_redis_prefix(redis_url, REDIS_PREFIX)
     except CurveError as exc:
-        die(str(exc))
+        die(str(exc), PROG)
     except (OSError, asyncpg.PostgresError) as exc:
-        die(f"cannot prepare {DATABASE} at DATABASE_URL: {exc}")
+        die(f"cannot prepare {DATABASE} at DATABASE_URL: {exc}", PROG)
     except Exception as exc:  # redis-py's connection errors
-        die(f"cannot reach Redis at REDIS_URL: {exc}")
+        die(f"cannot reach Redis at REDIS_URL: {exc}", PROG)
     wrk = ensure_wrk()
     load_start = load_average()
     print(f"{count:,} products, {len(ids)} in the mix; load {load_start}", flush=True)
@@ -472,19 +462,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minted {most:,} tokens in {time.monotonic() - t0:.1f} s", flush=True)
         run = _Run(args, wrk, workdir, dsn, redis_url, key_file, ids, tokens)
         points: list[CallerPoint] = []
-        # N by N, every variant at each N before the next N: before/after side by side.
+        # N by N, every variant at each N before the next N: before/after side by side. Each
+        # point's one-caller reference is measured right before it (the machine's load moves
+        # within minutes), so every ratio is of two runs a few seconds apart.
         for n in args.sizes:
             for name, extra in args.variants:
                 print(f"-- {name}, {n:,} callers", flush=True)
+                one = measure(run, name, extra, 1) if n > 1 else None
                 point = measure(run, name, extra, n)
+                one = one or point
+                point = replace(
+                    point,
+                    one_rps=one.rps,
+                    one_cpu_us_per_req=one.cpu_us_per_req,
+                    rps_ratio=ratio(point.rps, one.rps),
+                    cpu_ratio=ratio(point.cpu_us_per_req, one.cpu_us_per_req),
+                )
                 points.append(point)
                 print(
-                    f"   {point.rps:,.0f} req/s, {point.cpu_us_per_req:.0f} CPU µs/req, "
+                    f"   {point.rps:,.0f} req/s ({point.rps_ratio:.2f}x one caller just before), "
+                    f"{point.cpu_us_per_req:.0f} CPU µs/req, "
                     f"verified in full {point.verified_share:.1%}, "
                     f"{point.ratelimit_keys:,.0f} rate-limit keys, {point.rss_mib:.0f} MiB",
                     flush=True,
                 )
-    points = _with_ratios(points)
     memory = memory_per_caller()
     text = table(points) + "\n\n" + memory_table(memory)
     print()
@@ -492,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average: start {load_start}, end {load_average()}")
     record = {
         "contender": CONTENDER,
-        "command": "python -m benchmarks.macro.curve_callers " + " ".join(sys.argv[1:]),
+        "command": f"{PROG} " + " ".join(sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("variants",)},
         "variants": {name: extra for name, extra in args.variants},
         "load_average_at_start": load_start,
@@ -500,11 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         "memory_per_caller": dict(memory),
         "table": text,
     }
-    path = write_record(args.results_name, record)
-    print(f"written {path.relative_to(ROOT)}")
+    path = write_record("callers", record, args.results_dir)
+    print(f"written {path}")
     if not args.no_plot:
-        png = _plot(points, IMG_DIR / "curve-callers.png")
-        print(f"written {png.relative_to(ROOT)}")
+        png = _plot(points, args.img_dir / "curve-callers.png")
+        print(f"written {png}")
     return 0
 
 

@@ -8,6 +8,7 @@ the load average at the start and the end goes into the record beside them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -27,6 +28,7 @@ __all__ = [
     "IMG_DIR",
     "RESULTS_DIR",
     "CurveError",
+    "CurveParser",
     "die",
     "gateway_database",
     "load_average",
@@ -46,10 +48,24 @@ class CurveError(ValueError):
     """Bad input to a curve: the message is the one line the user sees."""
 
 
-def die(message: str) -> NoReturn:
-    """One line on stderr and exit status 2 (bad input, or a gateway that is not there)."""
-    print(f"error: {message}", file=sys.stderr)
+def die(message: str, prog: str = "curve") -> NoReturn:
+    """One line on stderr and exit status 2 (bad input, or a service that is not there)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class CurveParser(argparse.ArgumentParser):
+    """argparse with the curves' habits: a bad option is one line and status 2 (no usage
+    block), and ``--results-dir``/``--img-dir``/``--no-plot`` for every curve."""
+
+    def __init__(self, prog: str, description: str) -> None:
+        super().__init__(prog=prog, description=description)
+        self.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="JSON goes here")
+        self.add_argument("--img-dir", type=Path, default=IMG_DIR, help="the PNG goes here")
+        self.add_argument("--no-plot", action="store_true", help="no PNG")
+
+    def error(self, message: str) -> NoReturn:
+        die(message, self.prog)
 
 
 def gateway_database(dsn: str, *, seed: Sequence[str] = ()) -> None:
@@ -122,8 +138,9 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def write_record(name: str, record: dict[str, Any]) -> Path:
-    """``benchmarks/results/<name>-latest.json`` with the machine and load added; its path."""
+def write_record(name: str, record: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """``<directory>/<name>-latest.json`` (``benchmarks/results``) with the machine and the
+    load added; its path."""
     machine = machine_summary()
     full = {
         "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -131,8 +148,8 @@ def write_record(name: str, record: dict[str, Any]) -> Path:
         "load_average_at_end": load_average(),
         **record,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}-latest.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-latest.json"
     path.write_text(json.dumps(full, indent=2, default=str) + "\n")
     return path
 
@@ -145,9 +162,11 @@ def plot_curves(
     xlabel: str,
     logx: bool = True,
     hline: Callable[[int], float | None] | None = None,
+    vline: float | None = None,
 ) -> Path:
     """One PNG of side-by-side panels; each panel is (y label, series label -> (x, y)).
-    ``hline(panel index)`` draws a dashed reference (a goal) on that panel when not None."""
+    ``hline(panel index)`` draws a dashed reference (a goal) on that panel when not None;
+    ``vline`` a dashed vertical one (a default size) on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,6 +181,8 @@ def plot_curves(
         goal = hline(n) if hline is not None else None
         if goal is not None:
             ax.axhline(goal, color="tab:gray", linestyle="--", linewidth=1)
+        if vline is not None:
+            ax.axvline(vline, color="tab:gray", linestyle="--", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)

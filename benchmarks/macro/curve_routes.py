@@ -35,8 +35,8 @@ from cygate.core import router as routing
 from cygate.core.router import FOUND, RouterPy
 
 from .curve_kit import (
-    IMG_DIR,
     CurveError,
+    CurveParser,
     die,
     gateway_database,
     load_average,
@@ -52,6 +52,7 @@ from .procs import ServerProcess, free_port, http_get, tree_rss_mib
 __all__ = ["MIX_SIZE", "RoutePoint", "main", "match_mix", "route_file", "route_patterns"]
 
 ROOT = Path(__file__).resolve().parents[2]
+PROG = "python -m benchmarks.macro.curve_routes"
 HOST = "127.0.0.1"
 DATABASE = "cygate_curve_routes"
 REDIS_PREFIX = "cygate-curve-routes:"
@@ -199,23 +200,19 @@ def table(points: list[RoutePoint]) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.macro.curve_routes", description=__doc__.splitlines()[0]
-    )
+    p = CurveParser(PROG, __doc__.splitlines()[0])
     p.add_argument("--routes", default=DEFAULT_ROUTES, help="sizes, e.g. 10,100,1k,10k")
     p.add_argument("--rounds", type=int, default=300, help="passes over the mix per timing")
     p.add_argument("--repeats", type=int, default=3, help="timings (and gateway starts) per N")
     p.add_argument("--no-gateway", action="store_true", help="router match times only")
-    p.add_argument("--no-plot", action="store_true", help="no PNG (tests)")
-    p.add_argument("--results-name", default="routes", help="benchmarks/results/NAME-latest.json")
     args = p.parse_args(argv)
     try:
         args.sizes = parse_sizes(args.routes, "--routes", most=100_000)
     except CurveError as exc:
-        die(str(exc))
+        p.error(str(exc))
     for name in ("rounds", "repeats"):
         if getattr(args, name) < 1:
-            die(f"--{name} must be at least 1, not {getattr(args, name)}")
+            p.error(f"--{name} must be at least 1, not {getattr(args, name)}")
     return args
 
 
@@ -229,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             gateway_database(dsn)
         except CurveError as exc:
-            die(str(exc))
+            die(str(exc), PROG)
         except OSError as exc:
-            die(f"cannot reach PostgreSQL at DATABASE_URL: {exc}")
+            die(f"cannot reach PostgreSQL at DATABASE_URL: {exc}", PROG)
     load_start = load_average()
     print(f"load {load_start}; compiled router: {'yes' if router_c else 'no'}", flush=True)
     points: list[RoutePoint] = []
@@ -266,18 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\nload average: start {load_start}, end {load_average()}")
     record = {
-        "command": "python -m benchmarks.macro.curve_routes " + " ".join(sys.argv[1:]),
+        "command": f"{PROG} " + " ".join(sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items()},
         "load_average_at_start": load_start,
         "points": [asdict(p) for p in points],
         "table": text,
     }
-    path = write_record(args.results_name, record)
-    print(f"written {path.relative_to(ROOT)}")
+    path = write_record("routes", record, args.results_dir)
+    print(f"written {path}")
     if not args.no_plot:
         xs = [float(p.routes) for p in points]
         png = plot_curves(
-            IMG_DIR / "curve-routes.png",
+            args.img_dir / "curve-routes.png",
             f"cost against routes (load {load_average()})",
             [
                 (
@@ -292,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             xlabel="routes in the route file",
         )
-        print(f"written {png.relative_to(ROOT)}")
+        print(f"written {png}")
     return 0
 
 
