@@ -46,7 +46,7 @@ __all__ = ["L1Point", "default_l1_bytes", "hit_ratios", "main"]
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m benchmarks.macro.curve_l1"
 SHARES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-ENTRY_BYTES = 1100
+ENTRY_BYTES = 1000
 """A seeded product answer as the L1 counts it (the ``l1_entry_bytes`` of ``make bench-callers``,
 rounded); ``--entry-bytes`` sets another."""
 

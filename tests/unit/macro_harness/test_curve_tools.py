@@ -156,7 +156,8 @@ def test_l1_curve_runs(tmp_path: Path) -> None:
 
 def test_routes_curve_runs_a_gateway_per_size(tmp_path: Path) -> None:
     proc = _run("curve_routes", "--routes", "10,30", "--rounds", "2", "--repeats", "1",
-                "--results-dir", str(tmp_path), "--no-plot", timeout=300)  # fmt: skip
+                "--starts", "1", "--results-dir", str(tmp_path), "--no-plot",
+                timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     points = json.loads((tmp_path / "routes-latest.json").read_text())["points"]
     assert [p["routes"] for p in points] == [10, 30]
