@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -43,19 +41,23 @@ from uuid import UUID
 import asyncpg
 
 from .curve_kit import (
+    HOST,
     CurveError,
     CurveParser,
     die,
+    gateway_argv,
     gateway_database,
     load_average,
     markdown_table,
     parse_sizes,
+    plain_env,
     plot_curves,
     ratio,
-    write_record,
+    service_urls,
+    write_run,
 )
 from .load import ensure_wrk, run_wrk, write_lua
-from .prepare import flush_redis_prefix, with_database
+from .prepare import flush_redis_prefix
 from .procs import ServerProcess, free_port, http_get, tree_cpu_seconds, tree_rss_mib
 from .registry import PRODUCT_PATH, by_name
 from .tokens import mint_access_token, write_key
@@ -64,7 +66,6 @@ __all__ = ["CallerPoint", "main", "memory_per_caller", "parse_variant", "scrape"
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m benchmarks.macro.curve_callers"
-HOST = "127.0.0.1"
 DATABASE = "cygate_curve_callers"
 REDIS_PREFIX = "cygate-curve-callers:"
 CONTENDER = "cygate-full"
@@ -188,7 +189,7 @@ def _gateway_env(run: _Run, port: int, extra: dict[str, str]) -> dict[str, str]:
         "redis_prefix": REDIS_PREFIX,
         "jwt_key_file": str(run.key_file),
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+    env = plain_env()
     env.update({k: v.format_map(values) for k, v in contender.env.items()})
     env.update(extra)
     return env
@@ -206,8 +207,7 @@ def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoi
         ids=run.ids,
         tokens_file=tokens_file,
     )
-    argv = [sys.executable, "-m", "cygate", "serve", "--host", HOST, "--port", str(port),
-            "--workers", "1"]  # fmt: skip
+    argv = gateway_argv(port)
     log = run.workdir / f"gateway-{variant}-{n}.log"
     url = f"http://{HOST}:{port}/"
     with ServerProcess(argv, env=_gateway_env(run, port, extra), cwd=ROOT, log_path=log) as srv:
@@ -437,9 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         print(memory_table(memory_per_caller()))
         return 0
-    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    dsn = with_database(server, DATABASE)
+    dsn, redis_url = service_urls(DATABASE)
     try:
         ids, count = _prepare(dsn)
         flush_redis_prefix(redis_url, REDIS_PREFIX)
@@ -488,21 +486,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
     memory = memory_per_caller()
     text = table(points) + "\n\n" + memory_table(memory)
-    print()
-    print(text)
-    print(f"\nload average: start {load_start}, end {load_average()}")
-    record = {
-        "contender": CONTENDER,
-        "command": f"{PROG} " + " ".join(sys.argv[1:]),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("variants",)},
-        "variants": {name: extra for name, extra in args.variants},
-        "load_average_at_start": load_start,
-        "points": [asdict(p) for p in points],
-        "memory_per_caller": dict(memory),
-        "table": text,
-    }
-    path = write_record("callers", record, args.results_dir)
-    print(f"written {path}")
+    write_run(
+        "callers",
+        args,
+        prog=PROG,
+        load_start=load_start,
+        points=points,
+        text=text,
+        contender=CONTENDER,
+        memory_per_caller=dict(memory),
+    )
     if not args.no_plot:
         png = _plot(points, args.img_dir / "curve-callers.png")
         print(f"written {png}")

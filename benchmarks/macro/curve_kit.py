@@ -15,28 +15,36 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from cygate.infra.db import ensure_database
 
+from .prepare import with_database
 from .report import machine_line, machine_summary
 
 __all__ = [
+    "HOST",
     "IMG_DIR",
     "RESULTS_DIR",
     "CurveError",
     "CurveParser",
     "die",
+    "gateway_argv",
     "gateway_database",
     "load_average",
     "markdown_table",
     "parse_sizes",
+    "plain_env",
     "plot_curves",
     "ratio",
+    "service_urls",
     "write_record",
+    "write_run",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +76,34 @@ class CurveParser(argparse.ArgumentParser):
         die(message, self.prog)
 
 
+HOST = "127.0.0.1"
+
+
+def service_urls(database: str) -> tuple[str, str]:
+    """(the URL of ``database`` on the server of ``DATABASE_URL``, ``REDIS_URL``), with the
+    services' defaults."""
+    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return with_database(server, database), os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def plain_env() -> dict[str, str]:
+    """This environment without its ``CYGATE_*`` names: a gateway the curve starts gets only
+    the settings the curve gives it (the gateway refuses unknown ``CYGATE_`` names anyway)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+
+
+def gateway_argv(port: int) -> list[str]:
+    """``cygate serve`` on ``port`` of the loopback, one Granian worker."""
+    return [sys.executable, "-m", "cygate", "serve", "--host", HOST, "--port", str(port),
+            "--workers", "1"]  # fmt: skip
+
+
 def gateway_database(dsn: str, *, seed: Sequence[str] = ()) -> None:
     """Create the database at ``dsn`` if missing and bring it to the gateway's schema with
     its own CLI (``cygate migrate``; then ``cygate seed --if-empty SEED`` when ``seed`` is
     given). CurveError when either fails."""
     asyncio.run(ensure_database(dsn))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+    env = plain_env()
     env["CYGATE_DATABASE_URL"] = dsn
     steps: list[tuple[str, ...]] = [("migrate",)]
     if seed:
@@ -154,6 +184,34 @@ def write_record(name: str, record: dict[str, Any], directory: Path = RESULTS_DI
     return path
 
 
+def write_run(
+    name: str,
+    args: argparse.Namespace,
+    *,
+    prog: str,
+    load_start: str,
+    points: Sequence[Any],
+    text: str,
+    **extra: Any,
+) -> Path:
+    """Print the run's table and the load average, and write its record (the command, the
+    options, the points as dicts, the table and ``extra``) with :func:`write_record`."""
+    print()
+    print(text)
+    print(f"\nload average: start {load_start}, end {load_average()}")
+    record = {
+        "command": f"{prog} " + " ".join(sys.argv[1:]),
+        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        **extra,
+        "load_average_at_start": load_start,
+        "points": [asdict(p) for p in points],
+        "table": text,
+    }
+    path = write_record(name, record, args.results_dir)
+    print(f"written {path}")
+    return path
+
+
 def plot_curves(
     path: Path,
     title: str,
@@ -188,7 +246,7 @@ def plot_curves(
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 75 * len(panels)), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

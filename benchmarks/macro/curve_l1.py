@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.popularity import Zipf
@@ -38,7 +37,7 @@ from .curve_kit import (
     markdown_table,
     parse_sizes,
     plot_curves,
-    write_record,
+    write_run,
 )
 
 __all__ = ["L1Point", "default_l1_bytes", "hit_ratios", "main"]
@@ -148,23 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         for p in points
     ]
     text = markdown_table(header, rows, (".1f", ",d", ".1%", ",.1f", ".3f", ""))
-    print()
-    print(text)
-    record = {
-        "command": f"{PROG} " + " ".join(sys.argv[1:]),
-        "catalog": catalog,
-        "requests": args.requests_n,
-        "entry_bytes": entry_bytes,
-        "entries_per_mib": 2**20 / entry_bytes,
-        "default_l1_bytes": default_l1_bytes(),
-        "default_l1_entries": default_entries,
-        "seed": args.seed,
-        "load_average_at_start": load_start,
-        "points": [asdict(p) for p in points],
-        "table": text,
-    }
-    path = write_record("l1", record, args.results_dir)
-    print(f"written {path}")
+    write_run(
+        "l1",
+        args,
+        prog=PROG,
+        load_start=load_start,
+        points=points,
+        text=text,
+        entries_per_mib=2**20 / entry_bytes,
+        default_l1_bytes=default_l1_bytes(),
+        default_l1_entries=default_entries,
+    )
     if not args.no_plot:
         series = {
             f"zipf {s}": (

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +33,27 @@ from cygate.core import router as routing
 from cygate.core.router import FOUND, RouterPy
 
 from .curve_kit import (
+    HOST,
     CurveError,
     CurveParser,
     die,
+    gateway_argv,
     gateway_database,
     load_average,
     markdown_table,
     parse_sizes,
+    plain_env,
     plot_curves,
     ratio,
-    write_record,
+    service_urls,
+    write_run,
 )
-from .prepare import with_database
 from .procs import ServerProcess, free_port, http_get, tree_rss_mib
 
 __all__ = ["MIX_SIZE", "RoutePoint", "main", "match_mix", "route_file", "route_patterns"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m benchmarks.macro.curve_routes"
-HOST = "127.0.0.1"
 DATABASE = "cygate_curve_routes"
 REDIS_PREFIX = "cygate-curve-routes:"
 DEFAULT_ROUTES = "10,100,1k,10k"
@@ -154,7 +154,7 @@ def startup(n: int, dsn: str, redis_url: str, workdir: Path) -> tuple[float, flo
     path = workdir / f"routes-{n}.json"
     path.write_text(json.dumps(route_file(n, upstream_port)))
     port = free_port(HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
+    env = plain_env()
     env.update(
         CYGATE_DATABASE_URL=dsn,
         CYGATE_REDIS_URL=redis_url,
@@ -162,8 +162,7 @@ def startup(n: int, dsn: str, redis_url: str, workdir: Path) -> tuple[float, flo
         CYGATE_LOG_LEVEL="warning",
         CYGATE_ROUTES_FILE=str(path),
     )
-    argv = [sys.executable, "-m", "cygate", "serve", "--host", HOST, "--port", str(port),
-            "--workers", "1"]  # fmt: skip
+    argv = gateway_argv(port)
     t0 = time.monotonic()
     with ServerProcess(argv, env=env, cwd=ROOT, log_path=workdir / f"gateway-{n}.log") as srv:
         srv.wait_ready(HOST, port, "/readyz", 300, poll=0.02)
@@ -221,9 +220,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     router_c: type[RouterPy] | None = getattr(routing, "RouterC", None)
-    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    dsn = with_database(server, DATABASE)
+    dsn, redis_url = service_urls(DATABASE)
     if not args.no_gateway:
         try:
             gateway_database(dsn)
@@ -261,18 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in points
     ]
     text = table(points)
-    print()
-    print(text)
-    print(f"\nload average: start {load_start}, end {load_average()}")
-    record = {
-        "command": f"{PROG} " + " ".join(sys.argv[1:]),
-        "settings": {k: v for k, v in vars(args).items()},
-        "load_average_at_start": load_start,
-        "points": [asdict(p) for p in points],
-        "table": text,
-    }
-    path = write_record("routes", record, args.results_dir)
-    print(f"written {path}")
+    write_run("routes", args, prog=PROG, load_start=load_start, points=points, text=text)
     if not args.no_plot:
         xs = [float(p.routes) for p in points]
         png = plot_curves(
