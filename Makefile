@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-catalog bench-buyers bench-instructions load capacity fuzz fuzz-api contract soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-catalog bench-buyers bench-callers bench-routes bench-l1 bench-instructions load capacity fuzz fuzz-api contract soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -144,6 +144,20 @@ bench-buyers: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curves buyers $(CURVE_ARGS)
 
 bench: bench-micro bench-macro
+
+# Cost curves (docs/benchmarks.md, "How cost grows"): cygate-full against distinct callers (with
+# the token cache of the earlier default and with 60 s revocation/lease windows beside it, N by
+# N), the router, start-up and RSS against routes, and the L1's hit ratio against its size.
+CALLERS_VARIANTS = --variant 'cache-20k:CYGATE_JWT_CACHE_SIZE=20000;CYGATE_JWT_CACHE_MAX_BYTES=0' \
+	--variant 'windows-60s:CYGATE_JWT_REVOCATION_CACHE_SECONDS=60;CYGATE_RATE_LIMITS={"bench":{"rate":1000000,"period":1,"mode":"batched","lease_ttl":60}}'
+bench-callers: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curve_callers $(CALLERS_VARIANTS)
+
+bench-routes: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curve_routes
+
+bench-l1: build
+	$(BIN)/python -m benchmarks.macro.curve_l1
 
 # Events: relay throughput and commit-to-consumer latency (under a minute; docs/events.md).
 bench-events: build services

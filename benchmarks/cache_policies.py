@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from cygate.edge.l1 import L1
 
-__all__ = ["main", "simulate"]
+__all__ = ["main", "sieve", "simulate", "zipf_trace"]
 
 Policy = Callable[[int], Callable[[int], bool]]
 """``policy(capacity)`` returns ``access(obj) -> hit?``."""

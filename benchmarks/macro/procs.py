@@ -208,9 +208,10 @@ class ServerProcess:
         path: str,
         timeout: float,
         headers: Mapping[str, str] | None = None,
+        poll: float = 0.1,
     ) -> None:
-        """Poll ``GET path`` until it answers 200; raise RuntimeError (with the log's tail) if
-        the process exits or the time runs out."""
+        """Poll ``GET path`` every ``poll`` seconds until it answers 200; raise RuntimeError
+        (with the log's tail) if the process exits or the time runs out."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -227,7 +228,7 @@ class ServerProcess:
                 if resp.status == 200:
                     return
                 last = f"HTTP {resp.status}: {resp.body[:200]!r}"
-            time.sleep(0.1)
+            time.sleep(poll)
         raise RuntimeError(
             f"not ready after {timeout:.0f} s on {path} (last: {last}); "
             f"log tail:\n{self.log_tail()}"

@@ -59,7 +59,6 @@ from .procs import (
 )
 from .registry import (
     BASELINE,
-    BENCH_ISSUER,
     CONTENDERS,
     ME_PATH,
     PRODUCT_PATH,
@@ -85,6 +84,7 @@ from .report import (
     write_json,
 )
 from .rounds import Rounds, paired
+from .tokens import mint_access_token, write_key
 
 __all__ = ["main"]
 
@@ -402,46 +402,6 @@ def _mint_token(secret: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def _write_key(workdir: Path) -> tuple[Path, Any]:
-    """A fresh Ed25519 key for this run: the cygate contenders trust it (key file), the
-    harness signs their tokens with it."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    path = workdir / "jwt-ed25519.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path, key
-
-
-def _mint_access_token(key: Any, user: dict[str, Any] | None) -> str:
-    """An RFC 9068 access token as cygate issues them, for the benchmark user (PyJWT signs;
-    the kid is the key's RFC 7638 thumbprint, which is how cygate names a key file)."""
-    import jwt
-
-    from cygate.services.identity.keys import thumbprint
-
-    now = int(time.time())
-    claims = {
-        "iss": BENCH_ISSUER,
-        "aud": "cygate",
-        "sub": user["id"] if user else "00000000-0000-7000-8000-000000000000",
-        "client_id": "cygate",
-        "exp": now + 6 * 3600,
-        "iat": now,
-        "jti": secrets.token_urlsafe(16),
-        "roles": user["roles"] if user else ["customer"],
-    }
-    headers = {"kid": thumbprint(key.public_key()), "typ": "at+jwt"}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
-
-
 def _write_scripts(
     workdir: Path, db: prepare.BenchDatabase, tokens: dict[str, str]
 ) -> dict[tuple[str, str | None], Path]:
@@ -647,10 +607,10 @@ def main(argv: list[str] | None = None) -> int:
             ids_file = workdir / "ids.txt"
             ids_file.write_text("\n".join(db.product_ids) + "\n")
             secret = secrets.token_urlsafe(32)
-            key_file, jwt_key = _write_key(workdir)
+            key_file, jwt_key = write_key(workdir)
             tokens = {
                 "hs256": _mint_token(secret),
-                "eddsa": _mint_access_token(jwt_key, db.user),
+                "eddsa": mint_access_token(jwt_key, db.user),
             }
             fixed_body = json.dumps(db.check_product, separators=(",", ":")).encode()
             bench = Bench(

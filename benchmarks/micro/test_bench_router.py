@@ -5,8 +5,11 @@ a few wildcards, two extra hosts) is loaded into every contender; one round matc
 of 50 requests (static, one parameter, deep, other hosts, 404s), so a match takes time / 50.
 
 Every contender is checked first: each request of the mix must resolve to the same route (or to
-none). Host routing, which werkzeug's host matching and Litestar lack in this form, is given to
-all of them the same way: one table per host, tried before the host-less one.
+none). The scaled cases load N generated routes (10 to 10,000: the route file of
+``benchmarks.macro.curve_routes``, which draws the whole curve in one run) to show that a match
+does not grow with the table. Host routing, which werkzeug's host matching and Litestar lack
+in this form, is given to all of them the same way: one table per host, tried before the
+host-less one.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from typing import Any, cast
 
 import pytest
 
+from benchmarks.macro.curve_routes import match_mix, route_patterns
 from cygate.core import router as routing
 from cygate.core._router_py import FOUND, RouterPy
 
 Matcher = Callable[[str, str, "str | None"], "str | None"]  # -> the route's value, or None
 
 GROUP = "router: match (≈300 routes, 50-request mix)"
+SCALED_GROUP = "router: match, N generated routes (60-request mix)"
+SCALED = (10, 1000, 10_000)
 NORMALIZE_GROUP = "router: normalize_path (12-path mix)"
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +423,41 @@ def test_router_loop_baseline(micro: Any) -> None:
             pass
 
     micro(run, group=GROUP, ops=len(MIX))
+
+
+def _scaled(router_cls: type[RouterPy], n: int) -> Callable[[], None]:
+    router = router_cls()
+    for pattern in route_patterns(n):
+        router.add("GET", pattern, pattern)
+    mix = match_mix(n)
+    for method, path, expected in mix:
+        result = router.match(method, path, None)
+        assert (result.value if result.kind is FOUND else None) == expected, (method, path)
+    match = router.match
+    requests = [(method, path) for method, path, _ in mix]
+
+    def run() -> None:
+        for method, path in requests:
+            match(method, path, None)
+
+    return run
+
+
+@pytest.mark.parametrize("n", SCALED)
+def test_router_c_scaled(micro: Any, n: int) -> None:
+    """cygate RouterC.match (compiled) with N generated routes, 60-request mix."""
+    router_c = getattr(routing, "RouterC", None)
+    if router_c is None:
+        pytest.skip("compiled router not available")
+    run = _scaled(router_c, n)
+    micro(run, group=SCALED_GROUP, ops=len(match_mix(n)))
+
+
+@pytest.mark.parametrize("n", SCALED)
+def test_router_py_scaled(micro: Any, n: int) -> None:
+    """cygate RouterPy.match (pure twin) with N generated routes, 60-request mix."""
+    run = _scaled(RouterPy, n)
+    micro(run, group=SCALED_GROUP, ops=len(match_mix(n)))
 
 
 def test_normalize_c(micro: Any) -> None:

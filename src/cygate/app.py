@@ -459,6 +459,8 @@ def create_app(settings: Settings | None = None) -> Edge:
         identity.identity.refresh_provider if settings.identity.providers else None,
     )
     limiter = ratelimit  # a name that is never None, for the functions below
+    metrics.add_gauge_source(ratelimit.key_gauges)
+    metrics.add_gauge_source(identity.identity.token_gauges)
     # Attribute-based policies: a stage only when policy files are configured (none: the
     # stages, and so the fused hit path, are exactly what they were). A file that does not
     # parse is a PolicyError (ValueError): one line and exit 2 from ``cygate serve``.

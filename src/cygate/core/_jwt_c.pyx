@@ -32,6 +32,7 @@ from cygate.core._jwt_py import (
     BAD_CLAIMS,
     BAD_SIGNATURE,
     BAD_TYP,
+    CACHE_ENTRY_BYTES,
     CRIT,
     DUPLICATE_KEYS,
     ECDSA_SHA256,
@@ -68,6 +69,8 @@ cdef enum:
     C_RSA = 2
     C_MAX_HEADER = 1024
     C_MAX_KID = 256
+
+cdef Py_ssize_t _ENTRY_BYTES = CACHE_ENTRY_BYTES
 
 if (KIND_ED25519, KIND_EC, KIND_RSA) != (C_ED25519, C_EC, C_RSA) or (
     MAX_HEADER_SEGMENT, MAX_KID
@@ -354,6 +357,9 @@ cdef class JWTVerifierC:
     cdef readonly Py_ssize_t max_token_bytes
     cdef readonly Py_ssize_t cache_size
     cdef readonly Py_ssize_t revoked_size
+    cdef readonly Py_ssize_t cache_bytes  # 0: bounded by count only
+    cdef Py_ssize_t _held                 # bytes the cached entries count as
+    cdef readonly unsigned long long verified  # full checks passed (not cache hits)
     cdef dict _issuers
     cdef dict _cache     # token bytes -> _Entry
     cdef dict _by_jti    # jti -> token bytes
@@ -366,17 +372,23 @@ cdef class JWTVerifierC:
         max_token_bytes: int = 4096,
         cache_size: int = 10_000,
         revoked_size: int = 100_000,
+        cache_bytes: int = 0,
     ):
         if leeway < 0 or max_token_bytes < 16 or cache_size < 0 or revoked_size < 1:
             raise ValueError("leeway >= 0, max_token_bytes >= 16, cache_size >= 0 please")
+        if cache_bytes < 0:
+            raise ValueError("cache_bytes >= 0 please")
         self.leeway = float(leeway)
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._held = 0
         self.revoked_size = revoked_size
         self._issuers = {}
         self._cache = {}
         self._by_jti = {}
         self._revoked = {}
+        self.verified = 0
 
     # -- configuration (not hot: plain code, the same steps as the pure twin) -----------------
 
@@ -410,7 +422,7 @@ cdef class JWTVerifierC:
         """Refuse tokens with this ``jti`` (see :meth:`JWTVerifierPy.revoke_jti`)."""
         token = self._by_jti.pop(jti, None)
         if token is not None:
-            self._cache.pop(token, None)
+            self._forget(token)
         if jti not in self._revoked and len(self._revoked) >= self.revoked_size:
             now = _time.time()
             for old in [j for j, t in self._revoked.items() if t <= now]:
@@ -427,30 +439,49 @@ cdef class JWTVerifierC:
         """Forget every verified token (revocations are kept)."""
         self._cache.clear()
         self._by_jti.clear()
+        self._held = 0
 
     def cache_len(self):
         """Number of cached verified tokens."""
         return len(self._cache)
 
+    def cache_held_bytes(self):
+        """Bytes the cached tokens count as against ``cache_bytes``."""
+        return self._held
+
+    cdef void _forget(self, bytes token) except *:
+        # Drops token's entry if cached (not its _by_jti slot: the callers do).
+        if self._cache.pop(token, None) is not None:
+            self._held -= PyBytes_GET_SIZE(token) + _ENTRY_BYTES
+
     cdef _drop_where(self, predicate):
         cdef _Entry entry
         for token, entry in list(self._cache.items()):
             if predicate(entry.issuer, entry.kid):
-                del self._cache[token]
+                self._forget(token)
                 if self._by_jti.get(entry.jti) == token:
                     del self._by_jti[entry.jti]
 
     cdef _remember(self, bytes token, _Entry entry):
-        cdef object previous = self._by_jti.get(entry.jti)
+        cdef Py_ssize_t cost = PyBytes_GET_SIZE(token) + _ENTRY_BYTES
+        cdef Py_ssize_t bound = self.cache_bytes
+        cdef object previous
         cdef _Entry old
+        if bound and cost > bound:
+            return  # would never fit
+        previous = self._by_jti.get(entry.jti)
         if previous is not None:
-            self._cache.pop(previous, None)
-        elif len(self._cache) >= self.cache_size:
+            self._forget(previous)
+        while self._cache and (
+            len(self._cache) >= self.cache_size or (bound and self._held + cost > bound)
+        ):
             oldest = next(iter(self._cache))
-            old = self._cache.pop(oldest)
+            old = self._cache[oldest]
+            self._forget(oldest)
             if self._by_jti.get(old.jti) == oldest:
                 del self._by_jti[old.jti]
         self._cache[token] = entry
+        self._held += cost
         self._by_jti[entry.jti] = token
 
     # -- verification -------------------------------------------------------------------------
@@ -470,7 +501,7 @@ cdef class JWTVerifierC:
             entry = <_Entry>hit
             if t < entry.limit:
                 return entry.value  # PERF: the repeated-token path ends here
-            del self._cache[raw]
+            self._forget(raw)
             if self._by_jti.get(entry.jti) == raw:
                 del self._by_jti[entry.jti]
         return self._verify(raw, t)
@@ -553,6 +584,7 @@ cdef class JWTVerifierC:
             raise _JWTError(REVOKED)
         # 8. result
         value = issuer.principal(claims)
+        self.verified += 1
         if self.cache_size:
             self._remember(token, _Entry(value, limit, jti, issuer.name, key.kid))
         return value

@@ -59,6 +59,7 @@ __all__ = [
     "BAD_CLAIMS",
     "BAD_SIGNATURE",
     "BAD_TYP",
+    "CACHE_ENTRY_BYTES",
     "CRIT",
     "DUPLICATE_KEYS",
     "EXPIRED",
@@ -116,6 +117,10 @@ MAX_NUMERIC_DATE: Final = 2**53 - 1
 """Largest accepted ``exp``/``iat``/``nbf``: exact as a double, so both twins compare alike."""
 MAX_JSON_DEPTH: Final = 32
 """Deepest nesting of arrays and objects in the header or the claims (the object itself is 1)."""
+CACHE_ENTRY_BYTES: Final = 768
+"""What a cached verified token costs besides its own bytes, for the cache's byte bound: the
+principal and its strings, the entry, and its slots in the two dicts (~760 bytes measured for
+cygate's own tokens, compiled and pure: ``python -m benchmarks.macro.curve_callers --memory``)."""
 
 # Key kinds: how the signature is checked (the compiled twin switches on these).
 KIND_ED25519: Final = 0
@@ -371,6 +376,10 @@ class JWTVerifierPy:
 
     ``leeway`` (seconds) applies to ``exp``, ``nbf`` and ``iat``. ``cache_size`` 0 disables the
     cache. ``revoked_size`` bounds the remembered revoked ``jti`` values (expired ones go first).
+    ``cache_bytes`` bounds the cache's memory too (0: by count only): each entry counts as its
+    token's length plus :data:`CACHE_ENTRY_BYTES`; the oldest go first when either bound is
+    reached. ``verified`` counts the tokens accepted after a full check (signature included),
+    not from the cache: its growth against the requests is the share the cache did not know.
     """
 
     def __init__(
@@ -380,18 +389,24 @@ class JWTVerifierPy:
         max_token_bytes: int = 4096,
         cache_size: int = 10_000,
         revoked_size: int = 100_000,
+        cache_bytes: int = 0,
     ) -> None:
         if leeway < 0 or max_token_bytes < 16 or cache_size < 0 or revoked_size < 1:
             raise ValueError("leeway >= 0, max_token_bytes >= 16, cache_size >= 0 please")
+        if cache_bytes < 0:
+            raise ValueError("cache_bytes >= 0 please")
         self.leeway = float(leeway)
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._held = 0  # bytes the cached entries count as (see cache_bytes)
         self.revoked_size = revoked_size
         self._issuers: dict[str, Issuer] = {}
         # token bytes -> (value, valid while now < this, jti, issuer, kid)
         self._cache: dict[bytes, tuple[Any, float, str, str, str]] = {}
         self._by_jti: dict[str, bytes] = {}
         self._revoked: dict[str, float] = {}  # jti -> forget after (its exp + leeway)
+        self.verified = 0
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -436,7 +451,7 @@ class JWTVerifierPy:
         after which the token has expired anyway); drops its cached entry."""
         token = self._by_jti.pop(jti, None)
         if token is not None:
-            self._cache.pop(token, None)
+            self._forget(token)
         if jti not in self._revoked and len(self._revoked) >= self.revoked_size:
             now = time.time()
             for old in [j for j, t in self._revoked.items() if t <= now]:
@@ -453,31 +468,47 @@ class JWTVerifierPy:
         """Forget every verified token (revocations are kept)."""
         self._cache.clear()
         self._by_jti.clear()
+        self._held = 0
 
     def cache_len(self) -> int:
         """Number of cached verified tokens."""
         return len(self._cache)
 
+    def cache_held_bytes(self) -> int:
+        """Bytes the cached tokens count as against ``cache_bytes``."""
+        return self._held
+
+    def _forget(self, token: bytes) -> None:
+        """Drop ``token``'s entry, if cached (not its ``_by_jti`` slot: the callers do)."""
+        if self._cache.pop(token, None) is not None:
+            self._held -= len(token) + CACHE_ENTRY_BYTES
+
     def _drop_where(self, predicate: Callable[[str, str], bool]) -> None:
         for token, entry in list(self._cache.items()):
             if predicate(entry[3], entry[4]):
-                del self._cache[token]
+                self._forget(token)
                 if self._by_jti.get(entry[2]) == token:
                     del self._by_jti[entry[2]]
 
     def _remember(self, token: bytes, entry: tuple[Any, float, str, str, str]) -> None:
         cache = self._cache
         jti = entry[2]
+        cost = len(token) + CACHE_ENTRY_BYTES
+        bound = self.cache_bytes
+        if bound and cost > bound:
+            return  # would never fit
         previous = self._by_jti.get(jti)
         if previous is not None:
             # At most one cached token per jti, so revoking the jti reaches every copy.
-            cache.pop(previous, None)
-        elif len(cache) >= self.cache_size:
+            self._forget(previous)
+        while cache and (len(cache) >= self.cache_size or (bound and self._held + cost > bound)):
             oldest = next(iter(cache))
-            old = cache.pop(oldest)
+            old = cache[oldest]
+            self._forget(oldest)
             if self._by_jti.get(old[2]) == oldest:
                 del self._by_jti[old[2]]
         cache[token] = entry
+        self._held += cost
         self._by_jti[jti] = token
 
     # -- verification -------------------------------------------------------------------------
@@ -492,7 +523,7 @@ class JWTVerifierPy:
         if entry is not None:
             if now < entry[1]:
                 return entry[0]
-            del self._cache[token]
+            self._forget(token)
             if self._by_jti.get(entry[2]) == token:
                 del self._by_jti[entry[2]]
         return self._verify(token, now)
@@ -561,6 +592,7 @@ class JWTVerifierPy:
             raise JWTError(REVOKED)
         # 8. result
         value = issuer.principal(claims)
+        self.verified += 1
         if self.cache_size:
             self._remember(token, (value, float(limit), jti, issuer.name, key.kid))
         return value

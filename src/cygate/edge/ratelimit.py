@@ -39,7 +39,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 from cygate.core.ratelimit import (
@@ -408,6 +408,17 @@ class RateLimitStage:
     def limits(self) -> dict[str, tuple[str, ...]]:
         """Route name -> the names of its limits, in the order they are checked."""
         return {route: tuple(lim.name for lim in p.limits) for route, p in self._current.items()}
+
+    def key_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """``cygate_ratelimit_keys`` of this worker (a metrics gauge source): per limit in
+        use, the keys its tables hold (leases or refusals of the global modes, GCRA states of
+        the local mode and of the fallback), each bounded by ``rate_limit_max_keys``."""
+        seen: set[str] = set()
+        for plan in self._current.values():
+            for lim in plan.limits:
+                if lim.name not in seen:
+                    seen.add(lim.name)
+                    yield "cygate_ratelimit_keys", (lim.name,), len(lim.leases) + len(lim.gcra)
 
     async def bind(self, redis: RedisHandle) -> None:
         """Use ``redis`` for global limits and load the script (failure is not fatal)."""

@@ -102,6 +102,22 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "(fail_open: served unchecked, fallback: decided locally, fail_closed: 503).",
         ("limit", "decision"),
     ),
+    "cygate_ratelimit_keys": (
+        "gauge",
+        "Keys (callers) the rate-limit tables of a limit hold now, summed over the workers.",
+        ("limit",),
+    ),
+    "cygate_jwt_verified_total": (
+        "counter",
+        "Access tokens verified in full (signature and claims), not answered from the "
+        "verified-token cache.",
+        (),
+    ),
+    "cygate_jwt_cache_tokens": (
+        "gauge",
+        "Verified tokens the workers' caches hold now (jwt_cache_size each at most).",
+        (),
+    ),
     "cygate_ratelimit_redis_calls_total": (
         "counter",
         "Calls of the rate-limit script in Redis, by limit (batched: one per lease).",

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from core_impls import CoreImplementation, require_compiled
 from cygate.core import jwt as selector
 from cygate.core._jwt_py import (
+    CACHE_ENTRY_BYTES,
     MAX_JSON_DEPTH,
     MAX_NUMERIC_DATE,
     JWTError,
@@ -50,7 +51,8 @@ def trusted_keys(keys: SigningKeys = KEYS) -> list[VerifyKey]:
 
 
 def make(cls: type[JWTVerifierPy], **kw: Any) -> JWTVerifierPy:
-    options = {"leeway": 0} | {k: kw.pop(k) for k in list(kw) if k in ("leeway", "cache_size")}
+    own = ("leeway", "cache_size", "cache_bytes")
+    options = {"leeway": 0} | {k: kw.pop(k) for k in list(kw) if k in own}
     verifier = cls(**options)
     verifier.set_issuer("cygate", audience="cygate", keys=trusted_keys(), **kw)
     return verifier
@@ -330,6 +332,51 @@ def test_cache_is_bounded_oldest_first(verifier_cls: type[JWTVerifierPy]) -> Non
     assert verifier.cache_len() == 0
 
 
+def test_cache_is_bounded_in_bytes_oldest_first(verifier_cls: type[JWTVerifierPy]) -> None:
+    tokens = [KEYS.good(now=NOW, jti=f"j{i}") for i in range(5)]
+    each = len(tokens[0]) + CACHE_ENTRY_BYTES
+    assert all(len(t) + CACHE_ENTRY_BYTES == each for t in tokens)
+    verifier = make(verifier_cls, cache_size=100, cache_bytes=3 * each + each // 2)
+    for tok in tokens:
+        verifier.verify(tok, NOW)
+    assert verifier.cache_len() == 3
+    assert verifier.cache_held_bytes() == 3 * each
+    verified = verifier.verified
+    verifier.verify(tokens[-1], NOW)  # the newest are kept ...
+    assert verifier.verified == verified
+    verifier.verify(tokens[0], NOW)  # ... the oldest went first
+    assert verifier.verified == verified + 1
+    # every way out gives its bytes back
+    verifier.revoke_jti("j0", NOW + 600)
+    assert (verifier.cache_len(), verifier.cache_held_bytes()) == (2, 2 * each)
+    assert reason(verifier, tokens[3], NOW + 10**6) == "expired"
+    assert (verifier.cache_len(), verifier.cache_held_bytes()) == (1, each)
+    verifier.remove_issuer("cygate")
+    assert (verifier.cache_len(), verifier.cache_held_bytes()) == (0, 0)
+
+
+def test_token_larger_than_the_byte_bound_is_not_cached(
+    verifier_cls: type[JWTVerifierPy],
+) -> None:
+    good = KEYS.good(now=NOW)
+    verifier = make(verifier_cls, cache_bytes=len(good) + CACHE_ENTRY_BYTES - 1)
+    assert verifier.verify(good, NOW) == verifier.verify(good, NOW)
+    assert (verifier.cache_len(), verifier.cache_held_bytes(), verifier.verified) == (0, 0, 2)
+
+
+def test_verified_counts_full_checks_only(verifier_cls: type[JWTVerifierPy]) -> None:
+    verifier = make(verifier_cls)
+    a, b = KEYS.good(now=NOW, jti="a"), KEYS.good(now=NOW, jti="b")
+    for tok in (a, a, b, a, b):
+        verifier.verify(tok, NOW)
+    reason(verifier, KEYS.good(now=NOW, jti="c", exp=NOW - 1))  # refused: not counted
+    assert verifier.verified == 2
+    verifier.clear_cache()
+    assert verifier.cache_held_bytes() == 0
+    verifier.verify(a, NOW)
+    assert verifier.verified == 3
+
+
 def test_cache_off(verifier_cls: type[JWTVerifierPy]) -> None:
     verifier = make(verifier_cls, cache_size=0)
     good = KEYS.good(now=NOW)
@@ -364,6 +411,8 @@ def test_bad_configuration(verifier_cls: type[JWTVerifierPy]) -> None:
         verifier_cls(max_token_bytes=1)
     with pytest.raises(ValueError):
         verifier_cls(cache_size=-1)
+    with pytest.raises(ValueError):
+        verifier_cls(cache_bytes=-1)
 
 
 def test_verify_key_checks_its_key() -> None:

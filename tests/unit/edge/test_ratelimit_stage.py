@@ -422,3 +422,16 @@ async def _call(edge: Edge, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body
+
+
+def test_key_gauges_count_the_callers_each_limit_holds() -> None:
+    """``cygate_ratelimit_keys``: per limit in use, the keys its tables hold now."""
+    stage = make_stage()
+    before = {labels: value for _, labels, value in stage.key_gauges()}
+    assert before[("tight",)] == 0 and before[("per_path",)] == 0
+    for peer in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        decide(stage, ctx_for("GET /a", peer=peer))
+    decide(stage, ctx_for("GET /items/{id:int}", path="/items/7"))
+    after = {labels: value for family, labels, value in stage.key_gauges()}
+    assert {family for family, _, _ in stage.key_gauges()} == {"cygate_ratelimit_keys"}
+    assert after[("tight",)] == 3 and after[("per_path",)] == 1

@@ -32,6 +32,12 @@ def populated(directory: pathlib.Path | None = None) -> Metrics:
         lambda: [("cygate_upstream_breaker_state", ("svc", s), float(s == "open")) for s in
                  ("closed", "open", "half_open")]
     )  # fmt: skip
+    others = [
+        (family, tuple(f"{n}-value" for n in labels), 3.0)
+        for family, (kind, _help, labels) in FAMILIES.items()
+        if kind == "gauge" and family != "cygate_upstream_breaker_state"
+    ]
+    m.add_gauge_source(lambda: others)
     return m
 
 

@@ -13,7 +13,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -158,6 +158,7 @@ class Identity:
             leeway=settings.jwt_leeway,
             max_token_bytes=settings.jwt_max_token_bytes,
             cache_size=settings.jwt_cache_size,
+            cache_bytes=settings.jwt_cache_max_bytes,
         )
         self.verifier.set_issuer(
             settings.jwt_issuer,
@@ -217,6 +218,12 @@ class Identity:
     async def stop(self) -> None:
         await self.providers.stop()
         self.passwords.close()
+
+    def token_gauges(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        """This worker's ``cygate_jwt_verified_total`` and ``cygate_jwt_cache_tokens`` (a
+        metrics gauge source: read when a snapshot is taken, nothing on the request path)."""
+        yield "cygate_jwt_verified_total", (), self.verifier.verified
+        yield "cygate_jwt_cache_tokens", (), self.verifier.cache_len()
 
     @property
     def pool(self) -> asyncpg.Pool:

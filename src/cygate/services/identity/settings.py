@@ -88,8 +88,22 @@ class IdentitySettings(Section, frozen=True, kw_only=True):
         int, doc("Longest accepted access token, bytes.", ge=256, le=65536)
     ] = 4096
     jwt_cache_size: Annotated[
-        NonNegative, doc("Verified tokens cached per worker; 0 disables.", le=10_000_000)
-    ] = 20_000
+        NonNegative,
+        doc(
+            "Verified tokens cached per worker (distinct callers answered without a signature "
+            "check); 0 disables.",
+            le=10_000_000,
+        ),
+    ] = 100_000
+    jwt_cache_max_bytes: Annotated[
+        NonNegative,
+        doc(
+            "Memory bound of a worker's verified-token cache, bytes: each token counts as its "
+            "length plus 768 (the principal and the entry); the oldest go first. 0: bounded by "
+            "jwt_cache_size only.",
+            le=16 * 2**30,
+        ),
+    ] = 128 * 2**20
     jwt_revocation_cache_seconds: Annotated[
         float, doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
     ] = 1.0
