@@ -40,7 +40,6 @@ from the feed then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -50,6 +49,7 @@ from redis.exceptions import RedisError
 
 from cygate.infra.circuit import Circuit
 from cygate.infra.tasks import spawn
+from cygate.infra.tasks import stop as stop_task
 
 if TYPE_CHECKING:
     from cygate.core.jwt import JWTVerifierPy
@@ -169,10 +169,7 @@ class Revocations:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:
