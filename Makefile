@@ -146,10 +146,11 @@ bench-buyers: build services
 bench: bench-micro bench-macro
 
 # Cost curves (docs/benchmarks.md, "How cost grows"): cygate-full against distinct callers (with
-# the token cache of the earlier default and with 60 s revocation/lease windows beside it, N by
-# N), the router, start-up and RSS against routes, and the L1's hit ratio against its size.
-CALLERS_VARIANTS = --variant 'cache-20k:CYGATE_JWT_CACHE_SIZE=20000;CYGATE_JWT_CACHE_MAX_BYTES=0' \
-	--variant 'windows-60s:CYGATE_JWT_REVOCATION_CACHE_SECONDS=60;CYGATE_RATE_LIMITS={"bench":{"rate":1000000,"period":1,"mode":"batched","lease_ttl":60}}'
+# a per-minute rate-limit class beside the default, N by N; CALLERS_BEFORE=/a/built/checkout
+# adds that tree's gateway as the variant "before"), the router, start-up and RSS against
+# routes, and the L1's hit ratio against its size.
+CALLERS_VARIANTS = --variant 'minute-limit:CYGATE_RATE_LIMITS={"bench":{"rate":60000000,"period":60,"mode":"batched"}}' \
+	$(if $(CALLERS_BEFORE),--variant 'before@$(CALLERS_BEFORE):')
 bench-callers: build services
 	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curve_callers $(CALLERS_VARIANTS)
 

@@ -112,7 +112,7 @@ class Load:
 
 def access_tokens(url: str, n: int) -> list[dict[str, str]]:
     """``n`` Authorization headers of one new customer, each from a login of its own (so each
-    token has its own ``jti``: the revocation check asks Redis about each)."""
+    token has its own ``jti``, a verification and a revocation look-up of its own)."""
     email = f"drill-{uuid.uuid4().hex[:12]}@example.com"
     password = secrets.token_urlsafe(12)
     address = f"198.51.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"

@@ -21,6 +21,9 @@ measured on a gateway of its own right before each point (a ratio of two runs se
 
 ``--variant 'NAME:CYGATE_X=v;CYGATE_Y=w'`` (repeatable) runs each N once more with those settings
 on top (say, another ``CYGATE_JWT_CACHE_SIZE``): before and after in one run, N by N.
+``--variant 'NAME@PATH:...'`` runs that variant's gateway from another checkout at PATH (built:
+its ``.venv/bin/python``), e.g. the tree before a change; its settings may be empty.
+``--common 'CYGATE_X=v;...'`` puts settings on top of every variant, ``default`` included.
 
 Writes ``benchmarks/results/callers-latest.json`` and ``docs/img/curve-callers.png``.
 Environment: ``DATABASE_URL``, ``REDIS_URL`` (the database ``cygate_curve_callers`` on that
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -62,7 +66,7 @@ from .procs import ServerProcess, free_port, http_get, tree_cpu_seconds, tree_rs
 from .registry import PRODUCT_PATH, by_name
 from .tokens import mint_access_token, write_key
 
-__all__ = ["CallerPoint", "main", "memory_per_caller", "parse_variant", "scrape"]
+__all__ = ["CallerPoint", "Variant", "main", "memory_per_caller", "parse_variant", "scrape"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m benchmarks.macro.curve_callers"
@@ -102,19 +106,41 @@ class CallerPoint:
     cpu_ratio: float = float("nan")
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """``name:CYGATE_A=1;CYGATE_B=2`` -> (name, env); CurveError on anything else. (``;``
-    between settings: a value may be JSON, with commas.)"""
-    name, sep, rest = text.partition(":")
-    if not sep or not name or not rest:
-        raise CurveError(f"--variant {text!r}: expected NAME:CYGATE_SETTING=value[;...]")
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    env: dict[str, str]
+    """Settings on top of the contender's."""
+    python: str = sys.executable
+    """The interpreter that serves (another checkout's: that checkout's gateway)."""
+    cwd: Path = ROOT
+
+
+def parse_variant(text: str) -> Variant:
+    """``name:CYGATE_A=1;CYGATE_B=2`` or ``name@/other/checkout:[settings]`` -> a Variant;
+    CurveError on anything else. (``;`` between settings: a value may be JSON, with commas.)"""
+    head, sep, rest = text.partition(":")
+    name, at, tree = head.partition("@")
+    if not sep or not name or (not rest and not at) or (at and not tree):
+        raise CurveError(f"--variant {text!r}: expected NAME[@CHECKOUT]:CYGATE_SETTING=value[;...]")
+    env = parse_settings(rest, f"--variant {text!r}") if rest else {}
+    if not at:
+        return Variant(name, env)
+    python = Path(tree) / ".venv" / "bin" / "python"
+    if not python.is_file():
+        raise CurveError(f"--variant {text!r}: {python} does not exist (`make build` there)")
+    return Variant(name, env, str(python), Path(tree))
+
+
+def parse_settings(text: str, what: str) -> dict[str, str]:
+    """``CYGATE_A=1;CYGATE_B=2`` -> env; CurveError naming ``what`` on anything else."""
     env: dict[str, str] = {}
-    for item in rest.split(";"):
+    for item in text.split(";"):
         key, eq, value = item.partition("=")
         if not eq or not key.startswith("CYGATE_"):
-            raise CurveError(f"--variant {text!r}: {item!r} is not CYGATE_SETTING=value")
+            raise CurveError(f"{what}: {item!r} is not CYGATE_SETTING=value")
         env[key] = value
-    return name, env
+    return env
 
 
 # --------------------------------------------------------------------------- the database
@@ -195,7 +221,7 @@ def _gateway_env(run: _Run, port: int, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoint:
+def measure(run: _Run, variant: Variant, n: int) -> CallerPoint:
     """One gateway, N callers: warm-up over every token, then the measured wrk run."""
     args = run.args
     port = free_port(HOST)
@@ -207,10 +233,11 @@ def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoi
         ids=run.ids,
         tokens_file=tokens_file,
     )
-    argv = gateway_argv(port)
-    log = run.workdir / f"gateway-{variant}-{n}.log"
+    argv = gateway_argv(port, variant.python)
+    log = run.workdir / f"gateway-{variant.name}-{n}.log"
     url = f"http://{HOST}:{port}/"
-    with ServerProcess(argv, env=_gateway_env(run, port, extra), cwd=ROOT, log_path=log) as srv:
+    env = _gateway_env(run, port, {**run.args.common, **variant.env})
+    with ServerProcess(argv, env=env, cwd=variant.cwd, log_path=log) as srv:
         srv.wait_ready(HOST, port, "/readyz", 60)
         auth = {"Authorization": f"Bearer {run.tokens[0]}"}
         resp = http_get(HOST, port, PRODUCT_PATH + run.ids[0], auth)
@@ -243,7 +270,7 @@ def measure(run: _Run, variant: str, extra: dict[str, str], n: int) -> CallerPoi
     per_req = 1.0 / w.requests if w.requests else nan
     entries = after.get("cygate_cache_l1_entries", 0.0)
     return CallerPoint(
-        variant=variant,
+        variant=variant.name,
         callers=n,
         rps=w.rps,
         p99_ms=w.p99_ms,
@@ -267,8 +294,8 @@ def memory_per_caller(n: int = 5000) -> list[tuple[str, float]]:
     """Bytes per remembered caller in each per-caller table, compiled and pure, measured in
     this process with tracemalloc: N callers' tokens verified (the token bytes included, as the
     gateway keeps the request's copy), N rate-limit keys in a lease table and a GCRA table
-    (the key strings included; beyond the tables' fixed arrays), N ``jti`` deadlines of the
-    revocation check (the ``jti`` itself is the principal's, counted with the token)."""
+    (the key strings included; beyond the tables' fixed arrays); and the bytes of one revoked
+    token in a worker's revoked set (per revocation still live, not per caller)."""
     import gc
     import tracemalloc
 
@@ -283,7 +310,6 @@ def memory_per_caller(n: int = 5000) -> list[tuple[str, float]]:
         _, key = write_key(Path(tmp))
     tokens = [mint_access_token(key, sub=str(UUID(int=i + 1, version=4))) for i in range(n)]
     subjects = [str(UUID(int=i + 1, version=4)) for i in range(n)]
-    jtis = [f"{i:022d}" for i in range(n)]
 
     def traced(fill: Any) -> float:
         gc.collect()
@@ -339,11 +365,8 @@ def memory_per_caller(n: int = 5000) -> list[tuple[str, float]]:
                 fixed = traced(lambda c=cls, e=empty: e(c))  # the arrays sized for n keys
                 used = traced(lambda c=cls, f=fill: f(c))
                 rows.append((f"rate-limit key, {name} ({tag})", used - fixed))
-    rows.append(
-        (
-            "revocation check (jti -> deadline)",
-            traced(lambda: {j: i + 0.5 for i, j in enumerate(jtis)}),
-        )
+    rows.append(  # per revoked token still live, not per caller (the jti string included)
+        ("revoked token (jti -> expiry)", traced(lambda: {f"{i:022d}": i + 0.5 for i in range(n)}))
     )
     return rows
 
@@ -410,14 +433,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per N")
     p.add_argument("--warmup", type=float, default=3.0, help="least warm-up seconds per N")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:CYGATE_X=v;...")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="NAME[@CHECKOUT]:CYGATE_X=v;..."
+    )
+    p.add_argument("--common", default="", metavar="CYGATE_X=v;...", help="on top of every variant")
     p.add_argument(
         "--memory", action="store_true", help="only the bytes per remembered caller (in process)"
     )
     args = p.parse_args(argv)
     try:
         args.sizes = parse_sizes(args.callers, "--callers", most=1_000_000)
-        args.variants = [("default", {})] + [parse_variant(v) for v in args.variant]
+        args.variants = [Variant("default", {})] + [parse_variant(v) for v in args.variant]
+        args.common = parse_settings(args.common, "--common") if args.common else {}
     except CurveError as exc:
         p.error(str(exc))
     for name in ("duration", "warmup"):
@@ -464,10 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         # point's one-caller reference is measured right before it (the machine's load moves
         # within minutes), so every ratio is of two runs a few seconds apart.
         for n in args.sizes:
-            for name, extra in args.variants:
-                print(f"-- {name}, {n:,} callers", flush=True)
-                one = measure(run, name, extra, 1) if n > 1 else None
-                point = measure(run, name, extra, n)
+            for variant in args.variants:
+                print(f"-- {variant.name}, {n:,} callers", flush=True)
+                one = measure(run, variant, 1) if n > 1 else None
+                point = measure(run, variant, n)
                 one = one or point
                 point = replace(
                     point,

@@ -92,9 +92,10 @@ def plain_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CYGATE_")}
 
 
-def gateway_argv(port: int) -> list[str]:
-    """``cygate serve`` on ``port`` of the loopback, one Granian worker."""
-    return [sys.executable, "-m", "cygate", "serve", "--host", HOST, "--port", str(port),
+def gateway_argv(port: int, python: str = sys.executable) -> list[str]:
+    """``cygate serve`` on ``port`` of the loopback, one Granian worker (``python``: another
+    checkout's interpreter runs that checkout's gateway)."""
+    return [python, "-m", "cygate", "serve", "--host", HOST, "--port", str(port),
             "--workers", "1"]  # fmt: skip
 
 

@@ -87,7 +87,7 @@ def make_edge(
     verifier = JWTVerifier(leeway=0)
     verifier.set_issuer("cygate", audience="cygate", principal=own_principal("cygate"),
                         keys=[VerifyKey("k1", "EdDSA", key.public_key())])  # fmt: skip
-    token = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+    token = TokenStage(verifier, Revocations(None, verifier, interval=60.0))
     limits = {
         "bench": {"rate": 1_000_000_000, "period": 1, "mode": "local"},
         "api": {"rate": 1_000_000_000, "period": 1, "key": ["caller"], "mode": "local"},

@@ -39,7 +39,7 @@ def gw(gateway_env: dict[str, str], private_dsn: str) -> Iterator[Gateway]:
             "CYGATE_DATABASE_URL": private_dsn,
             "CYGATE_ADMIN_EMAIL": ROOT_EMAIL,
             "CYGATE_ADMIN_PASSWORD": ROOT_PASSWORD,
-            "CYGATE_JWT_REVOCATION_CACHE_SECONDS": "0",
+            "CYGATE_JWT_REVOCATION_CACHE_SECONDS": "0.05",
             "CYGATE_ARGON2_TIME_COST": "1",
             "CYGATE_ARGON2_MEMORY_COST": "1024",
         },

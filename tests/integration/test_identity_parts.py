@@ -29,7 +29,7 @@ from cygate.services.identity.keys import (
 from cygate.services.identity.limiter import LoginLimiter
 from cygate.services.identity.passwords import Passwords
 from cygate.services.identity.providers import ProviderKeys, parse_jwks
-from cygate.services.identity.revocation import Revocations
+from cygate.services.identity.revocation import PAGE, Revocations
 from cygate.settings import IdentityProvider, SettingsError, load_settings
 from identity_helpers import JWKSServer, jwk, pem_private, pem_public, thumbprint
 from jwt_cases import SigningKeys, b64, token
@@ -145,7 +145,7 @@ async def test_login_limiter_without_redis_still_limits(caplog: pytest.LogCaptur
 
 
 # ---------------------------------------------------------------------------------------------
-# Revocation list
+# Revocations: the feed in Redis, each worker's set
 # ---------------------------------------------------------------------------------------------
 
 KEYS = SigningKeys()
@@ -161,117 +161,144 @@ def verifier() -> Any:
     return v
 
 
-async def test_revocation_reaches_other_workers(redis: RedisHandle) -> None:
-    a, b = (
-        Revocations(redis, verifier(), cache_seconds=0),
-        Revocations(redis, verifier(), cache_seconds=0.2),
-    )
-    tok = KEYS.good(jti="jti-1")
-    b.verifier.verify(tok)
-    first = b.check("jti-1", int(time.time()) + 600)
-    assert first is not None and await first is False  # asked Redis: not revoked
-    assert b.check("jti-1", int(time.time()) + 600) is None  # cached for 0.2 s: no coroutine
-    await a.revoke([("jti-1", time.time() + 600), ("expired", time.time() - 1)])
-    assert a.verifier.is_revoked("jti-1")
-    await asyncio.sleep(0.25)  # b's short cache runs out
-    pending = b.check("jti-1", int(time.time()) + 600)
-    assert pending is not None and await pending is True
-    with pytest.raises(JWTError) as info:
-        b.verifier.verify(tok)
-    assert info.value.reason == "revoked"
-    ttl = await redis.client.ttl(redis.key("revoked", "{jti-1}"))
-    assert 0 < ttl <= 602
-    assert not await redis.client.exists(redis.key("revoked", "{expired}"))
+async def started(redis: RedisHandle | None, **kw: Any) -> Revocations:
+    revocations = Revocations(redis, verifier(), **({"interval": 0.05} | kw))
+    await revocations.start()
+    return revocations
 
 
-async def test_concurrent_checks_of_one_jti_ask_redis_once(redis: RedisHandle) -> None:
-    revocations = Revocations(redis, verifier(), cache_seconds=0.2)
-    asked = 0
-    exists = redis.client.exists
-
-    async def counting_exists(*keys: str) -> int:
-        nonlocal asked
-        asked += 1
-        return int(await exists(*keys))
-
-    redis.client.exists = counting_exists  # type: ignore[method-assign]
+async def test_a_revocation_reaches_other_workers_within_the_interval(redis: RedisHandle) -> None:
+    a, b = await started(redis), await started(redis, interval=0.2)
     try:
-        expires = int(time.time()) + 600
-        checks = [revocations.check("jti-many", expires) for _ in range(100)]
-        assert all(c is not None for c in checks)
-        assert await asyncio.gather(*checks) == [False] * 100  # type: ignore[arg-type]
-        assert asked == 1  # one EXISTS for the hundred, not a hundred on the pool
-        assert revocations.check("jti-many", expires) is None  # cached
-        await Revocations(redis, verifier(), cache_seconds=0).revoke([("jti-many", expires)])
-        await asyncio.sleep(0.25)
-        checks = [revocations.check("jti-many", expires) for _ in range(50)]
-        assert await asyncio.gather(*checks) == [True] * 50  # type: ignore[arg-type]
-        assert asked == 2
+        tok = KEYS.good(jti="jti-1")
+        b.verifier.verify(tok)
+        assert "jti-1" not in b.revoked
+        await a.revoke([("jti-1", time.time() + 600), ("expired", time.time() - 1)])
+        assert "jti-1" in a.revoked  # the revoking worker: at once
+        waited = time.monotonic()
+        while "jti-1" not in b.revoked:
+            assert time.monotonic() - waited < 0.2 + 0.5, "not read within the interval"
+            await asyncio.sleep(0.01)
+        assert "expired" not in b.revoked
+        feed, index = a.keys
+        assert await redis.client.xlen(feed) == 1  # the expired token was not appended
+        assert await redis.client.zcard(index) == 1
+        assert feed.startswith(redis.prefix + "{revoked}") and index.endswith("}:exp")
     finally:
-        redis.client.exists = exists  # type: ignore[method-assign]
+        await a.stop()
+        await b.stop()
 
 
-async def test_a_cancelled_check_leaves_the_waiters_an_answer(redis: RedisHandle) -> None:
-    revocations = Revocations(redis, verifier(), cache_seconds=5)
-    expires = int(time.time()) + 600
-    first = asyncio.ensure_future(revocations.check("jti-c", expires))  # type: ignore[arg-type]
-    others = [revocations.check("jti-c", expires) for _ in range(5)]
-    await asyncio.sleep(0)
-    first.cancel()
-    assert await asyncio.gather(*others) == [False] * 5  # type: ignore[arg-type]
-    assert revocations.check("jti-c", expires) is None
+async def test_a_worker_started_after_revocations_loads_them_at_once(redis: RedisHandle) -> None:
+    a = Revocations(redis, verifier(), interval=60)
+    exp = time.time() + 600
+    many = [(f"jti-{i}", exp) for i in range(PAGE + 5)]  # more than one page
+    await a.revoke(many)
+    late = Revocations(redis, verifier(), interval=60)
+    await late.start()  # the whole feed, before the worker serves
+    try:
+        assert len(late.revoked) == PAGE + 5
+        assert all(jti in late.revoked for jti, _ in many)
+        await a.revoke([("one-more", exp)])
+        assert await late.refresh()  # only what is new since its cursor
+        assert len(late.revoked) == PAGE + 6
+    finally:
+        await late.stop()
 
 
-async def test_revocation_check_fails_open_without_redis(caplog: pytest.LogCaptureFixture) -> None:
+async def test_expired_entries_leave_the_feed_and_the_local_set(redis: RedisHandle) -> None:
+    a = Revocations(redis, verifier(), interval=60)
+    b = Revocations(redis, verifier(), interval=60)
+    now = time.time()
+    await a.revoke([("short", now + 0.3), ("long", now + 600)])
+    assert await b.refresh()
+    assert set(b.revoked) == {"short", "long"}
+    feed, index = a.keys
+    await asyncio.sleep(0.4)
+    assert await b.refresh()  # a read trims the feed, too
+    assert await redis.client.xlen(feed) == 1 and await redis.client.zcard(index) == 1
+    assert b.sweep() == 1 and set(b.revoked) == {"long"}
+    assert a.sweep() == 1 and set(a.revoked) == {"long"}
+
+
+async def test_without_redis_tokens_are_accepted_and_revocations_stay_local(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     handle = dead_redis()
-    revocations = Revocations(handle, verifier(), cache_seconds=1)
     with caplog.at_level(logging.WARNING, logger="cygate.identity"):
-        pending = revocations.check("jti-x", int(time.time()) + 60)
-        assert pending is not None and await pending is False
-        await revocations.revoke([("jti-y", time.time() + 60)])  # logged, still local
-    assert revocations.verifier.is_revoked("jti-y")
-    assert "accepting tokens" in caplog.text
+        revocations = await started(handle, interval=0.05)  # starts empty, does not fail
+        assert not revocations.revoked
+        await revocations.revoke([("jti-y", time.time() + 60)])  # logged, in its own set
+    assert "jti-y" in revocations.revoked
+    assert "revocation feed (Redis) failed" in caplog.text
+    await revocations.stop()
     await handle.close()
 
 
-async def test_revocation_check_behind_a_circuit_when_redis_hangs() -> None:
-    """Redis paused (SIGSTOP: it accepts connections, never answers): the first check waits its
-    timeout and opens the circuit; for the backoff, checks of other tokens answer at once
-    (accepted: availability first); then one check probes. After SIGCONT a probe closes the
-    circuit and a revocation recorded in Redis is seen again."""
+async def test_redis_stopped_then_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stops: every worker keeps what it knew (tokens accepted otherwise), the outage is
+    logged once; a revocation made meanwhile is refused by its own worker at once and reaches
+    the others once Redis is back (appended by the worker that kept it). A worker started while
+    Redis is down loads the feed when Redis returns."""
+    with PrivateRedis() as server:
+
+        def handle() -> RedisHandle:
+            client = aioredis.Redis.from_url(server.url, socket_timeout=0.3,
+                                             socket_connect_timeout=0.3)  # fmt: skip
+            return RedisHandle(client, "stopped:")
+
+        handles = [handle(), handle(), handle()]
+        kw = {"interval": 0.05, "timeout": 0.3, "backoff": 0.3}
+        a, b = await started(handles[0], **kw), await started(handles[1], **kw)
+        exp = time.time() + 600
+        await a.revoke([("before", exp)])
+        await asyncio.sleep(0.2)
+        assert "before" in b.revoked
+        with caplog.at_level(logging.WARNING, logger="cygate.identity"):
+            server.stop()
+            late = await started(handles[2], **kw)  # Redis down: starts with an empty set
+            await a.revoke([("during", exp)])
+            await asyncio.sleep(1.0)  # several intervals, several failed probes
+            assert "during" in a.revoked  # its own worker refuses it at once
+            assert "during" not in b.revoked and "before" in b.revoked  # the last known set
+            assert not late.revoked
+            failed = [r for r in caplog.records if "failed" in r.getMessage()]
+            # one line per worker when the outage starts (not one per read), and the kept one
+            assert len([r for r in failed if "revocation feed" in r.getMessage()]) == 3, failed
+            server.start()  # empty: no persistence
+            deadline = time.monotonic() + 5
+            while not ("during" in b.revoked and "during" in late.revoked):
+                assert time.monotonic() < deadline, "not learnt after Redis came back"
+                await asyncio.sleep(0.05)
+        assert "answers again" in caplog.text
+        for r in (a, b, late):
+            await r.stop()
+        for h in handles:
+            await h.close()
+
+
+async def test_reads_behind_a_circuit_when_redis_hangs() -> None:
+    """Redis paused (SIGSTOP: it accepts connections, never answers): a read waits its timeout
+    and opens the circuit; for the backoff, reads return at once without asking; after SIGCONT
+    a probe closes the circuit and what was revoked meanwhile is read."""
     with PrivateRedis() as server:
         client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
         handle = RedisHandle(client, "circuit:")
-        revocations = Revocations(handle, verifier(), cache_seconds=0, timeout=0.3, backoff=0.6)
-        expires = int(time.time()) + 60
-        pending = revocations.check("warm", expires)  # a connection in the pool, Redis known
-        assert pending is not None and await pending is False
+        revocations = Revocations(handle, verifier(), interval=60, timeout=0.3, backoff=0.6)
+        assert await revocations.refresh()  # a connection in the pool, Redis known
         server.pause()
-        waited: list[float] = []
-        started = time.monotonic()
-        n = 0
-        while time.monotonic() - started < 2.0:  # distinct tokens, none cached
-            t0 = time.monotonic()
-            pending = revocations.check(f"jti-{n}", expires)
-            if pending is not None:
-                assert await pending is False
-            waited.append(time.monotonic() - t0)
-            n += 1
-            await asyncio.sleep(0.01)
-        slow = [w for w in waited if w >= 0.25]
-        # 2 s / (0.6 s backoff + 0.3 s probe) → the first failure and about two probes; without
-        # the circuit every one of the ~100 checks waits the 0.3 s timeout.
-        assert 1 <= len(slow) <= 4, (len(slow), len(waited))
-        assert len(waited) > 30
-        assert revocations.known_good("never-asked")  # the fused hit path skips Redis too
+        t0 = time.monotonic()
+        assert not await revocations.refresh()
+        assert 0.25 <= time.monotonic() - t0 < 1.0  # bounded by the timeout
+        t0 = time.monotonic()
+        assert not await revocations.refresh()  # the circuit is open: not asked
+        assert time.monotonic() - t0 < 0.05
         server.resume()
-        # Another worker revokes a token: only Redis tells this one.
-        await Revocations(handle, verifier(), cache_seconds=0).revoke([("revoked-later", expires)])
+        await Revocations(handle, verifier(), interval=60).revoke(
+            [("revoked-later", time.time() + 60)]
+        )
         deadline = time.monotonic() + 5
-        while True:  # the next probe (within a backoff) closes the circuit
-            pending = revocations.check("revoked-later", expires)
-            if pending is not None and await pending:
-                break
+        while not await revocations.refresh() or "revoked-later" not in revocations.revoked:
             assert time.monotonic() < deadline, "the circuit did not close after SIGCONT"
             await asyncio.sleep(0.05)
         assert revocations.circuit.usable

@@ -9,8 +9,8 @@ in C; one clock read serves the metrics and L1 (``CLOCK_MONOTONIC``, the clock o
 ``time.perf_counter`` and ``time.monotonic`` on Linux). It reads other modules through their
 public interfaces only: the L1's node by ``L1.nodes`` (read as ``L1.get`` reads it: ``expires``,
 ``value``, the ``visited`` mark), the entry through its :class:`EntryHot` record
-(``Entry.hot``, C fields kept by ``Entry.place`` and ``Entry.hit``), the revocation cache's
-deadlines by ``Revocations.trusted_until`` (then ``known_good``), the compiled rate tables and
+(``Entry.hot``, C fields kept by ``Entry.place`` and ``Entry.hit``), the revoked ``jti`` by
+``Revocations.revoked`` (a dict look-up), the compiled rate tables and
 metrics series by their ``.pxd`` declarations, ``RateLimitStage.top_up``; its tables (routes,
 cache rules, rate-limit plans) are those of its :class:`~cygate.edge.hitplan.HitPlan`. The
 reference calls the methods, and the tests hold both to the general path. A hit is its own
@@ -459,8 +459,7 @@ cdef class HitPath:
     cdef object verifier
     cdef object revocations
     cdef object _verify
-    cdef object _known_good
-    cdef dict checked
+    cdef dict revoked
     cdef dict routes
     cdef dict l1_map
     cdef tuple security
@@ -490,11 +489,10 @@ cdef class HitPath:
         self.token = token
         self.verifier = token.verifier if token is not None else None
         self.revocations = token.revocations if token is not None else None
-        # (a live mapping, the same for the revocation cache's life; ``known_good`` for the rest)
-        self.checked = self.revocations.trusted_until if token is not None else None
-        # PERF: bound once (the verifier and the revocations are fixed for this HitPath)
+        # (a live mapping, the same for the revocations' life: the revoked jti)
+        self.revoked = self.revocations.revoked if token is not None else None
+        # PERF: bound once (the verifier is fixed for this HitPath)
         self._verify = self.verifier.verify if token is not None else None
-        self._known_good = self.revocations.known_good if token is not None else None
         self.rate = plan.rate
         self.rate_plans = plan.rate_plans
         self.security = plan.security
@@ -660,11 +658,8 @@ cdef class HitPath:
                 if principal is not self._jti_of:  # PERF: the verifier's cached principal
                     self._jti = principal.jti  # (a frozen struct) read once, not per hit
                     self._jti_of = principal
-                jti = self._jti
-                found = PyDict_GetItem(self.checked, jti)
-                if found == NULL or not now < <double><object>found:
-                    if not self._known_good(jti):
-                        return None
+                if PyDict_GetItem(self.revoked, self._jti) != NULL:
+                    return None  # revoked: the token stage refuses it
                 if roles and roles.isdisjoint(principal.roles):
                     return None  # the 403
 

@@ -16,10 +16,10 @@ What it answers, and what the general edge would answer for the same request:
   ``Content-Length``, no ``?`` in the raw path, a path that normalises, a route that resolves
   to a ``local`` target with a cache rule;
 - token: the route's ``auth``/``roles`` as the token stage decides them, for a token that the
-  verifier accepts (from its cache or not), whose ``jti`` the revocation cache trusts now
-  (:meth:`~cygate.services.identity.revocation.Revocations.known_good`) and whose roles
-  fit; a missing token on a public route (anonymous). Every refusal, a key refresh, a
-  revocation look-up: the general path;
+  verifier accepts (from its cache or not), whose ``jti`` is not revoked
+  (:attr:`~cygate.services.identity.revocation.Revocations.revoked`) and whose roles fit; a
+  missing token on a public route (anonymous). Every refusal and a key refresh: the general
+  path;
 - rate limit: a route with one limit keyed by nothing, ``caller``, ``sub``, ``route`` or
   ``ip`` (no trusted proxies) that its table decides here (local GCRA, or a lease with tokens
   left); refusals and Redis questions go to the general path. Decided *after* the cache
@@ -43,7 +43,7 @@ The answer's headers are the general path's, in its order: the entry's (with ``x
 What it reads: one :class:`~cygate.edge.hitplan.HitPlan` (the router, the cache's routes and
 the rate-limit plans of one generation; the edge builds a new plan and a new ``HitPath`` when
 any of them changes), and, live, only public interfaces: ``L1.get``, ``Entry.hit``,
-``Revocations.known_good``, the rate tables' ``hit``/``take``/``append_headers``,
+``Revocations.revoked``, the rate tables' ``hit``/``take``/``append_headers``,
 ``RateLimitStage.top_up``. Rate-limit keys are spelled by :mod:`cygate.edge.ratekey`, as the
 rate-limit stage spells them.
 """
@@ -348,8 +348,8 @@ class HitPath:
                     principal = self.verifier.verify(token)
                 except Exception:
                     return None
-                if not self.revocations.known_good(principal.jti):
-                    return None
+                if principal.jti in self.revocations.revoked:
+                    return None  # revoked: the token stage refuses it
                 if policy.roles and policy.roles.isdisjoint(principal.roles):
                     return None  # the 403
 

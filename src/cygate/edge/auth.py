@@ -13,15 +13,15 @@ parameter (the app-wide dependency :func:`provide_principal`), or read it from t
 :func:`principal_of`. NOTE: prefer the parameter: a handler that reads the raw request cannot be
 cached (``cache_rules.check_inputs``), one that declares ``principal`` can, under a private rule.
 
-PERF: with a repeated token the verifier answers from its cache and the revocation check from
-its short local cache, so the stage returns None: no coroutine, no await. Only a token not
-seen for a while costs one Redis ``EXISTS``; only an unknown ``kid`` of an external provider
-costs a (rate-limited, shared) JWKS fetch.
+PERF: with a repeated token the verifier answers from its cache and the revocation check is a
+look-up in the worker's set of revoked ``jti`` (fed from Redis in the background), so the stage
+returns None: no coroutine, no await, no Redis call. Only an unknown ``kid`` of an external
+provider costs a (rate-limited, shared) JWKS fetch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from litestar import Request  # NOTE: at run time, as Principal: Litestar resolves the hints
@@ -49,18 +49,14 @@ _BEARER = b"bearer "
 
 
 class RevocationCheck(Protocol):
-    """Whether a verified token was revoked: what the stage asks of the identity service's
-    revocation cache (:class:`cygate.services.identity.revocation.Revocations` implements it).
+    """Whether a verified token was revoked: what the stage reads of the identity service's
+    revocations (:class:`cygate.services.identity.revocation.Revocations` implements it).
     Defined here, below the services, so the edge names no service."""
 
-    def check(self, jti: str, expires_at: int) -> Awaitable[bool] | None:
-        """None when ``jti`` is known not revoked (nothing to wait for: PERF, no coroutine);
-        else an awaitable that resolves True when it is revoked."""
-        ...
-
-    def known_good(self, jti: str) -> bool:
-        """True when :meth:`check` would return None now; no side effects (the fused hit path
-        asks this, and leaves every other case to the stage)."""
+    @property
+    def revoked(self) -> Mapping[str, float]:
+        """jti -> expiry of the revoked tokens this worker knows: a live mapping, the same for
+        the object's whole life (the stage and the fused hit path look a ``jti`` up there)."""
         ...
 
 
@@ -78,7 +74,7 @@ def _refused(reason: str) -> Problem:
 class TokenStage:
     """An edge stage (``stage(ctx)``); see the module docstring."""
 
-    __slots__ = ("refresh_keys", "revocations", "verifier")
+    __slots__ = ("refresh_keys", "revocations", "revoked", "verifier")
 
     def __init__(
         self,
@@ -88,6 +84,7 @@ class TokenStage:
     ) -> None:
         self.verifier = verifier
         self.revocations = revocations
+        self.revoked = revocations.revoked  # PERF: the live mapping, bound once
         self.refresh_keys = refresh_keys
         """Called with an issuer when a token names a kid its key set lacks; True when a new
         key set was installed (then the token is verified once more)."""
@@ -113,16 +110,17 @@ class TokenStage:
             return None
         except TypeError:  # pragma: no cover - headers are bytes
             return None
-        pending = self.revocations.check(principal.jti, principal.expires_at)
-        if pending is None:
-            if policy.roles:
-                self._admit(ctx, principal, required)
-            else:
-                ctx.principal = principal  # PERF: _admit's common case, inline
-            return None
-        return self._after_revocation_check(ctx, principal, pending, required)
+        if policy.roles or principal.jti in self.revoked:
+            self._admit(ctx, principal, required)
+        else:
+            ctx.principal = principal  # PERF: _admit's common case, inline
+        return None
 
     def _admit(self, ctx: EdgeContext, principal: Principal, required: bool) -> None:
+        if principal.jti in self.revoked:
+            if required:
+                raise unauthorized("the access token has been revoked")
+            return  # a public route: served without a principal
         roles = ctx.policy.roles
         if roles and roles.isdisjoint(principal.roles):
             raise Problem(
@@ -131,15 +129,6 @@ class TokenStage:
                 headers=dict(_FORBIDDEN),
             )
         ctx.principal = principal
-
-    async def _after_revocation_check(
-        self, ctx: EdgeContext, principal: Principal, pending: Awaitable[bool], required: bool
-    ) -> None:
-        if await pending:
-            if required:
-                raise unauthorized("the access token has been revoked")
-            return
-        self._admit(ctx, principal, required)
 
     async def _after_key_refresh(
         self, ctx: EdgeContext, token: bytes, err: JWTError, required: bool
@@ -151,11 +140,7 @@ class TokenStage:
             except JWTError as again:
                 err = again
             else:
-                pending = self.revocations.check(principal.jti, principal.expires_at)
-                if pending is None:
-                    self._admit(ctx, principal, required)
-                else:
-                    await self._after_revocation_check(ctx, principal, pending, required)
+                self._admit(ctx, principal, required)
                 return
         if required:
             raise _refused(err.reason)

@@ -5,7 +5,7 @@ The edge builds a :class:`HitPlan` (``Edge._rebuild_hit_path``) whenever one of 
 changes: a new router, new stages, a route the cache starts caching (``ResponseCache.watch``),
 new rate-limit plans (``RateLimitStage.watch``); then a new ``HitPath`` over it. So the hit
 path holds no table of another module that can change under it: its tables are this plan's
-copies, and what it reads live (the L1's nodes, the revocation cache's deadlines, the rate
+copies, and what it reads live (the L1's nodes, the revoked ``jti``, the rate
 tables) it reads through those modules' public interfaces.
 """
 

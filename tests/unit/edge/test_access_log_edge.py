@@ -109,7 +109,7 @@ def build_edge(
         keys=[VerifyKey(KID, "EdDSA", KEYS.ed.public_key())],
         principal=own_principal("cygate"),
     )
-    token_stage = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+    token_stage = TokenStage(verifier, Revocations(None, verifier, interval=60.0))
     settings = load_settings(
         {"CYGATE_RATE_LIMITS": json.dumps(LIMITS), "CYGATE_RATE_LIMIT_DEFAULT_CLASS": ""},
         cache_key_secret="access-log-test",

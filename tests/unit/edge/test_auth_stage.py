@@ -29,7 +29,7 @@ def make_stage(refresh: Any = None) -> TokenStage:
         keys=[VerifyKey(KEYS.kids["EdDSA"], "EdDSA", KEYS.ed.public_key())],
         principal=own_principal("cygate"),
     )
-    return TokenStage(verifier, Revocations(None, verifier, cache_seconds=1.0), refresh)
+    return TokenStage(verifier, Revocations(None, verifier, interval=1.0), refresh)
 
 
 def ctx(headers: list[tuple[bytes, bytes]], **policy: Any) -> EdgeContext:
@@ -125,6 +125,23 @@ def test_revoked_token() -> None:
     run(stage, ctx(auth(tok), auth=True))
     stage.verifier.revoke_jti("gone", time.time() + 600)
     assert refused(stage, ctx(auth(tok), auth=True)).status == 401
+    c = ctx(auth(tok))
+    run(stage, c)
+    assert c.principal is None
+
+
+def test_a_jti_in_the_revoked_set_is_refused() -> None:
+    """Revoked through the revocations (the feed's set), not the verifier: refused on a
+    protected route (before its roles), ignored on a public one."""
+    stage = make_stage()
+    tok = KEYS.good(jti="fed", roles=["admin"])
+    run(stage, ctx(auth(tok), auth=True))
+    asyncio.run(stage.revocations.revoke([("fed", time.time() + 600)]))  # no Redis: local
+    assert "fed" in stage.revocations.revoked and not stage.verifier.is_revoked("fed")
+    for policy in ({"auth": True}, {"roles": frozenset({"admin"})}):
+        problem = refused(stage, ctx(auth(tok), **policy))
+        assert problem.status == 401 and "revoked" in problem.detail
+        assert problem.headers["www-authenticate"] == CHALLENGE
     c = ctx(auth(tok))
     run(stage, c)
     assert c.principal is None

@@ -35,7 +35,6 @@ from cygate.edge.edge import Edge, Message
 from cygate.edge.problem import Problem
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
-from cygate.services.identity.revocation import Revocations
 from cygate.services.identity.service import own_principal
 from cygate.settings import CacheRule, load_settings
 from jwt_cases import SigningKeys, token
@@ -87,8 +86,17 @@ def _token(**claims: Any) -> bytes:
 ALICE = _token(sub="alice", jti="jti-alice")
 BOB = _token(sub="bob", jti="jti-bob")
 ADMIN = _token(sub="root", jti="jti-root", roles=["admin"])
-REVOKED = _token(sub="mallory", jti="jti-revoked")
+REVOKED = _token(sub="mallory", jti="jti-revoked")  # the verifier refuses it
+FED = _token(sub="eve", jti="jti-fed")  # in the revoked set (from the feed), verifies fine
 EXPIRED = _token(sub="alice", jti="jti-old", exp=int(time.time()) - 100)
+
+
+class FedRevocations:
+    """What the edge reads of the identity service's revocations (``RevocationCheck``): the
+    set a worker keeps from the feed, here holding a jti the verifier was never told of."""
+
+    def __init__(self) -> None:
+        self.revoked = {"jti-fed": time.time() + 600}
 
 
 class Pair:
@@ -131,7 +139,7 @@ class Pair:
             principal=own_principal("cygate"),
         )
         verifier.revoke_jti("jti-revoked", time.time() + 600)
-        token_stage = TokenStage(verifier, Revocations(None, verifier, cache_seconds=60.0))
+        token_stage = TokenStage(verifier, FedRevocations())
         # NOTE: by default no default limit: routes without a class stay unlimited here (the
         # built-in default is a local per-caller limit, the kind /p/ has; at its 100/s the
         # remaining count depends on timing). test_the_default_limit_keeps_hits_on_the_fused_path
@@ -394,11 +402,14 @@ async def test_more_callers_than_remembered_tokens_each_get_their_own(pair: Pair
         ("/auth/1", {"headers": bearer(b"not.a.token")}),  # 401: a bad one
         ("/auth/1", {"headers": bearer(EXPIRED)}),  # 401: expired
         ("/auth/1", {"headers": bearer(REVOKED)}),  # 401: revoked
+        ("/auth/1", {"headers": bearer(FED)}),  # 401: revoked, known from the feed
+        ("/admin/1", {"headers": bearer(FED)}),  # 401 before the roles
         ("/auth/1", {"headers": [(b"authorization", b"Basic dXNlcjpwYXNz")]}),
         ("/admin/1", {"headers": bearer(ALICE)}),  # 403: not an admin
         ("/admin/1", {}),  # 401: roles need a token
         ("/p/1", {"headers": bearer(b"not.a.token")}),  # public: a bad token is ignored
         ("/p/1", {"headers": bearer(REVOKED)}),  # public: a revoked one too
+        ("/p/1", {"headers": bearer(FED)}),
         ("/me", {}),  # private rule, anonymous
         ("/key/1", {"headers": [(b"x-api-key", b"k1")]}),  # api_key limit
         ("/two/1", {"headers": bearer(ALICE)}),  # a key of two parts

@@ -50,8 +50,14 @@ def _run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
         ("curve_callers", ["--callers", "100,10"], "ascending"),
         ("curve_callers", ["--duration", "abc"], "invalid float value: 'abc'"),
         ("curve_callers", ["--duration", "0"], "--duration must be above 0"),
-        ("curve_callers", ["--variant", "nameless"], "expected NAME:CYGATE_SETTING=value"),
+        (
+            "curve_callers",
+            ["--variant", "nameless"],
+            "expected NAME[@CHECKOUT]:CYGATE_SETTING=value",
+        ),
         ("curve_callers", ["--variant", "x:HOME=/"], "is not CYGATE_SETTING=value"),
+        ("curve_callers", ["--variant", "b@/nowhere:"], "does not exist (`make build` there)"),
+        ("curve_callers", ["--common", "HOME=/"], "--common: 'HOME=/' is not CYGATE_SETTING"),
         ("curve_callers", ["--bogus"], "unrecognized arguments: --bogus"),
         ("curve_routes", ["--routes", "abc"], "'abc' is not a whole number"),
         ("curve_routes", ["--routes", "0"], "0 is out of range"),
@@ -85,9 +91,22 @@ def test_sizes_read_like_people_write_them() -> None:
 
 
 def test_a_variant_takes_json_values() -> None:
-    name, env = parse_variant('w:CYGATE_A=1;CYGATE_RATE_LIMITS={"b":{"rate":1,"period":1}}')
-    assert name == "w"
-    assert env == {"CYGATE_A": "1", "CYGATE_RATE_LIMITS": '{"b":{"rate":1,"period":1}}'}
+    variant = parse_variant('w:CYGATE_A=1;CYGATE_RATE_LIMITS={"b":{"rate":1,"period":1}}')
+    assert variant.name == "w" and variant.python == sys.executable
+    assert variant.env == {"CYGATE_A": "1", "CYGATE_RATE_LIMITS": '{"b":{"rate":1,"period":1}}'}
+
+
+def test_a_variant_from_another_checkout(tmp_path: Path) -> None:
+    with pytest.raises(CurveError, match="make build"):
+        parse_variant(f"before@{tmp_path}:")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text("")
+    variant = parse_variant(f"before@{tmp_path}:")
+    assert variant.env == {} and variant.python == str(tmp_path / ".venv" / "bin" / "python")
+    assert variant.cwd == tmp_path
+    for bad in ("before:", "@x:", "b@:CYGATE_A=1", "b@x:A=1", "b"):
+        with pytest.raises(CurveError):
+            parse_variant(bad)
 
 
 def test_ratio_is_nan_without_a_first_figure() -> None:
@@ -176,4 +195,4 @@ def test_callers_curve_runs_a_gateway_per_size(tmp_path: Path) -> None:
     # every token was met in the warm-up: none is verified in full in the measured run
     assert [p["ratelimit_keys"] >= p["callers"] for p in points] == [True, True]
     assert all(p["verified_share"] == 0 and p["jwt_cache_tokens"] >= p["callers"] for p in points)
-    assert record["memory_per_caller"]["revocation check (jti -> deadline)"] > 0
+    assert record["memory_per_caller"]["revoked token (jti -> expiry)"] > 0

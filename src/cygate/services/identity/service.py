@@ -182,7 +182,7 @@ class Identity:
         self.revocations = Revocations(
             None,
             self.verifier,
-            cache_seconds=settings.jwt_revocation_cache_seconds,
+            interval=settings.jwt_revocation_cache_seconds,
             timeout=redis_timeout,
             backoff=settings.jwt_revocation_redis_backoff,
         )
@@ -203,6 +203,7 @@ class Identity:
         the admin account when ``admin_email`` is set."""
         self._pool = pool
         self.revocations.attach(redis)
+        await self.revocations.start()
         self.limiter = LoginLimiter(
             redis,
             window=self.limiter.window,
@@ -216,6 +217,7 @@ class Identity:
             await self.ensure_admin(self.settings.admin_email, self.settings.admin_password)
 
     async def stop(self) -> None:
+        await self.revocations.stop()
         await self.providers.stop()
         self.passwords.close()
 

@@ -105,13 +105,19 @@ class IdentitySettings(Section, frozen=True, kw_only=True):
         ),
     ] = 128 * 2**20
     jwt_revocation_cache_seconds: Annotated[
-        float, doc("How long a worker trusts its last Redis answer about a jti.", ge=0, le=60)
+        float,
+        doc(
+            "Seconds between two reads of the revocation feed by each worker: a revoked token "
+            "stops working everywhere within this plus one Redis round trip.",
+            ge=0.01,
+            le=60,
+        ),
     ] = 1.0
     jwt_revocation_redis_backoff: Annotated[
         float,
         doc(
-            "After a Redis failure, seconds the revocation check accepts tokens without asking "
-            "Redis before one check tries again.",
+            "After a Redis failure, seconds a worker uses the revocations it knows without "
+            "reading the feed before one read tries again.",
             gt=0,
             le=300,
         ),

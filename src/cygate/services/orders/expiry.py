@@ -10,12 +10,12 @@ then sees what that transaction did). The sweeper also deletes expired Idempoten
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from cygate.infra.tasks import stop as stop_task
 from cygate.services.orders.controllers import invalidate_products
 from cygate.services.orders.store import expire_due
 
@@ -94,7 +94,4 @@ class OrderExpiry:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
