@@ -148,6 +148,20 @@ def test_cancelled_order_is_409_and_nothing_is_charged(
     assert payments_of(test_db_dsn, order_id) == []
 
 
+def test_an_order_of_free_products_is_409_and_nothing_is_charged(
+    gw: Gateway, sim: SimProcess, test_db_dsn: str, alice: Customer
+) -> None:
+    # Products may cost 0; the processor charges positive amounts only (it would refuse the
+    # call, and the gateway answered 503 for what no retry can fix).
+    order_id = new_order(test_db_dsn, alice.id, total_cents=0)
+    with gw.client() as c:
+        body = is_problem(alice.pay(c, order_id), 409)
+    assert "nothing to charge" in body["detail"]
+    assert sim.charges_for(order_id) == []
+    assert payments_of(test_db_dsn, order_id) == []
+    assert order_status(test_db_dsn, order_id) == "pending"
+
+
 # -- the processor misbehaves -----------------------------------------------------------------
 
 

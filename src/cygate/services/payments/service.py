@@ -213,6 +213,9 @@ class Payments:
                     # the processor never charged it, so a new attempt is safe.
                 if order["status"] != "pending":
                     raise Problem(409, f"order is {order['status']}, not pending")
+                if order["total_cents"] <= 0:
+                    # NOTE: products may be free; a processor charges positive amounts only.
+                    raise Problem(409, "the order's total is 0: there is nothing to charge")
                 last = await store.latest_attempt(conn, order_id)
                 if last is None or last.status != "initiated":
                     return await store.create_attempt(
