@@ -61,7 +61,9 @@ class PaymentsController(Controller):
         summary="Pay an order (Idempotency-Key required)",
         opt={"auth": True} | _SMALL_BODY,
         responses=answers(201, PaymentOut, "The payment attempt (captured or declined)")
-        | problems(404, 409, s409="The order is not payable (paid, cancelled, expired, or its total is 0)"),
+        | problems(
+            404, 409, s409="The order is not payable (paid, cancelled, expired, or its total is 0)"
+        ),
     )
     async def pay(
         self,
