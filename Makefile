@@ -12,7 +12,7 @@ SERVICES := scripts/services.sh
 ENVFILE := .services/env
 WITH_ENV := set -a && source $(ENVFILE) && set +a &&
 
-.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-catalog bench-buyers bench-callers bench-routes bench-l1 bench-instructions load capacity fuzz fuzz-api contract soak clean
+.PHONY: help install lock lock-refresh build services migrate seed run test test-c test-py lint bench bench-micro bench-macro bench-search bench-events bench-orders bench-mix bench-catalog bench-buyers bench-callers bench-routes bench-l1 bench-rate bench-instructions load capacity fuzz fuzz-api contract soak clean
 
 help:
 	@echo "make run    install, build, start services, migrate, seed demo data, serve on :8000"
@@ -159,6 +159,11 @@ bench-routes: build services
 
 bench-l1: build
 	$(BIN)/python -m benchmarks.macro.curve_l1
+
+# CPU per request against the offered rate: the gateway's cached read beside a bare ASGI app on
+# Granian and on uvicorn, one worker each (what a request that arrives alone costs).
+bench-rate: build services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.macro.curve_rate
 
 # Events: relay throughput and commit-to-consumer latency (under a minute; docs/events.md).
 bench-events: build services

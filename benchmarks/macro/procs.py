@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CLK_TCK",
     "HttpResponse",
     "ServerProcess",
     "cpu_seconds_each",
@@ -35,6 +36,7 @@ __all__ = [
     "parent_pid",
     "start_gateway",
     "tree_cpu_seconds",
+    "tree_pids",
     "tree_rss_mib",
 ]
 
@@ -95,6 +97,11 @@ def _tree(root_pid: int) -> list[_Stat]:
         found.append(stat)
         todo.extend(children.get(stat.pid, ()))
     return found
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    """The pids of a process and its live descendants (empty if there is no such process)."""
+    return [stat.pid for stat in _tree(root_pid)]
 
 
 def tree_cpu_seconds(root_pid: int) -> float:

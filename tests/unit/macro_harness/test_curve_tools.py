@@ -14,6 +14,7 @@ import pytest
 from benchmarks.macro.curve_callers import parse_variant, scrape
 from benchmarks.macro.curve_kit import CurveError, parse_sizes, ratio
 from benchmarks.macro.curve_l1 import default_l1_bytes, hit_ratios
+from benchmarks.macro.curve_rate import thread_times
 from benchmarks.macro.curve_routes import match_mix, route_file, route_patterns, time_match
 from benchmarks.macro.load import write_lua
 
@@ -23,7 +24,7 @@ from cygate.core.router import RouterPy
 pytestmark = pytest.mark.once
 
 REPO = Path(__file__).resolve().parents[3]
-CURVES = ("curve_callers", "curve_routes", "curve_l1")
+CURVES = ("curve_callers", "curve_routes", "curve_l1", "curve_rate")
 
 
 def _run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -68,6 +69,15 @@ def _run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
         ("curve_l1", ["--zipf", "abc"], "'abc' is not a number"),
         ("curve_l1", ["--zipf", "-1"], "out of range"),
         ("curve_l1", ["--policy", "lru"], "unrecognized arguments: --policy"),
+        ("curve_rate", ["--rates", "abc"], "'abc' is not a whole number"),
+        ("curve_rate", ["--rates", "0"], "0 is out of range"),
+        ("curve_rate", ["--rates", "-500"], "is not a whole number"),
+        ("curve_rate", ["--rates", "2k,1k"], "ascending"),
+        ("curve_rate", ["--saturate", "500"], "--saturate must be 0 or above the last rate"),
+        ("curve_rate", ["--saturate", "-1"], "--saturate must be 0 or above the last rate"),
+        ("curve_rate", ["--duration", "abc"], "invalid float value: 'abc'"),
+        ("curve_rate", ["--duration", "0"], "--duration must be 1 to 600 seconds"),
+        ("curve_rate", ["--connections", "0"], "--connections must be 1 to 1024"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(module: str, args: list[str], says: str) -> None:
@@ -196,3 +206,42 @@ def test_callers_curve_runs_a_gateway_per_size(tmp_path: Path) -> None:
     assert [p["ratelimit_keys"] >= p["callers"] for p in points] == [True, True]
     assert all(p["verified_share"] == 0 and p["jwt_cache_tokens"] >= p["callers"] for p in points)
     assert record["memory_per_caller"]["revoked token (jti -> expiry)"] > 0
+
+
+def test_thread_times_count_a_busy_thread_and_its_switches() -> None:
+    # A child that spins 0.3 s on its first thread, then sleeps in short steps (switches).
+    code = (
+        "import time\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"
+        "for _ in range(50): time.sleep(0.001)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = 100
+        while deadline and thread_times(child.pid).loop_s < 0.3:
+            subprocess.run(["sleep", "0.05"], check=True)
+            deadline -= 1
+        got = thread_times(child.pid)
+        assert got.loop_s >= 0.3 and got.runtime_s == 0
+        assert got.total_s == got.loop_s + got.other_s
+        assert got.switches >= 50
+        assert (got - got).total_s == 0 and (got - got).switches == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert thread_times(child.pid).total_s == 0  # gone: nothing to count
+
+
+def test_rate_curve_runs_three_servers_side_by_side(tmp_path: Path) -> None:
+    proc = _run("curve_rate", "--rates", "200", "--saturate", "0", "--duration", "1",
+                "--results-dir", str(tmp_path), "--no-plot", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = json.loads((tmp_path / "rate-latest.json").read_text())["points"]
+    assert sorted(p["contender"] for p in points) == ["cygate", "granian-bare", "uvicorn-bare"]
+    assert all(p["errors"] == 0 and p["achieved"] > 0 and p["cpu_us"] > 0 for p in points)
+    floor = next(p for p in points if p["contender"] == "granian-bare")
+    assert floor["vs_floor"] == 1.0
+    uvicorn = next(p for p in points if p["contender"] == "uvicorn-bare")
+    assert uvicorn["runtime_us"] == 0  # one thread: no Rust runtime
