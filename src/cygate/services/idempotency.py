@@ -23,6 +23,11 @@ Use, for a handler whose change is one transaction::
     outcome = await state.idempotency.run(req, work)   # work(conn) -> StoredResponse
     return outcome.response()
 
+or, when the change is one server-side call that can take the claim itself (order placement:
+claim, change and record in one transaction, no claim ever left in flight)::
+
+    outcome = await state.idempotency.run_claiming(req, work)   # work(conn, claim)
+
 or, for a flow of several steps (payments)::
 
     got = await state.idempotency.claim(req)
