@@ -579,3 +579,37 @@ async def test_placing_a_keyed_order_is_three_round_trips_and_one_transaction(
         assert await counted("short", [(a, 50)]) == (-409, 3, 1), trips.queries
         assert await counted("two-lines", [(a, 2)]) == (422, 3, 1), trips.queries
         assert (await stock(pool, a), await stock(pool, b)) == (3, 3)
+
+
+async def test_a_key_whose_order_is_not_committed_yet_is_409_at_once(
+    pool: asyncpg.Pool, user: UUID
+) -> None:
+    """The claim is taken in the order's transaction, invisible until its commit: a second
+    placement with the same key meanwhile must not wait on it (the advisory lock of the key):
+    409 in flight at once (whatever its body), nothing written; after the commit, the replay."""
+    (pid,) = await new_products(pool, 5)
+    idem = Idempotency(ttl=3600, in_flight_timeout=30)
+    idem.pool = pool
+    req = IdempotentRequest.of(
+        user_id=user, key="open", method="POST", path="/api/v1/orders",
+        body={"items": [[str(pid), 1]]},
+    )  # fmt: skip
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        claim = Claim(idem, req, uuid7())
+        headers = {"content-type": "application/json"}
+        body = await store.place(
+            conn, order_id=uuid7(), user_id=user, shipping_address="x", ttl_seconds=900,
+            items=[OrderItemIn(product_id=pid, quantity=1)],
+            record=store.Record("open", claim.token, headers, take=claim.take()),
+        )  # fmt: skip
+        for lines in ([(pid, 1)], [(pid, 2)]):
+            status, _ = await asyncio.wait_for(_place_keyed(idem, user, "open", lines), 5)
+            assert status == 409
+        assert await stock(pool, pid) == 5  # the open order's reservation is not committed
+        await tx.commit()
+    assert await _place_keyed(idem, user, "open", [(pid, 1)]) == (-201, body)
+    assert await _place_keyed(idem, user, "open", [(pid, 2)]) == (422, b"")
+    assert await stock(pool, pid) == 4
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE user_id = $1", user) == 1
