@@ -20,7 +20,13 @@ from tests.store_helpers import app_pool
 
 from cygate.edge.problem import Problem
 from cygate.ids import uuid7
-from cygate.services.idempotency import Claim, ClaimLost, Idempotency, IdempotentRequest
+from cygate.services.idempotency import (
+    Claim,
+    ClaimLost,
+    Idempotency,
+    IdempotentRequest,
+    StoredResponse,
+)
 from cygate.services.orders import lock_order, mark_paid, store
 from cygate.services.orders.expiry import OrderExpiry
 from cygate.services.orders.models import OrderItemIn
@@ -485,3 +491,125 @@ async def test_products_are_locked_in_ascending_id_order(pool: asyncpg.Pool, use
             await tx.rollback()
             await ordering
     assert (await stock(pool, low), await stock(pool, high)) == (8, 8)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+class _Trips:
+    """Every statement a connection sends (asyncpg's query logger: BEGIN and COMMIT too)."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def __call__(self, record: Any) -> None:
+        self.queries.append(" ".join(record.query.split()))
+
+    def transactions(self) -> int:
+        """Transactions committed or rolled back: BEGIN ... COMMIT/ROLLBACK blocks, plus each
+        statement sent outside one (autocommitted)."""
+        count, inside = 0, False
+        for q in self.queries:
+            word = q.split()[0].upper().rstrip(";")
+            if word == "BEGIN":
+                inside, count = True, count + 1
+            elif word in ("COMMIT", "ROLLBACK"):
+                inside = False
+            elif not inside:
+                count += 1
+        return count
+
+
+async def _place_keyed(
+    idem: Idempotency, user: UUID, key: str, lines: list[tuple[UUID, int]]
+) -> tuple[int, bytes]:
+    """``POST /api/v1/orders`` as its controller runs it: ``run_claiming`` around
+    ``store.place`` with ``Record.take``. Returns (status, body); a replay is (-status, body)."""
+    items = [OrderItemIn(product_id=p, quantity=q) for p, q in lines]
+    req = IdempotentRequest.of(
+        user_id=user, key=key, method="POST", path="/api/v1/orders",
+        body={"items": [[str(p), q] for p, q in lines]},
+    )  # fmt: skip
+
+    async def work(conn: asyncpg.Connection, claim: Claim) -> StoredResponse:
+        oid = uuid7()
+        headers = {"content-type": "application/json", "location": f"/api/v1/orders/{oid}"}
+        body = await store.place(
+            conn, order_id=oid, user_id=user, items=items, shipping_address="x",
+            ttl_seconds=900, record=store.Record(key, claim.token, headers, take=claim.take()),
+        )  # fmt: skip
+        return StoredResponse(201, body, headers)
+
+    try:
+        outcome = await idem.run_claiming(req, work)
+    except Problem as exc:
+        return exc.status, b""
+    stored = outcome.stored
+    return (-stored.status if outcome.replayed else stored.status), stored.body
+
+
+async def test_placing_a_keyed_order_is_three_round_trips_and_one_transaction(
+    test_db_dsn: str, user: UUID
+) -> None:
+    """Round trips to PostgreSQL per ``POST /api/v1/orders`` with an Idempotency-Key (each
+    costs the gateway a write, a wake-up and a read): a placed order is BEGIN, one call
+    (claim, stock, order, lines, outbox event, idempotency record), COMMIT; a replay the same
+    three, writing nothing; a refusal one more (recording it on the claim). This fails if a
+    change adds a round trip (it was four and two transactions: the claim autocommitted)."""
+    async with app_pool(test_db_dsn, max_size=1) as pool:
+        trips = _Trips()
+        async with pool.acquire() as conn:
+            conn.add_query_logger(trips)
+        idem = Idempotency(ttl=3600, in_flight_timeout=30)
+        idem.pool = pool
+        a, b, c = await new_products(pool, 5, 5, 5)
+        # The connection's first use of a statement may add a type introspection, once.
+        assert (await _place_keyed(idem, user, "warm-up", [(c, 1)]))[0] == 201
+
+        async def counted(key: str, lines: list[tuple[UUID, int]]) -> tuple[int, int, int]:
+            trips.queries.clear()
+            status, _ = await _place_keyed(idem, user, key, lines)
+            await asyncio.sleep(0)  # the logger is called soon after each statement
+            return status, len(trips.queries), trips.transactions()
+
+        assert await counted("two-lines", [(a, 1), (b, 2)]) == (201, 3, 1), trips.queries
+        assert await counted("one-line", [(a, 1)]) == (201, 3, 1), trips.queries
+        assert await counted("two-lines", [(a, 1), (b, 2)]) == (-201, 3, 1), trips.queries
+        assert await counted("short", [(a, 50)]) == (409, 4, 1), trips.queries
+        assert await counted("short", [(a, 50)]) == (-409, 3, 1), trips.queries
+        assert await counted("two-lines", [(a, 2)]) == (422, 3, 1), trips.queries
+        assert (await stock(pool, a), await stock(pool, b)) == (3, 3)
+
+
+async def test_a_key_whose_order_is_not_committed_yet_is_409_at_once(
+    pool: asyncpg.Pool, user: UUID
+) -> None:
+    """The claim is taken in the order's transaction, invisible until its commit: a second
+    placement with the same key meanwhile must not wait on it (the advisory lock of the key):
+    409 in flight at once (whatever its body), nothing written; after the commit, the replay."""
+    (pid,) = await new_products(pool, 5)
+    idem = Idempotency(ttl=3600, in_flight_timeout=30)
+    idem.pool = pool
+    req = IdempotentRequest.of(
+        user_id=user, key="open", method="POST", path="/api/v1/orders",
+        body={"items": [[str(pid), 1]]},
+    )  # fmt: skip
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        claim = Claim(idem, req, uuid7())
+        headers = {"content-type": "application/json"}
+        body = await store.place(
+            conn, order_id=uuid7(), user_id=user, shipping_address="x", ttl_seconds=900,
+            items=[OrderItemIn(product_id=pid, quantity=1)],
+            record=store.Record("open", claim.token, headers, take=claim.take()),
+        )  # fmt: skip
+        for lines in ([(pid, 1)], [(pid, 2)]):
+            status, _ = await asyncio.wait_for(_place_keyed(idem, user, "open", lines), 5)
+            assert status == 409
+        assert await stock(pool, pid) == 5  # the open order's reservation is not committed
+        await tx.commit()
+    assert await _place_keyed(idem, user, "open", [(pid, 1)]) == (-201, body)
+    assert await _place_keyed(idem, user, "open", [(pid, 2)]) == (422, b"")
+    assert await stock(pool, pid) == 4
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE user_id = $1", user) == 1

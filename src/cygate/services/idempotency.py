@@ -23,6 +23,11 @@ Use, for a handler whose change is one transaction::
     outcome = await state.idempotency.run(req, work)   # work(conn) -> StoredResponse
     return outcome.response()
 
+or, when the change is one server-side call that can take the claim itself (order placement:
+claim, change and record in one transaction, no claim ever left in flight)::
+
+    outcome = await state.idempotency.run_claiming(req, work)   # work(conn, claim)
+
 or, for a flow of several steps (payments)::
 
     got = await state.idempotency.claim(req)
@@ -63,6 +68,7 @@ __all__ = [
     "REPLAYED_HEADER",
     "Claim",
     "ClaimLost",
+    "Held",
     "Idempotency",
     "IdempotencyKeyHeader",
     "IdempotencySettings",
@@ -88,23 +94,12 @@ CLAIM_LOST_SQLSTATE: Final = "CYG01"
 """What a server-side function that records a response on a claim raises when the claim was
 taken over (``cygate_place_order``, migration 0007); its caller turns it into :class:`ClaimLost`."""
 REPLAYED_HEADER: Final = "idempotent-replayed"
-_CLAIM_ATTEMPTS: Final = 5
 
+# The atomic claim (migration 0012): INSERT ... ON CONFLICT, and when another request holds the
+# key, its row, in one statement (the order's transaction calls the same function).
 _CLAIM: Final = """
-INSERT INTO idempotency_keys AS k (user_id, key, method, path, request_hash, claim, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
-ON CONFLICT (user_id, key) DO UPDATE
-   SET method = EXCLUDED.method, path = EXCLUDED.path, request_hash = EXCLUDED.request_hash,
-       state = 'in_flight', claim = EXCLUDED.claim, response_status = NULL,
-       response_headers = NULL, response_body = NULL, created_at = now(),
-       expires_at = EXCLUDED.expires_at
- WHERE k.expires_at <= now()
-    OR (k.state = 'in_flight' AND k.request_hash = EXCLUDED.request_hash
-        AND k.created_at <= now() - make_interval(secs => $8))
-RETURNING k.claim"""
-_LOOKUP: Final = """
-SELECT state, request_hash, response_status, response_headers, response_body
-  FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at > now()"""
+SELECT won, held_state, held_hash, held_status, held_headers, held_body
+  FROM cygate_claim_key($1, $2, $3, $4, $5, $6, $7, $8)"""
 _COMPLETE: Final = """
 UPDATE idempotency_keys
    SET state = 'done', response_status = $4, response_headers = $5, response_body = $6
@@ -140,6 +135,72 @@ class Outcome(msgspec.Struct, frozen=True):
 
 class ClaimLost(Exception):
     """The claim was taken over (it had been in flight too long); this attempt must roll back."""
+
+
+class Held(Exception):
+    """Another request holds the key: raised by a statement that claims the key in the
+    transaction of its change (``cygate_claim_key`` inside it) and did not win. :meth:`answer`
+    gives what the request gets instead; nothing was written."""
+
+    def __init__(
+        self,
+        state: str | None,
+        request_hash: bytes | None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(state)
+        self.state = state
+        """``done``, ``in_flight``, or None: the key changed hands five times in a row."""
+        self.request_hash = request_hash
+        """The holder's fingerprint; None when its claim is not committed yet (in flight)."""
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @classmethod
+    def of(cls, row: Any) -> Held:
+        """From a row with the ``held_*`` columns of ``cygate_claim_key``."""
+        digest = row["held_hash"]
+        body = row["held_body"]
+        return cls(
+            row["held_state"],
+            None if digest is None else bytes(digest),
+            row["held_status"],
+            row["held_headers"],
+            None if body is None else bytes(body),
+        )
+
+    def answer(self, req: IdempotentRequest) -> StoredResponse:
+        """The stored response to replay; :class:`Problem` 422 when the key was used with
+        another fingerprint, 409 (``Retry-After: 1``) while its request is in flight or the key
+        is changing hands."""
+        if self.state is None:
+            raise Problem(
+                409, "this Idempotency-Key is changing hands; retry", headers={"retry-after": "1"}
+            )
+        if self.request_hash is not None and self.request_hash != req.fingerprint:
+            raise Problem(
+                422,
+                "this Idempotency-Key was used with a different request",
+                extra={
+                    "errors": [
+                        {
+                            "field": "header.idempotency-key",
+                            "message": "already used with another method, path or body",
+                        }
+                    ]
+                },
+            )
+        if self.state == "in_flight":
+            raise Problem(
+                409,
+                "a request with this Idempotency-Key is still in progress",
+                headers={"retry-after": "1"},
+            )
+        assert self.status is not None and self.body is not None
+        return StoredResponse(self.status, self.body, self.headers or {})
 
 
 def _as_response(stored: StoredResponse, extra: dict[str, str]) -> Response[bytes]:
@@ -238,6 +299,22 @@ class Claim:
         """complete() ran: the outcome commits with the caller's transaction (or rolls back)."""
         self.finished = False
         """The outcome is committed, or the claim released: nothing left to do."""
+
+    def take(self) -> tuple[UUID, str, str, str, bytes, UUID, float, float]:
+        """The parameters of ``cygate_claim_key`` (migration 0012) for this claim: user, key,
+        method, path, fingerprint, token, TTL, in-flight timeout. For a statement that takes the
+        claim in the transaction of its change (:meth:`Idempotency.run_claiming`)."""
+        req = self.request
+        return (
+            req.user_id,
+            req.key,
+            req.method,
+            req.path,
+            req.fingerprint,
+            self.token,
+            self._owner.ttl,
+            self._owner.in_flight_timeout,
+        )
 
     async def complete(self, conn: asyncpg.Connection, response: StoredResponse) -> None:
         """Record ``response`` as the key's outcome in the caller's open transaction.
@@ -345,53 +422,26 @@ class Idempotency:
                 return await self.claim(req, held)
         if conn.is_in_transaction():
             raise RuntimeError("a claim must commit on its own: call it outside a transaction")
-        for _ in range(_CLAIM_ATTEMPTS):
-            token = uuid7()
-            # NOTE: autocommit: the claim is visible to every other process at once (409).
-            # PERF: measured against committing it with synchronous_commit=off (BEGIN, SET
-            # LOCAL, INSERT, COMMIT): the extra round trips cost more CPU than the fsync
-            # they save on this machine.
-            won = await conn.fetchval(
-                _CLAIM,
-                req.user_id,
-                req.key,
-                req.method,
-                req.path,
-                req.fingerprint,
-                token,
-                self.ttl,
-                self.in_flight_timeout,
-            )
-            if won is not None:
-                return Claim(self, req, token)
-            row = await conn.fetchrow(_LOOKUP, req.user_id, req.key)
-            if row is None:
-                continue  # released or expired between the two statements: claim again
-            if bytes(row["request_hash"]) != req.fingerprint:
-                raise Problem(
-                    422,
-                    "this Idempotency-Key was used with a different request",
-                    extra={
-                        "errors": [
-                            {
-                                "field": "header.idempotency-key",
-                                "message": "already used with another method, path or body",
-                            }
-                        ]
-                    },
-                )
-            if row["state"] == "in_flight":
-                raise Problem(
-                    409,
-                    "a request with this Idempotency-Key is still in progress",
-                    headers={"retry-after": "1"},
-                )
-            return StoredResponse(
-                row["response_status"], bytes(row["response_body"]), row["response_headers"] or {}
-            )
-        raise Problem(
-            409, "this Idempotency-Key is changing hands; retry", headers={"retry-after": "1"}
+        token = uuid7()
+        # NOTE: autocommit: the claim is visible to every other process at once (409).
+        # PERF: measured against committing it with synchronous_commit=off (BEGIN, SET
+        # LOCAL, INSERT, COMMIT): the extra round trips cost more CPU than the fsync
+        # they save on this machine.
+        row = await conn.fetchrow(
+            _CLAIM,
+            req.user_id,
+            req.key,
+            req.method,
+            req.path,
+            req.fingerprint,
+            token,
+            self.ttl,
+            self.in_flight_timeout,
         )
+        assert row is not None
+        if row["won"]:
+            return Claim(self, req, token)
+        return Held.of(row).answer(req)
 
     async def run(
         self,
@@ -411,22 +461,42 @@ class Idempotency:
 
         return await self._run(req, then_complete)
 
-    async def run_recorded(
+    async def run_claiming(
         self,
         req: IdempotentRequest,
         work: Callable[[asyncpg.Connection, Claim], Awaitable[StoredResponse]],
     ) -> Outcome:
-        """:meth:`run` for a ``work(conn, claim)`` that records its response on the claim
-        itself, in the statement that makes the change (a server-side function given
-        ``claim.token``, raising :class:`ClaimLost` when the claim is gone): the same
-        guarantees, one round trip less."""
+        """:meth:`run` for a ``work(conn, claim)`` whose first statement takes the claim itself
+        (``cygate_claim_key`` with :meth:`Claim.take`, raising :class:`Held` when another
+        request holds the key) and records its response on it, in the statement that makes
+        the change: claim, change and record are one transaction.
 
-        async def recorded(conn: asyncpg.Connection, claim: Claim) -> StoredResponse:
-            response = await work(conn, claim)
-            claim.completed = True
-            return response
-
-        return await self._run(req, recorded)
+        A 4xx :class:`Problem` ``work`` raises after its claim is recorded in that transaction
+        (and re-raised); any other exception rolls back the transaction, claim included, so a
+        retry runs again at once. The statement must not wait on a claim another transaction
+        has not committed (``cygate_claim_place_order`` tries an advisory lock of the key).
+        """
+        refusal: Problem | None = None
+        # PERF: one pooled connection, one transaction: BEGIN, the statement, COMMIT.
+        async with self.pool_().acquire() as conn:
+            claim = Claim(self, req, uuid7())
+            claim.conn = conn
+            try:
+                # NOTE: BEGIN and COMMIT of our own: a process that dies before the COMMIT
+                # never commits the change (nor the claim), whatever PostgreSQL was doing.
+                async with conn.transaction():
+                    try:
+                        response = await work(conn, claim)
+                    except Problem as exc:
+                        if exc.status >= 500:
+                            raise
+                        await claim.complete(conn, req.problem(exc))
+                        refusal = exc
+            except Held as held:
+                return Outcome(held.answer(req), replayed=True)
+        if refusal is not None:
+            raise refusal
+        return Outcome(response, replayed=False)
 
     async def _run(
         self,

@@ -183,12 +183,12 @@ class OrdersController(Controller):
                 items=data.items,
                 shipping_address=data.shipping_address,
                 ttl_seconds=settings.orders.ttl_seconds,
-                record=store.Record(key, claim.token, headers),
+                record=store.Record(key, claim.token, headers, take=claim.take()),
             )
             return StoredResponse(201, body, headers)
 
         try:
-            outcome = await idem.run_recorded(req, work)
+            outcome = await idem.run_claiming(req, work)
         except asyncpg.ForeignKeyViolationError:
             raise Problem(403, "orders need a user account") from None
         if not outcome.replayed:

@@ -31,7 +31,7 @@ import orjson
 from cygate.edge.problem import Problem
 from cygate.infra import outbox
 from cygate.infra.outbox import emit
-from cygate.services.idempotency import CLAIM_LOST_SQLSTATE, ClaimLost
+from cygate.services.idempotency import CLAIM_LOST_SQLSTATE, ClaimLost, Held
 from cygate.services.orders.models import Order, OrderItem, OrderItemIn, OrderPage
 from cygate.services.orders.states import can
 
@@ -62,6 +62,12 @@ UPDATE products p SET stock = p.stock + i.q
 _PLACE: Final = """
 SELECT placed, body, found_ids, stocks, currencies
   FROM cygate_place_order($1, $2, $3::uuid[], $4::int[], $5, $6, $7, $8, $9)"""
+# With the claim of the Idempotency-Key taken in the same statement first (migration 0012).
+_CLAIM_PLACE: Final = """
+SELECT claimed, placed, body, found_ids, stocks, currencies,
+       held_state, held_hash, held_status, held_headers, held_body
+  FROM cygate_claim_place_order($1, $2, $3::uuid[], $4::int[], $5, $6, $7, $8, $9,
+                                $10, $11, $12, $13, $14)"""
 _SET_TRACEPARENT: Final = "SELECT set_config('cygate.traceparent', $1, true)"
 _ITEMS_OF: Final = """
 SELECT order_id, product_id, quantity, unit_price_cents FROM order_items
@@ -136,6 +142,9 @@ class Record(msgspec.Struct, frozen=True):
     key: str
     claim: UUID
     headers: dict[str, str]
+    take: tuple[Any, ...] | None = None
+    """:meth:`Claim.take <cygate.services.idempotency.Claim.take>`: take the claim first, in
+    the same statement (:meth:`Idempotency.run_claiming`); None: the claim is taken already."""
 
 
 async def place(
@@ -154,7 +163,10 @@ async def place(
     insufficient stock: nothing is written then. ``items`` must not repeat a product.
 
     ``record``: the response is recorded under that claim (``Claim.token``) in the same
-    statement; a claim taken over raises :class:`~cygate.services.idempotency.ClaimLost`.
+    statement; a claim taken over raises :class:`~cygate.services.idempotency.ClaimLost`. With
+    ``record.take`` the statement takes the claim first (``cygate_claim_place_order``): when
+    another request holds the key it raises :class:`~cygate.services.idempotency.Held` and
+    writes nothing; a refusal leaves the claim written in the caller's transaction.
     """
     wanted = sorted(items, key=lambda i: i.product_id)
     ids = [i.product_id for i in wanted]
@@ -163,24 +175,31 @@ async def place(
         # The function's outbox row takes its traceparent from this transaction's setting
         # (migration 0011): one more round trip, in sampled traced requests only.
         await conn.execute(_SET_TRACEPARENT, traceparent)
+    args = (
+        order_id,
+        user_id,
+        ids,
+        [i.quantity for i in wanted],
+        msgspec.json.encode(shipping_address).decode(),
+        float(ttl_seconds),
+        None if record is None else record.key,
+        None if record is None else record.claim,
+        None if record is None else record.headers,
+    )
     try:
-        row = await conn.fetchrow(
-            _PLACE,
-            order_id,
-            user_id,
-            ids,
-            [i.quantity for i in wanted],
-            msgspec.json.encode(shipping_address).decode(),
-            float(ttl_seconds),
-            None if record is None else record.key,
-            None if record is None else record.claim,
-            None if record is None else record.headers,
-        )
+        if record is not None and record.take is not None:
+            user, key, method, path, digest, token, key_ttl, in_flight = record.take
+            assert (user, key, token) == (user_id, record.key, record.claim)
+            row = await conn.fetchrow(_CLAIM_PLACE, *args, method, path, digest, key_ttl, in_flight)
+        else:
+            row = await conn.fetchrow(_PLACE, *args)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == CLAIM_LOST_SQLSTATE:
             raise ClaimLost(str(exc)) from None
         raise
     assert row is not None
+    if record is not None and record.take is not None and not row["claimed"]:
+        raise Held.of(row)
     if row["placed"]:
         return bytes(row["body"])
     raise _refusal(items, wanted, row)
