@@ -38,7 +38,20 @@ def stage_for(spec: dict[str, Any], **settings: str) -> tuple[RateLimitStage, Me
         **{f"CYGATE_{k.upper()}": v for k, v in settings.items()},
     }
     metrics = Metrics()
-    return RateLimitStage.from_settings(load_settings(env).rate_limit, [ROUTE], metrics), metrics
+    stage = RateLimitStage.from_settings(load_settings(env).rate_limit, [ROUTE], metrics)
+    _stages.append(stage)
+    return stage, metrics
+
+
+_stages: list[RateLimitStage] = []
+
+
+@pytest.fixture(autouse=True)
+async def _unbind_stages() -> AsyncIterator[None]:
+    """Every stage a test made lets go of Redis at its end (the store holds a connection)."""
+    yield
+    while _stages:
+        await _stages.pop().unbind()
 
 
 def ctx(peer: str = "203.0.113.7") -> EdgeContext:

@@ -422,12 +422,20 @@ class RateLimitStage:
 
     async def bind(self, redis: RedisHandle) -> None:
         """Use ``redis`` for global limits and load the script (failure is not fatal)."""
-        self.store = QuotaStore(redis, timeout=self.timeout, backoff=self.backoff)
+        self.store = QuotaStore(
+            redis,
+            timeout=self.timeout,
+            backoff=self.backoff,
+            round_trips=self._metrics.counter("cygate_ratelimit_redis_round_trips_total"),
+        )
         if self.needs_redis:
             await self.store.load()
 
-    def unbind(self) -> None:
-        self.store = None
+    async def unbind(self) -> None:
+        """Stop using Redis: close the store's own connection (stopping; tests)."""
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
 
     # -- the request path ---------------------------------------------------------------------
 
