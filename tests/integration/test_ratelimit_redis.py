@@ -20,6 +20,7 @@ from tests.private_redis import PrivateRedis
 
 from cygate.edge.context import EdgeContext, RoutePolicy
 from cygate.edge.problem import Problem
+from cygate.edge.ratekey import ADDRESS
 from cygate.edge.ratelimit import RateLimitStage
 from cygate.infra.metrics import Metrics
 from cygate.infra.ratelimit_store import GCRA_LUA
@@ -263,6 +264,125 @@ async def test_batched_stays_inside_its_bound(redis_prefix: str) -> None:
     finally:
         for h in handles:
             await h.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# many keys at once: one script call carries the decisions asked meanwhile
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_decisions_asked_meanwhile_share_one_call(private: PrivateRedis) -> None:
+    """60 callers x 3 requests at once against 2 per minute: each caller gets exactly its 2
+    (a key asked twice in one call sees its first answer's write), in far fewer round trips
+    than decisions, each round trip one EVALSHA."""
+    h = _handle(private.url)
+    stage, metrics = stage_for({"rate": 2, "period": 60, "mode": "exact"},
+                               rate_limit_redis_timeout="5")  # fmt: skip
+    await stage.bind(h)
+    try:
+        before = await _commands(private.url, "evalsha")
+        peers = [f"198.51.100.{i}" for i in range(60)]
+        results = await asyncio.gather(*(request(stage, peers[i % 60]) for i in range(180)))
+        allowed: dict[str, int] = {}
+        for i, (status, _) in enumerate(results):
+            allowed[peers[i % 60]] = allowed.get(peers[i % 60], 0) + (status == 200)
+        assert allowed == dict.fromkeys(peers, 2)
+        store = stage.store
+        assert store is not None and store.calls == 180
+        assert store.batches <= 10  # one for the first request, then a few full batches
+        assert await _commands(private.url, "evalsha") - before == store.batches
+        text = metrics.render()
+        assert f"cygate_ratelimit_redis_round_trips_total {store.batches}" in text
+        assert 'cygate_ratelimit_redis_calls_total{limit="g"} 180' in text
+    finally:
+        await h.close()
+
+
+async def test_one_key_failing_in_a_call_fails_that_decision_only(private: PrivateRedis) -> None:
+    """A key whose value is not a TAT (a string, a list) fails its own decision: that
+    request gets the limit's failure mode (closed: 503), the others of the same call are
+    decided, and the circuit stays closed. Both the request sent at once and a queued one."""
+    h = _handle(private.url)
+    stage, metrics = stage_for(
+        {"rate": 100, "period": 60, "mode": "batched", "lease": 10, "failure": "closed"},
+        rate_limit_redis_timeout="5",
+    )
+    await stage.bind(h)
+    store = stage.store
+    assert store is not None
+    peers = [f"192.0.2.{i}" for i in range(40)]
+    bad_first, bad_string, bad_list = peers[0], peers[17], peers[31]
+    with private.client() as admin:
+        admin.set(store.key("g", ADDRESS + bad_first), "not a number")
+        admin.set(store.key("g", ADDRESS + bad_string), "12abc")
+        admin.rpush(store.key("g", ADDRESS + bad_list), "x")
+    try:
+        results = await asyncio.gather(*(request(stage, p) for p in peers))
+        statuses = {p: s for p, (s, _) in zip(peers, results, strict=True)}
+        bad = {bad_first, bad_string, bad_list}
+        assert {p: statuses[p] for p in bad} == dict.fromkeys(bad, 503)
+        assert all(statuses[p] == 200 for p in peers if p not in bad)
+        assert store.batches == 2 and store.usable  # Redis answered: no outage
+        closed = 'cygate_ratelimit_decisions_total{limit="g",decision="fail_closed"} 3'
+        assert closed in metrics.render()
+        # The bad keys are left as they were; the good ones hold leases now.
+        with private.client() as admin:
+            assert admin.get(store.key("g", ADDRESS + bad_string)) == b"12abc"
+            assert admin.type(store.key("g", ADDRESS + bad_list)) == b"list"
+        assert (await request(stage, peers[5]))[0] == 200  # spent from the lease
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize(("failure", "status"), [("open", 200), ("closed", 503)])
+async def test_redis_hung_mid_call_bounds_every_waiter(
+    private: PrivateRedis, failure: str, status: int
+) -> None:
+    """Redis stops answering while a call is under way and others queue behind it: every
+    request is answered (by its failure mode) within the timeout, the circuit opens, and the
+    limits resume by themselves once Redis answers again."""
+    h = _handle(private.url)
+    stage, _ = stage_for(
+        {"rate": 1, "period": 60, "mode": "exact", "failure": failure},
+        rate_limit_redis_timeout="0.3",
+        rate_limit_redis_backoff="0.3",
+    )
+    await stage.bind(h)
+    try:
+        assert (await request(stage, "203.0.113.200"))[0] == 200
+        private.pause()
+        started = time.perf_counter()
+        results = await asyncio.gather(*(request(stage, f"10.2.0.{i}") for i in range(50)))
+        took = time.perf_counter() - started
+        assert [s for s, _ in results] == [status] * 50
+        assert took < 0.3 + 0.15  # one timeout, not one per queued call
+        store = stage.store
+        assert store is not None and not store.usable
+        private.resume()
+        await asyncio.sleep(0.35)  # the backoff ends; the next request probes Redis
+        statuses = [(await request(stage, "203.0.113.200"))[0] for _ in range(2)]
+        assert statuses == [429, 429]  # its grant from before the pause still counts
+        assert (await request(stage, "203.0.113.201"))[0] == 200
+    finally:
+        await h.close()
+
+
+async def test_connection_dropped_between_calls_is_replaced(private: PrivateRedis) -> None:
+    """The store's own connection, killed by the server (or anything between), costs no
+    decision: the next call opens a new one and goes on."""
+    h = _handle(private.url)
+    stage, _ = stage_for({"rate": 1, "period": 60, "mode": "exact", "failure": "closed"},
+                         rate_limit_redis_timeout="2")  # fmt: skip
+    await stage.bind(h)
+    try:
+        assert (await request(stage, "203.0.113.50"))[0] == 200
+        with private.client() as admin:
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") >= 1
+        results = await asyncio.gather(*(request(stage, f"10.3.0.{i}") for i in range(20)))
+        assert [s for s, _ in results] == [200] * 20
+        assert (await request(stage, "203.0.113.50"))[0] == 429
+    finally:
+        await h.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,7 +126,9 @@ class KeyFailed(QuotaUnavailable):
     the fallback; the circuit stays closed."""
 
 
-_Item = tuple[str, int, int, int, "asyncio.Future[list[int]] | None"]
+_Item = tuple[str, int, int, int, "asyncio.Future[list[int]] | None", float]
+"""key, interval µs, burst, tokens wanted, the waiter's future (None: the caller sends it
+itself) and its deadline (the event loop's time)."""
 _Answer = list[int] | KeyFailed
 
 
@@ -230,7 +232,7 @@ class QuotaStore:
             self._flushing = True
             try:
                 async with asyncio.timeout(self.timeout):
-                    raw = (await self._run([(redis_key, interval_us, burst, want, None)]))[0]
+                    raw = (await self._run([(redis_key, interval_us, burst, want, None, 0.0)]))[0]
             except (RedisError, OSError, TimeoutError, ValueError) as exc:
                 self._trip(exc)
                 raise QuotaUnavailable(repr(exc)) from None
@@ -243,38 +245,50 @@ class QuotaStore:
             if isinstance(raw, KeyFailed):
                 raise raw
             return Reservation(*raw)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append((redis_key, interval_us, burst, want, future))
-        try:
-            async with asyncio.timeout(self.timeout):
-                raw = await future
-        except TimeoutError:
-            self._trip(TimeoutError(f"no answer from Redis in {self.timeout}s"))
-            raise QuotaUnavailable("timeout") from None
-        return Reservation(*raw)
+        # NOTE: no timer of its own: the call under way ends within the timeout of its own
+        # start (before this moment), and the call that carries this decision is bounded by
+        # the deadline of the first decision in it (see _flush); so this one waits at most
+        # the timeout, and the whole queue costs one timer per call, not one per waiter.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        deadline = loop.time() + self.timeout
+        self._queue.append((redis_key, interval_us, burst, want, future, deadline))
+        return Reservation(*(await future))
 
     def _trip(self, exc: BaseException) -> None:
         self.circuit.failed(exc, "deciding locally")
 
     async def _flush(self) -> None:
+        queue = self._queue
         try:
-            while self._queue:
-                batch = self._queue[: self.MAX_BATCH]
-                del self._queue[: self.MAX_BATCH]
+            while queue:
+                batch = queue[: self.MAX_BATCH]
+                del queue[: self.MAX_BATCH]
                 batch = [item for item in batch if item[4] is not None and not item[4].done()]
                 if not batch:
                     continue  # waiters gone: skip
+                if not self.circuit.usable:
+                    # The call before failed: these use the fallback now, not after a timeout.
+                    _fail(batch, QuotaUnavailable("circuit open"))
+                    continue
                 try:
-                    async with asyncio.timeout(self.timeout):
+                    # The queue is in arrival order: the first decision's deadline is the
+                    # earliest of the batch (the others end early, never late).
+                    async with asyncio.timeout_at(batch[0][5]):
                         answers = await self._run(batch)
                 except (RedisError, OSError, TimeoutError, ValueError) as exc:
                     self._trip(exc)
-                    for *_, future in batch:
-                        if future is not None and not future.done():
-                            future.set_exception(QuotaUnavailable(repr(exc)))
+                    _fail(batch, QuotaUnavailable(repr(exc)))
+                    continue
+                except BaseException as exc:  # a bug, or stopping: no waiter may hang on it
+                    _fail(batch, QuotaUnavailable(repr(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+                    log.exception("rate-limit decisions failed")
                     continue
                 self.circuit.succeeded()
-                for (*_, future), answer in zip(batch, answers, strict=True):
+                for item, answer in zip(batch, answers, strict=True):
+                    future = item[4]
                     if future is None or future.done():
                         continue
                     if isinstance(answer, KeyFailed):
@@ -283,6 +297,9 @@ class QuotaStore:
                         future.set_result(answer)
         finally:
             self._flushing = False
+            if queue:  # left by a cancellation (stopping): their requests use the fallback
+                _fail(queue, QuotaUnavailable("stopping"))
+                queue.clear()
 
     async def _run(self, batch: list[_Item]) -> list[_Answer]:
         """One round trip for ``batch``: an answer per item (a :class:`KeyFailed` for a key
@@ -294,7 +311,7 @@ class QuotaStore:
         line = self._line
         if line is not None:
             keys = [key.encode() for key, *_ in batch]
-            args = [b"%d" % v for _, interval_us, burst, want, _ in batch
+            args = [b"%d" % v for _, interval_us, burst, want, _, _ in batch
                     for v in (interval_us, burst, want)]  # fmt: skip
             reply = await line.evalsha(_GCRA_MANY_SHA, GCRA_MANY_LUA, keys, args)
             values = [int(v) for v in reply]
@@ -325,9 +342,16 @@ class QuotaStore:
     async def _pipeline(self, batch: list[_Item]) -> list[Any]:
         assert self._sha is not None
         async with self.redis.client.pipeline(transaction=False) as pipe:
-            for key, interval_us, burst, want, _ in batch:
+            for key, interval_us, burst, want, _, _ in batch:
                 pipe.evalsha(self._sha, 1, key, interval_us, burst, want)
             return await pipe.execute(raise_on_error=False)
+
+
+def _fail(items: list[_Item], exc: QuotaUnavailable) -> None:
+    for item in items:
+        future = item[4]
+        if future is not None and not future.done():
+            future.set_exception(exc)
 
 
 def _failed(key: str, reply: object = "not a TAT") -> KeyFailed:
