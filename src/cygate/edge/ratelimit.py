@@ -554,17 +554,54 @@ class RateLimitStage:
             sent, res = answer
             if res.granted:
                 # This request spends one token; the rest of the lease is for the next ones.
-                leases.grant(
-                    key,
-                    res.granted - 1,
-                    sent + limit.lease_ttl_ns,
-                    res.remaining,
-                    sent + res.reset_ns,
-                )
+                if res.granted > 1:
+                    leases.grant(
+                        key,
+                        res.granted - 1,
+                        sent + limit.lease_ttl_ns,
+                        res.remaining,
+                        sent + res.reset_ns,
+                    )
+                else:
+                    # NOTE: nothing left to hold: a lease of 0 tokens reads as a refusal (it
+                    # refused the key until the lease's expiry, whatever Redis would answer).
+                    leases.drop(key)
                 verdict.note(limit, res.remaining + res.granted - 1, res.reset_ns)
                 return
             self._remember_refusal(limit, key, sent, res)
             self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
+
+    async def lease(self, limit: Limit, key: str) -> bool:
+        """Reserve a lease for ``key`` of the batched ``limit`` (the fused hit path found none
+        with tokens left: ``HitPath.lease_miss``), or wait for the reservation in flight for
+        it. True when Redis answered (the lease table now holds a lease for it, or a refusal,
+        which the caller's next ``take`` finds), False when it did not (Redis away, or this key
+        failed there): the general path decides then, by the limit's failure mode. Spends no
+        token: the caller's ``take`` does, so a request is decided once."""
+        waiting = limit.inflight.get(key)
+        if waiting is not None:
+            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiting.append(mine)
+            await mine
+            return True
+        store = self.store
+        if store is None or not store.usable:
+            return False
+        limit.inflight[key] = []
+        try:
+            answer = await self._reserve(limit, key, limit.lease)
+        finally:
+            wake(limit.inflight.pop(key), None)
+        if answer is None:
+            return False
+        sent, res = answer
+        if res.granted:
+            limit.leases.grant(
+                key, res.granted, sent + limit.lease_ttl_ns, res.remaining, sent + res.reset_ns
+            )
+        else:
+            self._remember_refusal(limit, key, sent, res)
+        return True
 
     def top_up(self, limit: Limit, key: str, left: int) -> None:
         """Reserve ``lease - left`` more tokens for ``key`` in the background (after a take
