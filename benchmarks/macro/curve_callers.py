@@ -94,6 +94,9 @@ class CallerPoint:
     jwt_cache_tokens: float
     redis_calls_per_req: float
     """Rate-limit script calls per request (a lease that ran out, or expired)."""
+    round_trips_per_req: float
+    """Round trips to Redis for them per request (calls asked meanwhile share one); NaN for a
+    tree that does not count them."""
     l1_entry_bytes: float
     """The product read's L1 entry as the L1 counts it (its bytes over its entries)."""
     warmup_s: float
@@ -280,6 +283,11 @@ def measure(run: _Run, variant: Variant, n: int) -> CallerPoint:
         ratelimit_keys=after.get("cygate_ratelimit_keys", float("nan")),
         jwt_cache_tokens=after.get("cygate_jwt_cache_tokens", float("nan")),
         redis_calls_per_req=delta("cygate_ratelimit_redis_calls_total") * per_req,
+        round_trips_per_req=(
+            delta("cygate_ratelimit_redis_round_trips_total") * per_req
+            if "cygate_ratelimit_redis_round_trips_total" in after
+            else nan
+        ),
         l1_entry_bytes=after.get("cygate_cache_l1_bytes", nan) / entries if entries else nan,
         warmup_s=warmup,
         warmup_requests=sent,
@@ -377,9 +385,9 @@ def memory_per_caller(n: int = 5000) -> list[tuple[str, float]]:
 def table(points: list[CallerPoint]) -> str:
     header = ("variant", "callers", "req/s", "vs 1 caller", "p99 ms", "CPU µs/req", "CPU vs 1",
               "RSS MiB", "verified in full", "rate-limit keys", "token cache",
-              "RL Redis calls/req", "errors")  # fmt: skip
+              "RL Redis calls/req", "RL round trips/req", "errors")  # fmt: skip
     formats = ("", ",d", ",.0f", ".2f", ".2f", ".0f", ".2f", ".0f", ".1%", ",.0f", ",.0f",
-               ".3f", "d")  # fmt: skip
+               ".3f", ".3f", "d")  # fmt: skip
     rows = [
         (
             p.variant,
@@ -394,6 +402,7 @@ def table(points: list[CallerPoint]) -> str:
             p.ratelimit_keys,
             p.jwt_cache_tokens,
             p.redis_calls_per_req,
+            p.round_trips_per_req,
             p.errors,
         )
         for p in points

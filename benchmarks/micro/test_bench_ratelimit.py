@@ -214,6 +214,7 @@ def test_redis_cygate_exact_sequential(micro: Any, loop: Any, redis_url: str) ->
             await store.reserve(key, 1, 10**6, 1)
 
     micro(lambda: loop.run_until_complete(decide()), group=REDIS, ops=ROUNDS_OF)
+    loop.run_until_complete(store.close())
     loop.run_until_complete(handle.close())
 
 
@@ -236,7 +237,7 @@ def test_redis_asyncio_evalsha_baseline(micro: Any, loop: Any, redis_url: str) -
 def test_redis_cygate_exact_concurrent(
     micro: Any, loop: Any, redis_url: str, benchmark: Any
 ) -> None:
-    """cygate exact: 100 decisions at once, coalesced into pipelined EVALSHAs (each atomic)."""
+    """cygate exact: 100 decisions at once, coalesced into multi-key EVALSHAs (each atomic)."""
     handle = _handle(redis_url)
     store = QuotaStore(handle, timeout=5, backoff=1)
     key = store.key("bench", "conc")
@@ -251,6 +252,7 @@ def test_redis_cygate_exact_concurrent(
     calls, batches = store.calls - before[0], store.batches - before[1]
     assert calls and batches < calls  # coalesced: fewer round-trips than decisions
     benchmark.extra_info["round_trips_per_decision"] = batches / calls
+    loop.run_until_complete(store.close())
     loop.run_until_complete(handle.close())
 
 
@@ -285,6 +287,7 @@ def test_redis_cygate_batched(micro: Any, loop: Any, redis_url: str, benchmark: 
     # the check).
     assert calls <= decisions // (100 - 100 // 4) + 1, (calls, decisions)
     benchmark.extra_info["redis_calls_per_decision"] = calls / max(decisions, 1)
+    loop.run_until_complete(stage.unbind())
     loop.run_until_complete(handle.close())
 
 

@@ -350,7 +350,7 @@ def create_app(settings: Settings | None = None) -> Edge:
                 loop.remove_signal_handler(signal.SIGHUP)
             await routes.stop()
             if ratelimit is not None:
-                ratelimit.unbind()
+                await ratelimit.unbind()
             if cache is not None:
                 await cache.stop()
 

@@ -102,6 +102,30 @@ async def test_exact_limits_on_every_shard_across_three_instances(
             await h.close()
 
 
+async def test_one_key_failing_in_a_pipelined_call_fails_that_decision_only(
+    cluster: PrivateRedisCluster,
+) -> None:
+    """On a cluster the decisions of one round trip are a pipeline of one-key calls: a key
+    whose value is not a TAT fails its own request (closed: 503), the others are decided and
+    the circuit stays closed."""
+    h = create_redis(cluster_settings(cluster).redis)
+    stage, _ = stage_for({"rate": 5, "period": 60, "mode": "exact", "failure": "closed"},
+                         rate_limit_redis_timeout="5")  # fmt: skip
+    await stage.bind(h)
+    store = stage.store
+    assert store is not None
+    peers = [f"198.18.0.{i}" for i in range(30)]
+    await h.client.set(store.key("g", "i:" + peers[12]), "not a number")
+    try:
+        results = await asyncio.gather(*(request(stage, p) for p in peers))
+        statuses = [s for s, _ in results]
+        assert statuses[12] == 503
+        assert statuses[:12] + statuses[13:] == [200] * 29
+        assert store.usable and store.batches < store.calls
+    finally:
+        await h.close()
+
+
 async def test_limits_resume_after_a_node_restart(cluster: PrivateRedisCluster) -> None:
     h = create_redis(cluster_settings(cluster).redis)
     stage, _ = stage_for({"rate": 3, "period": 60, "mode": "exact"}, rate_limit_redis_timeout="1",

@@ -43,7 +43,7 @@ from cygate.core._ids_c cimport IdMinter, _write_ids
 from cygate.core._ratelimit_c cimport GCRALimiterC, LeaseTableC, _Table
 from cygate.core._reqmetrics_c cimport RequestRecorder, RequestSeries, Tally
 
-from cygate.core.ratelimit import GRANTED
+from cygate.core.ratelimit import GRANTED, NEED_REDIS
 from cygate.core.router import FOUND, normalize_path
 from cygate.edge import ratekey
 from cygate.edge.compress import VARY_ACCEPT_ENCODING
@@ -67,6 +67,7 @@ cdef bytes _TRACEPARENT = b"traceparent"
 cdef bytes _EMPTY = b""
 cdef object _FOUND = FOUND
 cdef object _GRANTED = GRANTED
+cdef object _NEED_REDIS = NEED_REDIS
 cdef object _normalize = normalize_path
 cdef str _EVERYONE = ratekey.EVERYONE  # the rate-limit key format (``cygate.edge.ratekey``)
 cdef str _ANONYMOUS = ratekey.ANONYMOUS
@@ -475,6 +476,7 @@ cdef class HitPath:
     cdef Head _head  # this request's scan (handed to the general path when declined)
     cdef bint _scanned
     cdef readonly Head last_head
+    cdef readonly object lease_miss  # (stage, limit, key): see the pure twin
 
     def __init__(self, *, plan):
         self.plan = plan
@@ -523,6 +525,7 @@ cdef class HitPath:
             self.compress_min = -1
         self._head = Head.__new__(Head)
         self.last_head = None
+        self.lease_miss = None
 
     def serve(self, scope, send):
         """See :meth:`cygate.edge._hitpath_py.HitPath.serve`: here the awaitable is the
@@ -575,6 +578,7 @@ cdef class HitPath:
         cdef bint vary_encoding = False
         cdef object kept = None, variant = None, coding, hname
         self._scanned = False
+        self.lease_miss = None
         if type(scope) is not dict:
             return None
         if scope["type"] != "http" or scope["method"] != _GET or _REFRESH in <dict>scope:
@@ -885,7 +889,10 @@ cdef class HitPath:
                 return None
             table = rated.gcra
         else:
-            if rated.leases._take(key) is not _GRANTED:
+            taken = rated.leases._take(key)
+            if taken is not _GRANTED:
+                if taken is _NEED_REDIS:
+                    self.lease_miss = (self.rate, rated.single, key)
                 return None
             if rated.leases.tokens < rated.low_water and key not in rated.inflight:
                 self.rate.top_up(rated.single, key, rated.leases.tokens)
@@ -939,6 +946,10 @@ cdef class LoggedHitPath:
     @property
     def last_head(self):
         return self.inner.last_head
+
+    @property
+    def lease_miss(self):
+        return self.inner.lease_miss
 
     cdef inline bint _draw(self) noexcept:
         cdef uint64_t x = self._state

@@ -23,7 +23,9 @@ What it answers, and what the general edge would answer for the same request:
 - rate limit: a route with one limit keyed by nothing, ``caller``, ``sub``, ``route`` or
   ``ip`` (no trusted proxies) that its table decides here (local GCRA, or a lease with tokens
   left); refusals and Redis questions go to the general path. Decided *after* the cache
-  look-up, the only side effect, so a fallback never spends a token twice;
+  look-up, the only side effect, so a fallback never spends a token twice. A hit declined only
+  because its batched limit's lease ran out or expired says so (:attr:`HitPath.lease_miss`):
+  the edge reserves a lease (``RateLimitStage.lease``) and asks this path once more;
 - cache: a fresh, non-404 L1 entry for the request's key, no ``Cache-Control``/``Pragma``/
   ``If-None-Match`` on the request;
 - CORS and compression (``plan.cors``, ``plan.compression``): no ``Origin`` while CORS is on
@@ -56,7 +58,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from cygate.core.ids import valid_request_id, valid_traceparent
-from cygate.core.ratelimit import GRANTED
+from cygate.core.ratelimit import GRANTED, NEED_REDIS
 from cygate.core.router import FOUND, normalize_path
 from cygate.edge.compress import VARY_ACCEPT_ENCODING
 from cygate.edge.cors import VARY_ORIGIN
@@ -250,6 +252,7 @@ class HitPath:
         "ids",
         "l1",
         "last_head",
+        "lease_miss",
         "plan",
         "rate",
         "rate_plans",
@@ -287,6 +290,10 @@ class HitPath:
         self.last_head: Head | None = None
         """The scan of the last request :meth:`answer` declined after scanning it, else None:
         what the general edge then uses instead of scanning again."""
+        self.lease_miss: tuple[Any, Any, str] | None = None
+        """After a None from :meth:`answer`: (the rate-limit stage, the limit, the key) when
+        the request was a hit in every other way and its batched limit's lease for the key ran
+        out or expired (Redis must be asked), else None."""
 
     def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
         """What the edge awaits for a hit (its two messages sent through ``send``, then the
@@ -298,6 +305,7 @@ class HitPath:
         """The hit for ``scope``, or None: then the general edge serves it (nothing changed;
         :attr:`last_head` holds the scan of its headers, if it got that far)."""
         self.last_head = None
+        self.lease_miss = None
         if scope["type"] != "http" or scope["method"] != "GET" or _REFRESH in scope:
             return None
         head = scan_head(scope["headers"], self.hosts, self.host_of)
@@ -448,7 +456,10 @@ class HitPath:
                 return None
         else:
             table = single.leases
-            if table.take(key) != GRANTED:
+            taken = table.take(key)
+            if taken != GRANTED:
+                if taken == NEED_REDIS:
+                    self.lease_miss = (rate, single, key)
                 return None
             if table.tokens < single.low_water and key not in single.inflight:
                 rate.top_up(single, key, table.tokens)
@@ -473,6 +484,10 @@ class LoggedHitPath:
     @property
     def last_head(self) -> Head | None:
         return self.inner.last_head
+
+    @property
+    def lease_miss(self) -> tuple[Any, Any, str] | None:
+        return self.inner.lease_miss
 
     def serve(self, scope: MutableMapping[str, Any], send: Any) -> Awaitable[None] | None:
         """As :meth:`HitPath.serve`; a sampled hit is also recorded once sent."""

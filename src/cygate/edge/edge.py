@@ -370,9 +370,42 @@ class Edge:
             else:
                 if sending is None:
                     head = hits.last_head  # its scan of the headers: not made again
+                    miss = hits.lease_miss
+                    if miss is not None:
+                        return self._lease_then_hit(scope, receive, send, head, miss, False)
             if sending is not None:
                 return sending
         return self._serve(scope, receive, send, head)
+
+    async def _lease_then_hit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        head: Head | None,
+        miss: tuple[RateLimitStage, Any, str],
+        traced: bool,
+    ) -> None:
+        """A fused hit but for its batched limit's lease (``HitPath.lease_miss``): reserve
+        one, then ask the hit path again; the general path serves it when Redis did not
+        answer, refused, or the hit path declines again (nothing was spent or sent).
+
+        PERF: a caller seen less often than its lease lives (many distinct callers) needs a
+        lease per request; through the general path that request paid the whole edge again
+        (context, stages, cache look-up) on top of the Redis call."""
+        stage, limit, key = miss
+        if await stage.lease(limit, key):
+            hits = self._traced_hits if traced else self._hits
+            if hits is not None:
+                try:
+                    sending = hits.serve(scope, send)
+                except Exception:
+                    sending = None  # (the general path says what is wrong: see __call__)
+                if sending is not None:
+                    await sending
+                    return
+                head = hits.last_head or head
+        await self._serve(scope, receive, send, head, None, traced)
 
     async def _serve_sampled(
         self, scope: Scope, receive: Receive, send: Send, head: Head, incoming: Incoming
@@ -727,6 +760,11 @@ class TracedEdge(Edge):
                 sending = None  # (the general path says what is wrong: see Edge.__call__)
             if sending is not None:
                 return sending
+            miss = hits.lease_miss
+            if miss is not None:
+                return self._lease_then_hit(
+                    scope, receive, send, hits.last_head or head, miss, True
+                )
         return self._serve(scope, receive, send, head, None, True)
 
 

@@ -422,12 +422,20 @@ class RateLimitStage:
 
     async def bind(self, redis: RedisHandle) -> None:
         """Use ``redis`` for global limits and load the script (failure is not fatal)."""
-        self.store = QuotaStore(redis, timeout=self.timeout, backoff=self.backoff)
+        self.store = QuotaStore(
+            redis,
+            timeout=self.timeout,
+            backoff=self.backoff,
+            round_trips=self._metrics.counter("cygate_ratelimit_redis_round_trips_total"),
+        )
         if self.needs_redis:
             await self.store.load()
 
-    def unbind(self) -> None:
-        self.store = None
+    async def unbind(self) -> None:
+        """Stop using Redis: close the store's own connection (stopping; tests)."""
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -546,17 +554,54 @@ class RateLimitStage:
             sent, res = answer
             if res.granted:
                 # This request spends one token; the rest of the lease is for the next ones.
-                leases.grant(
-                    key,
-                    res.granted - 1,
-                    sent + limit.lease_ttl_ns,
-                    res.remaining,
-                    sent + res.reset_ns,
-                )
+                if res.granted > 1:
+                    leases.grant(
+                        key,
+                        res.granted - 1,
+                        sent + limit.lease_ttl_ns,
+                        res.remaining,
+                        sent + res.reset_ns,
+                    )
+                else:
+                    # NOTE: nothing left to hold: a lease of 0 tokens reads as a refusal (it
+                    # refused the key until the lease's expiry, whatever Redis would answer).
+                    leases.drop(key)
                 verdict.note(limit, res.remaining + res.granted - 1, res.reset_ns)
                 return
             self._remember_refusal(limit, key, sent, res)
             self._refuse(ctx, limit, res.retry_ns, res.reset_ns, verdict)
+
+    async def lease(self, limit: Limit, key: str) -> bool:
+        """Reserve a lease for ``key`` of the batched ``limit`` (the fused hit path found none
+        with tokens left: ``HitPath.lease_miss``), or wait for the reservation in flight for
+        it. True when Redis answered (the lease table now holds a lease for it, or a refusal,
+        which the caller's next ``take`` finds), False when it did not (Redis away, or this key
+        failed there): the general path decides then, by the limit's failure mode. Spends no
+        token: the caller's ``take`` does, so a request is decided once."""
+        waiting = limit.inflight.get(key)
+        if waiting is not None:
+            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiting.append(mine)
+            await mine
+            return True
+        store = self.store
+        if store is None or not store.usable:
+            return False
+        limit.inflight[key] = []
+        try:
+            answer = await self._reserve(limit, key, limit.lease)
+        finally:
+            wake(limit.inflight.pop(key), None)
+        if answer is None:
+            return False
+        sent, res = answer
+        if res.granted:
+            limit.leases.grant(
+                key, res.granted, sent + limit.lease_ttl_ns, res.remaining, sent + res.reset_ns
+            )
+        else:
+            self._remember_refusal(limit, key, sent, res)
+        return True
 
     def top_up(self, limit: Limit, key: str, left: int) -> None:
         """Reserve ``lease - left`` more tokens for ``key`` in the background (after a take

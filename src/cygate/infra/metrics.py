@@ -123,6 +123,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Calls of the rate-limit script in Redis, by limit (batched: one per lease).",
         ("limit",),
     ),
+    "cygate_ratelimit_redis_round_trips_total": (
+        "counter",
+        "Round trips to Redis for rate-limit decisions (the decisions asked meanwhile go "
+        "together in one).",
+        (),
+    ),
     "cygate_compression_total": (
         "counter",
         "Responses the edge sent compressed, by coding and whether the body was compressed "

@@ -147,6 +147,10 @@ class CountedHitPath:
     def last_head(self) -> Any:
         return self.inner.last_head
 
+    @property
+    def lease_miss(self) -> Any:
+        return self.inner.lease_miss
+
 
 def make_edge(
     app: App | None = None,

@@ -533,6 +533,15 @@ async def test_a_batched_limit_with_tokens_in_hand_is_decided_here(pair: Pair) -
     assert pair.counted["fused"] == 3
     await check(pair, "/lease/1", headers=bearer(BOB))  # no lease for bob: general path
     assert pair.counted["fused"] == 3
+    # It says why: bob's lease is the only thing missing (the edge would reserve one and ask
+    # again; with no Redis here, the general path decides, failing open).
+    hits = pair.fused.hit_path
+    assert hits is not None
+    stage, limit, key = hits.lease_miss
+    assert stage is pair.fused.stages[1] and key == "p:bob"
+    assert limit is stage.plans["GET /lease/{id:int}"].single  # type: ignore[attr-defined]
+    await check(pair, "/lease/1", headers=bearer(ALICE))
+    assert hits.lease_miss is None and pair.counted["fused"] == 4
 
 
 async def test_invalidation_is_seen_by_the_fused_path(pair: Pair) -> None:
