@@ -26,17 +26,22 @@ async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def new_attempt(pool: asyncpg.Pool, order_status: str = "pending") -> store.PaymentRow:
+    """Attempt 1 of a new order of a new user (the order then set to ``order_status``)."""
     uid, oid = uuid7(), uuid7()
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO users (id, email) VALUES ($1, $2)", uid, f"{uid}@e.test")
-        await conn.execute(
-            "INSERT INTO orders (id, user_id, status, total_cents, currency) "
-            "VALUES ($1, $2, $3, 990, 'EUR')",
-            oid, uid, order_status,
-        )  # fmt: skip
-        order = await store.lock_order(conn, oid)
-        assert order is not None
-        return await store.create_attempt(conn, order, 1)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO users (id, email) VALUES ($1, $2)", uid, f"{uid}@e.test"
+            )
+            await conn.execute(
+                "INSERT INTO orders (id, user_id, status, total_cents, currency) "
+                "VALUES ($1, $2, 'pending', 990, 'EUR')",
+                oid, uid,
+            )  # fmt: skip
+        got = await store.new_attempt(conn, oid, uid)
+        await conn.execute("UPDATE orders SET status = $2 WHERE id = $1", oid, order_status)
+    assert got.verdict == "created" and got.payment is not None
+    return got.payment
 
 
 async def apply(pool: asyncpg.Pool, pid: UUID, outcome: store.Outcome) -> store.PaymentRow:
