@@ -216,7 +216,7 @@ async def test_a_webhook_that_settles_the_payment(world: World) -> None:
     """The webhook that learns the outcome first (the answer not in yet) applies it, with the
     order's lock first, in one round trip too."""
     for _ in range(2):
-        uid, oid = await _order(world.pool)
+        _, oid = await _order(world.pool)
         async with world.pool.acquire() as conn, conn.transaction():
             pid = uuid7()
             await conn.execute(
