@@ -202,3 +202,39 @@ async def test_recovery_reaches_every_stuck_payment(pool: asyncpg.Pool) -> None:
         **{p.id: "initiated" for p in unanswerable},
         **{p.id: "failed" for p in answerable},
     }
+
+
+async def test_webhooks_and_the_settlement_concurrently_apply_once(pool: asyncpg.Pool) -> None:
+    """Webhooks (new events, duplicates, events the status already excludes) race the
+    synchronous settlement and the sweep's apply: no deadlock, one capture, one order.paid,
+    every distinct event recorded once."""
+    p = await new_attempt(pool)
+    ids = [f"evt_{uuid7().hex}" for _ in range(6)]
+
+    async def hook(event_id: str, kind: store.Outcome) -> None:
+        async with pool.acquire() as conn:
+            await store.webhook(
+                conn, event_id=event_id, processor_key=p.processor_key,
+                kind=f"charge.{kind}", payload={"id": event_id}, outcome=kind,
+                processor_ref="ch_1",
+            )  # fmt: skip
+
+    async def settle(outcome: store.Outcome) -> None:
+        async with pool.acquire() as conn:
+            await store.settle(conn, p.id, outcome, processor_ref="ch_1", source="charge")
+
+    await asyncio.gather(
+        *(hook(i, "captured") for i in ids),
+        *(hook(i, "declined") for i in ids[:3]),  # the same ids again: duplicates
+        settle("captured"),
+        settle("declined"),
+        apply(pool, p.id, "failed"),
+    )
+    assert await pool.fetchval("SELECT status FROM payments WHERE id = $1", p.id) == "captured"
+    assert await order_status(pool, p) == "paid"
+    got = await events(pool, p)
+    assert got.count("order.paid") == 1 and got.count("payment.captured") == 1
+    recorded = await pool.fetchval(
+        "SELECT count(*) FROM payment_events WHERE payment_id = $1", p.id
+    )
+    assert recorded == len(ids)
