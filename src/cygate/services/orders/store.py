@@ -381,7 +381,7 @@ async def mark_paid(conn: asyncpg.Connection, order_id: UUID, payment_id: UUID) 
     """
     if not conn.is_in_transaction():
         raise RuntimeError("mark_paid belongs in the payment's transaction")
-    # NOTE: the transition and its event are one SQL function (migration 0012), which the
+    # NOTE: the transition and its event are one SQL function (migration 0013), which the
     # payments state machine calls too, in the statement that captures the payment.
     paid: bool = await conn.fetchval(
         "SELECT cygate_mark_paid($1, $2, $3)", order_id, payment_id, outbox.traceparent()

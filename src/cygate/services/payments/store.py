@@ -1,5 +1,5 @@
 """Payment rows and their state machine, in SQL: each step is one statement, one round trip
-(PL/pgSQL functions of migration 0012: ``cygate_new_payment_attempt``,
+(PL/pgSQL functions of migration 0013: ``cygate_new_payment_attempt``,
 ``cygate_apply_payment_outcome``, ``cygate_settle_payment``, ``cygate_payment_webhook``).
 
 States: ``initiated`` → ``captured`` | ``declined`` | ``failed``; a ``declined`` or ``failed``
