@@ -37,9 +37,8 @@ _CONNECTIONS = 4
 SECRET = "whsec-round-trips-" + secrets.token_hex(8)
 
 # The budgets: statements sent per step (BEGIN, COMMIT and SAVEPOINT included).
-CLAIM = 1  # the Idempotency-Key claim (autocommit INSERT ... ON CONFLICT)
-PAY_CAPTURED = 2  # the attempt committed before the call; the settlement with its record
-PAY_DECLINED = 2
+PAY_CAPTURED = 2  # the claim and the attempt, committed before the call; the settlement with
+PAY_DECLINED = 2  # its events and the key's record
 WEBHOOK_SETTLED = 1  # the usual webhook: the synchronous answer settled the payment first
 WEBHOOK_DUPLICATE = 1  # a second delivery of one event
 WEBHOOK_FIRST = 1  # the webhook that settles the payment itself
@@ -115,18 +114,17 @@ async def _order(pool: asyncpg.Pool) -> tuple[UUID, UUID]:
     return uid, oid
 
 
-async def _claim(w: World, uid: UUID, oid: UUID, token: str) -> Claim:
-    got = await w.idempotency.claim(
-        IdempotentRequest.of(
-            user_id=uid,
-            key=f"key-{uuid7()}",
-            method="POST",
-            path=f"/api/v1/orders/{oid}/payments",
-            body={"payment_method_token": token},
-        )
+def _claim(w: World, uid: UUID, oid: UUID, token: str) -> Claim:
+    """The request's claim, not taken yet: the payment's first statement takes it (as the
+    controller does while the processor's breaker is closed)."""
+    req = IdempotentRequest.of(
+        user_id=uid,
+        key=f"key-{uuid7()}",
+        method="POST",
+        path=f"/api/v1/orders/{oid}/payments",
+        body={"payment_method_token": token},
     )
-    assert isinstance(got, Claim)
-    return got
+    return Claim(w.idempotency, req, uuid7())
 
 
 def _webhook(processor_key: str, kind: str) -> tuple[bytes, str]:
@@ -141,15 +139,14 @@ def _webhook(processor_key: str, kind: str) -> tuple[bytes, str]:
     return body, sign(SECRET.encode(), body, int(time.time()))
 
 
-async def _pay(w: World, token: str) -> tuple[dict[str, Any], list[str], list[str], str]:
-    """One order paid with ``token``: (the 201 body, the claim's and the payment's statements,
+async def _pay(w: World, token: str) -> tuple[dict[str, Any], list[str], str]:
+    """One order paid with ``token`` under an Idempotency-Key: (the 201 body, the statements,
     the attempt's processor key)."""
     uid, oid = await _order(w.pool)
     await w.counter.take()
-    claim = await _claim(w, uid, oid, token)
-    claimed = await w.counter.take()
+    claim = _claim(w, uid, oid, token)
     async with claim:
-        stored = await w.payments.pay(uid, oid, token, claim)
+        stored = await w.payments.pay(uid, oid, token, claim, take=True)
     paid = await w.counter.take()
     assert stored.status == 201
     body = orjson.loads(stored.body)
@@ -171,7 +168,7 @@ async def _pay(w: World, token: str) -> tuple[dict[str, Any], list[str], list[st
         row = await store.get_payment(conn, UUID(body["id"]))
     assert row is not None and stored.body == orjson.dumps(row.public())
     await w.counter.take()
-    return body, claimed, paid, key
+    return body, paid, key
 
 
 def _budget(name: str, got: list[str], budget: int) -> None:
@@ -181,14 +178,13 @@ def _budget(name: str, got: list[str], budget: int) -> None:
 
 async def test_a_captured_payment_and_its_webhook(world: World) -> None:
     for _ in range(2):  # the first round prepares the statements on the connections
-        body, claimed, paid, key = await _pay(world, "tok_approve")
+        body, paid, key = await _pay(world, "tok_approve")
         assert body["status"] == "captured"
         hook, signature = _webhook(key, "captured")
         await world.payments.webhook(hook, signature)
         hooked = await world.counter.take()
         await world.payments.webhook(hook, signature)  # a duplicate delivery
         duplicate = await world.counter.take()
-    _budget("claim", claimed, CLAIM)
     _budget("payment, captured", paid, PAY_CAPTURED)
     _budget("webhook after the answer", hooked, WEBHOOK_SETTLED)
     _budget("duplicate webhook", duplicate, WEBHOOK_DUPLICATE)
@@ -207,7 +203,7 @@ async def test_a_captured_payment_and_its_webhook(world: World) -> None:
 
 async def test_a_declined_payment(world: World) -> None:
     for _ in range(2):
-        body, _, paid, _ = await _pay(world, "tok_decline")
+        body, paid, _ = await _pay(world, "tok_decline")
         assert body["status"] == "declined"
     _budget("payment, declined", paid, PAY_DECLINED)
 

@@ -1,7 +1,8 @@
--- Payments, one round trip a step (docs/payments.md, "Round trips"): the new attempt's checks
--- and insert, the settlement with its outbox events and the Idempotency-Key's record, and a
--- webhook, each one statement. Every PostgreSQL round trip costs the gateway's worker a write,
--- a wake-up and a read; a payment and its webhook took 29 of them, and take 4.
+-- Payments, one round trip a step (docs/payments.md, "Round trips"): the Idempotency-Key's
+-- claim with the new attempt's checks and insert, the settlement with its outbox events and the
+-- key's record, and a webhook, each one statement. Every PostgreSQL round trip costs the
+-- gateway's worker a write, a wake-up and a read; a payment and its webhook took 29 of them, and
+-- take 3.
 --
 -- NOTE on the contract (cygate.services.payments.store is the only caller, and the orders
 -- service's mark_paid for cygate_mark_paid):
@@ -184,18 +185,29 @@ END
 $$;
 
 -- A new attempt for an order (store.new_attempt), called outside a transaction: the attempt is
--- committed when the answer comes back, before the processor is called. Under the order's lock,
--- in this order: verdict 'missing' (no such order, or another user's: BOLA, the caller answers
--- 404); 'settled' (the attempt this Idempotency-Key started is captured or declined: the
--- processor's answer to that key stands, it is returned); 'not_pending' (order_status says
+-- committed when the answer comes back, before the processor is called. With p_claim, the
+-- request's Idempotency-Key (p_request_key) is claimed first in the same statement
+-- (cygate_claim_key, migration 0012, the one claim statement: p_method, p_path, p_hash, p_claim,
+-- p_key_ttl, p_in_flight are its parameters), so claim and attempt commit together; not won:
+-- verdict 'held' and the key's row (held_*; held_state 'in_flight' with held_hash NULL while
+-- another transaction holds the key's advisory lock), nothing written. Then, under the order's
+-- lock, in this order: verdict 'missing' (no such order, or another user's: BOLA, the caller
+-- answers 404); 'settled' (the attempt this Idempotency-Key started is captured or declined:
+-- the processor's answer to that key stands, it is returned); 'not_pending' (order_status says
 -- what it is); 'nothing_to_charge' (a total of 0); 'open' (the order's last attempt is still
--- initiated: returned with its age, nothing written); else 'created': attempt n + 1, initiated,
--- id p_payment_id, amount the order's total, processor key 'cygate-pay-<id>'.
+-- initiated: returned with its age, nothing else written); else 'created': attempt n + 1,
+-- initiated, id p_payment_id, amount the order's total, processor key 'cygate-pay-<id>'.
 CREATE FUNCTION cygate_new_payment_attempt(
     p_order_id uuid,
     p_user_id uuid,
     p_request_key text,
     p_payment_id uuid,
+    p_method text,
+    p_path text,
+    p_hash bytea,
+    p_claim uuid,
+    p_key_ttl double precision,
+    p_in_flight double precision,
     OUT verdict text,
     OUT order_status text,
     OUT id uuid,
@@ -206,15 +218,46 @@ CREATE FUNCTION cygate_new_payment_attempt(
     OUT currency text,
     OUT processor_key text,
     OUT processor_ref text,
-    OUT age double precision
+    OUT age double precision,
+    OUT held_state text,
+    OUT held_hash bytea,
+    OUT held_status integer,
+    OUT held_headers jsonb,
+    OUT held_body bytea
 ) LANGUAGE plpgsql AS $$
 DECLARE
     o record;
     r record;
+    c record;
+    v_found boolean;
 BEGIN
+    -- NOTE: the order's lock before the key's row, as the settlement takes them (it records the
+    -- response under the key after applying the outcome under the order's lock): no deadlock.
+    -- A request under a key another transaction holds uncommitted (an order being placed
+    -- under it: cygate_claim_place_order) does not wait on it: 409 in flight at once.
+    IF p_claim IS NOT NULL
+       AND NOT pg_try_advisory_xact_lock(hashtext(p_user_id::text), hashtext(p_request_key)) THEN
+        verdict := 'held';
+        held_state := 'in_flight';
+        RETURN;
+    END IF;
     SELECT x.user_id, x.status, x.total_cents, x.currency::text AS currency INTO o
       FROM orders x WHERE x.id = p_order_id FOR UPDATE;
-    IF NOT FOUND OR o.user_id IS DISTINCT FROM p_user_id THEN
+    v_found := FOUND;
+    IF p_claim IS NOT NULL THEN
+        SELECT * INTO c FROM cygate_claim_key(p_user_id, p_request_key, p_method, p_path, p_hash,
+                                             p_claim, p_key_ttl, p_in_flight);
+        IF NOT c.won THEN
+            verdict := 'held';
+            held_state := c.held_state;
+            held_hash := c.held_hash;
+            held_status := c.held_status;
+            held_headers := c.held_headers;
+            held_body := c.held_body;
+            RETURN;
+        END IF;
+    END IF;
+    IF NOT v_found OR o.user_id IS DISTINCT FROM p_user_id THEN
         verdict := 'missing';
         RETURN;
     END IF;

@@ -24,7 +24,7 @@ import asyncpg
 from cygate.edge.body import decode_json
 from cygate.edge.problem import Problem
 from cygate.infra.metrics import Metrics
-from cygate.services.idempotency import Claim, StoredResponse
+from cygate.services.idempotency import Claim, Held, StoredResponse
 from cygate.services.payments import store
 from cygate.services.payments.http import CallFailed
 from cygate.services.payments.processor import (
@@ -149,8 +149,19 @@ class Payments:
 
     # -- one payment attempt ------------------------------------------------------------------
 
+    def circuit_open(self) -> bool:
+        """The processor's breaker is open: a payment now would be a 503 (or its probe)."""
+        _, processor = self._parts()
+        return processor.breaker.state == "open"
+
     async def pay(
-        self, user_id: UUID, order_id: UUID, token: str, claim: Claim | None = None
+        self,
+        user_id: UUID,
+        order_id: UUID,
+        token: str,
+        claim: Claim | None = None,
+        *,
+        take: bool = False,
     ) -> StoredResponse:
         """POST /api/v1/orders/{id}/payments: the 201 response, or a :class:`Problem`.
 
@@ -158,16 +169,24 @@ class Payments:
         settles the payment, so the key's answer and the payment's state commit together. The
         key is also written on the attempt before the processor is called: a retry under it
         after a crash answers with that attempt's outcome and never calls the processor again.
+
+        ``take``: ``claim`` is not taken yet; the statement that commits the attempt takes it
+        first (one round trip for both). Another request holding the key raises
+        :class:`~cygate.services.idempotency.Held` (nothing written; the claim is finished).
         """
         pool, processor = self._parts()
         try:
             processor.admit()  # PERF: an open circuit answers before any database work
         except ProcessorUnavailable as exc:
+            if take and claim is not None:
+                claim.finished = True  # never taken: nothing to release
             raise _unavailable(str(exc), exc.retry_after) from None
         admitted = True
         request_key = None if claim is None else claim.request.key
         try:
-            payment = await self._new_attempt(pool, processor, user_id, order_id, request_key)
+            payment = await self._new_attempt(
+                pool, processor, user_id, order_id, request_key, claim if take else None
+            )
             if payment.status != "initiated":
                 # This key's attempt was settled before (its answer lost in a crash): no call.
                 return await self._respond(pool, payment, claim)
@@ -194,14 +213,23 @@ class Payments:
         user_id: UUID,
         order_id: UUID,
         request_key: str | None,
+        take: Claim | None,
     ) -> store.PaymentRow:
         """Lock the order, check it may be paid, and commit a new ``initiated`` attempt; or
         the settled (captured or declined) attempt an earlier request under ``request_key``
-        started: the processor's answer to that key stands."""
+        started: the processor's answer to that key stands. ``take``: the key's claim, taken
+        by the first statement."""
         for _ in range(2):
             async with pool.acquire() as conn:
-                # NOTE: outside a transaction: one statement, committed when it returns.
-                got = await store.new_attempt(conn, order_id, user_id, request_key)
+                # NOTE: outside a transaction: one statement, committed when it returns (with
+                # the claim it takes: a retry under the key meanwhile gets 409 in flight).
+                try:
+                    got = await store.new_attempt(conn, order_id, user_id, request_key, take=take)
+                except Held:
+                    assert take is not None
+                    take.finished = True  # never ours: nothing to record or release
+                    raise
+            take = None  # taken
             if got.verdict == "missing":
                 # NOTE: another user's order and a missing one look the same (BOLA: 404).
                 raise Problem(404, "no such order")

@@ -24,6 +24,7 @@ import asyncpg
 
 from cygate.ids import uuid7
 from cygate.infra.outbox import traceparent
+from cygate.services.idempotency import Claim, Held
 
 __all__ = [
     "Claimed",
@@ -44,15 +45,20 @@ __all__ = [
 log = logging.getLogger("cygate.payments")
 
 Outcome = Literal["captured", "declined", "failed"]
-Verdict = Literal["created", "settled", "open", "missing", "not_pending", "nothing_to_charge"]
+Verdict = Literal[
+    "created", "settled", "open", "missing", "not_pending", "nothing_to_charge", "held"
+]
 
 _COLUMNS: Final = (
     "id, order_id, attempt, status, amount_cents, currency, processor_key, processor_ref"
 )
 _APPLIED: Final = "changed, paid_by, order_status, order_paid"
 _NEW_ATTEMPT: Final = (
-    f"SELECT verdict, order_status, {_COLUMNS}, age FROM cygate_new_payment_attempt($1, $2, $3, $4)"
+    f"SELECT verdict, order_status, {_COLUMNS}, age, "
+    "held_state, held_hash, held_status, held_headers, held_body "
+    "FROM cygate_new_payment_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 )
+_NO_CLAIM: Final = (None, None, None, None, None, None)
 _APPLY: Final = f"SELECT {_COLUMNS}, {_APPLIED} FROM cygate_apply_payment_outcome($1, $2, $3, $4)"
 _SETTLE: Final = (
     f"SELECT {_COLUMNS}, {_APPLIED}, body, recorded "
@@ -178,18 +184,32 @@ async def get_payment(conn: asyncpg.Connection, payment_id: UUID) -> PaymentRow 
 
 
 async def new_attempt(
-    conn: asyncpg.Connection, order_id: UUID, user_id: UUID, request_key: str | None = None
+    conn: asyncpg.Connection,
+    order_id: UUID,
+    user_id: UUID,
+    request_key: str | None = None,
+    *,
+    take: Claim | None = None,
 ) -> NewAttempt:
     """Under the order's lock, check ``user_id``'s order may be paid and insert its next
     attempt as ``initiated`` (``cygate_new_payment_attempt``). ``request_key``: the client's
     Idempotency-Key, kept on the attempt so a retry under it finds it (and its outcome).
+    ``take``: a claim of that key not taken yet, taken first in the same statement; when
+    another request holds the key, :class:`~cygate.services.idempotency.Held` (nothing written).
 
     NOTE: call it outside a transaction (then it is one, committed when this returns): the
     attempt must be committed *before* the processor is called, so a crash can never leave a
     charge the database has no trace of.
     """
-    record = await conn.fetchrow(_NEW_ATTEMPT, order_id, user_id, request_key, uuid7())
+    claim: tuple[Any, ...] = _NO_CLAIM
+    if take is not None:
+        _, key, method, path, digest, token, ttl, in_flight = take.take()
+        assert key == request_key
+        claim = (method, path, digest, token, ttl, in_flight)
+    record = await conn.fetchrow(_NEW_ATTEMPT, order_id, user_id, request_key, uuid7(), *claim)
     assert record is not None
+    if record["verdict"] == "held":
+        raise Held.of(record)
     payment = _row(record, record["age"] or 0.0)
     return NewAttempt(record["verdict"], record["order_status"], payment)
 
