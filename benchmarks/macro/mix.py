@@ -80,6 +80,7 @@ from cygate.settings import load_settings
 
 from .load import FixedRateResult, LabelResult, build_fixedrate, run_fixedrate, write_request_file
 from .prepare import (
+    DatabaseCpu,
     PrepareError,
     create_database,
     database_exists,
@@ -595,8 +596,10 @@ def measure(
     pg_pid: int | None,
     workdir: Path,
     tag: str,
+    db_cpu: DatabaseCpu | None = None,
 ) -> dict[str, Any]:
-    """Warm-up and measured run at ``rate``; per group and overall figures, and the verdict."""
+    """Warm-up and measured run at ``rate``; per group and overall figures, and the verdict.
+    ``db_cpu``: also PostgreSQL's CPU on the benchmark's own database (its backends only)."""
     warm_file, run_file = build_files(
         world, rate, shares, (args.warmup, args.duration), args.connections, workdir, tag
     )
@@ -612,6 +615,8 @@ def measure(
     )
     cache0, cpu0 = cache_counts(port), tree_cpu_seconds(gateway.pid)
     pg0 = tree_cpu_seconds(pg_pid) if pg_pid else math.nan
+    if db_cpu is not None:
+        asyncio.run(db_cpu.start())
     result: FixedRateResult = run_fixedrate(
         binary,
         url,
@@ -623,6 +628,7 @@ def measure(
     )
     cpu = tree_cpu_seconds(gateway.pid) - cpu0
     pg = (tree_cpu_seconds(pg_pid) if pg_pid else math.nan) - pg0
+    pg_db = asyncio.run(db_cpu.stop()) if db_cpu is not None else math.nan
     time.sleep(1.5)  # NOTE: workers publish their metric snapshots periodically
     cache1 = cache_counts(port)
     for path in (warm_file, run_file):
@@ -649,6 +655,7 @@ def measure(
         "late": late,
         "server_cpu_us_per_req": cpu / max(1, requests) * 1e6,
         "postgres_cpu_us_per_req": pg / max(1, requests) * 1e6,
+        "postgres_db_cpu_us_per_req": pg_db / max(1, requests) * 1e6,
         "client_cpu_s": result.client_cpu_s,
         "cache": {k: v / cached for k, v in sorted(cache.items()) if v} if cached else {},
     }
@@ -676,6 +683,7 @@ def cost_per_group(
     gateway: ServerProcess,
     pg_pid: int | None,
     workdir: Path,
+    db_cpu: DatabaseCpu | None = None,
 ) -> list[dict[str, Any]]:
     """Each group of the mix alone (warm-up, then measured) at ``--cost-rate`` or its own
     ``cost_rate``: server and PostgreSQL CPU per request, and what that group adds to one
@@ -691,15 +699,22 @@ def cost_per_group(
 
     NOTE: an idle gateway is not free (the outbox relay and consumers poll, metric snapshots
     are written): at a few hundred requests per second that background would be charged to
-    the requests, so it is measured first, with no load, and taken out of each group's CPU."""
+    the requests, so it is measured first, with no load, and taken out of each group's CPU.
+
+    NOTE: PostgreSQL's whole tree counts every database of a shared server (other work on it
+    included); with ``db_cpu`` the backends of the benchmark's own database are also read
+    (``postgres_db_cpu_us_per_req``: WAL writer and checkpointer not included)."""
     idle_s = args.warmup + args.duration
     cpu0, pg0 = tree_cpu_seconds(gateway.pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
+    if db_cpu is not None:
+        asyncio.run(db_cpu.start())
     time.sleep(idle_s)
     idle_cpu = (tree_cpu_seconds(gateway.pid) - cpu0) / idle_s
     idle_pg = ((tree_cpu_seconds(pg_pid) - pg0) / idle_s) if pg_pid else 0.0
+    idle_db = asyncio.run(db_cpu.stop()) / idle_s if db_cpu is not None else math.nan
     print(
-        f"  idle: server {1e3 * idle_cpu:.1f} ms and PostgreSQL {1e3 * idle_pg:.1f} ms of CPU "
-        "per second (taken out below)",
+        f"  idle: server {1e3 * idle_cpu:.1f} ms and PostgreSQL {1e3 * idle_pg:.1f} ms "
+        f"({1e3 * idle_db:.1f} ms on this database) of CPU per second (taken out below)",
         flush=True,
     )
     rows = []
@@ -707,15 +722,19 @@ def cost_per_group(
         g = BY_NAME[name]
         rate = min(args.cost_rate, g.cost_rate or args.cost_rate)
         print(f"  {name} alone at {rate:g} req/s ...", flush=True)
-        run = measure(binary, world, {name: 1.0}, args, rate, port, gateway, pg_pid, workdir, name)
+        run = measure(
+            binary, world, {name: 1.0}, args, rate, port, gateway, pg_pid, workdir, name, db_cpu
+        )
         o = run["overall"]
         print(
             f"    {o['server_cpu_us_per_req']:.0f} µs server and "
-            f"{o['postgres_cpu_us_per_req']:.0f} µs PostgreSQL CPU per request (idle included), "
-            f"p50 {o['p50_ms']:.1f} ms, {o['errors']} errors",
+            f"{o['postgres_cpu_us_per_req']:.0f} µs PostgreSQL CPU "
+            f"({o['postgres_db_cpu_us_per_req']:.0f} µs on this database) per request "
+            f"(idle included), p50 {o['p50_ms']:.1f} ms, {o['errors']} errors",
             flush=True,
         )
         n = max(1, o["requests"])
+        db_us = o["postgres_db_cpu_us_per_req"] - idle_db * args.duration / n * 1e6
         rows.append(
             {
                 "group": name,
@@ -729,6 +748,7 @@ def cost_per_group(
                 "postgres_cpu_us_per_req": max(
                     0.0, o["postgres_cpu_us_per_req"] - idle_pg * args.duration / n * 1e6
                 ),
+                "postgres_db_cpu_us_per_req": db_us if math.isnan(db_us) else max(0.0, db_us),
                 "cache": o["cache"],
             }
         )
@@ -947,7 +967,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         if args.cost:
-            costs = cost_per_group(binary, world, shares, args, port, gateway, pg_pid, workdir)
+            costs = cost_per_group(
+                binary, world, shares, args, port, gateway, pg_pid, workdir, DatabaseCpu(dsn)
+            )
             print("\n" + cost_table(costs, workers), flush=True)
             if not gateway.alive():
                 return _fail(f"the gateway exited; log tail:\n{gateway.log_tail()}")

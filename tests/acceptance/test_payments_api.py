@@ -312,10 +312,13 @@ def test_breaker_opens_after_repeated_failures_and_closes_again(
         try:
             carol = new_customer(gateway.url)
             with gateway.client() as c:
+                paid = new_order(test_db_dsn, carol.id)
+                first = carol.pay(c, paid, "tok_approve", key="paid-before-the-outage")
+                assert first.status_code == 201, first.text
                 for _ in range(3):  # CYGATE_PAYMENT_BREAKER_FAILURES=3
                     is_problem(carol.pay(c, new_order(test_db_dsn, carol.id), "tok_fail"), 503)
                 calls = sim.ledger()["requests"]
-                assert calls == 3
+                assert calls == 4
                 # Open: refused without calling the processor, and without writing anything.
                 order_id = new_order(test_db_dsn, carol.id)
                 r = carol.pay(c, order_id, "tok_approve")
@@ -323,6 +326,10 @@ def test_breaker_opens_after_repeated_failures_and_closes_again(
                 assert 1 <= int(r.headers["retry-after"]) <= 2
                 assert sim.ledger()["requests"] == calls
                 assert payments_of(test_db_dsn, order_id) == []
+                # A key whose answer is stored still replays it while the circuit is open.
+                again = carol.pay(c, paid, "tok_approve", key="paid-before-the-outage")
+                assert again.status_code == 201 and again.content == first.content
+                assert again.headers.get("idempotent-replayed") == "true"
                 # After open_seconds one probe goes through; its success closes the circuit.
                 assert wait_until(
                     lambda: carol.pay(c, order_id, "tok_approve").status_code == 201,
@@ -330,7 +337,7 @@ def test_breaker_opens_after_repeated_failures_and_closes_again(
                 )  # fmt: skip
                 r = carol.pay(c, new_order(test_db_dsn, carol.id), "tok_approve")
                 assert r.status_code == 201, r.text
-            assert sim.ledger()["captured"] == 2
+            assert sim.ledger()["captured"] == 3
         finally:
             output = stop_gateway(gateway)
             assert "Traceback" not in output, output

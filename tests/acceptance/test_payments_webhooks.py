@@ -174,6 +174,10 @@ def test_unknown_key_or_kind_is_acknowledged(gw: Gateway) -> None:
     body = orjson.dumps({"id": "evt_" + secrets.token_hex(4), "type": "charge.refunded",
                          "data": {"idempotency_key": "no-such-key"}})  # fmt: skip
     assert post(gw, body, signed(body)).status_code == 204
+    for kind in ([], {"a": 1}):  # not a string, not hashable: as unknown as any other kind
+        body = orjson.dumps({"id": "evt_" + secrets.token_hex(4), "type": kind,
+                             "data": {"idempotency_key": "no-such-key"}})  # fmt: skip
+        assert post(gw, body, signed(body)).status_code == 204
 
 
 # -- ordering and replays ---------------------------------------------------------------------

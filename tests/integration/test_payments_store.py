@@ -26,17 +26,22 @@ async def pool(test_db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def new_attempt(pool: asyncpg.Pool, order_status: str = "pending") -> store.PaymentRow:
+    """Attempt 1 of a new order of a new user (the order then set to ``order_status``)."""
     uid, oid = uuid7(), uuid7()
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO users (id, email) VALUES ($1, $2)", uid, f"{uid}@e.test")
-        await conn.execute(
-            "INSERT INTO orders (id, user_id, status, total_cents, currency) "
-            "VALUES ($1, $2, $3, 990, 'EUR')",
-            oid, uid, order_status,
-        )  # fmt: skip
-        order = await store.lock_order(conn, oid)
-        assert order is not None
-        return await store.create_attempt(conn, order, 1)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO users (id, email) VALUES ($1, $2)", uid, f"{uid}@e.test"
+            )
+            await conn.execute(
+                "INSERT INTO orders (id, user_id, status, total_cents, currency) "
+                "VALUES ($1, $2, 'pending', 990, 'EUR')",
+                oid, uid,
+            )  # fmt: skip
+        got = await store.new_attempt(conn, oid, uid)
+        await conn.execute("UPDATE orders SET status = $2 WHERE id = $1", oid, order_status)
+    assert got.verdict == "created" and got.payment is not None
+    return got.payment
 
 
 async def apply(pool: asyncpg.Pool, pid: UUID, outcome: store.Outcome) -> store.PaymentRow:
@@ -197,3 +202,39 @@ async def test_recovery_reaches_every_stuck_payment(pool: asyncpg.Pool) -> None:
         **{p.id: "initiated" for p in unanswerable},
         **{p.id: "failed" for p in answerable},
     }
+
+
+async def test_webhooks_and_the_settlement_concurrently_apply_once(pool: asyncpg.Pool) -> None:
+    """Webhooks (new events, duplicates, events the status already excludes) race the
+    synchronous settlement and the sweep's apply: no deadlock, one capture, one order.paid,
+    every distinct event recorded once."""
+    p = await new_attempt(pool)
+    ids = [f"evt_{uuid7().hex}" for _ in range(6)]
+
+    async def hook(event_id: str, kind: store.Outcome) -> None:
+        async with pool.acquire() as conn:
+            await store.webhook(
+                conn, event_id=event_id, processor_key=p.processor_key,
+                kind=f"charge.{kind}", payload={"id": event_id}, outcome=kind,
+                processor_ref="ch_1",
+            )  # fmt: skip
+
+    async def settle(outcome: store.Outcome) -> None:
+        async with pool.acquire() as conn:
+            await store.settle(conn, p.id, outcome, processor_ref="ch_1", source="charge")
+
+    await asyncio.gather(
+        *(hook(i, "captured") for i in ids),
+        *(hook(i, "declined") for i in ids[:3]),  # the same ids again: duplicates
+        settle("captured"),
+        settle("declined"),
+        apply(pool, p.id, "failed"),
+    )
+    assert await pool.fetchval("SELECT status FROM payments WHERE id = $1", p.id) == "captured"
+    assert await order_status(pool, p) == "paid"
+    got = await events(pool, p)
+    assert got.count("order.paid") == 1 and got.count("payment.captured") == 1
+    recorded = await pool.fetchval(
+        "SELECT count(*) FROM payment_events WHERE payment_id = $1", p.id
+    )
+    assert recorded == len(ids)

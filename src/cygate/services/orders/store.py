@@ -33,7 +33,6 @@ from cygate.infra import outbox
 from cygate.infra.outbox import emit
 from cygate.services.idempotency import CLAIM_LOST_SQLSTATE, ClaimLost, Held
 from cygate.services.orders.models import Order, OrderItem, OrderItemIn, OrderPage
-from cygate.services.orders.states import can
 
 __all__ = [
     "CursorError",
@@ -382,25 +381,12 @@ async def mark_paid(conn: asyncpg.Connection, order_id: UUID, payment_id: UUID) 
     """
     if not conn.is_in_transaction():
         raise RuntimeError("mark_paid belongs in the payment's transaction")
-    order = await lock_order(conn, order_id)
-    if order is None or not can(order["status"], "paid"):
-        return False
-    await conn.execute(_SET_STATUS, [order_id], "paid")
-    user = None if order["user_id"] is None else str(order["user_id"])
-    await emit(
-        conn,
-        aggregate="order",
-        aggregate_id=order_id,
-        event_type="order.paid",
-        payload={
-            "order_id": str(order_id),
-            "user_id": user,
-            "payment_id": str(payment_id),
-            "amount_cents": order["total_cents"],
-            "currency": order["currency"],
-        },
+    # NOTE: the transition and its event are one SQL function (migration 0013), which the
+    # payments state machine calls too, in the statement that captures the payment.
+    paid: bool = await conn.fetchval(
+        "SELECT cygate_mark_paid($1, $2, $3)", order_id, payment_id, outbox.traceparent()
     )
-    return True
+    return paid
 
 
 async def expire_due(conn: asyncpg.Connection, limit: int) -> tuple[int, list[UUID]]:

@@ -12,7 +12,10 @@ from litestar.params import FromPath, JSONBody
 
 from cygate.edge.auth import principal_of
 from cygate.edge.problem import Problem
+from cygate.ids import uuid7
 from cygate.services.idempotency import (
+    Claim,
+    Held,
     Idempotency,
     IdempotencyKeyHeader,
     IdempotentRequest,
@@ -80,26 +83,36 @@ class PaymentsController(Controller):
         except ValueError:  # a service client's token: it owns no orders
             raise Problem(404, "no such order") from None
         idempotency: Idempotency = state.idempotency
-        got = await idempotency.claim(
-            IdempotentRequest.of(
-                user_id=user_id,
-                key=key,
-                method="POST",
-                path=request.scope["path"],
-                body=data,
-                request_id=str(request.scope.get("cygate.request_id", "")),
-            )
+        req = IdempotentRequest.of(
+            user_id=user_id,
+            key=key,
+            method="POST",
+            path=request.scope["path"],
+            body=data,
+            request_id=str(request.scope.get("cygate.request_id", "")),
         )
-        if isinstance(got, StoredResponse):
-            return replay_response(got)
-        async with got:  # a 4xx is stored under the key; a 5xx releases it (retry runs again)
-            try:
-                stored = await _payments(state).pay(
-                    user_id, order_id, data.payment_method_token, got
-                )
-            except AttemptInProgress:
-                await got.release()  # transient: the same key must work after Retry-After
-                raise
+        payments = _payments(state)
+        if payments.circuit_open():
+            # The claim on its own first, so a finished answer still replays; the payment is
+            # then a 503 (or the breaker's probe) and a 503 releases the key.
+            got = await idempotency.claim(req)
+            if isinstance(got, StoredResponse):
+                return replay_response(got)
+            take = False
+        else:
+            # PERF: the statement that commits the attempt takes the claim (one round trip).
+            got, take = Claim(idempotency, req, uuid7()), True
+        try:
+            async with got:  # a 4xx is stored under the key; a 5xx releases it (retry runs again)
+                try:
+                    stored = await payments.pay(
+                        user_id, order_id, data.payment_method_token, got, take=take
+                    )
+                except AttemptInProgress:
+                    await got.release()  # transient: the same key must work after Retry-After
+                    raise
+        except Held as held:  # another request holds the key (or held it: its answer)
+            return replay_response(held.answer(req))
         headers = {k: v for k, v in stored.headers.items() if k != "content-type"}
         return Response(stored.body, status_code=stored.status, media_type="application/json",
                         headers=headers)  # fmt: skip

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from cygate.edge.body import decode_json
 from cygate.edge.problem import Problem
 from cygate.infra.metrics import Metrics
-from cygate.services.idempotency import Claim, ClaimLost, StoredResponse
+from cygate.services.idempotency import Claim, Held, StoredResponse
 from cygate.services.payments import store
 from cygate.services.payments.http import CallFailed
 from cygate.services.payments.processor import (
@@ -150,8 +149,19 @@ class Payments:
 
     # -- one payment attempt ------------------------------------------------------------------
 
+    def circuit_open(self) -> bool:
+        """The processor's breaker is open: a payment now would be a 503 (or its probe)."""
+        _, processor = self._parts()
+        return processor.breaker.state == "open"
+
     async def pay(
-        self, user_id: UUID, order_id: UUID, token: str, claim: Claim | None = None
+        self,
+        user_id: UUID,
+        order_id: UUID,
+        token: str,
+        claim: Claim | None = None,
+        *,
+        take: bool = False,
     ) -> StoredResponse:
         """POST /api/v1/orders/{id}/payments: the 201 response, or a :class:`Problem`.
 
@@ -159,16 +169,24 @@ class Payments:
         settles the payment, so the key's answer and the payment's state commit together. The
         key is also written on the attempt before the processor is called: a retry under it
         after a crash answers with that attempt's outcome and never calls the processor again.
+
+        ``take``: ``claim`` is not taken yet; the statement that commits the attempt takes it
+        first (one round trip for both). Another request holding the key raises
+        :class:`~cygate.services.idempotency.Held` (nothing written; the claim is finished).
         """
         pool, processor = self._parts()
         try:
             processor.admit()  # PERF: an open circuit answers before any database work
         except ProcessorUnavailable as exc:
+            if take and claim is not None:
+                claim.finished = True  # never taken: nothing to release
             raise _unavailable(str(exc), exc.retry_after) from None
         admitted = True
         request_key = None if claim is None else claim.request.key
         try:
-            payment = await self._new_attempt(pool, processor, user_id, order_id, request_key)
+            payment = await self._new_attempt(
+                pool, processor, user_id, order_id, request_key, claim if take else None
+            )
             if payment.status != "initiated":
                 # This key's attempt was settled before (its answer lost in a crash): no call.
                 return await self._respond(pool, payment, claim)
@@ -195,34 +213,36 @@ class Payments:
         user_id: UUID,
         order_id: UUID,
         request_key: str | None,
+        take: Claim | None,
     ) -> store.PaymentRow:
         """Lock the order, check it may be paid, and commit a new ``initiated`` attempt; or
         the settled (captured or declined) attempt an earlier request under ``request_key``
-        started: the processor's answer to that key stands."""
+        started: the processor's answer to that key stands. ``take``: the key's claim, taken
+        by the first statement."""
         for _ in range(2):
-            async with pool.acquire() as conn, conn.transaction():
-                order = await store.lock_order(conn, order_id)
+            async with pool.acquire() as conn:
+                # NOTE: outside a transaction: one statement, committed when it returns (with
+                # the claim it takes: a retry under the key meanwhile gets 409 in flight).
+                try:
+                    got = await store.new_attempt(conn, order_id, user_id, request_key, take=take)
+                except Held:
+                    assert take is not None
+                    take.finished = True  # never ours: nothing to record or release
+                    raise
+            take = None  # taken
+            if got.verdict == "missing":
                 # NOTE: another user's order and a missing one look the same (BOLA: 404).
-                if order is None or order["user_id"] != user_id:
-                    raise Problem(404, "no such order")
-                if request_key is not None:
-                    mine = await store.attempt_for_request(conn, order_id, request_key)
-                    if mine is not None and mine.status in ("captured", "declined"):
-                        return mine
-                    # ``initiated``: it is the order's open attempt, settled below; ``failed``:
-                    # the processor never charged it, so a new attempt is safe.
-                if order["status"] != "pending":
-                    raise Problem(409, f"order is {order['status']}, not pending")
-                if order["total_cents"] <= 0:
-                    # NOTE: products may be free; a processor charges positive amounts only.
-                    raise Problem(409, "the order's total is 0: there is nothing to charge")
-                last = await store.latest_attempt(conn, order_id)
-                if last is None or last.status != "initiated":
-                    return await store.create_attempt(
-                        conn, order, 1 if last is None else last.attempt + 1, request_key
-                    )
+                raise Problem(404, "no such order")
+            if got.verdict == "not_pending":
+                raise Problem(409, f"order is {got.order_status}, not pending")
+            if got.verdict == "nothing_to_charge":
+                # NOTE: products may be free; a processor charges positive amounts only.
+                raise Problem(409, "the order's total is 0: there is nothing to charge")
+            assert got.payment is not None
+            if got.verdict != "open":  # created, or this key's settled attempt
+                return got.payment
             # The last attempt is still open: settle it before a new one may be charged.
-            await self._settle_open_attempt(pool, processor, last)
+            await self._settle_open_attempt(pool, processor, got.payment)
         raise AttemptInProgress(1)
 
     async def _settle_open_attempt(
@@ -261,46 +281,51 @@ class Payments:
         self, pool: asyncpg.Pool, payment_id: UUID, charge: Charge, source: str,
         claim: Claim | None = None,
     ) -> tuple[store.PaymentRow | None, StoredResponse | None]:  # fmt: skip
-        """Apply ``charge`` in one transaction (an unknown verdict changes nothing); when the
+        """Apply ``charge`` in one statement (an unknown verdict changes nothing); when the
         payment is then settled (captured or declined) also build its 201 response and record
-        it under ``claim``."""
-        outcome = _OUTCOMES.get(charge.verdict)
-        async with pool.acquire() as conn, conn.transaction():
-            if outcome is None:
-                # NOTE: the answer was lost, but a webhook may have settled the payment
-                # meanwhile: then the client gets that answer instead of a 503.
-                final = await store.get_payment(conn, payment_id)
-            else:
-                final = await store.apply_outcome(
-                    conn, payment_id, outcome, processor_ref=charge.ref, source=source
-                )
-            if final is None or final.status not in ("captured", "declined"):
-                return final, None
-            return final, await self._record(conn, final, claim)
+        it under ``claim``, in the same transaction."""
+        return await self._settle_and_record(
+            pool, payment_id, _OUTCOMES.get(charge.verdict), charge.ref, source, claim
+        )
 
     async def _respond(
         self, pool: asyncpg.Pool, payment: store.PaymentRow, claim: Claim | None
     ) -> StoredResponse:
         """The 201 of a payment settled earlier, recorded under ``claim``."""
-        async with pool.acquire() as conn, conn.transaction():
-            return await self._record(conn, payment, claim)
+        _, response = await self._settle_and_record(pool, payment.id, None, None, "key", claim)
+        assert response is not None  # captured and declined are final for the response
+        return response
 
     @staticmethod
-    async def _record(
-        conn: asyncpg.Connection, payment: store.PaymentRow, claim: Claim | None
-    ) -> StoredResponse:
-        """The 201 response of a settled ``payment``, recorded under ``claim`` in the open
-        transaction."""
-        response = StoredResponse(201, orjson.dumps(payment.public()), dict(_JSON_HEADERS))
+    async def _settle_and_record(
+        pool: asyncpg.Pool, payment_id: UUID, outcome: store.Outcome | None,
+        processor_ref: str | None, source: str, claim: Claim | None,
+    ) -> tuple[store.PaymentRow | None, StoredResponse | None]:  # fmt: skip
+        """``store.settle``: apply ``outcome`` (None: only read; a webhook may have settled
+        the payment meanwhile) and record a settled payment's 201 under ``claim``, in one
+        statement: the key's answer and the money state commit together."""
+        claimed = None
         if claim is not None:
-            try:
-                async with conn.transaction():  # a savepoint: the money state commits anyway
-                    await claim.complete(conn, response)
-            except ClaimLost:
-                claim.finished = True  # a retry took the key over; it will find the order
-                log.warning("payment %s settled but its Idempotency-Key was taken over",
-                            payment.id)  # fmt: skip
-        return response
+            req = claim.request
+            claimed = store.Claimed(req.user_id, req.key, claim.token, dict(_JSON_HEADERS))
+        async with pool.acquire() as conn:
+            # NOTE: outside a transaction: one statement, its own transaction.
+            settled = await store.settle(
+                conn, payment_id, outcome, processor_ref=processor_ref, source=source,
+                claim=claimed,
+            )  # fmt: skip
+        if settled.body is None:
+            return settled.payment, None
+        if settled.recorded is True:
+            assert claim is not None
+            claim.completed = True  # committed with the settlement
+        elif settled.recorded is False:
+            assert claim is not None and settled.payment is not None
+            # NOTE: a lost claim never rolls back the money state (it is not an error there).
+            claim.finished = True  # a retry took the key over; it will find the order
+            log.warning("payment %s settled but its Idempotency-Key was taken over",
+                        settled.payment.id)  # fmt: skip
+        return settled.payment, StoredResponse(201, settled.body, dict(_JSON_HEADERS))
 
     # -- webhooks -----------------------------------------------------------------------------
 
@@ -322,33 +347,24 @@ class Payments:
             raise Problem(400, f"malformed webhook event: {exc!s}") from None
         if not (isinstance(event_id, str) and 0 < len(event_id) <= 255 and isinstance(key, str)):
             raise Problem(400, "malformed webhook event: id and data.idempotency_key are strings")
-        outcome = _WEBHOOK_KINDS.get(kind)
-        async with pool.acquire() as conn, conn.transaction():
-            found = await conn.fetchrow(
-                "SELECT id, order_id FROM payments WHERE processor_key = $1", key
-            )
-            if found is None:
-                log.warning("webhook %s for unknown processor key %r ignored", event_id, key)
-                return
-            payment_id = found["id"]
-            # NOTE: the order's lock first, as everywhere: the event row's foreign key takes a
-            # share lock on the payment, and taking it before the order's would deadlock with
-            # the synchronous path (order, then payment).
-            await store.lock_order(conn, found["order_id"])
-            inserted = await conn.fetchval(
-                "INSERT INTO payment_events (event_id, payment_id, kind, payload) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                event_id, payment_id, str(kind), event,
-            )  # fmt: skip
-            if inserted is None or outcome is None:
-                return  # a duplicate delivery, or a kind that changes nothing
-            await store.apply_outcome(
+        # NOTE: a kind that is not a string (unhashable) is as unknown as any other.
+        outcome = _WEBHOOK_KINDS.get(kind) if isinstance(kind, str) else None
+        async with pool.acquire() as conn:
+            # NOTE: one statement, its own transaction: the event id, and the outcome when the
+            # event is new (the order's lock first, as everywhere); an event whose outcome the
+            # payment's status already excludes (the usual case: the synchronous answer came
+            # first) is only recorded.
+            got = await store.webhook(
                 conn,
-                payment_id,
-                outcome,
-                processor_ref=data.get("id"),
-                source="webhook",
+                event_id=event_id,
+                processor_key=key,
+                kind=str(kind),
+                payload=event,
+                outcome=outcome,
+                processor_ref=data.get("id") if isinstance(data.get("id"), str) else None,
             )
+        if not got.known:
+            log.warning("webhook %s for unknown processor key %r ignored", event_id, key)
 
     # -- recovery -----------------------------------------------------------------------------
 
