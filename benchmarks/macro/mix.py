@@ -145,7 +145,7 @@ GROUPS: tuple[Group, ...] = (
     Group("order", "POST", "/api/v1/orders", frozenset({201, 409})),
     # --cost caps where a request needs something made beforehand through the API: a pending
     # order per payment, a signed-in refresh token (an Argon2id check) per refresh
-    Group("pay", "POST", "/api/v1/orders/{id}/payments", frozenset({201}), cost_rate=400.0),
+    Group("pay", "POST", "/api/v1/orders/{id}/payments", frozenset({201}), cost_rate=1000.0),
     Group("order_read", "GET", "/api/v1/orders/{id}"),
     Group("refresh", "POST", "/api/v1/auth/token", cost_rate=100.0),
     # alone at 60/s: an Argon2id check is ~24 ms of CPU, so 60/s is more than a core
