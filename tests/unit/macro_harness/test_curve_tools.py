@@ -209,20 +209,19 @@ def test_callers_curve_runs_a_gateway_per_size(tmp_path: Path) -> None:
 
 
 def test_thread_times_count_a_busy_thread_and_its_switches() -> None:
-    # A child that spins 0.3 s on its first thread, then sleeps in short steps (switches).
+    # A child that spins 0.3 s on its first thread, sleeps in 50 short steps (a switch each),
+    # says so, and waits to be killed.
     code = (
-        "import time\n"
+        "import sys, time\n"
         "t = time.process_time()\n"
         "while time.process_time() - t < 0.3: pass\n"
         "for _ in range(50): time.sleep(0.001)\n"
+        "print('done', flush=True)\n"
         "time.sleep(30)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code])
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = 100
-        while deadline and thread_times(child.pid).loop_s < 0.3:
-            subprocess.run(["sleep", "0.05"], check=True)
-            deadline -= 1
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
         got = thread_times(child.pid)
         assert got.loop_s >= 0.3 and got.runtime_s == 0
         assert got.total_s == got.loop_s + got.other_s
@@ -230,7 +229,7 @@ def test_thread_times_count_a_busy_thread_and_its_switches() -> None:
         assert (got - got).total_s == 0 and (got - got).switches == 0
     finally:
         child.kill()
-        child.wait()
+        child.communicate()
     assert thread_times(child.pid).total_s == 0  # gone: nothing to count
 
 
