@@ -340,6 +340,16 @@ def build_limits(
     return plans
 
 
+async def _wait_for(waiting: list[asyncio.Future[None]]) -> None:
+    """Wait for a key's reservation in flight (one lease request per key at a time).
+
+    PERF: each waiter awaits a future of its own (its cancellation touches no one else's);
+    shielding one shared future costs more per waiter, and a dry lease under load has many."""
+    mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting.append(mine)
+    await mine
+
+
 class RateLimitStage:
     """The edge stage. ``stage(ctx)`` returns None (decided) or an awaitable (asking Redis)."""
 
@@ -532,22 +542,11 @@ class RateLimitStage:
         while True:
             waiting = limit.inflight.get(key)
             if waiting is not None:
-                # NOTE: one lease request per key at a time: the others wait for its answer.
-                # PERF: each waiter awaits a future of its own (its cancellation touches no
-                # one else's); shielding one shared future costs more per waiter, and a dry
-                # lease under load has many of them.
-                mine = asyncio.get_running_loop().create_future()
-                waiting.append(mine)
-                await mine
+                await _wait_for(waiting)
                 if self._decide_here(ctx, limit, key, verdict):
                     return
                 continue
-            limit.inflight[key] = []
-            try:
-                answer = await self._reserve(limit, key, limit.lease)
-            finally:
-                # The waiters run after this coroutine has stored the answer (no await between).
-                wake(limit.inflight.pop(key), None)
+            answer = await self._reserve_once(limit, key)
             if answer is None:
                 self._fallback(ctx, limit, key, verdict)
                 return
@@ -580,18 +579,12 @@ class RateLimitStage:
         token: the caller's ``take`` does, so a request is decided once."""
         waiting = limit.inflight.get(key)
         if waiting is not None:
-            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiting.append(mine)
-            await mine
+            await _wait_for(waiting)
             return True
         store = self.store
         if store is None or not store.usable:
             return False
-        limit.inflight[key] = []
-        try:
-            answer = await self._reserve(limit, key, limit.lease)
-        finally:
-            wake(limit.inflight.pop(key), None)
+        answer = await self._reserve_once(limit, key)
         if answer is None:
             return False
         sent, res = answer
@@ -602,6 +595,16 @@ class RateLimitStage:
         else:
             self._remember_refusal(limit, key, sent, res)
         return True
+
+    async def _reserve_once(self, limit: Limit, key: str) -> tuple[int, Reservation] | None:
+        """Reserve a lease for ``key`` as the key's one request in flight: requests that find
+        it meanwhile wait (:func:`_wait_for`) for its answer instead of asking Redis too."""
+        limit.inflight[key] = []
+        try:
+            return await self._reserve(limit, key, limit.lease)
+        finally:
+            # The waiters run after the caller has stored the answer (no await between).
+            wake(limit.inflight.pop(key), None)
 
     def top_up(self, limit: Limit, key: str, left: int) -> None:
         """Reserve ``lease - left`` more tokens for ``key`` in the background (after a take
